@@ -1,0 +1,126 @@
+//! `/jobs` handlers.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use nix::sys::signal::Signal;
+
+use super::{ApiError, ApiState, Body, Query, empty, json, read_json, streaming};
+use crate::jobs::has_exited;
+use crate::model::{ErrorBody, JobRequest};
+
+/// `stop` without `?t=`: Docker's default grace period.
+const DEFAULT_STOP_GRACE: u64 = 10;
+
+pub async fn list(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let all = Query::of(&req).flag("all", false)?;
+    json(StatusCode::OK, &state.jobs.list(all))
+}
+
+pub async fn create(
+    state: &Arc<ApiState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let request: JobRequest = read_json(req).await?;
+    let job = state.jobs.create(request).await?;
+    json(StatusCode::CREATED, &job)
+}
+
+pub fn inspect(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {
+    json(StatusCode::OK, &state.jobs.get(id)?.snapshot())
+}
+
+pub async fn start(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {
+    let handle = state.jobs.get(id)?;
+    json(StatusCode::OK, &state.jobs.start(&handle).await?)
+}
+
+pub async fn stop(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let grace = Query::of(&req)
+        .number::<u64>("t")?
+        .unwrap_or(DEFAULT_STOP_GRACE);
+    let handle = state.jobs.get(id)?;
+    json(
+        StatusCode::OK,
+        &state.jobs.stop(&handle, Duration::from_secs(grace)).await?,
+    )
+}
+
+pub async fn kill(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let signal = parse_signal(Query::of(&req).get("signal").unwrap_or("SIGKILL"))?;
+    let handle = state.jobs.get(id)?;
+    state.jobs.signal(&handle, signal).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// Accepts "SIGTERM", "TERM", "term" or "15".
+pub fn parse_signal(value: &str) -> Result<Signal, ApiError> {
+    let invalid = || {
+        ApiError::BadRequest(format!(
+            "invalid signal {value:?}: give a name such as SIGTERM or KILL, or a number"
+        ))
+    };
+    if let Ok(n) = value.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| invalid());
+    }
+    let upper = value.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name).map_err(|_| invalid())
+}
+
+pub async fn remove(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let force = Query::of(&req).flag("force", false)?;
+    let handle = state.jobs.get(id)?;
+    state.jobs.remove(&handle, force).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// Answers with headers at once, then the exit once the job has exited, so a
+/// client can subscribe before it starts the job and never miss the exit.
+pub fn wait(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {
+    let handle = state.jobs.get(id)?;
+    let mut rx = handle.subscribe();
+    let (tx, response) = streaming("application/json");
+    tokio::spawn(async move {
+        let waited = tokio::select! {
+            waited = rx.wait_for(has_exited) => waited.map(|job| job.exit.clone()),
+            // The client went away: stop waiting for it.
+            _ = tx.closed() => return,
+        };
+        let body = match waited {
+            Ok(exit) => match exit {
+                Some(exit) => serde_json::to_vec(&exit),
+                None => serde_json::to_vec(&ErrorBody {
+                    error: "job has no exit status".to_string(),
+                }),
+            },
+            Err(_) => serde_json::to_vec(&ErrorBody {
+                error: "job was removed before it exited".to_string(),
+            }),
+        };
+        if let Ok(body) = body {
+            let _ = tx.send(Bytes::from(body)).await;
+        }
+    });
+    Ok(response)
+}

@@ -1,0 +1,264 @@
+//! The HTTP API (JSON over HTTP/1.1, hyper). One route table; every route is
+//! described in `agent/openapi.json`, and the OpenAPI test holds responses to it.
+
+mod error;
+mod events;
+mod images;
+mod jobs;
+mod logs;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use error::ApiError;
+
+use crate::jobs::JobManager;
+use crate::model::Event;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Largest JSON request body accepted.
+const MAX_JSON_BODY: usize = 1 << 20;
+
+/// What handlers share.
+pub struct ApiState {
+    pub jobs: Arc<JobManager>,
+    pub images: Arc<image::ImageStore>,
+    pub events: broadcast::Sender<Event>,
+    /// Where uploaded archives are received before import.
+    pub tmp_dir: PathBuf,
+}
+
+/// Every route the server answers, as (method, OpenAPI path template).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/version"),
+    ("GET", "/jobs"),
+    ("POST", "/jobs"),
+    ("GET", "/jobs/{id}"),
+    ("DELETE", "/jobs/{id}"),
+    ("POST", "/jobs/{id}/start"),
+    ("POST", "/jobs/{id}/stop"),
+    ("POST", "/jobs/{id}/kill"),
+    ("GET", "/jobs/{id}/wait"),
+    ("GET", "/jobs/{id}/logs"),
+    ("GET", "/events"),
+    ("GET", "/images"),
+    ("POST", "/images/import"),
+    ("DELETE", "/images/{ref}"),
+];
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(state: Arc<ApiState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let result = route(&state, req).await;
+    let response = result.unwrap_or_else(|e| e.into_response());
+    tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "request");
+    response
+}
+
+async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (segments.as_slice(), method) {
+        (["version"], Method::GET) => json(
+            StatusCode::OK,
+            &crate::model::Version {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                api_version: "1".to_string(),
+            },
+        ),
+        (["jobs"], Method::GET) => jobs::list(state, req).await,
+        (["jobs"], Method::POST) => jobs::create(state, req).await,
+        (["jobs", id], Method::GET) => jobs::inspect(state, id),
+        (["jobs", id], Method::DELETE) => jobs::remove(state, id, req).await,
+        (["jobs", id, "start"], Method::POST) => jobs::start(state, id).await,
+        (["jobs", id, "stop"], Method::POST) => jobs::stop(state, id, req).await,
+        (["jobs", id, "kill"], Method::POST) => jobs::kill(state, id, req).await,
+        (["jobs", id, "wait"], Method::GET) => jobs::wait(state, id),
+        (["jobs", id, "logs"], Method::GET) => logs::logs(state, id, req).await,
+        (["events"], Method::GET) => events::events(state),
+        (["images"], Method::GET) => images::list(state).await,
+        (["images", "import"], Method::POST) => images::import(state, req).await,
+        (["images", name], Method::DELETE) => images::remove(state, name).await,
+        (segments, _) => {
+            let known = ROUTES
+                .iter()
+                .any(|(_, template)| template_matches(template, segments));
+            if known {
+                Err(ApiError::MethodNotAllowed(format!(
+                    "{} is not allowed on {path}",
+                    req.method()
+                )))
+            } else {
+                Err(ApiError::NotFound(format!("no such endpoint: {path}")))
+            }
+        }
+    }
+}
+
+fn template_matches(template: &str, segments: &[&str]) -> bool {
+    let parts: Vec<&str> = template.trim_matches('/').split('/').collect();
+    parts.len() == segments.len()
+        && parts
+            .iter()
+            .zip(segments)
+            .all(|(p, s)| p.starts_with('{') || p == s)
+}
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(with_type(status, full(body), "application/json"))
+}
+
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(full(Vec::new()));
+    *response.status_mut() = status;
+    response
+}
+
+fn full(data: Vec<u8>) -> Body {
+    Full::new(Bytes::from(data))
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+fn with_type(status: StatusCode, body: Body, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A response whose body is whatever the returned sender sends; it ends when the
+/// sender is dropped. A failed send means the client went away.
+pub fn streaming(content_type: &'static str) -> (mpsc::Sender<Bytes>, Response<Body>) {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
+    let body = BodyExt::boxed(StreamBody::new(stream));
+    (tx, with_type(StatusCode::OK, body, content_type))
+}
+
+/// Reads and parses a JSON body, refusing bodies over `MAX_JSON_BODY`.
+pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = read_body(req, MAX_JSON_BODY).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON request body: {e}")))
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let mut body = req.into_body();
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        if let Some(chunk) = frame.data_ref() {
+            if data.len() + chunk.len() > limit {
+                return Err(ApiError::TooLarge(format!(
+                    "request body is larger than {limit} bytes"
+                )));
+            }
+            data.extend_from_slice(chunk);
+        }
+    }
+    Ok(Bytes::from(data))
+}
+
+/// The query string as (key, value) pairs.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn of<B>(req: &Request<B>) -> Query {
+        Query(
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some("" | "1" | "true" | "yes") => Ok(true),
+            Some("0" | "false" | "no") => Ok(false),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "invalid value {other:?} for {key}: use true or false"
+            ))),
+        }
+    }
+
+    pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.parse::<T>().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid value {v:?} for {key}: expected a number"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Percent-decodes one path segment (image references carry '/' and ':').
+pub fn decode_segment(segment: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::BadRequest(format!("path segment {segment:?} is not valid UTF-8")))
+}

@@ -1,0 +1,263 @@
+//! `ps`, `inspect`, `logs`, `wait`, `start`, `stop`, `kill`, `rm`, `version`.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use http_body_util::BodyExt;
+use hyper::Method;
+
+use super::format::{ago, duration, table};
+use super::images::familiar;
+use super::{ListArgs, for_each};
+use crate::client::{Client, encode};
+use crate::model::{ExitInfo, Job, JobState, LogEntry, Version};
+
+pub async fn ps(client: &Client, all: bool, args: &ListArgs) -> Result<i32> {
+    let jobs: Vec<Job> = client
+        .call(Method::GET, &format!("/jobs?all={all}"), None::<&()>)
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(0);
+    }
+    if args.quiet {
+        for job in &jobs {
+            println!("{}", &job.id[..12.min(job.id.len())]);
+        }
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|job| {
+            vec![
+                job.id.chars().take(12).collect(),
+                familiar(&job.image),
+                command(&job.config.args),
+                ago(job.created_at),
+                status(job),
+                job.name.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["JOB ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
+        &rows,
+    );
+    Ok(0)
+}
+
+/// The command, quoted and cut to fit a table cell.
+fn command(args: &[String]) -> String {
+    let joined = args.join(" ");
+    let cut: String = joined.chars().take(20).collect();
+    if cut.len() < joined.len() {
+        format!("\"{cut}…\"")
+    } else {
+        format!("\"{joined}\"")
+    }
+}
+
+fn status(job: &Job) -> String {
+    let now = chrono::Utc::now();
+    match job.state {
+        JobState::Created => "Created".to_string(),
+        JobState::Running => {
+            let since = job.started_at.unwrap_or(job.created_at);
+            format!("Up {}", duration((now - since).num_seconds()))
+        }
+        JobState::Exited | JobState::Removing => match &job.exit {
+            Some(exit) => {
+                let oom = if exit.oom_killed { " (OOM killed)" } else { "" };
+                let removing = if job.state == JobState::Removing {
+                    " (removing)"
+                } else {
+                    ""
+                };
+                format!(
+                    "Exited ({}){oom} {}{removing}",
+                    exit.exit_code,
+                    ago(exit.finished_at)
+                )
+            }
+            None => job.state.as_str().to_string(),
+        },
+    }
+}
+
+pub async fn inspect(client: &Client, jobs: &[String]) -> Result<i32> {
+    let mut found = Vec::new();
+    let mut code = 0;
+    for id in jobs {
+        match client
+            .call::<serde_json::Value>(Method::GET, &format!("/jobs/{}", encode(id)), None::<&()>)
+            .await
+        {
+            Ok(job) => found.push(job),
+            Err(e) => {
+                eprintln!("flynn-host: error: {id}: {e:#}");
+                code = 1;
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&found)?);
+    Ok(code)
+}
+
+pub async fn logs(
+    client: &Client,
+    job: &str,
+    follow: bool,
+    timestamps: bool,
+    tail: Option<usize>,
+) -> Result<i32> {
+    let mut path = format!("/jobs/{}/logs?follow={follow}", encode(job));
+    if let Some(n) = tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    let response = client.send_json(Method::GET, &path, None::<&()>).await?;
+    print_log_stream(response.into_body(), timestamps).await?;
+    Ok(0)
+}
+
+/// Writes a log stream (NDJSON of log entries) to stdout and stderr.
+pub async fn print_log_stream(mut body: hyper::body::Incoming, timestamps: bool) -> Result<()> {
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the log stream")?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        let Some(last) = pending.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        let rest = pending.split_off(last + 1);
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        for line in pending.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(entry) = serde_json::from_slice::<LogEntry>(line) else {
+                continue;
+            };
+            let target = match entry.stream {
+                runtime::logs::Stream::Stdout => &mut out,
+                runtime::logs::Stream::Stderr => &mut err,
+            };
+            if timestamps {
+                target.extend_from_slice(
+                    entry
+                        .time
+                        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+                        .as_bytes(),
+                );
+                target.push(b' ');
+            }
+            target.extend_from_slice(entry.log.as_bytes());
+        }
+        pending = rest;
+        // A closed stdout (`| head`) ends the stream quietly.
+        if !out.is_empty() {
+            let mut stdout = std::io::stdout().lock();
+            if stdout.write_all(&out).and_then(|()| stdout.flush()).is_err() {
+                return Ok(());
+            }
+        }
+        if !err.is_empty() {
+            let mut stderr = std::io::stderr().lock();
+            let _ = stderr.write_all(&err).and_then(|()| stderr.flush());
+        }
+    }
+    Ok(())
+}
+
+pub async fn wait(client: &Client, jobs: &[String]) -> Result<i32> {
+    for_each(jobs, |id| async move {
+        let exit = wait_exit(client, &id).await?;
+        println!("{}", exit.exit_code);
+        Ok(())
+    })
+    .await
+}
+
+/// Waits for the job's exit over `GET /jobs/{id}/wait`.
+pub async fn wait_exit(client: &Client, id: &str) -> Result<ExitInfo> {
+    let response = client
+        .send_json(Method::GET, &format!("/jobs/{}/wait", encode(id)), None::<&()>)
+        .await?;
+    read_exit(response.into_body()).await
+}
+
+pub async fn read_exit(body: hyper::body::Incoming) -> Result<ExitInfo> {
+    let bytes = body.collect().await.context("waiting for the job")?.to_bytes();
+    if let Ok(exit) = serde_json::from_slice::<ExitInfo>(&bytes) {
+        return Ok(exit);
+    }
+    match serde_json::from_slice::<crate::model::ErrorBody>(&bytes) {
+        Ok(e) => Err(anyhow::anyhow!(e.error)),
+        Err(_) => Err(anyhow::anyhow!(
+            "the daemon ended the wait without an exit status"
+        )),
+    }
+}
+
+pub async fn start(client: &Client, jobs: &[String]) -> Result<i32> {
+    for_each(jobs, |id| async move {
+        client
+            .call::<Job>(Method::POST, &format!("/jobs/{}/start", encode(&id)), None::<&()>)
+            .await?;
+        println!("{id}");
+        Ok(())
+    })
+    .await
+}
+
+pub async fn stop(client: &Client, time: u64, jobs: &[String]) -> Result<i32> {
+    for_each(jobs, |id| async move {
+        client
+            .call::<Job>(
+                Method::POST,
+                &format!("/jobs/{}/stop?t={time}", encode(&id)),
+                None::<&()>,
+            )
+            .await?;
+        println!("{id}");
+        Ok(())
+    })
+    .await
+}
+
+pub async fn kill(client: &Client, signal: &str, jobs: &[String]) -> Result<i32> {
+    for_each(jobs, |id| async move {
+        client
+            .send_json(
+                Method::POST,
+                &format!("/jobs/{}/kill?signal={}", encode(&id), encode(signal)),
+                None::<&()>,
+            )
+            .await?;
+        println!("{id}");
+        Ok(())
+    })
+    .await
+}
+
+pub async fn rm(client: &Client, force: bool, jobs: &[String]) -> Result<i32> {
+    for_each(jobs, |id| async move {
+        client
+            .send_json(
+                Method::DELETE,
+                &format!("/jobs/{}?force={force}", encode(&id)),
+                None::<&()>,
+            )
+            .await?;
+        println!("{id}");
+        Ok(())
+    })
+    .await
+}
+
+pub async fn version(client: &Client) -> Result<i32> {
+    println!("Client: {}", env!("CARGO_PKG_VERSION"));
+    let daemon: Version = client.call(Method::GET, "/version", None::<&()>).await?;
+    println!("Daemon: {} (API {})", daemon.version, daemon.api_version);
+    Ok(0)
+}

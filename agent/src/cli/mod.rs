@@ -1,0 +1,182 @@
+//! The command line: `flynn-host daemon` and the client commands that talk to it.
+
+mod format;
+mod images;
+mod jobs;
+mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Client;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flynn-host",
+    version,
+    about = "Flynn's host agent: runs OCI/Docker images natively",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The daemon to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "FLYNN_HOST",
+        default_value = "http://127.0.0.1:1113"
+    )]
+    pub host: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the host daemon (API, job supervisor, image store).
+    Daemon {
+        /// Where images, jobs and logs are kept.
+        #[arg(long, default_value = "/var/lib/flynn")]
+        state_dir: PathBuf,
+        /// Address of the HTTP API.
+        #[arg(long, default_value = "127.0.0.1:1113")]
+        listen: SocketAddr,
+    },
+    /// Import images from a `docker save` archive, an OCI layout directory, or an OCI archive.
+    Import {
+        path: PathBuf,
+        /// Name the image (for archives that carry no full name).
+        #[arg(long, short = 't')]
+        tag: Option<String>,
+    },
+    /// List images.
+    Images(ListArgs),
+    /// Remove images (refused while a job uses them).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Run a command in a new job.
+    Run(run::RunArgs),
+    /// Start created or exited jobs.
+    Start {
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
+    /// List jobs.
+    Ps {
+        /// Show all jobs (by default only running ones).
+        #[arg(long, short = 'a')]
+        all: bool,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Show jobs' full records as JSON.
+    Inspect {
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
+    /// Show a job's output.
+    Logs {
+        job: String,
+        /// Keep following the output until the job exits.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Prefix each line with its timestamp.
+        #[arg(long, short = 't')]
+        timestamps: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Wait for jobs to exit and print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
+    /// Stop jobs: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(long, short = 't', default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
+    /// Send a signal to jobs.
+    Kill {
+        /// Signal name or number.
+        #[arg(long, short = 's', default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
+    /// Remove jobs.
+    Rm {
+        /// Kill running jobs first.
+        #[arg(long, short = 'f')]
+        force: bool,
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
+    /// Show the client and daemon versions.
+    Version,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print only ids.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    let client = Client::new(&cli.host)?;
+    match cli.command {
+        Command::Daemon { .. } => unreachable_daemon(),
+        Command::Import { path, tag } => images::import(&client, &path, tag.as_deref()).await,
+        Command::Images(list) => images::list(&client, &list).await,
+        Command::Rmi { images } => images::remove(&client, &images).await,
+        Command::Run(args) => run::run(&client, args).await,
+        Command::Start { jobs } => jobs::start(&client, &jobs).await,
+        Command::Ps { all, list } => jobs::ps(&client, all, &list).await,
+        Command::Inspect { jobs } => jobs::inspect(&client, &jobs).await,
+        Command::Logs {
+            job,
+            follow,
+            timestamps,
+            tail,
+        } => jobs::logs(&client, &job, follow, timestamps, tail).await,
+        Command::Wait { jobs } => jobs::wait(&client, &jobs).await,
+        Command::Stop { time, jobs } => jobs::stop(&client, time, &jobs).await,
+        Command::Kill { signal, jobs } => jobs::kill(&client, &signal, &jobs).await,
+        Command::Rm { force, jobs } => jobs::rm(&client, force, &jobs).await,
+        Command::Version => jobs::version(&client).await,
+    }
+}
+
+fn unreachable_daemon() -> Result<i32> {
+    // main() dispatches `daemon` before calling run(); reaching here is a bug.
+    Err(anyhow::anyhow!("internal error: daemon dispatched as a client command"))
+}
+
+/// Runs `f` for each item, printing errors as they come; exit code 1 if any failed.
+async fn for_each<F, Fut>(items: &[String], mut f: F) -> Result<i32>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut code = 0;
+    for item in items {
+        if let Err(e) = f(item.clone()).await {
+            eprintln!("flynn-host: error: {item}: {e:#}");
+            code = 1;
+        }
+    }
+    Ok(code)
+}

@@ -1,0 +1,205 @@
+//! `flynn-host run`: create a job, and in the foreground stream its output and
+//! exit with its exit code, as `docker run` does.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hyper::Method;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::format::parse_size;
+use super::jobs::{print_log_stream, read_exit};
+use crate::client::{ApiFailure, Client, encode};
+use crate::model::{Job, JobRequest, Resources};
+
+/// `docker run`'s exit code when the run itself failed (not the command).
+const EXIT_RUN_FAILED: i32 = 125;
+const EXIT_NOT_EXECUTABLE: i32 = 126;
+const EXIT_NOT_FOUND: i32 = 127;
+
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true, disable_help_flag = true)]
+pub struct RunArgs {
+    /// Print help (-h is --hostname, as in Docker).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// Remove the job when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Run in the background and print the job id.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// Name the job.
+    #[arg(long)]
+    name: Option<String>,
+    /// Memory limit, e.g. 64M or 1g.
+    #[arg(long, short = 'm', value_parser = parse_size)]
+    memory: Option<i64>,
+    /// CPU limit in CPUs, e.g. 0.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Maximum number of processes.
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass the client's value).
+    #[arg(long, short = 'e')]
+    env: Vec<String>,
+    /// Working directory inside the job.
+    #[arg(long, short = 'w')]
+    workdir: Option<String>,
+    /// User (name|uid[:group|gid]).
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    #[arg(long, short = 'h')]
+    hostname: Option<String>,
+    /// Override the image's entrypoint.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Image reference or id.
+    image: String,
+    /// Command and arguments (replace the image's Cmd).
+    #[arg(allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+impl RunArgs {
+    fn request(&self, start: bool) -> JobRequest {
+        let env = self
+            .env
+            .iter()
+            .filter_map(|e| {
+                if e.contains('=') {
+                    Some(e.clone())
+                } else {
+                    // Docker passes the client's value, and drops unset names.
+                    std::env::var(e).ok().map(|v| format!("{e}={v}"))
+                }
+            })
+            .collect();
+        JobRequest {
+            image: self.image.clone(),
+            name: self.name.clone(),
+            cmd: (!self.command.is_empty()).then(|| self.command.clone()),
+            entrypoint: self.entrypoint.as_ref().map(|e| vec![e.clone()]),
+            env,
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            hostname: self.hostname.clone(),
+            resources: Resources {
+                memory: self.memory,
+                cpus: self.cpus,
+                pids_limit: self.pids_limit,
+            },
+            auto_remove: self.rm,
+            start,
+        }
+    }
+}
+
+pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
+    if args.detach {
+        let job: Job = match client
+            .call(Method::POST, "/jobs", Some(&args.request(true)))
+            .await
+        {
+            Ok(job) => job,
+            Err(e) => return Ok(report_start_failure(&e)),
+        };
+        println!("{}", job.id);
+        return Ok(0);
+    }
+
+    // Subscribe to the exit and the output before starting, so neither is missed
+    // even when the command exits at once and the job is auto-removed.
+    let job: Job = match client
+        .call(Method::POST, "/jobs", Some(&args.request(false)))
+        .await
+    {
+        Ok(job) => job,
+        Err(e) => return Ok(report_start_failure(&e)),
+    };
+    let id = job.id.clone();
+    let wait = client
+        .send_json(Method::GET, &format!("/jobs/{id}/wait"), None::<&()>)
+        .await?;
+    let logs = client
+        .send_json(
+            Method::GET,
+            &format!("/jobs/{id}/logs?follow=true"),
+            None::<&()>,
+        )
+        .await?;
+    if let Err(e) = client
+        .call::<Job>(Method::POST, &format!("/jobs/{id}/start"), None::<&()>)
+        .await
+    {
+        if args.rm {
+            let _ = client
+                .send_json(Method::DELETE, &format!("/jobs/{id}?force=true"), None::<&()>)
+                .await;
+        }
+        return Ok(report_start_failure(&e));
+    }
+
+    let output = tokio::spawn(print_log_stream(logs.into_body(), false));
+    let exit = forward_signals(client, &id, read_exit(wait.into_body())).await?;
+    // The log stream ends once the daemon has sent everything the job wrote.
+    output.await.context("printing the job's output")??;
+    Ok(exit.exit_code)
+}
+
+/// Waits for `exit`, passing SIGINT/SIGTERM/SIGHUP/SIGQUIT received meanwhile on
+/// to the job (Docker's --sig-proxy).
+async fn forward_signals<F>(client: &Client, id: &str, exit: F) -> Result<crate::model::ExitInfo>
+where
+    F: std::future::Future<Output = Result<crate::model::ExitInfo>>,
+{
+    let kinds = [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+        (SignalKind::quit(), "SIGQUIT"),
+    ];
+    let mut streams = Vec::new();
+    for (kind, name) in kinds {
+        streams.push((signal(kind).context("installing signal handlers")?, name));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(8);
+    for (mut stream, name) in streams {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(name).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    tokio::pin!(exit);
+    loop {
+        tokio::select! {
+            result = &mut exit => return result,
+            Some(name) = rx.recv() => {
+                let path = format!("/jobs/{}/kill?signal={}", encode(id), name);
+                if let Err(e) = client.send_json(Method::POST, &path, None::<&()>).await {
+                    eprintln!("flynn-host: could not pass {name} on to the job: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+/// Prints why a job could not be started; returns Docker's exit code for it.
+fn report_start_failure(e: &anyhow::Error) -> i32 {
+    eprintln!("flynn-host: error: {e:#}");
+    let Some(failure) = e.downcast_ref::<ApiFailure>() else {
+        return EXIT_RUN_FAILED;
+    };
+    let message = failure.message.to_ascii_lowercase();
+    if message.contains("not found") && (message.contains("executable") || message.contains("no such file")) {
+        EXIT_NOT_FOUND
+    } else if message.contains("permission denied") {
+        EXIT_NOT_EXECUTABLE
+    } else {
+        EXIT_RUN_FAILED
+    }
+}

@@ -1,0 +1,133 @@
+//! From a job request and the image's config to the process the runtime starts.
+//! This is where Docker's rules for Entrypoint/Cmd/Env/WorkingDir/User live.
+
+use std::path::Path;
+
+use oci_spec::image::ImageConfiguration;
+
+use super::JobError;
+use crate::model::{Job, JobConfig, JobRequest};
+
+/// Docker's rule for container names.
+pub fn validate_name(name: &str) -> Result<(), JobError> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if first_ok && rest_ok && name.len() <= 128 {
+        Ok(())
+    } else {
+        Err(JobError::BadRequest(format!(
+            "invalid job name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )))
+    }
+}
+
+/// Merges the image config with the request's overrides.
+pub fn resolve(req: &JobRequest, image: &ImageConfiguration, id: &str) -> Result<JobConfig, JobError> {
+    let cfg = image.config().as_ref();
+    let image_entrypoint = cfg.and_then(|c| c.entrypoint().clone()).unwrap_or_default();
+    let image_cmd = cfg.and_then(|c| c.cmd().clone()).unwrap_or_default();
+    // An entrypoint given by the client drops the image's Cmd too (Docker's rule).
+    let args: Vec<String> = match &req.entrypoint {
+        Some(entrypoint) => entrypoint
+            .iter()
+            .cloned()
+            .chain(req.cmd.clone().unwrap_or_default())
+            .collect(),
+        None => image_entrypoint
+            .into_iter()
+            .chain(req.cmd.clone().unwrap_or(image_cmd))
+            .collect(),
+    };
+    if args.is_empty() || args[0].is_empty() {
+        return Err(JobError::BadRequest(format!(
+            "no command specified: image {} has no Entrypoint or Cmd, give one after the image name",
+            req.image
+        )));
+    }
+    let mut env: Vec<String> = cfg.and_then(|c| c.env().clone()).unwrap_or_default();
+    for entry in &req.env {
+        let key = entry.split('=').next().unwrap_or_default();
+        if key.is_empty() || !entry.contains('=') {
+            return Err(JobError::BadRequest(format!(
+                "invalid environment entry {entry:?}: expected KEY=VALUE"
+            )));
+        }
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(entry.clone());
+    }
+    let workdir = req
+        .workdir
+        .clone()
+        .or_else(|| cfg.and_then(|c| c.working_dir().clone()))
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".to_string());
+    if !workdir.starts_with('/') {
+        return Err(JobError::BadRequest(format!(
+            "invalid working directory {workdir:?}: it must be an absolute path"
+        )));
+    }
+    let user = req
+        .user
+        .clone()
+        .or_else(|| cfg.and_then(|c| c.user().clone()))
+        .unwrap_or_default();
+    let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+    validate_resources(req)?;
+    Ok(JobConfig {
+        args,
+        env,
+        workdir,
+        user,
+        hostname,
+        resources: req.resources.clone(),
+        auto_remove: req.auto_remove,
+    })
+}
+
+fn validate_resources(req: &JobRequest) -> Result<(), JobError> {
+    let r = &req.resources;
+    if let Some(m) = r.memory
+        && m < 6 * 1024 * 1024
+    {
+        return Err(JobError::BadRequest(format!(
+            "memory limit {m} bytes is too small: the minimum is 6 MiB"
+        )));
+    }
+    if let Some(c) = r.cpus
+        && (!c.is_finite() || c <= 0.0 || c > 1024.0)
+    {
+        return Err(JobError::BadRequest(format!(
+            "invalid cpus {c}: give a positive number of CPUs such as 0.5"
+        )));
+    }
+    if let Some(p) = r.pids_limit
+        && p < 1
+    {
+        return Err(JobError::BadRequest(format!(
+            "invalid pids limit {p}: it must be at least 1"
+        )));
+    }
+    Ok(())
+}
+
+/// What the runtime needs to run this job in `rootfs`.
+pub fn container_config(job: &Job, rootfs: &Path) -> runtime::ContainerConfig {
+    let c = &job.config;
+    runtime::ContainerConfig {
+        id: job.id.clone(),
+        rootfs: rootfs.to_path_buf(),
+        args: c.args.clone(),
+        env: c.env.clone(),
+        cwd: c.workdir.clone(),
+        user: c.user.clone(),
+        hostname: c.hostname.clone(),
+        resources: runtime::Resources {
+            memory: c.resources.memory,
+            cpus: c.resources.cpus,
+            pids_limit: c.resources.pids_limit,
+        },
+        tty: false,
+        network: runtime::NetworkMode::New,
+    }
+}

@@ -1,0 +1,47 @@
+use std::path::Path;
+
+/// Why a job operation failed. Each variant maps to one HTTP status in the API.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such job: {0}")]
+    NotFound(String),
+    #[error("job id prefix {0} matches several jobs: give more characters")]
+    Ambiguous(String),
+    #[error("the name {0:?} is already used by another job: remove it or choose another name")]
+    NameInUse(String),
+    #[error("job {0} is running: stop it first, or force the removal")]
+    Running(String),
+    #[error("job {0} is not running")]
+    NotRunning(String),
+    #[error("job {0} is being removed")]
+    Removing(String),
+    #[error("job {0} did not exit after SIGKILL")]
+    StopTimeout(String),
+    #[error(transparent)]
+    Image(#[from] image::StoreError),
+    #[error("cannot mount the job's root filesystem: {0}")]
+    Rootfs(#[from] image::rootfs::RootfsError),
+    #[error("cannot run the job: {0}")]
+    Shim(#[from] runtime::shim::ShimError),
+    #[error("cannot clean up the job's container: {0}")]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl JobError {
+    pub fn io(path: &Path, source: std::io::Error) -> JobError {
+        JobError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    pub fn join(e: tokio::task::JoinError) -> JobError {
+        JobError::Internal(format!("a worker task failed: {e}"))
+    }
+}

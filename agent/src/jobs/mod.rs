@@ -1,0 +1,485 @@
+//! The job supervisor: job records, their life cycle, and the composition of
+//! `image` (rootfs) and `runtime` (shim) that turns a request into a process.
+//!
+//! Each job has one `watch` channel holding its record: it is the single source
+//! of truth that handlers read, that `wait` and log followers subscribe to, and
+//! that is written to `jobs/<id>/job.json` after every change.
+
+mod config;
+mod error;
+mod record;
+
+pub use record::new_id;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use image::ImageStore;
+use nix::sys::signal::Signal;
+use tokio::sync::{RwLock, broadcast, watch};
+
+pub use error::JobError;
+
+use crate::model::{Event, ExitInfo, Job, JobRequest, JobState};
+
+/// How long `stop` and `rm -f` wait for a killed process to be reported gone.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// A job known to the daemon.
+pub struct JobHandle {
+    pub id: String,
+    record: watch::Sender<Job>,
+    /// Serialises start / stop / remove of this job.
+    op: tokio::sync::Mutex<()>,
+}
+
+impl JobHandle {
+    pub fn snapshot(&self) -> Job {
+        self.record.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Job> {
+        self.record.subscribe()
+    }
+}
+
+/// Directories the supervisor owns under the state dir.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// `jobs/<id>/`: job.json, the shim's files, log.json, rootfs, upper, work.
+    pub jobs: PathBuf,
+    /// libcontainer's root (container state dirs).
+    pub containers: PathBuf,
+}
+
+impl Paths {
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.jobs.join(id)
+    }
+}
+
+pub struct JobManager {
+    paths: Paths,
+    images: Arc<ImageStore>,
+    /// The binary that runs shims (`flynn-host shim JOB_DIR`).
+    exe: PathBuf,
+    jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
+    /// Held for reading while a job is being tied to an image, for writing while an
+    /// image is removed: an image cannot vanish between resolve and job creation.
+    image_gate: RwLock<()>,
+    events: broadcast::Sender<Event>,
+}
+
+impl JobManager {
+    /// Loads the job records under `paths.jobs` and re-adopts running jobs.
+    pub async fn open(
+        paths: Paths,
+        images: Arc<ImageStore>,
+        exe: PathBuf,
+        events: broadcast::Sender<Event>,
+    ) -> Result<Arc<JobManager>, JobError> {
+        std::fs::create_dir_all(&paths.jobs).map_err(|e| JobError::io(&paths.jobs, e))?;
+        std::fs::create_dir_all(&paths.containers)
+            .map_err(|e| JobError::io(&paths.containers, e))?;
+        let manager = Arc::new(JobManager {
+            paths,
+            images,
+            exe,
+            jobs: Mutex::new(HashMap::new()),
+            image_gate: RwLock::new(()),
+            events,
+        });
+        manager.recover().await;
+        Ok(manager)
+    }
+
+    fn emit(&self, kind: &str, action: &str, id: &str, job: Option<Job>) {
+        // Nobody listening is not an error.
+        let _ = self.events.send(Event {
+            kind: kind.to_string(),
+            action: action.to_string(),
+            id: id.to_string(),
+            time: Utc::now(),
+            job,
+        });
+    }
+
+    pub fn emit_image(&self, action: &str, id: &str) {
+        self.emit("image", action, id, None);
+    }
+
+    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<JobHandle>>> {
+        // A panic while holding this lock cannot leave the map half-updated (every
+        // critical section is a single insert/remove/read), so poisoning is ignored.
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn list(&self, all: bool) -> Vec<Job> {
+        let mut jobs: Vec<Job> = self
+            .lock_jobs()
+            .values()
+            .map(|h| h.snapshot())
+            .filter(|j| all || j.state == JobState::Running)
+            .collect();
+        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        jobs
+    }
+
+    /// Finds a job by full id, unique id prefix, or name.
+    pub fn get(&self, key: &str) -> Result<Arc<JobHandle>, JobError> {
+        let jobs = self.lock_jobs();
+        if let Some(h) = jobs.get(key) {
+            return Ok(h.clone());
+        }
+        if let Some(h) = jobs
+            .values()
+            .find(|h| h.record.borrow().name.as_deref() == Some(key))
+        {
+            return Ok(h.clone());
+        }
+        if key.len() >= 4 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut found = jobs.values().filter(|h| h.id.starts_with(key));
+            if let Some(first) = found.next() {
+                if found.next().is_some() {
+                    return Err(JobError::Ambiguous(key.to_string()));
+                }
+                return Ok(first.clone());
+            }
+        }
+        Err(JobError::NotFound(key.to_string()))
+    }
+
+    /// True while any job (in any state) was created from this image id.
+    pub fn image_in_use(&self, image_id: &str) -> bool {
+        self.lock_jobs()
+            .values()
+            .any(|h| h.record.borrow().image_id == image_id)
+    }
+
+    /// Removes an image unless a job uses it.
+    pub async fn remove_image(&self, name: &str) -> Result<image::Removed, JobError> {
+        let _gate = self.image_gate.write().await;
+        let store = self.images.clone();
+        let name = name.to_string();
+        let in_use: Vec<String> = self
+            .lock_jobs()
+            .values()
+            .map(|h| h.record.borrow().image_id.clone())
+            .collect();
+        let removed = tokio::task::spawn_blocking(move || {
+            store.remove(&name, &|id: &str| in_use.iter().any(|u| u == id))
+        })
+        .await
+        .map_err(JobError::join)??;
+        for id in &removed.untagged {
+            self.emit_image("untag", id);
+        }
+        for id in &removed.deleted {
+            self.emit_image("delete", id);
+        }
+        Ok(removed)
+    }
+
+    /// Records a job and, unless `req.start` is false, starts it.
+    pub async fn create(self: &Arc<Self>, req: JobRequest) -> Result<Job, JobError> {
+        if let Some(name) = &req.name {
+            config::validate_name(name)?;
+        }
+        let handle = {
+            let _gate = self.image_gate.read().await;
+            let store = self.images.clone();
+            let image_ref = req.image.clone();
+            let (image, image_config) = tokio::task::spawn_blocking(move || {
+                let image = store.resolve(&image_ref)?;
+                let config = store.config(&image)?;
+                Ok::<_, image::StoreError>((image, config))
+            })
+            .await
+            .map_err(JobError::join)??;
+            let id = record::new_id()?;
+            let config = config::resolve(&req, &image_config, &id)?;
+            let job = Job {
+                id: id.clone(),
+                name: req.name.clone(),
+                image: req.image.clone(),
+                image_id: image.id.clone(),
+                state: JobState::Created,
+                pid: None,
+                created_at: Utc::now(),
+                started_at: None,
+                exit: None,
+                error: None,
+                config,
+            };
+            let handle = Arc::new(JobHandle {
+                id: id.clone(),
+                record: watch::Sender::new(job.clone()),
+                op: tokio::sync::Mutex::new(()),
+            });
+            {
+                let mut jobs = self.lock_jobs();
+                if let Some(name) = &req.name
+                    && jobs
+                        .values()
+                        .any(|h| h.record.borrow().name.as_deref() == Some(name))
+                {
+                    return Err(JobError::NameInUse(name.clone()));
+                }
+                jobs.insert(id.clone(), handle.clone());
+            }
+            let dir = self.paths.job_dir(&id);
+            if let Err(e) = record::create_dir(&dir, &job) {
+                self.lock_jobs().remove(&id);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            handle
+        };
+        self.emit("job", "create", &handle.id, Some(handle.snapshot()));
+        if req.start {
+            if let Err(e) = self.start(&handle).await {
+                if req.auto_remove {
+                    let _ = self.remove(&handle, true).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(handle.snapshot())
+    }
+
+    /// Changes the record, persists it, and notifies subscribers.
+    fn update(&self, handle: &JobHandle, f: impl FnOnce(&mut Job)) -> Result<Job, JobError> {
+        handle.record.send_modify(f);
+        let job = handle.snapshot();
+        record::save(&self.paths.job_dir(&handle.id), &job)?;
+        Ok(job)
+    }
+
+    pub async fn start(self: &Arc<Self>, handle: &Arc<JobHandle>) -> Result<Job, JobError> {
+        let _op = handle.op.lock().await;
+        let job = handle.snapshot();
+        match job.state {
+            JobState::Created | JobState::Exited => {}
+            JobState::Running => return Err(JobError::Running(job.id)),
+            JobState::Removing => return Err(JobError::Removing(job.id)),
+        }
+        match self.launch(&job).await {
+            Ok(pid) => {
+                let job = self.update(handle, |j| {
+                    j.state = JobState::Running;
+                    j.pid = Some(pid);
+                    j.started_at = Some(Utc::now());
+                    j.exit = None;
+                    j.error = None;
+                })?;
+                self.emit("job", "start", &job.id, Some(job.clone()));
+                self.monitor(handle.clone());
+                Ok(job)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.update(handle, |j| j.error = Some(message))?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Mounts the rootfs and brings the container up through a shim. On error
+    /// nothing stays mounted or running.
+    async fn launch(&self, job: &Job) -> Result<i32, JobError> {
+        let dir = self.paths.job_dir(&job.id);
+        let rootfs = dir.join("rootfs");
+        let store = self.images.clone();
+        let image_id = job.image_id.clone();
+        let mount_dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let image = store.resolve(&image_id)?;
+            let lowers = store.layer_dirs(&image)?;
+            record::mount_rootfs(&mount_dir, &lowers)
+        })
+        .await
+        .map_err(JobError::join)??;
+
+        let shim_config = runtime::shim::ShimConfig {
+            container: config::container_config(job, &rootfs),
+            state_root: self.paths.containers.clone(),
+            log_path: dir.join(record::LOG_FILE),
+        };
+        let started = async {
+            let created = runtime::shim::spawn(&self.exe, &dir, &shim_config).await?;
+            created.start().await
+        }
+        .await;
+        match started {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                let _ = runtime::shim::cleanup(&self.paths.containers, &job.id);
+                let _ = record::unmount_rootfs(&dir);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Follows a running job's shim until the process exits, then records the exit.
+    fn monitor(self: &Arc<Self>, handle: Arc<JobHandle>) {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let dir = manager.paths.job_dir(&handle.id);
+            let exit = match runtime::shim::ShimClient::connect(&dir).await {
+                Ok(client) => client.wait().await.map(|s| ExitInfo::from_status(&s)),
+                Err(e) => Err(e),
+            };
+            let exit = match exit {
+                Ok(exit) => exit,
+                // The shim is gone: its exit file is the last word, if it wrote one.
+                Err(e) => match runtime::shim::read_exit(&dir) {
+                    Ok(Some(status)) => ExitInfo::from_status(&status),
+                    _ => lost_exit(&e.to_string()),
+                },
+            };
+            manager.finish(&handle, exit).await;
+        });
+    }
+
+    async fn finish(self: &Arc<Self>, handle: &Arc<JobHandle>, exit: ExitInfo) {
+        let dir = self.paths.job_dir(&handle.id);
+        if let Err(e) = record::unmount_rootfs(&dir) {
+            tracing::warn!(job = %handle.id, error = %e, "unmounting the rootfs of an exited job");
+        }
+        let job = match self.update(handle, |j| {
+            j.state = JobState::Exited;
+            j.pid = None;
+            j.exit = Some(exit);
+        }) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(job = %handle.id, error = %e, "recording a job's exit");
+                handle.snapshot()
+            }
+        };
+        self.emit("job", "exit", &job.id, Some(job.clone()));
+        if job.config.auto_remove
+            && let Err(e) = self.remove(handle, false).await
+        {
+            tracing::error!(job = %handle.id, error = %e, "auto-removing an exited job");
+        }
+    }
+
+    /// Sends a signal to a running job.
+    pub async fn signal(&self, handle: &JobHandle, signal: Signal) -> Result<(), JobError> {
+        let job = handle.snapshot();
+        if job.state != JobState::Running {
+            return Err(JobError::NotRunning(job.id));
+        }
+        let client = runtime::shim::ShimClient::connect(&self.paths.job_dir(&job.id)).await?;
+        client.signal(signal as i32).await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns the job once it has exited.
+    pub async fn stop(&self, handle: &Arc<JobHandle>, grace: Duration) -> Result<Job, JobError> {
+        let _op = handle.op.lock().await;
+        self.stop_locked(handle, grace).await
+    }
+
+    async fn stop_locked(&self, handle: &Arc<JobHandle>, grace: Duration) -> Result<Job, JobError> {
+        let mut rx = handle.subscribe();
+        if rx.borrow().state != JobState::Running {
+            return Ok(handle.snapshot());
+        }
+        if !grace.is_zero() {
+            self.signal(handle, Signal::SIGTERM).await.or_else(ignore_not_running)?;
+            if tokio::time::timeout(grace, rx.wait_for(|j| j.state != JobState::Running))
+                .await
+                .is_ok()
+            {
+                return Ok(handle.snapshot());
+            }
+        }
+        self.signal(handle, Signal::SIGKILL).await.or_else(ignore_not_running)?;
+        match tokio::time::timeout(KILL_GRACE, rx.wait_for(|j| j.state != JobState::Running)).await
+        {
+            Ok(_) => Ok(handle.snapshot()),
+            Err(_) => Err(JobError::StopTimeout(handle.id.clone())),
+        }
+    }
+
+    /// Removes a job and everything it left: rootfs mount, container state, cgroups,
+    /// its directory. A running job is refused unless `force` (then it is killed).
+    pub async fn remove(&self, handle: &Arc<JobHandle>, force: bool) -> Result<(), JobError> {
+        let _op = handle.op.lock().await;
+        let job = handle.snapshot();
+        if job.state == JobState::Running {
+            if !force {
+                return Err(JobError::Running(job.id));
+            }
+            self.stop_locked(handle, Duration::ZERO).await?;
+        }
+        self.update(handle, |j| j.state = JobState::Removing)?;
+        let dir = self.paths.job_dir(&handle.id);
+        let containers = self.paths.containers.clone();
+        let id = handle.id.clone();
+        tokio::task::spawn_blocking(move || record::destroy(&dir, &containers, &id))
+            .await
+            .map_err(JobError::join)??;
+        self.lock_jobs().remove(&handle.id);
+        self.emit("job", "remove", &handle.id, None);
+        Ok(())
+    }
+
+    /// Loads records from disk after a (re)start: re-adopts running jobs whose
+    /// shim is alive, records the exit of those that ended meanwhile, and finishes
+    /// interrupted removals.
+    async fn recover(self: &Arc<Self>) {
+        let records = record::load_all(&self.paths.jobs);
+        for job in records {
+            let handle = Arc::new(JobHandle {
+                id: job.id.clone(),
+                record: watch::Sender::new(job.clone()),
+                op: tokio::sync::Mutex::new(()),
+            });
+            self.lock_jobs().insert(job.id.clone(), handle.clone());
+            match job.state {
+                JobState::Running => self.monitor(handle),
+                JobState::Removing => {
+                    if let Err(e) = self.remove(&handle, true).await {
+                        tracing::error!(job = %job.id, error = %e, "finishing an interrupted removal");
+                    }
+                }
+                JobState::Created | JobState::Exited => {}
+            }
+        }
+    }
+
+    /// The log file of a job.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.paths.job_dir(id).join(record::LOG_FILE)
+    }
+}
+
+fn ignore_not_running(e: JobError) -> Result<(), JobError> {
+    match e {
+        JobError::NotRunning(_) => Ok(()),
+        e => Err(e),
+    }
+}
+
+fn lost_exit(reason: &str) -> ExitInfo {
+    ExitInfo {
+        exit_code: 255,
+        code: None,
+        signal: None,
+        oom_killed: false,
+        finished_at: Utc::now(),
+        error: Some(format!("exit status lost: {reason}")),
+    }
+}
+
+/// True once the job has exited (or is being removed after exiting): what waiters
+/// and log followers wait for.
+pub fn has_exited(job: &Job) -> bool {
+    matches!(job.state, JobState::Exited | JobState::Removing) && job.exit.is_some()
+}

@@ -1,0 +1,111 @@
+//! A job's directory on disk: its record (`job.json`), log file, and rootfs
+//! mount. Records are replaced atomically, so a daemon killed at any moment
+//! leaves either the old or the new record, never a torn one.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::JobError;
+use crate::model::Job;
+
+pub const RECORD_FILE: &str = "job.json";
+pub const LOG_FILE: &str = "log.json";
+
+/// 128 random bits as 32 hex characters.
+pub fn new_id() -> Result<String, JobError> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| JobError::io(Path::new("/dev/urandom"), e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Creates the job's directory with its first record and an empty log (so log
+/// followers can open it before the job starts).
+pub fn create_dir(dir: &Path, job: &Job) -> Result<(), JobError> {
+    fs::create_dir_all(dir).map_err(|e| JobError::io(dir, e))?;
+    let log = dir.join(LOG_FILE);
+    fs::File::create(&log).map_err(|e| JobError::io(&log, e))?;
+    save(dir, job)
+}
+
+pub fn save(dir: &Path, job: &Job) -> Result<(), JobError> {
+    let data = serde_json::to_vec_pretty(job).map_err(|e| JobError::Internal(e.to_string()))?;
+    let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
+    let path = dir.join(RECORD_FILE);
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_data()?;
+        fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| JobError::io(&path, e))
+}
+
+/// Every readable record under `jobs`. A directory without a readable record is
+/// a job whose creation was interrupted before its first record landed: it is
+/// removed (nothing else can refer to it).
+pub fn load_all(jobs: &Path) -> Vec<Job> {
+    let entries = match fs::read_dir(jobs) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::error!(dir = %jobs.display(), error = %e, "reading the jobs directory");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let record = dir.join(RECORD_FILE);
+        match fs::read(&record)
+            .map_err(|e| e.to_string())
+            .and_then(|d| serde_json::from_slice::<Job>(&d).map_err(|e| e.to_string()))
+        {
+            Ok(job) => out.push(job),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a job directory without a valid record");
+                let _ = unmount_rootfs(&dir);
+                if let Err(e) = fs::remove_dir_all(&dir) {
+                    tracing::error!(dir = %dir.display(), error = %e, "removing a broken job directory");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn rootfs_dirs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (dir.join("rootfs"), dir.join("upper"), dir.join("work"))
+}
+
+/// Mounts the job's overlay: the image's layers below, the job's own upper dir on top.
+pub fn mount_rootfs(dir: &Path, lowers: &[PathBuf]) -> Result<(), JobError> {
+    let (rootfs, upper, work) = rootfs_dirs(dir);
+    for d in [&rootfs, &upper, &work] {
+        fs::create_dir_all(d).map_err(|e| JobError::io(d, e))?;
+    }
+    // A previous run's mount may survive a daemon crash; never stack a second one.
+    image::rootfs::unmount(&rootfs)?;
+    image::rootfs::mount_overlay(lowers, &upper, &work, &rootfs)?;
+    Ok(())
+}
+
+pub fn unmount_rootfs(dir: &Path) -> Result<(), JobError> {
+    let (rootfs, _, _) = rootfs_dirs(dir);
+    if rootfs.exists() {
+        image::rootfs::unmount(&rootfs)?;
+    }
+    Ok(())
+}
+
+/// Removes everything a job left: mount, container state and cgroups, directory.
+pub fn destroy(dir: &Path, containers: &Path, id: &str) -> Result<(), JobError> {
+    unmount_rootfs(dir)?;
+    runtime::shim::cleanup(containers, id)?;
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(JobError::io(dir, e)),
+    }
+}

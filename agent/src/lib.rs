@@ -1,0 +1,13 @@
+//! `flynn-host`: the Flynn host agent. One binary is the daemon (HTTP API, job
+//! supervisor), the CLI that talks to it, and the per-container shim.
+//!
+//! The agent composes the other crates: `image` gives a job its root
+//! filesystem, `runtime` runs it. It is the only crate that knows about both;
+//! they know nothing of each other or of HTTP.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod jobs;
+pub mod model;

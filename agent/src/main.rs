@@ -1,0 +1,54 @@
+//! `flynn-host`: the Flynn host agent. One binary: the daemon, the CLI that talks
+//! to it, and the per-container shim (`flynn-host shim JOB_DIR`).
+
+use clap::Parser;
+use flynn_host::{cli, daemon};
+
+fn main() {
+    // The shim must stay single-threaded (libcontainer forks): dispatch it before
+    // anything starts a thread, clap and tokio included.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "shim") {
+        std::process::exit(runtime::shim::main(&args[2..]));
+    }
+
+    let cli = cli::Cli::parse();
+    let code = match tokio_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flynn-host: error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn tokio_main(cli: cli::Cli) -> anyhow::Result<i32> {
+    let is_daemon = matches!(cli.command, cli::Command::Daemon { .. });
+    let runtime = if is_daemon {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        // A client command needs no thread pool; starting one costs start-up time.
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(async move {
+        if let cli::Command::Daemon { state_dir, listen } = cli.command {
+            init_tracing();
+            daemon::run(daemon::DaemonOptions { state_dir, listen }).await?;
+            Ok(0)
+        } else {
+            cli::run(cli).await
+        }
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLYNN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

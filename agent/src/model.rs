@@ -1,0 +1,193 @@
+//! Wire types of the HTTP API, shared by the daemon and the CLI.
+//!
+//! Every type here appears in `agent/openapi.json`; the OpenAPI test holds the
+//! daemon's responses to those schemas, so a field added here must be added there.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What a client asks for when it creates a job (`POST /jobs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// Image reference or id.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Replaces the image's Cmd (Docker's `docker run IMAGE ARGS...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// Replaces the image's Entrypoint (and drops its Cmd, as Docker does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` entries added to (or replacing those of) the image's Env.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Remove the job once it has exited (and its exit has been reported to waiters).
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// Start at once (the default); `false` only records the job, for `POST /jobs/{id}/start`.
+    #[serde(default = "default_true")]
+    pub start: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
+    /// CPU limit in CPUs (0.5 = half of one CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        *self == Resources::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Recorded, not started.
+    Created,
+    Running,
+    Exited,
+    /// Being removed; a restart finishes the removal.
+    Removing,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Created => "created",
+            JobState::Running => "running",
+            JobState::Exited => "exited",
+            JobState::Removing => "removing",
+        }
+    }
+}
+
+/// How a job's process ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Docker's exit code: the process's code, 128+N for signal N, 137 for an OOM kill.
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub finished_at: DateTime<Utc>,
+    /// Set when the exit status could not be read (the shim died with the container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ExitInfo {
+    pub fn from_status(status: &runtime::ExitStatus) -> Self {
+        ExitInfo {
+            exit_code: status.exit_code(),
+            code: status.code,
+            signal: status.signal,
+            oom_killed: status.oom_killed,
+            finished_at: status.finished_at,
+            error: None,
+        }
+    }
+}
+
+/// A job as the API shows it (`GET /jobs/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The reference the job was created from, as given.
+    pub image: String,
+    pub image_id: String,
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    /// Why the last start failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub config: JobConfig,
+}
+
+/// The resolved process configuration of a job (image config merged with the request).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: String,
+    pub hostname: String,
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    pub auto_remove: bool,
+}
+
+/// `POST /images/import` with a JSON body imports from a path on the daemon's host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRemoved {
+    pub untagged: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+/// One line of a job's log, in Docker's json-file shape.
+pub use runtime::logs::LogEntry;
+
+/// An event on `GET /events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// "job" or "image".
+    pub kind: String,
+    /// job: create, start, exit, remove; image: import, untag, delete.
+    pub action: String,
+    pub id: String,
+    pub time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Version {
+    pub version: String,
+    pub api_version: String,
+}

@@ -1,0 +1,258 @@
+//! Shared harness for the agent's end-to-end tests: builds the fixture images
+//! once, starts a real daemon on a free port with its own state dir, and runs
+//! the real `flynn-host` binary as the CLI.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flynn-host");
+
+/// The fixture images (built by fixtures/build-images.sh on first use).
+pub fn fixtures() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = match std::env::var_os("FLYNN_FIXTURES") {
+            Some(dir) => PathBuf::from(dir),
+            None => root.join("target").join("fixtures"),
+        };
+        let status = Command::new("bash")
+            .arg(root.join("fixtures/build-images.sh"))
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .expect("running fixtures/build-images.sh");
+        assert!(status.success(), "building the fixture images failed");
+        out
+    })
+    .clone()
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub state: tempfile::TempDir,
+    pub addr: String,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("finding a free port")
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let state = tempfile::Builder::new()
+            .prefix("flynn-test-")
+            .tempdir_in("/var/tmp")
+            .expect("creating a state dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut daemon = Daemon {
+            child: None,
+            log: state.path().join("daemon.log"),
+            state,
+            addr,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Starts (or restarts) the daemon process on the same state dir and address.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the daemon log");
+        let child = Command::new(BIN)
+            .args(["daemon", "--state-dir"])
+            .arg(self.state.path())
+            .args(["--listen", &self.addr])
+            .env("FLYNN_LOG", "debug")
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start listening; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("FLYNN_HOST", self.url())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running flynn-host")
+    }
+
+    /// Runs the CLI and asserts it succeeded; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "flynn-host {args:?} failed ({:?})\nstdout: {}\nstderr: {}\ndaemon log tail:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log_text(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn import_busybox(&self) {
+        let archive = fixtures().join("busybox-docker.tar");
+        self.ok(&["import", archive.to_str().expect("utf-8 path")]);
+    }
+
+    /// The record of a job, via `inspect`.
+    pub fn inspect(&self, id: &str) -> serde_json::Value {
+        let out = self.ok(&["inspect", id]);
+        let mut all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("inspect JSON");
+        all.remove(0)
+    }
+
+    /// A raw HTTP/1.1 request; returns (status, body).
+    pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        http(&self.addr, method, path, body)
+    }
+
+    /// Polls `inspect` until `pred` holds (for state the test itself caused).
+    pub fn wait_until(&self, id: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let job = self.inspect(id);
+            if pred(&job) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {job}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // Leave nothing running: remove every job through the API.
+            let out = self.cli(&["ps", "-aq"]);
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self.cli(&["rm", "-f", id]);
+            }
+        }
+        self.kill9();
+        for mount in mounts_under(self.state.path()) {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Mount points at or under `dir`, from /proc/self/mountinfo.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connecting to the daemon");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("sending");
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let mut chunked = false;
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if lower == "transfer-encoding: chunked" {
+            chunked = true;
+        }
+        if let Some(v) = lower.strip_prefix("content-length: ") {
+            length = v.parse::<usize>().ok();
+        }
+    }
+    let mut data = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).expect("chunk size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size hex");
+            if n == 0 {
+                break;
+            }
+            let mut chunk = vec![0u8; n + 2];
+            reader.read_exact(&mut chunk).expect("chunk");
+            data.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = length {
+        data.resize(n, 0);
+        reader.read_exact(&mut data).expect("body");
+    } else {
+        reader.read_to_end(&mut data).expect("body");
+    }
+    (status, String::from_utf8_lossy(&data).into_owned())
+}

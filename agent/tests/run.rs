@@ -1,0 +1,361 @@
+//! End to end: a real daemon, real images, real containers (root, namespaces,
+//! overlayfs, cgroups). Each test starts its own daemon on its own state dir.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Daemon, fixtures, mounts_under};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn run_echo_prints_and_exits_with_the_containers_code() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let out = d.cli(&["run", "--rm", "busybox", "echo", "hello"]);
+    assert_eq!(stdout(&out), "hello\n", "stderr: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = d.cli(&["run", "--rm", "busybox", "sh", "-c", "echo to-err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stderr(&out), "to-err\n");
+    assert_eq!(stdout(&out), "");
+
+    // Killed by a signal: 128 + N, like docker run.
+    let out = d.cli(&["run", "--rm", "busybox", "sh", "-c", "kill -USR1 $$"]);
+    assert_eq!(out.status.code(), Some(128 + 10));
+
+    // --rm removed every job.
+    assert_eq!(d.ok(&["ps", "-aq"]).trim(), "");
+}
+
+#[test]
+fn image_config_env_workdir_and_user_apply_and_can_be_overridden() {
+    let d = Daemon::start();
+    let archive = fixtures().join("layered-docker.tar");
+    d.ok(&["import", archive.to_str().unwrap()]);
+    // Entrypoint /app/hello.sh, User app, WorkingDir /app, Env FOO=bar.
+    let out = d.ok(&["run", "--rm", "flynn-test/layered"]);
+    assert_eq!(out, "hello from app in /app with FOO=bar\n");
+
+    let out = d.ok(&[
+        "run", "--rm", "-e", "FOO=baz", "-w", "/tmp", "-u", "root", "flynn-test/layered",
+    ]);
+    assert_eq!(out, "hello from root in /tmp with FOO=baz\n");
+
+    // User by name gets the supplementary groups of /etc/group; uid:gid works too.
+    let out = d.ok(&[
+        "run", "--rm", "-u", "app", "--entrypoint", "id", "flynn-test/layered",
+    ]);
+    assert!(out.starts_with("uid=1000(app) gid=1000(app)"), "{out}");
+    assert!(out.contains("29(audio)") && out.contains("50(staff)"), "{out}");
+    let out = d.ok(&["run", "--rm", "-u", "1234:50", "--entrypoint", "id", "flynn-test/layered"]);
+    assert!(out.starts_with("uid=1234 gid=50(staff)"), "{out}");
+
+    // Docker's default environment: PATH, HOSTNAME, HOME.
+    let out = d.ok(&["run", "--rm", "--hostname", "box1", "--entrypoint", "env", "flynn-test/layered"]);
+    assert!(out.contains("HOSTNAME=box1\n"), "{out}");
+    assert!(out.contains("HOME=/home/app\n"), "{out}");
+    assert!(out.contains("PATH=/usr/local/sbin:"), "{out}");
+
+    // The second layer's whiteout and opaque directory hide the first layer's files.
+    let out = d.ok(&[
+        "run", "--rm", "--entrypoint", "sh", "flynn-test/layered", "-c",
+        "ls /var/www; test -e /etc/motd && echo motd-present || echo motd-gone",
+    ]);
+    assert_eq!(out, "only.txt\nmotd-gone\n");
+
+    let out = d.cli(&["run", "--rm", "-u", "nosuchuser", "flynn-test/layered"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nosuchuser"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_memory_limit_ooms_and_is_reported_as_oom() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let out = d.cli(&[
+        "run", "--name", "hog", "-m", "16M", "busybox", "dd", "if=/dev/zero", "of=/dev/null",
+        "bs=64M", "count=1",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "stderr: {}", stderr(&out));
+    let job = d.inspect("hog");
+    assert_eq!(job["exit"]["oom_killed"], true, "{job}");
+    assert_eq!(job["exit"]["exit_code"], 137);
+    assert!(d.ok(&["ps", "-a"]).contains("OOM"));
+}
+
+#[test]
+fn limits_are_written_to_the_jobs_cgroup() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let id = d
+        .ok(&["run", "-d", "-m", "64M", "--cpus", "0.5", "--pids-limit", "20", "busybox", "sleep", "60"])
+        .trim()
+        .to_string();
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let read = |v1_ctrl: &str, v1_file: &str, v2_file: &str| -> String {
+        let path = if v2 {
+            format!("/sys/fs/cgroup/flynn/{id}/{v2_file}")
+        } else {
+            format!("/sys/fs/cgroup/{v1_ctrl}/flynn/{id}/{v1_file}")
+        };
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("memory", "memory.limit_in_bytes", "memory.max"), (64u64 << 20).to_string());
+    if v2 {
+        assert_eq!(read("", "", "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(read("cpu", "cpu.cfs_quota_us", ""), "50000");
+        assert_eq!(read("cpu", "cpu.cfs_period_us", ""), "100000");
+    }
+    assert_eq!(read("pids", "pids.max", "pids.max"), "20");
+
+    // The pids limit holds: the 21st process cannot be forked.
+    let out = d.cli(&[
+        "run", "--rm", "--pids-limit", "10", "busybox", "sh", "-c",
+        "for i in $(seq 1 30); do sleep 5 & done 2>/dev/null; sleep 0.2; ls /proc | grep -c '^[0-9]'",
+    ]);
+    let count: u32 = stdout(&out).trim().parse().unwrap_or(0);
+    assert!(count > 0 && count <= 10, "processes seen: {}", stdout(&out));
+    d.ok(&["rm", "-f", &id]);
+}
+
+#[test]
+fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
+    let d = Daemon::start();
+    d.import_busybox();
+    // Exits on SIGTERM: stopped gracefully.
+    d.ok(&[
+        "run", "-d", "--name", "polite", "busybox", "sh", "-c",
+        "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    d.ok(&["stop", "-t", "5", "polite"]);
+    let job = d.inspect("polite");
+    assert_eq!(job["state"], "exited");
+    assert_eq!(job["exit"]["exit_code"], 0, "{job}");
+    assert_eq!(d.ok(&["logs", "polite"]), "got-term\n");
+
+    // Ignores SIGTERM: killed after the grace period.
+    d.ok(&[
+        "run", "-d", "--name", "stubborn", "busybox", "sh", "-c",
+        "trap '' TERM; while true; do sleep 0.1; done",
+    ]);
+    d.ok(&["stop", "-t", "1", "stubborn"]);
+    let job = d.inspect("stubborn");
+    assert_eq!(job["exit"]["signal"], 9, "{job}");
+    assert_eq!(job["exit"]["exit_code"], 137);
+    assert_eq!(job["exit"]["oom_killed"], false);
+
+    // kill -s sends the signal asked for.
+    d.ok(&["run", "-d", "--name", "k", "busybox", "sh", "-c", "trap 'exit 42' HUP; while true; do sleep 0.1; done"]);
+    d.ok(&["kill", "-s", "HUP", "k"]);
+    d.wait_until("k", "exit after SIGHUP", |j| j["state"] == "exited");
+    assert_eq!(d.inspect("k")["exit"]["exit_code"], 42);
+}
+
+#[test]
+fn logs_keep_streams_apart_and_follow_until_exit() {
+    let d = Daemon::start();
+    d.import_busybox();
+    d.ok(&[
+        "run", "-d", "--name", "chatty", "busybox", "sh", "-c",
+        "echo one; echo two >&2; sleep 1; echo three",
+    ]);
+    // -f returns once the job has exited, with everything it wrote.
+    let out = d.cli(&["logs", "-f", "chatty"]);
+    assert_eq!(stdout(&out), "one\nthree\n");
+    assert_eq!(stderr(&out), "two\n");
+    let out = d.ok(&["logs", "--tail", "1", "chatty"]);
+    assert_eq!(out, "three\n");
+    let out = d.ok(&["logs", "-t", "chatty"]);
+    let first = out.lines().next().unwrap_or_default();
+    let (time, text) = first.split_once(' ').expect("timestamped line");
+    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{first}");
+    assert_eq!(text, "one");
+}
+
+#[test]
+fn rm_leaves_no_mount_cgroup_or_directory_behind() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let id = d.ok(&["run", "-d", "busybox", "sleep", "60"]).trim().to_string();
+    let job_dir = d.state_dir().join("jobs").join(&id);
+    assert!(mounts_under(&job_dir).len() == 1, "rootfs is mounted while running");
+    let cgroup_dirs = || -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            for candidate in [entry.path().join("flynn").join(&id), entry.path().join(&id)] {
+                if candidate.exists() {
+                    found.push(candidate.display().to_string());
+                }
+            }
+        }
+        found
+    };
+    assert!(!cgroup_dirs().is_empty(), "the job has a cgroup while running");
+
+    let out = d.cli(&["rm", &id]);
+    assert_ne!(out.status.code(), Some(0), "rm without -f refuses a running job");
+    assert!(stderr(&out).contains("running"), "{}", stderr(&out));
+
+    d.ok(&["rm", "-f", &id]);
+    assert!(mounts_under(&job_dir).is_empty(), "no mount left");
+    assert!(cgroup_dirs().is_empty(), "no cgroup left: {:?}", cgroup_dirs());
+    assert!(!job_dir.exists(), "no job directory left");
+    assert!(!d.state_dir().join("containers").join(&id).exists(), "no container state left");
+    assert_eq!(d.ok(&["ps", "-aq"]).trim(), "");
+
+    // An exited job keeps its directory until rm, but not its mount.
+    let out = d.cli(&["run", "--name", "done", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    let id = d.inspect("done")["id"].as_str().unwrap().to_string();
+    let job_dir = d.state_dir().join("jobs").join(&id);
+    assert!(job_dir.exists());
+    assert!(mounts_under(&job_dir).is_empty());
+    d.ok(&["rm", "done"]);
+    assert!(!job_dir.exists());
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_store_stays_usable() {
+    let d = Daemon::start();
+
+    // Unknown image.
+    let out = d.cli(&["run", "--rm", "nosuchimage", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("nosuchimage"), "{}", stderr(&out));
+
+    // A corrupt archive.
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.tar");
+    std::fs::write(&garbage, b"this is not a tar archive at all, not even close".repeat(40)).unwrap();
+    let out = d.cli(&["import", garbage.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!stderr(&out).is_empty());
+
+    // A truncated archive.
+    let good = std::fs::read(fixtures().join("busybox-docker.tar")).unwrap();
+    let truncated = dir.path().join("truncated.tar");
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+    let out = d.cli(&["import", truncated.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+
+    // A layer whose bytes do not match its digest.
+    let tampered = dir.path().join("tampered");
+    copy_dir(&fixtures().join("busybox-oci"), &tampered);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tampered.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tampered.join("blobs/sha256").join(&manifest_digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let layer_path = tampered.join("blobs/sha256").join(&layer[7..]);
+    let mut bytes = std::fs::read(&layer_path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&layer_path, bytes).unwrap();
+    let out = d.cli(&["import", tampered.to_str().unwrap(), "--tag", "tampered:1"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("sha256:"), "names the digest: {}", stderr(&out));
+
+    // Nothing half-imported is visible.
+    assert_eq!(d.ok(&["images", "-q"]).trim(), "");
+
+    // Malformed JSON and unknown fields on the API.
+    let (status, body) = d.http("POST", "/jobs", Some("{\"image\": "));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid JSON"), "{body}");
+    let (status, body) = d.http("POST", "/jobs", Some("{\"image\": \"busybox\", \"bogus\": 1}"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bogus"), "{body}");
+    let (status, _) = d.http("GET", "/no/such/endpoint", None);
+    assert_eq!(status, 404);
+    let (status, _) = d.http("PUT", "/jobs", None);
+    assert_eq!(status, 405);
+    let (status, body) = d.http("POST", "/jobs/x/kill?signal=SIGNOPE", None);
+    assert!(status == 400 || status == 404, "{status} {body}");
+
+    // A command missing from the image.
+    d.import_busybox();
+    let out = d.cli(&["run", "--rm", "busybox", "/no/such/command"]);
+    assert_eq!(out.status.code(), Some(127), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("/no/such/command"), "{}", stderr(&out));
+
+    // An unknown CLI flag is refused by the CLI itself.
+    let out = d.cli(&["run", "--no-such-flag", "busybox"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // After all that, the store still works.
+    let out = d.cli(&["run", "--rm", "busybox", "echo", "still fine"]);
+    assert_eq!(stdout(&out), "still fine\n");
+    assert!(d.log_text().contains("panicked") == false, "the daemon never panics");
+}
+
+#[test]
+fn rmi_is_refused_while_a_job_uses_the_image() {
+    let d = Daemon::start();
+    d.import_busybox();
+    d.ok(&["run", "--name", "user", "busybox", "true"]);
+    let out = d.cli(&["rmi", "busybox"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("use"), "{}", stderr(&out));
+    d.ok(&["rm", "user"]);
+    let out = d.ok(&["rmi", "busybox"]);
+    assert!(out.contains("Untagged: busybox:latest"), "{out}");
+    assert!(out.contains("Deleted:"), "{out}");
+    assert_eq!(d.ok(&["images", "-q"]).trim(), "");
+    // Layers went with the image.
+    let layers = d.state_dir().join("images");
+    let leftover = walk_count(&layers.join("layers"));
+    assert_eq!(leftover, 0, "no unpacked layer left under {}", layers.display());
+}
+
+#[test]
+fn names_and_ids_resolve_like_docker() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let id = d.ok(&["run", "-d", "--name", "web", "busybox", "sleep", "60"]).trim().to_string();
+    assert_eq!(id.len(), 32);
+    assert_eq!(d.inspect("web")["id"], id);
+    assert_eq!(d.inspect(&id[..8])["id"], id);
+    let out = d.cli(&["run", "-d", "--name", "web", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("already used"), "{}", stderr(&out));
+    let ps = d.ok(&["ps"]);
+    assert!(ps.starts_with("JOB ID"), "{ps}");
+    assert!(ps.contains("web") && ps.contains("Up "), "{ps}");
+    let json: Vec<serde_json::Value> = serde_json::from_str(&d.ok(&["ps", "--json"])).unwrap();
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0]["config"]["args"], serde_json::json!(["sleep", "60"]));
+    d.ok(&["rm", "-f", "web"]);
+    let out = d.cli(&["inspect", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no such job"), "{}", stderr(&out));
+}
+
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
