@@ -1,0 +1,152 @@
+//! The libcontainer calls: create, start, delete, and cleanup after a lost shim.
+//!
+//! `create` forks and changes the working directory process-wide, so it must only run in
+//! a single-threaded process: the shim. Nothing here is called from the daemon except
+//! [`cleanup`], which neither forks nor changes directory.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{CgroupConfig, create_cgroup_manager};
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{SigHandler, Signal, signal};
+
+use crate::cgroup;
+use crate::config::is_valid_id;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid container id {0:?}: it must be 32 lowercase hex characters")]
+    Id(String),
+    #[error("cannot create the container state directory {path:?}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("libcontainer could not create container {id}: {source}")]
+    Create {
+        id: String,
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error("libcontainer could not start container {id}: {source}")]
+    Start {
+        id: String,
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error(
+        "libcontainer could not delete container {id}: {source}; \
+         run the cleanup again or remove its state dir and /flynn/{id} cgroups by hand"
+    )]
+    Delete {
+        id: String,
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error("cannot remove the cgroups of container {id}: {detail}")]
+    Cgroup { id: String, detail: String },
+}
+
+/// The container's standard streams, as seen by its init process.
+pub struct Stdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Creates the container from the spec in `bundle/config.json`. On return, init is a
+/// child of the calling process, waiting for [`start`].
+pub fn create(
+    state_root: &Path,
+    id: &str,
+    bundle: &Path,
+    stdio: Stdio,
+) -> Result<Container, RuntimeError> {
+    if !is_valid_id(id) {
+        return Err(RuntimeError::Id(id.to_owned()));
+    }
+    std::fs::create_dir_all(state_root).map_err(|source| RuntimeError::StateDir {
+        path: state_root.to_owned(),
+        source,
+    })?;
+    let create_err = |source| RuntimeError::Create {
+        id: id.to_owned(),
+        source,
+    };
+    let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(create_err)?
+        .with_stdin(stdio.stdin)
+        .with_stdout(stdio.stdout)
+        .with_stderr(stdio.stderr)
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true);
+
+    // The init process inherits signal dispositions through clone and exec, and Rust
+    // programs ignore SIGPIPE: without this, `yes | head` would spin in the container.
+    let previous = set_sigpipe(SigHandler::SigDfl);
+    let result = builder.build();
+    set_sigpipe(previous);
+    result.map_err(create_err)
+}
+
+fn set_sigpipe(handler: SigHandler) -> SigHandler {
+    // SAFETY: only SIG_DFL / SIG_IGN (or the disposition saved from a previous call, which
+    // is one of those) are installed: no handler code runs, so nothing can be unsound.
+    unsafe { signal(Signal::SIGPIPE, handler) }.unwrap_or(SigHandler::SigIgn)
+}
+
+/// Lets the created init exec the container's program.
+pub fn start(container: &mut Container) -> Result<(), RuntimeError> {
+    container.start().map_err(|source| RuntimeError::Start {
+        id: container.id().to_owned(),
+        source,
+    })
+}
+
+/// Deletes the container's state dir and cgroups, killing whatever is left in them.
+/// Idempotent: a container that is already gone is not an error.
+pub fn cleanup(state_root: &Path, id: &str) -> Result<(), RuntimeError> {
+    if !is_valid_id(id) {
+        return Err(RuntimeError::Id(id.to_owned()));
+    }
+    let dir = state_root.join(id);
+    if dir.exists() {
+        match Container::load(dir.clone()) {
+            Ok(mut container) => {
+                container
+                    .delete(true)
+                    .map_err(|source| RuntimeError::Delete {
+                        id: id.to_owned(),
+                        source,
+                    })?;
+            }
+            // No readable state.json: a create that died half-way. Nothing in it is
+            // needed to find the cgroups, which are removed below.
+            Err(e) => {
+                tracing::warn!(id, error = %e, "container state unreadable; removing it");
+                std::fs::remove_dir_all(&dir).map_err(|source| RuntimeError::StateDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    // The cgroups can outlive the state dir (a crash between the two removals, or a
+    // create that failed early), so they are checked on their own.
+    let manager = create_cgroup_manager(CgroupConfig {
+        cgroup_path: cgroup::cgroup_path(id),
+        systemd_cgroup: false,
+        container_name: id.to_owned(),
+    })
+    .map_err(|e| RuntimeError::Cgroup {
+        id: id.to_owned(),
+        detail: e.to_string(),
+    })?;
+    use libcgroups::common::CgroupManager;
+    manager.remove().map_err(|e| RuntimeError::Cgroup {
+        id: id.to_owned(),
+        detail: e.to_string(),
+    })
+}

@@ -1,0 +1,306 @@
+//! The agent's side: spawning a shim, the start-up handshake, and control requests.
+//! Async (tokio); never forks itself beyond spawning the shim binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{ChildStdin, ChildStdout, Command};
+
+use super::protocol::{self, Handshake, Request, Response, ShimState};
+use super::{JobFiles, ShimConfig};
+use crate::exit::{self, ExitFileError, ExitStatus};
+
+/// Replies and handshake lines are short; anything longer is a protocol error.
+const MAX_LINE_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error(
+        "control socket path {path:?} is {len} bytes, over the 107-byte limit of unix \
+         sockets: use a shorter job directory"
+    )]
+    SocketPathTooLong { path: PathBuf, len: usize },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("the shim could not create the container: {0}")]
+    Create(String),
+    #[error("the shim could not start the container: {0}")]
+    Start(String),
+    #[error("unexpected message from the shim: {0}")]
+    Protocol(String),
+    #[error("the shim refused the request: {0}")]
+    Control(String),
+    #[error(
+        "the shim for {0:?} is gone without recording an exit status; \
+         call runtime::shim::cleanup to remove what is left of the container"
+    )]
+    Gone(PathBuf),
+    #[error(transparent)]
+    Exit(#[from] ExitFileError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
+    let what = what.into();
+    move |source| ShimError::Io { what, source }
+}
+
+/// A shim whose container is created (init waits) but not started.
+#[derive(Debug)]
+pub struct CreatedShim {
+    pid: i32,
+    shim_pid: i32,
+    job_dir: PathBuf,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// Writes `shim.json`, spawns `exe shim <job_dir>` and waits until the container is
+/// created. The job directory must exist.
+pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<CreatedShim, ShimError> {
+    let files = JobFiles::new(job_dir);
+    files.check_socket_path()?;
+    let config_path = files.shim_config();
+    let data = serde_json::to_vec_pretty(cfg).map_err(|e| ShimError::Io {
+        what: "encoding the shim config".into(),
+        source: std::io::Error::other(e),
+    })?;
+    let path = config_path.clone();
+    tokio::task::spawn_blocking(move || exit::write_atomic(&path, &data))
+        .await
+        .map_err(|e| ShimError::Io {
+            what: "writing the shim config".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(io(format!("writing {config_path:?}")))?;
+
+    // Until the shim redirects its own stderr, early failures (an exec error, a panic)
+    // land in shim.log too.
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(files.shim_log())
+        .map_err(io(format!("opening {:?}", files.shim_log())))?;
+    let mut child = Command::new(exe)
+        .arg("shim")
+        .arg(job_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(io(format!("spawning the shim {exe:?}")))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(ShimError::Protocol(
+            "shim spawned without stdio pipes".into(),
+        ));
+    };
+    // This child only forks the real (detached) shim and exits; reap it now.
+    let status = child
+        .wait()
+        .await
+        .map_err(io("waiting for the shim to detach"))?;
+    let mut stdout = BufReader::new(stdout);
+    let line = read_line(&mut stdout).await?;
+    match line {
+        Some(Handshake::Created { pid, shim_pid }) => Ok(CreatedShim {
+            pid,
+            shim_pid,
+            job_dir: job_dir.to_owned(),
+            stdin,
+            stdout,
+        }),
+        Some(Handshake::Error(msg)) => Err(ShimError::Create(msg)),
+        Some(other) => Err(ShimError::Protocol(format!("{other:?} before created"))),
+        None => Err(ShimError::Create(format!(
+            "the shim exited ({status}) without reporting; see {:?}{}",
+            files.shim_log(),
+            log_tail(&files)
+        ))),
+    }
+}
+
+impl CreatedShim {
+    /// The container's init process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The detached shim process.
+    pub fn shim_pid(&self) -> i32 {
+        self.shim_pid
+    }
+
+    pub fn job_dir(&self) -> &Path {
+        &self.job_dir
+    }
+
+    /// Lets the container run. Returns its init pid.
+    pub async fn start(mut self) -> Result<i32, ShimError> {
+        let line = format!("{}\n", protocol::START);
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(io("sending start to the shim"))?;
+        self.stdin
+            .flush()
+            .await
+            .map_err(io("sending start to the shim"))?;
+        match read_line(&mut self.stdout).await? {
+            Some(Handshake::Started { pid }) => Ok(pid),
+            Some(Handshake::Error(msg)) => Err(ShimError::Start(msg)),
+            Some(other) => Err(ShimError::Protocol(format!("{other:?} after start"))),
+            None => Err(ShimError::Start(format!(
+                "the shim exited without confirming the start; see {:?}{}",
+                JobFiles::new(&self.job_dir).shim_log(),
+                log_tail(&JobFiles::new(&self.job_dir))
+            ))),
+        }
+    }
+
+    /// Gives up on the container: the shim kills and deletes it, then exits. Returns once
+    /// the shim has finished (its stdout reaches EOF).
+    pub async fn abort(self) {
+        let CreatedShim {
+            stdin, mut stdout, ..
+        } = self;
+        drop(stdin);
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut stdout, &mut sink).await;
+    }
+}
+
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+) -> Result<Option<Handshake>, ShimError> {
+    let mut line = String::new();
+    let n = AsyncBufReadExt::read_line(
+        &mut tokio::io::AsyncReadExt::take(reader, MAX_LINE_BYTES),
+        &mut line,
+    )
+    .await
+    .map_err(io("reading from the shim"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(line.trim_end())
+        .map(Some)
+        .map_err(|e| ShimError::Protocol(format!("{line:?}: {e}")))
+}
+
+fn log_tail(files: &JobFiles) -> String {
+    let Ok(text) = std::fs::read_to_string(files.shim_log()) else {
+        return String::new();
+    };
+    match text.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) => format!(" (last line: {last})"),
+        None => String::new(),
+    }
+}
+
+/// Talks to a running shim over its control socket. Every request uses its own
+/// connection, so one task can wait while another signals.
+#[derive(Debug, Clone)]
+pub struct ShimClient {
+    job_dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl ShimClient {
+    /// Connects to the shim of `job_dir`, checking that it answers.
+    pub async fn connect(job_dir: &Path) -> Result<ShimClient, ShimError> {
+        let socket = JobFiles::new(job_dir).check_socket_path()?;
+        let client = ShimClient {
+            job_dir: job_dir.to_owned(),
+            socket,
+        };
+        client.state().await?;
+        Ok(client)
+    }
+
+    async fn open(&self) -> Result<UnixStream, ShimError> {
+        UnixStream::connect(&self.socket)
+            .await
+            .map_err(io(format!("connecting to the shim at {:?}", self.socket)))
+    }
+
+    async fn request(&self, req: &Request) -> Result<Option<Response>, ShimError> {
+        let stream = self.open().await?;
+        self.exchange(stream, req).await
+    }
+
+    async fn exchange(
+        &self,
+        mut stream: UnixStream,
+        req: &Request,
+    ) -> Result<Option<Response>, ShimError> {
+        stream
+            .write_all(&protocol::line(req))
+            .await
+            .map_err(io("sending a request to the shim"))?;
+        let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(stream, MAX_LINE_BYTES));
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .await
+            .map_err(io("reading the shim's reply"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(line.trim_end())
+            .map(Some)
+            .map_err(|e| ShimError::Protocol(format!("{line:?}: {e}")))
+    }
+
+    pub async fn state(&self) -> Result<ShimState, ShimError> {
+        match self.request(&Request::State).await? {
+            Some(Response::State(state)) => Ok(state),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `sig` to the container's init. Note that an init process (PID 1 of its
+    /// namespace) ignores signals it has no handler for, except SIGKILL.
+    pub async fn signal(&self, sig: i32) -> Result<(), ShimError> {
+        match self.request(&Request::Signal { signal: sig }).await? {
+            Some(Response::Ok { .. }) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits until the container has exited and returns how. Also works after the shim
+    /// has exited, from `exit.json`.
+    pub async fn wait(&self) -> Result<ExitStatus, ShimError> {
+        let reply = match UnixStream::connect(&self.socket).await {
+            Ok(stream) => self.exchange(stream, &Request::Wait).await,
+            // No socket or nobody listening: the shim is done; exit.json tells the rest.
+            Err(_) => Ok(None),
+        };
+        match reply {
+            Ok(Some(Response::Exit { exit })) => Ok(exit),
+            // Connection closed without an answer: the shim exited meanwhile.
+            Ok(None) | Err(ShimError::Io { .. }) => {
+                read_exit(&self.job_dir)?.ok_or_else(|| ShimError::Gone(self.job_dir.clone()))
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn unexpected(reply: Option<Response>) -> ShimError {
+    match reply {
+        Some(Response::Error { error }) => ShimError::Control(error),
+        Some(other) => ShimError::Protocol(format!("{other:?}")),
+        None => ShimError::Protocol("the shim closed the connection without replying".into()),
+    }
+}
+
+/// The recorded exit status of the job in `job_dir`, if its container has exited.
+pub fn read_exit(job_dir: &Path) -> Result<Option<ExitStatus>, ShimError> {
+    Ok(exit::read(&JobFiles::new(job_dir).exit_status())?)
+}

@@ -1,0 +1,245 @@
+//! The shim's first phase: detach, create the container, hand-shake with the agent, start.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use libcontainer::container::Container;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::stat::{Mode, umask};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use super::monitor::{self, Handoff};
+use super::protocol::{self, Handshake};
+use super::{JobFiles, ShimConfig, diag, error_chain, read_config, sys};
+use crate::container::{self, Stdio};
+use crate::{cgroup, spec};
+
+pub fn main(job_dir: &Path) -> i32 {
+    if let Err(e) = sys::detach() {
+        report(&Handshake::Error(format!(
+            "cannot detach the shim from the agent (setsid/fork): {e}"
+        )));
+        return 1;
+    }
+    let files = JobFiles::new(job_dir);
+    settle(&files);
+    let prepared = match prepare(&files) {
+        Ok(p) => p,
+        Err(msg) => {
+            diag(&msg);
+            report(&Handshake::Error(msg));
+            let _ = std::fs::remove_file(files.socket());
+            return 1;
+        }
+    };
+    run(&files, prepared)
+}
+
+/// Puts the detached process in a predictable state: cwd "/" (libcontainer needs a cwd
+/// that stays valid), umask 022, stderr to shim.log, and shim.pid written.
+fn settle(files: &JobFiles) {
+    let _ = std::env::set_current_dir("/");
+    umask(Mode::from_bits_truncate(0o022));
+    match OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(files.shim_log())
+    {
+        Ok(log) => {
+            let _ = sys::redirect(2, &log);
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "cannot open shim log: {e}");
+        }
+    }
+    let pid = std::process::id().to_string();
+    if let Err(e) = crate::exit::write_atomic(&files.shim_pid(), pid.as_bytes()) {
+        diag(&format!("cannot write {:?}: {e}", files.shim_pid()));
+    }
+}
+
+struct Prepared {
+    cfg: ShimConfig,
+    listener: UnixListener,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    container_stdio: Stdio,
+}
+
+/// Everything up to (not including) libcontainer's create. Errors are final messages.
+fn prepare(files: &JobFiles) -> Result<Prepared, String> {
+    let cfg = read_config(files)?;
+    cfg.container
+        .validate()
+        .map_err(|e| format!("invalid container config: {e}"))?;
+    let listener = bind_control_socket(files)?;
+
+    spec::prepare_rootfs(&cfg.container).map_err(|e| e.to_string())?;
+    let mut oci = spec::build_spec(&cfg.container).map_err(|e| e.to_string())?;
+    cgroup::adapt_spec_to_host(&mut oci);
+    oci.save(files.spec())
+        .map_err(|e| format!("cannot write the OCI spec {:?}: {e}", files.spec()))?;
+
+    let (stdout, stdout_w) =
+        sys::pipe().map_err(|e| format!("cannot create the stdout pipe: {e}"))?;
+    let (stderr, stderr_w) =
+        sys::pipe().map_err(|e| format!("cannot create the stderr pipe: {e}"))?;
+    let stdin: OwnedFd = File::open("/dev/null")
+        .map_err(|e| format!("cannot open /dev/null for the container's stdin: {e}"))?
+        .into();
+    Ok(Prepared {
+        cfg,
+        listener,
+        stdout,
+        stderr,
+        container_stdio: Stdio {
+            stdin,
+            stdout: stdout_w,
+            stderr: stderr_w,
+        },
+    })
+}
+
+fn bind_control_socket(files: &JobFiles) -> Result<UnixListener, String> {
+    let path = files.check_socket_path().map_err(|e| e.to_string())?;
+    if path.exists() {
+        if UnixStream::connect(&path).is_ok() {
+            return Err(format!(
+                "another shim is already serving {path:?}: each job needs its own directory"
+            ));
+        }
+        // Left by a shim that died: nothing listens on it any more.
+        std::fs::remove_file(&path)
+            .map_err(|e| format!("cannot remove the stale control socket {path:?}: {e}"))?;
+    }
+    UnixListener::bind(&path).map_err(|e| format!("cannot listen on {path:?}: {e}"))
+}
+
+fn run(files: &JobFiles, p: Prepared) -> i32 {
+    let id = p.cfg.container.id.clone();
+    let state_root = p.cfg.state_root.clone();
+    // The write ends of the output pipes move into libcontainer, which closes them once
+    // init has them: from then on, EOF on our read ends means the container is done.
+    let mut container = match container::create(&state_root, &id, files.dir(), p.container_stdio) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = error_chain(&e);
+            diag(&msg);
+            report(&Handshake::Error(msg));
+            let _ = std::fs::remove_file(files.socket());
+            return 1;
+        }
+    };
+    let Some(init) = container.pid() else {
+        let msg = format!("libcontainer created container {id} but reported no init pid");
+        report(&Handshake::Error(msg.clone()));
+        abort(files, &p.cfg, None, &msg);
+        return 1;
+    };
+
+    let created = Handshake::Created {
+        pid: init.as_raw(),
+        shim_pid: std::process::id() as i32,
+    };
+    if !report(&created) {
+        abort(
+            files,
+            &p.cfg,
+            Some(init),
+            "the agent went away before start",
+        );
+        return 1;
+    }
+    if !wait_for_start() {
+        abort(
+            files,
+            &p.cfg,
+            Some(init),
+            "the agent closed stdin before start",
+        );
+        return 0;
+    }
+    if let Err(e) = start(&mut container) {
+        let msg = error_chain(&e);
+        report(&Handshake::Error(msg.clone()));
+        abort(files, &p.cfg, Some(init), &msg);
+        return 1;
+    }
+    report(&Handshake::Started { pid: init.as_raw() });
+    drop(container);
+    close_stdio();
+
+    monitor::hand_over(
+        files,
+        Handoff {
+            init,
+            stdout: p.stdout,
+            stderr: p.stderr,
+            listener: p.listener.into(),
+        },
+    )
+}
+
+fn start(container: &mut Container) -> Result<(), container::RuntimeError> {
+    container::start(container)
+}
+
+/// Writes one handshake line to the agent; false if the agent is gone.
+fn report(msg: &Handshake) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(&protocol::line(msg)).is_ok() && out.flush().is_ok()
+}
+
+/// Blocks until the agent says `start` (true) or goes away (false).
+fn wait_for_start() -> bool {
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        let mut line = String::new();
+        // A bounded read: the agent writes one short word.
+        match (&mut stdin).take(4096).read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        match line.trim() {
+            protocol::START => return true,
+            "abort" => return false,
+            other => {
+                report(&Handshake::Error(format!(
+                    "unknown handshake command {other:?}: expected {:?}",
+                    protocol::START
+                )));
+            }
+        }
+    }
+}
+
+/// Kills and deletes a container that will never run, leaving nothing behind.
+fn abort(files: &JobFiles, cfg: &ShimConfig, init: Option<Pid>, why: &str) {
+    diag(&format!("aborting container {}: {why}", cfg.container.id));
+    if let Some(pid) = init {
+        // Reap it first so that its cgroups are empty when libcontainer removes them.
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    }
+    if let Err(e) = container::cleanup(&cfg.state_root, &cfg.container.id) {
+        diag(&error_chain(&e));
+    }
+    let _ = std::fs::remove_file(files.socket());
+}
+
+/// The agent reads our stdout to EOF; after the handshake nothing more comes from us.
+fn close_stdio() {
+    match File::options().read(true).write(true).open("/dev/null") {
+        Ok(null) => {
+            let _ = sys::redirect(0, &null);
+            let _ = sys::redirect(1, &null);
+        }
+        Err(e) => diag(&format!("cannot open /dev/null: {e}")),
+    }
+}

@@ -1,0 +1,137 @@
+//! The per-container shim, and the agent's side of talking to it.
+//!
+//! A shim is the agent's own binary run as `flynn-host shim <JOB_DIR>`: a fresh,
+//! single-threaded process (libcontainer forks and changes directory process-wide, which
+//! a multi-threaded daemon must never do). It detaches from the daemon, creates the
+//! container, waits for `start`, then supervises it: logs its output, serves control
+//! requests, reaps it, records how it ended and deletes it. The daemon can die and come
+//! back at any point; the shim does not depend on it after the handshake.
+//!
+//! After `start`, the shim re-executes itself (same argv, plus the handed-over descriptors
+//! in [`MONITOR_ENV`]) so that the supervising process carries none of libcontainer's
+//! memory. The container's init stays its child across exec.
+
+mod client;
+mod create;
+mod monitor;
+pub mod protocol;
+mod sys;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::container::cleanup;
+pub use client::{CreatedShim, ShimClient, ShimError, read_exit, spawn};
+pub use protocol::{ShimState, Status};
+
+use crate::config::ContainerConfig;
+
+/// Set (by the shim itself) when it re-executes into its monitoring phase.
+pub const MONITOR_ENV: &str = "FLYNN_SHIM_MONITOR";
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// What the agent writes to `shim.json` before spawning the shim.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ShimConfig {
+    pub container: ContainerConfig,
+    /// libcontainer's root directory (one state dir per container), e.g. <state>/containers.
+    pub state_root: PathBuf,
+    /// Where the container's output goes, in Docker's json-file format.
+    pub log_path: PathBuf,
+}
+
+/// The files of one job directory.
+#[derive(Clone, Debug)]
+pub struct JobFiles {
+    dir: PathBuf,
+}
+
+impl JobFiles {
+    pub fn new(dir: &Path) -> JobFiles {
+        JobFiles {
+            dir: dir.to_owned(),
+        }
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// [`ShimConfig`], written by the agent.
+    pub fn shim_config(&self) -> PathBuf {
+        self.dir.join("shim.json")
+    }
+    /// The OCI spec; the job dir is the libcontainer bundle.
+    pub fn spec(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("shim.sock")
+    }
+    pub fn shim_pid(&self) -> PathBuf {
+        self.dir.join("shim.pid")
+    }
+    /// [`crate::ExitStatus`], written atomically when the container has exited.
+    pub fn exit_status(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+    /// The shim's own diagnostics (its stderr once detached).
+    pub fn shim_log(&self) -> PathBuf {
+        self.dir.join("shim.log")
+    }
+
+    /// Unix socket paths are limited; fail early with the reason instead of a bind error.
+    pub fn check_socket_path(&self) -> Result<PathBuf, ShimError> {
+        let path = self.socket();
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(ShimError::SocketPathTooLong { path, len });
+        }
+        Ok(path)
+    }
+}
+
+fn read_config(files: &JobFiles) -> Result<ShimConfig, String> {
+    let path = files.shim_config();
+    let data =
+        std::fs::read(&path).map_err(|e| format!("cannot read shim config {path:?}: {e}"))?;
+    serde_json::from_slice(&data).map_err(|e| format!("invalid shim config {path:?}: {e}"))
+}
+
+/// The shim's entry point, for `flynn-host shim <JOB_DIR>`. Must be called before the
+/// process creates any thread. Returns the process exit code.
+pub fn main(job_dir: &Path) -> i32 {
+    match std::env::var(MONITOR_ENV) {
+        Ok(handoff) => monitor::main_after_exec(job_dir, &handoff),
+        Err(_) => create::main(job_dir),
+    }
+}
+
+/// The shim's own diagnostics. Once detached, its stderr is `shim.log` in the job dir:
+/// the only place a message can go when nobody is listening on the handshake any more.
+fn diag(msg: &str) {
+    use std::io::Write;
+    tracing::warn!("{msg}");
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let _ = writeln!(
+        std::io::stderr(),
+        "{now} shim[{}]: {msg}",
+        std::process::id()
+    );
+}
+
+/// An error with its causes, skipping causes whose text the message already contains.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = cause.source();
+    }
+    msg
+}

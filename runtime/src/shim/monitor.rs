@@ -1,0 +1,529 @@
+//! The shim's long phase: supervise a started container until it exits.
+//!
+//! One thread, one `poll(2)`, no timers: the wake-ups are SIGCHLD (through a signalfd),
+//! output on the container's two pipes, and control connections. When init has exited
+//! the shim drains the pipes, reads the OOM counter, writes `exit.json`, deletes the
+//! container, answers the waiters and exits.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{MsgFlags, send};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::protocol::{self, Request, Response, ShimState, Status};
+use super::{JobFiles, MONITOR_ENV, ShimConfig, diag, error_chain, read_config, sys};
+use crate::exit::{self, ExitStatus};
+use crate::logs::{LogWriter, Stream};
+use crate::{cgroup, container};
+
+/// Connections beyond this are closed at once: a misbehaving client must not make the
+/// shim grow without bound.
+const MAX_CLIENTS: usize = 64;
+const MAX_REQUEST_BYTES: usize = 4096;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the creating phase hands to the monitoring phase, across exec.
+pub struct Handoff {
+    pub init: Pid,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub listener: OwnedFd,
+}
+
+impl Handoff {
+    fn encode(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.init,
+            self.stdout.as_raw_fd(),
+            self.stderr.as_raw_fd(),
+            self.listener.as_raw_fd()
+        )
+    }
+
+    fn decode(value: &str) -> Result<Handoff, String> {
+        let nums: Vec<i32> = value
+            .split(':')
+            .map(|n| n.parse::<i32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("malformed {MONITOR_ENV}={value:?}"))?;
+        let [init, out, err, listener] = nums[..] else {
+            return Err(format!("malformed {MONITOR_ENV}={value:?}"));
+        };
+        let mut fds = Vec::new();
+        for raw in [out, err, listener] {
+            if raw <= 2 || !sys::is_open(raw) || fds.contains(&raw) {
+                return Err(format!("{MONITOR_ENV}: descriptor {raw} is not usable"));
+            }
+            fds.push(raw);
+        }
+        // SAFETY: the three descriptors were checked to be open and distinct; the
+        // pre-exec shim made exactly these inheritable and gave up its own handles on
+        // them by exec'ing, so nothing else in this process owns them.
+        let own = |raw| unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Handoff {
+            init: Pid::from_raw(init),
+            stdout: own(out),
+            stderr: own(err),
+            listener: own(listener),
+        })
+    }
+}
+
+/// Re-executes the shim binary into the monitoring phase, dropping libcontainer's memory;
+/// if that is impossible, monitors in this process instead.
+pub fn hand_over(files: &JobFiles, handoff: Handoff) -> i32 {
+    let err = reexec(&handoff);
+    diag(&format!(
+        "cannot re-exec into the lean monitor ({err}); monitoring in-process"
+    ));
+    for fd in [&handoff.stdout, &handoff.stderr, &handoff.listener] {
+        let _ = sys::set_inherit(fd, false);
+    }
+    run(files, handoff)
+}
+
+/// Only returns on failure.
+fn reexec(h: &Handoff) -> std::io::Error {
+    for fd in [&h.stdout, &h.stderr, &h.listener] {
+        if let Err(e) = sys::set_inherit(fd, true) {
+            return std::io::Error::from(e);
+        }
+    }
+    // /proc/self/exe is the binary this process runs, even if an upgrade replaced the
+    // file since: the monitor is always the same version as the creator.
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    if let Some(argv0) = args.next() {
+        cmd.arg0(argv0);
+    }
+    cmd.args(args).env(MONITOR_ENV, h.encode());
+    cmd.exec()
+}
+
+/// Entry point of the re-executed shim.
+pub fn main_after_exec(job_dir: &Path, value: &str) -> i32 {
+    let files = JobFiles::new(job_dir);
+    match Handoff::decode(value) {
+        Ok(h) => run(&files, h),
+        Err(msg) => {
+            // Without the handed-over descriptors nobody can supervise the container:
+            // better gone than running unobserved.
+            diag(&format!("{msg}; killing the container"));
+            if let Ok(cfg) = read_config(&files)
+                && let Err(e) = container::cleanup(&cfg.state_root, &cfg.container.id)
+            {
+                diag(&error_chain(&e));
+            }
+            1
+        }
+    }
+}
+
+fn run(files: &JobFiles, h: Handoff) -> i32 {
+    let cfg = match read_config(files) {
+        Ok(cfg) => cfg,
+        Err(msg) => {
+            diag(&format!("{msg}; killing the container"));
+            let _ = kill(h.init, Signal::SIGKILL);
+            let _ = waitpid(h.init, None);
+            return 1;
+        }
+    };
+    match Monitor::new(files, cfg, h) {
+        Ok(mut m) => {
+            m.run();
+            m.finish()
+        }
+        Err((msg, init)) => {
+            diag(&format!("{msg}; killing the container"));
+            let _ = kill(init, Signal::SIGKILL);
+            let _ = waitpid(init, None);
+            1
+        }
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    request: Vec<u8>,
+    /// Asked for the exit status; answered in `finish`.
+    waiting: bool,
+    /// The peer shut down its writing side (it may still read our answer).
+    read_closed: bool,
+    done: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Token {
+    Child,
+    Output(Stream),
+    Listener,
+    Client(usize),
+}
+
+struct Monitor {
+    files: JobFiles,
+    cfg: ShimConfig,
+    init: Pid,
+    /// Set once init has been reaped.
+    status: Option<WaitStatus>,
+    sigfd: SignalFd,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    listener: UnixListener,
+    clients: Vec<Client>,
+    log: Option<LogWriter>,
+    buf: Vec<u8>,
+}
+
+impl Monitor {
+    fn new(files: &JobFiles, cfg: ShimConfig, h: Handoff) -> Result<Monitor, (String, Pid)> {
+        let init = h.init;
+        let fail = |what: &str, e: &dyn std::fmt::Display| (format!("{what}: {e}"), init);
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        // Blocked so that SIGCHLD is only ever seen through the signalfd. The init
+        // process is never cloned from here, so it cannot inherit this mask.
+        mask.thread_block()
+            .map_err(|e| fail("cannot block SIGCHLD", &e))?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| fail("cannot create a signalfd", &e))?;
+        for fd in [&h.stdout, &h.stderr] {
+            sys::set_nonblocking(fd).map_err(|e| fail("cannot make a pipe non-blocking", &e))?;
+        }
+        let listener = UnixListener::from(h.listener);
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| fail("cannot make the control socket non-blocking", &e))?;
+        let log = match LogWriter::open(&cfg.log_path) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                // The container still runs; its output is read and dropped so that it
+                // never blocks on a full pipe.
+                diag(&format!("{e}; container output will be discarded"));
+                None
+            }
+        };
+        Ok(Monitor {
+            files: files.clone(),
+            cfg,
+            init,
+            status: None,
+            sigfd,
+            stdout: Some(h.stdout),
+            stderr: Some(h.stderr),
+            listener,
+            clients: Vec::new(),
+            log,
+            buf: vec![0; READ_CHUNK],
+        })
+    }
+
+    fn run(&mut self) {
+        // Init may have exited before SIGCHLD was blocked: that signal is gone, the
+        // zombie is not.
+        self.reap();
+        while self.status.is_none() {
+            let ready = match self.wait_for_events() {
+                Ok(ready) => ready,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    diag(&format!("poll failed: {e}"));
+                    continue;
+                }
+            };
+            for (token, revents) in ready {
+                match token {
+                    Token::Child => self.on_sigchld(),
+                    Token::Output(stream) => self.on_output(stream),
+                    Token::Listener => self.on_accept(),
+                    Token::Client(i) => self.on_client(i, revents),
+                }
+            }
+            self.clients.retain(|c| !c.done);
+        }
+    }
+
+    fn wait_for_events(&self) -> Result<Vec<(Token, PollFlags)>, Errno> {
+        let mut fds = Vec::with_capacity(4 + self.clients.len());
+        let mut tokens = Vec::with_capacity(fds.capacity());
+        fds.push(PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN));
+        tokens.push(Token::Child);
+        for (fd, stream) in [
+            (&self.stdout, Stream::Stdout),
+            (&self.stderr, Stream::Stderr),
+        ] {
+            if let Some(fd) = fd {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                tokens.push(Token::Output(stream));
+            }
+        }
+        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        tokens.push(Token::Listener);
+        for (i, c) in self.clients.iter().enumerate() {
+            // With no events requested, poll still reports the peer hanging up.
+            let events = if c.read_closed {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
+            fds.push(PollFd::new(c.stream.as_fd(), events));
+            tokens.push(Token::Client(i));
+        }
+        poll(&mut fds, PollTimeout::NONE)?;
+        Ok(fds
+            .iter()
+            .zip(tokens)
+            .filter_map(|(fd, token)| fd.revents().filter(|r| !r.is_empty()).map(|r| (token, r)))
+            .collect())
+    }
+
+    fn on_sigchld(&mut self) {
+        while let Ok(Some(_)) = self.sigfd.read_signal() {}
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(status @ (WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)))
+                    if pid == self.init =>
+                {
+                    self.status = Some(status);
+                }
+                // Some other child (there should be none): reaped and forgotten.
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    diag(&format!("waitpid failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads once from a stream; returns false when the stream is finished.
+    fn read_output(&mut self, stream: Stream) -> bool {
+        let fd = match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        };
+        let Some(fd) = fd else { return false };
+        match nix::unistd::read(fd.as_raw_fd(), &mut self.buf) {
+            Ok(0) => {
+                match stream {
+                    Stream::Stdout => self.stdout = None,
+                    Stream::Stderr => self.stderr = None,
+                }
+                false
+            }
+            Ok(n) => {
+                if let Some(log) = &mut self.log
+                    && let Err(e) = log.write(stream, &self.buf[..n])
+                {
+                    diag(&format!("cannot write the container log: {e}"));
+                }
+                true
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => false,
+            Err(e) => {
+                diag(&format!("cannot read container {stream:?}: {e}"));
+                match stream {
+                    Stream::Stdout => self.stdout = None,
+                    Stream::Stderr => self.stderr = None,
+                }
+                false
+            }
+        }
+    }
+
+    fn on_output(&mut self, stream: Stream) {
+        self.read_output(stream);
+    }
+
+    fn on_accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    self.clients.push(Client {
+                        stream,
+                        request: Vec::new(),
+                        waiting: false,
+                        read_closed: false,
+                        done: false,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        diag(&format!("cannot accept a control connection: {e}"));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_client(&mut self, i: usize, revents: PollFlags) {
+        let Some(client) = self.clients.get_mut(i) else {
+            return;
+        };
+        if !client.read_closed {
+            let mut chunk = [0u8; 1024];
+            match client.stream.read(&mut chunk) {
+                Ok(0) => client.read_closed = true,
+                Ok(n) if !client.waiting => client.request.extend_from_slice(&chunk[..n]),
+                // Anything a waiter sends after its request is ignored.
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => client.done = true,
+            }
+        }
+        if client.done {
+            return;
+        }
+        let hung_up = revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+        if client.waiting {
+            client.done = hung_up;
+            return;
+        }
+        let line_end = client.request.iter().position(|&b| b == b'\n');
+        let request = match line_end {
+            Some(n) => client.request[..n].to_vec(),
+            // A request may also end with the client shutting down its side.
+            None if client.read_closed => std::mem::take(&mut client.request),
+            None if client.request.len() > MAX_REQUEST_BYTES => {
+                let reply = error(format!(
+                    "request longer than {MAX_REQUEST_BYTES} bytes without a newline"
+                ));
+                reply_and_close(client, &reply);
+                return;
+            }
+            None => {
+                client.done = hung_up;
+                return;
+            }
+        };
+        if request.iter().all(u8::is_ascii_whitespace) {
+            client.done = true;
+            return;
+        }
+        let reply = match serde_json::from_slice::<Request>(&request) {
+            Ok(Request::Wait) => {
+                client.waiting = true;
+                return;
+            }
+            Ok(Request::Signal { signal }) => signal_init(self.init, signal),
+            Ok(Request::State) => Response::State(ShimState {
+                pid: self.init.as_raw(),
+                status: Status::Running,
+            }),
+            Err(e) => error(format!(
+                "invalid request: {e}; send one JSON line such as {{\"op\":\"state\"}}, \
+                 {{\"op\":\"wait\"}} or {{\"op\":\"signal\",\"signal\":15}}"
+            )),
+        };
+        let client = &mut self.clients[i];
+        reply_and_close(client, &reply);
+    }
+
+    /// Everything after init's exit. Returns the shim's exit code.
+    fn finish(&mut self) -> i32 {
+        // Every process of the container is gone (a PID namespace dies with its init), so
+        // the pipes hold all there is left and then report EOF.
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            while self.read_output(stream) {}
+        }
+        self.stdout = None;
+        self.stderr = None;
+        if let Some(log) = &mut self.log
+            && let Err(e) = log.finish()
+        {
+            diag(&format!("cannot write the container log: {e}"));
+        }
+
+        let id = self.cfg.container.id.clone();
+        // The counter lives in the cgroup, so it must be read before the delete below.
+        let oom_killed = match cgroup::oom_kill_count(&id) {
+            Ok(n) => n > 0,
+            Err(e) => {
+                diag(&format!("cannot tell whether the OOM killer struck: {e}"));
+                false
+            }
+        };
+        let wait_status = self.status.unwrap_or(WaitStatus::StillAlive);
+        let status = ExitStatus::from_wait(wait_status, oom_killed);
+        if let Err(e) = exit::write(&self.files.exit_status(), &status) {
+            diag(&e.to_string());
+        }
+        if let Err(e) = container::cleanup(&self.cfg.state_root, &id) {
+            diag(&error_chain(&e));
+        }
+
+        let reply = protocol::line(&Response::Exit { exit: status });
+        for c in self.clients.iter_mut().filter(|c| c.waiting && !c.done) {
+            let _ = send_all(&c.stream, &reply);
+        }
+        self.clients.clear();
+        // Later clients find no socket and read exit.json instead.
+        let _ = std::fs::remove_file(self.files.socket());
+        0
+    }
+}
+
+fn error(msg: String) -> Response {
+    Response::Error { error: msg }
+}
+
+fn signal_init(init: Pid, signal: i32) -> Response {
+    let Ok(sig) = Signal::try_from(signal) else {
+        return error(format!(
+            "invalid signal number {signal}: give a standard signal between 1 and 31"
+        ));
+    };
+    // init is this process's unreaped child, so its pid cannot have been reused.
+    match kill(init, sig) {
+        Ok(()) => Response::Ok { ok: true },
+        Err(e) => error(format!(
+            "cannot send signal {signal} to the container's init (pid {init}): {e}"
+        )),
+    }
+}
+
+fn reply_and_close(client: &mut Client, reply: &Response) {
+    let _ = send_all(&client.stream, &protocol::line(reply));
+    client.done = true;
+}
+
+/// Writes a short reply without blocking and without SIGPIPE; a client that does not
+/// read its (tiny) answer loses it.
+fn send_all(stream: &UnixStream, data: &[u8]) -> Result<(), Errno> {
+    let mut sent = 0;
+    while sent < data.len() {
+        match send(
+            stream.as_raw_fd(),
+            &data[sent..],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) => sent += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = (&*stream).flush();
+    Ok(())
+}
