@@ -1,0 +1,246 @@
+//! Container root filesystems: overlayfs over an image's unpacked layers.
+//!
+//! The mount uses the file-descriptor mount API (`fsopen`/`fsconfig`) and passes each
+//! lowerdir separately (`lowerdir+`, Linux 6.8+), which has no length limit and needs no
+//! escaping. Older kernels get classic `mount(2)`, whose option string must fit in a page.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+/// Bytes available for `mount(2)` data: one page, including the final NUL.
+const LEGACY_DATA_MAX: usize = 4095;
+
+/// Why a rootfs could not be mounted or unmounted.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("an overlay needs at least one lower layer; this image has none")]
+    NoLayers,
+    #[error("path {path:?} cannot be passed to overlayfs: {reason}")]
+    BadPath { path: PathBuf, reason: &'static str },
+    #[error(
+        "the overlay options take {len} bytes, over the {limit}-byte limit of mount(2) (too many \
+         layers or too long paths); this kernel lacks `lowerdir+` (Linux 6.8) which lifts the \
+         limit: use a shorter store path or flatten the image"
+    )]
+    TooManyLayers { len: usize, limit: usize },
+    #[error("mounting overlayfs on {target} failed: {source}{detail}")]
+    Mount {
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+        /// Messages the kernel logged for the mount, if any.
+        detail: String,
+    },
+    #[error("unmounting {target} failed: {source}")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn cpath(path: &Path) -> Result<CString, RootfsError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| RootfsError::BadPath {
+        path: path.to_owned(),
+        reason: "it contains a NUL byte",
+    })
+}
+
+/// Mounts overlayfs on `target`: `lowers` bottom layer first (as [`crate::ImageStore::layer_dirs`]
+/// returns them), `upper` receives the container's changes, `work` is overlayfs scratch
+/// space on the same filesystem as `upper`.
+pub fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), RootfsError> {
+    if lowers.is_empty() {
+        return Err(RootfsError::NoLayers);
+    }
+    match mount_fd_api(lowers, upper, work, target)? {
+        Mounted::Yes => Ok(()),
+        Mounted::Unsupported => mount_legacy(lowers, upper, work, target),
+    }
+}
+
+enum Mounted {
+    Yes,
+    Unsupported,
+}
+
+fn mount_err(target: &Path, errno: Errno, detail: String) -> RootfsError {
+    RootfsError::Mount {
+        target: target.to_owned(),
+        source: errno.into(),
+        detail,
+    }
+}
+
+fn fsconfig_string(fs: &OwnedFd, key: &str, value: &CString) -> Result<(), Errno> {
+    let key = CString::new(key).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: both strings are NUL-terminated and outlive the call; fs is an open fs context.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            libc::FSCONFIG_SET_STRING,
+            key.as_ptr(),
+            value.as_ptr(),
+            0,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// The kernel's messages about a failed fs context, read from its fd ("e overlayfs: ...").
+fn fs_log(fs: &OwnedFd) -> String {
+    let mut out = String::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        // SAFETY: buf is writable for its length; fs is an open fs context fd.
+        let n = unsafe { libc::read(fs.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let Ok(n) = usize::try_from(n) else { break };
+        if n == 0 {
+            break;
+        }
+        out.push_str(" (");
+        out.push_str(String::from_utf8_lossy(&buf[..n]).trim());
+        out.push(')');
+    }
+    out
+}
+
+fn mount_fd_api(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<Mounted, RootfsError> {
+    let name = c"overlay";
+    // SAFETY: `name` is a NUL-terminated string literal.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), libc::FSOPEN_CLOEXEC) };
+    let fd = match Errno::result(fd) {
+        Ok(fd) => fd,
+        Err(Errno::ENOSYS) => return Ok(Mounted::Unsupported),
+        Err(e) => return Err(mount_err(target, e, String::new())),
+    };
+    let fd = i32::try_from(fd).map_err(|_| mount_err(target, Errno::EOVERFLOW, String::new()))?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    let fs = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    for (i, lower) in lowers.iter().rev().enumerate() {
+        match fsconfig_string(&fs, "lowerdir+", &cpath(lower)?) {
+            Ok(()) => {}
+            // Kernels before 6.8 do not know the option at all.
+            Err(Errno::EINVAL) if i == 0 && fs_log(&fs).contains("lowerdir+") => {
+                return Ok(Mounted::Unsupported);
+            }
+            Err(e) => return Err(mount_err(target, e, fs_log(&fs))),
+        }
+    }
+    fsconfig_string(&fs, "upperdir", &cpath(upper)?)
+        .map_err(|e| mount_err(target, e, fs_log(&fs)))?;
+    fsconfig_string(&fs, "workdir", &cpath(work)?)
+        .map_err(|e| mount_err(target, e, fs_log(&fs)))?;
+    // SAFETY: plain syscall on an open fs context fd; the key and value must be NULL for CMD_CREATE.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            libc::FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    Errno::result(rc).map_err(|e| mount_err(target, e, fs_log(&fs)))?;
+    // SAFETY: plain syscall on an open, created fs context fd.
+    let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, 0) };
+    let mfd = Errno::result(mfd).map_err(|e| mount_err(target, e, fs_log(&fs)))?;
+    let mfd = i32::try_from(mfd).map_err(|_| mount_err(target, Errno::EOVERFLOW, String::new()))?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    let mnt = unsafe { OwnedFd::from_raw_fd(mfd) };
+    let target_c = cpath(target)?;
+    let empty = c"";
+    // SAFETY: both paths are NUL-terminated and outlive the call; mnt is a detached mount fd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    Errno::result(rc).map_err(|e| mount_err(target, e, String::new()))?;
+    Ok(Mounted::Yes)
+}
+
+fn option_path(path: &Path) -> Result<&OsStr, RootfsError> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.iter().any(|b| matches!(b, b',' | b':' | b'\\')) {
+        return Err(RootfsError::BadPath {
+            path: path.to_owned(),
+            reason: "',', ':' and '\\' are separators in overlay mount options",
+        });
+    }
+    Ok(path.as_os_str())
+}
+
+fn mount_legacy(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), RootfsError> {
+    let mut data = b"lowerdir=".to_vec();
+    for (i, lower) in lowers.iter().rev().enumerate() {
+        if i > 0 {
+            data.push(b':');
+        }
+        data.extend_from_slice(option_path(lower)?.as_bytes());
+    }
+    data.extend_from_slice(b",upperdir=");
+    data.extend_from_slice(option_path(upper)?.as_bytes());
+    data.extend_from_slice(b",workdir=");
+    data.extend_from_slice(option_path(work)?.as_bytes());
+    if data.len() > LEGACY_DATA_MAX {
+        return Err(RootfsError::TooManyLayers {
+            len: data.len(),
+            limit: LEGACY_DATA_MAX,
+        });
+    }
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(OsStr::from_bytes(&data)),
+    )
+    .map_err(|e| mount_err(target, e, String::new()))
+}
+
+/// Unmounts `target`. Idempotent: Ok if nothing is mounted there (or it does not exist).
+/// A busy mount is detached (it disappears once its last user is gone).
+pub fn unmount(target: &Path) -> Result<(), RootfsError> {
+    let err = |e: Errno| RootfsError::Unmount {
+        target: target.to_owned(),
+        source: e.into(),
+    };
+    match nix::mount::umount2(target, MntFlags::empty()) {
+        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => Ok(()),
+        Err(Errno::EBUSY) => {
+            tracing::warn!(target = %target.display(), "rootfs busy; detaching it");
+            nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(err)
+        }
+        Err(e) => Err(err(e)),
+    }
+}

@@ -1,0 +1,108 @@
+//! The store's metadata (images and tags), kept in memory and persisted as one JSON file
+//! replaced atomically, so a crash leaves either the old or the new state.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Image;
+use crate::digest::Digest;
+use crate::fsutil;
+
+pub(super) const STATE_FILE: &str = "images.json";
+const STATE_VERSION: u32 = 1;
+
+/// A layer of an image: the unpacked layer (by diff id) and the blob it came from, whose
+/// compressed form is not kept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub(super) struct LayerRecord {
+    pub diff_id: Digest,
+    pub blob_digest: Digest,
+    pub blob_size: u64,
+    pub media_type: String,
+    /// Size of the uncompressed tar stream.
+    pub size: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub(super) struct ImageRecord {
+    /// The config digest, which is the image id.
+    pub id: Digest,
+    pub manifest_digest: Digest,
+    pub manifest_media_type: String,
+    pub created: Option<String>,
+    pub architecture: String,
+    pub os: String,
+    pub layers: Vec<LayerRecord>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct State {
+    pub version: u32,
+    /// Image id (`sha256:<hex>`) -> image.
+    pub images: BTreeMap<String, ImageRecord>,
+    /// Full reference (`docker.io/library/busybox:latest`) -> image id.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl State {
+    pub(super) fn load(path: &Path) -> io::Result<State> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State {
+                version: STATE_VERSION,
+                ..State::default()
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn save(&self, tmp_dir: &Path, path: &Path) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        fsutil::write_atomic(tmp_dir, path, &bytes)
+    }
+
+    pub(super) fn names_of(&self, id: &str) -> Vec<String> {
+        self.tags
+            .iter()
+            .filter(|(_, target)| *target == id)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    pub(super) fn image(&self, record: &ImageRecord) -> Image {
+        let id = record.id.to_string();
+        Image {
+            names: self.names_of(&id),
+            id,
+            manifest_digest: record.manifest_digest.to_string(),
+            created: record.created.clone(),
+            size: record.layers.iter().map(|l| l.size).sum(),
+            layers: record
+                .layers
+                .iter()
+                .map(|l| l.diff_id.to_string())
+                .collect(),
+            architecture: record.architecture.clone(),
+            os: record.os.clone(),
+        }
+    }
+
+    /// True if any image other than `except` uses the layer.
+    pub(super) fn layer_used(&self, diff_id: &Digest, except: Option<&str>) -> bool {
+        self.images
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .any(|(_, r)| r.layers.iter().any(|l| l.diff_id == *diff_id))
+    }
+
+    /// True if any image other than `except` uses the blob as manifest or config.
+    pub(super) fn blob_used(&self, digest: &Digest, except: Option<&str>) -> bool {
+        self.images
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .any(|(_, r)| r.id == *digest || r.manifest_digest == *digest)
+    }
+}
