@@ -10,7 +10,6 @@ use libcgroups::common::{CgroupSetup, get_cgroup_setup};
 use libcgroups::v1::ControllerType;
 use libcgroups::v1::util::{get_subsystem_mount_point, list_subsystem_mount_points};
 use libcgroups::v2::util::get_unified_mount_point;
-use oci_spec::runtime::Spec;
 
 /// Every container cgroup sits under this parent, in every hierarchy.
 pub const PARENT: &str = "/flynn";
@@ -94,28 +93,13 @@ pub fn existing_dirs(id: &str) -> Result<Vec<PathBuf>, CgroupError> {
         .collect())
 }
 
-/// Drops what this host's cgroups cannot enforce and Docker would skip with a warning:
-/// a swap limit without swap accounting (v1 `memory.memsw.*` needs `swapaccount=1`).
-pub fn adapt_spec_to_host(spec: &mut Spec) {
-    let supported = match setup() {
+/// Whether the memory controller can limit swap (v1 `memory.memsw.*` needs
+/// `swapaccount=1`; cgroup2 accounts swap unless booted with cgroup.memory=noswap).
+pub fn swap_limit_supported() -> bool {
+    match setup() {
         Ok(CgroupSetup::Legacy | CgroupSetup::Hybrid) => memory_v1_mount()
             .map(|m| m.join("memory.memsw.limit_in_bytes").exists())
             .unwrap_or(false),
-        // cgroup2 accounts swap unless the kernel was booted with cgroup.memory=noswap.
         _ => true,
-    };
-    if supported {
-        return;
-    }
-    let memory = spec
-        .linux_mut()
-        .as_mut()
-        .and_then(|l| l.resources_mut().as_mut())
-        .and_then(|r| r.memory_mut().as_mut());
-    if let Some(memory) = memory
-        && memory.swap().is_some()
-    {
-        tracing::warn!("swap accounting is off on this host: the memory limit will not cover swap");
-        memory.set_swap(None);
     }
 }

@@ -211,15 +211,23 @@ pub struct ShimClient {
 }
 
 impl ShimClient {
-    /// Connects to the shim of `job_dir`, checking that it answers.
+    /// Connects to the shim of `job_dir`, checking that it answers, or that it has
+    /// already finished and recorded the exit status (short-lived containers do that
+    /// before the agent gets here).
     pub async fn connect(job_dir: &Path) -> Result<ShimClient, ShimError> {
         let socket = JobFiles::new(job_dir).check_socket_path()?;
         let client = ShimClient {
             job_dir: job_dir.to_owned(),
             socket,
         };
-        client.state().await?;
-        Ok(client)
+        match client.state().await {
+            Ok(_) => Ok(client),
+            Err(e @ (ShimError::Io { .. } | ShimError::Protocol(_))) => match read_exit(job_dir)? {
+                Some(_) => Ok(client),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     async fn open(&self) -> Result<UnixStream, ShimError> {

@@ -17,7 +17,7 @@ use super::monitor::{self, Handoff};
 use super::protocol::{self, Handshake};
 use super::{JobFiles, ShimConfig, diag, error_chain, read_config, sys};
 use crate::container::{self, Stdio};
-use crate::{cgroup, spec};
+use crate::spec;
 
 pub fn main(job_dir: &Path) -> i32 {
     if let Err(e) = sys::detach() {
@@ -31,9 +31,10 @@ pub fn main(job_dir: &Path) -> i32 {
     let prepared = match prepare(&files) {
         Ok(p) => p,
         Err(msg) => {
+            // Everything is cleaned up before the agent hears of the failure.
             diag(&msg);
-            report(&Handshake::Error(msg));
             let _ = std::fs::remove_file(files.socket());
+            report(&Handshake::Error(msg));
             return 1;
         }
     };
@@ -82,7 +83,7 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
 
     spec::prepare_rootfs(&cfg.container).map_err(|e| e.to_string())?;
     let mut oci = spec::build_spec(&cfg.container).map_err(|e| e.to_string())?;
-    cgroup::adapt_spec_to_host(&mut oci);
+    crate::host::adapt_spec(&mut oci);
     oci.save(files.spec())
         .map_err(|e| format!("cannot write the OCI spec {:?}: {e}", files.spec()))?;
 
@@ -129,19 +130,29 @@ fn run(files: &JobFiles, p: Prepared) -> i32 {
     let mut container = match container::create(&state_root, &id, files.dir(), p.container_stdio) {
         Ok(c) => c,
         Err(e) => {
+            // libcontainer removed what it had created; the socket is ours to remove.
             let msg = error_chain(&e);
             diag(&msg);
-            report(&Handshake::Error(msg));
             let _ = std::fs::remove_file(files.socket());
+            report(&Handshake::Error(msg));
             return 1;
         }
     };
     let Some(init) = container.pid() else {
         let msg = format!("libcontainer created container {id} but reported no init pid");
-        report(&Handshake::Error(msg.clone()));
         abort(files, &p.cfg, None, &msg);
+        report(&Handshake::Error(msg));
         return 1;
     };
+
+    if cfg_wants_loopback(&p.cfg)
+        && let Err(e) = crate::loopback::bring_up(init.as_raw())
+    {
+        let msg = e.to_string();
+        abort(files, &p.cfg, Some(init), &msg);
+        report(&Handshake::Error(msg));
+        return 1;
+    }
 
     let created = Handshake::Created {
         pid: init.as_raw(),
@@ -167,8 +178,8 @@ fn run(files: &JobFiles, p: Prepared) -> i32 {
     }
     if let Err(e) = start(&mut container) {
         let msg = error_chain(&e);
-        report(&Handshake::Error(msg.clone()));
         abort(files, &p.cfg, Some(init), &msg);
+        report(&Handshake::Error(msg));
         return 1;
     }
     report(&Handshake::Started { pid: init.as_raw() });
@@ -184,6 +195,12 @@ fn run(files: &JobFiles, p: Prepared) -> i32 {
             listener: p.listener.into(),
         },
     )
+}
+
+/// A namespace the agent hands over is the agent's to configure; a fresh one only has a
+/// loopback interface, down.
+fn cfg_wants_loopback(cfg: &ShimConfig) -> bool {
+    cfg.container.network == crate::config::NetworkMode::New
 }
 
 fn start(container: &mut Container) -> Result<(), container::RuntimeError> {

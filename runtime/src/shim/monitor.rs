@@ -474,13 +474,14 @@ impl Monitor {
             diag(&error_chain(&e));
         }
 
+        // Gone before the waiters hear of it, so that a waiter never sees a leftover.
+        // Later clients find no socket and read exit.json instead.
+        let _ = std::fs::remove_file(self.files.socket());
         let reply = protocol::line(&Response::Exit { exit: status });
         for c in self.clients.iter_mut().filter(|c| c.waiting && !c.done) {
             let _ = send_all(&c.stream, &reply);
         }
         self.clients.clear();
-        // Later clients find no socket and read exit.json instead.
-        let _ = std::fs::remove_file(self.files.socket());
         0
     }
 }

@@ -1,0 +1,220 @@
+//! Fixtures for the integration tests: a busybox rootfs per test, a job directory, and
+//! helpers to run a container through the real shim binary.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use runtime::logs::{self, LogEntry, Stream};
+use runtime::shim::{self, CreatedShim, ShimClient, ShimConfig};
+use runtime::{ContainerConfig, ExitStatus, NetworkMode, Resources};
+
+pub const SHIM_EXE: &str = env!("CARGO_BIN_EXE_flynn-shim-test");
+
+pub const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+    app:x:1000:1000:App:/home/app:/bin/sh\n";
+pub const GROUP: &str = "root:x:0:\n\
+    app:x:1000:\n\
+    audio:x:29:app\n\
+    video:x:44:other,app\n";
+
+pub struct Fixture {
+    /// Keeps everything alive until the test ends.
+    pub tmp: tempfile::TempDir,
+    pub rootfs: PathBuf,
+    pub job_dir: PathBuf,
+    pub state_root: PathBuf,
+    pub log_path: PathBuf,
+    pub id: String,
+}
+
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A root filesystem with busybox and every applet linked into /bin.
+pub fn busybox_rootfs(root: &Path) {
+    for dir in [
+        "bin", "etc", "tmp", "proc", "sys", "dev", "root", "home/app",
+    ] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = std::process::Command::new("/usr/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" && !applet.contains('/') {
+            symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), PASSWD).unwrap();
+    std::fs::write(root.join("etc/group"), GROUP).unwrap();
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        busybox_rootfs(&rootfs);
+        let job_dir = tmp.path().join("job");
+        std::fs::create_dir(&job_dir).unwrap();
+        let log_path = job_dir.join("log.json");
+        Fixture {
+            rootfs,
+            job_dir,
+            state_root: tmp.path().join("containers"),
+            log_path,
+            id: random_id(),
+            tmp,
+        }
+    }
+
+    pub fn container(&self, args: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            id: self.id.clone(),
+            rootfs: self.rootfs.clone(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![],
+            cwd: String::new(),
+            user: String::new(),
+            hostname: String::new(),
+            resources: Resources::default(),
+            tty: false,
+            network: NetworkMode::New,
+        }
+    }
+
+    pub fn shim_config(&self, container: ContainerConfig) -> ShimConfig {
+        ShimConfig {
+            container,
+            state_root: self.state_root.clone(),
+            log_path: self.log_path.clone(),
+        }
+    }
+
+    pub async fn create(&self, container: ContainerConfig) -> CreatedShim {
+        let cfg = self.shim_config(container);
+        match shim::spawn(Path::new(SHIM_EXE), &self.job_dir, &cfg).await {
+            Ok(created) => created,
+            Err(e) => panic!("create failed: {e}\nshim.log: {}", self.shim_log()),
+        }
+    }
+
+    /// Creates and starts the container; returns a connected client.
+    pub async fn start(&self, container: ContainerConfig) -> ShimClient {
+        let created = self.create(container).await;
+        let pid = created.pid();
+        let started = created.start().await.unwrap();
+        assert_eq!(started, pid);
+        ShimClient::connect(&self.job_dir).await.unwrap()
+    }
+
+    /// Runs the container to completion.
+    pub async fn run(&self, container: ContainerConfig) -> ExitStatus {
+        let client = self.start(container).await;
+        let status = client.wait().await.unwrap();
+        self.assert_gone();
+        status
+    }
+
+    pub fn logs(&self) -> Vec<LogEntry> {
+        logs::read_all(&self.log_path).unwrap()
+    }
+
+    pub fn output(&self, stream: Stream) -> String {
+        self.logs()
+            .into_iter()
+            .filter(|e| e.stream == stream)
+            .map(|e| e.log)
+            .collect()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.output(Stream::Stdout)
+    }
+
+    pub fn shim_log(&self) -> String {
+        std::fs::read_to_string(self.job_dir.join("shim.log")).unwrap_or_default()
+    }
+
+    /// The cgroup file of this container in a v1 hierarchy (the test host is hybrid).
+    pub fn cgroup_file(&self, controller: &str, file: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("flynn")
+            .join(&self.id)
+            .join(file)
+    }
+
+    /// Nothing of the container is left: no state dir, no cgroup in any hierarchy, no
+    /// control socket.
+    pub fn assert_gone(&self) {
+        let state_dir = self.state_root.join(&self.id);
+        assert!(!state_dir.exists(), "libcontainer state {state_dir:?} left");
+        let dirs = runtime::cgroup::existing_dirs(&self.id).unwrap();
+        assert!(dirs.is_empty(), "cgroups left: {dirs:?}");
+        assert!(
+            !self.job_dir.join("shim.sock").exists(),
+            "control socket left"
+        );
+    }
+
+    /// Waits (without any timing assertion) until the container has logged `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container never logged {needle:?}; log: {text}\nshim.log: {}",
+                self.shim_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Whether process `pid` is alive (a zombie is not: it only waits for its parent).
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => !matches!(
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` has died; a process that closed its descriptors is at most a few
+/// instructions away from being a zombie.
+pub fn wait_until_dead(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while is_alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} is still alive");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}

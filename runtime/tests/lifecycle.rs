@@ -1,0 +1,172 @@
+//! Containers run end to end through the shim binary: output, exit statuses, cleanup.
+
+mod common;
+
+use common::Fixture;
+use runtime::logs::Stream;
+
+#[tokio::test]
+async fn echo_hello_is_logged_and_exits_zero() {
+    let f = Fixture::new();
+    let status = f.run(f.container(&["echo", "hello"])).await;
+    assert_eq!(status.code, Some(0));
+    assert_eq!(status.signal, None);
+    assert!(!status.oom_killed);
+    assert_eq!(status.exit_code(), 0);
+    let logs = f.logs();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0].log, "hello\n");
+    assert_eq!(logs[0].stream, Stream::Stdout);
+    // The exit record is durable and matches what the waiter got.
+    assert_eq!(runtime::shim::read_exit(&f.job_dir).unwrap(), Some(status));
+}
+
+#[tokio::test]
+async fn exit_code_is_recorded() {
+    let f = Fixture::new();
+    let status = f
+        .run(f.container(&["sh", "-c", "echo out; echo err >&2; exit 3"]))
+        .await;
+    assert_eq!((status.code, status.signal), (Some(3), None));
+    assert_eq!(status.exit_code(), 3);
+    assert_eq!(f.output(Stream::Stdout), "out\n");
+    assert_eq!(f.output(Stream::Stderr), "err\n");
+}
+
+#[tokio::test]
+async fn unterminated_and_invalid_output_is_kept() {
+    let f = Fixture::new();
+    // 40000 bytes without a newline, then a line with a byte that is not UTF-8.
+    let script = "head -c 40000 /dev/zero | tr '\\0' x; printf 'bad \\377\\n'; printf tail";
+    let status = f.run(f.container(&["sh", "-c", script])).await;
+    assert_eq!(status.code, Some(0), "{}", f.output(Stream::Stderr));
+    let logs: Vec<String> = f.logs().into_iter().map(|e| e.log).collect();
+    let sizes: Vec<usize> = logs.iter().map(|l| l.len()).collect();
+    assert_eq!(&sizes[..2], &[16384, 16384], "{sizes:?}");
+    assert!(
+        logs[2].starts_with('x') && logs[2].ends_with("bad \u{fffd}\n"),
+        "{:?}",
+        logs[2]
+    );
+    assert_eq!(logs[3], "tail");
+    assert_eq!(logs.len(), 4);
+}
+
+#[tokio::test]
+async fn env_cwd_hostname_and_user() {
+    let f = Fixture::new();
+    let mut c = f.container(&[
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; pwd; echo $HOME; echo $FOO; echo $PATH; hostname; echo $HOSTNAME",
+    ]);
+    c.user = "app".into();
+    c.cwd = "/work/dir".into();
+    c.env = vec!["FOO=bar".into()];
+    c.hostname = "web-1".into();
+    let status = f.run(c).await;
+    assert_eq!(status.code, Some(0), "{}", f.output(Stream::Stderr));
+    assert_eq!(
+        f.stdout(),
+        "1000\n1000\n1000 29 44\n/work/dir\n/home/app\nbar\n\
+         /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nweb-1\nweb-1\n"
+    );
+    // The missing working directory was created, owned by root.
+    let meta = std::fs::metadata(f.rootfs.join("work/dir")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+}
+
+#[tokio::test]
+async fn numeric_user_and_group() {
+    let f = Fixture::new();
+    let mut c = f.container(&["sh", "-c", "id -u; id -g; id -G; echo $HOME"]);
+    c.user = "4242:audio".into();
+    let status = f.run(c).await;
+    assert_eq!(status.code, Some(0), "{}", f.output(Stream::Stderr));
+    assert_eq!(f.stdout(), "4242\n29\n29\n/\n");
+}
+
+#[tokio::test]
+async fn create_errors_surface_and_leave_nothing() {
+    let f = Fixture::new();
+    let mut c = f.container(&["true"]);
+    c.user = "ghost".into();
+    let err = runtime::shim::spawn(
+        std::path::Path::new(common::SHIM_EXE),
+        &f.job_dir,
+        &f.shim_config(c),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, runtime::shim::ShimError::Create(_)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("unable to find user ghost: no matching entries in passwd file"),
+        "{err}"
+    );
+    f.assert_gone();
+
+    // A command that does not exist fails at create, like Docker's run.
+    let f = Fixture::new();
+    let err = runtime::shim::spawn(
+        std::path::Path::new(common::SHIM_EXE),
+        &f.job_dir,
+        &f.shim_config(f.container(&["/no/such/binary"])),
+    )
+    .await;
+    match err {
+        Err(e) => {
+            assert!(matches!(e, runtime::shim::ShimError::Create(_)), "{e:?}");
+            f.assert_gone();
+        }
+        // libcontainer may only find out at exec time: then the start fails instead.
+        Ok(created) => {
+            let started = created.start().await;
+            assert!(started.is_err(), "exec of a missing binary started");
+            f.assert_gone();
+        }
+    }
+}
+
+#[tokio::test]
+async fn socket_path_too_long_is_refused() {
+    let f = Fixture::new();
+    let deep = f.tmp.path().join("x".repeat(100));
+    std::fs::create_dir(&deep).unwrap();
+    let err = runtime::shim::spawn(
+        std::path::Path::new(common::SHIM_EXE),
+        &deep,
+        &f.shim_config(f.container(&["true"])),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, runtime::shim::ShimError::SocketPathTooLong { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("107-byte limit"), "{err}");
+}
+
+#[tokio::test]
+async fn stdin_eof_before_start_leaves_nothing_behind() {
+    let f = Fixture::new();
+    let created = f.create(f.container(&["sh", "-c", "echo never"])).await;
+    let pid = created.pid();
+    let shim_pid = created.shim_pid();
+    // Created: init exists and waits, libcontainer state and cgroups exist.
+    assert!(common::is_alive(pid));
+    assert!(f.state_root.join(&f.id).exists());
+    assert!(!runtime::cgroup::existing_dirs(&f.id).unwrap().is_empty());
+
+    created.abort().await;
+    f.assert_gone();
+    // The shim reaped init before deleting the container, and exits right after.
+    assert!(!common::is_alive(pid), "init {pid} survived");
+    common::wait_until_dead(shim_pid);
+    assert_eq!(runtime::shim::read_exit(&f.job_dir).unwrap(), None);
+    assert!(!f.log_path.exists() || f.stdout().is_empty());
+}
