@@ -33,13 +33,24 @@ fn inside(root: &Path, abs: &Path) -> PathBuf {
 
 #[test]
 fn dotdot_paths_are_rejected() {
-    for name in ["../escape", "a/../../escape", "./../outside/secret", "a/b/../../../outside/pwned"] {
+    for name in [
+        "../escape",
+        "a/../../escape",
+        "./../outside/secret",
+        "a/b/../../../outside/pwned",
+    ] {
         let sandbox = Sandbox::new();
         let tar = Layer::new().dir("a/", 0o755).file(name, b"pwned").build();
         let (_, result) = unpack_guarded(&sandbox, &tar);
         let err = result.unwrap_err();
-        assert!(matches!(err, UnpackError::PathEscapes { .. }), "{name}: {err}");
-        assert!(err.to_string().contains("hostile") && err.to_string().contains(name), "{err}");
+        assert!(
+            matches!(err, UnpackError::PathEscapes { .. }),
+            "{name}: {err}"
+        );
+        assert!(
+            err.to_string().contains("hostile") && err.to_string().contains(name),
+            "{err}"
+        );
     }
 }
 
@@ -54,8 +65,14 @@ fn absolute_paths_are_taken_relative_to_the_root() {
     let (root, result) = unpack_guarded(&sandbox, &tar);
     result.unwrap();
     assert_eq!(fs::read(root.join("etc/abs-file")).unwrap(), b"inside");
-    assert_eq!(fs::read(inside(&root, Path::new(&target))).unwrap(), b"pwned");
-    assert_eq!(fs::read(sandbox.outside().join("secret")).unwrap(), b"do not touch");
+    assert_eq!(
+        fs::read(inside(&root, Path::new(&target))).unwrap(),
+        b"pwned"
+    );
+    assert_eq!(
+        fs::read(sandbox.outside().join("secret")).unwrap(),
+        b"do not touch"
+    );
 }
 
 #[test]
@@ -94,7 +111,12 @@ fn a_symlink_swapped_in_for_a_directory_is_not_followed() {
         .build();
     let (root, result) = unpack_guarded(&sandbox, &tar);
     result.unwrap();
-    assert!(fs::symlink_metadata(root.join("d")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(root.join("d"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     let reached = inside(&root, &sandbox.outside());
     assert_eq!(fs::read(reached.join("pwned")).unwrap(), b"pwned");
     assert_eq!(fs::read(reached.join("sub/file")).unwrap(), b"replaced?");
@@ -107,15 +129,28 @@ fn hardlinks_pointing_out_are_refused() {
     let (_, result) = unpack_guarded(&sandbox, &tar);
     let err = result.unwrap_err();
     assert!(matches!(err, UnpackError::LinkEscapes { .. }), "{err}");
-    assert_eq!(fs::metadata(sandbox.outside().join("secret")).unwrap().nlink(), 1);
+    assert_eq!(
+        fs::metadata(sandbox.outside().join("secret"))
+            .unwrap()
+            .nlink(),
+        1
+    );
 
     // An absolute target is looked up inside the root, where it does not exist.
     let sandbox = Sandbox::new();
     let target = format!("{}/secret", outside_str(&sandbox));
     let tar = Layer::new().hardlink("h", &target).build();
     let (_, result) = unpack_guarded(&sandbox, &tar);
-    assert!(matches!(result.unwrap_err(), UnpackError::LinkTargetMissing { .. }));
-    assert_eq!(fs::metadata(sandbox.outside().join("secret")).unwrap().nlink(), 1);
+    assert!(matches!(
+        result.unwrap_err(),
+        UnpackError::LinkTargetMissing { .. }
+    ));
+    assert_eq!(
+        fs::metadata(sandbox.outside().join("secret"))
+            .unwrap()
+            .nlink(),
+        1
+    );
 
     // Through a symlinked directory: resolved inside the root as well.
     let sandbox = Sandbox::new();
@@ -124,22 +159,38 @@ fn hardlinks_pointing_out_are_refused() {
         .hardlink("h", "out/secret")
         .build();
     let (_, result) = unpack_guarded(&sandbox, &tar);
-    assert!(matches!(result.unwrap_err(), UnpackError::LinkTargetMissing { .. }));
-    assert_eq!(fs::metadata(sandbox.outside().join("secret")).unwrap().nlink(), 1);
+    assert!(matches!(
+        result.unwrap_err(),
+        UnpackError::LinkTargetMissing { .. }
+    ));
+    assert_eq!(
+        fs::metadata(sandbox.outside().join("secret"))
+            .unwrap()
+            .nlink(),
+        1
+    );
 }
 
 #[test]
 fn a_hardlink_to_a_symlink_links_the_symlink_itself() {
     let sandbox = Sandbox::new();
     let target = format!("{}/secret", outside_str(&sandbox));
-    let tar = Layer::new().symlink("s", &target).hardlink("h", "s").build();
+    let tar = Layer::new()
+        .symlink("s", &target)
+        .hardlink("h", "s")
+        .build();
     let (root, result) = unpack_guarded(&sandbox, &tar);
     result.unwrap();
     let h = fs::symlink_metadata(root.join("h")).unwrap();
     assert!(h.file_type().is_symlink());
     assert_eq!(h.ino(), fs::symlink_metadata(root.join("s")).unwrap().ino());
     assert_eq!(fs::read_link(root.join("h")).unwrap(), Path::new(&target));
-    assert_eq!(fs::metadata(sandbox.outside().join("secret")).unwrap().nlink(), 1);
+    assert_eq!(
+        fs::metadata(sandbox.outside().join("secret"))
+            .unwrap()
+            .nlink(),
+        1
+    );
 }
 
 #[test]
@@ -147,7 +198,10 @@ fn whiteouts_naming_outside_paths_stay_inside() {
     let sandbox = Sandbox::new();
     let tar = Layer::new().file("../.wh.secret", b"").build();
     let (_, result) = unpack_guarded(&sandbox, &tar);
-    assert!(matches!(result.unwrap_err(), UnpackError::PathEscapes { .. }));
+    assert!(matches!(
+        result.unwrap_err(),
+        UnpackError::PathEscapes { .. }
+    ));
 
     let sandbox = Sandbox::new();
     let tar = Layer::new()
@@ -159,10 +213,26 @@ fn whiteouts_naming_outside_paths_stay_inside() {
     let (root, result) = unpack_guarded(&sandbox, &tar);
     result.unwrap();
     let reached = inside(&root, &sandbox.outside());
-    assert!(fs::symlink_metadata(reached.join("secret")).unwrap().file_type().is_char_device());
-    assert!(fs::symlink_metadata(reached.join("sub")).unwrap().file_type().is_char_device());
-    assert_eq!(get_xattr(&sandbox.outside().join("sub"), "trusted.overlay.opaque"), None);
-    assert_eq!(fs::read(sandbox.outside().join("sub/file")).unwrap(), b"also keep");
+    assert!(
+        fs::symlink_metadata(reached.join("secret"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert!(
+        fs::symlink_metadata(reached.join("sub"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert_eq!(
+        get_xattr(&sandbox.outside().join("sub"), "trusted.overlay.opaque"),
+        None
+    );
+    assert_eq!(
+        fs::read(sandbox.outside().join("sub/file")).unwrap(),
+        b"also keep"
+    );
 }
 
 #[test]
@@ -176,7 +246,10 @@ fn device_nodes_are_not_created() {
     let (root, result) = unpack_guarded(&sandbox, &tar);
     result.unwrap();
     for node in ["mem", "dev/kmsg", "disk"] {
-        assert!(fs::symlink_metadata(root.join(node)).is_err(), "{node} must not exist");
+        assert!(
+            fs::symlink_metadata(root.join(node)).is_err(),
+            "{node} must not exist"
+        );
     }
 }
 
@@ -205,7 +278,10 @@ fn chmod_and_chown_never_go_through_a_symlink() {
     let (root, result) = unpack_guarded(&sandbox, &tar);
     result.unwrap();
     let after = fs::metadata(sandbox.outside().join("secret")).unwrap();
-    assert_eq!((after.mode(), after.uid(), after.gid()), (before.mode(), before.uid(), before.gid()));
+    assert_eq!(
+        (after.mode(), after.uid(), after.gid()),
+        (before.mode(), before.uid(), before.gid())
+    );
     let l = fs::symlink_metadata(root.join("l")).unwrap();
     assert!(l.file_type().is_symlink());
     assert_eq!(l.uid(), 4321);
@@ -215,7 +291,12 @@ fn chmod_and_chown_never_go_through_a_symlink() {
     let f = fs::symlink_metadata(root.join("f")).unwrap();
     assert!(f.is_file());
     assert_eq!(f.mode() & 0o7777, 0o4777);
-    assert!(fs::symlink_metadata(root.join("p")).unwrap().file_type().is_fifo());
+    assert!(
+        fs::symlink_metadata(root.join("p"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     let sub = inside(&root, &sandbox.outside()).join("sub");
     assert_eq!(fs::symlink_metadata(&sub).unwrap().uid(), 4321);
 }
@@ -236,7 +317,14 @@ fn symlink_loops_in_parents_are_an_error_not_a_hang() {
 #[test]
 fn layer_root_metadata_entry_does_not_touch_the_parent() {
     let sandbox = Sandbox::new();
-    let tar = Layer::new().dir_owned("./", 0o700, 99, 99).dir("/", 0o711).dir("..", 0o777).build();
+    let tar = Layer::new()
+        .dir_owned("./", 0o700, 99, 99)
+        .dir("/", 0o711)
+        .dir("..", 0o777)
+        .build();
     let (_, result) = unpack_guarded(&sandbox, &tar);
-    assert!(matches!(result.unwrap_err(), UnpackError::PathEscapes { .. }));
+    assert!(matches!(
+        result.unwrap_err(),
+        UnpackError::PathEscapes { .. }
+    ));
 }

@@ -33,7 +33,13 @@ fn rich_layer() -> Vec<u8> {
         .file_xattrs(
             "bin/ping",
             b"ping",
-            &[("security.capability", &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), ("user.origin", b"fixture")],
+            &[
+                (
+                    "security.capability",
+                    &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ),
+                ("user.origin", b"fixture"),
+            ],
         )
         .file_gnu_longname(&format!("{long_dir}/{}", "g".repeat(80)), b"gnu long name")
         .file_pax_path(&format!("{long_dir}/{}", "p".repeat(80)), b"pax path")
@@ -53,24 +59,44 @@ fn check_rich_tree(root: &Path) {
     assert_eq!(meta("tmp").mode() & 0o7777, 0o1777);
     assert_eq!((meta("home").uid(), meta("home").gid()), (1000, 2000));
     assert_eq!(meta("home").mode() & 0o7777, 0o750);
-    assert_eq!((meta("home/notes.txt").uid(), meta("home/notes.txt").gid()), (1000, 2000));
+    assert_eq!(
+        (meta("home/notes.txt").uid(), meta("home/notes.txt").gid()),
+        (1000, 2000)
+    );
     assert_eq!(meta("home/notes.txt").mode() & 0o7777, 0o640);
-    assert_eq!(fs::read_link(root.join("home/abs")).unwrap(), Path::new("/etc/passwd"));
-    assert_eq!(fs::read_link(root.join("home/rel")).unwrap(), Path::new("notes.txt"));
-    assert_eq!(meta("home/rel").uid(), 1000, "symlink owner applied without following");
+    assert_eq!(
+        fs::read_link(root.join("home/abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        fs::read_link(root.join("home/rel")).unwrap(),
+        Path::new("notes.txt")
+    );
+    assert_eq!(
+        meta("home/rel").uid(),
+        1000,
+        "symlink owner applied without following"
+    );
     assert_eq!(meta("home/hard").ino(), meta("home/notes.txt").ino());
     assert_eq!(meta("home/notes.txt").nlink(), 2);
     assert!(meta("home/pipe").file_type().is_fifo());
     assert_eq!(meta("home/pipe").mode() & 0o7777, 0o620);
-    let cap = get_xattr(&root.join("bin/ping"), "security.capability").expect("file capability kept");
+    let cap =
+        get_xattr(&root.join("bin/ping"), "security.capability").expect("file capability kept");
     assert_eq!(cap.len(), 20);
-    assert_eq!(get_xattr(&root.join("bin/ping"), "user.origin").unwrap(), b"fixture");
+    assert_eq!(
+        get_xattr(&root.join("bin/ping"), "user.origin").unwrap(),
+        b"fixture"
+    );
     let long_dir = "d".repeat(60);
     assert_eq!(
         fs::read(root.join(&long_dir).join("g".repeat(80))).unwrap(),
         b"gnu long name"
     );
-    assert_eq!(fs::read(root.join(&long_dir).join("p".repeat(80))).unwrap(), b"pax path");
+    assert_eq!(
+        fs::read(root.join(&long_dir).join("p".repeat(80))).unwrap(),
+        b"pax path"
+    );
     assert_eq!(meta("old.txt").mtime(), 1_500_000_000);
     assert_eq!(meta("bin/su").mtime(), 1_600_000_000);
     // Directory times are set after their children were created.
@@ -125,9 +151,15 @@ fn digest_mismatches_name_the_layer_and_both_digests() {
         },
     )
     .unwrap_err();
-    assert!(matches!(err, UnpackError::CompressedDigestMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, UnpackError::CompressedDigestMismatch { .. }),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("layer-7") && msg.contains(&wrong.to_string()) && msg.contains(&sha256(&blob)), "{msg}");
+    assert!(
+        msg.contains("layer-7") && msg.contains(&wrong.to_string()) && msg.contains(&sha256(&blob)),
+        "{msg}"
+    );
 
     let dest = tmp.path().join("d");
     fs::create_dir(&dest).unwrap();
@@ -143,7 +175,10 @@ fn digest_mismatches_name_the_layer_and_both_digests() {
     .unwrap_err();
     assert!(matches!(err, UnpackError::DiffIdMismatch { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("layer-8") && msg.contains(&wrong.to_string()) && msg.contains(&sha256(&tar)), "{msg}");
+    assert!(
+        msg.contains("layer-8") && msg.contains(&wrong.to_string()) && msg.contains(&sha256(&tar)),
+        "{msg}"
+    );
 
     let dest = tmp.path().join("e");
     fs::create_dir(&dest).unwrap();
@@ -157,7 +192,10 @@ fn digest_mismatches_name_the_layer_and_both_digests() {
         },
     )
     .unwrap_err();
-    assert!(matches!(err, UnpackError::SizeMismatch { expected: 3, .. }), "{err}");
+    assert!(
+        matches!(err, UnpackError::SizeMismatch { expected: 3, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -171,11 +209,17 @@ fn corrupt_blobs_are_reported_as_such() {
 
     let gz = gzip(&tar);
     let err = unpack(&gz[..gz.len() / 2], &tmp.path().join("gz")).unwrap_err();
-    assert!(matches!(err, UnpackError::Decompress { format: "gzip", .. }), "{err}");
+    assert!(
+        matches!(err, UnpackError::Decompress { format: "gzip", .. }),
+        "{err}"
+    );
 
     let zs = zstd(&tar);
     let err = unpack(&zs[..zs.len() / 2], &tmp.path().join("zs")).unwrap_err();
-    assert!(matches!(err, UnpackError::Decompress { format: "zstd", .. }), "{err}");
+    assert!(
+        matches!(err, UnpackError::Decompress { format: "zstd", .. }),
+        "{err}"
+    );
 
     let err = unpack(&tar[..tar.len() / 2 + 100], &tmp.path().join("tar")).unwrap_err();
     assert!(matches!(err, UnpackError::Tar { .. }), "{err}");
@@ -190,7 +234,16 @@ fn corrupt_blobs_are_reported_as_such() {
     assert!(matches!(err, UnpackError::Decompress { .. }), "{err}");
 
     let err = unpack(b"BZh91AY&SY", &tmp.path().join("bz")).unwrap_err();
-    assert!(matches!(err, UnpackError::UnsupportedCompression { format: "bzip2", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            UnpackError::UnsupportedCompression {
+                format: "bzip2",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -228,11 +281,22 @@ fn whiteouts_become_overlay_whiteouts_and_opaque_markers_apply_in_any_order() {
     assert!(!root.join(".wh.gone").exists());
     assert!(!root.join(".wh..wh.plnk").exists());
     for d in ["opaque-first", "opaque-last"] {
-        assert_eq!(get_xattr(&root.join(d), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]), "{d}");
+        assert_eq!(
+            get_xattr(&root.join(d), "trusted.overlay.opaque").as_deref(),
+            Some(&b"y"[..]),
+            "{d}"
+        );
         assert_eq!(fs::read(root.join(d).join("kept")).unwrap(), b"k");
         assert!(!root.join(d).join(".wh..wh..opq").exists());
     }
-    assert_eq!(fs::metadata(root.join("opaque-first")).unwrap().permissions().mode() & 0o7777, 0o711);
+    assert_eq!(
+        fs::metadata(root.join("opaque-first"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o711
+    );
     assert_eq!(get_xattr(&root.join("etc"), "trusted.overlay.opaque"), None);
 }
 
@@ -263,16 +327,36 @@ fn later_entries_replace_earlier_ones() {
     let root = tmp.path().join("r");
     unpack(&tar, &root).unwrap();
     assert_eq!(fs::read(root.join("f")).unwrap(), b"second");
-    assert!(fs::symlink_metadata(root.join("file-then-dir")).unwrap().is_dir());
+    assert!(
+        fs::symlink_metadata(root.join("file-then-dir"))
+            .unwrap()
+            .is_dir()
+    );
     assert_eq!(fs::read(root.join("dir-then-file")).unwrap(), b"now a file");
     assert_eq!(fs::read(root.join("dir-twice/child")).unwrap(), b"kept");
     let m = fs::symlink_metadata(root.join("dir-twice")).unwrap();
     assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o705, 7, 8));
-    assert!(fs::symlink_metadata(root.join("link-then-file")).unwrap().is_file());
-    assert_eq!(fs::read(root.join("f")).unwrap(), b"second", "file written over a symlink did not go through it");
-    assert_eq!(fs::read_link(root.join("file-then-link")).unwrap(), Path::new("f"));
+    assert!(
+        fs::symlink_metadata(root.join("link-then-file"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(
+        fs::read(root.join("f")).unwrap(),
+        b"second",
+        "file written over a symlink did not go through it"
+    );
+    assert_eq!(
+        fs::read_link(root.join("file-then-link")).unwrap(),
+        Path::new("f")
+    );
     assert_eq!(fs::read(root.join("link-over")).unwrap(), b"t");
-    assert!(fs::symlink_metadata(root.join("w")).unwrap().file_type().is_char_device());
+    assert!(
+        fs::symlink_metadata(root.join("w"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
 }
 
 #[test]
@@ -287,7 +371,10 @@ fn missing_parents_are_created_and_device_nodes_skipped() {
     let root = tmp.path().join("r");
     unpack(&tar, &root).unwrap();
     assert_eq!(fs::read(root.join("a/b/c/file")).unwrap(), b"deep");
-    assert_eq!(fs::metadata(root.join("a/b")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        fs::metadata(root.join("a/b")).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     assert!(!root.join("dev/null").exists());
     assert!(fs::symlink_metadata(root.join("dev/sda")).is_err());
     assert_eq!(fs::read(root.join("dev/kept")).unwrap(), b"k");
@@ -296,13 +383,20 @@ fn missing_parents_are_created_and_device_nodes_skipped() {
 #[test]
 fn overlay_reserved_xattrs_from_the_image_are_dropped() {
     let tar = Layer::new()
-        .file_xattrs("f", b"x", &[("trusted.overlay.redirect", b"/etc"), ("user.ok", b"1")])
+        .file_xattrs(
+            "f",
+            b"x",
+            &[("trusted.overlay.redirect", b"/etc"), ("user.ok", b"1")],
+        )
         .build();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("r");
     unpack(&tar, &root).unwrap();
     assert_eq!(get_xattr(&root.join("f"), "trusted.overlay.redirect"), None);
-    assert_eq!(get_xattr(&root.join("f"), "user.ok").as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        get_xattr(&root.join("f"), "user.ok").as_deref(),
+        Some(&b"1"[..])
+    );
 }
 
 #[test]
@@ -310,6 +404,9 @@ fn hardlink_to_a_missing_target_is_an_error() {
     let tar = Layer::new().hardlink("h", "nowhere").build();
     let tmp = tempfile::tempdir().unwrap();
     let err = unpack(&tar, &tmp.path().join("r")).unwrap_err();
-    assert!(matches!(err, UnpackError::LinkTargetMissing { .. }), "{err}");
+    assert!(
+        matches!(err, UnpackError::LinkTargetMissing { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("\"h\""), "{err}");
 }

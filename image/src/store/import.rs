@@ -55,9 +55,29 @@ impl ImageStore {
             std::iter::once(blob_pin(&image.config_digest))
                 .chain(image.layers.iter().map(|l| layer_pin(&l.diff_id))),
         );
+        let mut unpacked_here = Vec::new();
+        let result = self.store_image(source, image, &mut pins, &mut unpacked_here);
+        if result.is_err() {
+            self.discard_layers(&unpacked_here);
+        }
+        drop(pins);
+        result
+    }
+
+    fn store_image(
+        &self,
+        source: &Source,
+        image: PlannedImage,
+        pins: &mut super::Pins<'_>,
+        unpacked_here: &mut Vec<Digest>,
+    ) -> Result<Image, ImportError> {
         let mut layers = Vec::with_capacity(image.layers.len());
         for layer in &image.layers {
-            layers.push(self.ensure_layer(source, layer)?);
+            let (record, unpacked) = self.ensure_layer(source, layer)?;
+            if unpacked {
+                unpacked_here.push(record.diff_id.clone());
+            }
+            layers.push(record);
         }
         let manifest = match image.manifest {
             Some(manifest) => manifest,
@@ -85,9 +105,33 @@ impl ImageStore {
             .filter(|n| n.digest().is_none())
             .map(|n| n.to_string())
             .collect();
-        let committed = self.commit(record, &names)?;
-        drop(pins);
-        Ok(committed)
+        Ok(self.commit(record, &names)?)
+    }
+
+    /// After a failed import: deletes the layers it unpacked, unless an image or another
+    /// import in progress uses them, so a failure leaves the store as it was.
+    fn discard_layers(&self, diff_ids: &[Digest]) {
+        let mut trashed = Vec::new();
+        {
+            let inner = lock(&self.inner);
+            for diff_id in diff_ids {
+                let only_ours = inner.pins.get(&layer_pin(diff_id)) == Some(&1);
+                if only_ours && !inner.state.layer_used(diff_id, None) {
+                    match self.layers.trash(diff_id) {
+                        Ok(Some(path)) => trashed.push(path),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(layer = %diff_id, error = %e, "could not discard a layer")
+                        }
+                    }
+                }
+            }
+        }
+        for path in trashed {
+            if let Err(e) = crate::fsutil::remove_any(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete a discarded layer");
+            }
+        }
     }
 
     /// Makes the layer present, unpacking it unless it already is.
@@ -95,7 +139,7 @@ impl ImageStore {
         &self,
         source: &Source,
         layer: &PlannedLayer,
-    ) -> Result<LayerRecord, ImportError> {
+    ) -> Result<(LayerRecord, bool), ImportError> {
         let lock_arc = Arc::clone(
             lock(&self.layer_locks)
                 .entry(layer.diff_id.clone())
@@ -117,7 +161,7 @@ impl ImageStore {
         &self,
         source: &Source,
         layer: &PlannedLayer,
-    ) -> Result<LayerRecord, ImportError> {
+    ) -> Result<(LayerRecord, bool), ImportError> {
         if let Some(info) = self.layers.info(&layer.diff_id) {
             tracing::debug!(layer = %layer.diff_id, "layer already present");
             let (blob_digest, blob_size, media_type) =
@@ -125,13 +169,14 @@ impl ImageStore {
                     (Some(d), Some(s), Some(m)) => (d.clone(), s, m.clone()),
                     _ => describe_blob(source, layer)?,
                 };
-            return Ok(LayerRecord {
+            let record = LayerRecord {
                 diff_id: layer.diff_id.clone(),
                 blob_digest,
                 blob_size,
                 media_type,
                 size: info.size,
-            });
+            };
+            return Ok((record, false));
         }
         let (reader, member_size) = source.open_file(&layer.member)?;
         let expected = Expected {
@@ -142,7 +187,7 @@ impl ImageStore {
         let label = format!("{} ({})", layer.diff_id, layer.member);
         let unpacked = self.layers.unpack(reader, &label, &expected)?;
         tracing::debug!(layer = %layer.diff_id, size = unpacked.size, "layer unpacked");
-        Ok(LayerRecord {
+        let record = LayerRecord {
             diff_id: unpacked.diff_id,
             blob_digest: unpacked.compressed,
             blob_size: unpacked.compressed_size,
@@ -151,7 +196,8 @@ impl ImageStore {
                 .clone()
                 .unwrap_or_else(|| layer_media_type(unpacked.compression).to_owned()),
             size: unpacked.size,
-        })
+        };
+        Ok((record, true))
     }
 
     /// Makes the image visible under its names, in one metadata write.

@@ -78,7 +78,12 @@ impl Layer {
             body.extend_from_slice(value);
             body.push(b'\n');
         }
-        let h = self.header(b"././@PaxHeader", EntryType::XHeader, 0o644, body.len() as u64);
+        let h = self.header(
+            b"././@PaxHeader",
+            EntryType::XHeader,
+            0o644,
+            body.len() as u64,
+        );
         self.push(h, &body);
     }
 
@@ -97,7 +102,14 @@ impl Layer {
         self.file_full(name.as_bytes(), data, 0o644, 0, 0)
     }
 
-    pub fn file_full(&mut self, name: &[u8], data: &[u8], mode: u32, uid: u64, gid: u64) -> &mut Layer {
+    pub fn file_full(
+        &mut self,
+        name: &[u8],
+        data: &[u8],
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> &mut Layer {
         let mut h = self.header(name, EntryType::Regular, mode, data.len() as u64);
         h.set_uid(uid);
         h.set_gid(gid);
@@ -106,8 +118,15 @@ impl Layer {
 
     /// A file with PAX extended attributes (`SCHILY.xattr.<name>`).
     pub fn file_xattrs(&mut self, name: &str, data: &[u8], xattrs: &[(&str, &[u8])]) -> &mut Layer {
-        let keys: Vec<String> = xattrs.iter().map(|(k, _)| format!("SCHILY.xattr.{k}")).collect();
-        let records: Vec<(&str, &[u8])> = keys.iter().map(String::as_str).zip(xattrs.iter().map(|(_, v)| *v)).collect();
+        let keys: Vec<String> = xattrs
+            .iter()
+            .map(|(k, _)| format!("SCHILY.xattr.{k}"))
+            .collect();
+        let records: Vec<(&str, &[u8])> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(xattrs.iter().map(|(_, v)| *v))
+            .collect();
         self.push_pax(&records);
         self.file(name, data)
     }
@@ -122,12 +141,24 @@ impl Layer {
     pub fn file_gnu_longname(&mut self, name: &str, data: &[u8]) -> &mut Layer {
         let mut long = name.as_bytes().to_vec();
         long.push(0);
-        let h = self.header(b"././@LongLink", EntryType::GNULongName, 0o644, long.len() as u64);
+        let h = self.header(
+            b"././@LongLink",
+            EntryType::GNULongName,
+            0o644,
+            long.len() as u64,
+        );
         self.push(h, &long);
         self.file_full(&name.as_bytes()[..100], data, 0o644, 0, 0)
     }
 
-    fn link(&mut self, name: &[u8], target: &[u8], kind: EntryType, uid: u64, mode: u32) -> &mut Layer {
+    fn link(
+        &mut self,
+        name: &[u8],
+        target: &[u8],
+        kind: EntryType,
+        uid: u64,
+        mode: u32,
+    ) -> &mut Layer {
         let mut h = self.header(name, kind, mode, 0);
         {
             let old = h.as_old_mut();
@@ -138,15 +169,33 @@ impl Layer {
     }
 
     pub fn symlink(&mut self, name: &str, target: &str) -> &mut Layer {
-        self.link(name.as_bytes(), target.as_bytes(), EntryType::Symlink, 0, 0o777)
+        self.link(
+            name.as_bytes(),
+            target.as_bytes(),
+            EntryType::Symlink,
+            0,
+            0o777,
+        )
     }
 
     pub fn symlink_owned(&mut self, name: &str, target: &str, uid: u64) -> &mut Layer {
-        self.link(name.as_bytes(), target.as_bytes(), EntryType::Symlink, uid, 0o777)
+        self.link(
+            name.as_bytes(),
+            target.as_bytes(),
+            EntryType::Symlink,
+            uid,
+            0o777,
+        )
     }
 
     pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Layer {
-        self.link(name.as_bytes(), target.as_bytes(), EntryType::Link, 0, 0o644)
+        self.link(
+            name.as_bytes(),
+            target.as_bytes(),
+            EntryType::Link,
+            0,
+            0o644,
+        )
     }
 
     pub fn fifo(&mut self, name: &str, mode: u32) -> &mut Layer {
@@ -262,7 +311,10 @@ impl Fixture {
     }
 
     pub fn blobs(&self) -> Vec<(Vec<u8>, Comp)> {
-        self.layers.iter().map(|(tar, c)| (c.apply(tar), *c)).collect()
+        self.layers
+            .iter()
+            .map(|(tar, c)| (c.apply(tar), *c))
+            .collect()
     }
 
     /// OCI manifest (bytes); `docker_types` uses Docker schema2 media types.
@@ -416,9 +468,14 @@ pub fn oci_layout(images: &[(&Fixture, &[(&str, &str)])], docker_types: bool) ->
             files.add(&format!("blobs/sha256/{}", hex_of(&blob)), blob);
         }
         let manifest = fixture.manifest(docker_types);
-        files.add(&format!("blobs/sha256/{}", hex_of(&manifest)), manifest.clone());
-        let annotations: serde_json::Map<String, serde_json::Value> =
-            annotations.iter().map(|(k, v)| ((*k).to_owned(), serde_json::json!(v))).collect();
+        files.add(
+            &format!("blobs/sha256/{}", hex_of(&manifest)),
+            manifest.clone(),
+        );
+        let annotations: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect();
         let media_type = if docker_types {
             "application/vnd.docker.distribution.manifest.v2+json"
         } else {
@@ -434,7 +491,8 @@ pub fn oci_layout(images: &[(&Fixture, &[(&str, &str)])], docker_types: bool) ->
     files.add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec());
     files.add(
         "index.json",
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap(),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests}))
+            .unwrap(),
     );
     files
 }
@@ -475,11 +533,18 @@ fn walk(path: &Path, skip: &Path, out: &mut BTreeMap<PathBuf, Node>) {
         rdev: meta.rdev(),
         link: ft.is_symlink().then(|| fs::read_link(path).unwrap()),
         content: ft.is_file().then(|| hex_of(&fs::read(path).unwrap())),
-        xattrs: if ft.is_symlink() { Vec::new() } else { list_xattrs(path) },
+        xattrs: if ft.is_symlink() {
+            Vec::new()
+        } else {
+            list_xattrs(path)
+        },
     };
     out.insert(path.to_owned(), node);
     if ft.is_dir() {
-        let mut children: Vec<_> = fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut children: Vec<_> = fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         children.sort();
         for child in children {
             walk(&child, skip, out);
@@ -508,7 +573,8 @@ pub fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let key = CString::new(name).unwrap();
     let mut buf = vec![0u8; 4096];
     // SAFETY: test helper; buffers are valid for their lengths.
-    let n = unsafe { libc::lgetxattr(c.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n =
+        unsafe { libc::lgetxattr(c.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         return None;
     }
