@@ -187,3 +187,24 @@ async fn cleanup_after_the_shim_died() {
     // Idempotent.
     runtime::shim::cleanup(&f.state_root, &f.id).unwrap();
 }
+
+#[tokio::test]
+async fn descriptors_leaked_by_the_agent_are_not_kept_by_the_shim() {
+    use std::os::fd::AsRawFd;
+    // A pipe without O_CLOEXEC, as a careless daemon might hold: spawned children inherit it.
+    let (_r, w) = nix::unistd::pipe().unwrap();
+    let inode = nix::sys::stat::fstat(w.as_raw_fd()).unwrap().st_ino;
+    let f = Fixture::new();
+    let client = f.start(f.container(&["sleep", "1000"])).await;
+    let shim = shim_pid(&f);
+    let leaked: Vec<String> = std::fs::read_dir(format!("/proc/{shim}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| *p == format!("pipe:[{inode}]"))
+        .collect();
+    assert!(leaked.is_empty(), "shim holds the agent's pipe: {leaked:?}");
+    client.signal(9).await.unwrap();
+    client.wait().await.unwrap();
+    f.assert_gone();
+}

@@ -20,6 +20,7 @@ use crate::container::{self, Stdio};
 use crate::spec;
 
 pub fn main(job_dir: &Path) -> i32 {
+    sys::close_inherited_fds();
     if let Err(e) = sys::detach() {
         report(&Handshake::Error(format!(
             "cannot detach the shim from the agent (setsid/fork): {e}"

@@ -50,3 +50,27 @@ pub fn redirect(target: i32, file: &impl AsFd) -> Result<(), Errno> {
 pub fn is_open(raw: i32) -> bool {
     fcntl(raw, FcntlArg::F_GETFD).is_ok()
 }
+
+/// Closes every descriptor above stderr. The agent may leak descriptors without
+/// O_CLOEXEC into the shim (it inherits them through fork/exec), and a shim that outlives
+/// the agent must not hold, say, the write end of one of the agent's pipes.
+pub fn close_inherited_fds() {
+    // SAFETY: close_range only closes descriptors; at this point (first thing in the
+    // shim) no Rust object in this process owns a descriptor above 2.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.9: close what /proc lists. Collect first, since reading the
+    // directory itself uses a descriptor.
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        let _ = nix::unistd::close(fd);
+    }
+}
