@@ -250,9 +250,10 @@ impl Read for SectionReader<'_> {
 mod tests {
     use super::*;
 
-    fn build(
-        entries: &[(&str, Option<&[u8]>, Option<(&str, EntryType)>)],
-    ) -> tempfile::NamedTempFile {
+    /// Name, file data, or link target and kind (neither: a directory).
+    type TestEntry<'a> = (&'a str, Option<&'a [u8]>, Option<(&'a str, EntryType)>);
+
+    fn build(entries: &[TestEntry<'_>]) -> tempfile::NamedTempFile {
         let file = tempfile::NamedTempFile::new().unwrap();
         let mut b = tar::Builder::new(file.reopen().unwrap());
         for (name, data, link) in entries {

@@ -244,3 +244,33 @@ pub fn unmount(target: &Path) -> Result<(), RootfsError> {
         Err(e) => Err(err(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_mount_works_and_refuses_options_over_a_page() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = |n: &str| {
+            let p = tmp.path().join(n);
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        };
+        let (l1, l2, up, work, merged) = (d("l1"), d("l2"), d("u"), d("w"), d("m"));
+        std::fs::write(l1.join("a"), b"bottom").unwrap();
+        std::fs::write(l2.join("a"), b"top").unwrap();
+        mount_legacy(&[l1.clone(), l2.clone()], &up, &work, &merged).unwrap();
+        let seen = std::fs::read(merged.join("a"));
+        unmount(&merged).unwrap();
+        assert_eq!(seen.unwrap(), b"top");
+
+        let long: Vec<PathBuf> = (0..50)
+            .map(|i| tmp.path().join(format!("{i}-{}", "x".repeat(100))))
+            .collect();
+        let err = mount_legacy(&long, &up, &work, &merged).unwrap_err();
+        assert!(matches!(err, RootfsError::TooManyLayers { .. }), "{err}");
+        let err = mount_legacy(&[tmp.path().join("a:b")], &up, &work, &merged).unwrap_err();
+        assert!(matches!(err, RootfsError::BadPath { .. }), "{err}");
+    }
+}

@@ -263,3 +263,20 @@ fn digest_from_member(member: &str) -> Option<Digest> {
     name.strip_suffix(".json")
         .and_then(|hex| Digest::from_hex(hex).ok())
 }
+
+impl ImportError {
+    /// True when the archive itself is at fault (bad format, corrupt, tampered, hostile),
+    /// false when the host is (I/O, disk full, store trouble): a 400 rather than a 500.
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            ImportError::Io { .. } | ImportError::Store(_) => false,
+            ImportError::Archive(ArchiveError::Io { .. }) => false,
+            ImportError::Content(e) => matches!(
+                e,
+                ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. }
+            ),
+            ImportError::Unpack(e) => e.is_client_error(),
+            _ => true,
+        }
+    }
+}

@@ -236,7 +236,7 @@ impl ImageStore {
             .state
             .images
             .get(&id)
-            .ok_or(StoreError::NotFound { name: id.clone() })?;
+            .ok_or(StoreError::NotFound(id.clone()))?;
         Ok(inner.state.image(record))
     }
 }

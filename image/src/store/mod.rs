@@ -58,13 +58,12 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("no such image: {name}")]
-    NotFound { name: String },
-    #[error("image id prefix {prefix:?} is ambiguous: it matches {}; give more characters", matches.join(", "))]
-    Ambiguous {
-        prefix: String,
-        matches: Vec<String>,
-    },
+    /// Nothing matches the name or id (holds what was asked for).
+    #[error("no such image: {0}")]
+    NotFound(String),
+    /// An id prefix matching several images.
+    #[error("{0}")]
+    Ambiguous(Ambiguity),
     #[error("{name:?} is neither an image reference nor an image id: {source}")]
     InvalidName {
         name: String,
@@ -83,6 +82,25 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Content(#[from] ContentError),
+}
+
+/// An id prefix that matches several images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ambiguity {
+    pub prefix: String,
+    /// Ids of the images it matches.
+    pub matches: Vec<String>,
+}
+
+impl std::fmt::Display for Ambiguity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "image id prefix {:?} is ambiguous: it matches {}; give more characters",
+            self.prefix,
+            self.matches.join(", ")
+        )
+    }
 }
 
 /// How a name given to `resolve`/`remove` matched.
@@ -317,9 +335,7 @@ impl ImageStore {
             .state
             .images
             .get(&id)
-            .ok_or_else(|| StoreError::NotFound {
-                name: name_or_id.to_owned(),
-            })?;
+            .ok_or_else(|| StoreError::NotFound(name_or_id.to_owned()))?;
         Ok(inner.state.image(record))
     }
 
@@ -329,9 +345,7 @@ impl ImageStore {
             .images
             .get(&image.id)
             .cloned()
-            .ok_or_else(|| StoreError::NotFound {
-                name: image.id.clone(),
-            })
+            .ok_or_else(|| StoreError::NotFound(image.id.clone()))
     }
 
     /// The image's config (entrypoint, env, working dir, user...).
@@ -412,9 +426,7 @@ impl ImageStore {
         }
         removed.untagged = names;
         let Some(record) = inner.state.images.remove(&id) else {
-            return Err(StoreError::NotFound {
-                name: name_or_id.to_owned(),
-            });
+            return Err(StoreError::NotFound(name_or_id.to_owned()));
         };
         removed.deleted.push(id.clone());
 
@@ -500,9 +512,7 @@ fn empty_dir(dir: &Path) -> io::Result<()> {
 
 /// Docker's lookup order: full id, then reference (tag or digest), then id prefix.
 fn lookup(state: &State, input: &str) -> Result<(String, Via), StoreError> {
-    let not_found = || StoreError::NotFound {
-        name: input.to_owned(),
-    };
+    let not_found = || StoreError::NotFound(input.to_owned());
     if let Some(hex) = input.strip_prefix("sha256:") {
         if is_sha256_hex(hex) {
             return state
@@ -546,9 +556,7 @@ fn by_prefix(state: &State, input: &str, hex: &str) -> Result<(String, Via), Sto
         && hex.len() <= 64
         && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if !valid {
-        return Err(StoreError::NotFound {
-            name: input.to_owned(),
-        });
+        return Err(StoreError::NotFound(input.to_owned()));
     }
     let matches: Vec<&String> = state
         .images
@@ -559,13 +567,11 @@ fn by_prefix(state: &State, input: &str, hex: &str) -> Result<(String, Via), Sto
         })
         .collect();
     match matches.as_slice() {
-        [] => Err(StoreError::NotFound {
-            name: input.to_owned(),
-        }),
+        [] => Err(StoreError::NotFound(input.to_owned())),
         [one] => Ok(((*one).clone(), Via::Id)),
-        many => Err(StoreError::Ambiguous {
+        many => Err(StoreError::Ambiguous(Ambiguity {
             prefix: input.to_owned(),
             matches: many.iter().map(|s| (*s).clone()).collect(),
-        }),
+        })),
     }
 }

@@ -128,6 +128,35 @@ pub enum UnpackError {
     ThreadPanicked { layer: String },
 }
 
+impl UnpackError {
+    /// True when the layer's content is at fault, false when the host is (disk full, I/O
+    /// errors, a read-only store).
+    pub fn is_client_error(&self) -> bool {
+        let host_errno = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(
+                    libc::ENOSPC
+                        | libc::EDQUOT
+                        | libc::EIO
+                        | libc::EROFS
+                        | libc::ENOMEM
+                        | libc::EMFILE
+                )
+            )
+        };
+        match self {
+            UnpackError::Destination { .. }
+            | UnpackError::Sync { .. }
+            | UnpackError::ThreadPanicked { .. } => false,
+            UnpackError::Read { source, .. } | UnpackError::Entry { source, .. } => {
+                !host_errno(source)
+            }
+            _ => true,
+        }
+    }
+}
+
 /// Digests and sizes the unpacked blob must have; `None` means "accept and report".
 #[derive(Clone, Debug, Default)]
 pub struct Expected {
