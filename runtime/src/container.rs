@@ -91,6 +91,11 @@ pub fn create(
     result.map_err(create_err)
 }
 
+/// Back to what a Rust program expects: EPIPE errors instead of death by SIGPIPE.
+pub(crate) fn ignore_sigpipe() {
+    set_sigpipe(SigHandler::SigIgn);
+}
+
 fn set_sigpipe(handler: SigHandler) -> SigHandler {
     // SAFETY: only SIG_DFL / SIG_IGN (or the disposition saved from a previous call, which
     // is one of those) are installed: no handler code runs, so nothing can be unsound.

@@ -89,6 +89,8 @@ pub fn hand_over(files: &JobFiles, handoff: Handoff) -> i32 {
     for fd in [&handoff.stdout, &handoff.stderr, &handoff.listener] {
         let _ = sys::set_inherit(fd, false);
     }
+    // A failed exec may already have reset SIGPIPE to its default (fatal) action.
+    container::ignore_sigpipe();
     run(files, handoff)
 }
 
@@ -472,6 +474,10 @@ impl Monitor {
         }
         if let Err(e) = container::cleanup(&self.cfg.state_root, &id) {
             diag(&error_chain(&e));
+        }
+        match cgroup::existing_dirs(&id) {
+            Ok(left) if !left.is_empty() => diag(&format!("cgroups left behind: {left:?}")),
+            _ => {}
         }
 
         // Gone before the waiters hear of it, so that a waiter never sees a leftover.

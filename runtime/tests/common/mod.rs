@@ -187,6 +187,14 @@ impl Fixture {
     }
 }
 
+/// A failed test must not leave its container running: kill whatever is left (the shim,
+/// if alive, then records the exit and finishes).
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = runtime::shim::cleanup(&self.state_root, &self.id);
+    }
+}
+
 /// Whether process `pid` is alive (a zombie is not: it only waits for its parent).
 pub fn is_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
