@@ -204,7 +204,50 @@ async fn descriptors_leaked_by_the_agent_are_not_kept_by_the_shim() {
         .filter(|p| *p == format!("pipe:[{inode}]"))
         .collect();
     assert!(leaked.is_empty(), "shim holds the agent's pipe: {leaked:?}");
+    // The monitor is the re-executed binary (libcontainer's memory left behind), holding
+    // exactly stdio, the control socket, two output pipes, the signalfd and the log.
+    let environ = std::fs::read(format!("/proc/{shim}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"FLYNN_SHIM_MONITOR=")),
+        "monitor was not re-executed; shim.log: {}",
+        f.shim_log()
+    );
+    let fds = std::fs::read_dir(format!("/proc/{shim}/fd")).unwrap().count();
+    assert_eq!(fds, 8, "monitor descriptors");
     client.signal(9).await.unwrap();
     client.wait().await.unwrap();
+    f.assert_gone();
+}
+
+#[tokio::test]
+async fn a_relative_job_dir_is_resolved_before_the_shim_moves_to_root() {
+    let f = Fixture::new();
+    let cfg = f.shim_config(f.container(&["sh", "-c", "echo relative"]));
+    std::fs::write(
+        f.job_dir.join("shim.json"),
+        serde_json::to_vec(&cfg).unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::SHIM_EXE)
+        .arg("spawn")
+        .arg(f.job_dir.file_name().unwrap())
+        .current_dir(f.job_dir.parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = ShimClient::connect(&f.job_dir)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(status.code, Some(0));
+    assert_eq!(f.stdout(), "relative\n");
     f.assert_gone();
 }

@@ -7,7 +7,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
-use libcontainer::container::Container;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::{Mode, umask};
 use nix::sys::wait::waitpid;
@@ -27,7 +26,9 @@ pub fn main(job_dir: &Path) -> i32 {
         )));
         return 1;
     }
-    let files = JobFiles::new(job_dir);
+    // Absolute before settle() moves to "/": the agent may have given a relative path.
+    let job_dir = std::path::absolute(job_dir).unwrap_or_else(|_| job_dir.to_owned());
+    let files = JobFiles::new(&job_dir);
     settle(&files);
     let prepared = match prepare(&files) {
         Ok(p) => p,
@@ -177,7 +178,7 @@ fn run(files: &JobFiles, p: Prepared) -> i32 {
         );
         return 0;
     }
-    if let Err(e) = start(&mut container) {
+    if let Err(e) = container::start(&mut container) {
         let msg = error_chain(&e);
         abort(files, &p.cfg, Some(init), &msg);
         report(&Handshake::Error(msg));
@@ -202,10 +203,6 @@ fn run(files: &JobFiles, p: Prepared) -> i32 {
 /// loopback interface, down.
 fn cfg_wants_loopback(cfg: &ShimConfig) -> bool {
     cfg.container.network == crate::config::NetworkMode::New
-}
-
-fn start(container: &mut Container) -> Result<(), container::RuntimeError> {
-    container::start(container)
 }
 
 /// Writes one handshake line to the agent; false if the agent is gone.

@@ -102,9 +102,9 @@ fn read_config(files: &JobFiles) -> Result<ShimConfig, String> {
 /// The shim's entry point, for `flynn-host shim <JOB_DIR>`. Must be called before the
 /// process creates any thread. Returns the process exit code.
 pub fn main(job_dir: &Path) -> i32 {
-    match std::env::var(MONITOR_ENV) {
-        Ok(handoff) => monitor::main_after_exec(job_dir, &handoff),
-        Err(_) => create::main(job_dir),
+    match std::env::var_os(MONITOR_ENV) {
+        Some(handoff) => monitor::main_after_exec(job_dir, &handoff),
+        None => create::main(job_dir),
     }
 }
 

@@ -5,11 +5,13 @@
 //! the shim drains the pipes, reads the OOM counter, writes `exit.json`, deletes the
 //! container, answers the waiters and exits.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -40,25 +42,35 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    fn encode(&self) -> String {
-        format!(
-            "{}:{}:{}:{}",
+    /// `init:stdout:stderr:listener:job_dir`. The job dir travels too (absolute), so the
+    /// monitor does not depend on argv or on the working directory it was started from.
+    fn encode(&self, job_dir: &Path) -> OsString {
+        let mut value = OsString::from(format!(
+            "{}:{}:{}:{}:",
             self.init,
             self.stdout.as_raw_fd(),
             self.stderr.as_raw_fd(),
             self.listener.as_raw_fd()
-        )
+        ));
+        value.push(job_dir.as_os_str());
+        value
     }
 
-    fn decode(value: &str) -> Result<Handoff, String> {
-        let nums: Vec<i32> = value
-            .split(':')
-            .map(|n| n.parse::<i32>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| format!("malformed {MONITOR_ENV}={value:?}"))?;
-        let [init, out, err, listener] = nums[..] else {
-            return Err(format!("malformed {MONITOR_ENV}={value:?}"));
-        };
+    fn decode(value: &OsStr) -> Result<(Handoff, PathBuf), String> {
+        let malformed = || format!("malformed {MONITOR_ENV}={value:?}");
+        let mut parts = value.as_bytes().splitn(5, |&b| b == b':');
+        let mut nums = [0i32; 4];
+        for n in nums.iter_mut() {
+            *n = parts
+                .next()
+                .and_then(|p| std::str::from_utf8(p).ok()?.parse().ok())
+                .ok_or_else(malformed)?;
+        }
+        let job_dir = PathBuf::from(OsStr::from_bytes(parts.next().ok_or_else(malformed)?));
+        if !job_dir.is_absolute() {
+            return Err(malformed());
+        }
+        let [init, out, err, listener] = nums;
         let mut fds = Vec::new();
         for raw in [out, err, listener] {
             if raw <= 2 || !sys::is_open(raw) || fds.contains(&raw) {
@@ -70,19 +82,20 @@ impl Handoff {
         // pre-exec shim made exactly these inheritable and gave up its own handles on
         // them by exec'ing, so nothing else in this process owns them.
         let own = |raw| unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Handoff {
+        let handoff = Handoff {
             init: Pid::from_raw(init),
             stdout: own(out),
             stderr: own(err),
             listener: own(listener),
-        })
+        };
+        Ok((handoff, job_dir))
     }
 }
 
 /// Re-executes the shim binary into the monitoring phase, dropping libcontainer's memory;
 /// if that is impossible, monitors in this process instead.
 pub fn hand_over(files: &JobFiles, handoff: Handoff) -> i32 {
-    let err = reexec(&handoff);
+    let err = reexec(&handoff, files.dir());
     diag(&format!(
         "cannot re-exec into the lean monitor ({err}); monitoring in-process"
     ));
@@ -95,7 +108,7 @@ pub fn hand_over(files: &JobFiles, handoff: Handoff) -> i32 {
 }
 
 /// Only returns on failure.
-fn reexec(h: &Handoff) -> std::io::Error {
+fn reexec(h: &Handoff, job_dir: &Path) -> std::io::Error {
     for fd in [&h.stdout, &h.stderr, &h.listener] {
         if let Err(e) = sys::set_inherit(fd, true) {
             return std::io::Error::from(e);
@@ -108,20 +121,20 @@ fn reexec(h: &Handoff) -> std::io::Error {
     if let Some(argv0) = args.next() {
         cmd.arg0(argv0);
     }
-    cmd.args(args).env(MONITOR_ENV, h.encode());
+    cmd.args(args).env(MONITOR_ENV, h.encode(job_dir));
     cmd.exec()
 }
 
-/// Entry point of the re-executed shim.
-pub fn main_after_exec(job_dir: &Path, value: &str) -> i32 {
-    let files = JobFiles::new(job_dir);
+/// Entry point of the re-executed shim. `job_dir` (from argv) is only a fallback: the
+/// handoff carries the absolute path.
+pub fn main_after_exec(job_dir: &Path, value: &OsStr) -> i32 {
     match Handoff::decode(value) {
-        Ok(h) => run(&files, h),
+        Ok((h, dir)) => run(&JobFiles::new(&dir), h),
         Err(msg) => {
             // Without the handed-over descriptors nobody can supervise the container:
             // better gone than running unobserved.
             diag(&format!("{msg}; killing the container"));
-            if let Ok(cfg) = read_config(&files)
+            if let Ok(cfg) = read_config(&JobFiles::new(job_dir))
                 && let Err(e) = container::cleanup(&cfg.state_root, &cfg.container.id)
             {
                 diag(&error_chain(&e));
@@ -533,4 +546,40 @@ fn send_all(stream: &UnixStream, data: &[u8]) -> Result<(), Errno> {
     }
     let _ = (&*stream).flush();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoff_round_trip() {
+        let (a, b) = sys::pipe().unwrap();
+        let (c, _d) = sys::pipe().unwrap();
+        let raws = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
+        let h = Handoff {
+            init: Pid::from_raw(42),
+            stdout: a,
+            stderr: b,
+            listener: c,
+        };
+        let value = h.encode(Path::new("/var/lib/flynn/jobs/a:b"));
+        // The decoded handoff takes ownership of the same descriptors.
+        std::mem::forget(h);
+        let (back, dir) = Handoff::decode(&value).unwrap();
+        assert_eq!(back.init, Pid::from_raw(42));
+        assert_eq!(
+            (
+                back.stdout.as_raw_fd(),
+                back.stderr.as_raw_fd(),
+                back.listener.as_raw_fd()
+            ),
+            raws
+        );
+        assert_eq!(dir, Path::new("/var/lib/flynn/jobs/a:b"));
+
+        for bad in ["", "1:2:3", "1:2:3:4:relative", "x:4:5:6:/j", "1:0:1:2:/j"] {
+            assert!(Handoff::decode(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+    }
 }
