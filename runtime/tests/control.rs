@@ -214,7 +214,9 @@ async fn descriptors_leaked_by_the_agent_are_not_kept_by_the_shim() {
         "monitor was not re-executed; shim.log: {}",
         f.shim_log()
     );
-    let fds = std::fs::read_dir(format!("/proc/{shim}/fd")).unwrap().count();
+    let fds = std::fs::read_dir(format!("/proc/{shim}/fd"))
+        .unwrap()
+        .count();
     assert_eq!(fds, 8, "monitor descriptors");
     client.signal(9).await.unwrap();
     client.wait().await.unwrap();
