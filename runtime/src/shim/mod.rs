@@ -99,8 +99,13 @@ fn read_config(files: &JobFiles) -> Result<ShimConfig, String> {
     serde_json::from_slice(&data).map_err(|e| format!("invalid shim config {path:?}: {e}"))
 }
 
-/// The shim's entry point, for `flynn-host shim <JOB_DIR>`. Must be called before the
-/// process creates any thread. Returns the process exit code.
+/// The shim's entry point, for `flynn-host shim <JOB_DIR>`. Returns the process exit code.
+///
+/// Must be called first thing in `main`: before the process creates any thread (it forks,
+/// and libcontainer forks and changes directory) and before it opens any file (it closes
+/// every inherited descriptor above stderr, so that nothing leaked by the agent lives on
+/// in the shim). After `start` the shim re-executes `/proc/self/exe` with the same argv,
+/// so the same dispatch must lead back here.
 pub fn main(job_dir: &Path) -> i32 {
     match std::env::var_os(MONITOR_ENV) {
         Some(handoff) => monitor::main_after_exec(job_dir, &handoff),

@@ -198,6 +198,7 @@ struct Monitor {
     listener: UnixListener,
     clients: Vec<Client>,
     log: Option<LogWriter>,
+    log_failing: bool,
     buf: Vec<u8>,
 }
 
@@ -240,6 +241,7 @@ impl Monitor {
             listener,
             clients: Vec::new(),
             log,
+            log_failing: false,
             buf: vec![0; READ_CHUNK],
         })
     }
@@ -343,10 +345,9 @@ impl Monitor {
                 false
             }
             Ok(n) => {
-                if let Some(log) = &mut self.log
-                    && let Err(e) = log.write(stream, &self.buf[..n])
-                {
-                    diag(&format!("cannot write the container log: {e}"));
+                if let Some(log) = &mut self.log {
+                    let result = log.write(stream, &self.buf[..n]);
+                    self.note_log_result(result);
                 }
                 true
             }
@@ -359,6 +360,24 @@ impl Monitor {
                 }
                 false
             }
+        }
+    }
+
+    /// Reports log write failures once per episode, not once per line: a full disk must
+    /// not also fill shim.log.
+    fn note_log_result(&mut self, result: std::io::Result<()>) {
+        match result {
+            Err(e) if !self.log_failing => {
+                diag(&format!(
+                    "cannot write the container log: {e}; dropping output"
+                ));
+                self.log_failing = true;
+            }
+            Ok(()) if self.log_failing => {
+                diag("the container log is writable again");
+                self.log_failing = false;
+            }
+            _ => {}
         }
     }
 
@@ -465,10 +484,9 @@ impl Monitor {
         }
         self.stdout = None;
         self.stderr = None;
-        if let Some(log) = &mut self.log
-            && let Err(e) = log.finish()
-        {
-            diag(&format!("cannot write the container log: {e}"));
+        if let Some(log) = &mut self.log {
+            let result = log.finish();
+            self.note_log_result(result);
         }
 
         let id = self.cfg.container.id.clone();
