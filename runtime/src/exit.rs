@@ -75,10 +75,24 @@ pub fn write(path: &Path, status: &ExitStatus) -> Result<(), ExitFileError> {
         source,
     };
     let data = serde_json::to_vec(status).map_err(|e| err(std::io::Error::other(e)))?;
-    write_atomic(path, &data).map_err(err)
+    write_atomic(path, &data, Durability::Fsync).map_err(err)
 }
 
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Survives power loss: the exit status is the one record the agent cannot rebuild.
+    Fsync,
+    /// Only ever read while this boot's processes live (shim.pid, shim.json): a crash of
+    /// the host kills those processes anyway, so the fsyncs would only add latency.
+    Visible,
+}
+
+/// Readers see either the old file or the whole new one, never a partial write.
+pub(crate) fn write_atomic(
+    path: &Path,
+    data: &[u8],
+    durability: Durability,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -87,10 +101,15 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
+    if durability == Durability::Fsync {
+        f.sync_all()?;
+    }
     drop(f);
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    if durability == Durability::Fsync {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// `None` when the container has not exited (or its shim died before recording it).

@@ -10,7 +10,7 @@ use tokio::process::{ChildStdin, ChildStdout, Command};
 
 use super::protocol::{self, Handshake, Request, Response, ShimState};
 use super::{JobFiles, ShimConfig};
-use crate::exit::{self, ExitFileError, ExitStatus};
+use crate::exit::{self, Durability, ExitFileError, ExitStatus};
 
 /// Replies and handshake lines are short; anything longer is a protocol error.
 const MAX_LINE_BYTES: u64 = 64 * 1024;
@@ -70,7 +70,7 @@ pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<Creat
         source: std::io::Error::other(e),
     })?;
     let path = config_path.clone();
-    tokio::task::spawn_blocking(move || exit::write_atomic(&path, &data))
+    tokio::task::spawn_blocking(move || exit::write_atomic(&path, &data, Durability::Visible))
         .await
         .map_err(|e| ShimError::Io {
             what: "writing the shim config".into(),

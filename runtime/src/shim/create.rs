@@ -16,6 +16,7 @@ use super::monitor::{self, Handoff};
 use super::protocol::{self, Handshake};
 use super::{JobFiles, ShimConfig, diag, error_chain, read_config, sys};
 use crate::container::{self, Stdio};
+use crate::exit::Durability;
 use crate::spec;
 
 pub fn main(job_dir: &Path) -> i32 {
@@ -62,7 +63,9 @@ fn settle(files: &JobFiles) {
         }
     }
     let pid = std::process::id().to_string();
-    if let Err(e) = crate::exit::write_atomic(&files.shim_pid(), pid.as_bytes()) {
+    if let Err(e) =
+        crate::exit::write_atomic(&files.shim_pid(), pid.as_bytes(), Durability::Visible)
+    {
         diag(&format!("cannot write {:?}: {e}", files.shim_pid()));
     }
 }
