@@ -190,8 +190,8 @@ struct Monitor {
     files: JobFiles,
     cfg: ShimConfig,
     init: Pid,
-    /// Set once init has been reaped.
-    status: Option<WaitStatus>,
+    /// How and when init ended; set once it has been reaped.
+    status: Option<(WaitStatus, chrono::DateTime<chrono::Utc>)>,
     sigfd: SignalFd,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -317,7 +317,7 @@ impl Monitor {
                 Ok(status @ (WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)))
                     if pid == self.init =>
                 {
-                    self.status = Some(status);
+                    self.status = Some((status, chrono::Utc::now()));
                 }
                 // Some other child (there should be none): reaped and forgotten.
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -498,8 +498,11 @@ impl Monitor {
                 false
             }
         };
-        let wait_status = self.status.unwrap_or(WaitStatus::StillAlive);
-        let status = ExitStatus::from_wait(wait_status, oom_killed);
+        let (wait_status, reaped_at) = self
+            .status
+            .unwrap_or((WaitStatus::StillAlive, chrono::Utc::now()));
+        let mut status = ExitStatus::from_wait(wait_status, oom_killed);
+        status.finished_at = reaped_at;
         if let Err(e) = exit::write(&self.files.exit_status(), &status) {
             diag(&e.to_string());
         }
