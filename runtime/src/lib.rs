@@ -15,9 +15,9 @@
 //! daemon's child exits at once), builds the spec, creates the container, and reports on
 //! stdout one JSON line, `{"created":{"pid":N,...}}` or `{"error":"..."}`. It then waits
 //! for `start` on stdin (EOF instead: it deletes the container and exits), starts the
-//! container, reports `{"started":{"pid":N}}`, points its stdio at /dev/null and
-//! re-executes itself into a lean monitor (descriptors handed over in an environment
-//! variable; init stays its child). The monitor is one `poll(2)` loop over a SIGCHLD
+//! container, reports `{"started":{"pid":N}}`, points stdin/stdout at /dev/null (stderr
+//! is `shim.log` from the start) and re-executes itself into a lean monitor (descriptors
+//! and job dir handed over in an environment variable; init stays its child). The monitor is one `poll(2)` loop over a SIGCHLD
 //! signalfd, the container's stdout/stderr pipes and the control socket. When init exits
 //! it drains the pipes, reads the cgroup's OOM-kill counter, writes `exit.json`, deletes
 //! the container, answers waiters, and exits. The agent can die and restart at any time

@@ -37,7 +37,7 @@ pub const MAX_SOCKET_PATH: usize = 107;
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct ShimConfig {
     pub container: ContainerConfig,
-    /// libcontainer's root directory (one state dir per container), e.g. <state>/containers.
+    /// libcontainer's root directory (one state dir per container), e.g. `<state>/containers`.
     pub state_root: PathBuf,
     /// Where the container's output goes, in Docker's json-file format.
     pub log_path: PathBuf,
