@@ -44,7 +44,10 @@ impl Client {
                 "invalid daemon address {url:?}: use http://HOST:PORT"
             ));
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             authority.to_string()
         } else {
             format!("{authority}:1113")
@@ -133,7 +136,9 @@ pub fn full(data: Vec<u8>) -> RequestBody {
 }
 
 pub fn empty() -> RequestBody {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 async fn failure(response: Response<Incoming>) -> ApiFailure {

@@ -24,8 +24,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     let tmp_dir = state_dir.join("tmp");
     // Uploads interrupted by a crash are useless: start from an empty tmp dir.
     let _ = std::fs::remove_dir_all(&tmp_dir);
-    std::fs::create_dir_all(&tmp_dir)
-        .with_context(|| format!("creating {}", tmp_dir.display()))?;
+    std::fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
 
     let images_dir = state_dir.join("images");
     let images = Arc::new(
@@ -70,8 +69,10 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -9,7 +9,11 @@ fn main() {
     // anything starts a thread, clap and tokio included.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "shim") {
-        std::process::exit(runtime::shim::main(&args[2..]));
+        let Some(job_dir) = args.get(2).filter(|_| args.len() == 3) else {
+            eprintln!("usage: flynn-host shim JOB_DIR (started by the daemon, not by hand)");
+            std::process::exit(2);
+        };
+        std::process::exit(runtime::shim::main(std::path::Path::new(job_dir)));
     }
 
     let cli = cli::Cli::parse();

@@ -53,11 +53,21 @@ fn imports_docker_archives_oci_layouts_and_oci_archives() {
 
     let table = d.ok(&["images"]);
     let header = table.lines().next().unwrap();
-    assert!(header.starts_with("REPOSITORY") && header.contains("IMAGE ID") && header.contains("SIZE"));
-    assert!(table.contains("me/tool") && table.contains("1.0"), "{table}");
+    assert!(
+        header.starts_with("REPOSITORY") && header.contains("IMAGE ID") && header.contains("SIZE")
+    );
+    assert!(
+        table.contains("me/tool") && table.contains("1.0"),
+        "{table}"
+    );
 
     // Every imported image runs, including the zstd one.
-    for image in ["busybox", "me/tool:1.0", "flynn-test/busybox-zstd", "docker.io/library/busybox:latest"] {
+    for image in [
+        "busybox",
+        "me/tool:1.0",
+        "flynn-test/busybox-zstd",
+        "docker.io/library/busybox:latest",
+    ] {
         let out = d.ok(&["run", "--rm", image, "echo", "ok"]);
         assert_eq!(out, "ok\n", "{image}");
     }
@@ -79,5 +89,8 @@ fn import_survives_a_daemon_restart() {
     d.kill9();
     d.spawn();
     assert_eq!(names(&d), vec!["docker.io/library/busybox:latest"]);
-    assert_eq!(d.ok(&["run", "--rm", "busybox", "echo", "again"]), "again\n");
+    assert_eq!(
+        d.ok(&["run", "--rm", "busybox", "echo", "again"]),
+        "again\n"
+    );
 }

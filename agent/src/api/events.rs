@@ -16,7 +16,11 @@ pub fn events(state: &ApiState) -> Result<Response<Body>, ApiError> {
     let (tx, response) = streaming("text/event-stream");
     tokio::spawn(async move {
         // Tells the client the subscription is live: events after this line are seen.
-        if tx.send(Bytes::from_static(b": subscribed\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b": subscribed\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {

@@ -60,6 +60,14 @@ fn import_error(e: image::ImportError) -> ApiError {
         image::ImportError::Io { source, .. } if is_no_space(source) => {
             ApiError::InsufficientStorage(message)
         }
+        image::ImportError::Io { source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            ApiError::BadRequest(message)
+        }
         e if e.is_client_error() => ApiError::BadRequest(message),
         _ => ApiError::Internal(message),
     }
@@ -75,10 +83,16 @@ impl Drop for Upload {
 }
 
 async fn receive(state: &ApiState, req: Request<Incoming>) -> Result<Upload, ApiError> {
-    let name = format!("upload-{}.tar", crate::jobs::new_id().map_err(ApiError::from)?);
+    let name = format!(
+        "upload-{}.tar",
+        crate::jobs::new_id().map_err(ApiError::from)?
+    );
     let upload = Upload(state.tmp_dir.join(name));
     let storage = |e: std::io::Error| {
-        let message = format!("receiving the archive into {}: {e}", state.tmp_dir.display());
+        let message = format!(
+            "receiving the archive into {}: {e}",
+            state.tmp_dir.display()
+        );
         if is_no_space(&e) {
             ApiError::InsufficientStorage(message)
         } else {
@@ -88,8 +102,8 @@ async fn receive(state: &ApiState, req: Request<Incoming>) -> Result<Upload, Api
     let mut file = tokio::fs::File::create(&upload.0).await.map_err(storage)?;
     let mut body = req.into_body();
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| ApiError::BadRequest(format!("reading the uploaded archive: {e}")))?;
+        let frame = frame
+            .map_err(|e| ApiError::BadRequest(format!("reading the uploaded archive: {e}")))?;
         if let Some(chunk) = frame.data_ref() {
             file.write_all(chunk).await.map_err(storage)?;
         }

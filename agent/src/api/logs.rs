@@ -93,7 +93,9 @@ async fn pump(
     let mut pending = Vec::new();
     if let Some(n) = tail {
         let mut all = Vec::new();
-        file.read_to_end(&mut all).await.map_err(|e| e.to_string())?;
+        file.read_to_end(&mut all)
+            .await
+            .map_err(|e| e.to_string())?;
         let complete = all.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let lines: Vec<&[u8]> = all[..complete]
             .split(|&b| b == b'\n')

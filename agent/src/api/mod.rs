@@ -248,7 +248,9 @@ impl Query {
         self.get(key)
             .map(|v| {
                 v.parse::<T>().map_err(|_| {
-                    ApiError::BadRequest(format!("invalid value {v:?} for {key}: expected a number"))
+                    ApiError::BadRequest(format!(
+                        "invalid value {v:?} for {key}: expected a number"
+                    ))
                 })
             })
             .transpose()

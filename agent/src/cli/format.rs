@@ -82,11 +82,13 @@ pub fn parse_size(text: &str) -> Result<i64, String> {
         Some('t') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: use a number with an optional unit, e.g. 64M"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid size {text:?}: use a number with an optional unit, e.g. 64M")
+    })?;
     if !value.is_finite() || value < 0.0 {
-        return Err(format!("invalid size {text:?}: it must be a positive number"));
+        return Err(format!(
+            "invalid size {text:?}: it must be a positive number"
+        ));
     }
     let bytes = value * multiplier as f64;
     if bytes > i64::MAX as f64 {

@@ -20,8 +20,8 @@ use crate::model::ImageRemoved;
 /// Uploads the archive (a directory is sent as a tar stream made on the fly), so
 /// the daemon need not share a filesystem with the client.
 pub async fn import(client: &Client, path: &Path, tag: Option<&str>) -> Result<i32> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let body = upload_body(path.to_path_buf(), meta.is_dir());
     let mut uri = "/images/import".to_string();
     if let Some(tag) = tag {
@@ -61,7 +61,10 @@ fn upload_body(path: std::path::PathBuf, is_dir: bool) -> RequestBody {
                     if n == 0 {
                         return Ok(());
                     }
-                    if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 }

@@ -157,7 +157,11 @@ pub async fn print_log_stream(mut body: hyper::body::Incoming, timestamps: bool)
         // A closed stdout (`| head`) ends the stream quietly.
         if !out.is_empty() {
             let mut stdout = std::io::stdout().lock();
-            if stdout.write_all(&out).and_then(|()| stdout.flush()).is_err() {
+            if stdout
+                .write_all(&out)
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -181,13 +185,21 @@ pub async fn wait(client: &Client, jobs: &[String]) -> Result<i32> {
 /// Waits for the job's exit over `GET /jobs/{id}/wait`.
 pub async fn wait_exit(client: &Client, id: &str) -> Result<ExitInfo> {
     let response = client
-        .send_json(Method::GET, &format!("/jobs/{}/wait", encode(id)), None::<&()>)
+        .send_json(
+            Method::GET,
+            &format!("/jobs/{}/wait", encode(id)),
+            None::<&()>,
+        )
         .await?;
     read_exit(response.into_body()).await
 }
 
 pub async fn read_exit(body: hyper::body::Incoming) -> Result<ExitInfo> {
-    let bytes = body.collect().await.context("waiting for the job")?.to_bytes();
+    let bytes = body
+        .collect()
+        .await
+        .context("waiting for the job")?
+        .to_bytes();
     if let Ok(exit) = serde_json::from_slice::<ExitInfo>(&bytes) {
         return Ok(exit);
     }
@@ -202,7 +214,11 @@ pub async fn read_exit(body: hyper::body::Incoming) -> Result<ExitInfo> {
 pub async fn start(client: &Client, jobs: &[String]) -> Result<i32> {
     for_each(jobs, |id| async move {
         client
-            .call::<Job>(Method::POST, &format!("/jobs/{}/start", encode(&id)), None::<&()>)
+            .call::<Job>(
+                Method::POST,
+                &format!("/jobs/{}/start", encode(&id)),
+                None::<&()>,
+            )
             .await?;
         println!("{id}");
         Ok(())

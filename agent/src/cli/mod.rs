@@ -162,7 +162,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
 
 fn unreachable_daemon() -> Result<i32> {
     // main() dispatches `daemon` before calling run(); reaching here is a bug.
-    Err(anyhow::anyhow!("internal error: daemon dispatched as a client command"))
+    Err(anyhow::anyhow!(
+        "internal error: daemon dispatched as a client command"
+    ))
 }
 
 /// Runs `f` for each item, printing errors as they come; exit code 1 if any failed.

@@ -134,7 +134,11 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     {
         if args.rm {
             let _ = client
-                .send_json(Method::DELETE, &format!("/jobs/{id}?force=true"), None::<&()>)
+                .send_json(
+                    Method::DELETE,
+                    &format!("/jobs/{id}?force=true"),
+                    None::<&()>,
+                )
                 .await;
         }
         return Ok(report_start_failure(&e));
@@ -195,7 +199,9 @@ fn report_start_failure(e: &anyhow::Error) -> i32 {
         return EXIT_RUN_FAILED;
     };
     let message = failure.message.to_ascii_lowercase();
-    if message.contains("not found") && (message.contains("executable") || message.contains("no such file")) {
+    if message.contains("not found")
+        && (message.contains("executable") || message.contains("no such file"))
+    {
         EXIT_NOT_FOUND
     } else if message.contains("permission denied") {
         EXIT_NOT_EXECUTABLE

@@ -23,7 +23,11 @@ pub fn validate_name(name: &str) -> Result<(), JobError> {
 }
 
 /// Merges the image config with the request's overrides.
-pub fn resolve(req: &JobRequest, image: &ImageConfiguration, id: &str) -> Result<JobConfig, JobError> {
+pub fn resolve(
+    req: &JobRequest,
+    image: &ImageConfiguration,
+    id: &str,
+) -> Result<JobConfig, JobError> {
     let cfg = image.config().as_ref();
     let image_entrypoint = cfg.and_then(|c| c.entrypoint().clone()).unwrap_or_default();
     let image_cmd = cfg.and_then(|c| c.cmd().clone()).unwrap_or_default();

@@ -25,12 +25,22 @@ pub enum JobError {
     Rootfs(#[from] image::rootfs::RootfsError),
     #[error("cannot run the job: {0}")]
     Shim(#[from] runtime::shim::ShimError),
+    /// Boxed: libcontainer's errors are large and this path is rare.
     #[error("cannot clean up the job's container: {0}")]
-    Runtime(#[from] runtime::RuntimeError),
+    Runtime(Box<runtime::RuntimeError>),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<runtime::RuntimeError> for JobError {
+    fn from(e: runtime::RuntimeError) -> JobError {
+        JobError::Runtime(Box::new(e))
+    }
 }
 
 impl JobError {

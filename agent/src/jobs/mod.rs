@@ -124,7 +124,7 @@ impl JobManager {
             .map(|h| h.snapshot())
             .filter(|j| all || j.state == JobState::Running)
             .collect();
-        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.created_at));
         jobs
     }
 
@@ -239,13 +239,13 @@ impl JobManager {
             handle
         };
         self.emit("job", "create", &handle.id, Some(handle.snapshot()));
-        if req.start {
-            if let Err(e) = self.start(&handle).await {
-                if req.auto_remove {
-                    let _ = self.remove(&handle, true).await;
-                }
-                return Err(e);
+        if req.start
+            && let Err(e) = self.start(&handle).await
+        {
+            if req.auto_remove {
+                let _ = self.remove(&handle, true).await;
             }
+            return Err(e);
         }
         Ok(handle.snapshot())
     }
@@ -391,7 +391,9 @@ impl JobManager {
             return Ok(handle.snapshot());
         }
         if !grace.is_zero() {
-            self.signal(handle, Signal::SIGTERM).await.or_else(ignore_not_running)?;
+            self.signal(handle, Signal::SIGTERM)
+                .await
+                .or_else(ignore_not_running)?;
             if tokio::time::timeout(grace, rx.wait_for(|j| j.state != JobState::Running))
                 .await
                 .is_ok()
@@ -399,7 +401,9 @@ impl JobManager {
                 return Ok(handle.snapshot());
             }
         }
-        self.signal(handle, Signal::SIGKILL).await.or_else(ignore_not_running)?;
+        self.signal(handle, Signal::SIGKILL)
+            .await
+            .or_else(ignore_not_running)?;
         match tokio::time::timeout(KILL_GRACE, rx.wait_for(|j| j.state != JobState::Running)).await
         {
             Ok(_) => Ok(handle.snapshot()),

@@ -157,11 +157,20 @@ impl Daemon {
     pub fn wait_until(&self, id: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let job = self.inspect(id);
-            if pred(&job) {
+            // The job may not exist yet (created by a command still starting).
+            let out = self.cli(&["inspect", id]);
+            let job = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+                .ok()
+                .and_then(|mut all| (!all.is_empty()).then(|| all.remove(0)));
+            if let Some(job) = &job
+                && pred(job)
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {job}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {job:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,0 +1,360 @@
+//! Holds the daemon to its one OpenAPI document (`agent/openapi.json`): every
+//! route the server has is documented (and nothing else is), and the responses
+//! of a live daemon to each route validate against the documented schemas.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Daemon, fixtures};
+use serde_json::{Value, json};
+
+fn document() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"))
+        .expect("reading openapi.json");
+    serde_json::from_str(&text).expect("openapi.json is JSON")
+}
+
+/// Follows a `#/...` reference inside the document.
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value.get("$ref").and_then(Value::as_str) {
+        Some(reference) => {
+            let pointer = reference.trim_start_matches('#');
+            resolve(
+                doc,
+                doc.pointer(pointer)
+                    .unwrap_or_else(|| panic!("dangling $ref {reference}")),
+            )
+        }
+        None => value,
+    }
+}
+
+struct Spec {
+    doc: Value,
+}
+
+impl Spec {
+    /// The schema of a documented response; panics if the status is not documented.
+    fn schema(
+        &self,
+        method: &str,
+        template: &str,
+        status: u16,
+        content_type: &str,
+    ) -> Option<Value> {
+        let operation = self.doc["paths"][template][method.to_ascii_lowercase()].clone();
+        assert!(
+            operation.is_object(),
+            "{method} {template} is not documented"
+        );
+        let response = operation["responses"]
+            .get(status.to_string())
+            .unwrap_or_else(|| {
+                panic!("{method} {template} answered {status}, which is not documented")
+            });
+        let response = resolve(&self.doc, response);
+        let schema = response
+            .get("content")?
+            .get(content_type)?
+            .get("schema")?
+            .clone();
+        let mut schema = match schema {
+            Value::Object(map) => map,
+            other => panic!("schema is not an object: {other}"),
+        };
+        // Inline schemas refer to #/components/...: carry the components along so
+        // the refs resolve against this root.
+        schema.insert("components".into(), self.doc["components"].clone());
+        Some(Value::Object(schema))
+    }
+
+    fn check(&self, method: &str, template: &str, status: u16, content_type: &str, body: &Value) {
+        let Some(schema) = self.schema(method, template, status, content_type) else {
+            return;
+        };
+        let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+        let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {template} -> {status}: response does not match the document: {errors:?}\nbody: {body}"
+        );
+    }
+}
+
+#[test]
+fn every_route_is_documented_and_nothing_else() {
+    let doc = document();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if item.get(method).is_some() {
+                documented.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    let served: BTreeSet<(String, String)> = flynn_host::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, served);
+}
+
+/// Sends a request and checks the answer against the document; returns (status, JSON body).
+fn call(
+    d: &Daemon,
+    spec: &Spec,
+    method: &str,
+    template: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body_text = body.map(|b| b.to_string());
+    let (status, text) = d.http(method, path, body_text.as_deref());
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+    };
+    if status != 204 {
+        spec.check(method, template, status, "application/json", &value);
+    } else {
+        spec.schema(method, template, status, "application/json");
+    }
+    (status, value)
+}
+
+#[test]
+fn responses_match_the_document() {
+    let spec = Spec { doc: document() };
+    let d = Daemon::start();
+    let fx = fixtures();
+
+    // Events first, so the stream sees what follows.
+    let mut events = TcpStream::connect(&d.addr).unwrap();
+    write!(events, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    events
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut events = BufReader::new(events);
+    let mut line = String::new();
+    while !line.starts_with(": subscribed") {
+        line.clear();
+        events.read_line(&mut line).unwrap();
+    }
+
+    call(&d, &spec, "GET", "/version", "/version", None);
+    let busybox = fx.join("busybox-docker.tar");
+    let (status, images) = call(
+        &d,
+        &spec,
+        "POST",
+        "/images/import",
+        "/images/import",
+        Some(json!({"path": busybox})),
+    );
+    assert_eq!(status, 200, "{images}");
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/images/import",
+        "/images/import",
+        Some(json!({"path": "/no/such/archive.tar"})),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = call(&d, &spec, "GET", "/images", "/images", None);
+    assert_eq!(status, 200);
+
+    let (status, job) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs",
+        "/jobs",
+        Some(
+            json!({"image": "busybox", "cmd": ["sh", "-c", "trap 'exit 3' TERM; echo hi; while true; do sleep 0.1; done"], "start": false, "name": "api"}),
+        ),
+    );
+    assert_eq!(status, 201, "{job}");
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs",
+        "/jobs",
+        Some(json!({"image": "nosuch"})),
+    );
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs",
+        "/jobs",
+        Some(json!({"image": 7})),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs",
+        "/jobs",
+        Some(json!({"image": "busybox", "name": "api"})),
+    );
+    assert_eq!(status, 409);
+
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/start",
+        "/jobs/api/start",
+        None,
+    );
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/start",
+        "/jobs/api/start",
+        None,
+    );
+    assert_eq!(status, 409);
+    let (status, _) = call(&d, &spec, "GET", "/jobs/{id}", "/jobs/api", None);
+    assert_eq!(status, 200);
+    let (status, _) = call(&d, &spec, "GET", "/jobs/{id}", "/jobs/nosuch", None);
+    assert_eq!(status, 404);
+    let (status, list) = call(&d, &spec, "GET", "/jobs", "/jobs?all=true", None);
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let (status, _) = call(&d, &spec, "GET", "/jobs", "/jobs?all=perhaps", None);
+    assert_eq!(status, 400);
+    let (status, _) = call(&d, &spec, "DELETE", "/jobs/{id}", "/jobs/api", None);
+    assert_eq!(status, 409);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "DELETE",
+        "/images/{ref}",
+        "/images/busybox",
+        None,
+    );
+    assert_eq!(status, 409);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/kill",
+        "/jobs/api/kill?signal=NOPE",
+        None,
+    );
+    assert_eq!(status, 400);
+
+    // Logs: each NDJSON line is a LogEntry.
+    d.wait_until("api", "first output", |_| {
+        let (_, text) = d.http("GET", "/jobs/api/logs", None);
+        text.contains("hi")
+    });
+    let (status, text) = d.http("GET", "/jobs/api/logs?stdout=true&stderr=false", None);
+    assert_eq!(status, 200);
+    for line in text.lines() {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        spec.check(
+            "GET",
+            "/jobs/{id}/logs",
+            200,
+            "application/x-ndjson",
+            &entry,
+        );
+    }
+
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/kill",
+        "/jobs/api/kill?signal=SIGTERM",
+        None,
+    );
+    assert_eq!(status, 204);
+    let (status, exit) = call(&d, &spec, "GET", "/jobs/{id}/wait", "/jobs/api/wait", None);
+    assert_eq!(status, 200);
+    assert!(exit["exit_code"].is_i64(), "{exit}");
+    let (status, _) = call(&d, &spec, "POST", "/jobs/{id}/kill", "/jobs/api/kill", None);
+    assert_eq!(status, 409);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/stop",
+        "/jobs/api/stop?t=1",
+        None,
+    );
+    assert_eq!(status, 200);
+    let (status, _) = call(&d, &spec, "DELETE", "/jobs/{id}", "/jobs/api", None);
+    assert_eq!(status, 204);
+    let (status, removed) = call(
+        &d,
+        &spec,
+        "DELETE",
+        "/images/{ref}",
+        "/images/busybox",
+        None,
+    );
+    assert_eq!(status, 200, "{removed}");
+    let (status, _) = call(
+        &d,
+        &spec,
+        "DELETE",
+        "/images/{ref}",
+        "/images/busybox",
+        None,
+    );
+    assert_eq!(status, 404);
+
+    // The event stream carried those changes, each a documented Event.
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e: &Value| e["kind"] == "image" && e["action"] == "delete")
+    {
+        line.clear();
+        events.read_line(&mut line).unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            let event: Value = serde_json::from_str(data.trim()).unwrap();
+            spec.check("GET", "/events", 200, "text/event-stream", &event);
+            seen.push(event);
+        }
+    }
+    let actions: Vec<String> = seen
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["kind"].as_str().unwrap(),
+                e["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "image:import",
+        "job:create",
+        "job:start",
+        "job:exit",
+        "job:remove",
+        "image:untag",
+        "image:delete",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == expected),
+            "missing {expected} in {actions:?}"
+        );
+    }
+}

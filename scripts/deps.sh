@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what building and testing flynn-host needs on Debian 12, by package
+# name. Idempotent: installs only what is missing; `apt-get update` runs only then.
+# Sourced by scripts/main.sh and scripts/test.sh.
+set -euo pipefail
+
+FLYNN_APT_PACKAGES=(
+    build-essential pkg-config cmake      # zlib-ng (flate2) builds with cmake
+    libseccomp-dev                        # libcontainer's seccomp
+    protobuf-compiler                     # etcd-client's build
+    busybox-static                        # test images and the appliance's shell
+    umoci skopeo                          # writing fixture images in OCI/docker formats
+    runc                                  # benchmark anchor
+    iproute2 procps psmisc file util-linux
+)
+
+flynn_install_deps() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "run as root: flynn-host manages namespaces, cgroups and mounts" >&2
+        exit 1
+    fi
+    local missing=()
+    local pkg
+    for pkg in "${FLYNN_APT_PACKAGES[@]}" "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    if ! command -v cargo >/dev/null; then
+        [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    fi
+    command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+    rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, checks formatting and lints, builds
+# the fixture images, and runs every test (as root: real namespaces, cgroups,
+# overlayfs). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+flynn_install_deps
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== fixtures"
+bash fixtures/build-images.sh "$PWD/target/fixtures"
+echo "== cargo test"
+FLYNN_FIXTURES="$PWD/target/fixtures" cargo test --workspace --locked -- "$@"
