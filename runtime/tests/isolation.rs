@@ -146,3 +146,17 @@ async fn path_network_mode_joins_that_namespace() {
     assert_eq!(status.code, Some(0), "{}", f.output(Stream::Stderr));
     assert_eq!(f.stdout().trim(), target.to_str().unwrap());
 }
+
+#[tokio::test]
+async fn init_starts_with_default_signal_dispositions_and_mask() {
+    // The shim, a Rust program, ignores SIGPIPE; the container must not inherit that
+    // (`yes | head -1` would never end) nor any blocked signal.
+    let f = Fixture::new();
+    let status = f
+        .run(f.container(&["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"]))
+        .await;
+    assert_eq!(status.code, Some(0), "{}", f.output(Stream::Stderr));
+    let out = f.stdout();
+    assert_eq!(status_field(&out, "SigIgn"), "0000000000000000");
+    assert_eq!(status_field(&out, "SigBlk"), "0000000000000000");
+}

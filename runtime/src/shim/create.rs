@@ -21,6 +21,7 @@ use crate::spec;
 
 pub fn main(job_dir: &Path) -> i32 {
     sys::close_inherited_fds();
+    sys::reset_signals();
     if let Err(e) = sys::detach() {
         report(&Handshake::Error(format!(
             "cannot detach the shim from the agent (setsid/fork): {e}"

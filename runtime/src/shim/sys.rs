@@ -74,3 +74,32 @@ pub fn close_inherited_fds() {
         let _ = nix::unistd::close(fd);
     }
 }
+
+/// Puts every signal back to its default action (SIGPIPE aside: a Rust program keeps it
+/// ignored) and unblocks all signals. The container's init inherits both through clone
+/// and exec, and the agent may hand us odd ones: glibc's posix_spawn, which Rust uses to
+/// spawn the shim, leaves glibc's internal signals 32 and 33 *ignored* in the child.
+pub fn reset_signals() {
+    // glibc's sigaction refuses to touch its internal signals, so this uses the raw
+    // syscall. An all-zero kernel sigaction means SIG_DFL, no flags, empty mask, whatever
+    // the architecture's field order.
+    let default_action = [0u64; 4];
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == libc::SIGPIPE {
+            continue;
+        }
+        // SAFETY: rt_sigaction reads a kernel sigaction from a valid, live buffer at
+        // least as large as the kernel's struct; the old-action pointer is null. No
+        // handler is installed, so no code can run asynchronously.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                default_action.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+}
