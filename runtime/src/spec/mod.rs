@@ -65,6 +65,9 @@ pub fn build_spec(cfg: &ContainerConfig) -> Result<Spec, SpecError> {
                 .build()?,
         ])
         .no_new_privileges(true)
+        // Explicit, as Docker does: otherwise init inherits the agent's adjustment (an
+        // agent that protects itself from the OOM killer would protect its containers).
+        .oom_score_adj(0)
         .build()?;
 
     let linux = LinuxBuilder::default()
@@ -268,6 +271,7 @@ mod tests {
         let spec = build_spec(&config(dir.path())).unwrap();
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(process.oom_score_adj(), Some(0));
 
         let caps = process.capabilities().as_ref().unwrap();
         let want: HashSet<Capability> = caps::DEFAULT_CAPABILITIES.iter().copied().collect();
