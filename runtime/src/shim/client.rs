@@ -283,10 +283,19 @@ impl ShimClient {
     /// Waits until the container has exited and returns how. Also works after the shim
     /// has exited, from `exit.json`.
     pub async fn wait(&self) -> Result<ExitStatus, ShimError> {
+        use std::io::ErrorKind;
         let reply = match UnixStream::connect(&self.socket).await {
             Ok(stream) => self.exchange(stream, &Request::Wait).await,
             // No socket or nobody listening: the shim is done; exit.json tells the rest.
-            Err(_) => Ok(None),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+                Ok(None)
+            }
+            Err(source) => {
+                return Err(ShimError::Io {
+                    what: format!("connecting to the shim at {:?}", self.socket),
+                    source,
+                });
+            }
         };
         match reply {
             Ok(Some(Response::Exit { exit })) => Ok(exit),
