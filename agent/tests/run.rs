@@ -488,26 +488,26 @@ fn names_and_ids_resolve_like_docker() {
     let d = Daemon::start();
     d.import_busybox();
     let id = d
-        .ok(&["run", "-d", "--name", "web", "busybox", "sleep", "60"])
+        .ok(&["run", "-d", "--name", "web-1", "busybox", "sleep", "60"])
         .trim()
         .to_string();
     assert_eq!(id.len(), 32);
-    assert_eq!(d.inspect("web")["id"], id);
+    assert_eq!(d.inspect("web-1")["id"], id);
     assert_eq!(d.inspect(&id[..8])["id"], id);
-    let out = d.cli(&["run", "-d", "--name", "web", "busybox", "true"]);
+    let out = d.cli(&["run", "-d", "--name", "web-1", "busybox", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("already used"), "{}", stderr(&out));
     let ps = d.ok(&["ps"]);
     assert!(ps.starts_with("JOB ID"), "{ps}");
-    assert!(ps.contains("web") && ps.contains("Up "), "{ps}");
+    assert!(ps.contains("web-1") && ps.contains("Up "), "{ps}");
     let json: Vec<serde_json::Value> = serde_json::from_str(&d.ok(&["ps", "--json"])).unwrap();
     assert_eq!(json.len(), 1);
     assert_eq!(
         json[0]["config"]["args"],
         serde_json::json!(["sleep", "60"])
     );
-    d.ok(&["rm", "-f", "web"]);
-    let out = d.cli(&["inspect", "web"]);
+    d.ok(&["rm", "-f", "web-1"]);
+    let out = d.cli(&["inspect", "web-1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no such job"), "{}", stderr(&out));
 }

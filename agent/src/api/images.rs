@@ -9,7 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 use super::error::is_no_space;
-use super::{ApiError, ApiState, Body, Query, decode_segment, json, read_json};
+use super::{ApiError, ApiState, Body, Query, json, read_json};
 use crate::model::{ImageRemoved, ImportRequest};
 
 pub async fn list(state: &ApiState) -> Result<Response<Body>, ApiError> {
@@ -113,8 +113,7 @@ async fn receive(state: &ApiState, req: Request<Incoming>) -> Result<Upload, Api
 }
 
 pub async fn remove(state: &ApiState, name: &str) -> Result<Response<Body>, ApiError> {
-    let name = decode_segment(name)?;
-    let removed = state.jobs.remove_image(&name).await?;
+    let removed = state.jobs.remove_image(name).await?;
     json(
         StatusCode::OK,
         &ImageRemoved {

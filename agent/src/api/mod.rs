@@ -105,7 +105,12 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, peer: SocketAddr) 
 
 async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let decoded = path
+        .trim_matches('/')
+        .split('/')
+        .map(decode_segment)
+        .collect::<Result<Vec<String>, ApiError>>()?;
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = req.method().clone();
     match (segments.as_slice(), method) {
         (["version"], Method::GET) => json(
