@@ -635,3 +635,24 @@ fn broken_archives_fail_cleanly_and_the_store_stays_usable() {
     assert_eq!(store.list().unwrap().len(), 1);
     assert_tidy(&store);
 }
+
+#[test]
+fn odd_inputs_are_refused_without_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store(tmp.path());
+    let f = Fixture::new("odd", vec![(base_layer(), Comp::Gzip)]);
+    let files = oci_layout(&[(&f, &[])], false);
+    let dir = write(&files, tmp.path(), "fifo", As::Dir);
+    // A fifo where a blob should be: opening it must not block the import.
+    let config = dir.join(format!("blobs/sha256/{}", hex_of(&f.config())));
+    fs::remove_file(&config).unwrap();
+    nix::unistd::mkfifo(&config, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let err = store.import(&dir, None).unwrap_err();
+    assert!(matches!(err, ImportError::MissingFile { .. }), "{err}");
+
+    let good = write(&files, tmp.path(), "good", As::Dir);
+    let digest_tag: Reference = format!("x@{}", sha256(b"m")).parse().unwrap();
+    let err = store.import(&good, Some(&digest_tag)).unwrap_err();
+    assert!(matches!(err, ImportError::TagWithDigest(_)), "{err}");
+    assert!(store.list().unwrap().is_empty());
+}

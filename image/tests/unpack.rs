@@ -410,3 +410,21 @@ fn hardlink_to_a_missing_target_is_an_error() {
     );
     assert!(err.to_string().contains("\"h\""), "{err}");
 }
+
+#[test]
+fn opaque_marker_under_a_symlinked_directory_marks_its_target_inside_the_root() {
+    let tar = Layer::new()
+        .dir("real/", 0o755)
+        .symlink("link", "real")
+        .file("link/.wh..wh..opq", b"")
+        .file("link/file", b"f")
+        .build();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("r");
+    unpack(&tar, &root).unwrap();
+    assert_eq!(
+        get_xattr(&root.join("real"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(fs::read(root.join("real/file")).unwrap(), b"f");
+}

@@ -88,6 +88,8 @@ pub enum ImportError {
          (import without a tag, then tag the images)"
     )]
     TagWithSeveralImages { source_path: PathBuf, count: usize },
+    #[error("tag {0} contains a digest; a tag names an image by repository and tag only")]
+    TagWithDigest(String),
     #[error(
         "image config {config} lists {diff_ids} layer diff ids but the manifest has {layers} \
          layers; the image is malformed"
@@ -173,6 +175,9 @@ pub(crate) fn plan(
         });
     }
     if let Some(tag) = tag {
+        if tag.digest().is_some() {
+            return Err(ImportError::TagWithDigest(tag.to_string()));
+        }
         if merged.len() > 1 {
             return Err(ImportError::TagWithSeveralImages {
                 source_path: source.describe().to_owned(),

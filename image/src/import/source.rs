@@ -95,7 +95,10 @@ impl Source {
     ) -> Result<(Box<dyn Read + Send + '_>, u64), ImportError> {
         match self {
             Source::Dir { root, path } => {
-                let fd = match sys::open_in_root(root.as_fd(), name.as_bytes(), OFlag::O_RDONLY) {
+                // Non-blocking: a fifo planted in the directory must not hang the import (it is
+                // refused just below, as not a regular file).
+                let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+                let fd = match sys::open_in_root(root.as_fd(), name.as_bytes(), flags) {
                     Ok(fd) => fd,
                     Err(Errno::ENOENT | Errno::ENOTDIR) => return Err(self.missing(name)),
                     Err(e) => {

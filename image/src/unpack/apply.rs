@@ -657,7 +657,15 @@ impl<'a> Applier<'a> {
     /// Opaque markers, then directory times (both change nothing but metadata).
     pub(super) fn finish(self) -> Result<(), UnpackError> {
         for dir in &self.opaque_dirs {
-            let fd = match self.open_dir_nofollow(dir) {
+            // Entries under a symlinked directory were written through it (inside the root),
+            // so its marker goes where they went: resolve the same way.
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+            let opened = if dir.is_empty() {
+                sys::openat(self.root, b".", flags, Mode::empty())
+            } else {
+                sys::open_in_root(self.root, dir, flags)
+            };
+            let fd = match opened {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
                 Err(e) => return Err(self.entry_err(dir, "opening an opaque directory", e)),
@@ -683,19 +691,6 @@ impl<'a> Applier<'a> {
             }
         }
         Ok(())
-    }
-
-    /// Opens a directory by clean relative path without following its last component.
-    fn open_dir_nofollow(&self, dir: &[u8]) -> Result<OwnedFd, Errno> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
-        let (parent, name) = split_parent(dir);
-        let parent = self.open_dir_in_root(parent)?;
-        sys::openat(
-            parent.as_fd(),
-            if name.is_empty() { b"." } else { name },
-            flags,
-            Mode::empty(),
-        )
     }
 }
 
