@@ -11,6 +11,7 @@ FLYNN_APT_PACKAGES=(
     busybox-static                        # test images and the appliance's shell
     umoci skopeo                          # writing fixture images in OCI/docker formats
     runc                                  # benchmark anchor
+    qemu-system-x86 linux-image-amd64     # VM tests: pure cgroup v2, the appliance
     iproute2 procps psmisc file util-linux
 )
 

@@ -11,6 +11,8 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== static flynn-host (for the VM tests)"
+bash scripts/build-static.sh
 echo "== fixtures"
 bash fixtures/build-images.sh "$PWD/target/fixtures"
 echo "== cargo test"

@@ -1,0 +1,44 @@
+//! Boots flynn-host under QEMU for tests: assembles an initramfs from host files
+//! (our static binary, busybox, kernel modules, test images), starts a VM on the
+//! Debian kernel, and reads its serial console.
+//!
+//! This crate only builds and drives VMs; what runs inside is decided by each
+//! test (an init script it writes). It never touches the host's own networking:
+//! a VM's network is QEMU's user-mode stack (or, later, taps inside a network
+//! namespace the test creates).
+
+pub mod initramfs;
+pub mod kernel;
+pub mod vm;
+
+pub use initramfs::Initramfs;
+pub use kernel::Kernel;
+pub use vm::{Vm, VmConfig};
+
+use std::path::PathBuf;
+
+/// The workspace root (where `target/` and `fixtures/` are).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The statically linked flynn-host that goes into VM images.
+/// `scripts/test.sh` builds it; `FLYNN_STATIC_BIN` overrides the path.
+pub fn static_flynn_host() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("FLYNN_STATIC_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("target/x86_64-unknown-linux-gnu/appliance/flynn-host"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: build it with `bash scripts/build-static.sh` (scripts/test.sh \
+             does), or set FLYNN_STATIC_BIN",
+            path.display()
+        ))
+    }
+}

@@ -1,0 +1,196 @@
+//! A QEMU virtual machine on the serial console: start it, read what it prints,
+//! wait for markers, and make sure it is gone when the test ends.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("starting qemu-system-x86_64 (apt-get install qemu-system-x86): {0}")]
+    Spawn(std::io::Error),
+    #[error("timed out after {timeout:?} waiting for {what:?}; console log: {log}")]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        log: String,
+    },
+    #[error("the VM exited before printing {what:?}; console log: {log}")]
+    Exited { what: String, log: String },
+}
+
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Kernel command line; `console=ttyS0` is added.
+    pub append: String,
+    pub memory_mb: u32,
+    pub cpus: u32,
+    /// Where the console is copied (kept for failed tests).
+    pub console_log: PathBuf,
+    /// More QEMU arguments (network, disks).
+    pub extra: Vec<String>,
+}
+
+/// Whether to use KVM: only when asked (`FLYNN_QEMU_KVM=1`) and /dev/kvm exists,
+/// because on some hosts a KVM guest hangs; TCG always works.
+pub fn use_kvm() -> bool {
+    std::env::var("FLYNN_QEMU_KVM").is_ok_and(|v| v == "1")
+        && std::path::Path::new("/dev/kvm").exists()
+}
+
+struct Console {
+    text: Mutex<(String, bool)>,
+    changed: Condvar,
+}
+
+pub struct Vm {
+    child: Child,
+    console: Arc<Console>,
+    log_path: PathBuf,
+}
+
+impl Vm {
+    pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+        ])
+        .args(["-m", &config.memory_mb.to_string()])
+        .args(["-smp", &config.cpus.to_string()])
+        .arg("-kernel")
+        .arg(&config.kernel)
+        .arg("-initrd")
+        .arg(&config.initrd)
+        .args(["-append", &format!("console=ttyS0 {}", config.append)]);
+        if use_kvm() {
+            cmd.args(["-accel", "kvm", "-cpu", "host"]);
+        } else {
+            cmd.args(["-accel", "tcg", "-cpu", "max"]);
+        }
+        cmd.args(&config.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(VmError::Spawn)?;
+        let console = Arc::new(Console {
+            text: Mutex::new((String::new(), false)),
+            changed: Condvar::new(),
+        });
+        let mut log = std::fs::File::create(&config.console_log).ok();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let console = console.clone();
+            let mut log = log.as_mut().and_then(|f| f.try_clone().ok());
+            std::thread::spawn(move || pump(stream, &console, log.as_mut()));
+        }
+        drop(log.take());
+        Ok(Vm {
+            child,
+            console,
+            log_path: config.console_log.clone(),
+        })
+    }
+
+    pub fn console(&self) -> String {
+        self.lock().0.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (String, bool)> {
+        self.console.text.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the console contains `needle`; returns the console so far.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String, VmError> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.lock();
+        loop {
+            if guard.0.contains(needle) {
+                return Ok(guard.0.clone());
+            }
+            if guard.1 {
+                return Err(VmError::Exited {
+                    what: needle.to_string(),
+                    log: self.log_path.display().to_string(),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(VmError::Timeout {
+                    what: needle.to_string(),
+                    timeout,
+                    log: self.log_path.display().to_string(),
+                });
+            }
+            guard = self
+                .console
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Waits for QEMU to exit (the guest powered off); kills it after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                return Err(VmError::Timeout {
+                    what: "power-off".to_string(),
+                    timeout,
+                    log: self.log_path.display().to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn pump(mut stream: Box<dyn Read + Send>, console: &Console, mut log: Option<&mut std::fs::File>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(log) = log.as_mut() {
+            let _ = log.write_all(&buf[..n]);
+        }
+        let mut guard = console.text.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.push_str(&String::from_utf8_lossy(&buf[..n]));
+        console.changed.notify_all();
+    }
+    let mut guard = console.text.lock().unwrap_or_else(|p| p.into_inner());
+    guard.1 = true;
+    console.changed.notify_all();
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,138 @@
+//! Resource limits on a pure cgroup v2 host (the appliance's mode), which this
+//! machine (hybrid cgroups) cannot provide: boot the Debian kernel with an
+//! initramfs holding our static flynn-host, mount only cgroup2, and run jobs
+//! with memory, CPU and pids limits in the VM.
+
+use std::time::Duration;
+
+use qemu_tests::{Initramfs, Kernel, Vm, VmConfig, static_flynn_host, workspace_root};
+
+/// PID 1 in the VM: move to a tmpfs root (pivot_root cannot leave the initramfs
+/// rootfs), then set up a cgroup-v2-only host and run the test script.
+const INIT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin
+if [ "$$" = 1 ] && [ ! -e /.switched ]; then
+    mount -t proc proc /proc
+    mkdir -p /newroot && mount -t tmpfs -o mode=0755 root /newroot
+    for d in bin lib images test.sh init; do cp -a /$d /newroot/; done
+    mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp /newroot/run /newroot/var/lib/flynn /newroot/etc
+    touch /newroot/.switched
+    umount /proc
+    exec switch_root /newroot /init
+fi
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+for m in $(cat /lib/modules/order); do insmod /lib/modules/$m || echo "FLYNN-INIT insmod $m failed"; done
+echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+echo "FLYNN-INIT cgroup: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+flynn-host daemon >/tmp/daemon.log 2>&1 &
+i=0
+until flynn-host version >/dev/null 2>&1; do
+    i=$((i+1)); [ $i -gt 600 ] && { echo "FLYNN-INIT daemon did not start"; cat /tmp/daemon.log; poweroff -f; }
+    sleep 0.1
+done
+sh /test.sh 2>&1
+echo "FLYNN-TEST-DONE"
+grep -i panic /tmp/daemon.log && echo "FLYNN-DAEMON-PANICKED"
+poweroff -f
+"#;
+
+const TEST: &str = r#"B=flynn-host
+$B import /images/busybox-docker.tar >/dev/null || echo "FAIL import"
+echo "R-ECHO $($B run --rm busybox echo hello)"
+id=$($B run -d -m 64M --cpus 0.5 --pids-limit 20 busybox sleep 60)
+echo "R-MEM $(cat /sys/fs/cgroup/flynn/$id/memory.max)"
+echo "R-CPU $(cat /sys/fs/cgroup/flynn/$id/cpu.max)"
+echo "R-PIDS $(cat /sys/fs/cgroup/flynn/$id/pids.max)"
+$B rm -f $id >/dev/null
+if [ -e /sys/fs/cgroup/flynn/$id ]; then echo "R-GONE no"; else echo "R-GONE yes"; fi
+$B run --name hog -m 16M busybox dd if=/dev/zero of=/dev/null bs=64M count=1
+echo "R-OOM-EXIT $?"
+echo "R-OOM-FLAG $($B inspect hog | grep -c '"oom_killed": true')"
+echo "R-PIDCOUNT $($B run --rm --pids-limit 10 busybox sh -c '(for i in $(seq 1 30); do sleep 5 & done) 2>/dev/null; set -- /proc/[0-9]*; echo $#')"
+"#;
+
+fn marker<'a>(console: &'a str, key: &str) -> &'a str {
+    console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("no {key} line on the console:\n{console}"))
+        .trim()
+}
+
+#[test]
+fn limits_hold_on_a_pure_cgroup_v2_host() {
+    let bin = static_flynn_host().unwrap_or_else(|e| panic!("{e}"));
+    let kernel = Kernel::find().unwrap_or_else(|e| panic!("{e}"));
+    let fixtures = std::env::var_os("FLYNN_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/fixtures"));
+    let images = fixtures.join("busybox-docker.tar");
+    assert!(
+        images.is_file(),
+        "{} missing: run fixtures/build-images.sh",
+        images.display()
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let mut fs = Initramfs::new();
+    fs.busybox(std::path::Path::new("/bin/busybox")).unwrap();
+    fs.file("bin/flynn-host", &bin).unwrap();
+    fs.file("images/busybox-docker.tar", &images).unwrap();
+    fs.bytes("init", INIT, 0o755);
+    fs.bytes("test.sh", TEST, 0o644);
+    let modules = kernel.modules_with_deps(&["overlay"]).unwrap();
+    let mut order = String::new();
+    for module in &modules {
+        let name = module.file_name().unwrap().to_str().unwrap();
+        fs.file(&format!("lib/modules/{name}"), module).unwrap();
+        order.push_str(name);
+        order.push('\n');
+    }
+    fs.bytes("lib/modules/order", order, 0o644);
+    let initrd = work.path().join("initrd.gz");
+    fs.write(&initrd).unwrap();
+
+    let logs = workspace_root().join("target/qemu-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut vm = Vm::start(&VmConfig {
+        kernel: kernel.image.clone(),
+        initrd,
+        append: "quiet panic=-1 rdinit=/init".to_string(),
+        memory_mb: 1024,
+        cpus: 2,
+        console_log: logs.join("cgroup_v2.log"),
+        extra: vec!["-nic".into(), "none".into()],
+    })
+    .unwrap();
+    let console = vm
+        .wait_for("FLYNN-TEST-DONE", Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = vm.wait_exit(Duration::from_secs(60));
+
+    assert!(
+        console.contains("FLYNN-INIT cgroup: cpu memory pids"),
+        "{console}"
+    );
+    assert_eq!(marker(&console, "R-ECHO"), "hello");
+    assert_eq!(marker(&console, "R-MEM"), (64u64 << 20).to_string());
+    assert_eq!(marker(&console, "R-CPU"), "50000 100000");
+    assert_eq!(marker(&console, "R-PIDS"), "20");
+    assert_eq!(marker(&console, "R-GONE"), "yes");
+    assert_eq!(marker(&console, "R-OOM-EXIT"), "137");
+    assert_eq!(marker(&console, "R-OOM-FLAG"), "1");
+    let pids: u32 = marker(&console, "R-PIDCOUNT").parse().unwrap_or(0);
+    assert!(
+        pids > 0 && pids <= 10,
+        "processes under a pids limit of 10: {pids}"
+    );
+    assert!(!console.contains("FLYNN-DAEMON-PANICKED"), "{console}");
+    assert!(!console.contains("FAIL"), "{console}");
+}
