@@ -31,6 +31,12 @@
 //! - **Unpack speed**: one thread reads, hashes (compressed and uncompressed) and
 //!   decompresses; another writes files. Directory times are set once at the end, and the
 //!   layer is flushed with one `syncfs` instead of an fsync per file.
+//! - **Names**: an imported image is named by its archive (`RepoTags`; in OCI layouts the
+//!   `io.containerd.image.name` annotation, or `org.opencontainers.image.ref.name` when it
+//!   is a full reference — a bare tag like `1.0` names nothing) plus the caller's `tag`,
+//!   which is always added (and refused for an archive of several images). An image with
+//!   no name is kept, untagged, reachable by id. A name moving to another image leaves the
+//!   old one untagged, as Docker does.
 //! - **Concurrency**: one mutex guards the metadata; imports pin the layers and blobs they
 //!   rely on so a concurrent removal cannot delete them; a per-layer lock makes two
 //!   imports sharing a layer unpack it once. A `flock` keeps a second process out.

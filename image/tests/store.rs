@@ -478,3 +478,21 @@ fn duplicated_layers_are_listed_once_at_their_topmost_position() {
         "mid layer first, then the duplicated one"
     );
 }
+
+#[test]
+fn reimport_repairs_a_damaged_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&tmp.path().join("s")).unwrap();
+    let f = fixture("damaged");
+    let img = import(&store, tmp.path(), &f, Some("docker.io/library/damaged:1"));
+    let top = store.layer_dirs(&img).unwrap()[1].clone();
+    // Damage from outside: the layer lost its info file and a file.
+    fs::remove_file(top.parent().unwrap().join("layer.json")).unwrap();
+    fs::remove_file(top.join("label")).unwrap();
+    let again = import(&store, tmp.path(), &f, None);
+    assert_eq!(again.id, img.id);
+    assert_eq!(
+        fs::read(store.layer_dirs(&again).unwrap()[1].join("label")).unwrap(),
+        b"damaged"
+    );
+}

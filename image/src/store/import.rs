@@ -178,6 +178,27 @@ impl ImageStore {
             };
             return Ok((record, false));
         }
+        if self.layers.occupied(&layer.diff_id) {
+            // Only a complete layer is ever renamed into place; an incomplete one was damaged
+            // from outside. Replace it rather than trust it.
+            tracing::warn!(layer = %layer.diff_id, "replacing a damaged layer directory");
+            match self.layers.trash(&layer.diff_id) {
+                Ok(Some(path)) => {
+                    if let Err(e) = crate::fsutil::remove_any(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "could not delete a damaged layer");
+                    }
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        op: "moving aside",
+                        path: self.layers.diff_dir(&layer.diff_id),
+                        source,
+                    }
+                    .into());
+                }
+            }
+        }
         let (reader, member_size) = source.open_file(&layer.member)?;
         let expected = Expected {
             compressed: layer.digest.clone(),

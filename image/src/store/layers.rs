@@ -49,6 +49,11 @@ impl Layers {
         (info.diff_id == *diff_id && self.diff_dir(diff_id).is_dir()).then_some(info)
     }
 
+    /// True if something is at the layer's place, complete or not.
+    pub(super) fn occupied(&self, diff_id: &Digest) -> bool {
+        fs::symlink_metadata(self.dir.join(diff_id.hex())).is_ok()
+    }
+
     /// Unpacks and verifies a layer blob, then moves it into place under its diff id.
     pub(super) fn unpack(
         &self,
