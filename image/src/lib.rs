@@ -81,6 +81,15 @@ pub struct Image {
     pub os: String,
 }
 
+/// An image an import stored, with the names that import gave it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Imported {
+    pub image: Image,
+    /// Full references from the archive and the caller's tag; empty when the archive
+    /// named nothing (the image is then reachable by id only).
+    pub loaded: Vec<String>,
+}
+
 /// What [`ImageStore::remove`] did: names removed, then image and layer ids deleted.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Removed {

@@ -2,7 +2,9 @@
 //!
 //! The mount uses the file-descriptor mount API (`fsopen`/`fsconfig`) and passes each
 //! lowerdir separately (`lowerdir+`, Linux 6.8+), which has no length limit and needs no
-//! escaping. Older kernels get classic `mount(2)`, whose option string must fit in a page.
+//! escaping. Older kernels get classic `mount(2)`, whose option string must fit in a page:
+//! 6.5-6.7 refuse `lowerdir+` at `fsconfig`, and before 6.5 (Debian 12's 6.1) the key is
+//! accepted as legacy mount data and only refused when the superblock is created.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -160,7 +162,13 @@ fn mount_fd_api(
             0,
         )
     };
-    Errno::result(rc).map_err(|e| mount_err(target, e, fs_log(&fs)))?;
+    match Errno::result(rc) {
+        Ok(_) => {}
+        // Before 6.5 overlayfs has no fs_context of its own: the VFS collects every
+        // key into legacy mount data, so `lowerdir+` is only refused here.
+        Err(Errno::EINVAL) => return Ok(Mounted::Unsupported),
+        Err(e) => return Err(mount_err(target, e, fs_log(&fs))),
+    }
     // SAFETY: plain syscall on an open, created fs context fd.
     let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, 0) };
     let mfd = Errno::result(mfd).map_err(|e| mount_err(target, e, fs_log(&fs)))?;

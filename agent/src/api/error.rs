@@ -78,7 +78,9 @@ impl From<image::StoreError> for ApiError {
         let message = e.to_string();
         match e {
             image::StoreError::NotFound(_) => ApiError::NotFound(message),
-            image::StoreError::Ambiguous(_) => ApiError::BadRequest(message),
+            image::StoreError::Ambiguous(_) | image::StoreError::InvalidName { .. } => {
+                ApiError::BadRequest(message)
+            }
             image::StoreError::InUse { .. } => ApiError::Conflict(message),
             _ => ApiError::Internal(message),
         }

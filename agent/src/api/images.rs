@@ -43,23 +43,23 @@ pub async fn import(state: &ApiState, req: Request<Incoming>) -> Result<Response
         })
         .transpose()?;
     let store = state.images.clone();
-    let result = tokio::task::spawn_blocking(move || store.import(&path, tag.as_ref()))
+    let result = tokio::task::spawn_blocking(move || store.import_named(&path, tag.as_ref()))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()));
     drop(upload);
     let images = result?.map_err(import_error)?;
-    for image in &images {
-        state.jobs.emit_image("import", &image.id);
+    for imported in &images {
+        state.jobs.emit_image("import", &imported.image.id);
     }
     json(StatusCode::OK, &images)
 }
 
 fn import_error(e: image::ImportError) -> ApiError {
     let message = format!("import failed: {e}");
+    if caused_by_no_space(&e) {
+        return ApiError::InsufficientStorage(message);
+    }
     match &e {
-        image::ImportError::Io { source, .. } if is_no_space(source) => {
-            ApiError::InsufficientStorage(message)
-        }
         image::ImportError::Io { source, .. }
             if matches!(
                 source.kind(),
@@ -71,6 +71,21 @@ fn import_error(e: image::ImportError) -> ApiError {
         e if e.is_client_error() => ApiError::BadRequest(message),
         _ => ApiError::Internal(message),
     }
+}
+
+/// Whether a full disk (or quota) is somewhere in the error's causes, however
+/// deep the store wrapped it (ingest, unpack, metadata).
+fn caused_by_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && is_no_space(io)
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// An uploaded archive on disk; deleted when dropped.

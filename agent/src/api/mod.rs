@@ -97,9 +97,10 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
 async fn handle(state: Arc<ApiState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
     let result = route(&state, req).await;
     let response = result.unwrap_or_else(|e| e.into_response());
-    tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "request");
+    tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
     response
 }
 

@@ -31,13 +31,13 @@ pub async fn import(client: &Client, path: &Path, tag: Option<&str>) -> Result<i
         .request(Method::POST, &uri, Some("application/x-tar"), body)
         .await?;
     let bytes = response.into_body().collect().await?.to_bytes();
-    let images: Vec<image::Image> =
+    let images: Vec<image::Imported> =
         serde_json::from_slice(&bytes).context("the daemon's answer is not the JSON expected")?;
-    for image in images {
-        if image.names.is_empty() {
-            println!("Loaded image ID: {}", image.id);
+    for imported in images {
+        if imported.loaded.is_empty() {
+            println!("Loaded image ID: {}", imported.image.id);
         }
-        for name in &image.names {
+        for name in &imported.loaded {
             println!("Loaded image: {}", familiar(name));
         }
     }

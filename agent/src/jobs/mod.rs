@@ -345,10 +345,7 @@ impl JobManager {
     }
 
     async fn finish(self: &Arc<Self>, handle: &Arc<JobHandle>, exit: ExitInfo) {
-        let dir = self.paths.job_dir(&handle.id);
-        if let Err(e) = record::unmount_rootfs(&dir) {
-            tracing::warn!(job = %handle.id, error = %e, "unmounting the rootfs of an exited job");
-        }
+        // Waiters hear of the exit first; the mount goes after.
         let job = match self.update(handle, |j| {
             j.state = JobState::Exited;
             j.pid = None;
@@ -361,6 +358,16 @@ impl JobManager {
             }
         };
         self.emit("job", "exit", &job.id, Some(job.clone()));
+        {
+            // Under the op lock, and only if no start has come in meanwhile: the
+            // mount may already belong to the job's next run.
+            let _op = handle.op.lock().await;
+            if handle.snapshot().state == JobState::Exited
+                && let Err(e) = record::unmount_rootfs(&self.paths.job_dir(&handle.id))
+            {
+                tracing::warn!(job = %handle.id, error = %e, "unmounting the rootfs of an exited job");
+            }
+        }
         if job.config.auto_remove
             && let Err(e) = self.remove(handle, false).await
         {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::state::{ImageRecord, LayerRecord};
 use super::{ImageStore, StoreError, blob_pin, layer_pin, lock};
-use crate::Image;
+use crate::{Image, Imported};
 use crate::digest::Digest;
 use crate::import::{self, ImportError, ManifestBlob, PlannedImage, PlannedLayer, Source};
 use crate::reference::Reference;
@@ -34,18 +34,35 @@ impl ImageStore {
     /// another image moves to the imported one (the other stays, untagged, if it has no
     /// other name). Layers already in the store are not read again.
     pub fn import(&self, src: &Path, tag: Option<&Reference>) -> Result<Vec<Image>, ImportError> {
+        Ok(self
+            .import_named(src, tag)?
+            .into_iter()
+            .map(|i| i.image)
+            .collect())
+    }
+
+    /// [`ImageStore::import`], also telling which names this import gave each image
+    /// (what `docker load` prints as "Loaded image").
+    pub fn import_named(
+        &self,
+        src: &Path,
+        tag: Option<&Reference>,
+    ) -> Result<Vec<Imported>, ImportError> {
         let source = Source::open(src, &self.tmp)?;
         let plan = import::plan(&source, tag)?;
         let mut imported = Vec::with_capacity(plan.len());
         for image in plan {
-            let names = image
+            let loaded = image
                 .names
                 .iter()
                 .map(|n| n.to_string())
                 .collect::<Vec<_>>();
             let result = self.import_image(&source, image)?;
-            tracing::info!(id = %result.id, names = ?names, source = %src.display(), "imported image");
-            imported.push(result);
+            tracing::info!(id = %result.id, names = ?loaded, source = %src.display(), "imported image");
+            imported.push(Imported {
+                image: result,
+                loaded,
+            });
         }
         Ok(imported)
     }
