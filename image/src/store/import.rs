@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use super::state::{ImageRecord, LayerRecord};
 use super::{ImageStore, StoreError, blob_pin, layer_pin, lock};
-use crate::{Image, Imported};
 use crate::digest::Digest;
 use crate::import::{self, ImportError, ManifestBlob, PlannedImage, PlannedLayer, Source};
 use crate::reference::Reference;
 use crate::unpack::{Compression, Expected};
+use crate::{Image, Imported};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
