@@ -4,17 +4,24 @@
 //! a single-threaded process: the shim. Nothing here is called from the daemon except
 //! [`cleanup`], which neither forks nor changes directory.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{CgroupConfig, create_cgroup_manager};
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigHandler, Signal, signal};
 
 use crate::cgroup;
 use crate::config::is_valid_id;
+use crate::seccomp::Filter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -54,13 +61,44 @@ pub struct Stdio {
     pub stderr: OwnedFd,
 }
 
+/// libcontainer's default executor (validate the command, set the environment, `execvp`),
+/// plus our seccomp filter installed in the init process right before the `execvp`: by
+/// then no_new_privileges is set and the capabilities are dropped, and every later
+/// syscall is the workload's.
+#[derive(Clone)]
+struct FilteredExecutor {
+    filter: Option<Filter>,
+}
+
+impl Executor for FilteredExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(filter) = &self.filter {
+            filter
+                .install()
+                .map_err(|e| ExecutorError::Other(e.to_string()))?;
+        }
+        libcontainer::workload::default::get_executor().exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        libcontainer::workload::default::get_executor().validate(spec)
+    }
+
+    fn setup_envs(&self, envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
+        libcontainer::workload::default::get_executor().setup_envs(envs)
+    }
+}
+
 /// Creates the container from the spec in `bundle/config.json`. On return, init is a
-/// child of the calling process, waiting for [`start`].
+/// child of the calling process, waiting for [`start`]. `seccomp`, if given, is installed
+/// in init just before it executes the workload; the spec in the bundle must then carry
+/// no `linux.seccomp` of its own.
 pub fn create(
     state_root: &Path,
     id: &str,
     bundle: &Path,
     stdio: Stdio,
+    seccomp: Option<Filter>,
 ) -> Result<Container, RuntimeError> {
     if !is_valid_id(id) {
         return Err(RuntimeError::Id(id.to_owned()));
@@ -79,6 +117,7 @@ pub fn create(
         .with_stdin(stdio.stdin)
         .with_stdout(stdio.stdout)
         .with_stderr(stdio.stderr)
+        .with_executor(FilteredExecutor { filter: seccomp })
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true);
@@ -111,35 +150,73 @@ pub fn start(container: &mut Container) -> Result<(), RuntimeError> {
 }
 
 /// Deletes the container's state dir and cgroups, killing whatever is left in them.
-/// Idempotent: a container that is already gone is not an error.
+/// Idempotent: a container that is already gone is not an error, and concurrent calls
+/// (a shim finishing while the agent cleans up) take turns. Cheap when there is nothing
+/// left to do, the usual case once a shim has finished.
 pub fn cleanup(state_root: &Path, id: &str) -> Result<(), RuntimeError> {
     if !is_valid_id(id) {
         return Err(RuntimeError::Id(id.to_owned()));
     }
     let dir = state_root.join(id);
-    if dir.exists() {
-        match Container::load(dir.clone()) {
-            Ok(mut container) => {
-                container
-                    .delete(true)
-                    .map_err(|source| RuntimeError::Delete {
-                        id: id.to_owned(),
-                        source,
-                    })?;
-            }
-            // No readable state.json: a create that died half-way. Nothing in it is
-            // needed to find the cgroups, which are removed below.
-            Err(e) => {
-                tracing::warn!(id, error = %e, "container state unreadable; removing it");
-                std::fs::remove_dir_all(&dir).map_err(|source| RuntimeError::StateDir {
-                    path: dir.clone(),
-                    source,
-                })?;
+    let result = delete_state(&dir, id).and_then(|()| remove_cgroups(id));
+    match result {
+        // Whoever else was deleting it (the shim, another cleanup) finished the job.
+        Err(_) if is_gone(&dir, id) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_gone(dir: &Path, id: &str) -> bool {
+    !dir.exists() && cgroup::existing_dirs(id).is_ok_and(|d| d.is_empty())
+}
+
+/// The state dir, if there is one, through libcontainer (which also kills what runs and
+/// removes the cgroups it recorded). Holds an exclusive `flock` on the directory meanwhile.
+fn delete_state(dir: &Path, id: &str) -> Result<(), RuntimeError> {
+    let state_err = |source: std::io::Error| RuntimeError::StateDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let handle = match std::fs::File::open(dir) {
+        Ok(handle) => handle,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(state_err(e)),
+    };
+    let _guard = Flock::lock(handle, FlockArg::LockExclusive)
+        .map_err(|(_, e)| state_err(std::io::Error::from(e)))?;
+    // Someone holding the lock before us may have deleted everything meanwhile.
+    if !dir.exists() {
+        return Ok(());
+    }
+    match Container::load(dir.to_owned()) {
+        Ok(mut container) => container
+            .delete(true)
+            .map_err(|source| RuntimeError::Delete {
+                id: id.to_owned(),
+                source,
+            }),
+        // No readable state.json: a create that died half-way. Nothing in it is needed
+        // to find the cgroups, which are removed next.
+        Err(e) => {
+            tracing::warn!(id, error = %e, "container state unreadable; removing it");
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::StateDir {
+                    path: dir.to_owned(),
+                    source: e,
+                }),
+                _ => Ok(()),
             }
         }
     }
-    // The cgroups can outlive the state dir (a crash between the two removals, or a
-    // create that failed early), so they are checked on their own.
+}
+
+/// The cgroups can outlive the state dir (a crash between the two removals, or a create
+/// that failed early), so they are checked on their own: directly first, since building
+/// libcgroups' manager costs a mount table parse per controller.
+fn remove_cgroups(id: &str) -> Result<(), RuntimeError> {
+    if cgroup::existing_dirs(id).is_ok_and(|d| d.is_empty()) {
+        return Ok(());
+    }
     let manager = create_cgroup_manager(CgroupConfig {
         cgroup_path: cgroup::cgroup_path(id),
         systemd_cgroup: false,

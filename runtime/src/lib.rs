@@ -51,6 +51,7 @@ pub mod host;
 pub mod logs;
 pub mod loopback;
 pub mod rootfs;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod user;

@@ -205,7 +205,8 @@ async fn descriptors_leaked_by_the_agent_are_not_kept_by_the_shim() {
         .collect();
     assert!(leaked.is_empty(), "shim holds the agent's pipe: {leaked:?}");
     // The monitor is the re-executed binary (libcontainer's memory left behind), holding
-    // exactly stdio, the control socket, two output pipes, the signalfd and the log.
+    // exactly stdio, the control socket, two output pipes, the signalfd, the log and
+    // shim.lock.
     let environ = std::fs::read(format!("/proc/{shim}/environ")).unwrap();
     assert!(
         environ
@@ -220,7 +221,7 @@ async fn descriptors_leaked_by_the_agent_are_not_kept_by_the_shim() {
         let fds = std::fs::read_dir(format!("/proc/{shim}/fd"))
             .unwrap()
             .count();
-        if fds == 8 {
+        if fds == 9 {
             break;
         }
         assert!(
@@ -262,5 +263,70 @@ async fn a_relative_job_dir_is_resolved_before_the_shim_moves_to_root() {
         .unwrap();
     assert_eq!(status.code, Some(0));
     assert_eq!(f.stdout(), "relative\n");
+    f.assert_gone();
+}
+
+#[tokio::test]
+async fn wait_shim_gone_waits_for_the_whole_shim() {
+    use runtime::shim::wait_shim_gone;
+    use std::time::Duration;
+    let f = Fixture::new();
+    let client = f.start(f.container(&["sleep", "1000"])).await;
+    let shim = shim_pid(&f);
+    // The re-executed monitor still holds shim.lock.
+    let err = wait_shim_gone(&f.job_dir, Duration::from_millis(50)).unwrap_err();
+    assert!(matches!(err, ShimError::StillRunning { .. }), "{err:?}");
+    client.signal(9).await.unwrap();
+    let status = client.wait().await.unwrap();
+    assert_eq!(status.signal, Some(9));
+    let dir = f.job_dir.clone();
+    tokio::task::spawn_blocking(move || wait_shim_gone(&dir, Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!common::is_alive(shim), "shim {shim} still alive");
+    f.assert_gone();
+    // Nothing to wait for: a finished job, or one without a shim at all.
+    wait_shim_gone(&f.job_dir, Duration::ZERO).unwrap();
+    wait_shim_gone(f.tmp.path(), Duration::ZERO).unwrap();
+}
+
+#[tokio::test]
+async fn a_second_shim_for_the_same_job_dir_is_refused() {
+    let f = Fixture::new();
+    let client = f.start(f.container(&["sleep", "1000"])).await;
+    let err = runtime::shim::spawn(
+        std::path::Path::new(common::SHIM_EXE),
+        &f.job_dir,
+        &f.shim_config(f.container(&["sleep", "1000"])),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("another shim"),
+        "{err}\nshim.log: {}",
+        f.shim_log()
+    );
+    // The first one is untouched.
+    assert_eq!(client.state().await.unwrap().status, Status::Running);
+    client.signal(9).await.unwrap();
+    assert_eq!(client.wait().await.unwrap().signal, Some(9));
+    f.assert_gone();
+}
+
+#[tokio::test]
+async fn cleanup_while_the_shim_deletes_is_safe() {
+    let f = Fixture::new();
+    let client = f.start(f.container(&["sleep", "1000"])).await;
+    client.signal(9).await.unwrap();
+    // Races the shim's own delete, as an agent that does not wait for the shim would.
+    let (root, id) = (f.state_root.clone(), f.id.clone());
+    let cleaner = tokio::task::spawn_blocking(move || {
+        for _ in 0..20 {
+            runtime::shim::cleanup(&root, &id).unwrap();
+        }
+    });
+    assert_eq!(client.wait().await.unwrap().signal, Some(9));
+    cleaner.await.unwrap();
     f.assert_gone();
 }

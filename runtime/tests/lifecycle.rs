@@ -170,3 +170,94 @@ async fn stdin_eof_before_start_leaves_nothing_behind() {
     assert_eq!(runtime::shim::read_exit(&f.job_dir).unwrap(), None);
     assert!(!f.log_path.exists() || f.stdout().is_empty());
 }
+
+const SECCOMP_CHECK: &str = "grep '^Seccomp:' /proc/self/status; unshare -U true; \
+                             echo unshare-exit=$?; sh -c 'echo forked'";
+
+fn cache_files(f: &Fixture) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(f.state_root.join("seccomp")) {
+        Ok(dir) => dir.map(|e| e.unwrap().path()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+fn assert_filtered(f: &Fixture, status: &runtime::ExitStatus) {
+    assert_eq!(status.code, Some(0), "{}", f.output(Stream::Stderr));
+    let out = f.stdout();
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("unshare-exit=1"), "{out}");
+    assert!(out.contains("forked"), "{out}");
+}
+
+#[tokio::test]
+async fn the_seccomp_filter_is_compiled_once_per_host() {
+    use std::os::unix::fs::MetadataExt;
+    let first = Fixture::new();
+    assert_filtered(
+        &first,
+        &first
+            .run(first.container(&["sh", "-c", SECCOMP_CHECK]))
+            .await,
+    );
+    let files = cache_files(&first);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let before = std::fs::metadata(&files[0]).unwrap();
+
+    // A second container of the same host (same state root) loads the cached program.
+    let mut second = Fixture::new();
+    second.state_root = first.state_root.clone();
+    assert_filtered(
+        &second,
+        &second
+            .run(second.container(&["sh", "-c", SECCOMP_CHECK]))
+            .await,
+    );
+    assert_eq!(cache_files(&second), files);
+    let after = std::fs::metadata(&files[0]).unwrap();
+    assert_eq!(
+        (after.ino(), after.mtime(), after.mtime_nsec()),
+        (before.ino(), before.mtime(), before.mtime_nsec()),
+        "the cache file was rewritten"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_seccomp_cache_is_rebuilt_not_loaded() {
+    let first = Fixture::new();
+    assert_eq!(first.run(first.container(&["true"])).await.code, Some(0));
+    let files = cache_files(&first);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let good = std::fs::read(&files[0]).unwrap();
+
+    for (n, corrupt) in [good[..good.len() - 3].to_vec(), {
+        let mut flipped = good.clone();
+        flipped[good.len() / 3] ^= 0x01;
+        flipped
+    }]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&files[0], &corrupt).unwrap();
+        let mut f = Fixture::new();
+        f.state_root = first.state_root.clone();
+        assert_filtered(&f, &f.run(f.container(&["sh", "-c", SECCOMP_CHECK])).await);
+        assert_eq!(std::fs::read(&files[0]).unwrap(), good, "corruption {n}");
+        assert!(f.shim_log().contains("corrupt"), "{}", f.shim_log());
+    }
+}
+
+#[tokio::test]
+async fn config_json_shows_the_profile_the_bundle_does_not() {
+    let f = Fixture::new();
+    assert_eq!(f.run(f.container(&["true"])).await.code, Some(0));
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+    };
+    let full = read(f.job_dir.join("config.json"));
+    let bundle = read(f.job_dir.join("bundle/config.json"));
+    assert_eq!(full["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+    assert!(bundle["linux"].get("seccomp").is_none(), "{bundle}");
+    let mut stripped = full.clone();
+    stripped["linux"].as_object_mut().unwrap().remove("seccomp");
+    assert_eq!(stripped, bundle);
+}

@@ -40,6 +40,14 @@ pub enum ShimError {
          call runtime::shim::cleanup to remove what is left of the container"
     )]
     Gone(PathBuf),
+    #[error(
+        "the shim of {dir:?} is still running after {waited:?}: it may be stuck deleting \
+         the container; see its shim.log"
+    )]
+    StillRunning {
+        dir: PathBuf,
+        waited: std::time::Duration,
+    },
     #[error(transparent)]
     Exit(#[from] ExitFileError),
 }

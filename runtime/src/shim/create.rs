@@ -12,11 +12,14 @@ use nix::sys::stat::{Mode, umask};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
+use oci_spec::runtime::Spec;
+
 use super::monitor::{self, Handoff};
 use super::protocol::{self, Handshake};
-use super::{JobFiles, ShimConfig, diag, error_chain, read_config, sys};
+use super::{JobFiles, ShimConfig, diag, error_chain, lock, read_config, sys};
 use crate::container::{self, Stdio};
 use crate::exit::Durability;
+use crate::seccomp::{Filter, Source};
 use crate::spec;
 
 pub fn main(job_dir: &Path) -> i32 {
@@ -31,7 +34,15 @@ pub fn main(job_dir: &Path) -> i32 {
     // Absolute before settle() moves to "/": the agent may have given a relative path.
     let job_dir = std::path::absolute(job_dir).unwrap_or_else(|_| job_dir.to_owned());
     let files = JobFiles::new(&job_dir);
-    settle(&files);
+    let lock = match settle(&files) {
+        Ok(lock) => lock,
+        Err(msg) => {
+            // Nothing here is ours to clean up: the job dir may belong to a live shim.
+            diag(&msg);
+            report(&Handshake::Error(msg));
+            return 1;
+        }
+    };
     let prepared = match prepare(&files) {
         Ok(p) => p,
         Err(msg) => {
@@ -42,12 +53,13 @@ pub fn main(job_dir: &Path) -> i32 {
             return 1;
         }
     };
-    run(&files, prepared)
+    run(&files, prepared, lock)
 }
 
 /// Puts the detached process in a predictable state: cwd "/" (libcontainer needs a cwd
-/// that stays valid), umask 022, stderr to shim.log, and shim.pid written.
-fn settle(files: &JobFiles) {
+/// that stays valid), umask 022, stderr to shim.log, `shim.lock` held (returned: it must
+/// stay open for the shim's whole life), and shim.pid written.
+fn settle(files: &JobFiles) -> Result<OwnedFd, String> {
     let _ = std::env::set_current_dir("/");
     umask(Mode::from_bits_truncate(0o022));
     match OpenOptions::new()
@@ -63,12 +75,14 @@ fn settle(files: &JobFiles) {
             let _ = writeln!(std::io::stderr(), "cannot open shim log: {e}");
         }
     }
+    let lock = lock::acquire(files)?;
     let pid = std::process::id().to_string();
     if let Err(e) =
         crate::exit::write_atomic(&files.shim_pid(), pid.as_bytes(), Durability::Visible)
     {
         diag(&format!("cannot write {:?}: {e}", files.shim_pid()));
     }
+    Ok(lock)
 }
 
 struct Prepared {
@@ -77,6 +91,7 @@ struct Prepared {
     stdout: OwnedFd,
     stderr: OwnedFd,
     container_stdio: Stdio,
+    seccomp: Option<Filter>,
 }
 
 /// Everything up to (not including) libcontainer's create. Errors are final messages.
@@ -92,6 +107,13 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
     crate::host::adapt_spec(&mut oci);
     oci.save(files.spec())
         .map_err(|e| format!("cannot write the OCI spec {:?}: {e}", files.spec()))?;
+    let seccomp = take_seccomp(&mut oci, &cfg)?;
+    let bundle = files.bundle();
+    std::fs::create_dir_all(&bundle)
+        .map_err(|e| format!("cannot create the bundle directory {bundle:?}: {e}"))?;
+    let bundle_spec = bundle.join("config.json");
+    oci.save(&bundle_spec)
+        .map_err(|e| format!("cannot write the OCI spec {bundle_spec:?}: {e}"))?;
 
     let (stdout, stdout_w) =
         sys::pipe().map_err(|e| format!("cannot create the stdout pipe: {e}"))?;
@@ -110,7 +132,39 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
             stdout: stdout_w,
             stderr: stderr_w,
         },
+        seccomp,
     })
+}
+
+/// Takes the seccomp profile out of the spec handed to libcontainer and returns it
+/// compiled (from the host's cache when possible), for our executor to install.
+fn take_seccomp(oci: &mut Spec, cfg: &ShimConfig) -> Result<Option<Filter>, String> {
+    let Some(profile) = oci
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.seccomp_mut().take())
+    else {
+        return Ok(None);
+    };
+    // The filter goes in after the capabilities are dropped, which only no_new_privileges
+    // allows (build_spec always sets it).
+    let nnp = oci.process().as_ref().and_then(|p| p.no_new_privileges());
+    if nnp != Some(true) {
+        return Err(
+            "a seccomp profile needs no_new_privileges in this runtime (a bug in the spec \
+             builder)"
+                .into(),
+        );
+    }
+    let cache = cfg.seccomp_cache();
+    let (filter, source) = Filter::prepare(&cache, &profile)
+        .map_err(|e| format!("cannot prepare the container's seccomp filter: {e}"))?;
+    if source == Source::Rebuilt {
+        diag(&format!(
+            "the cached seccomp filter in {cache:?} was corrupt; compiled and cached again"
+        ));
+    }
+    Ok(Some(filter))
 }
 
 fn bind_control_socket(files: &JobFiles) -> Result<UnixListener, String> {
@@ -128,12 +182,19 @@ fn bind_control_socket(files: &JobFiles) -> Result<UnixListener, String> {
     UnixListener::bind(&path).map_err(|e| format!("cannot listen on {path:?}: {e}"))
 }
 
-fn run(files: &JobFiles, p: Prepared) -> i32 {
+fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
     let id = p.cfg.container.id.clone();
     let state_root = p.cfg.state_root.clone();
     // The write ends of the output pipes move into libcontainer, which closes them once
     // init has them: from then on, EOF on our read ends means the container is done.
-    let mut container = match container::create(&state_root, &id, files.dir(), p.container_stdio) {
+    let result = container::create(
+        &state_root,
+        &id,
+        &files.bundle(),
+        p.container_stdio,
+        p.seccomp,
+    );
+    let mut container = match result {
         Ok(c) => c,
         Err(e) => {
             // libcontainer removed what it had created; the socket is ours to remove.
@@ -199,6 +260,7 @@ fn run(files: &JobFiles, p: Prepared) -> i32 {
             stdout: p.stdout,
             stderr: p.stderr,
             listener: p.listener.into(),
+            lock,
         },
     )
 }

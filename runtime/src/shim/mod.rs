@@ -13,6 +13,7 @@
 
 mod client;
 mod create;
+mod lock;
 mod monitor;
 pub mod protocol;
 mod sys;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::container::cleanup;
 pub use client::{CreatedShim, ShimClient, ShimError, read_exit, spawn};
+pub use lock::wait_shim_gone;
 pub use protocol::{ShimState, Status};
 
 use crate::config::ContainerConfig;
@@ -41,6 +43,14 @@ pub struct ShimConfig {
     pub state_root: PathBuf,
     /// Where the container's output goes, in Docker's json-file format.
     pub log_path: PathBuf,
+}
+
+impl ShimConfig {
+    /// Compiled seccomp filters, shared by every container of the host
+    /// ([`crate::seccomp`]): `<state_root>/seccomp`.
+    pub fn seccomp_cache(&self) -> PathBuf {
+        self.state_root.join("seccomp")
+    }
 }
 
 /// The files of one job directory.
@@ -62,9 +72,18 @@ impl JobFiles {
     pub fn shim_config(&self) -> PathBuf {
         self.dir.join("shim.json")
     }
-    /// The OCI spec; the job dir is the libcontainer bundle.
+    /// The complete OCI spec, seccomp profile included: what the container runs with.
     pub fn spec(&self) -> PathBuf {
         self.dir.join("config.json")
+    }
+    /// libcontainer's bundle: `config.json` there is the spec without `linux.seccomp`,
+    /// which the shim compiles and installs itself ([`crate::seccomp`]).
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+    /// Locked by the shim for as long as it lives ([`wait_shim_gone`]).
+    pub fn shim_lock(&self) -> PathBuf {
+        self.dir.join("shim.lock")
     }
     pub fn socket(&self) -> PathBuf {
         self.dir.join("shim.sock")

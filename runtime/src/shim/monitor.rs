@@ -2,8 +2,10 @@
 //!
 //! One thread, one `poll(2)`, no timers: the wake-ups are SIGCHLD (through a signalfd),
 //! output on the container's two pipes, and control connections. When init has exited
-//! the shim drains the pipes, reads the OOM counter, writes `exit.json`, deletes the
-//! container, answers the waiters and exits.
+//! the shim drains the pipes, reads the OOM counter, writes `exit.json`, removes the
+//! control socket, answers the waiters, and only then deletes the container and exits:
+//! waiters learn the exit as early as it is recorded. `shim.lock`, held until the process
+//! ends, tells when the delete is over too ([`super::wait_shim_gone`]).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
@@ -39,18 +41,22 @@ pub struct Handoff {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub listener: OwnedFd,
+    /// `shim.lock`, locked by this process: the lock survives exec as long as this
+    /// descriptor stays open.
+    pub lock: OwnedFd,
 }
 
 impl Handoff {
-    /// `init:stdout:stderr:listener:job_dir`. The job dir travels too (absolute), so the
-    /// monitor does not depend on argv or on the working directory it was started from.
+    /// `init:stdout:stderr:listener:lock:job_dir`. The job dir travels too (absolute), so
+    /// the monitor does not depend on argv or on the working directory it was started from.
     fn encode(&self, job_dir: &Path) -> OsString {
         let mut value = OsString::from(format!(
-            "{}:{}:{}:{}:",
+            "{}:{}:{}:{}:{}:",
             self.init,
             self.stdout.as_raw_fd(),
             self.stderr.as_raw_fd(),
-            self.listener.as_raw_fd()
+            self.listener.as_raw_fd(),
+            self.lock.as_raw_fd()
         ));
         value.push(job_dir.as_os_str());
         value
@@ -58,8 +64,8 @@ impl Handoff {
 
     fn decode(value: &OsStr) -> Result<(Handoff, PathBuf), String> {
         let malformed = || format!("malformed {MONITOR_ENV}={value:?}");
-        let mut parts = value.as_bytes().splitn(5, |&b| b == b':');
-        let mut nums = [0i32; 4];
+        let mut parts = value.as_bytes().splitn(6, |&b| b == b':');
+        let mut nums = [0i32; 5];
         for n in nums.iter_mut() {
             *n = parts
                 .next()
@@ -70,15 +76,15 @@ impl Handoff {
         if !job_dir.is_absolute() {
             return Err(malformed());
         }
-        let [init, out, err, listener] = nums;
+        let [init, out, err, listener, lock] = nums;
         let mut fds = Vec::new();
-        for raw in [out, err, listener] {
+        for raw in [out, err, listener, lock] {
             if raw <= 2 || !sys::is_open(raw) || fds.contains(&raw) {
                 return Err(format!("{MONITOR_ENV}: descriptor {raw} is not usable"));
             }
             fds.push(raw);
         }
-        // SAFETY: the three descriptors were checked to be open and distinct; the
+        // SAFETY: the four descriptors were checked to be open and distinct; the
         // pre-exec shim made exactly these inheritable and gave up its own handles on
         // them by exec'ing, so nothing else in this process owns them.
         let own = |raw| unsafe { OwnedFd::from_raw_fd(raw) };
@@ -87,6 +93,7 @@ impl Handoff {
             stdout: own(out),
             stderr: own(err),
             listener: own(listener),
+            lock: own(lock),
         };
         Ok((handoff, job_dir))
     }
@@ -99,7 +106,12 @@ pub fn hand_over(files: &JobFiles, handoff: Handoff) -> i32 {
     diag(&format!(
         "cannot re-exec into the lean monitor ({err}); monitoring in-process"
     ));
-    for fd in [&handoff.stdout, &handoff.stderr, &handoff.listener] {
+    for fd in [
+        &handoff.stdout,
+        &handoff.stderr,
+        &handoff.listener,
+        &handoff.lock,
+    ] {
         let _ = sys::set_inherit(fd, false);
     }
     // A failed exec may already have reset SIGPIPE to its default (fatal) action.
@@ -109,7 +121,7 @@ pub fn hand_over(files: &JobFiles, handoff: Handoff) -> i32 {
 
 /// Only returns on failure.
 fn reexec(h: &Handoff, job_dir: &Path) -> std::io::Error {
-    for fd in [&h.stdout, &h.stderr, &h.listener] {
+    for fd in [&h.stdout, &h.stderr, &h.listener, &h.lock] {
         if let Err(e) = sys::set_inherit(fd, true) {
             return std::io::Error::from(e);
         }
@@ -200,6 +212,8 @@ struct Monitor {
     log: Option<LogWriter>,
     log_failing: bool,
     buf: Vec<u8>,
+    /// Held (never read) until the process exits.
+    _lock: OwnedFd,
 }
 
 impl Monitor {
@@ -243,6 +257,7 @@ impl Monitor {
             log,
             log_failing: false,
             buf: vec![0; READ_CHUNK],
+            _lock: h.lock,
         })
     }
 
@@ -475,8 +490,10 @@ impl Monitor {
         reply_and_close(client, &reply);
     }
 
-    /// Everything after init's exit. Returns the shim's exit code.
-    fn finish(&mut self) -> i32 {
+    /// Everything after init's exit, in the order that lets waiters know as early as it
+    /// is safe: output drained, OOM counter read, `exit.json` durable, socket gone, waiters
+    /// answered; then the container deleted. Returns the shim's exit code.
+    fn finish(mut self) -> i32 {
         // Every process of the container is gone (a PID namespace dies with its init), so
         // the pipes hold all there is left and then report EOF.
         for stream in [Stream::Stdout, Stream::Stderr] {
@@ -506,22 +523,34 @@ impl Monitor {
         if let Err(e) = exit::write(&self.files.exit_status(), &status) {
             diag(&e.to_string());
         }
-        if let Err(e) = container::cleanup(&self.cfg.state_root, &id) {
+
+        // From here on, new clients find no socket and read exit.json instead; those
+        // still queued on the listener see it close.
+        let _ = std::fs::remove_file(self.files.socket());
+        let Monitor {
+            listener,
+            clients,
+            cfg,
+            _lock,
+            ..
+        } = self;
+        drop(listener);
+        let reply = protocol::line(&Response::Exit { exit: status });
+        for c in clients.iter().filter(|c| c.waiting && !c.done) {
+            let _ = send_all(&c.stream, &reply);
+        }
+        drop(clients);
+
+        // The waiters know; the agent tells the delete is over by shim.lock, held until
+        // this process ends.
+        if let Err(e) = container::cleanup(&cfg.state_root, &id) {
             diag(&error_chain(&e));
         }
         match cgroup::existing_dirs(&id) {
             Ok(left) if !left.is_empty() => diag(&format!("cgroups left behind: {left:?}")),
             _ => {}
         }
-
-        // Gone before the waiters hear of it, so that a waiter never sees a leftover.
-        // Later clients find no socket and read exit.json instead.
-        let _ = std::fs::remove_file(self.files.socket());
-        let reply = protocol::line(&Response::Exit { exit: status });
-        for c in self.clients.iter_mut().filter(|c| c.waiting && !c.done) {
-            let _ = send_all(&c.stream, &reply);
-        }
-        self.clients.clear();
+        drop(_lock);
         0
     }
 }
@@ -576,13 +605,14 @@ mod tests {
     #[test]
     fn handoff_round_trip() {
         let (a, b) = sys::pipe().unwrap();
-        let (c, _d) = sys::pipe().unwrap();
-        let raws = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
+        let (c, e) = sys::pipe().unwrap();
+        let raws = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd(), e.as_raw_fd());
         let h = Handoff {
             init: Pid::from_raw(42),
             stdout: a,
             stderr: b,
             listener: c,
+            lock: e,
         };
         let value = h.encode(Path::new("/var/lib/flynn/jobs/a:b"));
         // The decoded handoff takes ownership of the same descriptors.
@@ -593,13 +623,21 @@ mod tests {
             (
                 back.stdout.as_raw_fd(),
                 back.stderr.as_raw_fd(),
-                back.listener.as_raw_fd()
+                back.listener.as_raw_fd(),
+                back.lock.as_raw_fd()
             ),
             raws
         );
         assert_eq!(dir, Path::new("/var/lib/flynn/jobs/a:b"));
 
-        for bad in ["", "1:2:3", "1:2:3:4:relative", "x:4:5:6:/j", "1:0:1:2:/j"] {
+        for bad in [
+            "",
+            "1:2:3",
+            "1:2:3:4:5:relative",
+            "x:4:5:6:7:/j",
+            "1:0:1:2:3:/j",
+            "1:2:3:4:/j",
+        ] {
             assert!(Handoff::decode(OsStr::new(bad)).is_err(), "{bad:?}");
         }
     }

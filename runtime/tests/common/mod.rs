@@ -156,9 +156,11 @@ impl Fixture {
             .join(file)
     }
 
-    /// Nothing of the container is left: no state dir, no cgroup in any hierarchy, no
-    /// control socket.
+    /// Once the shim has finished, nothing of the container is left: no state dir, no
+    /// cgroup in any hierarchy, no control socket. (Waiters hear of the exit before the
+    /// shim deletes the container; `wait_shim_gone` waits for the delete.)
     pub fn assert_gone(&self) {
+        shim::wait_shim_gone(&self.job_dir, Duration::from_secs(60)).unwrap();
         let state_dir = self.state_root.join(&self.id);
         assert!(!state_dir.exists(), "libcontainer state {state_dir:?} left");
         let dirs = runtime::cgroup::existing_dirs(&self.id).unwrap();
