@@ -207,16 +207,25 @@ async fn descriptors_leaked_by_the_agent_are_not_kept_by_the_shim() {
     // The monitor is the re-executed binary (libcontainer's memory left behind), holding
     // exactly stdio, the control socket, two output pipes, the signalfd, the log and
     // shim.lock.
-    let environ = std::fs::read(format!("/proc/{shim}/environ")).unwrap();
-    assert!(
-        environ
-            .split(|&b| b == 0)
-            .any(|kv| kv.starts_with(b"FLYNN_SHIM_MONITOR=")),
-        "monitor was not re-executed; shim.log: {}",
-        f.shim_log()
-    );
-    // A control connection the shim has just answered may linger for an instant.
+    // (After a short grace period in which a quickly exiting container is finished
+    // without the exec.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let environ = std::fs::read(format!("/proc/{shim}/environ")).unwrap();
+        if environ
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"FLYNN_SHIM_MONITOR="))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "monitor was not re-executed; shim.log: {}",
+            f.shim_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // A control connection the shim has just answered may linger for an instant.
     loop {
         let fds = std::fs::read_dir(format!("/proc/{shim}/fd"))
             .unwrap()

@@ -13,7 +13,7 @@
 //! shim never opens `shim.lock` a second time.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::{JobFiles, ShimError};
+use super::{JobFiles, ShimError, sys};
 
 /// A whole-file write-lock request (or query) for `fcntl`.
 fn whole_file(kind: libc::c_int) -> libc::flock {
@@ -78,14 +78,6 @@ fn holder(file: &impl AsFd) -> Result<Option<i32>, Errno> {
     }
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = Errno::result(fd)?;
-    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Blocks until the shim of `job_dir` has exited, so that nothing it does can race the
 /// caller's own cleanup (unmounting the rootfs, [`crate::shim::cleanup`], removing the job
 /// directory). Returns at once when no shim holds the lock: finished, never started, or a
@@ -123,7 +115,11 @@ pub fn wait_shim_gone(job_dir: &Path, timeout: Duration) -> Result<(), ShimError
                 waited: timeout,
             });
         }
-        let pidfd = if pid > 0 { pidfd_open(pid).ok() } else { None };
+        let pidfd = if pid > 0 {
+            sys::pidfd_open(pid).ok()
+        } else {
+            None
+        };
         match pidfd {
             // The pid may have been reused between the query and pidfd_open: the pidfd
             // is only that of the shim if the shim still holds the lock now.

@@ -99,9 +99,21 @@ impl Handoff {
     }
 }
 
-/// Re-executes the shim binary into the monitoring phase, dropping libcontainer's memory;
-/// if that is impossible, monitors in this process instead.
+/// How long the creating process watches for init's exit before re-executing into the
+/// lean monitor. A container done by then is finished right here: the exec (a few
+/// milliseconds of loading and relocating the binary) would only delay its exit status.
+/// A longer-lived one has its first output read, and its first control requests
+/// answered, that much later (nothing is lost: the pipes and the socket's backlog hold
+/// them).
+const REEXEC_GRACE_MS: u16 = 20;
+
+/// Re-executes the shim binary into the monitoring phase, dropping libcontainer's memory,
+/// unless init exits within [`REEXEC_GRACE_MS`]; if the exec is impossible, monitors in
+/// this process instead.
 pub fn hand_over(files: &JobFiles, handoff: Handoff) -> i32 {
+    if exits_soon(handoff.init) {
+        return run(files, handoff);
+    }
     let err = reexec(&handoff, files.dir());
     diag(&format!(
         "cannot re-exec into the lean monitor ({err}); monitoring in-process"
@@ -117,6 +129,16 @@ pub fn hand_over(files: &JobFiles, handoff: Handoff) -> i32 {
     // A failed exec may already have reset SIGPIPE to its default (fatal) action.
     container::ignore_sigpipe();
     run(files, handoff)
+}
+
+/// Whether init, our child, ends within the grace period. Does not reap it: a pidfd turns
+/// readable when the process has exited.
+fn exits_soon(init: Pid) -> bool {
+    let Ok(pidfd) = sys::pidfd_open(init.as_raw()) else {
+        return false;
+    };
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(REEXEC_GRACE_MS)), Ok(n) if n > 0)
 }
 
 /// Only returns on failure.
@@ -476,10 +498,18 @@ impl Monitor {
                 client.waiting = true;
                 return;
             }
+            // Once reaped, init's pid may belong to someone else.
+            Ok(Request::Signal { .. }) if self.status.is_some() => {
+                error("the container has exited".into())
+            }
             Ok(Request::Signal { signal }) => signal_init(self.init, signal),
             Ok(Request::State) => Response::State(ShimState {
                 pid: self.init.as_raw(),
-                status: Status::Running,
+                status: if self.status.is_some() {
+                    Status::Stopped
+                } else {
+                    Status::Running
+                },
             }),
             Err(e) => error(format!(
                 "invalid request: {e}; send one JSON line such as {{\"op\":\"state\"}}, \
@@ -524,9 +554,15 @@ impl Monitor {
             diag(&e.to_string());
         }
 
-        // From here on, new clients find no socket and read exit.json instead; those
-        // still queued on the listener see it close.
+        // From here on, new clients find no socket and read exit.json instead. Those that
+        // connected while init was exiting, or before this process was listening, are
+        // served now (a wait is answered below) when their request has arrived; the rest
+        // see the connection close and read exit.json too.
         let _ = std::fs::remove_file(self.files.socket());
+        self.on_accept();
+        for i in 0..self.clients.len() {
+            self.on_client(i, PollFlags::empty());
+        }
         let Monitor {
             listener,
             clients,

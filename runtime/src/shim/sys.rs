@@ -1,6 +1,6 @@
 //! The few process-level syscalls the shim needs, each kept small.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
@@ -19,6 +19,15 @@ pub fn detach() -> Result<(), Errno> {
         ForkResult::Parent { .. } => std::process::exit(0),
         ForkResult::Child => Ok(()),
     }
+}
+
+/// A descriptor that becomes readable when process `pid` ends (Linux 5.3+).
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = Errno::result(fd)?;
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 pub fn pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
