@@ -5,13 +5,17 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 
+use std::path::{Path, PathBuf};
+
+use crate::daemon::config::DEFAULT_SOCKET;
 use crate::model::ErrorBody;
 
 pub type RequestBody = BoxBody<Bytes, std::io::Error>;
@@ -24,35 +28,46 @@ pub struct ApiFailure {
     pub message: String,
 }
 
-pub struct Client {
-    /// `host:port` to connect to.
-    authority: String,
+/// Where the daemon is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Endpoint {
+    /// `host:port`.
+    Tcp(String),
+    Unix(PathBuf),
 }
 
+pub struct Client {
+    endpoint: Endpoint,
+    token: Option<String>,
+}
+
+const DEFAULT_TCP: &str = "127.0.0.1:1113";
+const DEFAULT_TOKEN_FILE: &str = "/var/lib/flynn/token";
+
 impl Client {
-    /// `url` is `http://HOST:PORT` (the scheme may be left out).
-    pub fn new(url: &str) -> Result<Client> {
-        let rest = url.strip_prefix("http://").unwrap_or(url);
-        if rest.starts_with("https://") || rest.contains("://") {
-            return Err(anyhow!(
-                "unsupported daemon address {url:?}: use http://HOST:PORT"
-            ));
-        }
-        let authority = rest.trim_end_matches('/');
-        if authority.is_empty() || authority.contains('/') {
-            return Err(anyhow!(
-                "invalid daemon address {url:?}: use http://HOST:PORT"
-            ));
-        }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_string()
-        } else {
-            format!("{authority}:1113")
+    /// `host` is `http://HOST[:PORT]` or `unix:///PATH`; without one, the local root
+    /// socket if it exists, else TCP on 127.0.0.1:1113. `token` is sent on TCP;
+    /// without one, root on the daemon's host finds it in the default state dir.
+    pub fn from_options(host: Option<&str>, token: Option<&str>) -> Result<Client> {
+        let endpoint = match host {
+            Some(url) => parse_endpoint(url)?,
+            None if Path::new(DEFAULT_SOCKET).exists() => Endpoint::Unix(DEFAULT_SOCKET.into()),
+            None => Endpoint::Tcp(DEFAULT_TCP.to_string()),
         };
-        Ok(Client { authority })
+        let token = match token {
+            Some(t) => Some(t.trim().to_string()),
+            None => std::fs::read_to_string(DEFAULT_TOKEN_FILE)
+                .ok()
+                .map(|t| t.trim().to_string()),
+        };
+        Ok(Client { endpoint, token })
+    }
+
+    fn describe(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Tcp(authority) => format!("http://{authority}"),
+            Endpoint::Unix(path) => format!("unix://{}", path.display()),
+        }
     }
 
     pub async fn request(
@@ -62,23 +77,32 @@ impl Client {
         content_type: Option<&str>,
         body: RequestBody,
     ) -> Result<Response<Incoming>> {
-        let stream = TcpStream::connect(&self.authority).await.with_context(|| {
+        let unreachable = || {
             format!(
-                "cannot reach the flynn-host daemon at http://{}: is it running? (set --host or FLYNN_HOST)",
-                self.authority
+                "cannot reach the flynn-host daemon at {}: is it running? (set --host or FLYNN_HOST)",
+                self.describe()
             )
-        })?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("talking to the daemon")?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        };
+        let (mut sender, host) = match &self.endpoint {
+            Endpoint::Tcp(authority) => {
+                let stream = TcpStream::connect(authority)
+                    .await
+                    .with_context(unreachable)?;
+                let _ = stream.set_nodelay(true);
+                (handshake(stream).await?, authority.as_str())
+            }
+            Endpoint::Unix(path) => {
+                let stream = UnixStream::connect(path).await.with_context(unreachable)?;
+                (handshake(stream).await?, "localhost")
+            }
+        };
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, &self.authority);
+            .header(HOST, host);
+        if let (Endpoint::Tcp(_), Some(token)) = (&self.endpoint, &self.token) {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
         if let Some(ct) = content_type {
             builder = builder.header(CONTENT_TYPE, ct);
         }
@@ -129,6 +153,50 @@ impl Client {
     }
 }
 
+async fn handshake<S>(stream: S) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("talking to the daemon")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn parse_endpoint(url: &str) -> Result<Endpoint> {
+    if let Some(path) = url.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(anyhow!(
+                "invalid daemon address {url:?}: use unix:///ABSOLUTE/PATH"
+            ));
+        }
+        return Ok(Endpoint::Unix(PathBuf::from(path)));
+    }
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if rest.contains("://") {
+        return Err(anyhow!(
+            "unsupported daemon address {url:?}: use http://HOST:PORT or unix:///PATH"
+        ));
+    }
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(anyhow!(
+            "invalid daemon address {url:?}: use http://HOST:PORT"
+        ));
+    }
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    Ok(Endpoint::Tcp(if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:1113")
+    }))
+}
+
 pub fn full(data: Vec<u8>) -> RequestBody {
     Full::new(Bytes::from(data))
         .map_err(|never| match never {})
@@ -158,4 +226,28 @@ async fn failure(response: Response<Incoming>) -> ApiFailure {
 /// Percent-encodes a value for a path segment or query.
 pub fn encode(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:9").unwrap(),
+            Endpoint::Tcp("127.0.0.1:9".into())
+        );
+        assert_eq!(
+            parse_endpoint("10.0.0.5").unwrap(),
+            Endpoint::Tcp("10.0.0.5:1113".into())
+        );
+        assert_eq!(
+            parse_endpoint("unix:///run/flynn/host.sock").unwrap(),
+            Endpoint::Unix("/run/flynn/host.sock".into())
+        );
+        assert!(parse_endpoint("https://x").is_err());
+        assert!(parse_endpoint("unix://relative").is_err());
+        assert!(parse_endpoint("http://host/path").is_err());
+    }
 }

@@ -9,5 +9,6 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod host;
 pub mod jobs;
 pub mod model;

@@ -28,7 +28,7 @@ fn main() {
 }
 
 fn tokio_main(cli: cli::Cli) -> anyhow::Result<i32> {
-    let is_daemon = matches!(cli.command, cli::Command::Daemon { .. });
+    let is_daemon = matches!(cli.command, cli::Command::Daemon(_));
     let runtime = if is_daemon {
         tokio::runtime::Builder::new_multi_thread()
     } else {
@@ -38,9 +38,9 @@ fn tokio_main(cli: cli::Cli) -> anyhow::Result<i32> {
     .enable_all()
     .build()?;
     runtime.block_on(async move {
-        if let cli::Command::Daemon { state_dir, listen } = cli.command {
+        if let cli::Command::Daemon(args) = cli.command {
             init_tracing();
-            daemon::run(daemon::DaemonOptions { state_dir, listen }).await?;
+            daemon::run(args).await?;
             Ok(0)
         } else {
             cli::run(cli).await

@@ -72,6 +72,8 @@ pub enum JobState {
     Exited,
     /// Being removed; a restart finishes the removal.
     Removing,
+    /// Gone: only subscribers (waiters, log followers) ever see this, as the last value.
+    Removed,
 }
 
 impl JobState {
@@ -81,6 +83,7 @@ impl JobState {
             JobState::Running => "running",
             JobState::Exited => "exited",
             JobState::Removing => "removing",
+            JobState::Removed => "removed",
         }
     }
 }
@@ -190,4 +193,47 @@ pub struct ErrorBody {
 pub struct Version {
     pub version: String,
     pub api_version: String,
+}
+
+/// `GET /host/status`: what this host is and what it has, for operators and for
+/// the scheduler (capacity and what is already promised to jobs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// Stable across daemon restarts (kept in the state dir).
+    pub id: String,
+    pub version: String,
+    pub kernel: String,
+    pub cpus: u32,
+    pub memory: Capacity,
+    /// Space in the state dir's filesystem.
+    pub disk: Capacity,
+    /// "v2" (unified), "hybrid" (v1 controllers + a v2 mount) or "v1".
+    pub cgroup: String,
+    pub jobs: JobCounts,
+    /// Sum of the limits of running jobs (what the host has promised).
+    pub promised: Promised,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Capacity {
+    pub total: u64,
+    /// Memory: MemAvailable; disk: space available to the daemon.
+    pub free: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobCounts {
+    pub running: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Promised {
+    /// Bytes of memory limits.
+    pub memory: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    /// Running jobs that have no memory limit (so the promise is open-ended).
+    pub unlimited_memory_jobs: u64,
 }

@@ -136,7 +136,12 @@ fn responses_match_the_document() {
 
     // Events first, so the stream sees what follows.
     let mut events = TcpStream::connect(&d.addr).unwrap();
-    write!(events, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        events,
+        "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        d.token
+    )
+    .unwrap();
     events
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -148,6 +153,18 @@ fn responses_match_the_document() {
     }
 
     call(&d, &spec, "GET", "/version", "/version", None);
+    let (status, host) = call(&d, &spec, "GET", "/host/status", "/host/status", None);
+    assert_eq!(status, 200, "{host}");
+    // Without the token, every route answers 401 with a documented error.
+    let (status, text) = common::http(&d.addr, "GET", "/jobs", None, None);
+    assert_eq!(status, 401);
+    spec.check(
+        "GET",
+        "/jobs",
+        401,
+        "application/json",
+        &serde_json::from_str(&text).unwrap(),
+    );
     let busybox = fx.join("busybox-docker.tar");
     let (status, images) = call(
         &d,

@@ -41,6 +41,7 @@ fn run_echo_prints_and_exits_with_the_containers_code() {
     let child = std::process::Command::new(common::BIN)
         .args(["run", "--rm", "--name", "victim", "busybox", "sleep", "30"])
         .env("FLYNN_HOST", d.url())
+        .env("FLYNN_TOKEN", &d.token)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();

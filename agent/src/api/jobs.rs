@@ -10,7 +10,7 @@ use hyper::{Request, Response, StatusCode};
 use nix::sys::signal::Signal;
 
 use super::{ApiError, ApiState, Body, Query, empty, json, read_json, streaming};
-use crate::jobs::has_exited;
+use crate::jobs::{has_been_removed, has_exited};
 use crate::model::{ErrorBody, JobRequest};
 
 /// `stop` without `?t=`: Docker's default grace period.
@@ -97,13 +97,29 @@ pub async fn remove(
 
 /// Answers with headers at once, then the exit once the job has exited, so a
 /// client can subscribe before it starts the job and never miss the exit.
-pub fn wait(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {
+///
+/// `condition=removed` answers only once the job has exited and been removed
+/// (for auto-removed jobs; Docker's `wait --condition removed`).
+pub fn wait(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let done: fn(&crate::model::Job) -> bool = match Query::of(&req).get("condition") {
+        None | Some("exited" | "not-running") => has_exited,
+        Some("removed") => |j| has_exited(j) && has_been_removed(j),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid condition {other:?}: use exited or removed"
+            )));
+        }
+    };
     let handle = state.jobs.get(id)?;
     let mut rx = handle.subscribe();
     let (tx, response) = streaming("application/json");
     tokio::spawn(async move {
         let waited = tokio::select! {
-            waited = rx.wait_for(has_exited) => waited.map(|job| job.exit.clone()),
+            waited = rx.wait_for(done) => waited.map(|job| job.exit.clone()),
             // The client went away: stop waiting for it.
             _ = tx.closed() => return,
         };

@@ -1,8 +1,10 @@
 //! The HTTP API (JSON over HTTP/1.1, hyper). One route table; every route is
 //! described in `agent/openapi.json`, and the OpenAPI test holds responses to it.
 
+mod auth;
 mod error;
 mod events;
+mod host;
 mod images;
 mod jobs;
 mod logs;
@@ -23,7 +25,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,11 +48,34 @@ pub struct ApiState {
     pub events: broadcast::Sender<Event>,
     /// Where uploaded archives are received before import.
     pub tmp_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub host_id: String,
+    /// Required (as a bearer token) on TCP; the unix socket admits root only instead.
+    pub token: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    Tcp(SocketAddr),
+    /// A root process on the local unix socket (others are turned away at accept).
+    LocalRoot,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::LocalRoot => write!(f, "unix:root"),
+        }
+    }
 }
 
 /// Every route the server answers, as (method, OpenAPI path template).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/version"),
+    ("GET", "/host/status"),
     ("GET", "/jobs"),
     ("POST", "/jobs"),
     ("GET", "/jobs/{id}"),
@@ -65,41 +91,76 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/images/{ref}"),
 ];
 
-/// Serves the API on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
+/// Serves the API on TCP until the process ends; every request needs the token.
+pub async fn serve_tcp(listener: TcpListener, state: Arc<ApiState>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                // EMFILE and friends: back off a little instead of spinning.
-                tracing::warn!(error = %e, "accepting a connection");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                spawn_connection(stream, Peer::Tcp(peer), state.clone());
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-        });
+            Err(e) => accept_failed(e).await,
+        }
     }
 }
 
-async fn handle(state: Arc<ApiState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// Serves the API on the local unix socket: root only, no token.
+pub async fn serve_unix(listener: UnixListener, state: Arc<ApiState>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => match stream.peer_cred() {
+                Ok(cred) if cred.uid() == 0 => {
+                    spawn_connection(stream, Peer::LocalRoot, state.clone());
+                }
+                Ok(cred) => {
+                    tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a non-root client on the unix socket");
+                }
+                Err(e) => tracing::warn!(error = %e, "reading a unix client's credentials"),
+            },
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+async fn accept_failed(e: std::io::Error) {
+    // EMFILE and friends: back off a little instead of spinning.
+    tracing::warn!(error = %e, "accepting a connection");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+fn spawn_connection<S>(stream: S, peer: Peer, state: Arc<ApiState>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+        });
+        if let Err(e) = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    });
+}
+
+async fn handle(state: Arc<ApiState>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
-    let result = route(&state, req).await;
-    let response = result.unwrap_or_else(|e| e.into_response());
+    let authorized = match peer {
+        Peer::LocalRoot => true,
+        Peer::Tcp(_) => auth::has_token(&req, &state.token),
+    };
+    let response = if authorized {
+        route(&state, req)
+            .await
+            .unwrap_or_else(|e| e.into_response())
+    } else {
+        auth::unauthorized(&state.state_dir)
+    };
     tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
     response
 }
@@ -121,6 +182,7 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
                 api_version: "1".to_string(),
             },
         ),
+        (["host", "status"], Method::GET) => host::status(state),
         (["jobs"], Method::GET) => jobs::list(state, req).await,
         (["jobs"], Method::POST) => jobs::create(state, req).await,
         (["jobs", id], Method::GET) => jobs::inspect(state, id),
@@ -128,7 +190,7 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["jobs", id, "start"], Method::POST) => jobs::start(state, id).await,
         (["jobs", id, "stop"], Method::POST) => jobs::stop(state, id, req).await,
         (["jobs", id, "kill"], Method::POST) => jobs::kill(state, id, req).await,
-        (["jobs", id, "wait"], Method::GET) => jobs::wait(state, id),
+        (["jobs", id, "wait"], Method::GET) => jobs::wait(state, id, req),
         (["jobs", id, "logs"], Method::GET) => logs::logs(state, id, req).await,
         (["events"], Method::GET) => events::events(state),
         (["images"], Method::GET) => images::list(state).await,

@@ -65,7 +65,7 @@ fn status(job: &Job) -> String {
             let since = job.started_at.unwrap_or(job.created_at);
             format!("Up {}", duration((now - since).num_seconds()))
         }
-        JobState::Exited | JobState::Removing => match &job.exit {
+        JobState::Exited | JobState::Removing | JobState::Removed => match &job.exit {
             Some(exit) => {
                 let oom = if exit.oom_killed { " (OOM killed)" } else { "" };
                 let removing = if job.state == JobState::Removing {

@@ -1,11 +1,11 @@
 //! The command line: `flynn-host daemon` and the client commands that talk to it.
 
 mod format;
+mod host;
 mod images;
 mod jobs;
 mod run;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -21,14 +21,13 @@ use crate::client::Client;
     propagate_version = true
 )]
 pub struct Cli {
-    /// The daemon to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "FLYNN_HOST",
-        default_value = "http://127.0.0.1:1113"
-    )]
-    pub host: String,
+    /// The daemon: http://HOST:PORT or unix:///PATH [default: the local unix socket
+    /// /run/flynn/host.sock when it exists, else http://127.0.0.1:1113].
+    #[arg(long, global = true, env = "FLYNN_HOST")]
+    pub host: Option<String>,
+    /// API token for TCP [default: read from /var/lib/flynn/token when readable].
+    #[arg(long, global = true, env = "FLYNN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,14 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the host daemon (API, job supervisor, image store).
-    Daemon {
-        /// Where images, jobs and logs are kept.
-        #[arg(long, default_value = "/var/lib/flynn")]
-        state_dir: PathBuf,
-        /// Address of the HTTP API.
-        #[arg(long, default_value = "127.0.0.1:1113")]
-        listen: SocketAddr,
-    },
+    Daemon(crate::daemon::DaemonArgs),
     /// Import images from a `docker save` archive, an OCI layout directory, or an OCI archive.
     Import {
         path: PathBuf,
@@ -120,6 +112,12 @@ pub enum Command {
         #[arg(required = true)]
         jobs: Vec<String>,
     },
+    /// Show the host: id, version, kernel, CPUs, memory, disk, cgroups, jobs, promised resources.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the client and daemon versions.
     Version,
 }
@@ -136,9 +134,9 @@ pub struct ListArgs {
 
 /// Runs a client command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
-    let client = Client::new(&cli.host)?;
+    let client = Client::from_options(cli.host.as_deref(), cli.token.as_deref())?;
     match cli.command {
-        Command::Daemon { .. } => unreachable_daemon(),
+        Command::Daemon(_) => unreachable_daemon(),
         Command::Import { path, tag } => images::import(&client, &path, tag.as_deref()).await,
         Command::Images(list) => images::list(&client, &list).await,
         Command::Rmi { images } => images::remove(&client, &images).await,
@@ -156,6 +154,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Stop { time, jobs } => jobs::stop(&client, time, &jobs).await,
         Command::Kill { signal, jobs } => jobs::kill(&client, &signal, &jobs).await,
         Command::Rm { force, jobs } => jobs::rm(&client, force, &jobs).await,
+        Command::Status { json } => host::status(&client, json).await,
         Command::Version => jobs::version(&client).await,
     }
 }

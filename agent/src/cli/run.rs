@@ -118,8 +118,13 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         Err(e) => return Ok(report_start_failure(&e)),
     };
     let id = job.id.clone();
+    let condition = if args.rm { "removed" } else { "exited" };
     let wait = client
-        .send_json(Method::GET, &format!("/jobs/{id}/wait"), None::<&()>)
+        .send_json(
+            Method::GET,
+            &format!("/jobs/{id}/wait?condition={condition}"),
+            None::<&()>,
+        )
         .await?;
     let logs = client
         .send_json(

@@ -23,7 +23,7 @@ use tokio::sync::{RwLock, broadcast, watch};
 
 pub use error::JobError;
 
-use crate::model::{Event, ExitInfo, Job, JobRequest, JobState};
+use crate::model::{Event, ExitInfo, Job, JobCounts, JobRequest, JobState, Promised};
 
 /// How long `stop` and `rm -f` wait for a killed process to be reported gone.
 const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -126,6 +126,34 @@ impl JobManager {
             .collect();
         jobs.sort_by_key(|j| std::cmp::Reverse(j.created_at));
         jobs
+    }
+
+    /// How many jobs there are, and the sum of running jobs' limits.
+    pub fn usage(&self) -> (JobCounts, Promised) {
+        let jobs = self.lock_jobs();
+        let mut promised = Promised::default();
+        let mut running = 0;
+        for handle in jobs.values() {
+            let job = handle.record.borrow();
+            if job.state != JobState::Running {
+                continue;
+            }
+            running += 1;
+            let r = &job.config.resources;
+            match r.memory {
+                Some(m) => promised.memory += m.max(0) as u64,
+                None => promised.unlimited_memory_jobs += 1,
+            }
+            promised.cpus += r.cpus.unwrap_or(0.0);
+            promised.pids += r.pids_limit.unwrap_or(0).max(0) as u64;
+        }
+        (
+            JobCounts {
+                running,
+                total: jobs.len() as u64,
+            },
+            promised,
+        )
     }
 
     /// Finds a job by full id, unique id prefix, or name.
@@ -264,7 +292,7 @@ impl JobManager {
         match job.state {
             JobState::Created | JobState::Exited => {}
             JobState::Running => return Err(JobError::Running(job.id)),
-            JobState::Removing => return Err(JobError::Removing(job.id)),
+            JobState::Removing | JobState::Removed => return Err(JobError::Removing(job.id)),
         }
         match self.launch(&job).await {
             Ok(pid) => {
@@ -437,6 +465,8 @@ impl JobManager {
             .await
             .map_err(JobError::join)??;
         self.lock_jobs().remove(&handle.id);
+        // The record file is gone; subscribers still get the last word.
+        handle.record.send_modify(|j| j.state = JobState::Removed);
         self.emit("job", "remove", &handle.id, None);
         Ok(())
     }
@@ -460,7 +490,7 @@ impl JobManager {
                         tracing::error!(job = %job.id, error = %e, "finishing an interrupted removal");
                     }
                 }
-                JobState::Created | JobState::Exited => {}
+                JobState::Created | JobState::Exited | JobState::Removed => {}
             }
         }
     }
@@ -492,5 +522,14 @@ fn lost_exit(reason: &str) -> ExitInfo {
 /// True once the job has exited (or is being removed after exiting): what waiters
 /// and log followers wait for.
 pub fn has_exited(job: &Job) -> bool {
-    matches!(job.state, JobState::Exited | JobState::Removing) && job.exit.is_some()
+    matches!(
+        job.state,
+        JobState::Exited | JobState::Removing | JobState::Removed
+    ) && job.exit.is_some()
+}
+
+/// True once an exited job has been removed: what `run --rm` waits for, as
+/// `docker run --rm` returns only after the container is gone.
+pub fn has_been_removed(job: &Job) -> bool {
+    job.state == JobState::Removed
 }

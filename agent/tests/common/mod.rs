@@ -38,6 +38,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub state: tempfile::TempDir,
     pub addr: String,
+    /// The API token (read from the state dir once the daemon is up).
+    pub token: String,
     log: PathBuf,
 }
 
@@ -60,6 +62,7 @@ impl Daemon {
             log: state.path().join("daemon.log"),
             state,
             addr,
+            token: String::new(),
         };
         daemon.spawn();
         daemon
@@ -67,6 +70,10 @@ impl Daemon {
 
     pub fn state_dir(&self) -> &Path {
         self.state.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.state.path().join("host.sock")
     }
 
     /// Starts (or restarts) the daemon process on the same state dir and address.
@@ -80,6 +87,8 @@ impl Daemon {
             .args(["daemon", "--state-dir"])
             .arg(self.state.path())
             .args(["--listen", &self.addr])
+            .arg("--socket")
+            .arg(self.socket())
             .env("FLYNN_LOG", "debug")
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -95,6 +104,10 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.token = std::fs::read_to_string(self.state.path().join("token"))
+            .expect("the daemon wrote its token")
+            .trim()
+            .to_string();
     }
 
     pub fn kill9(&mut self) {
@@ -117,6 +130,7 @@ impl Daemon {
         Command::new(BIN)
             .args(args)
             .env("FLYNN_HOST", self.url())
+            .env("FLYNN_TOKEN", &self.token)
             .stdin(Stdio::null())
             .output()
             .expect("running flynn-host")
@@ -148,9 +162,9 @@ impl Daemon {
         all.remove(0)
     }
 
-    /// A raw HTTP/1.1 request; returns (status, body).
+    /// A raw HTTP/1.1 request with the token; returns (status, body).
     pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        http(&self.addr, method, path, body)
+        http(&self.addr, method, path, body, Some(&self.token))
     }
 
     /// Polls `inspect` until `pred` holds (for state the test itself caused).
@@ -208,14 +222,23 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connecting to the daemon");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("sending");

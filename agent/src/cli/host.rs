@@ -1,0 +1,56 @@
+//! `flynn-host status`.
+
+use anyhow::Result;
+use hyper::Method;
+
+use crate::client::Client;
+use crate::model::HostStatus;
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes >> 20)
+}
+
+pub async fn status(client: &Client, json: bool) -> Result<i32> {
+    let s: HostStatus = client
+        .call(Method::GET, "/host/status", None::<&()>)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(0);
+    }
+    let open = match s.promised.unlimited_memory_jobs {
+        0 => String::new(),
+        n => format!(" (+{n} job(s) without a memory limit)"),
+    };
+    println!("Host:      {}", s.id);
+    println!("Version:   {}", s.version);
+    println!("Kernel:    {}", s.kernel);
+    println!("CPUs:      {}", s.cpus);
+    println!(
+        "Memory:    {} total, {} free",
+        gib(s.memory.total),
+        gib(s.memory.free)
+    );
+    println!(
+        "Disk:      {} total, {} free (state dir)",
+        gib(s.disk.total),
+        gib(s.disk.free)
+    );
+    println!("cgroups:   {}", s.cgroup);
+    println!(
+        "Jobs:      {} running, {} total",
+        s.jobs.running, s.jobs.total
+    );
+    println!(
+        "Promised:  memory {}{open}, cpus {}, pids {}",
+        mib(s.promised.memory),
+        s.promised.cpus,
+        s.promised.pids
+    );
+    println!("Started:   {}", s.started_at.to_rfc3339());
+    Ok(0)
+}

@@ -1,0 +1,145 @@
+//! The daemon's configuration: command-line flags over an optional JSON file over
+//! defaults. The file is where an appliance (kernel command line, cloud user data)
+//! puts what it was given, e.g. the API token.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Deserialize;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/flynn";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1113";
+pub const DEFAULT_SOCKET: &str = "/run/flynn/host.sock";
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DaemonArgs {
+    /// A JSON file with any of: state_dir, listen, socket, token.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where images, jobs and logs are kept [default: /var/lib/flynn].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// TCP address of the HTTP API; requests need the token [default: 127.0.0.1:1113].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Unix socket of the HTTP API, for root only, no token [default: /run/flynn/host.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    socket: Option<PathBuf>,
+    token: Option<String>,
+}
+
+/// The settled configuration.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub socket: PathBuf,
+    /// The API token from the config file; otherwise it is `<state_dir>/token`.
+    pub token: Option<String>,
+}
+
+impl DaemonArgs {
+    pub fn resolve(&self) -> Result<DaemonConfig> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        if let Some(token) = &file.token {
+            validate_token(token).context("the token in the config file")?;
+        }
+        let listen = match self.listen.or(file.listen) {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN
+                .parse()
+                .context("parsing the default listen address")?,
+        };
+        Ok(DaemonConfig {
+            state_dir: self
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            listen,
+            socket: self
+                .socket
+                .clone()
+                .or(file.socket)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            token: file.token,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("the config file {} is not valid", path.display()))
+}
+
+/// Tokens travel in an HTTP header: printable ASCII, no spaces, long enough to guess hard.
+pub fn validate_token(token: &str) -> Result<()> {
+    if token.len() < 16 {
+        bail!("an API token must be at least 16 characters");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("an API token may hold only printable ASCII characters without spaces");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("host.json");
+        std::fs::write(
+            &file,
+            r#"{"state_dir": "/srv/flynn", "listen": "0.0.0.0:1113", "token": "0123456789abcdef0123"}"#,
+        )
+        .unwrap();
+        let args = DaemonArgs {
+            config: Some(file.clone()),
+            listen: Some("127.0.0.1:9".parse().unwrap()),
+            ..DaemonArgs::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.state_dir, PathBuf::from("/srv/flynn"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9");
+        assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(config.token.as_deref(), Some("0123456789abcdef0123"));
+
+        let defaults = DaemonArgs::default().resolve().unwrap();
+        assert_eq!(defaults.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(defaults.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("host.json");
+        std::fs::write(&file, r#"{"tokn": "x"}"#).unwrap();
+        let args = DaemonArgs {
+            config: Some(file.clone()),
+            ..DaemonArgs::default()
+        };
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(err.contains("tokn"), "{err}");
+        std::fs::write(&file, r#"{"token": "short"}"#).unwrap();
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(err.contains("16 characters"), "{err}");
+    }
+}
