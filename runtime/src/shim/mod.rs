@@ -7,9 +7,10 @@
 //! requests, reaps it, records how it ended and deletes it. The daemon can die and come
 //! back at any point; the shim does not depend on it after the handshake.
 //!
-//! After `start`, the shim re-executes itself (same argv, plus the handed-over descriptors
-//! in [`MONITOR_ENV`]) so that the supervising process carries none of libcontainer's
-//! memory. The container's init stays its child across exec.
+//! After `start`, unless init exits within a short grace period (then the shim finishes
+//! at once), the shim re-executes itself (same argv, plus the handed-over descriptors in
+//! [`MONITOR_ENV`]) so that the supervising process carries none of libcontainer's memory.
+//! The container's init stays its child across exec, and `shim.lock` stays locked.
 
 mod client;
 mod create;
