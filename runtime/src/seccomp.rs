@@ -23,7 +23,8 @@
 //! version, the architecture and the profile's JSON. Files are written to a unique temp
 //! name and renamed into place, so concurrent shims never see half a file; they are not
 //! fsynced: a file damaged by a crash (or anything else) fails the length, magic or hash
-//! check and is compiled and written again, never loaded.
+//! check and is compiled and written again, never loaded. The checks catch damage, not
+//! tampering: the directory is as trusted as the rest of the state root (root only).
 
 use std::collections::HashSet;
 use std::fs::File;

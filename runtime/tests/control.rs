@@ -209,23 +209,9 @@ async fn descriptors_leaked_by_the_agent_are_not_kept_by_the_shim() {
     // shim.lock.
     // (After a short grace period in which a quickly exiting container is finished
     // without the exec.)
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let environ = std::fs::read(format!("/proc/{shim}/environ")).unwrap();
-        if environ
-            .split(|&b| b == 0)
-            .any(|kv| kv.starts_with(b"FLYNN_SHIM_MONITOR="))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "monitor was not re-executed; shim.log: {}",
-            f.shim_log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    common::wait_for_monitor_exec(shim);
     // A control connection the shim has just answered may linger for an instant.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let fds = std::fs::read_dir(format!("/proc/{shim}/fd"))
             .unwrap()
@@ -282,7 +268,10 @@ async fn wait_shim_gone_waits_for_the_whole_shim() {
     let f = Fixture::new();
     let client = f.start(f.container(&["sleep", "1000"])).await;
     let shim = shim_pid(&f);
+    let err = wait_shim_gone(&f.job_dir, Duration::from_millis(1)).unwrap_err();
+    assert!(matches!(err, ShimError::StillRunning { .. }), "{err:?}");
     // The re-executed monitor still holds shim.lock.
+    common::wait_for_monitor_exec(shim);
     let err = wait_shim_gone(&f.job_dir, Duration::from_millis(50)).unwrap_err();
     assert!(matches!(err, ShimError::StillRunning { .. }), "{err:?}");
     client.signal(9).await.unwrap();

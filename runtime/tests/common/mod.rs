@@ -221,6 +221,26 @@ pub fn wait_until_dead(pid: i32) {
     }
 }
 
+/// Waits until shim `pid` has re-executed itself into the lean monitor (it does so
+/// after a short grace period when the container keeps running).
+pub fn wait_for_monitor_exec(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if environ
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(shim::MONITOR_ENV.as_bytes()))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shim {pid} never re-executed into the monitor"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 pub fn status_field(status: &str, field: &str) -> String {
     status
         .lines()
