@@ -34,6 +34,9 @@ pub struct JobRequest {
     /// Remove the job once it has exited (and its exit has been reported to waiters).
     #[serde(default)]
     pub auto_remove: bool,
+    /// Restart the job when it exits (not with auto_remove).
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_no")]
+    pub restart: RestartPolicy,
     /// Start at once (the default); `false` only records the job, for `POST /jobs/{id}/start`.
     #[serde(default = "default_true")]
     pub start: bool,
@@ -61,6 +64,39 @@ impl Resources {
     pub fn is_empty(&self) -> bool {
         *self == Resources::default()
     }
+}
+
+/// When a job that exited is started again, with the same id, rootfs and log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    pub policy: RestartPolicyName,
+    /// With on-failure: give up after this many restarts (0: never give up).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl RestartPolicy {
+    pub fn is_no(&self) -> bool {
+        self.policy == RestartPolicyName::No
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicyName {
+    #[default]
+    No,
+    /// When the exit code is not 0.
+    OnFailure,
+    /// Whenever it exits; a job stopped by `stop` stays stopped until the daemon restarts.
+    Always,
+    /// Whenever it exits, unless it was stopped by `stop` (also across daemon restarts).
+    UnlessStopped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +173,15 @@ pub struct Job {
     /// Why the last start failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How many times the restart policy has started the job again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_count: u32,
+    /// When the restart policy will start the exited job again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at: Option<DateTime<Utc>>,
+    /// Stopped by `stop`: the restart policy leaves it alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manually_stopped: bool,
     pub config: JobConfig,
 }
 
@@ -151,6 +196,8 @@ pub struct JobConfig {
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
     pub auto_remove: bool,
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_no")]
+    pub restart: RestartPolicy,
 }
 
 /// `POST /images/import` with a JSON body imports from a path on the daemon's host.

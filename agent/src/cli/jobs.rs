@@ -73,8 +73,13 @@ fn status(job: &Job) -> String {
                 } else {
                     ""
                 };
+                let verb = if job.restart_at.is_some() {
+                    "Restarting"
+                } else {
+                    "Exited"
+                };
                 format!(
-                    "Exited ({}){oom} {}{removing}",
+                    "{verb} ({}){oom} {}{removing}",
                     exit.exit_code,
                     ago(exit.finished_at)
                 )

@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::format::parse_size;
 use super::jobs::{print_log_stream, read_exit};
 use crate::client::{ApiFailure, Client, encode};
-use crate::model::{Job, JobRequest, Resources};
+use crate::model::{Job, JobRequest, Resources, RestartPolicy};
 
 /// `docker run`'s exit code when the run itself failed (not the command).
 const EXIT_RUN_FAILED: i32 = 125;
@@ -51,6 +51,9 @@ pub struct RunArgs {
     user: Option<String>,
     #[arg(long, short = 'h')]
     hostname: Option<String>,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped.
+    #[arg(long, value_parser = crate::jobs::restart::parse, default_value = "no")]
+    restart: RestartPolicy,
     /// Override the image's entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
@@ -90,6 +93,7 @@ impl RunArgs {
                 pids_limit: self.pids_limit,
             },
             auto_remove: self.rm,
+            restart: self.restart.clone(),
             start,
         }
     }

@@ -78,6 +78,7 @@ pub fn resolve(
         .unwrap_or_default();
     let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
     validate_resources(req)?;
+    super::restart::validate(&req.restart, req.auto_remove)?;
     Ok(JobConfig {
         args,
         env,
@@ -86,6 +87,7 @@ pub fn resolve(
         hostname,
         resources: req.resources.clone(),
         auto_remove: req.auto_remove,
+        restart: req.restart.clone(),
     })
 }
 

@@ -8,6 +8,7 @@
 mod config;
 mod error;
 mod record;
+pub mod restart;
 
 pub use record::new_id;
 
@@ -34,9 +35,23 @@ pub struct JobHandle {
     record: watch::Sender<Job>,
     /// Serialises start / stop / remove of this job.
     op: tokio::sync::Mutex<()>,
+    backoff: Mutex<restart::Backoff>,
 }
 
 impl JobHandle {
+    fn new(job: Job) -> Arc<JobHandle> {
+        Arc::new(JobHandle {
+            id: job.id.clone(),
+            record: watch::Sender::new(job),
+            op: tokio::sync::Mutex::new(()),
+            backoff: Mutex::new(restart::Backoff::default()),
+        })
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, restart::Backoff> {
+        self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn snapshot(&self) -> Job {
         self.record.borrow().clone()
     }
@@ -240,13 +255,12 @@ impl JobManager {
                 started_at: None,
                 exit: None,
                 error: None,
+                restart_count: 0,
+                restart_at: None,
+                manually_stopped: false,
                 config,
             };
-            let handle = Arc::new(JobHandle {
-                id: id.clone(),
-                record: watch::Sender::new(job.clone()),
-                op: tokio::sync::Mutex::new(()),
-            });
+            let handle = JobHandle::new(job.clone());
             {
                 let mut jobs = self.lock_jobs();
                 if let Some(name) = &req.name
@@ -286,8 +300,18 @@ impl JobManager {
         Ok(job)
     }
 
+    /// Starts a created or exited job (by hand: this clears a stop and a pending restart).
     pub async fn start(self: &Arc<Self>, handle: &Arc<JobHandle>) -> Result<Job, JobError> {
         let _op = handle.op.lock().await;
+        handle.backoff().reset();
+        self.start_locked(handle, false).await
+    }
+
+    async fn start_locked(
+        self: &Arc<Self>,
+        handle: &Arc<JobHandle>,
+        by_policy: bool,
+    ) -> Result<Job, JobError> {
         let job = handle.snapshot();
         match job.state {
             JobState::Created | JobState::Exited => {}
@@ -302,6 +326,11 @@ impl JobManager {
                     j.started_at = Some(Utc::now());
                     j.exit = None;
                     j.error = None;
+                    j.restart_at = None;
+                    j.manually_stopped = false;
+                    if by_policy {
+                        j.restart_count += 1;
+                    }
                 })?;
                 self.emit("job", "start", &job.id, Some(job.clone()));
                 self.monitor(handle.clone());
@@ -309,10 +338,46 @@ impl JobManager {
             }
             Err(e) => {
                 let message = e.to_string();
-                self.update(handle, |j| j.error = Some(message))?;
+                self.update(handle, |j| {
+                    j.error = Some(message);
+                    j.restart_at = None;
+                })?;
                 Err(e)
             }
         }
+    }
+
+    /// After `delay`, starts the job again if nothing changed its mind meanwhile
+    /// (a stop, a removal, a start by hand).
+    fn schedule_restart(self: &Arc<Self>, handle: Arc<JobHandle>, delay: Duration) {
+        let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        if let Err(e) = self.update(&handle, |j| j.restart_at = Some(at)) {
+            tracing::error!(job = %handle.id, error = %e, "recording a pending restart");
+        }
+        let manager = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _op = handle.op.lock().await;
+            let job = handle.snapshot();
+            if job.state != JobState::Exited || job.restart_at.is_none() {
+                return;
+            }
+            tracing::info!(job = %job.id, attempt = job.restart_count + 1, "restarting (restart policy)");
+            if let Err(e) = manager.start_locked(&handle, true).await {
+                tracing::warn!(job = %job.id, error = %e, "restart failed; trying again later");
+                // A start that fails counts as a quick exit: back off and retry.
+                let mut retry = handle.snapshot();
+                retry.restart_count += 1;
+                if let Err(e) = manager.update(&handle, |j| j.restart_count = retry.restart_count) {
+                    tracing::error!(job = %job.id, error = %e, "recording a failed restart");
+                }
+                if restart::should_restart(&retry) {
+                    let delay = handle.backoff().after_run(Duration::ZERO);
+                    drop(_op);
+                    manager.schedule_restart(handle.clone(), delay);
+                }
+            }
+        });
     }
 
     /// Mounts the rootfs and brings the container up through a shim. On error
@@ -396,10 +461,19 @@ impl JobManager {
                 tracing::warn!(job = %handle.id, error = %e, "unmounting the rootfs of an exited job");
             }
         }
-        if job.config.auto_remove
-            && let Err(e) = self.remove(handle, false).await
-        {
-            tracing::error!(job = %handle.id, error = %e, "auto-removing an exited job");
+        if job.config.auto_remove {
+            if let Err(e) = self.remove(handle, false).await {
+                tracing::error!(job = %handle.id, error = %e, "auto-removing an exited job");
+            }
+        } else if restart::should_restart(&job) {
+            let ran = match (job.started_at, &job.exit) {
+                (Some(start), Some(exit)) => {
+                    (exit.finished_at - start).to_std().unwrap_or_default()
+                }
+                _ => Duration::ZERO,
+            };
+            let delay = handle.backoff().after_run(ran);
+            self.schedule_restart(handle.clone(), delay);
         }
     }
 
@@ -417,6 +491,11 @@ impl JobManager {
     /// SIGTERM, then SIGKILL after `grace`; returns the job once it has exited.
     pub async fn stop(&self, handle: &Arc<JobHandle>, grace: Duration) -> Result<Job, JobError> {
         let _op = handle.op.lock().await;
+        // Recorded first, so the exit this causes is not restarted by the policy.
+        self.update(handle, |j| {
+            j.manually_stopped = true;
+            j.restart_at = None;
+        })?;
         self.stop_locked(handle, grace).await
     }
 
@@ -477,11 +556,7 @@ impl JobManager {
     async fn recover(self: &Arc<Self>) {
         let records = record::load_all(&self.paths.jobs);
         for job in records {
-            let handle = Arc::new(JobHandle {
-                id: job.id.clone(),
-                record: watch::Sender::new(job.clone()),
-                op: tokio::sync::Mutex::new(()),
-            });
+            let handle = JobHandle::new(job.clone());
             self.lock_jobs().insert(job.id.clone(), handle.clone());
             match job.state {
                 JobState::Running => self.monitor(handle),
@@ -490,7 +565,18 @@ impl JobManager {
                         tracing::error!(job = %job.id, error = %e, "finishing an interrupted removal");
                     }
                 }
-                JobState::Created | JobState::Exited | JobState::Removed => {}
+                JobState::Exited => {
+                    let policy = job.config.restart.policy;
+                    // Docker's rule: `always` comes back with the daemon even after a stop.
+                    let always = policy == crate::model::RestartPolicyName::Always;
+                    if always && job.manually_stopped {
+                        let _ = self.update(&handle, |j| j.manually_stopped = false);
+                    }
+                    if job.restart_at.is_some() || (always && !job.config.auto_remove) {
+                        self.schedule_restart(handle, Duration::ZERO);
+                    }
+                }
+                JobState::Created | JobState::Removed => {}
             }
         }
     }

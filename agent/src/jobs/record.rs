@@ -12,6 +12,9 @@ use crate::model::Job;
 pub const RECORD_FILE: &str = "job.json";
 pub const LOG_FILE: &str = "log.json";
 
+/// How long removal waits for an exited job's shim to finish its own cleanup.
+const SHIM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// 128 random bits as 32 hex characters.
 pub fn new_id() -> Result<String, JobError> {
     let mut bytes = [0u8; 16];
@@ -101,6 +104,10 @@ pub fn unmount_rootfs(dir: &Path) -> Result<(), JobError> {
 
 /// Removes everything a job left: mount, container state and cgroups, directory.
 pub fn destroy(dir: &Path, containers: &Path, id: &str) -> Result<(), JobError> {
+    // The shim deletes its container after reporting the exit: let it finish first.
+    if let Err(e) = runtime::shim::wait_shim_gone(dir, SHIM_EXIT_GRACE) {
+        tracing::warn!(job = id, error = %e, "the shim is still there; cleaning up anyway");
+    }
     unmount_rootfs(dir)?;
     runtime::shim::cleanup(containers, id)?;
     match fs::remove_dir_all(dir) {

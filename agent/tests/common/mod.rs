@@ -288,3 +288,81 @@ pub fn http(
     }
     (status, String::from_utf8_lossy(&data).into_owned())
 }
+
+/// A subscription to `GET /events`, collected by a thread.
+pub struct Events {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Events {
+    /// Subscribes and returns once the daemon says the subscription is live.
+    pub fn subscribe(d: &Daemon) -> Events {
+        let mut stream = TcpStream::connect(&d.addr).expect("connecting for events");
+        write!(
+            stream,
+            "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            d.token
+        )
+        .expect("requesting events");
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while !line.starts_with(": subscribed") {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("the event stream ended before it was live");
+            }
+        }
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if let Some(data) = line.strip_prefix("data: ")
+                    && let Ok(event) = serde_json::from_str(data.trim())
+                {
+                    sink.lock().unwrap().push(event);
+                }
+            }
+        });
+        Events { seen }
+    }
+
+    /// Events so far for job `id` with `action`.
+    pub fn of(&self, id: &str, action: &str) -> Vec<serde_json::Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["id"] == id && e["action"] == action)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `n` events for `id` with `action` have been seen.
+    pub fn wait_for(
+        &self,
+        id: &str,
+        action: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.of(id, action);
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "saw {} of {n} {action} events for {id}",
+                found.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
