@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod failpoint;
 pub mod host;
 pub mod jobs;
 pub mod model;

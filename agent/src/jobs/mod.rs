@@ -280,6 +280,7 @@ impl JobManager {
             }
             handle
         };
+        crate::failpoint::hit("create.recorded");
         self.emit("job", "create", &handle.id, Some(handle.snapshot()));
         if req.start
             && let Err(e) = self.start(&handle).await
@@ -395,6 +396,7 @@ impl JobManager {
         })
         .await
         .map_err(JobError::join)??;
+        crate::failpoint::hit("start.mounted");
 
         let shim_config = runtime::shim::ShimConfig {
             container: config::container_config(job, &rootfs),
@@ -403,7 +405,10 @@ impl JobManager {
         };
         let started = async {
             let created = runtime::shim::spawn(&self.exe, &dir, &shim_config).await?;
-            created.start().await
+            crate::failpoint::hit("start.created");
+            let pid = created.start().await?;
+            crate::failpoint::hit("start.started");
+            Ok::<_, runtime::shim::ShimError>(pid)
         }
         .await;
         match started {
@@ -433,6 +438,7 @@ impl JobManager {
                     _ => lost_exit(&e.to_string()),
                 },
             };
+            crate::failpoint::hit("exit.received");
             manager.finish(&handle, exit).await;
         });
     }
@@ -537,6 +543,7 @@ impl JobManager {
             self.stop_locked(handle, Duration::ZERO).await?;
         }
         self.update(handle, |j| j.state = JobState::Removing)?;
+        crate::failpoint::hit("rm.marked");
         let dir = self.paths.job_dir(&handle.id);
         let containers = self.paths.containers.clone();
         let id = handle.id.clone();
@@ -565,7 +572,9 @@ impl JobManager {
                         tracing::error!(job = %job.id, error = %e, "finishing an interrupted removal");
                     }
                 }
+                JobState::Created | JobState::Exited if self.adopt_if_running(&handle).await => {}
                 JobState::Exited => {
+                    self.clear_leftovers(&job.id).await;
                     let policy = job.config.restart.policy;
                     // Docker's rule: `always` comes back with the daemon even after a stop.
                     let always = policy == crate::model::RestartPolicyName::Always;
@@ -576,8 +585,57 @@ impl JobManager {
                         self.schedule_restart(handle, Duration::ZERO);
                     }
                 }
-                JobState::Created | JobState::Removed => {}
+                JobState::Created => self.clear_leftovers(&job.id).await,
+                JobState::Removed => {}
             }
+        }
+    }
+
+    /// A daemon killed between starting a container and recording it leaves a
+    /// running shim under a created/exited record: take it over as running.
+    async fn adopt_if_running(self: &Arc<Self>, handle: &Arc<JobHandle>) -> bool {
+        let dir = self.paths.job_dir(&handle.id);
+        let Ok(client) = runtime::shim::ShimClient::connect(&dir).await else {
+            return false;
+        };
+        let Ok(state) = client.state().await else {
+            return false;
+        };
+        if state.status != runtime::shim::Status::Running {
+            return false;
+        }
+        tracing::warn!(job = %handle.id, pid = state.pid, "found the job running under a record that says otherwise; adopting it");
+        if let Err(e) = self.update(handle, |j| {
+            j.state = JobState::Running;
+            j.pid = Some(state.pid);
+            j.started_at.get_or_insert_with(Utc::now);
+            j.exit = None;
+        }) {
+            tracing::error!(job = %handle.id, error = %e, "recording an adopted job");
+        }
+        self.monitor(handle.clone());
+        true
+    }
+
+    /// For a job that is not running: a rootfs still mounted, or container state
+    /// left by a start the daemon did not see through, is removed.
+    async fn clear_leftovers(&self, id: &str) {
+        let dir = self.paths.job_dir(id);
+        let containers = self.paths.containers.clone();
+        let id = id.to_string();
+        let result = tokio::task::spawn_blocking(move || {
+            if let Err(e) = runtime::shim::wait_shim_gone(&dir, Duration::from_secs(10)) {
+                tracing::warn!(job = %id, error = %e, "a shim is still running for a stopped job");
+            }
+            record::unmount_rootfs(&dir)?;
+            runtime::shim::cleanup(&containers, &id)?;
+            Ok::<_, JobError>(())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "clearing what a stopped job left"),
+            Err(e) => tracing::warn!(error = %e, "clearing what a stopped job left"),
         }
     }
 

@@ -30,6 +30,7 @@ pub fn create_dir(dir: &Path, job: &Job) -> Result<(), JobError> {
     fs::create_dir_all(dir).map_err(|e| JobError::io(dir, e))?;
     let log = dir.join(LOG_FILE);
     fs::File::create(&log).map_err(|e| JobError::io(&log, e))?;
+    crate::failpoint::hit("create.dir");
     save(dir, job)
 }
 
@@ -109,7 +110,9 @@ pub fn destroy(dir: &Path, containers: &Path, id: &str) -> Result<(), JobError> 
         tracing::warn!(job = id, error = %e, "the shim is still there; cleaning up anyway");
     }
     unmount_rootfs(dir)?;
+    crate::failpoint::hit("rm.unmounted");
     runtime::shim::cleanup(containers, id)?;
+    crate::failpoint::hit("rm.cleaned");
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

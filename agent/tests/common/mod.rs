@@ -78,6 +78,11 @@ impl Daemon {
 
     /// Starts (or restarts) the daemon process on the same state dir and address.
     pub fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// `spawn`, with more environment for the daemon (e.g. FLYNN_FAILPOINTS).
+    pub fn spawn_with(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -90,6 +95,7 @@ impl Daemon {
             .arg("--socket")
             .arg(self.socket())
             .env("FLYNN_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
@@ -114,6 +120,24 @@ impl Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Waits for the daemon to die by itself (a failpoint); panics after 20 s.
+    pub fn wait_dead(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not die at its failpoint"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
