@@ -166,6 +166,68 @@ pub fn cleanup(state_root: &Path, id: &str) -> Result<(), RuntimeError> {
     }
 }
 
+/// Deletes a container whose init has exited and been reaped: the kernel killed every
+/// other process of its PID namespace before that, so its cgroups are empty and only
+/// need `rmdir`, and its state dir only needs removing. That skips libcontainer's
+/// delete, whose cgroup manager parses the mount table once per controller (milliseconds
+/// on the path to the shim's exit, which `run --rm` waits for). Anything unexpected (a
+/// cgroup still busy, say, because a process was moved into it from outside) falls back
+/// to [`cleanup`], which kills and retries.
+pub fn delete_exited(state_root: &Path, id: &str) -> Result<(), RuntimeError> {
+    if !is_valid_id(id) {
+        return Err(RuntimeError::Id(id.to_owned()));
+    }
+    match delete_empty(&state_root.join(id), id) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::debug!(id, error = %e, "quick delete failed; deleting through libcontainer");
+            cleanup(state_root, id)
+        }
+    }
+}
+
+fn delete_empty(dir: &Path, id: &str) -> Result<(), RuntimeError> {
+    let cgroup_err = |detail: String| RuntimeError::Cgroup {
+        id: id.to_owned(),
+        detail,
+    };
+    // The same lock as `cleanup`'s, so that the two never delete at the same time.
+    let _guard =
+        match std::fs::File::open(dir) {
+            Ok(handle) => Some(Flock::lock(handle, FlockArg::LockExclusive).map_err(
+                |(_, e)| RuntimeError::StateDir {
+                    path: dir.to_owned(),
+                    source: e.into(),
+                },
+            )?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(RuntimeError::StateDir {
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
+        };
+    // Cgroups first, as libcontainer does: a crash in between leaves the state dir, by
+    // which a later cleanup still finds the container.
+    let dirs = cgroup::existing_dirs(id).map_err(|e| cgroup_err(e.to_string()))?;
+    for cg in dirs {
+        match std::fs::remove_dir(&cg) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(cgroup_err(format!("cannot remove {cg:?}: {e}")));
+            }
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::StateDir {
+            path: dir.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn is_gone(dir: &Path, id: &str) -> bool {
     !dir.exists() && cgroup::existing_dirs(id).is_ok_and(|d| d.is_empty())
 }

@@ -328,3 +328,26 @@ async fn cleanup_while_the_shim_deletes_is_safe() {
     cleaner.await.unwrap();
     f.assert_gone();
 }
+
+#[tokio::test]
+async fn a_process_moved_into_the_cgroup_does_not_outlive_the_delete() {
+    // The shim deletes an exited container with plain rmdirs; a cgroup that is still busy
+    // (a process put there from outside the container) takes the full delete, which kills.
+    let f = Fixture::new();
+    let client = f.start(f.container(&["sleep", "1000"])).await;
+    let mut stray = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        f.cgroup_file("pids", "cgroup.procs"),
+        stray.id().to_string(),
+    )
+    .unwrap();
+    client.signal(9).await.unwrap();
+    assert_eq!(client.wait().await.unwrap().signal, Some(9));
+    f.assert_gone();
+    let status = stray.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+}

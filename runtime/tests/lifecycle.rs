@@ -261,3 +261,18 @@ async fn config_json_shows_the_profile_the_bundle_does_not() {
     stripped["linux"].as_object_mut().unwrap().remove("seccomp");
     assert_eq!(stripped, bundle);
 }
+
+#[tokio::test]
+async fn a_job_can_start_again_as_soon_as_its_exit_is_known() {
+    // The agent may start a job again the moment it hears of the exit, while the previous
+    // shim is still deleting the container (same id, same job dir): the new shim waits
+    // for the old one to finish.
+    let f = Fixture::new();
+    for round in 0..3 {
+        let client = f.start(f.container(&["sh", "-c", "echo run"])).await;
+        let status = client.wait().await.unwrap();
+        assert_eq!(status.code, Some(0), "round {round}: {}", f.shim_log());
+    }
+    f.assert_gone();
+    assert_eq!(f.stdout(), "run\nrun\nrun\n");
+}

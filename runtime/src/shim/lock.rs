@@ -36,8 +36,15 @@ fn whole_file(kind: libc::c_int) -> libc::flock {
     lock
 }
 
+/// How long a new shim waits for the previous shim of the same job to finish: it may
+/// still be deleting its container when the agent restarts the job (the exit is known
+/// before the delete). Normally milliseconds; beyond this, the other shim is taken to be
+/// alive and serving another container.
+const PREVIOUS_SHIM_WAIT: Duration = Duration::from_secs(5);
+
 /// Creates (if needed) and locks `shim.lock` for this process; the descriptor must stay
-/// open for the rest of its life. Fails, naming the holder, if another shim holds it.
+/// open for the rest of its life. Waits a while for a previous shim of the job to finish;
+/// fails, naming the holder, if one still holds the lock after that.
 pub(super) fn acquire(files: &JobFiles) -> Result<OwnedFd, String> {
     let path = files.shim_lock();
     let file = OpenOptions::new()
@@ -48,21 +55,33 @@ pub(super) fn acquire(files: &JobFiles) -> Result<OwnedFd, String> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| format!("cannot open {path:?}: {e}"))?;
-    match fcntl(
-        file.as_raw_fd(),
-        FcntlArg::F_SETLK(&whole_file(libc::F_WRLCK)),
-    ) {
-        Ok(_) => Ok(file.into()),
-        Err(Errno::EAGAIN | Errno::EACCES) => Err(format!(
-            "another shim (pid {}) is already running for {:?}: each job needs its own \
-             directory",
-            holder(&file)
-                .ok()
-                .flatten()
-                .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
-            files.dir()
-        )),
-        Err(e) => Err(format!("cannot lock {path:?}: {e}")),
+    let deadline = Instant::now() + PREVIOUS_SHIM_WAIT;
+    loop {
+        match fcntl(
+            file.as_raw_fd(),
+            FcntlArg::F_SETLK(&whole_file(libc::F_WRLCK)),
+        ) {
+            Ok(_) => return Ok(file.into()),
+            Err(Errno::EAGAIN | Errno::EACCES) => {}
+            Err(e) => return Err(format!("cannot lock {path:?}: {e}")),
+        }
+        match wait_unlocked(&file, deadline) {
+            Ok(Wait::Unlocked) => {}
+            Ok(Wait::TimedOut(pid)) => {
+                let pid = if pid > 0 {
+                    pid.to_string()
+                } else {
+                    "unknown".to_owned()
+                };
+                return Err(format!(
+                    "another shim (pid {pid}) is still running for {:?} after {:?}: each \
+                     job needs its own directory",
+                    files.dir(),
+                    PREVIOUS_SHIM_WAIT
+                ));
+            }
+            Err(e) => return Err(format!("cannot query the lock on {path:?}: {e}")),
+        }
     }
 }
 
@@ -78,12 +97,59 @@ fn holder(file: &impl AsFd) -> Result<Option<i32>, Errno> {
     }
 }
 
+enum Wait {
+    Unlocked,
+    /// Still held at the deadline, by this pid (0: not visible from here).
+    TimedOut(i32),
+}
+
+/// Waits until no process holds a lock on `file`, or until `deadline`. Sleeps on a pidfd
+/// of the holder (no polling) where pidfds exist and the holder is visible.
+fn wait_unlocked(file: &File, deadline: Instant) -> Result<Wait, Errno> {
+    let mut nap = Duration::from_micros(200);
+    loop {
+        let Some(pid) = holder(file)? else {
+            return Ok(Wait::Unlocked);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Wait::TimedOut(pid));
+        }
+        let pidfd = if pid > 0 {
+            sys::pidfd_open(pid).ok()
+        } else {
+            None
+        };
+        match pidfd {
+            // The pid may have been reused between the query and pidfd_open: the pidfd
+            // is only that of the holder if it still holds the lock now.
+            Some(pidfd) if holder(file)? == Some(pid) => {
+                let ms = left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32;
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                match poll(
+                    &mut fds,
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+                ) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(_) => {}
+            // No pidfds (before Linux 5.3) or a holder we cannot see: look again shortly.
+            None => {
+                std::thread::sleep(nap.min(left));
+                nap = (nap * 2).min(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// Blocks until the shim of `job_dir` has exited, so that nothing it does can race the
 /// caller's own cleanup (unmounting the rootfs, [`crate::shim::cleanup`], removing the job
-/// directory). Returns at once when no shim holds the lock: finished, never started, or a
-/// shim from before this lock existed. Only meaningful once the shim has reported
-/// `created` (it takes the lock before that). Blocking: call it from a blocking context
-/// (`tokio::task::spawn_blocking`).
+/// directory, starting the job again). Returns at once when no shim holds the lock:
+/// finished, never started, or a shim from before this lock existed. Only meaningful once
+/// the shim has reported `created` (it takes the lock before that). Blocking: call it from
+/// a blocking context (`tokio::task::spawn_blocking`).
 pub fn wait_shim_gone(job_dir: &Path, timeout: Duration) -> Result<(), ShimError> {
     let path = JobFiles::new(job_dir).shim_lock();
     let file = match File::open(&path) {
@@ -96,55 +162,15 @@ pub fn wait_shim_gone(job_dir: &Path, timeout: Duration) -> Result<(), ShimError
             });
         }
     };
-    let query = |file: &File| {
-        holder(file).map_err(|e| ShimError::Io {
-            what: format!("querying the lock on {path:?}"),
+    match wait_unlocked(&file, Instant::now() + timeout) {
+        Ok(Wait::Unlocked) => Ok(()),
+        Ok(Wait::TimedOut(_)) => Err(ShimError::StillRunning {
+            dir: job_dir.to_owned(),
+            waited: timeout,
+        }),
+        Err(e) => Err(ShimError::Io {
+            what: format!("waiting for the shim holding {path:?}"),
             source: e.into(),
-        })
-    };
-    let deadline = Instant::now() + timeout;
-    let mut nap = Duration::from_micros(200);
-    loop {
-        let Some(pid) = query(&file)? else {
-            return Ok(());
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ShimError::StillRunning {
-                dir: job_dir.to_owned(),
-                waited: timeout,
-            });
-        }
-        let pidfd = if pid > 0 {
-            sys::pidfd_open(pid).ok()
-        } else {
-            None
-        };
-        match pidfd {
-            // The pid may have been reused between the query and pidfd_open: the pidfd
-            // is only that of the shim if the shim still holds the lock now.
-            Some(pidfd) if query(&file)? == Some(pid) => {
-                let ms = left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32;
-                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-                match poll(
-                    &mut fds,
-                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-                ) {
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => {
-                        return Err(ShimError::Io {
-                            what: format!("waiting for the shim (pid {pid}) to exit"),
-                            source: e.into(),
-                        });
-                    }
-                }
-            }
-            Some(_) => {}
-            // No pidfds (before Linux 5.3) or a holder we cannot see: look again shortly.
-            None => {
-                std::thread::sleep(nap.min(left));
-                nap = (nap * 2).min(Duration::from_millis(20));
-            }
-        }
+        }),
     }
 }

@@ -579,12 +579,12 @@ impl Monitor {
 
         // The waiters know; the agent tells the delete is over by shim.lock, held until
         // this process ends.
-        if let Err(e) = container::cleanup(&cfg.state_root, &id) {
+        if let Err(e) = container::delete_exited(&cfg.state_root, &id) {
             diag(&error_chain(&e));
-        }
-        match cgroup::existing_dirs(&id) {
-            Ok(left) if !left.is_empty() => diag(&format!("cgroups left behind: {left:?}")),
-            _ => {}
+            match cgroup::existing_dirs(&id) {
+                Ok(left) if !left.is_empty() => diag(&format!("cgroups left behind: {left:?}")),
+                _ => {}
+            }
         }
         drop(_lock);
         0
