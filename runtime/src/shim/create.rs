@@ -11,7 +11,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::{Mode, umask};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
-
 use oci_spec::runtime::Spec;
 
 use super::monitor::{self, Handoff};
