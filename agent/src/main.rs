@@ -17,7 +17,15 @@ fn main() {
     }
 
     let cli = cli::Cli::parse();
-    let code = match tokio_main(cli) {
+    // Sockets handed over by a daemon upgrading in place; read before any thread.
+    let inherited = match daemon::upgrade::take_from_env() {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            eprintln!("flynn-host: error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let code = match tokio_main(cli, inherited) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flynn-host: error: {e:#}");
@@ -27,7 +35,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn tokio_main(cli: cli::Cli) -> anyhow::Result<i32> {
+fn tokio_main(cli: cli::Cli, inherited: Option<daemon::upgrade::Inherited>) -> anyhow::Result<i32> {
     let is_daemon = matches!(cli.command, cli::Command::Daemon(_));
     let runtime = if is_daemon {
         tokio::runtime::Builder::new_multi_thread()
@@ -40,7 +48,7 @@ fn tokio_main(cli: cli::Cli) -> anyhow::Result<i32> {
     runtime.block_on(async move {
         if let cli::Command::Daemon(args) = cli.command {
             init_tracing();
-            daemon::run(args).await?;
+            daemon::run(args, inherited).await?;
             Ok(0)
         } else {
             cli::run(cli).await

@@ -13,8 +13,10 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 
 pub fn events(state: &ApiState) -> Result<Response<Body>, ApiError> {
     let mut rx = state.events.subscribe();
+    let drained = state.drained();
     let (tx, response) = streaming("text/event-stream");
     tokio::spawn(async move {
+        tokio::pin!(drained);
         // Tells the client the subscription is live: events after this line are seen.
         if tx
             .send(Bytes::from_static(b": subscribed\n\n"))
@@ -35,6 +37,11 @@ pub fn events(state: &ApiState) -> Result<Response<Body>, ApiError> {
                 },
                 _ = tokio::time::sleep(KEEPALIVE) => ": keepalive\n\n".to_string(),
                 _ = tx.closed() => return,
+                // Handing over to a new daemon: the client reconnects to it.
+                _ = &mut drained => {
+                    tx.abort().await;
+                    return;
+                }
             };
             if tx.send(Bytes::from(frame)).await.is_err() {
                 return;

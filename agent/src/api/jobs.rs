@@ -10,7 +10,7 @@ use hyper::{Request, Response, StatusCode};
 use nix::sys::signal::Signal;
 
 use super::{ApiError, ApiState, Body, Query, empty, json, read_json, streaming};
-use crate::jobs::{has_been_removed, has_exited};
+use crate::jobs::{JobError, has_been_removed, has_exited};
 use crate::model::{ErrorBody, JobRequest};
 
 /// `stop` without `?t=`: Docker's default grace period.
@@ -114,14 +114,32 @@ pub fn wait(
             )));
         }
     };
-    let handle = state.jobs.get(id)?;
+    let handle = match state.jobs.get(id) {
+        Ok(handle) => handle,
+        // Removed already: its exit may still be on record.
+        Err(e @ JobError::NotFound(_)) => {
+            return match state.jobs.removed_exit(id) {
+                Some(exit) => json(StatusCode::OK, &exit),
+                None => Err(e.into()),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut rx = handle.subscribe();
+    let drained = state.drained();
     let (tx, response) = streaming("application/json");
     tokio::spawn(async move {
         let waited = tokio::select! {
-            waited = rx.wait_for(done) => waited.map(|job| job.exit.clone()),
+            waited = rx.wait_for(done) => Some(waited.map(|job| job.exit.clone())),
             // The client went away: stop waiting for it.
             _ = tx.closed() => return,
+            // Handing over to a new daemon: a cut-short answer tells the client
+            // to ask the new one.
+            _ = drained => None,
+        };
+        let Some(waited) = waited else {
+            tx.abort().await;
+            return;
         };
         let body = match waited {
             Ok(exit) => match exit {

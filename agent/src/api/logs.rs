@@ -8,30 +8,34 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use super::{ApiError, ApiState, Body, Query, streaming};
+use super::{ApiError, ApiState, Body, Query, StreamTx, streaming};
 use crate::jobs::has_exited;
 use crate::model::LogEntry;
 
 struct Filter {
     stdout: bool,
     stderr: bool,
+    /// Only entries written after this time (to resume a stream without repeats).
+    since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Filter {
     /// Whether a complete log line passes; lines that do not parse are dropped
     /// (the shim only writes whole JSON lines, so that is a torn last line).
     fn keep(&self, line: &[u8]) -> bool {
-        if self.stdout && self.stderr {
+        if self.stdout && self.stderr && self.since.is_none() {
             return !line.is_empty();
         }
         match serde_json::from_slice::<LogEntry>(line) {
-            Ok(entry) => match entry.stream {
-                runtime::logs::Stream::Stdout => self.stdout,
-                runtime::logs::Stream::Stderr => self.stderr,
-            },
+            Ok(entry) => {
+                let stream = match entry.stream {
+                    runtime::logs::Stream::Stdout => self.stdout,
+                    runtime::logs::Stream::Stderr => self.stderr,
+                };
+                stream && self.since.is_none_or(|since| entry.time > since)
+            }
             Err(_) => false,
         }
     }
@@ -45,9 +49,22 @@ pub async fn logs(
     let query = Query::of(&req);
     let follow = query.flag("follow", false)?;
     let tail = query.number::<usize>("tail")?;
+    let since = query
+        .get("since")
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "invalid since {t:?}: give an RFC 3339 time such as 2026-01-02T03:04:05.123456789Z"
+                    ))
+                })
+        })
+        .transpose()?;
     let filter = Filter {
         stdout: query.flag("stdout", true)?,
         stderr: query.flag("stderr", true)?,
+        since,
     };
     let handle = state.jobs.get(id)?;
     let path = state.jobs.log_path(&handle.id);
@@ -56,10 +73,21 @@ pub async fn logs(
         .await
         .map_err(|e| ApiError::Internal(format!("opening the log {}: {e}", path.display())))?;
     let mut rx = handle.subscribe();
+    let drained = state.drained();
     let (tx, response) = streaming("application/x-ndjson");
     tokio::spawn(async move {
-        if let Err(e) = pump(file, &path, tail, follow, &filter, &mut rx, &tx).await {
-            tracing::debug!(error = %e, "log stream ended");
+        let pumped = tokio::select! {
+            pumped = pump(file, &path, tail, follow, &filter, &mut rx, &tx) => pumped,
+            // Handing over to a new daemon: cut short, the client resumes there
+            // with `since`.
+            _ = drained => {
+                tx.abort().await;
+                return;
+            }
+        };
+        if let Err(e) = pumped {
+            tracing::debug!(error = %e, "log stream failed");
+            tx.abort().await;
         }
     });
     Ok(response)
@@ -72,7 +100,7 @@ async fn pump(
     follow: bool,
     filter: &Filter,
     rx: &mut tokio::sync::watch::Receiver<crate::model::Job>,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &StreamTx,
 ) -> Result<(), String> {
     // Watch before the first read so no write between the two is missed.
     let mut changes = if follow {
@@ -142,7 +170,7 @@ async fn read_available(
     file: &mut tokio::fs::File,
     pending: &mut Vec<u8>,
     filter: &Filter,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &StreamTx,
 ) -> Result<(), String> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -165,7 +193,7 @@ async fn read_available(
     }
 }
 
-async fn send(tx: &mpsc::Sender<Bytes>, data: Vec<u8>) -> Result<(), String> {
+async fn send(tx: &StreamTx, data: Vec<u8>) -> Result<(), String> {
     if data.is_empty() {
         return Ok(());
     }

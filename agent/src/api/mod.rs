@@ -23,6 +23,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -53,6 +54,19 @@ pub struct ApiState {
     /// Required (as a bearer token) on TCP; the unix socket admits root only instead.
     pub token: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Turns true when this daemon hands over to a new one: streams end (clients
+    /// reconnect to the successor) so that the connections can drain.
+    pub draining: tokio::sync::watch::Sender<bool>,
+}
+
+impl ApiState {
+    /// Resolves once this daemon is handing over; for streaming handlers.
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.draining.subscribe();
+        async move {
+            let _ = rx.wait_for(|d| *d).await;
+        }
+    }
 }
 
 /// Who is on the other end of a connection.
@@ -91,33 +105,43 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/images/{ref}"),
 ];
 
-/// Serves the API on TCP until the process ends; every request needs the token.
-pub async fn serve_tcp(listener: TcpListener, state: Arc<ApiState>) {
+/// Serves the API on TCP (every request needs the token) and on the local unix
+/// socket (root only, no token) until `stop` turns true. Returns the handle that
+/// drains the connections still open: they finish their current request.
+pub async fn serve(
+    tcp: TcpListener,
+    unix: UnixListener,
+    state: Arc<ApiState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                spawn_connection(stream, Peer::Tcp(peer), state.clone());
+        tokio::select! {
+            changed = stop.changed() => {
+                let stopping = changed.is_err() || *stop.borrow();
+                if stopping {
+                    return graceful;
+                }
             }
-            Err(e) => accept_failed(e).await,
-        }
-    }
-}
-
-/// Serves the API on the local unix socket: root only, no token.
-pub async fn serve_unix(listener: UnixListener, state: Arc<ApiState>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => match stream.peer_cred() {
-                Ok(cred) if cred.uid() == 0 => {
-                    spawn_connection(stream, Peer::LocalRoot, state.clone());
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_connection(stream, Peer::Tcp(peer), state.clone(), graceful.watcher());
                 }
-                Ok(cred) => {
-                    tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a non-root client on the unix socket");
-                }
-                Err(e) => tracing::warn!(error = %e, "reading a unix client's credentials"),
+                Err(e) => accept_failed(e).await,
             },
-            Err(e) => accept_failed(e).await,
+            accepted = unix.accept() => match accepted {
+                Ok((stream, _)) => match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == 0 => {
+                        spawn_connection(stream, Peer::LocalRoot, state.clone(), graceful.watcher());
+                    }
+                    Ok(cred) => {
+                        tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a non-root client on the unix socket");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading a unix client's credentials"),
+                },
+                Err(e) => accept_failed(e).await,
+            },
         }
     }
 }
@@ -128,7 +152,7 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
-fn spawn_connection<S>(stream: S, peer: Peer, state: Arc<ApiState>)
+fn spawn_connection<S>(stream: S, peer: Peer, state: Arc<ApiState>, watcher: Watcher)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -137,10 +161,8 @@ where
             let state = state.clone();
             async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
         });
-        if let Err(e) = http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(conn).await {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
     });
@@ -247,13 +269,38 @@ fn with_type(status: StatusCode, body: Body, content_type: &'static str) -> Resp
     response
 }
 
+/// The sending side of a streamed response body.
+#[derive(Clone)]
+pub struct StreamTx(mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl StreamTx {
+    /// Sends a chunk; Err means the client went away.
+    pub async fn send(&self, data: Bytes) -> Result<(), ()> {
+        self.0.send(Ok(data)).await.map_err(|_| ())
+    }
+
+    /// Resolves when the client has gone away.
+    pub async fn closed(&self) {
+        self.0.closed().await
+    }
+
+    /// Ends the response unfinished, so the client knows it was cut short (and
+    /// resumes elsewhere) rather than complete.
+    pub async fn abort(self) {
+        let _ = self
+            .0
+            .send(Err(std::io::Error::other("the daemon is handing over")))
+            .await;
+    }
+}
+
 /// A response whose body is whatever the returned sender sends; it ends when the
-/// sender is dropped. A failed send means the client went away.
-pub fn streaming(content_type: &'static str) -> (mpsc::Sender<Bytes>, Response<Body>) {
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
+/// sender is dropped, or unfinished on [`StreamTx::abort`].
+pub fn streaming(content_type: &'static str) -> (StreamTx, Response<Body>) {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let stream = ReceiverStream::new(rx).map(|chunk| chunk.map(Frame::data));
     let body = BodyExt::boxed(StreamBody::new(stream));
-    (tx, with_type(StatusCode::OK, body, content_type))
+    (StreamTx(tx), with_type(StatusCode::OK, body, content_type))
 }
 
 /// Reads and parses a JSON body, refusing bodies over `MAX_JSON_BODY`.

@@ -1,16 +1,13 @@
 //! `ps`, `inspect`, `logs`, `wait`, `start`, `stop`, `kill`, `rm`, `version`.
 
-use std::io::Write;
-
-use anyhow::{Context, Result};
-use http_body_util::BodyExt;
+use anyhow::Result;
 use hyper::Method;
 
 use super::format::{ago, duration, table};
 use super::images::familiar;
-use super::{ListArgs, for_each};
+use super::{ListArgs, for_each, stream};
 use crate::client::{Client, encode};
-use crate::model::{ExitInfo, Job, JobState, LogEntry, Version};
+use crate::model::{Job, JobState, Version};
 
 pub async fn ps(client: &Client, all: bool, args: &ListArgs) -> Result<i32> {
     let jobs: Vec<Job> = client
@@ -115,105 +112,27 @@ pub async fn logs(
     timestamps: bool,
     tail: Option<usize>,
 ) -> Result<i32> {
-    let mut path = format!("/jobs/{}/logs?follow={follow}", encode(job));
-    if let Some(n) = tail {
-        path.push_str(&format!("&tail={n}"));
-    }
-    let response = client.send_json(Method::GET, &path, None::<&()>).await?;
-    print_log_stream(response.into_body(), timestamps).await?;
+    stream::follow_logs(
+        client,
+        job,
+        &stream::LogOptions {
+            follow,
+            timestamps,
+            tail,
+        },
+        None,
+    )
+    .await?;
     Ok(0)
-}
-
-/// Writes a log stream (NDJSON of log entries) to stdout and stderr.
-pub async fn print_log_stream(mut body: hyper::body::Incoming, timestamps: bool) -> Result<()> {
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.context("reading the log stream")?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        pending.extend_from_slice(data);
-        let Some(last) = pending.iter().rposition(|&b| b == b'\n') else {
-            continue;
-        };
-        let rest = pending.split_off(last + 1);
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        for line in pending.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(entry) = serde_json::from_slice::<LogEntry>(line) else {
-                continue;
-            };
-            let target = match entry.stream {
-                runtime::logs::Stream::Stdout => &mut out,
-                runtime::logs::Stream::Stderr => &mut err,
-            };
-            if timestamps {
-                target.extend_from_slice(
-                    entry
-                        .time
-                        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-                        .as_bytes(),
-                );
-                target.push(b' ');
-            }
-            target.extend_from_slice(entry.log.as_bytes());
-        }
-        pending = rest;
-        // A closed stdout (`| head`) ends the stream quietly.
-        if !out.is_empty() {
-            let mut stdout = std::io::stdout().lock();
-            if stdout
-                .write_all(&out)
-                .and_then(|()| stdout.flush())
-                .is_err()
-            {
-                return Ok(());
-            }
-        }
-        if !err.is_empty() {
-            let mut stderr = std::io::stderr().lock();
-            let _ = stderr.write_all(&err).and_then(|()| stderr.flush());
-        }
-    }
-    Ok(())
 }
 
 pub async fn wait(client: &Client, jobs: &[String]) -> Result<i32> {
     for_each(jobs, |id| async move {
-        let exit = wait_exit(client, &id).await?;
+        let exit = stream::wait_for_exit(client, &id, "exited", None).await?;
         println!("{}", exit.exit_code);
         Ok(())
     })
     .await
-}
-
-/// Waits for the job's exit over `GET /jobs/{id}/wait`.
-pub async fn wait_exit(client: &Client, id: &str) -> Result<ExitInfo> {
-    let response = client
-        .send_json(
-            Method::GET,
-            &format!("/jobs/{}/wait", encode(id)),
-            None::<&()>,
-        )
-        .await?;
-    read_exit(response.into_body()).await
-}
-
-pub async fn read_exit(body: hyper::body::Incoming) -> Result<ExitInfo> {
-    let bytes = body
-        .collect()
-        .await
-        .context("waiting for the job")?
-        .to_bytes();
-    if let Ok(exit) = serde_json::from_slice::<ExitInfo>(&bytes) {
-        return Ok(exit);
-    }
-    match serde_json::from_slice::<crate::model::ErrorBody>(&bytes) {
-        Ok(e) => Err(anyhow::anyhow!(e.error)),
-        Err(_) => Err(anyhow::anyhow!(
-            "the daemon ended the wait without an exit status"
-        )),
-    }
 }
 
 pub async fn start(client: &Client, jobs: &[String]) -> Result<i32> {

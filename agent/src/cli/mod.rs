@@ -5,6 +5,7 @@ mod host;
 mod images;
 mod jobs;
 mod run;
+mod stream;
 
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@ use hyper::Method;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::format::parse_size;
-use super::jobs::{print_log_stream, read_exit};
+use super::stream::{LogOptions, follow_logs, wait_for_exit};
 use crate::client::{ApiFailure, Client, encode};
 use crate::model::{Job, JobRequest, Resources, RestartPolicy};
 
@@ -153,10 +153,24 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         return Ok(report_start_failure(&e));
     }
 
-    let output = tokio::spawn(print_log_stream(logs.into_body(), false));
-    let exit = forward_signals(client, &id, read_exit(wait.into_body())).await?;
-    // The log stream ends once the daemon has sent everything the job wrote.
-    output.await.context("printing the job's output")??;
+    let options = LogOptions {
+        follow: true,
+        timestamps: false,
+        tail: None,
+    };
+    let (output, exit) = tokio::join!(
+        // Ends once the daemon has sent everything the job wrote.
+        follow_logs(client, &id, &options, Some(logs.into_body())),
+        forward_signals(
+            client,
+            &id,
+            wait_for_exit(client, &id, condition, Some(wait.into_body()))
+        )
+    );
+    let exit = exit?;
+    if let Err(e) = output {
+        eprintln!("flynn-host: the job's output may be incomplete: {e:#}");
+    }
     Ok(exit.exit_code)
 }
 

@@ -3,7 +3,9 @@
 
 pub mod config;
 mod identity;
+pub mod upgrade;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +19,14 @@ pub use config::{DaemonArgs, DaemonConfig};
 use crate::api::{self, ApiState};
 use crate::jobs::{JobManager, Paths};
 
-pub async fn run(args: DaemonArgs) -> Result<()> {
+/// How long a handing-over daemon lets open connections finish their requests.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The part of the drain left for closing idle keep-alive connections.
+const IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long to wait for the image store's lock (held by a daemon handing over).
+const STORE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Result<()> {
     let config = args.resolve()?;
     let state_dir = &config.state_dir;
     std::fs::create_dir_all(state_dir)
@@ -25,46 +34,52 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     // Layers and logs are not for other users.
     std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o711))
         .with_context(|| format!("chmod {}", state_dir.display()))?;
+    let host_id = identity::host_id(state_dir)?;
+    let token = identity::token(state_dir, config.token.as_deref())?;
+    // Captured now: after an upgrade in place, this path holds the new binary.
+    let exe = std::env::current_exe().context("finding the flynn-host binary")?;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+
+    let (tcp, unix) = match inherited {
+        // Handed over by the previous daemon: it drains before we touch the state.
+        Some(inherited) => inherited.take_over().await?,
+        None => (
+            TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("listening on {}", config.listen))?,
+            bind_unix(&config.socket)?,
+        ),
+    };
+
     let tmp_dir = state_dir.join("tmp");
     // Uploads interrupted by a crash are useless: start from an empty tmp dir.
     let _ = std::fs::remove_dir_all(&tmp_dir);
     std::fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
-    let host_id = identity::host_id(state_dir)?;
-    let token = identity::token(state_dir, config.token.as_deref())?;
-
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let unix = bind_unix(&config.socket)?;
-
-    let images_dir = state_dir.join("images");
-    let images = Arc::new(
-        tokio::task::spawn_blocking(move || image::ImageStore::open(&images_dir))
-            .await
-            .context("opening the image store")?
-            .context("opening the image store")?,
-    );
+    let images = Arc::new(open_store(state_dir.join("images")).await?);
     let (events, _) = broadcast::channel(1024);
-    let exe = std::env::current_exe().context("finding the flynn-host binary for shims")?;
     let jobs = JobManager::open(
         Paths {
             jobs: state_dir.join("jobs"),
             containers: state_dir.join("containers"),
+            removed: state_dir.join("removed"),
         },
         images.clone(),
-        exe,
+        exe.clone(),
         events.clone(),
     )
     .await
     .context("opening the job supervisor")?;
+    write_pid_file(state_dir)?;
 
     tracing::info!(
         listen = %config.listen,
         socket = %config.socket.display(),
         state_dir = %state_dir.display(),
         host_id = %host_id,
+        pid = std::process::id(),
         "flynn-host daemon ready"
     );
+    let (draining, _) = tokio::sync::watch::channel(false);
     let state = Arc::new(ApiState {
         jobs,
         images,
@@ -74,17 +89,81 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         host_id,
         token,
         started_at: chrono::Utc::now(),
+        draining,
     });
-    tokio::select! {
-        _ = api::serve_tcp(tcp, state.clone()) => Ok(()),
-        _ = api::serve_unix(unix, state) => Ok(()),
-        _ = shutdown_signal() => {
-            // Containers keep running under their shims; a new daemon re-adopts them.
-            tracing::info!("shutting down; running jobs keep running");
-            let _ = std::fs::remove_file(&config.socket);
-            Ok(())
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (tcp_fd, unix_fd) = (tcp.as_raw_fd(), unix.as_raw_fd());
+    let server = tokio::spawn(api::serve(tcp, unix, state.clone(), stop_rx));
+
+    let mut upgrade_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+            .context("installing the SIGUSR2 (upgrade) handler")?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = upgrade_signal.recv() => {
+                tracing::info!(exe = %exe.display(), "upgrade requested: starting the successor");
+                let successor = match upgrade::spawn_successor(&exe, &argv, tcp_fd, unix_fd).await {
+                    Ok(successor) => successor,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "upgrade failed");
+                        continue;
+                    }
+                };
+                let _ = stop.send(true);
+                let graceful = server.await.context("the API server task failed")?;
+                // Streams end (their clients resume with the successor); requests in
+                // flight finish. Connections are not told to close before they have
+                // finished by themselves: one just accepted may not have sent its
+                // request yet, and closing it would fail that request.
+                let _ = state.draining.send(true);
+                let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+                while graceful.count() > 0 && tokio::time::Instant::now() < deadline - IDLE_CLOSE {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                // What is left are idle keep-alive connections: close them.
+                if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
+                    tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; handing over anyway");
+                }
+                tracing::info!(successor = successor.pid(), "handing over to the successor; running jobs keep running");
+                successor.go().await;
+                return Ok(());
+            }
+            _ = &mut shutdown => {
+                // Containers keep running under their shims; a new daemon re-adopts them.
+                tracing::info!("shutting down; running jobs keep running");
+                let _ = std::fs::remove_file(&config.socket);
+                return Ok(());
+            }
         }
     }
+}
+
+/// Opens the image store, waiting while a daemon that hands over still holds it.
+async fn open_store(dir: std::path::PathBuf) -> Result<image::ImageStore> {
+    let deadline = std::time::Instant::now() + STORE_LOCK_TIMEOUT;
+    loop {
+        let attempt_dir = dir.clone();
+        let opened = tokio::task::spawn_blocking(move || image::ImageStore::open(&attempt_dir))
+            .await
+            .context("opening the image store")?;
+        match opened {
+            Err(image::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other.context("opening the image store"),
+        }
+    }
+}
+
+/// `<state>/daemon.pid`: which process serves this state dir now (it changes on upgrade).
+fn write_pid_file(state_dir: &Path) -> Result<()> {
+    let path = state_dir.join("daemon.pid");
+    let tmp = state_dir.join("daemon.pid.tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Binds the root-only unix socket: mode 0600 in a directory only root can enter,

@@ -68,6 +68,9 @@ pub struct Paths {
     pub jobs: PathBuf,
     /// libcontainer's root (container state dirs).
     pub containers: PathBuf,
+    /// `<id>.json`: the exit of a removed job, kept a while for late waiters (a
+    /// `run --rm` whose wait was cut by a daemon upgrade asks the successor).
+    pub removed: PathBuf,
 }
 
 impl Paths {
@@ -99,6 +102,7 @@ impl JobManager {
         std::fs::create_dir_all(&paths.jobs).map_err(|e| JobError::io(&paths.jobs, e))?;
         std::fs::create_dir_all(&paths.containers)
             .map_err(|e| JobError::io(&paths.containers, e))?;
+        std::fs::create_dir_all(&paths.removed).map_err(|e| JobError::io(&paths.removed, e))?;
         let manager = Arc::new(JobManager {
             paths,
             images,
@@ -108,6 +112,14 @@ impl JobManager {
             events,
         });
         manager.recover().await;
+        let removed = manager.paths.removed.clone();
+        tokio::spawn(async move {
+            loop {
+                let dir = removed.clone();
+                let _ = tokio::task::spawn_blocking(move || record::prune_tombstones(&dir)).await;
+                tokio::time::sleep(record::TOMBSTONE_TTL).await;
+            }
+        });
         Ok(manager)
     }
 
@@ -542,8 +554,11 @@ impl JobManager {
             }
             self.stop_locked(handle, Duration::ZERO).await?;
         }
-        self.update(handle, |j| j.state = JobState::Removing)?;
+        let job = self.update(handle, |j| j.state = JobState::Removing)?;
         crate::failpoint::hit("rm.marked");
+        if let Some(exit) = &job.exit {
+            record::write_tombstone(&self.paths.removed, &job.id, exit);
+        }
         let dir = self.paths.job_dir(&handle.id);
         let containers = self.paths.containers.clone();
         let id = handle.id.clone();
@@ -637,6 +652,11 @@ impl JobManager {
             Ok(Err(e)) => tracing::warn!(error = %e, "clearing what a stopped job left"),
             Err(e) => tracing::warn!(error = %e, "clearing what a stopped job left"),
         }
+    }
+
+    /// The exit of a job removed a short while ago, if it had one.
+    pub fn removed_exit(&self, id: &str) -> Option<ExitInfo> {
+        record::read_tombstone(&self.paths.removed, id)
     }
 
     /// The log file of a job.

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::JobError;
-use crate::model::Job;
+use crate::model::{ExitInfo, Job};
 
 pub const RECORD_FILE: &str = "job.json";
 pub const LOG_FILE: &str = "log.json";
@@ -117,5 +117,47 @@ pub fn destroy(dir: &Path, containers: &Path, id: &str) -> Result<(), JobError> 
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(JobError::io(dir, e)),
+    }
+}
+
+/// How long the exit of a removed job is kept for late waiters.
+pub const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Keeps a removed job's exit. Best effort: a waiter that comes too late gets 404.
+pub fn write_tombstone(dir: &Path, id: &str, exit: &ExitInfo) {
+    let Ok(data) = serde_json::to_vec(exit) else {
+        return;
+    };
+    let tmp = dir.join(format!("{id}.tmp"));
+    if let Err(e) =
+        fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, dir.join(format!("{id}.json"))))
+    {
+        tracing::warn!(job = id, error = %e, "keeping the exit of a removed job");
+    }
+}
+
+pub fn read_tombstone(dir: &Path, id: &str) -> Option<ExitInfo> {
+    // Only full ids name a tombstone; anything else could point outside `dir`.
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let data = fs::read(dir.join(format!("{id}.json"))).ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
+pub fn prune_tombstones(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age > TOMBSTONE_TTL);
+        if old {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }

@@ -36,6 +36,8 @@ pub fn fixtures() -> PathBuf {
 
 pub struct Daemon {
     pub child: Option<Child>,
+    /// The binary the daemon runs (a copy, for upgrade tests).
+    pub bin: PathBuf,
     pub state: tempfile::TempDir,
     pub addr: String,
     /// The API token (read from the state dir once the daemon is up).
@@ -52,6 +54,11 @@ fn free_port() -> u16 {
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_from(Path::new(BIN))
+    }
+
+    /// Starts a daemon running `bin` (which a test may replace to upgrade it).
+    pub fn start_from(bin: &Path) -> Daemon {
         let state = tempfile::Builder::new()
             .prefix("flynn-test-")
             .tempdir_in("/var/tmp")
@@ -59,6 +66,7 @@ impl Daemon {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut daemon = Daemon {
             child: None,
+            bin: bin.to_path_buf(),
             log: state.path().join("daemon.log"),
             state,
             addr,
@@ -88,7 +96,7 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("opening the daemon log");
-        let child = Command::new(BIN)
+        let child = Command::new(&self.bin)
             .args(["daemon", "--state-dir"])
             .arg(self.state.path())
             .args(["--listen", &self.addr])
@@ -101,22 +109,47 @@ impl Daemon {
             .spawn()
             .expect("starting the daemon");
         self.child = Some(child);
+        // Ready means serving: the token is written, and a request is answered.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&self.addr).is_err() {
+        loop {
+            if let Ok(token) = std::fs::read_to_string(self.state.path().join("token"))
+                && TcpStream::connect(&self.addr).is_ok()
+                && http(&self.addr, "GET", "/version", None, Some(token.trim())).0 == 200
+            {
+                self.token = token.trim().to_string();
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
-                "daemon did not start listening; log:\n{}",
+                "daemon did not start serving; log:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.token = std::fs::read_to_string(self.state.path().join("token"))
-            .expect("the daemon wrote its token")
-            .trim()
-            .to_string();
+    }
+
+    /// The pid of the process serving now (it changes when the daemon upgrades).
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.state.path().join("daemon.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
     }
 
     pub fn kill9(&mut self) {
+        // A daemon that upgraded itself is no longer our child.
+        if let Some(pid) = self.pid()
+            && self.child.as_ref().map(|c| c.id() as i32) != Some(pid)
+            && self.child.is_some()
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while is_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -228,6 +261,18 @@ impl Drop for Daemon {
             let _ = Command::new("umount").arg("-l").arg(&mount).status();
         }
     }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
 }
 
 pub fn tail(text: &str, lines: usize) -> String {
