@@ -45,6 +45,7 @@ fn container(rootfs: &Path, args: &[&str]) -> ContainerConfig {
         hostname: String::new(),
         resources: Resources::default(),
         tty: false,
+        stdin: false,
         network: NetworkMode::New,
     }
 }

@@ -36,9 +36,15 @@ pub struct ContainerConfig {
     pub hostname: String,
     #[serde(default)]
     pub resources: Resources,
-    /// Not supported yet (interactive attach comes later); must be false.
+    /// A pseudo-terminal as the container's controlling terminal (stdin, stdout and
+    /// stderr all on it; its output is logged as stdout), as Docker's `-t`.
     #[serde(default)]
     pub tty: bool,
+    /// Keep the container's stdin open for a client to write to (Docker's `-i`): a pipe
+    /// (or the terminal, with `tty`) fed through the shim's `stdin` request. Without it
+    /// stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
     #[serde(default)]
     pub network: NetworkMode,
 }
@@ -84,8 +90,8 @@ pub enum ConfigError {
     Memory(i64),
     #[error("invalid cpus value {0}: give a number of CPUs of at least 0.01")]
     Cpus(f64),
-    #[error("tty containers are not supported yet: set tty to false")]
-    Tty,
+    #[error("invalid exec id {0:?}: it must be 12 lowercase hex characters")]
+    ExecId(String),
     #[error("network namespace path {0:?} must be absolute")]
     NetnsPath(PathBuf),
     #[error("invalid hostname {0:?}: use at most 64 characters, without '/' or NUL")]
@@ -109,9 +115,6 @@ impl ContainerConfig {
         }
         if !self.cwd.is_empty() && !self.cwd.starts_with('/') {
             return Err(ConfigError::Cwd(self.cwd.clone()));
-        }
-        if self.tty {
-            return Err(ConfigError::Tty);
         }
         if let NetworkMode::Path(p) = &self.network
             && !p.is_absolute()
@@ -163,8 +166,62 @@ pub fn cpu_quota(cpus: f64) -> Option<i64> {
     Some(quota as i64)
 }
 
+/// A process to run inside a running container (`exec`), as the agent asks for it. It
+/// gets the container's confinement (namespaces, cgroups, capabilities,
+/// no_new_privileges, seccomp filter, rlimits); the rest defaults to the container's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ExecConfig {
+    /// 12 lowercase hex characters: names the exec directory, `<job>/exec/<exec_id>/`
+    /// (short, so that its control socket path stays within the unix socket limit).
+    pub exec_id: String,
+    /// The argv; `args[0]` is looked up in the PATH of the process's environment.
+    pub args: Vec<String>,
+    /// `KEY=value` entries added to the container's environment (replacing entries with
+    /// the same key), as `docker exec -e`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Absolute working directory; default: the container's.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Docker syntax, resolved in the container's rootfs; default: the container's user.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+impl ExecConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !is_valid_exec_id(&self.exec_id) {
+            return Err(ConfigError::ExecId(self.exec_id.clone()));
+        }
+        if self.args.is_empty() || self.args[0].is_empty() {
+            return Err(ConfigError::NoArgs);
+        }
+        if let Some(bad) = self.env.iter().find(|e| !is_valid_env(e)) {
+            return Err(ConfigError::Env(bad.clone()));
+        }
+        if let Some(cwd) = &self.cwd
+            && !cwd.starts_with('/')
+        {
+            return Err(ConfigError::Cwd(cwd.clone()));
+        }
+        Ok(())
+    }
+}
+
 pub fn is_valid_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    id.len() == 32 && is_lower_hex(id)
+}
+
+pub fn is_valid_exec_id(id: &str) -> bool {
+    id.len() == 12 && is_lower_hex(id)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn is_valid_env(entry: &str) -> bool {
@@ -189,8 +246,40 @@ mod tests {
             hostname: String::new(),
             resources: Resources::default(),
             tty: false,
+            stdin: false,
             network: NetworkMode::New,
         }
+    }
+
+    #[test]
+    fn validates_exec_config() {
+        let mut e = ExecConfig {
+            exec_id: "0123456789ab".into(),
+            args: vec!["sh".into()],
+            env: vec!["A=b".into()],
+            cwd: None,
+            user: None,
+            tty: false,
+            stdin: false,
+        };
+        assert_eq!(e.validate(), Ok(()));
+        e.exec_id = "0123456789AB".into();
+        assert_eq!(
+            e.validate(),
+            Err(ConfigError::ExecId("0123456789AB".into()))
+        );
+        e.exec_id = "0123456789ab".into();
+        e.cwd = Some("rel".into());
+        assert_eq!(e.validate(), Err(ConfigError::Cwd("rel".into())));
+        e.cwd = Some("/srv".into());
+        e.args = vec![String::new()];
+        assert_eq!(e.validate(), Err(ConfigError::NoArgs));
+        let back: ExecConfig =
+            serde_json::from_str(r#"{"exec_id":"0123456789ab","args":["ls"]}"#).unwrap();
+        assert_eq!(
+            (back.cwd, back.user, back.tty, back.stdin),
+            (None, None, false, false)
+        );
     }
 
     #[test]
@@ -219,7 +308,6 @@ mod tests {
                 Box::new(|c| c.resources.cpus = Some(0.0)),
                 ConfigError::Cpus(0.0),
             ),
-            (Box::new(|c| c.tty = true), ConfigError::Tty),
         ];
         for (mutate, want) in cases {
             let mut c = config();

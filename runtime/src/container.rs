@@ -37,6 +37,11 @@ pub enum RuntimeError {
         id: String,
         source: libcontainer::error::LibcontainerError,
     },
+    #[error("cannot run the process in container {id}: {source}")]
+    Exec {
+        id: String,
+        source: libcontainer::error::LibcontainerError,
+    },
     #[error("libcontainer could not start container {id}: {source}")]
     Start {
         id: String,
@@ -59,6 +64,29 @@ pub struct Stdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+}
+
+/// How a process gets its standard streams.
+pub enum Io {
+    Pipes(Stdio),
+    /// A pty made inside the container: its slave is stdin, stdout and stderr and the
+    /// controlling terminal; its master is sent over the unix socket listening at this
+    /// path (the spec's `process.terminal` must be true).
+    Terminal {
+        console_socket: PathBuf,
+    },
+}
+
+impl Io {
+    fn apply(self, builder: ContainerBuilder) -> ContainerBuilder {
+        match self {
+            Io::Pipes(stdio) => builder
+                .with_stdin(stdio.stdin)
+                .with_stdout(stdio.stdout)
+                .with_stderr(stdio.stderr),
+            Io::Terminal { console_socket } => builder.with_console_socket(Some(console_socket)),
+        }
+    }
 }
 
 /// libcontainer's default executor (validate the command, set the environment, `execvp`),
@@ -97,7 +125,7 @@ pub fn create(
     state_root: &Path,
     id: &str,
     bundle: &Path,
-    stdio: Stdio,
+    io: Io,
     seccomp: Option<Filter>,
 ) -> Result<Container, RuntimeError> {
     if !is_valid_id(id) {
@@ -113,10 +141,9 @@ pub fn create(
     };
     let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(state_root)
-        .map_err(create_err)?
-        .with_stdin(stdio.stdin)
-        .with_stdout(stdio.stdout)
-        .with_stderr(stdio.stderr)
+        .map_err(create_err)?;
+    let builder = io
+        .apply(builder)
         .with_executor(FilteredExecutor { filter: seccomp })
         .as_init(bundle)
         .with_systemd(false)
@@ -130,9 +157,40 @@ pub fn create(
     result.map_err(create_err)
 }
 
-/// Back to what a Rust program expects: EPIPE errors instead of death by SIGPIPE.
-pub(crate) fn ignore_sigpipe() {
-    set_sigpipe(SigHandler::SigIgn);
+/// Runs a process in the running container `id` (libcontainer's tenant builder): it
+/// joins the namespaces of the container's init and its cgroups, and runs as `process`
+/// (an OCI process, JSON, from [`crate::spec::exec_process`]) says: user, capabilities,
+/// no_new_privileges, rlimits, terminal. `seccomp` is installed right before its
+/// `execve`, as for init: the container's bundle spec has no seccomp profile, so
+/// libcontainer would install none. Returns once the process runs its program; it is a
+/// child of the caller. A program that cannot be run is an error here.
+pub fn exec(
+    state_root: &Path,
+    id: &str,
+    process: &Path,
+    io: Io,
+    seccomp: Option<Filter>,
+) -> Result<nix::unistd::Pid, RuntimeError> {
+    if !is_valid_id(id) {
+        return Err(RuntimeError::Id(id.to_owned()));
+    }
+    let exec_err = |source| RuntimeError::Exec {
+        id: id.to_owned(),
+        source,
+    };
+    let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(exec_err)?;
+    let builder = io
+        .apply(builder)
+        .with_executor(FilteredExecutor { filter: seccomp })
+        .as_tenant()
+        .with_process(Some(process))
+        .with_detach(true);
+    let previous = set_sigpipe(SigHandler::SigDfl);
+    let result = builder.build();
+    set_sigpipe(previous);
+    result.map_err(exec_err)
 }
 
 fn set_sigpipe(handler: SigHandler) -> SigHandler {
@@ -166,65 +224,21 @@ pub fn cleanup(state_root: &Path, id: &str) -> Result<(), RuntimeError> {
     }
 }
 
-/// Deletes a container whose init has exited and been reaped: the kernel killed every
-/// other process of its PID namespace before that, so its cgroups are empty and only
-/// need `rmdir`, and its state dir only needs removing. That skips libcontainer's
-/// delete, whose cgroup manager parses the mount table once per controller (milliseconds
-/// on the path to the shim's exit, which `run --rm` waits for). Anything unexpected (a
-/// cgroup still busy, say, because a process was moved into it from outside) falls back
-/// to [`cleanup`], which kills and retries.
+/// Deletes a container whose init has exited and been reaped: its cgroups only need
+/// `rmdir` and its state dir removing ([`crate::teardown`]), which skips libcontainer's
+/// delete (its cgroup manager parses the mount table once per controller). Anything
+/// unexpected (a cgroup still busy, say, because a process was moved into it from
+/// outside) falls back to [`cleanup`], which kills and retries.
 pub fn delete_exited(state_root: &Path, id: &str) -> Result<(), RuntimeError> {
     if !is_valid_id(id) {
         return Err(RuntimeError::Id(id.to_owned()));
     }
-    match delete_empty(&state_root.join(id), id) {
+    match crate::teardown::remove_exited(state_root, id, false) {
         Ok(()) => Ok(()),
         Err(e) => {
             tracing::debug!(id, error = %e, "quick delete failed; deleting through libcontainer");
             cleanup(state_root, id)
         }
-    }
-}
-
-fn delete_empty(dir: &Path, id: &str) -> Result<(), RuntimeError> {
-    let cgroup_err = |detail: String| RuntimeError::Cgroup {
-        id: id.to_owned(),
-        detail,
-    };
-    // The same lock as `cleanup`'s, so that the two never delete at the same time.
-    let _guard =
-        match std::fs::File::open(dir) {
-            Ok(handle) => Some(Flock::lock(handle, FlockArg::LockExclusive).map_err(
-                |(_, e)| RuntimeError::StateDir {
-                    path: dir.to_owned(),
-                    source: e.into(),
-                },
-            )?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(RuntimeError::StateDir {
-                    path: dir.to_owned(),
-                    source,
-                });
-            }
-        };
-    // Cgroups first, as libcontainer does: a crash in between leaves the state dir, by
-    // which a later cleanup still finds the container.
-    let dirs = cgroup::existing_dirs(id).map_err(|e| cgroup_err(e.to_string()))?;
-    for cg in dirs {
-        match std::fs::remove_dir(&cg) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(cgroup_err(format!("cannot remove {cg:?}: {e}")));
-            }
-            _ => {}
-        }
-    }
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::StateDir {
-            path: dir.to_owned(),
-            source: e,
-        }),
-        _ => Ok(()),
     }
 }
 

@@ -78,9 +78,10 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod teardown;
 pub mod user;
 
-pub use config::{ContainerConfig, NetworkMode, Resources};
+pub use config::{ContainerConfig, ExecConfig, NetworkMode, Resources};
 pub use container::RuntimeError;
 pub use exit::ExitStatus;
 pub use spec::{SpecError, build_spec};

@@ -1,9 +1,10 @@
 //! Container output in Docker's json-file format: one JSON object per line,
 //! `{"log":"hello\n","stream":"stdout","time":"2026-11-25T13:00:00.123456789Z"}`.
 //!
-//! Each output line becomes one entry (its newline kept). A line longer than 16 KiB is cut
-//! into 16 KiB entries without a newline, as Docker does, so a process that never prints a
-//! newline cannot make the shim buffer without bound.
+//! Each output line becomes one entry (its newline kept), and output after the last
+//! newline of a read becomes an entry at once, without waiting for the rest of its line:
+//! a prompt shows before the answer is typed. An entry is at most 16 KiB, as in Docker, so
+//! nothing is ever buffered beyond one read (and an incomplete UTF-8 character).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
@@ -65,54 +66,109 @@ pub enum LogError {
     },
 }
 
-/// Reassembles one stream's bytes into lines.
+/// Cuts one stream's bytes into entries as they arrive: every complete line becomes an
+/// entry, and whatever follows the last newline of a read becomes an entry right away
+/// (an interactive program's prompt must show before it gets its answer). Entries are
+/// at most [`MAX_ENTRY_BYTES`], cut on character boundaries. The only bytes held back are
+/// an incomplete UTF-8 sequence at the end of a read (at most 3 bytes): it is completed
+/// by the next read, so a character split across two reads is not broken into U+FFFD.
+/// Concatenated, the entries are exactly the bytes the program wrote (when they are
+/// valid UTF-8).
 #[derive(Debug)]
-struct LineSplitter {
+struct Splitter {
     stream: Stream,
-    partial: Vec<u8>,
+    carry: Vec<u8>,
 }
 
-impl LineSplitter {
+impl Splitter {
     fn new(stream: Stream) -> Self {
-        LineSplitter {
+        Splitter {
             stream,
-            partial: Vec::new(),
+            carry: Vec::new(),
         }
     }
 
-    fn push(&mut self, mut data: &[u8], emit: &mut impl FnMut(Stream, &[u8])) {
-        while !data.is_empty() {
-            let room = MAX_ENTRY_BYTES - self.partial.len();
-            let window = &data[..data.len().min(room)];
-            match window.iter().position(|&b| b == b'\n') {
-                Some(nl) => {
-                    let line = &window[..=nl];
-                    if self.partial.is_empty() {
-                        emit(self.stream, line);
-                    } else {
-                        self.partial.extend_from_slice(line);
-                        emit(self.stream, &self.partial);
-                        self.partial.clear();
-                    }
-                    data = &data[nl + 1..];
-                }
-                None => {
-                    self.partial.extend_from_slice(window);
-                    data = &data[window.len()..];
-                    if self.partial.len() == MAX_ENTRY_BYTES {
-                        emit(self.stream, &self.partial);
-                        self.partial.clear();
-                    }
-                }
-            }
+    fn push(&mut self, data: &[u8], emit: &mut impl FnMut(Stream, &[u8])) {
+        let joined;
+        let mut rest = if self.carry.is_empty() {
+            data
+        } else {
+            joined = [self.carry.as_slice(), data].concat();
+            self.carry.clear();
+            &joined[..]
+        };
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            self.emit_bounded(&rest[..=nl], emit);
+            rest = &rest[nl + 1..];
         }
+        let keep = incomplete_utf8_tail(rest);
+        let (now, later) = rest.split_at(rest.len() - keep);
+        self.emit_bounded(now, emit);
+        self.carry.extend_from_slice(later);
     }
 
     fn finish(&mut self, emit: &mut impl FnMut(Stream, &[u8])) {
-        if !self.partial.is_empty() {
-            emit(self.stream, &self.partial);
-            self.partial.clear();
+        if !self.carry.is_empty() {
+            emit(self.stream, &self.carry);
+            self.carry.clear();
         }
+    }
+
+    /// Emits `bytes` as entries of at most [`MAX_ENTRY_BYTES`].
+    fn emit_bounded(&self, mut bytes: &[u8], emit: &mut impl FnMut(Stream, &[u8])) {
+        while bytes.len() > MAX_ENTRY_BYTES {
+            let cut = char_boundary_before(bytes, MAX_ENTRY_BYTES);
+            emit(self.stream, &bytes[..cut]);
+            bytes = &bytes[cut..];
+        }
+        if !bytes.is_empty() {
+            emit(self.stream, bytes);
+        }
+    }
+}
+
+fn is_continuation(b: u8) -> bool {
+    b & 0b1100_0000 == 0b1000_0000
+}
+
+/// The length of the sequence a UTF-8 lead byte starts (0 for a continuation or
+/// invalid byte).
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0x00..=0x7f => 1,
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => 0,
+    }
+}
+
+/// How many bytes at the end of `bytes` are the start of a multi-byte character whose
+/// remaining bytes have not arrived yet.
+fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
+    // A lead byte within the last 3 bytes, followed only by continuation bytes.
+    for back in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - back];
+        if is_continuation(b) {
+            continue;
+        }
+        let need = utf8_len(b);
+        return if need > back { back } else { 0 };
+    }
+    0
+}
+
+/// A cut at or before `max` that does not split a character (`max` itself when the
+/// bytes there are not UTF-8 anyway).
+fn char_boundary_before(bytes: &[u8], max: usize) -> usize {
+    let mut cut = max;
+    while cut > max.saturating_sub(3) && cut > 0 && is_continuation(bytes[cut]) {
+        cut -= 1;
+    }
+    if cut > 0 && cut < max && utf8_len(bytes[cut]) > 1 {
+        cut
+    } else {
+        max
     }
 }
 
@@ -121,8 +177,8 @@ impl LineSplitter {
 #[derive(Debug)]
 pub struct LogWriter {
     file: File,
-    stdout: LineSplitter,
-    stderr: LineSplitter,
+    stdout: Splitter,
+    stderr: Splitter,
     buf: Vec<u8>,
 }
 
@@ -139,8 +195,8 @@ impl LogWriter {
             })?;
         Ok(LogWriter {
             file,
-            stdout: LineSplitter::new(Stream::Stdout),
-            stderr: LineSplitter::new(Stream::Stderr),
+            stdout: Splitter::new(Stream::Stdout),
+            stderr: Splitter::new(Stream::Stderr),
             buf: Vec::new(),
         })
     }
@@ -157,7 +213,8 @@ impl LogWriter {
         self.flush_buf()
     }
 
-    /// Writes out unterminated last lines; called once the streams are closed.
+    /// Writes out what is held back (an incomplete character); called once the streams
+    /// are closed.
     pub fn finish(&mut self) -> std::io::Result<()> {
         let time = Utc::now();
         let buf = &mut self.buf;
@@ -223,7 +280,7 @@ mod tests {
     use super::*;
 
     fn split(chunks: &[&[u8]]) -> Vec<(Stream, Vec<u8>)> {
-        let mut s = LineSplitter::new(Stream::Stdout);
+        let mut s = Splitter::new(Stream::Stdout);
         let mut out = Vec::new();
         let mut emit = |st: Stream, b: &[u8]| out.push((st, b.to_vec()));
         for c in chunks {
@@ -233,11 +290,38 @@ mod tests {
         out
     }
 
+    fn texts(out: &[(Stream, Vec<u8>)]) -> Vec<String> {
+        out.iter()
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
     #[test]
-    fn lines_are_reassembled() {
+    fn every_read_is_written_out_at_once() {
         let out = split(&[b"hel", b"lo\nwor", b"ld\n\nlast"]);
-        let lines: Vec<&[u8]> = out.iter().map(|(_, b)| b.as_slice()).collect();
-        assert_eq!(lines, vec![&b"hello\n"[..], b"world\n", b"\n", b"last"]);
+        assert_eq!(texts(&out), ["hel", "lo\n", "wor", "ld\n", "\n", "last"]);
+        // A prompt without a newline is an entry of its own, right away.
+        let mut s = Splitter::new(Stream::Stdout);
+        let mut got = Vec::new();
+        s.push(b"name? ", &mut |_, b: &[u8]| got.push(b.to_vec()));
+        assert_eq!(got, [b"name? ".to_vec()]);
+    }
+
+    #[test]
+    fn characters_split_across_reads_stay_whole() {
+        // "é" is C3 A9, "€" is E2 82 AC, "😀" is F0 9F 98 80.
+        let text = "café €5 😀\n".as_bytes();
+        for cut in 0..=text.len() {
+            for cut2 in cut..=text.len() {
+                let out = split(&[&text[..cut], &text[cut..cut2], &text[cut2..]]);
+                let joined: String = texts(&out).concat();
+                assert_eq!(joined, "café €5 😀\n", "cuts {cut} {cut2}");
+            }
+        }
+        // A sequence that never completes is written at the end, replaced.
+        assert_eq!(texts(&split(&[b"ab\xe2\x82"])), ["ab", "\u{fffd}"]);
+        // Invalid bytes are not held back.
+        assert_eq!(texts(&split(&[b"a\xff", b"b"])), ["a\u{fffd}", "b"]);
     }
 
     #[test]
@@ -247,9 +331,20 @@ mod tests {
         data.push(b'\n');
         let out = split(&[&data[..100], &data[100..]]);
         let sizes: Vec<usize> = out.iter().map(|(_, b)| b.len()).collect();
-        assert_eq!(sizes, vec![MAX_ENTRY_BYTES, MAX_ENTRY_BYTES, 11]);
+        // The first read is written at once; the rest of the line comes in 16 KiB pieces.
+        assert_eq!(
+            sizes,
+            vec![100, MAX_ENTRY_BYTES, data.len() - 100 - MAX_ENTRY_BYTES]
+        );
         let joined: Vec<u8> = out.into_iter().flat_map(|(_, b)| b).collect();
         assert_eq!(joined, data);
+
+        // Cuts fall on character boundaries.
+        let text = "é".repeat(MAX_ENTRY_BYTES);
+        let out = split(&[text.as_bytes()]);
+        assert!(out.iter().all(|(_, b)| b.len() <= MAX_ENTRY_BYTES));
+        assert!(out.iter().all(|(_, b)| std::str::from_utf8(b).is_ok()));
+        assert_eq!(texts(&out).concat(), text);
     }
 
     #[test]
@@ -283,8 +378,9 @@ mod tests {
             got,
             vec![
                 (Stream::Stdout, "hello\n"),
-                (Stream::Stdout, "partial"),
+                // Written as it came, without waiting for the rest of the line.
                 (Stream::Stderr, "bad \u{fffd} byte"),
+                (Stream::Stdout, "partial"),
             ]
         );
     }

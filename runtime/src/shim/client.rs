@@ -9,7 +9,8 @@ use tokio::net::UnixStream;
 use tokio::process::{ChildStdin, ChildStdout, Command};
 
 use super::protocol::{self, Handshake, Request, Response, ShimState};
-use super::{JobFiles, ShimConfig};
+use super::{ExecShimConfig, JobFiles, ShimConfig, exec_dir};
+use crate::config::ExecConfig;
 use crate::exit::{self, Durability, ExitFileError, ExitStatus};
 
 /// Replies and handshake lines are short; anything longer is a protocol error.
@@ -67,25 +68,33 @@ pub struct CreatedShim {
     stdout: BufReader<ChildStdout>,
 }
 
-/// Writes `shim.json`, spawns `exe shim <job_dir>` and waits until the container is
-/// created. The job directory must exist.
-pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<CreatedShim, ShimError> {
-    let files = JobFiles::new(job_dir);
-    files.check_socket_path()?;
-    let config_path = files.shim_config();
+/// Writes a config file atomically, off the async threads.
+async fn write_config<T: serde::Serialize>(path: &Path, cfg: &T) -> Result<(), ShimError> {
     let data = serde_json::to_vec_pretty(cfg).map_err(|e| ShimError::Io {
-        what: "encoding the shim config".into(),
+        what: format!("encoding {path:?}"),
         source: std::io::Error::other(e),
     })?;
-    let path = config_path.clone();
-    tokio::task::spawn_blocking(move || exit::write_atomic(&path, &data, Durability::Visible))
+    let target = path.to_owned();
+    tokio::task::spawn_blocking(move || exit::write_atomic(&target, &data, Durability::Visible))
         .await
         .map_err(|e| ShimError::Io {
-            what: "writing the shim config".into(),
+            what: format!("writing {path:?}"),
             source: std::io::Error::other(e),
         })?
-        .map_err(io(format!("writing {config_path:?}")))?;
+        .map_err(io(format!("writing {path:?}")))
+}
 
+/// A shim process, detached: its handshake pipes.
+struct Spawned {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// How the process we spawned (which forks the real shim) exited.
+    status: std::process::ExitStatus,
+}
+
+/// Runs `exe shim <dir>`. Its first child only forks the real (detached) shim and exits.
+async fn spawn_shim(exe: &Path, dir: &Path) -> Result<Spawned, ShimError> {
+    let files = JobFiles::new(dir);
     // Until the shim redirects its own stderr, early failures (an exec error, a panic)
     // land in shim.log too.
     let log = std::fs::OpenOptions::new()
@@ -95,7 +104,7 @@ pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<Creat
         .map_err(io(format!("opening {:?}", files.shim_log())))?;
     let mut child = Command::new(exe)
         .arg("shim")
-        .arg(job_dir)
+        .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -107,12 +116,28 @@ pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<Creat
             "shim spawned without stdio pipes".into(),
         ));
     };
-    // This child only forks the real (detached) shim and exits; reap it now.
     let status = child
         .wait()
         .await
         .map_err(io("waiting for the shim to detach"))?;
-    let mut stdout = BufReader::new(stdout);
+    Ok(Spawned {
+        stdin,
+        stdout: BufReader::new(stdout),
+        status,
+    })
+}
+
+/// Writes `shim.json`, spawns `exe shim <job_dir>` and waits until the container is
+/// created. The job directory must exist.
+pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<CreatedShim, ShimError> {
+    let files = JobFiles::new(job_dir);
+    files.check_socket_path()?;
+    write_config(&files.shim_config(), cfg).await?;
+    let Spawned {
+        stdin,
+        mut stdout,
+        status,
+    } = spawn_shim(exe, job_dir).await?;
     let line = read_line(&mut stdout).await?;
     match line {
         Some(Handshake::Created { pid, shim_pid }) => Ok(CreatedShim {
@@ -128,6 +153,88 @@ pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<Creat
             "the shim exited ({status}) without reporting; see {:?}{}",
             files.shim_log(),
             log_tail(&files)
+        ))),
+    }
+}
+
+/// Runs `cfg` in the running container of the job in `job_dir`: writes `exec.json` into
+/// [`exec_dir`]`(job_dir, &cfg.exec_id)` (created; it must not hold an exec already),
+/// spawns an exec shim (`exe shim <exec_dir>`) and waits until the process runs its
+/// program. Returns the process's pid (in the host's pid namespace). `state_root` is
+/// libcontainer's root (the job's [`ShimConfig::state_root`]).
+///
+/// From then on the exec dir works like a job dir: [`ShimClient::connect`] on it (wait,
+/// signal, state, resize, [`ShimClient::attach_stdin`]), output in its `log.json`, exit in
+/// its `exit.json` ([`read_exit`]), [`super::wait_shim_gone`]. On failure (an invalid
+/// config, a container that is not running, a program that cannot be run:
+/// [`ShimError::Create`] with the reason) the exec dir is removed again.
+pub async fn spawn_exec(
+    exe: &Path,
+    job_dir: &Path,
+    cfg: &ExecConfig,
+    state_root: &Path,
+) -> Result<i32, ShimError> {
+    cfg.validate()
+        .map_err(|e| ShimError::Create(format!("invalid exec: {e}")))?;
+    let dir = exec_dir(job_dir, &cfg.exec_id);
+    let files = JobFiles::new(&dir);
+    files.check_socket_path()?;
+    match tokio::fs::create_dir(dir.parent().unwrap_or(job_dir)).await {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(io(format!("creating the exec directory of {job_dir:?}"))(e));
+        }
+        _ => {}
+    }
+    tokio::fs::create_dir(&dir).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            ShimError::Create(format!(
+                "exec {} already exists in {job_dir:?}: give each exec a new id",
+                cfg.exec_id
+            ))
+        } else {
+            io(format!("creating {dir:?}"))(e)
+        }
+    })?;
+    let result = run_exec_shim(exe, &files, cfg, state_root).await;
+    if result.is_err() {
+        // The shim has reported and is on its way out; once it is gone, nothing of the
+        // exec is left (its id never reached anyone).
+        let gone_dir = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = super::wait_shim_gone(&gone_dir, std::time::Duration::from_secs(10));
+            std::fs::remove_dir_all(&gone_dir)
+        })
+        .await;
+    }
+    result
+}
+
+async fn run_exec_shim(
+    exe: &Path,
+    files: &JobFiles,
+    cfg: &ExecConfig,
+    state_root: &Path,
+) -> Result<i32, ShimError> {
+    let file = ExecShimConfig {
+        exec: cfg.clone(),
+        state_root: state_root.to_owned(),
+    };
+    write_config(&files.exec_config(), &file).await?;
+    let Spawned {
+        stdin,
+        mut stdout,
+        status,
+    } = spawn_shim(exe, files.dir()).await?;
+    // The exec shim has no start phase.
+    drop(stdin);
+    match read_line(&mut stdout).await? {
+        Some(Handshake::Started { pid }) => Ok(pid),
+        Some(Handshake::Error(msg)) => Err(ShimError::Create(msg)),
+        Some(other) => Err(ShimError::Protocol(format!("{other:?} from an exec shim"))),
+        None => Err(ShimError::Create(format!(
+            "the exec shim exited ({status}) without reporting; see {:?}{}",
+            files.shim_log(),
+            log_tail(files)
         ))),
     }
 }
@@ -285,6 +392,56 @@ impl ShimClient {
         match self.request(&Request::Signal { signal: sig }).await? {
             Some(Response::Ok { .. }) => Ok(()),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets the window size of the process's terminal (the kernel sends SIGWINCH to its
+    /// foreground process group). An error for a process without a terminal.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), ShimError> {
+        match self.request(&Request::Resize { rows, cols }).await? {
+            Some(Response::Ok { .. }) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Attaches to the stdin of the process of `dir` (a job or an exec directory): the
+    /// returned stream is the process's input. Shutting down its writing side (or
+    /// dropping it) closes a stdin pipe, so the program reads EOF; a terminal stays open.
+    /// Nothing is ever read from it. One client at a time: a second gets
+    /// [`ShimError::Control`] ("stdin is already attached"), as does a process started
+    /// without stdin.
+    pub async fn attach_stdin(dir: &Path) -> Result<UnixStream, ShimError> {
+        let socket = JobFiles::new(dir).check_socket_path()?;
+        let mut stream = UnixStream::connect(&socket)
+            .await
+            .map_err(io(format!("connecting to the shim at {socket:?}")))?;
+        stream
+            .write_all(&protocol::line(&Request::Stdin))
+            .await
+            .map_err(io("sending a request to the shim"))?;
+        // Byte by byte up to the newline: what follows on this connection is not ours to
+        // buffer (the shim sends nothing more, but the stream must be handed over clean).
+        let mut line = Vec::with_capacity(64);
+        loop {
+            let mut byte = [0u8];
+            let n = tokio::io::AsyncReadExt::read(&mut stream, &mut byte)
+                .await
+                .map_err(io("reading the shim's reply"))?;
+            if n == 0 || byte[0] == b'\n' || line.len() as u64 >= MAX_LINE_BYTES {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        if line.is_empty() {
+            return Err(unexpected(None));
+        }
+        match serde_json::from_slice(&line) {
+            Ok(Response::Ok { .. }) => Ok(stream),
+            Ok(other) => Err(unexpected(Some(other))),
+            Err(e) => Err(ShimError::Protocol(format!(
+                "{:?}: {e}",
+                String::from_utf8_lossy(&line)
+            ))),
         }
     }
 

@@ -13,10 +13,11 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
-use super::monitor::{self, Handoff};
+use super::monitor::{self, Handoff, Kind};
 use super::protocol::{self, Handshake};
+use super::stdio::{self, Pending};
 use super::{JobFiles, ShimConfig, diag, error_chain, lock, read_config, sys};
-use crate::container::{self, Stdio};
+use crate::container::{self, Io};
 use crate::exit::Durability;
 use crate::seccomp::{Filter, Source};
 use crate::spec;
@@ -58,7 +59,7 @@ pub fn main(job_dir: &Path) -> i32 {
 /// Puts the detached process in a predictable state: cwd "/" (libcontainer needs a cwd
 /// that stays valid), umask 022, stderr to shim.log, `shim.lock` held (returned: it must
 /// stay open for the shim's whole life), and shim.pid written.
-fn settle(files: &JobFiles) -> Result<OwnedFd, String> {
+pub(super) fn settle(files: &JobFiles) -> Result<OwnedFd, String> {
     let _ = std::env::set_current_dir("/");
     umask(Mode::from_bits_truncate(0o022));
     match OpenOptions::new()
@@ -87,9 +88,9 @@ fn settle(files: &JobFiles) -> Result<OwnedFd, String> {
 struct Prepared {
     cfg: ShimConfig,
     listener: UnixListener,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    container_stdio: Stdio,
+    /// libcontainer's side of the container's streams, and ours.
+    container_io: Io,
+    io: Pending,
     seccomp: Option<Filter>,
 }
 
@@ -114,23 +115,12 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
     oci.save(&bundle_spec)
         .map_err(|e| format!("cannot write the OCI spec {bundle_spec:?}: {e}"))?;
 
-    let (stdout, stdout_w) =
-        sys::pipe().map_err(|e| format!("cannot create the stdout pipe: {e}"))?;
-    let (stderr, stderr_w) =
-        sys::pipe().map_err(|e| format!("cannot create the stderr pipe: {e}"))?;
-    let stdin: OwnedFd = File::open("/dev/null")
-        .map_err(|e| format!("cannot open /dev/null for the container's stdin: {e}"))?
-        .into();
+    let (container_io, io) = stdio::prepare(files, cfg.container.tty, cfg.container.stdin)?;
     Ok(Prepared {
         cfg,
         listener,
-        stdout,
-        stderr,
-        container_stdio: Stdio {
-            stdin,
-            stdout: stdout_w,
-            stderr: stderr_w,
-        },
+        container_io,
+        io,
         seccomp,
     })
 }
@@ -138,11 +128,21 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
 /// Takes the seccomp profile out of the spec handed to libcontainer and returns it
 /// compiled (from the host's cache when possible), for our executor to install.
 fn take_seccomp(oci: &mut Spec, cfg: &ShimConfig) -> Result<Option<Filter>, String> {
-    let Some(profile) = oci
+    let profile = oci
         .linux_mut()
         .as_mut()
-        .and_then(|l| l.seccomp_mut().take())
-    else {
+        .and_then(|l| l.seccomp_mut().take());
+    compile_seccomp(oci, profile, &cfg.seccomp_cache())
+}
+
+/// The compiled filter for the spec's seccomp profile, from the host's cache when
+/// possible.
+pub(super) fn compile_seccomp(
+    oci: &Spec,
+    profile: Option<oci_spec::runtime::LinuxSeccomp>,
+    cache: &Path,
+) -> Result<Option<Filter>, String> {
+    let Some(profile) = profile else {
         return Ok(None);
     };
     // The filter goes in after the capabilities are dropped, which only no_new_privileges
@@ -155,8 +155,7 @@ fn take_seccomp(oci: &mut Spec, cfg: &ShimConfig) -> Result<Option<Filter>, Stri
                 .into(),
         );
     }
-    let cache = cfg.seccomp_cache();
-    let (filter, source) = Filter::prepare(&cache, &profile)
+    let (filter, source) = Filter::prepare(cache, &profile)
         .map_err(|e| format!("cannot prepare the container's seccomp filter: {e}"))?;
     if source == Source::Rebuilt {
         diag(&format!(
@@ -166,7 +165,7 @@ fn take_seccomp(oci: &mut Spec, cfg: &ShimConfig) -> Result<Option<Filter>, Stri
     Ok(Some(filter))
 }
 
-fn bind_control_socket(files: &JobFiles) -> Result<UnixListener, String> {
+pub(super) fn bind_control_socket(files: &JobFiles) -> Result<UnixListener, String> {
     let path = files.check_socket_path().map_err(|e| e.to_string())?;
     if path.exists() {
         if UnixStream::connect(&path).is_ok() {
@@ -186,19 +185,14 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
     let state_root = p.cfg.state_root.clone();
     // The write ends of the output pipes move into libcontainer, which closes them once
     // init has them: from then on, EOF on our read ends means the container is done.
-    let result = container::create(
-        &state_root,
-        &id,
-        &files.bundle(),
-        p.container_stdio,
-        p.seccomp,
-    );
+    let result = container::create(&state_root, &id, &files.bundle(), p.container_io, p.seccomp);
     let mut container = match result {
         Ok(c) => c,
         Err(e) => {
-            // libcontainer removed what it had created; the socket is ours to remove.
+            // libcontainer removed what it had created; the sockets are ours to remove.
             let msg = error_chain(&e);
             diag(&msg);
+            p.io.discard();
             let _ = std::fs::remove_file(files.socket());
             report(&Handshake::Error(msg));
             return 1;
@@ -209,6 +203,16 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
         abort(files, &p.cfg, None, &msg);
         report(&Handshake::Error(msg));
         return 1;
+    };
+
+    // Init sent the pty master (if any) while being created.
+    let io = match p.io.complete() {
+        Ok(io) => io,
+        Err(msg) => {
+            abort(files, &p.cfg, Some(init), &msg);
+            report(&Handshake::Error(msg));
+            return 1;
+        }
     };
 
     if cfg_wants_loopback(&p.cfg)
@@ -255,9 +259,12 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
     monitor::hand_over(
         files,
         Handoff {
-            init,
-            stdout: p.stdout,
-            stderr: p.stderr,
+            kind: Kind::Container,
+            pid: init,
+            stdout: io.stdout,
+            stderr: io.stderr,
+            terminal: io.terminal,
+            stdin: io.stdin,
             listener: p.listener.into(),
             lock,
         },
@@ -271,7 +278,7 @@ fn cfg_wants_loopback(cfg: &ShimConfig) -> bool {
 }
 
 /// Writes one handshake line to the agent; false if the agent is gone.
-fn report(msg: &Handshake) -> bool {
+pub(super) fn report(msg: &Handshake) -> bool {
     let mut out = std::io::stdout().lock();
     out.write_all(&protocol::line(msg)).is_ok() && out.flush().is_ok()
 }
@@ -311,10 +318,11 @@ fn abort(files: &JobFiles, cfg: &ShimConfig, init: Option<Pid>, why: &str) {
         diag(&error_chain(&e));
     }
     let _ = std::fs::remove_file(files.socket());
+    let _ = std::fs::remove_file(files.tty_socket());
 }
 
 /// The agent reads our stdout to EOF; after the handshake nothing more comes from us.
-fn close_stdio() {
+pub(super) fn close_stdio() {
     match File::options().read(true).write(true).open("/dev/null") {
         Ok(null) => {
             let _ = sys::redirect(0, &null);

@@ -1,22 +1,28 @@
-//! The per-container shim, and the agent's side of talking to it.
+//! The per-container shim, the per-exec shim, and the agent's side of talking to them.
 //!
-//! A shim is the agent's own binary run as `flynn-host shim <JOB_DIR>`: a fresh,
+//! A shim is the agent's own binary run as `flynn-host shim <DIR>`: a fresh,
 //! single-threaded process (libcontainer forks and changes directory process-wide, which
-//! a multi-threaded daemon must never do). It detaches from the daemon, creates the
-//! container, waits for `start`, then supervises it: logs its output, serves control
-//! requests, reaps it, records how it ended and deletes it. The daemon can die and come
-//! back at any point; the shim does not depend on it after the handshake.
+//! a multi-threaded daemon must never do). With a job directory (`shim.json`) it detaches
+//! from the daemon, creates the container, waits for `start`, then supervises it: logs
+//! its output, feeds its stdin, serves control requests, reaps it, records how it ended
+//! and deletes it. With an exec directory (`exec.json`, [`exec_dir`]) it runs a process in
+//! the job's running container instead and supervises that the same way. The daemon can
+//! die and come back at any point; a shim does not depend on it after the handshake.
 //!
-//! After `start`, unless init exits within a short grace period (then the shim finishes
-//! at once), the shim re-executes itself (same argv, plus the handed-over descriptors in
-//! [`MONITOR_ENV`]) so that the supervising process carries none of libcontainer's memory.
-//! The container's init stays its child across exec, and `shim.lock` stays locked.
+//! After the start, unless the process exits within a short grace period (then the shim
+//! finishes at once), the shim re-executes into its monitor (the handed-over descriptors
+//! in [`MONITOR_ENV`]) so that the supervising process carries none of libcontainer's
+//! memory: the lean `flynn-shim-monitor` binary when it is installed beside the running
+//! binary ([`MONITOR_BINARY`]), else the same binary again. The supervised process stays
+//! its child across exec, and `shim.lock` stays locked.
 
 mod client;
 mod create;
+mod exec;
 mod lock;
 mod monitor;
 pub mod protocol;
+mod stdio;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -24,14 +30,20 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::container::cleanup;
-pub use client::{CreatedShim, ShimClient, ShimError, read_exit, spawn};
+pub use client::{CreatedShim, ShimClient, ShimError, read_exit, spawn, spawn_exec};
 pub use lock::wait_shim_gone;
 pub use protocol::{ShimState, Status};
+pub(crate) use sys::pidfd_open;
 
 use crate::config::ContainerConfig;
+pub use crate::config::ExecConfig;
 
 /// Set (by the shim itself) when it re-executes into its monitoring phase.
 pub const MONITOR_ENV: &str = "FLYNN_SHIM_MONITOR";
+
+/// The lean monitor binary (`src/bin/flynn-shim-monitor.rs`): when a file of this name
+/// is beside the running binary, the shim re-executes into it rather than into itself.
+pub const MONITOR_BINARY: &str = "flynn-shim-monitor";
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -54,7 +66,26 @@ impl ShimConfig {
     }
 }
 
-/// The files of one job directory.
+/// What the agent writes to `exec.json` (through [`spawn_exec`]): the exec, plus where
+/// libcontainer keeps the container's state. Reads as an [`ExecConfig`] too.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ExecShimConfig {
+    #[serde(flatten)]
+    pub exec: ExecConfig,
+    pub state_root: PathBuf,
+}
+
+/// The directory of exec `exec_id` of the job in `job_dir`: `<job_dir>/exec/<exec_id>`.
+/// Its files mirror a job directory's ([`JobFiles`] works on both), with `exec.json` in
+/// place of `shim.json`.
+pub fn exec_dir(job_dir: &Path, exec_id: &str) -> PathBuf {
+    job_dir.join(EXECS).join(exec_id)
+}
+
+/// The folder of a job directory that holds its exec directories.
+const EXECS: &str = "exec";
+
+/// The files of one job directory, or of one exec directory (the same names).
 #[derive(Clone, Debug)]
 pub struct JobFiles {
     dir: PathBuf,
@@ -69,9 +100,26 @@ impl JobFiles {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-    /// [`ShimConfig`], written by the agent.
+    /// [`ShimConfig`], written by the agent (job directories).
     pub fn shim_config(&self) -> PathBuf {
         self.dir.join("shim.json")
+    }
+    /// [`ExecShimConfig`], written by the agent (exec directories).
+    pub fn exec_config(&self) -> PathBuf {
+        self.dir.join("exec.json")
+    }
+    /// The OCI process an exec runs as (exec directories), written by its shim.
+    pub fn process_spec(&self) -> PathBuf {
+        self.dir.join("process.json")
+    }
+    /// An exec's output (a job's is at [`ShimConfig::log_path`]).
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("log.json")
+    }
+    /// The console socket on which the shim receives the pty master (terminal only),
+    /// removed once received.
+    pub fn tty_socket(&self) -> PathBuf {
+        self.dir.join("tty.sock")
     }
     /// The complete OCI spec, seccomp profile included: what the container runs with.
     pub fn spec(&self) -> PathBuf {
@@ -119,17 +167,44 @@ fn read_config(files: &JobFiles) -> Result<ShimConfig, String> {
     serde_json::from_slice(&data).map_err(|e| format!("invalid shim config {path:?}: {e}"))
 }
 
-/// The shim's entry point, for `flynn-host shim <JOB_DIR>`. Returns the process exit code.
+/// The shim's entry point, for `flynn-host shim <DIR>`: a container shim for a job
+/// directory, an exec shim for an exec directory (one holding `exec.json`). Returns the
+/// process exit code.
 ///
 /// Must be called first thing in `main`: before the process creates any thread (it forks,
 /// and libcontainer forks and changes directory) and before it opens any file (it closes
 /// every inherited descriptor above stderr, so that nothing leaked by the agent lives on
-/// in the shim). After `start` the shim re-executes `/proc/self/exe` with the same argv,
-/// so the same dispatch must lead back here.
-pub fn main(job_dir: &Path) -> i32 {
+/// in the shim). After the start the shim may re-execute `/proc/self/exe` with the same
+/// argv, so the same dispatch must lead back here.
+pub fn main(dir: &Path) -> i32 {
     match std::env::var_os(MONITOR_ENV) {
-        Some(handoff) => monitor::main_after_exec(job_dir, &handoff),
-        None => create::main(job_dir),
+        Some(handoff) => monitor::main_after_exec(dir, &handoff),
+        None if JobFiles::new(dir).exec_config().exists() => exec::main(dir),
+        None => create::main(dir),
+    }
+}
+
+/// The entry point of the lean monitor binary ([`MONITOR_BINARY`]), which only a shim
+/// starts. Returns the process exit code.
+pub fn monitor_main() -> i32 {
+    // The shim keeps its argv (`<argv0> shim <DIR>`) across the re-exec.
+    let dir = std::env::args_os()
+        .nth(2)
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    match std::env::var_os(MONITOR_ENV) {
+        Some(handoff) => monitor::main_after_exec(&dir, &handoff),
+        None => {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!(
+                    "{MONITOR_BINARY} is started by flynn-host's shims (with {MONITOR_ENV} \
+                     set), never by hand\n"
+                )
+                .as_bytes(),
+            );
+            2
+        }
     }
 }
 

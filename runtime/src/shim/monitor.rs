@@ -1,234 +1,469 @@
-//! The shim's long phase: supervise a started container until it exits.
+//! The shim's long phase: supervise a started process (a container's init, or a process
+//! exec'd into a container) until it exits.
 //!
 //! One thread, one `poll(2)`, no timers: the wake-ups are SIGCHLD (through a signalfd),
-//! output on the container's two pipes, and control connections. When init has exited
-//! the shim drains the pipes, reads the OOM counter, writes `exit.json`, removes the
-//! control socket, answers the waiters, and only then deletes the container and exits:
-//! waiters learn the exit as early as it is recorded. `shim.lock`, held until the process
-//! ends, tells when the delete is over too ([`super::wait_shim_gone`]).
+//! output on the process's pipes or terminal, room in its stdin, and control connections.
+//! When the process has exited the shim drains its output, (for a container) reads the
+//! OOM counter, writes `exit.json`, removes the control socket, answers the waiters, and
+//! only then (for a container) deletes the container and exits: waiters learn the exit as
+//! early as it is recorded. `shim.lock`, held until the process ends, tells when the
+//! delete is over too ([`super::wait_shim_gone`]).
+//!
+//! This module must not reach libcontainer (nor tokio): it is all the lean monitor
+//! binary (`flynn-shim-monitor`) runs, and the linker keeps only what it reaches.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{MsgFlags, send};
+use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::protocol::{self, Request, Response, ShimState, Status};
-use super::{JobFiles, MONITOR_ENV, ShimConfig, diag, error_chain, read_config, sys};
+use super::{JobFiles, MONITOR_BINARY, MONITOR_ENV, diag, read_config, stdio, sys};
+use crate::cgroup;
 use crate::exit::{self, ExitStatus};
 use crate::logs::{LogWriter, Stream};
-use crate::{cgroup, container};
 
 /// Connections beyond this are closed at once: a misbehaving client must not make the
 /// shim grow without bound.
 const MAX_CLIENTS: usize = 64;
 const MAX_REQUEST_BYTES: usize = 4096;
 const READ_CHUNK: usize = 64 * 1024;
+/// Input accepted from the stdin client but not yet taken by the process. When full, the
+/// shim stops reading the client (which then blocks): backpressure, not memory growth.
+const STDIN_BUFFER: usize = 64 * 1024;
+
+/// The version of the handoff below. A monitor that reads another version runs the
+/// creating shim's own binary instead ([`EXE_FD_ENV`]).
+const HANDOFF_VERSION: &str = "2";
+
+/// A descriptor of the creating shim's binary (`/proc/self/exe`, O_PATH), handed to the
+/// monitor: if the monitor binary cannot read the handoff (a different version installed
+/// beside an upgraded agent), it executes that binary, which can. The name and meaning of
+/// this variable must never change.
+const EXE_FD_ENV: &str = "FLYNN_SHIM_EXE_FD";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A container's init: the monitor deletes the container after its exit.
+    Container,
+    /// A process exec'd into a container: nothing to delete.
+    Exec,
+}
 
 /// What the creating phase hands to the monitoring phase, across exec.
 pub struct Handoff {
-    pub init: Pid,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
+    pub kind: Kind,
+    /// The supervised process, a child of this one.
+    pub pid: Pid,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    /// The pty master, with a terminal.
+    pub terminal: Option<OwnedFd>,
+    /// Where stdin input goes, if the process was started with stdin.
+    pub stdin: Option<OwnedFd>,
     pub listener: OwnedFd,
     /// `shim.lock`, locked by this process: the lock survives exec as long as this
     /// descriptor stays open.
     pub lock: OwnedFd,
 }
 
+#[derive(Debug, PartialEq)]
+enum DecodeError {
+    /// Written by a shim of another version.
+    Version(String),
+    Malformed(String),
+}
+
 impl Handoff {
-    /// `init:stdout:stderr:listener:lock:job_dir`. The job dir travels too (absolute), so
-    /// the monitor does not depend on argv or on the working directory it was started from.
-    fn encode(&self, job_dir: &Path) -> OsString {
+    fn fds(&self) -> impl Iterator<Item = &OwnedFd> {
+        [&self.stdout, &self.stderr, &self.terminal, &self.stdin]
+            .into_iter()
+            .flatten()
+            .chain([&self.listener, &self.lock])
+    }
+
+    /// `2:kind:pid:stdout:stderr:terminal:stdin:listener:lock:dir` (-1 for no
+    /// descriptor). The directory travels too (absolute), so the monitor does not depend
+    /// on argv or on the working directory it was started from.
+    fn encode(&self, dir: &Path) -> OsString {
+        let raw = |fd: &Option<OwnedFd>| fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+        let kind = match self.kind {
+            Kind::Container => "c",
+            Kind::Exec => "e",
+        };
         let mut value = OsString::from(format!(
-            "{}:{}:{}:{}:{}:",
-            self.init,
-            self.stdout.as_raw_fd(),
-            self.stderr.as_raw_fd(),
+            "{HANDOFF_VERSION}:{kind}:{}:{}:{}:{}:{}:{}:{}:",
+            self.pid,
+            raw(&self.stdout),
+            raw(&self.stderr),
+            raw(&self.terminal),
+            raw(&self.stdin),
             self.listener.as_raw_fd(),
             self.lock.as_raw_fd()
         ));
-        value.push(job_dir.as_os_str());
+        value.push(dir.as_os_str());
         value
     }
 
-    fn decode(value: &OsStr) -> Result<(Handoff, PathBuf), String> {
-        let malformed = || format!("malformed {MONITOR_ENV}={value:?}");
-        let mut parts = value.as_bytes().splitn(6, |&b| b == b':');
-        let mut nums = [0i32; 5];
+    fn decode(value: &OsStr) -> Result<(Handoff, PathBuf), DecodeError> {
+        let malformed = || DecodeError::Malformed(format!("malformed {MONITOR_ENV}={value:?}"));
+        let mut parts = value.as_bytes().splitn(10, |&b| b == b':');
+        let version = parts.next().unwrap_or_default();
+        if version != HANDOFF_VERSION.as_bytes() {
+            return Err(DecodeError::Version(format!(
+                "{MONITOR_ENV} has version {:?}, this monitor reads {HANDOFF_VERSION}",
+                String::from_utf8_lossy(version)
+            )));
+        }
+        let kind = match parts.next() {
+            Some(b"c") => Kind::Container,
+            Some(b"e") => Kind::Exec,
+            _ => return Err(malformed()),
+        };
+        let mut nums = [0i32; 7];
         for n in nums.iter_mut() {
             *n = parts
                 .next()
                 .and_then(|p| std::str::from_utf8(p).ok()?.parse().ok())
                 .ok_or_else(malformed)?;
         }
-        let job_dir = PathBuf::from(OsStr::from_bytes(parts.next().ok_or_else(malformed)?));
-        if !job_dir.is_absolute() {
+        let dir = PathBuf::from(OsStr::from_bytes(parts.next().ok_or_else(malformed)?));
+        if !dir.is_absolute() {
             return Err(malformed());
         }
-        let [init, out, err, listener, lock] = nums;
-        let mut fds = Vec::new();
-        for raw in [out, err, listener, lock] {
-            if raw <= 2 || !sys::is_open(raw) || fds.contains(&raw) {
-                return Err(format!("{MONITOR_ENV}: descriptor {raw} is not usable"));
-            }
-            fds.push(raw);
+        let [pid, out, err, terminal, stdin, listener, lock] = nums;
+        if pid <= 0 {
+            return Err(malformed());
         }
-        // SAFETY: the four descriptors were checked to be open and distinct; the
-        // pre-exec shim made exactly these inheritable and gave up its own handles on
-        // them by exec'ing, so nothing else in this process owns them.
-        let own = |raw| unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut seen = Vec::new();
+        for (raw, required) in [
+            (out, false),
+            (err, false),
+            (terminal, false),
+            (stdin, false),
+            (listener, true),
+            (lock, true),
+        ] {
+            if raw == -1 && !required {
+                continue;
+            }
+            if raw <= 2 || !sys::is_open(raw) || seen.contains(&raw) {
+                return Err(DecodeError::Malformed(format!(
+                    "{MONITOR_ENV}: descriptor {raw} is not usable"
+                )));
+            }
+            seen.push(raw);
+        }
+        // SAFETY: the descriptors were checked to be open and distinct; the pre-exec shim
+        // made exactly these inheritable and gave up its own handles on them by exec'ing,
+        // so nothing else in this process owns them.
+        let own = |raw: RawFd| (raw != -1).then(|| unsafe { OwnedFd::from_raw_fd(raw) });
+        let (Some(listener), Some(lock)) = (own(listener), own(lock)) else {
+            return Err(malformed());
+        };
         let handoff = Handoff {
-            init: Pid::from_raw(init),
+            kind,
+            pid: Pid::from_raw(pid),
             stdout: own(out),
             stderr: own(err),
-            listener: own(listener),
-            lock: own(lock),
+            terminal: own(terminal),
+            stdin: own(stdin),
+            listener,
+            lock,
         };
-        Ok((handoff, job_dir))
+        Ok((handoff, dir))
     }
 }
 
-/// How long the creating process watches for init's exit before re-executing into the
-/// lean monitor. A container done by then is finished right here: the exec (a few
-/// milliseconds of loading and relocating the binary) would only delay its exit status.
-/// A longer-lived one has its first output read, and its first control requests
-/// answered, that much later (nothing is lost: the pipes and the socket's backlog hold
-/// them).
+/// How long the creating process watches for the process's exit before re-executing into
+/// the lean monitor. A process done by then is finished right here: the exec (a few
+/// milliseconds of loading the binary) would only delay its exit status. A longer-lived
+/// one has its first output read, and its first control requests answered, that much
+/// later (nothing is lost: the pipes and the socket's backlog hold them).
 const REEXEC_GRACE_MS: u16 = 20;
 
-/// Re-executes the shim binary into the monitoring phase, dropping libcontainer's memory,
-/// unless init exits within [`REEXEC_GRACE_MS`]; if the exec is impossible, monitors in
-/// this process instead.
+/// Re-executes into the monitoring phase, dropping libcontainer's memory, unless the
+/// process exits within [`REEXEC_GRACE_MS`]; if the exec is impossible, monitors in this
+/// process instead.
 pub fn hand_over(files: &JobFiles, handoff: Handoff) -> i32 {
-    if exits_soon(handoff.init) {
+    if exits_soon(handoff.pid) {
         return run(files, handoff);
     }
     let err = reexec(&handoff, files.dir());
     diag(&format!(
         "cannot re-exec into the lean monitor ({err}); monitoring in-process"
     ));
-    for fd in [
-        &handoff.stdout,
-        &handoff.stderr,
-        &handoff.listener,
-        &handoff.lock,
-    ] {
+    for fd in handoff.fds() {
         let _ = sys::set_inherit(fd, false);
     }
     // A failed exec may already have reset SIGPIPE to its default (fatal) action.
-    container::ignore_sigpipe();
+    sys::ignore_sigpipe();
     run(files, handoff)
 }
 
-/// Whether init, our child, ends within the grace period. Does not reap it: a pidfd turns
-/// readable when the process has exited.
-fn exits_soon(init: Pid) -> bool {
-    let Ok(pidfd) = sys::pidfd_open(init.as_raw()) else {
+/// Whether the process, our child, ends within the grace period. Does not reap it: a
+/// pidfd turns readable when the process has exited.
+fn exits_soon(pid: Pid) -> bool {
+    let Ok(pidfd) = sys::pidfd_open(pid.as_raw()) else {
         return false;
     };
     let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
     matches!(poll(&mut fds, PollTimeout::from(REEXEC_GRACE_MS)), Ok(n) if n > 0)
 }
 
+/// The lean monitor binary beside the running one, if installed.
+fn monitor_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.join(MONITOR_BINARY);
+    nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK).ok()?;
+    path.is_file().then_some(path)
+}
+
 /// Only returns on failure.
-fn reexec(h: &Handoff, job_dir: &Path) -> std::io::Error {
-    for fd in [&h.stdout, &h.stderr, &h.listener, &h.lock] {
+fn reexec(h: &Handoff, dir: &Path) -> std::io::Error {
+    for fd in h.fds() {
         if let Err(e) = sys::set_inherit(fd, true) {
             return std::io::Error::from(e);
         }
     }
+    // Inheritable, for the fallback; the monitor closes it once it has read the handoff.
+    let own_exe = nix::fcntl::open("/proc/self/exe", OFlag::O_PATH, Mode::empty()).ok();
+    let handoff = h.encode(dir);
+    let mut last_err = std::io::Error::other("no monitor binary");
     // /proc/self/exe is the binary this process runs, even if an upgrade replaced the
-    // file since: the monitor is always the same version as the creator.
-    let mut args = std::env::args_os();
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    if let Some(argv0) = args.next() {
-        cmd.arg0(argv0);
+    // file since: the same version as the creator.
+    let targets = monitor_binary()
+        .into_iter()
+        .chain([PathBuf::from("/proc/self/exe")]);
+    for target in targets {
+        let mut args = std::env::args_os();
+        let mut cmd = std::process::Command::new(&target);
+        if let Some(argv0) = args.next() {
+            cmd.arg0(argv0);
+        }
+        cmd.args(args).env(MONITOR_ENV, &handoff);
+        if let Some(fd) = own_exe {
+            cmd.env(EXE_FD_ENV, fd.to_string());
+        }
+        last_err = cmd.exec();
+        diag(&format!("cannot execute {target:?}: {last_err}"));
     }
-    cmd.args(args).env(MONITOR_ENV, h.encode(job_dir));
-    cmd.exec()
+    if let Some(fd) = own_exe {
+        let _ = nix::unistd::close(fd);
+    }
+    last_err
 }
 
-/// Entry point of the re-executed shim. `job_dir` (from argv) is only a fallback: the
+/// The descriptor of [`EXE_FD_ENV`], if any; the variable is removed so that it does not
+/// reach anything this process starts.
+fn take_exe_fd() -> Option<OwnedFd> {
+    let raw: RawFd = std::env::var(EXE_FD_ENV).ok()?.parse().ok()?;
+    // SAFETY: single-threaded at this point (the monitor's first steps), so nothing can
+    // read the environment concurrently.
+    unsafe { std::env::remove_var(EXE_FD_ENV) };
+    if raw <= 2 || !sys::is_open(raw) {
+        return None;
+    }
+    // SAFETY: the creator opened this descriptor for us and exec'd; nothing else in this
+    // process owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Entry point of the re-executed shim. `dir` (from argv) is only a fallback: the
 /// handoff carries the absolute path.
-pub fn main_after_exec(job_dir: &Path, value: &OsStr) -> i32 {
+pub fn main_after_exec(dir: &Path, value: &OsStr) -> i32 {
+    let own_exe = take_exe_fd();
     match Handoff::decode(value) {
-        Ok((h, dir)) => run(&JobFiles::new(&dir), h),
-        Err(msg) => {
-            // Without the handed-over descriptors nobody can supervise the container:
-            // better gone than running unobserved.
-            diag(&format!("{msg}; killing the container"));
-            if let Ok(cfg) = read_config(&JobFiles::new(job_dir))
-                && let Err(e) = container::cleanup(&cfg.state_root, &cfg.container.id)
-            {
-                diag(&error_chain(&e));
+        Ok((h, dir)) => {
+            drop(own_exe);
+            run(&JobFiles::new(&dir), h)
+        }
+        Err(DecodeError::Version(msg)) => {
+            // The creating shim's binary reads its own handoff. The descriptors stay
+            // inheritable, the environment is unchanged.
+            if let Some(exe) = &own_exe {
+                let err = sys::exec_fd(exe);
+                diag(&format!(
+                    "{msg}; cannot run the creating shim's binary: {err}"
+                ));
+            } else {
+                diag(&format!("{msg}, and the creating shim's binary is unknown"));
             }
-            1
+            give_up(dir, value)
+        }
+        Err(DecodeError::Malformed(msg)) => {
+            diag(&msg);
+            give_up(dir, value)
         }
     }
+}
+
+/// Without the handed-over descriptors nobody can supervise the process: better gone
+/// than running unobserved. Kills it (the pid is the third field; it is our unreaped
+/// child, so it cannot have been reused) and, for a container, removes what is left.
+fn give_up(dir: &Path, value: &OsStr) -> i32 {
+    let pid = value
+        .as_bytes()
+        .split(|&b| b == b':')
+        .nth(2)
+        .and_then(|p| std::str::from_utf8(p).ok()?.parse::<i32>().ok())
+        .filter(|&p| p > 0);
+    diag("killing the supervised process");
+    if let Some(pid) = pid {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(pid), None);
+    }
+    if let Ok(cfg) = read_config(&JobFiles::new(dir))
+        && let Err(e) = crate::teardown::remove_exited(&cfg.state_root, &cfg.container.id, true)
+    {
+        diag(&e.to_string());
+    }
+    1
 }
 
 fn run(files: &JobFiles, h: Handoff) -> i32 {
-    let cfg = match read_config(files) {
-        Ok(cfg) => cfg,
-        Err(msg) => {
-            diag(&format!("{msg}; killing the container"));
-            let _ = kill(h.init, Signal::SIGKILL);
-            let _ = waitpid(h.init, None);
-            return 1;
-        }
-    };
-    match Monitor::new(files, cfg, h) {
+    let pid = h.pid;
+    match Monitor::new(files, h) {
         Ok(mut m) => {
             m.run();
             m.finish()
         }
-        Err((msg, init)) => {
-            diag(&format!("{msg}; killing the container"));
-            let _ = kill(init, Signal::SIGKILL);
-            let _ = waitpid(init, None);
+        Err(msg) => {
+            diag(&format!("{msg}; killing the supervised process"));
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
             1
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading its request line.
+    Request,
+    /// Asked for the exit status; answered in `finish`.
+    Waiting,
+    /// Attached to stdin: what it sends goes to the process.
+    Stdin,
 }
 
 struct Client {
     stream: UnixStream,
     request: Vec<u8>,
-    /// Asked for the exit status; answered in `finish`.
-    waiting: bool,
+    phase: Phase,
     /// The peer shut down its writing side (it may still read our answer).
     read_closed: bool,
     done: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Source {
+    Stdout,
+    Stderr,
+    Terminal,
+}
+
+impl Source {
+    /// Docker logs a terminal's output as stdout.
+    fn stream(self) -> Stream {
+        match self {
+            Source::Stderr => Stream::Stderr,
+            Source::Stdout | Source::Terminal => Stream::Stdout,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Token {
     Child,
-    Output(Stream),
+    Output(Source),
+    StdinWritable,
     Listener,
     Client(usize),
 }
 
+/// The process's stdin, when it was started with one.
+struct Stdin {
+    /// The pipe's write end or the pty master; `None` once closed.
+    fd: Option<OwnedFd>,
+    /// A terminal: never closed by a client leaving (a terminal has no EOF).
+    terminal: bool,
+    pending: Vec<u8>,
+    attached: bool,
+    /// The client left: close the pipe once `pending` is written.
+    eof: bool,
+}
+
+impl Stdin {
+    fn room(&self) -> usize {
+        STDIN_BUFFER.saturating_sub(self.pending.len())
+    }
+
+    fn wants_writable(&self) -> bool {
+        self.fd.is_some() && !self.pending.is_empty()
+    }
+
+    /// Writes what it can without blocking; closes the pipe when the client has left and
+    /// everything is written, or when the process cannot take input any more.
+    fn flush(&mut self) {
+        let Some(fd) = &self.fd else {
+            self.pending.clear();
+            return;
+        };
+        while !self.pending.is_empty() {
+            match nix::unistd::write(fd, &self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                // EPIPE: the process closed its stdin (SIGPIPE is ignored here); EIO: the
+                // terminal has no process left. Input has nowhere to go.
+                Err(_) => {
+                    self.pending = Vec::new();
+                    self.fd = None;
+                    return;
+                }
+            }
+        }
+        if self.eof && !self.terminal {
+            self.fd = None;
+        }
+        if self.pending.capacity() > STDIN_BUFFER {
+            self.pending.shrink_to(4096);
+        }
+    }
+}
+
 struct Monitor {
     files: JobFiles,
-    cfg: ShimConfig,
-    init: Pid,
-    /// How and when init ended; set once it has been reaped.
+    kind: Kind,
+    /// For a container: its id and libcontainer's state root, to delete it.
+    container: Option<(String, PathBuf)>,
+    pid: Pid,
+    /// How and when the process ended; set once it has been reaped.
     status: Option<(WaitStatus, chrono::DateTime<chrono::Utc>)>,
     sigfd: SignalFd,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    terminal: Option<OwnedFd>,
+    /// The terminal still gives output (it reports EIO once no process has it open; the
+    /// master stays open for resizes).
+    terminal_open: bool,
+    stdin: Option<Stdin>,
     listener: UnixListener,
     clients: Vec<Client>,
     log: Option<LogWriter>,
@@ -239,41 +474,62 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn new(files: &JobFiles, cfg: ShimConfig, h: Handoff) -> Result<Monitor, (String, Pid)> {
-        let init = h.init;
-        let fail = |what: &str, e: &dyn std::fmt::Display| (format!("{what}: {e}"), init);
+    fn new(files: &JobFiles, h: Handoff) -> Result<Monitor, String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        let (container, log_path) = match h.kind {
+            Kind::Container => {
+                let cfg = read_config(files)?;
+                (Some((cfg.container.id, cfg.state_root)), cfg.log_path)
+            }
+            Kind::Exec => (None, files.log()),
+        };
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
-        // Blocked so that SIGCHLD is only ever seen through the signalfd. The init
+        // Blocked so that SIGCHLD is only ever seen through the signalfd. The supervised
         // process is never cloned from here, so it cannot inherit this mask.
         mask.thread_block()
             .map_err(|e| fail("cannot block SIGCHLD", &e))?;
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| fail("cannot create a signalfd", &e))?;
-        for fd in [&h.stdout, &h.stderr] {
-            sys::set_nonblocking(fd).map_err(|e| fail("cannot make a pipe non-blocking", &e))?;
+        for fd in [&h.stdout, &h.stderr, &h.terminal, &h.stdin]
+            .into_iter()
+            .flatten()
+        {
+            sys::set_nonblocking(fd).map_err(|e| fail("cannot make a stream non-blocking", &e))?;
         }
         let listener = UnixListener::from(h.listener);
         listener
             .set_nonblocking(true)
             .map_err(|e| fail("cannot make the control socket non-blocking", &e))?;
-        let log = match LogWriter::open(&cfg.log_path) {
+        let log = match LogWriter::open(&log_path) {
             Ok(w) => Some(w),
             Err(e) => {
-                // The container still runs; its output is read and dropped so that it
+                // The process still runs; its output is read and dropped so that it
                 // never blocks on a full pipe.
-                diag(&format!("{e}; container output will be discarded"));
+                diag(&format!("{e}; output will be discarded"));
                 None
             }
         };
+        let terminal_open = h.terminal.is_some();
+        let stdin = h.stdin.map(|fd| Stdin {
+            fd: Some(fd),
+            terminal: terminal_open,
+            pending: Vec::new(),
+            attached: false,
+            eof: false,
+        });
         Ok(Monitor {
             files: files.clone(),
-            cfg,
-            init,
+            kind: h.kind,
+            container,
+            pid: h.pid,
             status: None,
             sigfd,
-            stdout: Some(h.stdout),
-            stderr: Some(h.stderr),
+            stdout: h.stdout,
+            stderr: h.stderr,
+            terminal: h.terminal,
+            terminal_open,
+            stdin,
             listener,
             clients: Vec::new(),
             log,
@@ -283,9 +539,17 @@ impl Monitor {
         })
     }
 
+    /// What is supervised, for messages.
+    fn what(&self) -> &'static str {
+        match self.kind {
+            Kind::Container => "container",
+            Kind::Exec => "process",
+        }
+    }
+
     fn run(&mut self) {
-        // Init may have exited before SIGCHLD was blocked: that signal is gone, the
-        // zombie is not.
+        // The process may have exited before SIGCHLD was blocked: that signal is gone,
+        // the zombie is not.
         self.reap();
         while self.status.is_none() {
             let ready = match self.wait_for_events() {
@@ -299,37 +563,72 @@ impl Monitor {
             for (token, revents) in ready {
                 match token {
                     Token::Child => self.on_sigchld(),
-                    Token::Output(stream) => self.on_output(stream),
+                    Token::Output(source) => {
+                        self.read_output(source);
+                    }
+                    Token::StdinWritable => {
+                        if let Some(stdin) = &mut self.stdin {
+                            stdin.flush();
+                        }
+                    }
                     Token::Listener => self.on_accept(),
                     Token::Client(i) => self.on_client(i, revents),
                 }
             }
-            self.clients.retain(|c| !c.done);
+            self.sweep();
         }
     }
 
+    /// Forgets finished clients; a stdin client whose stdin is gone is finished too.
+    fn sweep(&mut self) {
+        let stdin_gone = self.stdin.as_ref().is_none_or(|s| s.fd.is_none());
+        for c in &mut self.clients {
+            if c.phase == Phase::Stdin && stdin_gone {
+                c.done = true;
+            }
+        }
+        if let Some(stdin) = &mut self.stdin {
+            stdin.attached = self
+                .clients
+                .iter()
+                .any(|c| c.phase == Phase::Stdin && !c.done);
+        }
+        self.clients.retain(|c| !c.done);
+    }
+
     fn wait_for_events(&self) -> Result<Vec<(Token, PollFlags)>, Errno> {
-        let mut fds = Vec::with_capacity(4 + self.clients.len());
+        let mut fds = Vec::with_capacity(6 + self.clients.len());
         let mut tokens = Vec::with_capacity(fds.capacity());
         fds.push(PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN));
         tokens.push(Token::Child);
-        for (fd, stream) in [
-            (&self.stdout, Stream::Stdout),
-            (&self.stderr, Stream::Stderr),
+        let terminal = self.terminal.as_ref().filter(|_| self.terminal_open);
+        for (fd, source) in [
+            (self.stdout.as_ref(), Source::Stdout),
+            (self.stderr.as_ref(), Source::Stderr),
+            (terminal, Source::Terminal),
         ] {
             if let Some(fd) = fd {
                 fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                tokens.push(Token::Output(stream));
+                tokens.push(Token::Output(source));
             }
+        }
+        if let Some(stdin) = self.stdin.as_ref().filter(|s| s.wants_writable())
+            && let Some(fd) = &stdin.fd
+        {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+            tokens.push(Token::StdinWritable);
         }
         fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         tokens.push(Token::Listener);
+        let stdin_room = self.stdin.as_ref().map_or(0, Stdin::room);
         for (i, c) in self.clients.iter().enumerate() {
-            // With no events requested, poll still reports the peer hanging up.
-            let events = if c.read_closed {
-                PollFlags::empty()
-            } else {
-                PollFlags::POLLIN
+            let events = match c.phase {
+                // A full stdin buffer: not even polled (a hung-up peer would otherwise
+                // wake us in a loop), so its data waits in the socket: backpressure.
+                Phase::Stdin if stdin_room == 0 => continue,
+                // With no events requested, poll still reports the peer hanging up.
+                _ if c.read_closed => PollFlags::empty(),
+                _ => PollFlags::POLLIN,
             };
             fds.push(PollFd::new(c.stream.as_fd(), events));
             tokens.push(Token::Client(i));
@@ -352,7 +651,7 @@ impl Monitor {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(status @ (WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)))
-                    if pid == self.init =>
+                    if pid == self.pid =>
                 {
                     self.status = Some((status, chrono::Utc::now()));
                 }
@@ -366,34 +665,34 @@ impl Monitor {
         }
     }
 
-    /// Reads once from a stream; returns false when the stream is finished.
-    fn read_output(&mut self, stream: Stream) -> bool {
-        let fd = match stream {
-            Stream::Stdout => &self.stdout,
-            Stream::Stderr => &self.stderr,
+    /// Reads once from an output; returns false when there is nothing more to read now.
+    fn read_output(&mut self, source: Source) -> bool {
+        let fd = match source {
+            Source::Stdout => self.stdout.as_ref(),
+            Source::Stderr => self.stderr.as_ref(),
+            Source::Terminal => self.terminal.as_ref().filter(|_| self.terminal_open),
         };
         let Some(fd) = fd else { return false };
         match nix::unistd::read(fd.as_raw_fd(), &mut self.buf) {
-            Ok(0) => {
-                match stream {
-                    Stream::Stdout => self.stdout = None,
-                    Stream::Stderr => self.stderr = None,
-                }
-                false
-            }
-            Ok(n) => {
+            Ok(n) if n > 0 => {
                 if let Some(log) = &mut self.log {
-                    let result = log.write(stream, &self.buf[..n]);
+                    let result = log.write(source.stream(), &self.buf[..n]);
                     self.note_log_result(result);
                 }
                 true
             }
             Err(Errno::EAGAIN | Errno::EINTR) => false,
-            Err(e) => {
-                diag(&format!("cannot read container {stream:?}: {e}"));
-                match stream {
-                    Stream::Stdout => self.stdout = None,
-                    Stream::Stderr => self.stderr = None,
+            // EOF; a terminal says EIO once no process has it open any more.
+            other => {
+                if let Err(e) = other
+                    && !(source == Source::Terminal && e == Errno::EIO)
+                {
+                    diag(&format!("cannot read {source:?}: {e}"));
+                }
+                match source {
+                    Source::Stdout => self.stdout = None,
+                    Source::Stderr => self.stderr = None,
+                    Source::Terminal => self.terminal_open = false,
                 }
                 false
             }
@@ -405,21 +704,15 @@ impl Monitor {
     fn note_log_result(&mut self, result: std::io::Result<()>) {
         match result {
             Err(e) if !self.log_failing => {
-                diag(&format!(
-                    "cannot write the container log: {e}; dropping output"
-                ));
+                diag(&format!("cannot write the log: {e}; dropping output"));
                 self.log_failing = true;
             }
             Ok(()) if self.log_failing => {
-                diag("the container log is writable again");
+                diag("the log is writable again");
                 self.log_failing = false;
             }
             _ => {}
         }
-    }
-
-    fn on_output(&mut self, stream: Stream) {
-        self.read_output(stream);
     }
 
     fn on_accept(&mut self) {
@@ -432,7 +725,7 @@ impl Monitor {
                     self.clients.push(Client {
                         stream,
                         request: Vec::new(),
-                        waiting: false,
+                        phase: Phase::Request,
                         read_closed: false,
                         done: false,
                     });
@@ -449,6 +742,10 @@ impl Monitor {
     }
 
     fn on_client(&mut self, i: usize, revents: PollFlags) {
+        if self.clients.get(i).is_some_and(|c| c.phase == Phase::Stdin) {
+            self.on_stdin_client(i, revents);
+            return;
+        }
         let Some(client) = self.clients.get_mut(i) else {
             return;
         };
@@ -456,7 +753,9 @@ impl Monitor {
             let mut chunk = [0u8; 1024];
             match client.stream.read(&mut chunk) {
                 Ok(0) => client.read_closed = true,
-                Ok(n) if !client.waiting => client.request.extend_from_slice(&chunk[..n]),
+                Ok(n) if client.phase == Phase::Request => {
+                    client.request.extend_from_slice(&chunk[..n])
+                }
                 // Anything a waiter sends after its request is ignored.
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -468,15 +767,18 @@ impl Monitor {
             return;
         }
         let hung_up = revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
-        if client.waiting {
+        if client.phase == Phase::Waiting {
             client.done = hung_up;
             return;
         }
         let line_end = client.request.iter().position(|&b| b == b'\n');
-        let request = match line_end {
-            Some(n) => client.request[..n].to_vec(),
+        let (request, rest) = match line_end {
+            Some(n) => (
+                client.request[..n].to_vec(),
+                client.request[n + 1..].to_vec(),
+            ),
             // A request may also end with the client shutting down its side.
-            None if client.read_closed => std::mem::take(&mut client.request),
+            None if client.read_closed => (std::mem::take(&mut client.request), Vec::new()),
             None if client.request.len() > MAX_REQUEST_BYTES => {
                 let reply = error(format!(
                     "request longer than {MAX_REQUEST_BYTES} bytes without a newline"
@@ -493,57 +795,166 @@ impl Monitor {
             client.done = true;
             return;
         }
+        let exited = self.status.is_some();
         let reply = match serde_json::from_slice::<Request>(&request) {
             Ok(Request::Wait) => {
-                client.waiting = true;
+                let client = &mut self.clients[i];
+                client.phase = Phase::Waiting;
+                client.request = Vec::new();
                 return;
             }
-            // Once reaped, init's pid may belong to someone else.
-            Ok(Request::Signal { .. }) if self.status.is_some() => {
-                error("the container has exited".into())
+            // Once reaped, the pid may belong to someone else.
+            Ok(Request::Signal { .. }) if exited => {
+                error(format!("the {} has exited", self.what()))
             }
-            Ok(Request::Signal { signal }) => signal_init(self.init, signal),
+            Ok(Request::Signal { signal }) => signal_process(self.pid, signal),
             Ok(Request::State) => Response::State(ShimState {
-                pid: self.init.as_raw(),
-                status: if self.status.is_some() {
+                pid: self.pid.as_raw(),
+                status: if exited {
                     Status::Stopped
                 } else {
                     Status::Running
                 },
             }),
+            Ok(Request::Stdin) => match self.attach_stdin(i, rest) {
+                Ok(()) => return,
+                Err(reply) => reply,
+            },
+            Ok(Request::Resize { rows, cols }) => self.resize(rows, cols),
             Err(e) => error(format!(
                 "invalid request: {e}; send one JSON line such as {{\"op\":\"state\"}}, \
-                 {{\"op\":\"wait\"}} or {{\"op\":\"signal\",\"signal\":15}}"
+                 {{\"op\":\"wait\"}}, {{\"op\":\"signal\",\"signal\":15}}, \
+                 {{\"op\":\"stdin\"}} or {{\"op\":\"resize\",\"rows\":24,\"cols\":80}}"
             )),
         };
         let client = &mut self.clients[i];
         reply_and_close(client, &reply);
     }
 
-    /// Everything after init's exit, in the order that lets waiters know as early as it
-    /// is safe: output drained, OOM counter read, `exit.json` durable, socket gone, waiters
-    /// answered; then the container deleted. Returns the shim's exit code.
+    /// Makes client `i` the stdin client (replying ok), with `rest` (what it sent after
+    /// its request line) as its first input. Returns the error reply otherwise.
+    fn attach_stdin(&mut self, i: usize, rest: Vec<u8>) -> Result<(), Response> {
+        let process = self.what();
+        if self.status.is_some() {
+            return Err(error(format!("the {process} has exited")));
+        }
+        let what = match self.kind {
+            Kind::Container => "job",
+            Kind::Exec => "exec",
+        };
+        let Some(stdin) = &mut self.stdin else {
+            return Err(error(format!("the {what} was started without stdin")));
+        };
+        if stdin.attached {
+            return Err(error("stdin is already attached".into()));
+        }
+        if stdin.fd.is_none() {
+            return Err(error(format!(
+                "the {process}'s stdin is closed (a client detached, or the process closed it)"
+            )));
+        }
+        let client = &mut self.clients[i];
+        if send_all(&client.stream, &protocol::line(&Response::Ok { ok: true })).is_err() {
+            client.done = true;
+            return Ok(());
+        }
+        client.phase = Phase::Stdin;
+        client.request = Vec::new();
+        stdin.attached = true;
+        stdin.pending.extend_from_slice(&rest);
+        stdin.flush();
+        if client.read_closed {
+            self.detach_stdin(i);
+        }
+        Ok(())
+    }
+
+    fn on_stdin_client(&mut self, i: usize, revents: PollFlags) {
+        let (Some(stdin), Some(client)) = (&mut self.stdin, self.clients.get_mut(i)) else {
+            return;
+        };
+        let room = stdin.room().min(self.buf.len());
+        if room == 0 {
+            return;
+        }
+        let left = match client.stream.read(&mut self.buf[..room]) {
+            Ok(0) => true,
+            Ok(n) => {
+                stdin.pending.extend_from_slice(&self.buf[..n]);
+                stdin.flush();
+                false
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                revents.contains(PollFlags::POLLERR)
+            }
+            Err(_) => true,
+        };
+        if left {
+            self.detach_stdin(i);
+        }
+    }
+
+    /// The stdin client left: a pipe is closed once its input is written (the process
+    /// reads EOF); a terminal stays as it is.
+    fn detach_stdin(&mut self, i: usize) {
+        if let Some(c) = self.clients.get_mut(i) {
+            c.done = true;
+        }
+        if let Some(stdin) = &mut self.stdin {
+            stdin.attached = false;
+            if !stdin.terminal {
+                stdin.eof = true;
+                stdin.flush();
+            }
+        }
+    }
+
+    fn resize(&self, rows: u16, cols: u16) -> Response {
+        let Some(terminal) = &self.terminal else {
+            return error(format!(
+                "the {} has no terminal: only a process started with tty can be resized",
+                self.what()
+            ));
+        };
+        match stdio::set_window_size(terminal, rows, cols) {
+            Ok(()) => Response::Ok { ok: true },
+            Err(e) => error(format!("cannot resize the terminal: {e}")),
+        }
+    }
+
+    /// Everything after the process's exit, in the order that lets waiters know as early
+    /// as it is safe: output drained, OOM counter read, `exit.json` durable, socket gone,
+    /// waiters answered; then the container deleted. Returns the shim's exit code.
     fn finish(mut self) -> i32 {
-        // Every process of the container is gone (a PID namespace dies with its init), so
-        // the pipes hold all there is left and then report EOF.
-        for stream in [Stream::Stdout, Stream::Stderr] {
-            while self.read_output(stream) {}
+        // A container's processes are all gone (a PID namespace dies with its init), so
+        // its pipes hold all there is left. An exec'd process may have left children
+        // holding its output: what they have written so far is read, not more.
+        for source in [Source::Stdout, Source::Stderr, Source::Terminal] {
+            while self.read_output(source) {}
         }
         self.stdout = None;
         self.stderr = None;
+        self.stdin = None;
         if let Some(log) = &mut self.log {
             let result = log.finish();
             self.note_log_result(result);
         }
 
-        let id = self.cfg.container.id.clone();
         // The counter lives in the cgroup, so it must be read before the delete below.
-        let oom_killed = match cgroup::oom_kill_count(&id) {
-            Ok(n) => n > 0,
-            Err(e) => {
-                diag(&format!("cannot tell whether the OOM killer struck: {e}"));
-                false
-            }
+        let oom_killed = match &self.container {
+            Some((id, _)) => match cgroup::oom_kill_count(id) {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    diag(&format!("cannot tell whether the OOM killer struck: {e}"));
+                    false
+                }
+            },
+            None => false,
         };
         let (wait_status, reaped_at) = self
             .status
@@ -555,36 +966,43 @@ impl Monitor {
         }
 
         // From here on, new clients find no socket and read exit.json instead. Those that
-        // connected while init was exiting, or before this process was listening, are
-        // served now (a wait is answered below) when their request has arrived; the rest
-        // see the connection close and read exit.json too.
+        // connected while the process was exiting, or before this process was listening,
+        // are served now (a wait is answered below) when their request has arrived; the
+        // rest see the connection close and read exit.json too.
         let _ = std::fs::remove_file(self.files.socket());
         self.on_accept();
         for i in 0..self.clients.len() {
-            self.on_client(i, PollFlags::empty());
+            if self.clients[i].phase != Phase::Stdin {
+                self.on_client(i, PollFlags::empty());
+            }
         }
         let Monitor {
             listener,
             clients,
-            cfg,
+            container,
+            terminal,
             _lock,
             ..
         } = self;
         drop(listener);
+        drop(terminal);
         let reply = protocol::line(&Response::Exit { exit: status });
-        for c in clients.iter().filter(|c| c.waiting && !c.done) {
+        for c in clients
+            .iter()
+            .filter(|c| c.phase == Phase::Waiting && !c.done)
+        {
             let _ = send_all(&c.stream, &reply);
         }
         drop(clients);
 
         // The waiters know; the agent tells the delete is over by shim.lock, held until
         // this process ends.
-        if let Err(e) = container::delete_exited(&cfg.state_root, &id) {
-            diag(&error_chain(&e));
-            match cgroup::existing_dirs(&id) {
-                Ok(left) if !left.is_empty() => diag(&format!("cgroups left behind: {left:?}")),
-                _ => {}
-            }
+        if let Some((id, state_root)) = container
+            && let Err(e) = crate::teardown::remove_exited(&state_root, &id, true)
+        {
+            diag(&format!(
+                "cannot delete container {id}: {e}; the agent's cleanup will retry"
+            ));
         }
         drop(_lock);
         0
@@ -595,17 +1013,17 @@ fn error(msg: String) -> Response {
     Response::Error { error: msg }
 }
 
-fn signal_init(init: Pid, signal: i32) -> Response {
+fn signal_process(pid: Pid, signal: i32) -> Response {
     let Ok(sig) = Signal::try_from(signal) else {
         return error(format!(
             "invalid signal number {signal}: give a standard signal between 1 and 31"
         ));
     };
-    // init is this process's unreaped child, so its pid cannot have been reused.
-    match kill(init, sig) {
+    // The process is this one's unreaped child, so its pid cannot have been reused.
+    match kill(pid, sig) {
         Ok(()) => Response::Ok { ok: true },
         Err(e) => error(format!(
-            "cannot send signal {signal} to the container's init (pid {init}): {e}"
+            "cannot send signal {signal} to the process (pid {pid}): {e}"
         )),
     }
 }
@@ -642,23 +1060,37 @@ mod tests {
     fn handoff_round_trip() {
         let (a, b) = sys::pipe().unwrap();
         let (c, e) = sys::pipe().unwrap();
-        let raws = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd(), e.as_raw_fd());
+        let (g, _unused) = sys::pipe().unwrap();
+        let raws = (
+            a.as_raw_fd(),
+            b.as_raw_fd(),
+            c.as_raw_fd(),
+            e.as_raw_fd(),
+            g.as_raw_fd(),
+        );
         let h = Handoff {
-            init: Pid::from_raw(42),
-            stdout: a,
-            stderr: b,
-            listener: c,
-            lock: e,
+            kind: Kind::Exec,
+            pid: Pid::from_raw(42),
+            stdout: None,
+            stderr: Some(a),
+            terminal: Some(b),
+            stdin: Some(c),
+            listener: e,
+            lock: g,
         };
         let value = h.encode(Path::new("/var/lib/flynn/jobs/a:b"));
         // The decoded handoff takes ownership of the same descriptors.
         std::mem::forget(h);
         let (back, dir) = Handoff::decode(&value).unwrap();
-        assert_eq!(back.init, Pid::from_raw(42));
+        assert_eq!(back.kind, Kind::Exec);
+        assert_eq!(back.pid, Pid::from_raw(42));
+        assert!(back.stdout.is_none());
+        let raw = |f: &Option<OwnedFd>| f.as_ref().unwrap().as_raw_fd();
         assert_eq!(
             (
-                back.stdout.as_raw_fd(),
-                back.stderr.as_raw_fd(),
+                raw(&back.stderr),
+                raw(&back.terminal),
+                raw(&back.stdin),
                 back.listener.as_raw_fd(),
                 back.lock.as_raw_fd()
             ),
@@ -666,15 +1098,28 @@ mod tests {
         );
         assert_eq!(dir, Path::new("/var/lib/flynn/jobs/a:b"));
 
+        assert!(matches!(
+            Handoff::decode(OsStr::new("1:2:3:4:5:/j")),
+            Err(DecodeError::Version(_))
+        ));
         for bad in [
-            "",
-            "1:2:3",
-            "1:2:3:4:5:relative",
-            "x:4:5:6:7:/j",
-            "1:0:1:2:3:/j",
-            "1:2:3:4:/j",
+            "2",
+            "2:c:1:2:3",
+            "2:x:1:-1:-1:-1:-1:5:6:/j",
+            "2:c:1:-1:-1:-1:-1:5:6:relative",
+            "2:c:0:-1:-1:-1:-1:5:6:/j",
+            "2:c:x:-1:-1:-1:-1:5:6:/j",
+            "2:c:1:-1:-1:-1:-1:-1:6:/j",
+            "2:c:1:0:-1:-1:-1:5:6:/j",
+            "2:c:1:-1:-1:-1:-1:1:2:/j",
         ] {
-            assert!(Handoff::decode(OsStr::new(bad)).is_err(), "{bad:?}");
+            assert!(
+                matches!(
+                    Handoff::decode(OsStr::new(bad)),
+                    Err(DecodeError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 }

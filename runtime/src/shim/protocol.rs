@@ -35,6 +35,16 @@ pub enum Request {
     /// Answered once, when the container has exited.
     Wait,
     State,
+    /// Attach to the process's stdin: after the `{"ok":true}` reply, everything the
+    /// client sends on this connection is written to the process's stdin; the client
+    /// shutting down its sending side (or going away) closes a stdin pipe (a terminal
+    /// stays open). One client at a time.
+    Stdin,
+    /// Sets the terminal's window size (TIOCSWINSZ); only for a process with a terminal.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +104,21 @@ mod tests {
         assert_eq!(r, Request::Signal { signal: 15 });
         let r: Request = serde_json::from_str(r#"{"op":"wait"}"#).unwrap();
         assert_eq!(r, Request::Wait);
+        let r: Request = serde_json::from_str(r#"{"op":"stdin"}"#).unwrap();
+        assert_eq!(r, Request::Stdin);
+        let r: Request = serde_json::from_str(r#"{"op":"resize","rows":33,"cols":101}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Resize {
+                rows: 33,
+                cols: 101
+            }
+        );
+        assert_eq!(
+            String::from_utf8(line(&Request::Resize { rows: 2, cols: 3 })).unwrap(),
+            "{\"op\":\"resize\",\"rows\":2,\"cols\":3}\n"
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"resize","rows":-1,"cols":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
 
         for text in [

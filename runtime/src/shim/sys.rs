@@ -112,3 +112,57 @@ pub fn reset_signals() {
     }
     let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
 }
+
+/// Back to what a Rust program expects: EPIPE errors instead of death by SIGPIPE.
+pub fn ignore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_IGN installs no handler code, so nothing can run asynchronously.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+}
+
+/// Executes the binary open at `exe` (an O_PATH descriptor is enough) with this
+/// process's argv and environment. Only returns on failure.
+pub fn exec_fd(exe: &impl AsFd) -> Errno {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    // The new program must not inherit the descriptor of its own binary.
+    let _ = set_inherit(exe, false);
+    let to_c = |bytes: &[u8]| CString::new(bytes).ok();
+    let Some(args) = std::env::args_os()
+        .map(|a| to_c(a.as_bytes()))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Errno::EINVAL;
+    };
+    let Some(env) = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            to_c(&kv)
+        })
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Errno::EINVAL;
+    };
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let empty = c"";
+    // SAFETY: argv and envp are null-terminated arrays of pointers to NUL-terminated
+    // strings that outlive the call (`args` and `env` own them); the path is an empty
+    // string, which AT_EMPTY_PATH makes the kernel read as "the file open at the fd".
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            exe.as_fd().as_raw_fd(),
+            empty.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    Errno::last()
+}

@@ -8,12 +8,12 @@ use oci_spec::OciSpecError;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources,
-    LinuxResourcesBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    LinuxResourcesBuilder, PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::cgroup;
-use crate::config::{self, ConfigError, ContainerConfig, NetworkMode, Resources};
+use crate::config::{self, ConfigError, ContainerConfig, ExecConfig, NetworkMode, Resources};
 use crate::rootfs::{RootDir, RootfsError};
 use crate::user::{self, UserError};
 
@@ -54,7 +54,12 @@ pub fn build_spec(cfg: &ContainerConfig) -> Result<Spec, SpecError> {
                 .build()?,
         )
         .args(cfg.args.clone())
-        .env(env_with_defaults(&cfg.env, &hostname, &exec_user.home))
+        .env(env_with_defaults(
+            &cfg.env,
+            &hostname,
+            &exec_user.home,
+            cfg.tty,
+        ))
         .cwd(cwd(cfg))
         .capabilities(caps::capabilities(caps::DEFAULT_CAPABILITIES))
         .rlimits(vec![
@@ -117,22 +122,84 @@ fn to_strings(list: &[&str]) -> Vec<String> {
 }
 
 /// Docker's defaults, added only where the image and the job left them unset.
-fn env_with_defaults(env: &[String], hostname: &str, home: &str) -> Vec<String> {
+fn env_with_defaults(env: &[String], hostname: &str, home: &str, tty: bool) -> Vec<String> {
     let mut out = env.to_vec();
-    let has = |key: &str| {
-        env.iter()
-            .any(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
-    };
-    for (key, value) in [
+    let mut defaults = vec![
         ("PATH", DEFAULT_PATH),
         ("HOSTNAME", hostname),
         ("HOME", home),
-    ] {
-        if !has(key) {
+    ];
+    if tty {
+        defaults.push(("TERM", "xterm"));
+    }
+    for (key, value) in defaults {
+        if !has_key(env, key) {
             out.push(format!("{key}={value}"));
         }
     }
     out
+}
+
+fn has_key(env: &[String], key: &str) -> bool {
+    env.iter()
+        .any(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
+}
+
+/// Replaces the entry with the same key as `entry`, or appends it.
+fn set_env(env: &mut Vec<String>, entry: &str) {
+    let key = entry.split_once('=').map_or(entry, |(k, _)| k);
+    match env
+        .iter_mut()
+        .find(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
+    {
+        Some(existing) => *existing = entry.to_owned(),
+        None => env.push(entry.to_owned()),
+    }
+}
+
+/// The process of an exec into a running container: the container's own process
+/// (`base`, from the spec it runs with: capabilities, rlimits, no_new_privileges,
+/// oom_score_adj, user, working directory, environment) with the exec's command, added
+/// environment, and optional working directory and user. A `user` is resolved in the
+/// container's rootfs as the container's is; it also brings its home as `HOME` unless
+/// the container's configuration or the exec sets `HOME` explicitly. With `tty`, `TERM`
+/// defaults to `xterm`, as for a container.
+pub fn exec_process(
+    container: &ContainerConfig,
+    base: &Process,
+    exec: &ExecConfig,
+) -> Result<Process, SpecError> {
+    exec.validate()?;
+    let mut process = base.clone();
+    let mut env = base.env().clone().unwrap_or_default();
+    for entry in &exec.env {
+        set_env(&mut env, entry);
+    }
+    if let Some(spec) = &exec.user {
+        let root = RootDir::open(&container.rootfs)?;
+        let user = user::resolve(&root, spec)?;
+        process.set_user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.additional_gids.clone())
+                .build()?,
+        );
+        if !has_key(&container.env, "HOME") && !has_key(&exec.env, "HOME") {
+            set_env(&mut env, &format!("HOME={}", user.home));
+        }
+    }
+    if exec.tty && !has_key(&env, "TERM") {
+        env.push("TERM=xterm".to_owned());
+    }
+    process.set_env(Some(env));
+    process.set_args(Some(exec.args.clone()));
+    if let Some(cwd) = &exec.cwd {
+        process.set_cwd(cwd.into());
+    }
+    process.set_terminal(Some(exec.tty));
+    process.set_console_size(None);
+    Ok(process)
 }
 
 fn namespaces(network: &NetworkMode) -> Result<Vec<LinuxNamespace>, OciSpecError> {
@@ -230,8 +297,82 @@ mod tests {
             hostname: String::new(),
             resources: Resources::default(),
             tty: false,
+            stdin: false,
             network: NetworkMode::New,
         }
+    }
+
+    #[test]
+    fn tty_sets_terminal_and_term() {
+        let dir = rootfs();
+        let mut cfg = config(dir.path());
+        cfg.tty = true;
+        let spec = build_spec(&cfg).unwrap();
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.terminal(), Some(true));
+        assert!(
+            process
+                .env()
+                .as_ref()
+                .unwrap()
+                .contains(&"TERM=xterm".to_string())
+        );
+        cfg.env = vec!["TERM=dumb".into()];
+        let spec = build_spec(&cfg).unwrap();
+        let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+        assert_eq!(env.iter().filter(|e| e.starts_with("TERM=")).count(), 1);
+        assert!(env.contains(&"TERM=dumb".to_string()));
+    }
+
+    #[test]
+    fn exec_process_from_the_container_process() {
+        let dir = rootfs();
+        let mut cfg = config(dir.path());
+        cfg.env = vec!["FOO=1".into(), "KEEP=yes".into()];
+        let spec = build_spec(&cfg).unwrap();
+        let base = spec.process().as_ref().unwrap();
+        let mut exec = ExecConfig {
+            exec_id: "0123456789ab".into(),
+            args: vec!["ls".into(), "-l".into()],
+            env: vec!["FOO=2".into(), "NEW=x".into()],
+            cwd: None,
+            user: None,
+            tty: false,
+            stdin: false,
+        };
+        let p = exec_process(&cfg, base, &exec).unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &["ls", "-l"]);
+        let env = p.env().clone().unwrap();
+        assert_eq!(&env[..2], &["FOO=2".to_string(), "KEEP=yes".into()]);
+        assert!(env.contains(&"NEW=x".to_string()));
+        assert!(env.contains(&"HOME=/root".to_string()));
+        assert_eq!(p.cwd(), Path::new("/"));
+        assert_eq!(p.user().uid(), 0);
+        assert_eq!(p.terminal(), Some(false));
+        // The confinement is the container's.
+        assert_eq!(p.capabilities(), base.capabilities());
+        assert_eq!(p.no_new_privileges(), Some(true));
+        assert_eq!(p.rlimits(), base.rlimits());
+        assert_eq!(p.oom_score_adj(), Some(0));
+
+        exec.user = Some("app".into());
+        exec.cwd = Some("/tmp".into());
+        exec.tty = true;
+        let p = exec_process(&cfg, base, &exec).unwrap();
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 1000));
+        assert_eq!(p.user().additional_gids().as_ref(), Some(&vec![10]));
+        let env = p.env().clone().unwrap();
+        assert!(env.contains(&"HOME=/home/app".to_string()), "{env:?}");
+        assert!(!env.contains(&"HOME=/root".to_string()), "{env:?}");
+        assert!(env.contains(&"TERM=xterm".to_string()));
+        assert_eq!(p.cwd(), Path::new("/tmp"));
+        assert_eq!(p.terminal(), Some(true));
+
+        exec.user = Some("ghost".into());
+        assert!(matches!(
+            exec_process(&cfg, base, &exec),
+            Err(SpecError::User(_))
+        ));
     }
 
     #[test]

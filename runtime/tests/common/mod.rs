@@ -90,6 +90,7 @@ impl Fixture {
             hostname: String::new(),
             resources: Resources::default(),
             tty: false,
+            stdin: false,
             network: NetworkMode::New,
         }
     }
