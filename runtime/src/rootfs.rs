@@ -92,6 +92,12 @@ impl RootDir {
         }
     }
 
+    /// Whether `path` is a directory (following links inside the root).
+    pub fn is_dir(&self, path: &str) -> bool {
+        self.open_in(path, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .is_ok()
+    }
+
     /// Reads a regular file, or `None` when it (or a directory on its way) does not exist.
     pub fn read_file(&self, path: &str, limit: u64) -> Result<Option<Vec<u8>>, RootfsError> {
         // O_NONBLOCK: a FIFO planted at this path must not hang the caller.

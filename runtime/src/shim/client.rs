@@ -28,7 +28,8 @@ pub enum ShimError {
         what: String,
         source: std::io::Error,
     },
-    #[error("the shim could not create the container: {0}")]
+    /// The container or exec'd process could not be created; the message says why.
+    #[error("{0}")]
     Create(String),
     #[error("the shim could not start the container: {0}")]
     Start(String),
@@ -147,10 +148,13 @@ pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<Creat
             stdin,
             stdout,
         }),
-        Some(Handshake::Error(msg)) => Err(ShimError::Create(msg)),
+        Some(Handshake::Error(msg)) => Err(ShimError::Create(format!(
+            "the shim could not create the container: {msg}"
+        ))),
         Some(other) => Err(ShimError::Protocol(format!("{other:?} before created"))),
         None => Err(ShimError::Create(format!(
-            "the shim exited ({status}) without reporting; see {:?}{}",
+            "the shim could not create the container: the shim exited ({status}) without \
+             reporting; see {:?}{}",
             files.shim_log(),
             log_tail(&files)
         ))),
@@ -175,7 +179,7 @@ pub async fn spawn_exec(
     state_root: &Path,
 ) -> Result<i32, ShimError> {
     cfg.validate()
-        .map_err(|e| ShimError::Create(format!("invalid exec: {e}")))?;
+        .map_err(|e| ShimError::Create(format!("cannot exec: {e}")))?;
     let dir = exec_dir(job_dir, &cfg.exec_id);
     let files = JobFiles::new(&dir);
     files.check_socket_path()?;
@@ -229,10 +233,10 @@ async fn run_exec_shim(
     drop(stdin);
     match read_line(&mut stdout).await? {
         Some(Handshake::Started { pid }) => Ok(pid),
-        Some(Handshake::Error(msg)) => Err(ShimError::Create(msg)),
+        Some(Handshake::Error(msg)) => Err(ShimError::Create(format!("cannot exec: {msg}"))),
         Some(other) => Err(ShimError::Protocol(format!("{other:?} from an exec shim"))),
         None => Err(ShimError::Create(format!(
-            "the exec shim exited ({status}) without reporting; see {:?}{}",
+            "cannot exec: the exec shim exited ({status}) without reporting; see {:?}{}",
             files.shim_log(),
             log_tail(files)
         ))),

@@ -58,6 +58,8 @@ pub fn main(exec_dir: &Path) -> i32 {
 
 struct Prepared {
     id: String,
+    /// The container's rootfs, as mounted on the host.
+    rootfs: PathBuf,
     state_root: PathBuf,
     /// `<job_dir>/exec`: locked while libcontainer runs the exec ([`lock_execs`]).
     execs: PathBuf,
@@ -133,6 +135,7 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
     let (process_io, io) = stdio::prepare(files, cfg.exec.tty, cfg.exec.stdin)?;
     Ok(Prepared {
         id,
+        rootfs: container.rootfs.clone(),
         state_root: cfg.state_root,
         execs: job_dir.join(super::EXECS),
         listener,
@@ -145,6 +148,7 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
 fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
     let Prepared {
         id,
+        rootfs,
         state_root,
         execs,
         listener,
@@ -169,7 +173,7 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
     let pid = match result {
         Ok(pid) => pid,
         Err(e) => {
-            let msg = exec_error(&e, files);
+            let msg = exec_error(&e, files, &rootfs);
             diag(&msg);
             io.discard();
             let _ = std::fs::remove_file(files.socket());
@@ -206,17 +210,24 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
 }
 
 /// libcontainer's error for a failed exec, said plainly where we can tell the cause.
-fn exec_error(err: &container::RuntimeError, files: &JobFiles) -> String {
+fn exec_error(err: &container::RuntimeError, files: &JobFiles, rootfs: &Path) -> String {
     let chain = error_chain(err);
-    let args = read_exec_config(files)
-        .map(|c| c.exec.args)
-        .unwrap_or_default();
-    let program = args.first().map(String::as_str).unwrap_or("");
+    let Ok(cfg) = read_exec_config(files) else {
+        return chain;
+    };
+    let program = cfg.exec.args.first().map(String::as_str).unwrap_or("");
     if chain.contains("not found in $PATH") {
         return format!(
-            "executable {program:?} not found in the container's PATH (or not executable): \
-             {chain}"
+            "executable {program:?} not found in the container's PATH, or not executable \
+             ({chain})"
         );
+    }
+    // Seen from the host, the rootfs lacks what the container mounts (/proc, /dev,
+    // ...), so this is only a hint once the exec has failed anyway.
+    if let Some(cwd) = &cfg.exec.cwd
+        && crate::rootfs::RootDir::open(rootfs).is_ok_and(|root| !root.is_dir(cwd))
+    {
+        return format!("working directory {cwd:?} does not exist in the container ({chain})");
     }
     chain
 }

@@ -249,3 +249,86 @@ pub fn status_field(status: &str, field: &str) -> String {
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| panic!("no {field} in {status}"))
 }
+
+impl Fixture {
+    /// Runs `exec` in this fixture's (running) container through the exec shim.
+    pub async fn exec(&self, exec: &runtime::ExecConfig) -> Result<i32, shim::ShimError> {
+        shim::spawn_exec(Path::new(SHIM_EXE), &self.job_dir, exec, &self.state_root).await
+    }
+
+    pub fn exec_dir(&self, exec_id: &str) -> PathBuf {
+        shim::exec_dir(&self.job_dir, exec_id)
+    }
+
+    /// The pids in the container's cgroup whose command is `comm`.
+    pub fn processes_named(&self, comm: &str) -> Vec<i32> {
+        let procs =
+            std::fs::read_to_string(self.cgroup_file("memory", "cgroup.procs")).unwrap_or_default();
+        procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .collect()
+    }
+
+    /// Waits until the container runs (or no longer runs) a process named `comm`.
+    pub fn wait_for_process(&self, comm: &str, running: bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.processes_named(comm).is_empty() == running {
+            assert!(
+                Instant::now() < deadline,
+                "process {comm} never {}; log: {}",
+                if running { "started" } else { "ended" },
+                std::fs::read_to_string(&self.log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// An exec of `args` with everything else defaulted.
+pub fn exec_config(exec_id: &str, args: &[&str]) -> runtime::ExecConfig {
+    runtime::ExecConfig {
+        exec_id: exec_id.to_owned(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec![],
+        cwd: None,
+        user: None,
+        tty: false,
+        stdin: false,
+    }
+}
+
+/// The output logged in `log` (a json-file log) for `stream`, concatenated.
+pub fn log_output(log: &Path, stream: Stream) -> String {
+    logs::read_all(log)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.stream == stream)
+        .map(|e| e.log)
+        .collect()
+}
+
+/// Waits (without any timing assertion) until the json-file log at `log` holds `needle`
+/// in the output of the given stream.
+pub fn wait_for_output(log: &Path, stream: Stream, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = log_output(log, stream);
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never logged {needle:?}; output so far: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The executable a process runs.
+pub fn exe_of(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
+}
