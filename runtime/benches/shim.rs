@@ -218,17 +218,27 @@ async fn main() {
     {
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The monitor settles (drops the pages its start-up touched) once it runs its loop.
+    std::thread::sleep(Duration::from_millis(200));
     let after = [
         status_kb(shim_pid, "VmRSS:"),
         status_kb(shim_pid, "RssAnon:"),
         status_kb(shim_pid, "RssFile:"),
     ];
+    let pss = std::fs::read_to_string(format!("/proc/{shim_pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    let monitor = std::fs::read_link(format!("/proc/{shim_pid}/exe")).unwrap_or_default();
     println!(
         "shim RSS while the container waits for start: {} kB ({} kB anon)",
         before.0, before.1
     );
     println!(
-        "shim RSS monitoring `sleep`: {} kB ({} kB anon, {} kB file-backed, shared)",
+        "shim RSS monitoring `sleep`: {} kB ({} kB anon, {} kB file-backed, shared), PSS {pss}; \
+         monitor binary {monitor:?}",
         after[0], after[1], after[2]
     );
     client.signal(9).await.expect("kill");

@@ -534,7 +534,9 @@ impl Monitor {
             clients: Vec::new(),
             log,
             log_failing: false,
-            buf: vec![0; READ_CHUNK],
+            // Capacity only: pages are touched as reads fill them, so a quiet process
+            // costs no 64 KiB of zeroes.
+            buf: Vec::with_capacity(READ_CHUNK),
             _lock: h.lock,
         })
     }
@@ -551,6 +553,9 @@ impl Monitor {
         // The process may have exited before SIGCHLD was blocked: that signal is gone,
         // the zombie is not.
         self.reap();
+        if self.status.is_none() {
+            sys::drop_clean_file_pages();
+        }
         while self.status.is_none() {
             let ready = match self.wait_for_events() {
                 Ok(ready) => ready,
@@ -673,10 +678,10 @@ impl Monitor {
             Source::Terminal => self.terminal.as_ref().filter(|_| self.terminal_open),
         };
         let Some(fd) = fd else { return false };
-        match nix::unistd::read(fd.as_raw_fd(), &mut self.buf) {
+        match sys::read_into(fd, &mut self.buf, READ_CHUNK) {
             Ok(n) if n > 0 => {
                 if let Some(log) = &mut self.log {
-                    let result = log.write(source.stream(), &self.buf[..n]);
+                    let result = log.write(source.stream(), &self.buf);
                     self.note_log_result(result);
                 }
                 true
@@ -873,25 +878,18 @@ impl Monitor {
         let (Some(stdin), Some(client)) = (&mut self.stdin, self.clients.get_mut(i)) else {
             return;
         };
-        let room = stdin.room().min(self.buf.len());
+        let room = stdin.room().min(READ_CHUNK);
         if room == 0 {
             return;
         }
-        let left = match client.stream.read(&mut self.buf[..room]) {
+        let left = match sys::read_into(&client.stream, &mut self.buf, room) {
             Ok(0) => true,
-            Ok(n) => {
-                stdin.pending.extend_from_slice(&self.buf[..n]);
+            Ok(_) => {
+                stdin.pending.extend_from_slice(&self.buf);
                 stdin.flush();
                 false
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                revents.contains(PollFlags::POLLERR)
-            }
+            Err(Errno::EAGAIN | Errno::EINTR) => revents.contains(PollFlags::POLLERR),
             Err(_) => true,
         };
         if left {

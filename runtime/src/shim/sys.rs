@@ -166,3 +166,77 @@ pub fn exec_fd(exe: &impl AsFd) -> Errno {
     }
     Errno::last()
 }
+
+/// Unmaps, from this process only, the pages of its read-only file mappings (the
+/// binary's code and constants, shared libraries) that nothing has modified, and asks
+/// the kernel to fault them back one page at a time (`MADV_RANDOM`: no fault-around of
+/// 16 neighbours). Start-up touches much code the monitor's loop never runs again, and
+/// fault-around maps even more around it; after this, the resident set holds only what
+/// the loop uses. The pages stay in the page cache (shared with every other process of
+/// the binary); touching them again costs a minor fault. Best effort.
+///
+/// Only mappings without a single private (copy-on-write) page are touched: dropping a
+/// relocated page would bring back the file's unrelocated bytes.
+pub fn drop_clean_file_pages() {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut current: Option<(usize, usize, bool)> = None;
+    let mut candidates = Vec::new();
+    for line in smaps.lines() {
+        if let Some(range) = mapping_header(line) {
+            current = Some(range);
+            continue;
+        }
+        let Some((start, end, eligible)) = current else {
+            continue;
+        };
+        if let Some(anon) = line.strip_prefix("Anonymous:") {
+            let private = anon.trim().trim_end_matches("kB").trim() != "0";
+            if eligible && !private {
+                candidates.push((start, end));
+            }
+            current = None;
+        }
+    }
+    for (start, end) in candidates {
+        // SAFETY: the range is one of this process's own mappings, read-only and backed
+        // by a file, with no private page: MADV_RANDOM only changes read-ahead, and
+        // MADV_DONTNEED only drops page table entries that the next access restores
+        // from the same file. No Rust object refers to the mapping as memory it owns.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+/// `start-end perms offset dev inode path` → (start, end, read-only file mapping).
+fn mapping_header(line: &str) -> Option<(usize, usize, bool)> {
+    let mut fields = line.split_ascii_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let start = usize::from_str_radix(start, 16).ok()?;
+    let end = usize::from_str_radix(end, 16).ok()?;
+    let perms = fields.next()?;
+    if perms.len() != 4 {
+        return None;
+    }
+    let path = fields.nth(3).unwrap_or("");
+    let eligible = !perms.contains('w') && perms.ends_with('p') && path.starts_with('/');
+    Some((start, end, eligible))
+}
+
+/// Reads at most `max` bytes from `fd` into `buf` (replacing its contents) without
+/// initializing the buffer first: only the pages the kernel fills are touched.
+pub fn read_into(fd: &impl AsFd, buf: &mut Vec<u8>, max: usize) -> Result<usize, Errno> {
+    buf.clear();
+    buf.reserve(max);
+    // SAFETY: the pointer is valid for writes of `max` bytes (reserved above), read(2)
+    // writes at most that many, and only the `n` bytes it reports written become part of
+    // the vector.
+    let n = unsafe { libc::read(fd.as_fd().as_raw_fd(), buf.as_mut_ptr().cast(), max) };
+    let n = Errno::result(n)? as usize;
+    // SAFETY: read(2) initialized the first `n` bytes, and n <= max <= capacity.
+    unsafe { buf.set_len(n) };
+    Ok(n)
+}
