@@ -238,3 +238,47 @@ async fn without_the_monitor_binary_the_shim_binary_monitors() {
     assert_eq!(f.stdout(), "got hi\n");
     f.assert_gone();
 }
+
+/// A monitor binary that cannot read the handoff (another version, beside an upgraded
+/// agent) runs the creating shim's binary through the descriptor handed over for that.
+/// The stand-in here does only that step, as a script.
+#[tokio::test]
+async fn a_monitor_binary_of_another_version_hands_back_to_the_shim_binary() {
+    let f = Fixture::new();
+    let bin = f.tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join("flynn-shim-test");
+    if std::fs::hard_link(common::SHIM_EXE, &exe).is_err() {
+        std::fs::copy(common::SHIM_EXE, &exe).unwrap();
+    }
+    let monitor = bin.join(runtime::shim::MONITOR_BINARY);
+    std::fs::write(
+        &monitor,
+        "#!/bin/sh\nexec /proc/self/fd/$FLYNN_SHIM_EXE_FD \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&monitor, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut c = f.container(&["sh", "-c", "read x; echo got $x"]);
+    c.stdin = true;
+    let created = runtime::shim::spawn(&exe, &f.job_dir, &f.shim_config(c))
+        .await
+        .unwrap();
+    let pid = created.shim_pid();
+    created.start().await.unwrap();
+    wait_for_monitor_exec(pid);
+    // Through the script, back to the shim's own binary.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while exe_of(pid) != exe {
+        assert!(std::time::Instant::now() < deadline, "{:?}", exe_of(pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let client = ShimClient::connect(&f.job_dir).await.unwrap();
+    let mut stdin = ShimClient::attach_stdin(&f.job_dir).await.unwrap();
+    stdin.write_all(b"back\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    assert_eq!(client.wait().await.unwrap().code, Some(0));
+    assert_eq!(f.stdout(), "got back\n");
+    f.assert_gone();
+}

@@ -235,3 +235,33 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     }
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_json_reads_as_an_exec_config() {
+        let file = ExecShimConfig {
+            exec: ExecConfig {
+                exec_id: "0123456789ab".into(),
+                args: vec!["sh".into()],
+                env: vec!["A=b".into()],
+                cwd: Some("/srv".into()),
+                user: None,
+                tty: true,
+                stdin: true,
+            },
+            state_root: "/var/lib/flynn/containers".into(),
+        };
+        let json = serde_json::to_vec(&file).unwrap();
+        let as_exec: ExecConfig = serde_json::from_slice(&json).unwrap();
+        assert_eq!(as_exec, file.exec);
+        let back: ExecShimConfig = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.state_root, file.state_root);
+        assert_eq!(
+            exec_dir(Path::new("/j"), "0123456789ab"),
+            Path::new("/j/exec/0123456789ab")
+        );
+    }
+}
