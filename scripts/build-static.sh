@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Builds the statically linked flynn-host for VM images and the appliance:
-# target/x86_64-unknown-linux-gnu/appliance/flynn-host (glibc static-pie,
-# libseccomp and zlib-ng linked in). Needs the packages of scripts/deps.sh.
+# Builds the statically linked flynn-host for VM images and the appliance, and
+# the lean per-container monitor that goes beside it:
+# target/x86_64-unknown-linux-gnu/appliance/{flynn-host,flynn-shim-monitor}
+# (glibc static-pie, libseccomp and zlib-ng linked in). Needs scripts/deps.sh's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LIBSECCOMP_LINK_TYPE=static
 export LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 # --target keeps RUSTFLAGS off build scripts and proc macros, which must stay dynamic.
 RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --locked --profile appliance -p flynn-host --target x86_64-unknown-linux-gnu
-bin=target/x86_64-unknown-linux-gnu/appliance/flynn-host
-if ! file "$bin" | grep -q 'static'; then
-    echo "build-static: $bin is not statically linked" >&2
-    exit 1
-fi
-echo "$bin"
+    cargo build --locked --profile appliance --target x86_64-unknown-linux-gnu \
+    -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor
+dir=target/x86_64-unknown-linux-gnu/appliance
+for bin in "$dir/flynn-host" "$dir/flynn-shim-monitor"; do
+    if ! file "$bin" | grep -q 'static'; then
+        echo "build-static: $bin is not statically linked" >&2
+        exit 1
+    fi
+    echo "$bin"
+done

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 flynn_install_deps
 
-cargo build --release --locked -p flynn-host
+cargo build --release --locked -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor
 bin="$PWD/target/release/flynn-host"
 bash fixtures/build-images.sh "$PWD/target/fixtures"
 

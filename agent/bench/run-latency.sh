@@ -9,14 +9,15 @@ runs=${1:-50}
 . scripts/deps.sh
 flynn_install_deps hyperfine jq
 
-cargo build --release --locked -p flynn-host >/dev/null
+cargo build --release --locked -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor >/dev/null
 bin="$PWD/target/release/flynn-host"
 bash fixtures/build-images.sh "$PWD/target/fixtures" >/dev/null
 
 work=$(mktemp -d /var/tmp/flynn-bench-XXXXXX)
 port=$((20000 + RANDOM % 20000))
-export FLYNN_HOST="http://127.0.0.1:$port"
-"$bin" daemon --state-dir "$work/state" --listen "127.0.0.1:$port" 2>"$work/daemon.log" &
+# The local root socket, as a user on the host would use it.
+export FLYNN_HOST="unix://$work/host.sock"
+"$bin" daemon --state-dir "$work/state" --listen "127.0.0.1:$port" --socket "$work/host.sock" 2>"$work/daemon.log" &
 daemon=$!
 cleanup() {
     "$bin" rm -f bench-spec >/dev/null 2>&1 || true

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -77,6 +77,17 @@ impl Client {
         content_type: Option<&str>,
         body: RequestBody,
     ) -> Result<Response<Incoming>> {
+        self.send(method, path, content_type, body, false).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: RequestBody,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>> {
         let unreachable = || {
             format!(
                 "cannot reach the flynn-host daemon at {}: is it running? (set --host or FLYNN_HOST)",
@@ -106,16 +117,35 @@ impl Client {
         if let Some(ct) = content_type {
             builder = builder.header(CONTENT_TYPE, ct);
         }
+        if upgrade {
+            builder = builder.header(CONNECTION, "Upgrade").header(UPGRADE, "tcp");
+        }
         let request = builder.body(body).context("building the request")?;
         let response = sender
             .send_request(request)
             .await
             .context("the daemon closed the connection")?;
-        if response.status().is_success() {
+        if response.status().is_success() || upgrade {
             Ok(response)
         } else {
             Err(failure(response).await.into())
         }
+    }
+
+    async fn send_upgrade(&self, method: Method, path: &str) -> Result<Response<Incoming>> {
+        self.send(method, path, None, empty(), true).await
+    }
+
+    /// A request answered by `101 Switching Protocols`: the connection becomes a
+    /// raw byte stream (attach).
+    pub async fn upgrade(&self, method: Method, path: &str) -> Result<hyper::upgrade::Upgraded> {
+        let response = self.send_upgrade(method, path).await?;
+        if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(failure(response).await.into());
+        }
+        hyper::upgrade::on(response)
+            .await
+            .context("the daemon did not switch the connection over")
     }
 
     /// A request with an optional JSON body, and a JSON answer.
@@ -161,7 +191,7 @@ where
         .await
         .context("talking to the daemon")?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
     Ok(sender)
 }

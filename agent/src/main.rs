@@ -45,7 +45,7 @@ fn tokio_main(cli: cli::Cli, inherited: Option<daemon::upgrade::Inherited>) -> a
     }
     .enable_all()
     .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         if let cli::Command::Daemon(args) = cli.command {
             init_tracing();
             daemon::run(args, inherited).await?;
@@ -53,7 +53,11 @@ fn tokio_main(cli: cli::Cli, inherited: Option<daemon::upgrade::Inherited>) -> a
         } else {
             cli::run(cli).await
         }
-    })
+    });
+    // A read of our stdin may still sit in a blocking thread (an interactive
+    // session that has ended): do not wait for it.
+    runtime.shutdown_background();
+    result
 }
 
 fn init_tracing() {

@@ -31,6 +31,12 @@ pub struct JobRequest {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// Give the job a terminal (Docker's `-t`).
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep the job's stdin open for `attach` (Docker's `-i`).
+    #[serde(default)]
+    pub stdin: bool,
     /// Remove the job once it has exited (and its exit has been reported to waiters).
     #[serde(default)]
     pub auto_remove: bool,
@@ -198,6 +204,10 @@ pub struct JobConfig {
     pub auto_remove: bool,
     #[serde(default, skip_serializing_if = "RestartPolicy::is_no")]
     pub restart: RestartPolicy,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
 }
 
 /// `POST /images/import` with a JSON body imports from a path on the daemon's host.
@@ -283,4 +293,35 @@ pub struct Promised {
     pub pids: u64,
     /// Running jobs that have no memory limit (so the promise is open-ended).
     pub unlimited_memory_jobs: u64,
+}
+
+/// `POST /jobs/{id}/exec`: run another process in a running job's container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` entries added to the job's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Default: the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Default: the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// A process started in a job by `exec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Exec {
+    pub id: String,
+    pub job_id: String,
+    pub config: ExecRequest,
+    pub running: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
 }

@@ -292,6 +292,84 @@ fn responses_match_the_document() {
         );
     }
 
+    // Exec into the running job, inspect it, wait for it.
+    let (status, exec) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/exec",
+        "/jobs/api/exec",
+        Some(json!({"cmd": ["sh", "-c", "exit 6"]})),
+    );
+    assert_eq!(status, 201, "{exec}");
+    let exec_id = exec["id"].as_str().unwrap().to_string();
+    let (status, exit) = call(
+        &d,
+        &spec,
+        "GET",
+        "/jobs/{id}/exec/{exec_id}/wait",
+        &format!("/jobs/api/exec/{exec_id}/wait"),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(exit["exit_code"], 6);
+    let (status, exec) = call(
+        &d,
+        &spec,
+        "GET",
+        "/jobs/{id}/exec/{exec_id}",
+        &format!("/jobs/api/exec/{exec_id}"),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(exec["running"], false);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "GET",
+        "/jobs/{id}/exec/{exec_id}",
+        "/jobs/api/exec/000000000000",
+        None,
+    );
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/exec",
+        "/jobs/api/exec",
+        Some(json!({"cmd": []})),
+    );
+    assert_eq!(status, 400);
+    // No terminal to resize; no upgrade asked for.
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/resize",
+        "/jobs/api/resize?h=10&w=10",
+        None,
+    );
+    assert_eq!(status, 409);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/resize",
+        "/jobs/api/resize",
+        None,
+    );
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs/{id}/attach",
+        "/jobs/api/attach",
+        None,
+    );
+    assert_eq!(status, 400);
+
     let (status, _) = call(
         &d,
         &spec,

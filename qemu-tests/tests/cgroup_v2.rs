@@ -85,6 +85,11 @@ fn limits_hold_on_a_pure_cgroup_v2_host() {
     let mut fs = Initramfs::new();
     fs.busybox(std::path::Path::new("/bin/busybox")).unwrap();
     fs.file("bin/flynn-host", &bin).unwrap();
+    // The lean per-container monitor goes beside the binary, as in the appliance.
+    let monitor = bin.with_file_name("flynn-shim-monitor");
+    if monitor.is_file() {
+        fs.file("bin/flynn-shim-monitor", &monitor).unwrap();
+    }
     fs.file("images/busybox-docker.tar", &images).unwrap();
     fs.bytes("init", INIT, 0o755);
     fs.bytes("test.sh", TEST, 0o644);

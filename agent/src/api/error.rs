@@ -60,7 +60,8 @@ impl From<JobError> for ApiError {
             JobError::NameInUse(_)
             | JobError::Running(_)
             | JobError::NotRunning(_)
-            | JobError::Removing(_) => ApiError::Conflict(message),
+            | JobError::Removing(_)
+            | JobError::NoTerminal(_) => ApiError::Conflict(message),
             JobError::Image(e) => e.into(),
             JobError::Shim(runtime::shim::ShimError::Create(_)) => ApiError::BadRequest(message),
             JobError::Io { source, .. } if is_no_space(&source) => {

@@ -1,13 +1,17 @@
 //! The HTTP API (JSON over HTTP/1.1, hyper). One route table; every route is
 //! described in `agent/openapi.json`, and the OpenAPI test holds responses to it.
 
+mod attach;
 mod auth;
+mod conns;
 mod error;
 mod events;
+mod exec;
 mod host;
 mod images;
 mod jobs;
 mod logs;
+pub mod tail;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+pub use conns::Connections;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -23,7 +28,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -99,6 +103,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/jobs/{id}/kill"),
     ("GET", "/jobs/{id}/wait"),
     ("GET", "/jobs/{id}/logs"),
+    ("POST", "/jobs/{id}/attach"),
+    ("POST", "/jobs/{id}/resize"),
+    ("POST", "/jobs/{id}/exec"),
+    ("GET", "/jobs/{id}/exec/{exec_id}"),
+    ("GET", "/jobs/{id}/exec/{exec_id}/wait"),
+    ("POST", "/jobs/{id}/exec/{exec_id}/attach"),
+    ("POST", "/jobs/{id}/exec/{exec_id}/resize"),
     ("GET", "/events"),
     ("GET", "/images"),
     ("POST", "/images/import"),
@@ -106,34 +117,34 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Serves the API on TCP (every request needs the token) and on the local unix
-/// socket (root only, no token) until `stop` turns true. Returns the handle that
-/// drains the connections still open: they finish their current request.
+/// socket (root only, no token) until `stop` turns true. Returns the open
+/// connections, for a daemon handing over to drain.
 pub async fn serve(
     tcp: TcpListener,
     unix: UnixListener,
     state: Arc<ApiState>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> GracefulShutdown {
-    let graceful = GracefulShutdown::new();
+) -> Connections {
+    let connections = Connections::default();
     loop {
         tokio::select! {
             changed = stop.changed() => {
                 let stopping = changed.is_err() || *stop.borrow();
                 if stopping {
-                    return graceful;
+                    return connections;
                 }
             }
             accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(stream, Peer::Tcp(peer), state.clone(), graceful.watcher());
+                    spawn_connection(stream, Peer::Tcp(peer), state.clone(), connections.track());
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = unix.accept() => match accepted {
                 Ok((stream, _)) => match stream.peer_cred() {
                     Ok(cred) if cred.uid() == 0 => {
-                        spawn_connection(stream, Peer::LocalRoot, state.clone(), graceful.watcher());
+                        spawn_connection(stream, Peer::LocalRoot, state.clone(), connections.track());
                     }
                     Ok(cred) => {
                         tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a non-root client on the unix socket");
@@ -152,7 +163,7 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
-fn spawn_connection<S>(stream: S, peer: Peer, state: Arc<ApiState>, watcher: Watcher)
+fn spawn_connection<S>(stream: S, peer: Peer, state: Arc<ApiState>, mut tracked: conns::Tracked)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -161,8 +172,19 @@ where
             let state = state.clone();
             async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
         });
-        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        if let Err(e) = watcher.watch(conn).await {
+        let conn = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            _ = tracked.closing() => {
+                // Finish the request in flight (if any), then close.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
     });
@@ -214,6 +236,15 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["jobs", id, "kill"], Method::POST) => jobs::kill(state, id, req).await,
         (["jobs", id, "wait"], Method::GET) => jobs::wait(state, id, req),
         (["jobs", id, "logs"], Method::GET) => logs::logs(state, id, req).await,
+        (["jobs", id, "attach"], Method::POST) => exec::attach(state, id, req),
+        (["jobs", id, "resize"], Method::POST) => exec::resize(state, id, None, req).await,
+        (["jobs", id, "exec"], Method::POST) => exec::create(state, id, req).await,
+        (["jobs", id, "exec", e], Method::GET) => exec::inspect(state, id, e),
+        (["jobs", id, "exec", e, "wait"], Method::GET) => exec::wait(state, id, e).await,
+        (["jobs", id, "exec", e, "attach"], Method::POST) => exec::attach_exec(state, id, e, req),
+        (["jobs", id, "exec", e, "resize"], Method::POST) => {
+            exec::resize(state, id, Some(e), req).await
+        }
         (["events"], Method::GET) => events::events(state),
         (["images"], Method::GET) => images::list(state).await,
         (["images", "import"], Method::POST) => images::import(state, req).await,

@@ -1,11 +1,14 @@
 //! The command line: `flynn-host daemon` and the client commands that talk to it.
 
+mod attach;
+mod exec;
 mod format;
 mod host;
 mod images;
 mod jobs;
 mod run;
 mod stream;
+mod tty;
 
 use std::path::PathBuf;
 
@@ -53,6 +56,15 @@ pub enum Command {
     },
     /// Run a command in a new job.
     Run(run::RunArgs),
+    /// Attach to a job: its output, and its stdin if it was started with -i.
+    Attach {
+        job: String,
+        /// Do not send our stdin.
+        #[arg(long)]
+        no_stdin: bool,
+    },
+    /// Run a command in a running job.
+    Exec(exec::ExecArgs),
     /// Start created or exited jobs.
     Start {
         #[arg(required = true)]
@@ -143,6 +155,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Rmi { images } => images::remove(&client, &images).await,
         Command::Run(args) => run::run(&client, args).await,
         Command::Start { jobs } => jobs::start(&client, &jobs).await,
+        Command::Attach { job, no_stdin } => exec::attach(&client, &job, no_stdin).await,
+        Command::Exec(args) => exec::exec(&client, args).await,
         Command::Ps { all, list } => jobs::ps(&client, all, &list).await,
         Command::Inspect { jobs } => jobs::inspect(&client, &jobs).await,
         Command::Logs {

@@ -8,6 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::format::parse_size;
 use super::stream::{LogOptions, follow_logs, wait_for_exit};
+use super::{attach, tty};
 use crate::client::{ApiFailure, Client, encode};
 use crate::model::{Job, JobRequest, Resources, RestartPolicy};
 
@@ -28,6 +29,12 @@ pub struct RunArgs {
     /// Run in the background and print the job id.
     #[arg(long, short = 'd')]
     detach: bool,
+    /// Keep stdin open and attached (send ours to the job).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Give the job a terminal.
+    #[arg(long, short = 't')]
+    tty: bool,
     /// Name the job.
     #[arg(long)]
     name: Option<String>,
@@ -94,6 +101,8 @@ impl RunArgs {
             },
             auto_remove: self.rm,
             restart: self.restart.clone(),
+            tty: self.tty,
+            stdin: self.interactive,
             start,
         }
     }
@@ -130,6 +139,9 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
             None::<&()>,
         )
         .await?;
+    if args.interactive || args.tty {
+        return interactive(client, &args, &id, condition, wait.into_body()).await;
+    }
     let logs = client
         .send_json(
             Method::GET,
@@ -167,19 +179,96 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
             wait_for_exit(client, &id, condition, Some(wait.into_body()))
         )
     );
-    let exit = exit?;
+    let exit = exit??;
     if let Err(e) = output {
         eprintln!("flynn-host: the job's output may be incomplete: {e:#}");
     }
     Ok(exit.exit_code)
 }
 
-/// Waits for `exit`, passing SIGINT/SIGTERM/SIGHUP/SIGQUIT received meanwhile on
-/// to the job (Docker's --sig-proxy).
-async fn forward_signals<F>(client: &Client, id: &str, exit: F) -> Result<crate::model::ExitInfo>
-where
-    F: std::future::Future<Output = Result<crate::model::ExitInfo>>,
-{
+/// `run -i` / `run -t`: attach before starting, then pump the terminal or stdin
+/// until the job exits.
+async fn interactive(
+    client: &Client,
+    args: &RunArgs,
+    id: &str,
+    condition: &str,
+    wait: hyper::body::Incoming,
+) -> Result<i32> {
+    let io = attach::open(
+        client,
+        &format!("/jobs/{id}/attach?stdin={}", args.interactive),
+    )
+    .await?;
+    if let Err(e) = start(client, id).await {
+        if args.rm {
+            let _ = client
+                .send_json(
+                    Method::DELETE,
+                    &format!("/jobs/{id}?force=true"),
+                    None::<&()>,
+                )
+                .await;
+        }
+        return Ok(report_start_failure(&e));
+    }
+    let raw = if args.tty {
+        tty::RawMode::enter()
+    } else {
+        None
+    };
+    let session = async {
+        let result = attach::session(io, args.tty, args.interactive).await;
+        let exit = wait_for_exit(client, id, condition, Some(wait)).await;
+        (result, exit)
+    };
+    let (result, exit) = if args.tty {
+        // In raw mode Ctrl-C is a byte for the job's terminal, not a signal for
+        // us; what we follow instead is our terminal's size.
+        alongside(
+            session,
+            attach::follow_size(client, format!("/jobs/{id}/resize")),
+        )
+        .await
+    } else {
+        forward_signals(client, id, session).await?
+    };
+    drop(raw);
+    if let Err(e) = result {
+        eprintln!("flynn-host: the session ended early: {e:#}");
+    }
+    Ok(exit?.exit_code)
+}
+
+/// Runs `main` to completion while also driving `side` (until it ends, if it does).
+pub async fn alongside<T>(
+    main: impl std::future::Future<Output = T>,
+    side: impl std::future::Future<Output = ()>,
+) -> T {
+    tokio::pin!(main);
+    tokio::pin!(side);
+    let mut side_done = false;
+    loop {
+        tokio::select! {
+            out = &mut main => return out,
+            () = &mut side, if !side_done => side_done = true,
+        }
+    }
+}
+
+async fn start(client: &Client, id: &str) -> Result<Job> {
+    client
+        .call::<Job>(Method::POST, &format!("/jobs/{id}/start"), None::<&()>)
+        .await
+}
+
+/// Runs `work`, passing SIGINT/SIGTERM/SIGHUP/SIGQUIT received meanwhile on to
+/// the job (Docker's --sig-proxy).
+async fn forward_signals<T>(
+    client: &Client,
+    id: &str,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T> {
     let kinds = [
         (SignalKind::interrupt(), "SIGINT"),
         (SignalKind::terminate(), "SIGTERM"),
@@ -201,10 +290,10 @@ where
             }
         });
     }
-    tokio::pin!(exit);
+    tokio::pin!(work);
     loop {
         tokio::select! {
-            result = &mut exit => return result,
+            out = &mut work => return Ok(out),
             Some(name) = rx.recv() => {
                 let path = format!("/jobs/{}/kill?signal={}", encode(id), name);
                 if let Err(e) = client.send_json(Method::POST, &path, None::<&()>).await {
@@ -218,6 +307,11 @@ where
 /// Prints why a job could not be started; returns Docker's exit code for it.
 fn report_start_failure(e: &anyhow::Error) -> i32 {
     eprintln!("flynn-host: error: {e:#}");
+    start_failure_code(e)
+}
+
+/// Docker's exit code for a process that could not be started.
+pub fn start_failure_code(e: &anyhow::Error) -> i32 {
     let Some(failure) = e.downcast_ref::<ApiFailure>() else {
         return EXIT_RUN_FAILED;
     };

@@ -112,19 +112,24 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
                     }
                 };
                 let _ = stop.send(true);
-                let graceful = server.await.context("the API server task failed")?;
+                let connections = server.await.context("the API server task failed")?;
                 // Streams end (their clients resume with the successor); requests in
                 // flight finish. Connections are not told to close before they have
                 // finished by themselves: one just accepted may not have sent its
                 // request yet, and closing it would fail that request.
                 let _ = state.draining.send(true);
                 let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-                while graceful.count() > 0 && tokio::time::Instant::now() < deadline - IDLE_CLOSE {
+                let idle_deadline = deadline - IDLE_CLOSE;
+                while connections.open() > 0 && tokio::time::Instant::now() < idle_deadline {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
                 // What is left are idle keep-alive connections: close them.
-                if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
-                    tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; handing over anyway");
+                connections.close_all();
+                while connections.open() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                if connections.open() > 0 {
+                    tracing::warn!(open = connections.open(), "connections still open after {DRAIN_TIMEOUT:?}; handing over anyway");
                 }
                 tracing::info!(successor = successor.pid(), "handing over to the successor; running jobs keep running");
                 successor.go().await;

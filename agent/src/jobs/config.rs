@@ -88,6 +88,8 @@ pub fn resolve(
         resources: req.resources.clone(),
         auto_remove: req.auto_remove,
         restart: req.restart.clone(),
+        tty: req.tty,
+        stdin: req.stdin,
     })
 }
 
@@ -133,7 +135,8 @@ pub fn container_config(job: &Job, rootfs: &Path) -> runtime::ContainerConfig {
             cpus: c.resources.cpus,
             pids_limit: c.resources.pids_limit,
         },
-        tty: false,
+        tty: c.tty,
+        stdin: c.stdin,
         network: runtime::NetworkMode::New,
     }
 }

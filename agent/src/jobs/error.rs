@@ -15,6 +15,8 @@ pub enum JobError {
     Running(String),
     #[error("job {0} is not running")]
     NotRunning(String),
+    #[error("{0} has no terminal to resize: start it with -t")]
+    NoTerminal(String),
     #[error("job {0} is being removed")]
     Removing(String),
     #[error("job {0} did not exit after SIGKILL")]

@@ -7,9 +7,11 @@
 
 mod config;
 mod error;
+mod exec;
 mod record;
 pub mod restart;
 
+pub use exec::exit_of;
 pub use record::new_id;
 
 use std::collections::HashMap;
@@ -657,6 +659,33 @@ impl JobManager {
     /// The exit of a job removed a short while ago, if it had one.
     pub fn removed_exit(&self, id: &str) -> Option<ExitInfo> {
         record::read_tombstone(&self.paths.removed, id)
+    }
+
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.paths.job_dir(id)
+    }
+
+    /// Resizes the terminal of a job (or, with `exec`, of one of its execs).
+    pub async fn resize(
+        &self,
+        handle: &JobHandle,
+        exec: Option<&str>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), JobError> {
+        let (dir, tty) = match exec {
+            Some(exec_id) => (
+                self.exec_dir(&handle.id, exec_id)?,
+                self.exec_info(&handle.id, exec_id)?.config.tty,
+            ),
+            None => (self.paths.job_dir(&handle.id), handle.snapshot().config.tty),
+        };
+        if !tty {
+            return Err(JobError::NoTerminal(handle.id.clone()));
+        }
+        let client = runtime::shim::ShimClient::connect(&dir).await?;
+        client.resize(rows, cols).await?;
+        Ok(())
     }
 
     /// The log file of a job.

@@ -105,9 +105,15 @@ pub fn unmount_rootfs(dir: &Path) -> Result<(), JobError> {
 
 /// Removes everything a job left: mount, container state and cgroups, directory.
 pub fn destroy(dir: &Path, containers: &Path, id: &str) -> Result<(), JobError> {
-    // The shim deletes its container after reporting the exit: let it finish first.
-    if let Err(e) = runtime::shim::wait_shim_gone(dir, SHIM_EXIT_GRACE) {
-        tracing::warn!(job = id, error = %e, "the shim is still there; cleaning up anyway");
+    // The shim deletes its container after reporting the exit, and exec shims
+    // record their process's end a moment after the container's: let them finish.
+    let execs = fs::read_dir(dir.join("exec"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for shim_dir in std::iter::once(dir.to_path_buf()).chain(execs) {
+        if let Err(e) = runtime::shim::wait_shim_gone(&shim_dir, SHIM_EXIT_GRACE) {
+            tracing::warn!(job = id, dir = %shim_dir.display(), error = %e, "a shim is still there; cleaning up anyway");
+        }
     }
     unmount_rootfs(dir)?;
     crate::failpoint::hit("rm.unmounted");
