@@ -47,6 +47,7 @@ fn container(rootfs: &Path, args: &[&str]) -> ContainerConfig {
         tty: false,
         stdin: false,
         network: NetworkMode::New,
+        mounts: Vec::new(),
     }
 }
 

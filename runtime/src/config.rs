@@ -47,6 +47,21 @@ pub struct ContainerConfig {
     pub stdin: bool,
     #[serde(default)]
     pub network: NetworkMode,
+    /// Host files or directories bind-mounted into the container, after the default
+    /// mounts (the agent's /etc/hosts, /etc/hostname and /etc/resolv.conf).
+    #[serde(default)]
+    pub mounts: Vec<BindMount>,
+}
+
+/// A host path bind-mounted into the container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BindMount {
+    /// Absolute path on the host.
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: String,
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -92,6 +107,8 @@ pub enum ConfigError {
     Cpus(f64),
     #[error("invalid exec id {0:?}: it must be 12 lowercase hex characters")]
     ExecId(String),
+    #[error("bind mount {0}: both paths must be absolute, without '..'")]
+    Mount(String),
     #[error("network namespace path {0:?} must be absolute")]
     NetnsPath(PathBuf),
     #[error("invalid hostname {0:?}: use at most 64 characters, without '/' or NUL")]
@@ -123,6 +140,17 @@ impl ContainerConfig {
         }
         if self.hostname.len() > 64 || self.hostname.contains(['/', '\0']) {
             return Err(ConfigError::Hostname(self.hostname.clone()));
+        }
+        if let Some(bad) = self.mounts.iter().find(|m| {
+            !m.source.is_absolute()
+                || !m.destination.starts_with('/')
+                || m.destination.split('/').any(|c| c == "..")
+        }) {
+            return Err(ConfigError::Mount(format!(
+                "{} -> {}",
+                bad.source.display(),
+                bad.destination
+            )));
         }
         self.resources.validate()
     }
@@ -248,6 +276,7 @@ mod tests {
             tty: false,
             stdin: false,
             network: NetworkMode::New,
+            mounts: Vec::new(),
         }
     }
 

@@ -143,7 +143,7 @@ pub mod spec;
 pub mod teardown;
 pub mod user;
 
-pub use config::{ContainerConfig, ExecConfig, NetworkMode, Resources};
+pub use config::{BindMount, ContainerConfig, ExecConfig, NetworkMode, Resources};
 pub use container::RuntimeError;
 pub use exit::ExitStatus;
 pub use spec::{SpecError, build_spec};

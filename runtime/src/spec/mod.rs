@@ -94,7 +94,7 @@ pub fn build_spec(cfg: &ContainerConfig) -> Result<Spec, SpecError> {
                 .build()?,
         )
         .hostname(hostname)
-        .mounts(mounts::default_mounts()?)
+        .mounts(mounts::with_binds(mounts::default_mounts()?, &cfg.mounts)?)
         .process(process)
         .linux(linux)
         .build()?)
@@ -299,6 +299,7 @@ mod tests {
             tty: false,
             stdin: false,
             network: NetworkMode::New,
+            mounts: Vec::new(),
         }
     }
 

@@ -40,6 +40,26 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
         .build()
 }
 
+/// The default mounts followed by the job's bind mounts (later mounts cover earlier ones).
+pub fn with_binds(
+    mut mounts: Vec<Mount>,
+    binds: &[crate::config::BindMount],
+) -> Result<Vec<Mount>, OciSpecError> {
+    for bind in binds {
+        let mut options = vec!["rbind", "rprivate"];
+        if bind.readonly {
+            options.push("ro");
+        }
+        mounts.push(mount(
+            &bind.destination,
+            "bind",
+            &bind.source.to_string_lossy(),
+            &options,
+        )?);
+    }
+    Ok(mounts)
+}
+
 pub fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
@@ -87,4 +107,44 @@ pub fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
             &["nosuid", "noexec", "nodev", "mode=1777", SHM_SIZE],
         )?,
     ])
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+    use crate::config::BindMount;
+
+    #[test]
+    fn binds_come_after_the_defaults_with_their_options() {
+        let binds = [
+            BindMount {
+                source: "/var/lib/flynn/jobs/x/hosts".into(),
+                destination: "/etc/hosts".into(),
+                readonly: false,
+            },
+            BindMount {
+                source: "/srv/config".into(),
+                destination: "/config".into(),
+                readonly: true,
+            },
+        ];
+        let defaults = default_mounts().unwrap().len();
+        let mounts = with_binds(default_mounts().unwrap(), &binds).unwrap();
+        assert_eq!(mounts.len(), defaults + 2);
+        let hosts = &mounts[defaults];
+        assert_eq!(hosts.destination().to_str(), Some("/etc/hosts"));
+        assert_eq!(hosts.typ().as_deref(), Some("bind"));
+        assert_eq!(
+            hosts.options().as_deref(),
+            Some(&["rbind".to_string(), "rprivate".to_string()][..])
+        );
+        let config = &mounts[defaults + 1];
+        assert!(
+            config
+                .options()
+                .as_ref()
+                .unwrap()
+                .contains(&"ro".to_string())
+        );
+    }
 }

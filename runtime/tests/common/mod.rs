@@ -92,6 +92,7 @@ impl Fixture {
             tty: false,
             stdin: false,
             network: NetworkMode::New,
+            mounts: Vec::new(),
         }
     }
 
