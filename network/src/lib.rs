@@ -1,0 +1,1 @@
+//! Host networking for Flynn jobs (work in progress).
