@@ -138,5 +138,6 @@ pub fn container_config(job: &Job, rootfs: &Path) -> runtime::ContainerConfig {
         tty: c.tty,
         stdin: c.stdin,
         network: runtime::NetworkMode::New,
+        mounts: Vec::new(),
     }
 }
