@@ -12,7 +12,7 @@ FLYNN_APT_PACKAGES=(
     umoci skopeo                          # writing fixture images in OCI/docker formats
     runc                                  # benchmark anchor
     qemu-system-x86 linux-image-amd64     # VM tests: pure cgroup v2, the appliance
-    iproute2 procps psmisc file util-linux
+    iproute2 procps psmisc file util-linux iperf3
 )
 
 flynn_install_deps() {
