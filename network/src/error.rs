@@ -102,6 +102,10 @@ pub enum NetworkError {
     )]
     State { path: PathBuf, reason: String },
 
+    /// A blocking task of ours did not finish.
+    #[error("a background task of the host network failed: {0}")]
+    Background(String),
+
     /// Several cleanup steps of `detach` failed; the first is kept.
     #[error(
         "cleaning up the network of job {id} (will be retried by the next detach or open): {first}"

@@ -108,7 +108,8 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -145,11 +146,37 @@ pub struct HostNetwork {
     bridge_index: u32,
     handle: rtnetlink::Handle,
     inner: Mutex<Inner>,
-    /// Serializes writes of the state file so that a later snapshot is never overwritten
-    /// by an earlier one.
-    persist_lock: Mutex<()>,
-    /// Serializes nftables updates for the same reason.
-    nft_lock: Mutex<()>,
+    /// What blocking work on other threads (state file writes, nftables batches) needs.
+    shared: Arc<Shared>,
+}
+
+/// State-file writes and nftables updates are snapshots of `Inner` taken under its lock
+/// with a generation number, then applied on a blocking thread (so they can overlap
+/// with netlink work). Each kind is applied in generation order: a snapshot older than
+/// one already applied is dropped, since the newer one contains its changes.
+struct Shared {
+    state_path: PathBuf,
+    persisted: Mutex<u64>,
+    nft_applied: Mutex<u64>,
+    /// The last update of the published-port rules failed: the next teardown must try
+    /// again even if its own job publishes nothing.
+    rules_dirty: AtomicBool,
+}
+
+impl Shared {
+    fn apply<E>(
+        slot: &Mutex<u64>,
+        generation: u64,
+        f: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut applied = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if generation <= *applied {
+            return Ok(());
+        }
+        f()?;
+        *applied = generation;
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -159,8 +186,8 @@ struct Inner {
     held: HashMap<String, Vec<HeldPort>>,
     /// Jobs whose attach or detach is under way; `endpoint()` does not show them.
     busy: HashSet<String>,
-    /// The last update of the published-port rules failed.
-    rules_dirty: bool,
+    /// Generation of the last snapshot taken (see [`Shared`]).
+    generation: u64,
 }
 
 const SYSCTL_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -205,11 +232,26 @@ impl HostNetwork {
         )?;
 
         let state_path = cfg.state_dir.join(state::STATE_FILE);
-        let mut st = state::load(&state_path).map_err(|reason| NetworkError::State {
-            path: state_path.clone(),
-            reason,
-        })?;
         let live: HashSet<&str> = live.iter().map(String::as_str).collect();
+        let mut st = match state::load(&state_path) {
+            Ok(st) => st,
+            // Nothing live needs the old records (after a reboot, say): keep the file for
+            // a post-mortem and start afresh; leftovers are found by name below.
+            Err(reason) if live.is_empty() => {
+                let aside = state_path.with_extension("json.unreadable");
+                tracing::error!(file = %state_path.display(), %reason, aside = %aside.display(),
+                    "the network state is unreadable; starting with an empty one");
+                fs::rename(&state_path, &aside)
+                    .map_err(NetworkError::io("moving aside", &state_path))?;
+                State::default()
+            }
+            Err(reason) => {
+                return Err(NetworkError::State {
+                    path: state_path.clone(),
+                    reason,
+                });
+            }
+        };
         if let Some(old) = st.subnet
             && old != cfg.subnet
         {
@@ -236,8 +278,12 @@ impl HostNetwork {
             bridge_index,
             handle,
             inner: Mutex::new(Inner::default()),
-            persist_lock: Mutex::new(()),
-            nft_lock: Mutex::new(()),
+            shared: Arc::new(Shared {
+                state_path,
+                persisted: Mutex::new(0),
+                nft_applied: Mutex::new(0),
+                rules_dirty: AtomicBool::new(false),
+            }),
         };
 
         // Endpoints of jobs that are gone: remove what is left of them, then forget them.
@@ -266,8 +312,8 @@ impl HostNetwork {
             inner.state = st;
         }
         net.hold_ports();
-        net.persist()?;
-        net.replace_table()?;
+        net.persist_job()()?;
+        net.table_job()()?;
         tracing::info!(
             bridge = %net.cfg.bridge,
             subnet = %net.cfg.subnet,
@@ -377,9 +423,9 @@ impl HostNetwork {
         }
         let worker =
             netns::spawn(ep.netns.clone()).map_err(ns_err("starting the namespace thread"))?;
-        // The address is on disk before anything uses it; the namespace is being made
-        // meanwhile, on the worker thread.
-        self.persist()?;
+        // The address must be on disk before it is configured; the file is written while
+        // the namespace and the veth are being made.
+        let persist = tokio::task::spawn_blocking(self.persist_job());
         let ns = worker
             .created
             .await
@@ -422,6 +468,7 @@ impl HostNetwork {
             ep.host_veth
         )))?;
         drop(ns);
+        persist.await.map_err(background)??;
         worker
             .go
             .send(netns::Inside {
@@ -430,13 +477,22 @@ impl HostNetwork {
                 gateway: ep.gateway,
             })
             .map_err(|_| ns_err("namespace thread")(std::io::Error::other("it ended early")))?;
-        worker
+        // While the thread configures the inside.
+        let hairpin = link::set_hairpin(&self.handle, &ep.host_veth)
+            .await
+            .map_err(NetworkError::netlink(format!(
+                "setting hairpin mode on {}",
+                ep.host_veth
+            )));
+        let inside = worker
             .done
             .await
             .map_err(|_| ns_err("namespace thread")(std::io::Error::other("it ended early")))?
-            .map_err(|e| ns_err(e.step)(e.source))?;
+            .map_err(|e| ns_err(e.step)(e.source));
+        hairpin?;
+        inside?;
         if !ep.ports.is_empty() {
-            self.sync_published()?;
+            self.nft_job()()?;
         }
         Ok(())
     }
@@ -482,12 +538,18 @@ impl HostNetwork {
                 }
                 _ => false,
             };
-            had_ports || inner.rules_dirty
+            had_ports || self.shared.rules_dirty.load(Ordering::Relaxed)
         };
-        if resync && let Err(e) = self.sync_published() {
+        // Removing rules and removing a veth each wait for an RCU grace period in the
+        // kernel (10-20 ms here): do them at the same time.
+        let rules = resync.then(|| tokio::task::spawn_blocking(self.nft_job()));
+        let veth = link::delete_by_name(&self.handle, &ep.host_veth).await;
+        if let Some(rules) = rules
+            && let Err(e) = rules.await.map_err(background).and_then(|r| r)
+        {
             first.get_or_insert(e);
         }
-        if let Err(e) = link::delete_by_name(&self.handle, &ep.host_veth).await {
+        if let Err(e) = veth {
             first.get_or_insert(NetworkError::Netlink {
                 what: format!("deleting veth {}", ep.host_veth),
                 source: e,
@@ -507,7 +569,7 @@ impl HostNetwork {
             });
         }
         self.lock().state.endpoints.remove(id);
-        self.persist()
+        self.persist_job()()
     }
 
     /// Removes what a job without a record may have left: its veth and namespace file.
@@ -644,7 +706,11 @@ impl HostNetwork {
             self.teardown(&id, &ep).await?;
         }
         {
-            let _g = self.nft_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _g = self
+                .shared
+                .nft_applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             nft::delete_table().map_err(NetworkError::nft("deleting our table"))?;
         }
         link::delete_by_name(&self.handle, &self.cfg.bridge)
@@ -679,63 +745,81 @@ impl HostNetwork {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the state file from the current state.
-    fn persist(&self) -> Result<(), NetworkError> {
-        let _g = self.persist_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let data = self.lock().state.to_bytes();
-        let path = self.cfg.state_dir.join(state::STATE_FILE);
-        state::write(&path, &data).map_err(NetworkError::io("writing the network state", path))
+    /// A snapshot of the state for the state file, and the work that writes it (run it
+    /// here, or on a blocking thread).
+    fn persist_job(&self) -> impl FnOnce() -> Result<(), NetworkError> + Send + 'static {
+        let (generation, data) = {
+            let mut inner = self.lock();
+            inner.generation += 1;
+            (inner.generation, inner.state.to_bytes())
+        };
+        let shared = self.shared.clone();
+        move || {
+            Shared::apply(&shared.persisted, generation, || {
+                state::write(&shared.state_path, &data).map_err(NetworkError::io(
+                    "writing the network state",
+                    shared.state_path.clone(),
+                ))
+            })
+        }
     }
 
-    fn ruleset_snapshot(&self) -> Vec<(PortMapping, Ipv4Addr, String)> {
-        let inner = self.lock();
-        let mut v = Vec::new();
+    /// A snapshot of the rule set: every published port with its endpoint's address.
+    fn ruleset(&self) -> (u64, nft::Ruleset) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        let mut published = Vec::new();
         for (id, ep) in &inner.state.endpoints {
             for p in &ep.ports {
-                v.push((p.clone(), ep.ip, id.clone()));
+                published.push((p.clone(), ep.ip, id.clone()));
             }
         }
-        v
-    }
-
-    /// Rewrites the published-port rules from the state.
-    fn sync_published(&self) -> Result<(), NetworkError> {
-        let _g = self.nft_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let ports = self.ruleset_snapshot();
-        let rs = self.ruleset(&ports);
-        let result = match rs.replace_published() {
-            Ok(()) => Ok(()),
-            Err(e) if e.errno() == Some(libc::ENOENT) => {
-                tracing::warn!("our nftables table was gone; rebuilding it");
-                rs.replace_table()
-                    .map_err(NetworkError::nft("rebuilding our table"))
-            }
-            Err(e) => Err(NetworkError::nft("updating published ports")(e)),
-        };
-        // A failed update leaves rules of departed jobs behind: the next teardown must
-        // try again even if its own job publishes nothing.
-        self.lock().rules_dirty = result.is_err();
-        result
-    }
-
-    fn replace_table(&self) -> Result<(), NetworkError> {
-        let _g = self.nft_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let ports = self.ruleset_snapshot();
-        self.ruleset(&ports)
-            .replace_table()
-            .map_err(NetworkError::nft("replacing our table"))
-    }
-
-    fn ruleset<'a>(&'a self, ports: &'a [(PortMapping, Ipv4Addr, String)]) -> nft::Ruleset<'a> {
-        nft::Ruleset {
-            bridge: &self.cfg.bridge,
+        let rs = nft::Ruleset {
+            bridge: self.cfg.bridge.clone(),
             subnet: self.cfg.subnet,
-            published: ports
-                .iter()
-                .map(|(p, ip, id)| (p, *ip, id.as_str()))
-                .collect(),
+            published,
+        };
+        (inner.generation, rs)
+    }
+
+    /// The work that rewrites the published-port rules from a snapshot taken now (the
+    /// whole table if it is gone).
+    fn nft_job(&self) -> impl FnOnce() -> Result<(), NetworkError> + Send + 'static {
+        let (generation, rs) = self.ruleset();
+        let shared = self.shared.clone();
+        move || {
+            let result = Shared::apply(&shared.nft_applied, generation, || {
+                match rs.replace_published() {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.errno() == Some(libc::ENOENT) => {
+                        tracing::warn!("our nftables table was gone; rebuilding it");
+                        rs.replace_table()
+                            .map_err(NetworkError::nft("rebuilding our table"))
+                    }
+                    Err(e) => Err(NetworkError::nft("updating published ports")(e)),
+                }
+            });
+            shared.rules_dirty.store(result.is_err(), Ordering::Relaxed);
+            result
         }
     }
+
+    /// The work that replaces the whole table from a snapshot taken now.
+    fn table_job(&self) -> impl FnOnce() -> Result<(), NetworkError> + Send + 'static {
+        let (generation, rs) = self.ruleset();
+        let shared = self.shared.clone();
+        move || {
+            Shared::apply(&shared.nft_applied, generation, || {
+                rs.replace_table()
+                    .map_err(NetworkError::nft("replacing our table"))
+            })
+        }
+    }
+}
+
+/// A blocking task that did not finish (it panicked, or the runtime is shutting down).
+fn background(e: tokio::task::JoinError) -> NetworkError {
+    NetworkError::Background(e.to_string())
 }
 
 /// Finds or creates the bridge and gives it the gateway address, MTU and up.

@@ -9,7 +9,8 @@ use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAttribute, RouteHeader};
 use rtnetlink::{
@@ -169,7 +170,9 @@ pub(crate) async fn ensure_only_address(
 
 /// Creates a job's veth pair in one request: `host` on the host, attached to the bridge
 /// and up; its peer created directly inside the job's namespace (`netns`) as `eth0`,
-/// with the job's MAC, up. Both ends get `mtu`.
+/// with the job's MAC. Both ends get `mtu`. The peer cannot be brought up in the same
+/// request (the kernel opens it before the pair is linked: ENOTCONN), so the namespace
+/// thread does that.
 pub(crate) async fn create_veth(
     h: &Handle,
     host: &str,
@@ -183,7 +186,6 @@ pub(crate) async fn create_veth(
         .mtu(mtu)
         .address(mac.to_vec())
         .setns_by_fd(netns.as_raw_fd())
-        .up()
         .build();
     let msg = LinkVeth::new(host, "eth0")
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -192,6 +194,22 @@ pub(crate) async fn create_veth(
         .up()
         .build();
     h.link().add(msg).execute().await
+}
+
+/// Turns on hairpin mode on bridge port `name`: the bridge may send a frame back out of
+/// the port it came in on. A job reaching its own published port (through a host
+/// address) needs it where bridge netfilter is active (`bridge-nf-call-iptables`, built
+/// in on many kernels, loaded by Docker and Kubernetes): the DNAT'd frame is then bridged
+/// back to the port it came from rather than routed. Slave options cannot be given in the
+/// request that creates and enslaves the link, hence a second one.
+pub(crate) async fn set_hairpin(h: &Handle, name: &str) -> Result<(), rtnetlink::Error> {
+    let msg = LinkUnspec::new_with_name(name)
+        .set_port_kind(InfoPortKind::Bridge)
+        .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+            true,
+        )]))
+        .build();
+    h.link().set_port(msg).execute().await
 }
 
 /// Deletes the link named `name` (for a veth, both ends go). `false` if there was none.

@@ -119,6 +119,8 @@ fn make(path: &Path) -> Result<(OwnedFd, RtSocket), StepError> {
 
 fn configure(sock: &mut RtSocket, inside: &Inside) -> Result<(), StepError> {
     let eth0 = sock.link_index("eth0").map_err(step("finding eth0"))?;
+    // Up before the address and route: a route via the gateway needs the link up.
+    sock.link_up(eth0).map_err(step("bringing eth0 up"))?;
     sock.add_address(eth0, inside.ip, inside.prefix_len)
         .map_err(step("adding the address to eth0"))?;
     sock.add_default_route(inside.gateway)

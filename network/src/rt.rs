@@ -88,7 +88,11 @@ impl RtSocket {
     }
 
     pub fn loopback_up(&mut self) -> io::Result<()> {
-        self.set_link(LinkUnspec::new_with_index(LOOPBACK_IFINDEX).up().build())
+        self.link_up(LOOPBACK_IFINDEX)
+    }
+
+    pub fn link_up(&mut self, index: u32) -> io::Result<()> {
+        self.set_link(LinkUnspec::new_with_index(index).up().build())
     }
 
     /// The index of the interface named `name`.

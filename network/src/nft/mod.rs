@@ -412,13 +412,14 @@ fn flush_chain(b: &mut Batch, chain: &str) {
 
 /// What the ruleset is made from: the bridge, the subnet, and every published port with
 /// the address of its endpoint.
-pub struct Ruleset<'a> {
-    pub bridge: &'a str,
+pub struct Ruleset {
+    pub bridge: String,
     pub subnet: Ipv4Net,
-    pub published: Vec<(&'a PortMapping, Ipv4Addr, &'a str)>,
+    /// `(port, endpoint address, job id)`.
+    pub published: Vec<(PortMapping, Ipv4Addr, String)>,
 }
 
-impl Ruleset<'_> {
+impl Ruleset {
     fn add_published(&self, b: &mut Batch) {
         for (p, ip, job) in &self.published {
             add_rule(
@@ -475,7 +476,7 @@ impl Ruleset<'_> {
             );
         }
 
-        let br = self.bridge;
+        let br = self.bridge.as_str();
         let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or(self.subnet);
         let mut r = ip_in(12, self.subnet).to_vec();
         r.extend(oifname(br, NFT_CMP_NEQ));
