@@ -31,6 +31,15 @@ pub struct JobRequest {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// bridge (the default: own address on the host bridge), host, or none (loopback only).
+    #[serde(default, skip_serializing_if = "NetworkMode::is_bridge")]
+    pub network: NetworkMode,
+    /// Host ports published to the job (bridge mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<network::PortMapping>,
+    /// Nameservers for the job's /etc/resolv.conf (default: the host's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<std::net::IpAddr>,
     /// Give the job a terminal (Docker's `-t`).
     #[serde(default)]
     pub tty: bool,
@@ -188,6 +197,9 @@ pub struct Job {
     /// Stopped by `stop`: the restart policy leaves it alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub manually_stopped: bool,
+    /// While running in bridge mode: its address and published ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkStatus>,
     pub config: JobConfig,
 }
 
@@ -208,6 +220,71 @@ pub struct JobConfig {
     pub tty: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+    #[serde(default, skip_serializing_if = "NetworkMode::is_bridge")]
+    pub network: NetworkMode,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<network::PortMapping>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<std::net::IpAddr>,
+}
+
+/// How a job is networked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Its own network namespace with an address on the host's bridge, NAT for egress.
+    #[default]
+    Bridge,
+    /// The host's network namespace.
+    Host,
+    /// Its own network namespace with only loopback.
+    None,
+}
+
+impl NetworkMode {
+    pub fn is_bridge(&self) -> bool {
+        *self == NetworkMode::Bridge
+    }
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bridge" | "default" => Ok(NetworkMode::Bridge),
+            "host" => Ok(NetworkMode::Host),
+            "none" => Ok(NetworkMode::None),
+            other => Err(format!(
+                "invalid network {other:?}: use bridge, host or none"
+            )),
+        }
+    }
+}
+
+/// A running job's place on the network (bridge mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: std::net::Ipv4Addr,
+    pub mac: String,
+    pub bridge: String,
+    /// Published ports, with the host ports actually chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<network::PortMapping>,
+}
+
+impl NetworkStatus {
+    pub fn of(endpoint: &network::Endpoint) -> NetworkStatus {
+        NetworkStatus {
+            ip: endpoint.ip,
+            prefix_len: endpoint.prefix_len,
+            gateway: endpoint.gateway,
+            mac: endpoint.mac.clone(),
+            bridge: endpoint.bridge.clone(),
+            ports: endpoint.ports.clone(),
+        }
+    }
 }
 
 /// `POST /images/import` with a JSON body imports from a path on the daemon's host.

@@ -255,10 +255,9 @@ fn a_crash_during_import_never_leaves_a_half_image() {
     let archive = common::fixtures().join("layered-docker.tar");
     // Kill the daemon at growing delays into an import, then check the store.
     for delay_ms in [0u64, 2, 5, 10, 20, 40, 80] {
-        let child = std::process::Command::new(common::BIN)
+        let child = d
+            .command()
             .args(["import", archive.to_str().unwrap()])
-            .env("FLYNN_HOST", d.url())
-            .env("FLYNN_TOKEN", &d.token)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -19,11 +19,12 @@ fn tcp_needs_the_token_and_the_unix_socket_admits_root_only() {
     assert_eq!(mode & 0o777, 0o600, "the token file is private");
 
     // No token, or a wrong one: 401, and the CLI says what to do.
-    let (status, body) = common::http(&d.addr, "GET", "/version", None, None);
+    let (status, body) = d.http_with("GET", "/version", None, None);
     assert_eq!(status, 401, "{body}");
-    let (status, _) = common::http(&d.addr, "GET", "/jobs", None, Some("not-the-token-at-all"));
+    let (status, _) = d.http_with("GET", "/jobs", None, Some("not-the-token-at-all"));
     assert_eq!(status, 401);
-    let out = Command::new(BIN)
+    let out = d
+        .command()
         .args([
             "--host",
             &d.url(),

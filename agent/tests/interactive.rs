@@ -6,11 +6,11 @@ mod common;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon};
+use common::Daemon;
 
 /// A terminal for the CLI: the test holds the master side.
 struct Terminal {
@@ -37,10 +37,8 @@ impl Terminal {
         let pty = nix::pty::openpty(None, None).expect("openpty");
         set_size(&pty.master, rows, cols);
         let slave: OwnedFd = pty.slave;
-        let mut cmd = Command::new(BIN);
+        let mut cmd = d.command();
         cmd.args(args)
-            .env("FLYNN_HOST", d.url())
-            .env("FLYNN_TOKEN", &d.token)
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave));
@@ -150,7 +148,8 @@ fn run_it_gives_a_real_terminal_whose_size_follows_and_ctrl_c_reaches_the_job() 
 fn run_i_sends_piped_stdin_and_its_end() {
     let d = Daemon::start();
     d.import_busybox();
-    let mut child = Command::new(BIN)
+    let mut child = d
+        .command()
         .args([
             "run",
             "-i",
@@ -160,8 +159,6 @@ fn run_i_sends_piped_stdin_and_its_end() {
             "-c",
             "cat; echo done >&2",
         ])
-        .env("FLYNN_HOST", d.url())
-        .env("FLYNN_TOKEN", &d.token)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -194,10 +191,9 @@ fn attach_streams_stdout_and_stderr_apart_and_forwards_stdin() {
         "-c",
         "read x; echo got $x; echo on-err >&2",
     ]);
-    let mut child = Command::new(BIN)
+    let mut child = d
+        .command()
         .args(["attach", "reader"])
-        .env("FLYNN_HOST", d.url())
-        .env("FLYNN_TOKEN", &d.token)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -290,10 +286,9 @@ fn exec_runs_in_the_jobs_container_with_its_confinement() {
     );
 
     // stdin through exec -i.
-    let mut child = Command::new(BIN)
+    let mut child = d
+        .command()
         .args(["exec", "-i", "host", "sh", "-c", "read x; echo exec-got $x"])
-        .env("FLYNN_HOST", d.url())
-        .env("FLYNN_TOKEN", &d.token)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

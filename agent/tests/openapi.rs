@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{Daemon, fixtures};
@@ -135,7 +134,7 @@ fn responses_match_the_document() {
     let fx = fixtures();
 
     // Events first, so the stream sees what follows.
-    let mut events = TcpStream::connect(&d.addr).unwrap();
+    let mut events = d.connect().unwrap();
     write!(
         events,
         "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
@@ -156,7 +155,7 @@ fn responses_match_the_document() {
     let (status, host) = call(&d, &spec, "GET", "/host/status", "/host/status", None);
     assert_eq!(status, 200, "{host}");
     // Without the token, every route answers 401 with a documented error.
-    let (status, text) = common::http(&d.addr, "GET", "/jobs", None, None);
+    let (status, text) = d.http_with("GET", "/jobs", None, None);
     assert_eq!(status, 401);
     spec.check(
         "GET",

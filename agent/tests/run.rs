@@ -38,10 +38,9 @@ fn run_echo_prints_and_exits_with_the_containers_code() {
     // Killed by a signal: 128 + N, like docker run. (The job's main process is
     // PID 1 of its namespace, which ignores signals it has no handler for, so the
     // signal that kills it here is SIGKILL, from outside.)
-    let child = std::process::Command::new(common::BIN)
+    let child = d
+        .command()
         .args(["run", "--rm", "--name", "victim", "busybox", "sleep", "30"])
-        .env("FLYNN_HOST", d.url())
-        .env("FLYNN_TOKEN", &d.token)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -74,11 +74,12 @@ fn upgrading_in_place_under_load_fails_no_request_and_restarts_no_container() {
     let mut threads = Vec::new();
     for path in ["/version", "/jobs?all=true", "/host/status", "/images"] {
         let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
-        let (addr, token) = (d.addr.clone(), d.token.clone());
+        let (addr, token, netns) = (d.addr.clone(), d.token.clone(), d.netns.clone());
         threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let result = std::panic::catch_unwind(|| {
-                    common::http(&addr, "GET", path, None, Some(&token))
+                    let stream = common::connect_in(&netns, &addr).expect("connecting");
+                    common::http_on(stream, "GET", path, None, Some(&token))
                 });
                 match result {
                     Ok((200, _)) => {}
@@ -98,23 +99,18 @@ fn upgrading_in_place_under_load_fails_no_request_and_restarts_no_container() {
     // And whole `run`s through the CLI, whose waits and log streams span handovers.
     {
         let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
-        let (url, token) = (d.url(), d.token.clone());
-        let bin = bin.clone();
+        let mut run = d.command_with(&bin);
+        run.args([
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "echo start; sleep 0.2; echo end",
+        ]);
         threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let out = std::process::Command::new(&bin)
-                    .args([
-                        "run",
-                        "--rm",
-                        "busybox",
-                        "sh",
-                        "-c",
-                        "echo start; sleep 0.2; echo end",
-                    ])
-                    .env("FLYNN_HOST", &url)
-                    .env("FLYNN_TOKEN", &token)
-                    .output()
-                    .unwrap();
+                let out = run.output().unwrap();
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 if !out.status.success() || stdout != "start\nend\n" {
                     failures.lock().unwrap().push(format!(

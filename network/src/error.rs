@@ -102,6 +102,13 @@ pub enum NetworkError {
     )]
     State { path: PathBuf, reason: String },
 
+    /// Another `HostNetwork` (another daemon) has the same state directory open.
+    #[error(
+        "the network state is in use by another process (lock {}): stop the other flynn-host first",
+        .0.display()
+    )]
+    Locked(PathBuf),
+
     /// A blocking task of ours did not finish.
     #[error("a background task of the host network failed: {0}")]
     Background(String),

@@ -112,6 +112,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 pub use config::{DEFAULT_BRIDGE, Ipv4Net, NetParseError, NetworkConfig};
@@ -146,6 +147,10 @@ pub struct HostNetwork {
     bridge_index: u32,
     handle: rtnetlink::Handle,
     inner: Mutex<Inner>,
+    /// `state_dir/lock`, held exclusively while this value lives: two instances on one
+    /// state (say, an old and a new daemon during an upgrade) would undo each other's
+    /// work, each taking the other's endpoints for leftovers.
+    _lock: Flock<fs::File>,
     /// What blocking work on other threads (state file writes, nftables batches) needs.
     shared: Arc<Shared>,
 }
@@ -205,6 +210,7 @@ impl HostNetwork {
             "creating the state directory",
             &cfg.state_dir,
         ))?;
+        let lock = lock_state(&cfg.state_dir)?;
         netns::prepare_dir(&cfg.netns_dir).map_err(NetworkError::io(
             "preparing the namespace directory",
             &cfg.netns_dir,
@@ -278,6 +284,7 @@ impl HostNetwork {
             bridge_index,
             handle,
             inner: Mutex::new(Inner::default()),
+            _lock: lock,
             shared: Arc::new(Shared {
                 state_path,
                 persisted: Mutex::new(0),
@@ -392,6 +399,7 @@ impl HostNetwork {
             inner.busy.insert(id.to_string());
             ep
         };
+        let _busy = Busy { net: self, id };
         let result = self.wire(id, &ep).await;
         if let Err(e) = &result {
             tracing::warn!(job = %id, error = %e, "attach failed; removing what it made");
@@ -399,7 +407,6 @@ impl HostNetwork {
                 tracing::error!(job = %id, error = %ce, "cleaning up a failed attach");
             }
         }
-        self.lock().busy.remove(id);
         result?;
         tracing::debug!(
             job = %id,
@@ -516,9 +523,9 @@ impl HostNetwork {
         let Some(ep) = ep else {
             return self.remove_leftovers(id, None).await;
         };
+        let _busy = Busy { net: self, id };
         let started = Instant::now();
         let result = self.teardown(id, &ep).await;
-        self.lock().busy.remove(id);
         tracing::debug!(job = %id, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "detached");
         result
     }
@@ -817,6 +824,20 @@ impl HostNetwork {
     }
 }
 
+/// Marks a job busy for as long as it lives. Dropping it clears the mark, also when the
+/// future of `attach` or `detach` is dropped half-way: the job's record then stays (its
+/// address reserved) and a later `detach` removes whatever was made.
+struct Busy<'a> {
+    net: &'a HostNetwork,
+    id: &'a str,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.net.lock().busy.remove(self.id);
+    }
+}
+
 /// A blocking task that did not finish (it panicked, or the runtime is shutting down).
 fn background(e: tokio::task::JoinError) -> NetworkError {
     NetworkError::Background(e.to_string())
@@ -868,6 +889,21 @@ async fn ensure_bridge(
             "setting the address of bridge {name}"
         )))?;
     Ok(index)
+}
+
+/// Takes `state_dir/lock` (see [`HostNetwork::_lock`]); fails at once if it is taken.
+fn lock_state(dir: &Path) -> Result<Flock<fs::File>, NetworkError> {
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(NetworkError::io("opening", &path))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+        nix::errno::Errno::EWOULDBLOCK => NetworkError::Locked(path.clone()),
+        e => NetworkError::io("locking", &path)(std::io::Error::from_raw_os_error(e as i32)),
+    })
 }
 
 /// Writes "1" to a /proc/sys file unless it already holds it.

@@ -592,3 +592,79 @@ fn a_changed_subnet_is_refused_while_jobs_use_the_old_one() {
         net.destroy().await.unwrap();
     });
 }
+
+#[test]
+fn a_second_open_on_the_same_state_is_refused() {
+    netns_test(|env| async move {
+        let net = HostNetwork::open(env.cfg.clone(), &[]).await.unwrap();
+        let e = HostNetwork::open(env.cfg.clone(), &[]).await.err().unwrap();
+        assert!(matches!(e, NetworkError::Locked(_)), "{e}");
+        assert!(e.to_string().contains("stop the other flynn-host"), "{e}");
+        drop(net);
+        HostNetwork::open(env.cfg.clone(), &[])
+            .await
+            .unwrap()
+            .destroy()
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn an_unreadable_state_is_set_aside_only_when_nothing_is_live() {
+    netns_test(|env| async move {
+        let net = HostNetwork::open(env.cfg.clone(), &[]).await.unwrap();
+        let a = net.attach("a", &[]).await.unwrap();
+        drop(net);
+        let path = env.cfg.state_dir.join("ipam.json");
+        fs::write(&path, b"{\"endpoints\": tru").unwrap();
+        let e = HostNetwork::open(env.cfg.clone(), &["a".to_string()])
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, NetworkError::State { .. }), "{e}");
+        assert!(e.to_string().contains("move it away"), "{e}");
+        // After a reboot nothing is live: start afresh; a's leftovers go as strays.
+        let net = HostNetwork::open(env.cfg.clone(), &[]).await.unwrap();
+        assert!(env.cfg.state_dir.join("ipam.json.unreadable").exists());
+        assert!(!a.netns.exists());
+        assert!(view().await.link(&a.host_veth).is_none());
+        net.destroy().await.unwrap();
+    });
+}
+
+#[test]
+fn a_cancelled_attach_is_cleaned_up_by_detach() {
+    netns_test(|env| async move {
+        let net = HostNetwork::open(env.cfg.clone(), &[]).await.unwrap();
+        let baseline = view().await.links.len();
+        for (i, us) in [0u64, 50, 200, 500, 1000, 2000, 5000]
+            .into_iter()
+            .enumerate()
+        {
+            let id = format!("c{i}");
+            let p = ports(&["8080:80"]);
+            let _ = tokio::time::timeout(std::time::Duration::from_micros(us), net.attach(&id, &p))
+                .await;
+            // Whatever the attach got to, detach removes it, and the port is free again.
+            net.detach(&id).await.unwrap();
+            assert_eq!(net.endpoint(&id), None);
+            assert_eq!(
+                view().await.links.len(),
+                baseline,
+                "after a cancel at {us} us"
+            );
+            assert_eq!(
+                fs::read_dir(&env.cfg.netns_dir).unwrap().count(),
+                0,
+                "at {us} us"
+            );
+            assert!(TcpListener::bind("0.0.0.0:8080").is_ok(), "at {us} us");
+            assert_eq!(rule_counts().get("published"), None, "at {us} us");
+        }
+        // The namespace threads of cancelled attaches have ended (nothing mounted late).
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(fs::read_dir(&env.cfg.netns_dir).unwrap().count(), 0);
+        net.destroy().await.unwrap();
+    });
+}

@@ -64,6 +64,14 @@ impl From<JobError> for ApiError {
             | JobError::NoTerminal(_) => ApiError::Conflict(message),
             JobError::Image(e) => e.into(),
             JobError::Shim(runtime::shim::ShimError::Create(_)) => ApiError::BadRequest(message),
+            JobError::Network(
+                network::NetworkError::PortConflict { .. }
+                | network::NetworkError::PortUnavailable { .. }
+                | network::NetworkError::SubnetExhausted { .. },
+            ) => ApiError::Conflict(message),
+            JobError::Network(network::NetworkError::DuplicatePort(_)) => {
+                ApiError::BadRequest(message)
+            }
             JobError::Io { source, .. } if is_no_space(&source) => {
                 ApiError::InsufficientStorage(message)
             }
@@ -71,6 +79,7 @@ impl From<JobError> for ApiError {
             | JobError::Rootfs(_)
             | JobError::Shim(_)
             | JobError::Runtime(_)
+            | JobError::Network(_)
             | JobError::Io { .. }
             | JobError::Internal(_) => ApiError::Internal(message),
         }

@@ -32,12 +32,15 @@ pub async fn ps(client: &Client, all: bool, args: &ListArgs) -> Result<i32> {
                 command(&job.config.args),
                 ago(job.created_at),
                 status(job),
+                ports(job),
                 job.name.clone().unwrap_or_default(),
             ]
         })
         .collect();
     table(
-        &["JOB ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
+        &[
+            "JOB ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES",
+        ],
         &rows,
     );
     Ok(0)
@@ -52,6 +55,28 @@ fn command(args: &[String]) -> String {
     } else {
         format!("\"{joined}\"")
     }
+}
+
+/// Published ports as Docker shows them: `0.0.0.0:8080->80/tcp`.
+fn ports(job: &Job) -> String {
+    job.network
+        .as_ref()
+        .map(|n| {
+            n.ports
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}:{}->{}/{}",
+                        p.bind_ip(),
+                        p.host_port,
+                        p.container_port,
+                        p.protocol
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn status(job: &Job) -> String {

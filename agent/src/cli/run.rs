@@ -10,7 +10,7 @@ use super::format::parse_size;
 use super::stream::{LogOptions, follow_logs, wait_for_exit};
 use super::{attach, tty};
 use crate::client::{ApiFailure, Client, encode};
-use crate::model::{Job, JobRequest, Resources, RestartPolicy};
+use crate::model::{Job, JobRequest, NetworkMode, Resources, RestartPolicy};
 
 /// `docker run`'s exit code when the run itself failed (not the command).
 const EXIT_RUN_FAILED: i32 = 125;
@@ -58,6 +58,15 @@ pub struct RunArgs {
     user: Option<String>,
     #[arg(long, short = 'h')]
     hostname: Option<String>,
+    /// Publish a port: [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp].
+    #[arg(long = "publish", short = 'p')]
+    publish: Vec<network::PortMapping>,
+    /// Network: bridge (default), host or none.
+    #[arg(long = "net", alias = "network", default_value = "bridge")]
+    net: NetworkMode,
+    /// Nameserver for the job's /etc/resolv.conf (repeatable).
+    #[arg(long)]
+    dns: Vec<std::net::IpAddr>,
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, value_parser = crate::jobs::restart::parse, default_value = "no")]
     restart: RestartPolicy,
@@ -103,6 +112,9 @@ impl RunArgs {
             restart: self.restart.clone(),
             tty: self.tty,
             stdin: self.interactive,
+            network: self.net,
+            ports: self.publish.clone(),
+            dns: self.dns.clone(),
             start,
         }
     }

@@ -27,6 +27,15 @@ pub struct DaemonArgs {
     /// Unix socket of the HTTP API, for root only, no token [default: /run/flynn/host.sock].
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// The bridge jobs are attached to [default: flynnbr0].
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// The jobs' subnet, CIDR [default: 10.88.0.0/24].
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// MTU of the bridge and the jobs' interfaces [default: the default route's].
+    #[arg(long)]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -36,6 +45,9 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     socket: Option<PathBuf>,
     token: Option<String>,
+    bridge: Option<String>,
+    subnet: Option<String>,
+    mtu: Option<u32>,
 }
 
 /// The settled configuration.
@@ -46,6 +58,7 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// The API token from the config file; otherwise it is `<state_dir>/token`.
     pub token: Option<String>,
+    pub network: network::NetworkConfig,
 }
 
 impl DaemonArgs {
@@ -63,12 +76,31 @@ impl DaemonArgs {
                 .parse()
                 .context("parsing the default listen address")?,
         };
-        Ok(DaemonConfig {
-            state_dir: self
-                .state_dir
+        let state_dir = self
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let defaults = network::NetworkConfig::default();
+        let subnet = match self.subnet.clone().or(file.subnet) {
+            Some(text) => text.parse::<network::Ipv4Net>().with_context(|| {
+                format!("invalid subnet {text:?}: give a CIDR such as 10.88.0.0/24")
+            })?,
+            None => defaults.subnet,
+        };
+        let network = network::NetworkConfig {
+            bridge: self
+                .bridge
                 .clone()
-                .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                .or(file.bridge)
+                .unwrap_or(defaults.bridge),
+            subnet,
+            mtu: self.mtu.or(file.mtu),
+            state_dir: state_dir.join("network"),
+            netns_dir: state_dir.join("netns"),
+        };
+        Ok(DaemonConfig {
+            state_dir,
             listen,
             socket: self
                 .socket
@@ -76,6 +108,7 @@ impl DaemonArgs {
                 .or(file.socket)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             token: file.token,
+            network,
         })
     }
 }

@@ -40,6 +40,11 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     let exe = std::env::current_exe().context("finding the flynn-host binary")?;
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
 
+    // Before anything can see us (the pid file, the sockets): SIGUSR2's default
+    // action would kill the daemon.
+    let mut upgrade_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+            .context("installing the SIGUSR2 (upgrade) handler")?;
     let (tcp, unix) = match inherited {
         // Handed over by the previous daemon: it drains before we touch the state.
         Some(inherited) => inherited.take_over().await?,
@@ -57,6 +62,13 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     std::fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
     let images = Arc::new(open_store(state_dir.join("images")).await?);
     let (events, _) = broadcast::channel(1024);
+    // Jobs that were running keep their network; every other endpoint is cleared.
+    let live = crate::jobs::running_ids(&state_dir.join("jobs"));
+    let network = Arc::new(
+        network::HostNetwork::open(config.network.clone(), &live)
+            .await
+            .context("setting up the host network (bridge, NAT)")?,
+    );
     let jobs = JobManager::open(
         Paths {
             jobs: state_dir.join("jobs"),
@@ -64,6 +76,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
             removed: state_dir.join("removed"),
         },
         images.clone(),
+        network,
         exe.clone(),
         events.clone(),
     )
@@ -95,9 +108,6 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     let (tcp_fd, unix_fd) = (tcp.as_raw_fd(), unix.as_raw_fd());
     let server = tokio::spawn(api::serve(tcp, unix, state.clone(), stop_rx));
 
-    let mut upgrade_signal =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
-            .context("installing the SIGUSR2 (upgrade) handler")?;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {

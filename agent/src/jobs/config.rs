@@ -6,7 +6,7 @@ use std::path::Path;
 use oci_spec::image::ImageConfiguration;
 
 use super::JobError;
-use crate::model::{Job, JobConfig, JobRequest};
+use crate::model::{Job, JobConfig, JobRequest, NetworkMode};
 
 /// Docker's rule for container names.
 pub fn validate_name(name: &str) -> Result<(), JobError> {
@@ -76,7 +76,19 @@ pub fn resolve(
         .clone()
         .or_else(|| cfg.and_then(|c| c.user().clone()))
         .unwrap_or_default();
-    let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+    let hostname = match (&req.hostname, req.network) {
+        (Some(h), _) => h.clone(),
+        // Sharing the host's network, a job is the host by name too (as in Docker).
+        (None, NetworkMode::Host) => nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| id[..12].to_string()),
+        (None, _) => id[..12].to_string(),
+    };
+    if !req.ports.is_empty() && req.network != NetworkMode::Bridge {
+        return Err(JobError::BadRequest(
+            "published ports need the bridge network (not --net host or none)".to_string(),
+        ));
+    }
     validate_resources(req)?;
     super::restart::validate(&req.restart, req.auto_remove)?;
     Ok(JobConfig {
@@ -90,6 +102,9 @@ pub fn resolve(
         restart: req.restart.clone(),
         tty: req.tty,
         stdin: req.stdin,
+        network: req.network,
+        ports: req.ports.clone(),
+        dns: req.dns.clone(),
     })
 }
 
@@ -120,7 +135,12 @@ fn validate_resources(req: &JobRequest) -> Result<(), JobError> {
 }
 
 /// What the runtime needs to run this job in `rootfs`.
-pub fn container_config(job: &Job, rootfs: &Path) -> runtime::ContainerConfig {
+pub fn container_config(
+    job: &Job,
+    rootfs: &Path,
+    network: runtime::NetworkMode,
+    mounts: Vec<runtime::BindMount>,
+) -> runtime::ContainerConfig {
     let c = &job.config;
     runtime::ContainerConfig {
         id: job.id.clone(),
@@ -137,7 +157,7 @@ pub fn container_config(job: &Job, rootfs: &Path) -> runtime::ContainerConfig {
         },
         tty: c.tty,
         stdin: c.stdin,
-        network: runtime::NetworkMode::New,
-        mounts: Vec::new(),
+        network,
+        mounts,
     }
 }

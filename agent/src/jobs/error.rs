@@ -27,6 +27,8 @@ pub enum JobError {
     Rootfs(#[from] image::rootfs::RootfsError),
     #[error("cannot run the job: {0}")]
     Shim(#[from] runtime::shim::ShimError),
+    #[error("{0}")]
+    Network(#[from] network::NetworkError),
     /// Boxed: libcontainer's errors are large and this path is rare.
     #[error("cannot clean up the job's container: {0}")]
     Runtime(Box<runtime::RuntimeError>),

@@ -7,12 +7,13 @@
 
 mod config;
 mod error;
+mod etc;
 mod exec;
 mod record;
 pub mod restart;
 
 pub use exec::exit_of;
-pub use record::new_id;
+pub use record::{new_id, running_ids};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,7 +27,9 @@ use tokio::sync::{RwLock, broadcast, watch};
 
 pub use error::JobError;
 
-use crate::model::{Event, ExitInfo, Job, JobCounts, JobRequest, JobState, Promised};
+use crate::model::{
+    Event, ExitInfo, Job, JobCounts, JobRequest, JobState, NetworkMode, NetworkStatus, Promised,
+};
 
 /// How long `stop` and `rm -f` wait for a killed process to be reported gone.
 const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -91,6 +94,7 @@ pub struct JobManager {
     /// image is removed: an image cannot vanish between resolve and job creation.
     image_gate: RwLock<()>,
     events: broadcast::Sender<Event>,
+    network: Arc<network::HostNetwork>,
 }
 
 impl JobManager {
@@ -98,6 +102,7 @@ impl JobManager {
     pub async fn open(
         paths: Paths,
         images: Arc<ImageStore>,
+        network: Arc<network::HostNetwork>,
         exe: PathBuf,
         events: broadcast::Sender<Event>,
     ) -> Result<Arc<JobManager>, JobError> {
@@ -112,6 +117,7 @@ impl JobManager {
             jobs: Mutex::new(HashMap::new()),
             image_gate: RwLock::new(()),
             events,
+            network,
         });
         manager.recover().await;
         let removed = manager.paths.removed.clone();
@@ -245,6 +251,10 @@ impl JobManager {
         if let Some(name) = &req.name {
             config::validate_name(name)?;
         }
+        // A port that cannot be had is refused before anything is created.
+        if !req.ports.is_empty() {
+            self.network.check_ports(&req.ports)?;
+        }
         let handle = {
             let _gate = self.image_gate.read().await;
             let store = self.images.clone();
@@ -272,6 +282,7 @@ impl JobManager {
                 restart_count: 0,
                 restart_at: None,
                 manually_stopped: false,
+                network: None,
                 config,
             };
             let handle = JobHandle::new(job.clone());
@@ -334,10 +345,11 @@ impl JobManager {
             JobState::Removing | JobState::Removed => return Err(JobError::Removing(job.id)),
         }
         match self.launch(&job).await {
-            Ok(pid) => {
+            Ok((pid, network)) => {
                 let job = self.update(handle, |j| {
                     j.state = JobState::Running;
                     j.pid = Some(pid);
+                    j.network = network;
                     j.started_at = Some(Utc::now());
                     j.exit = None;
                     j.error = None;
@@ -397,7 +409,7 @@ impl JobManager {
 
     /// Mounts the rootfs and brings the container up through a shim. On error
     /// nothing stays mounted or running.
-    async fn launch(&self, job: &Job) -> Result<i32, JobError> {
+    async fn launch(&self, job: &Job) -> Result<(i32, Option<NetworkStatus>), JobError> {
         let dir = self.paths.job_dir(&job.id);
         let rootfs = dir.join("rootfs");
         let store = self.images.clone();
@@ -412,25 +424,52 @@ impl JobManager {
         .map_err(JobError::join)??;
         crate::failpoint::hit("start.mounted");
 
-        let shim_config = runtime::shim::ShimConfig {
-            container: config::container_config(job, &rootfs),
-            state_root: self.paths.containers.clone(),
-            log_path: dir.join(record::LOG_FILE),
+        let endpoint = match job.config.network {
+            NetworkMode::Bridge => match self.network.attach(&job.id, &job.config.ports).await {
+                Ok(endpoint) => Some(endpoint),
+                Err(e) => {
+                    let _ = record::unmount_rootfs(&dir);
+                    return Err(e.into());
+                }
+            },
+            NetworkMode::Host | NetworkMode::None => None,
         };
         let started = async {
+            let mounts = etc::write(
+                &dir,
+                job.config.network,
+                &job.config.hostname,
+                endpoint.as_ref().map(|e| e.ip),
+                &job.config.dns,
+            )?;
+            let network_mode = match (&endpoint, job.config.network) {
+                (Some(endpoint), _) => runtime::NetworkMode::Path(endpoint.netns.clone()),
+                (None, NetworkMode::Host) => runtime::NetworkMode::Host,
+                (None, _) => runtime::NetworkMode::New,
+            };
+            let shim_config = runtime::shim::ShimConfig {
+                container: config::container_config(job, &rootfs, network_mode, mounts),
+                state_root: self.paths.containers.clone(),
+                log_path: dir.join(record::LOG_FILE),
+            };
             let created = runtime::shim::spawn(&self.exe, &dir, &shim_config).await?;
             crate::failpoint::hit("start.created");
             let pid = created.start().await?;
             crate::failpoint::hit("start.started");
-            Ok::<_, runtime::shim::ShimError>(pid)
+            Ok::<_, JobError>(pid)
         }
         .await;
         match started {
-            Ok(pid) => Ok(pid),
+            Ok(pid) => Ok((pid, endpoint.as_ref().map(NetworkStatus::of))),
             Err(e) => {
                 let _ = runtime::shim::cleanup(&self.paths.containers, &job.id);
                 let _ = record::unmount_rootfs(&dir);
-                Err(e.into())
+                if endpoint.is_some()
+                    && let Err(e) = self.network.detach(&job.id).await
+                {
+                    tracing::warn!(job = %job.id, error = %e, "releasing the network of a job that did not start");
+                }
+                Err(e)
             }
         }
     }
@@ -475,10 +514,11 @@ impl JobManager {
             // Under the op lock, and only if no start has come in meanwhile: the
             // mount may already belong to the job's next run.
             let _op = handle.op.lock().await;
-            if handle.snapshot().state == JobState::Exited
-                && let Err(e) = record::unmount_rootfs(&self.paths.job_dir(&handle.id))
-            {
-                tracing::warn!(job = %handle.id, error = %e, "unmounting the rootfs of an exited job");
+            if handle.snapshot().state == JobState::Exited {
+                if let Err(e) = record::unmount_rootfs(&self.paths.job_dir(&handle.id)) {
+                    tracing::warn!(job = %handle.id, error = %e, "unmounting the rootfs of an exited job");
+                }
+                self.release_network(handle).await;
             }
         }
         if job.config.auto_remove {
@@ -561,6 +601,7 @@ impl JobManager {
         if let Some(exit) = &job.exit {
             record::write_tombstone(&self.paths.removed, &job.id, exit);
         }
+        self.release_network(handle).await;
         let dir = self.paths.job_dir(&handle.id);
         let containers = self.paths.containers.clone();
         let id = handle.id.clone();
@@ -653,6 +694,21 @@ impl JobManager {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "clearing what a stopped job left"),
             Err(e) => tracing::warn!(error = %e, "clearing what a stopped job left"),
+        }
+    }
+
+    /// Gives back a stopped job's address, ports and namespace. Idempotent.
+    async fn release_network(&self, handle: &JobHandle) {
+        if handle.snapshot().config.network != NetworkMode::Bridge {
+            return;
+        }
+        if let Err(e) = self.network.detach(&handle.id).await {
+            tracing::warn!(job = %handle.id, error = %e, "releasing a job's network");
+        }
+        if handle.snapshot().network.is_some()
+            && let Err(e) = self.update(handle, |j| j.network = None)
+        {
+            tracing::warn!(job = %handle.id, error = %e, "recording a job's released network");
         }
     }
 

@@ -79,6 +79,21 @@ pub fn load_all(jobs: &Path) -> Vec<Job> {
     out
 }
 
+/// Ids of the jobs whose record says running (their containers may have outlived
+/// the previous daemon).
+pub fn running_ids(jobs: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(jobs) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| fs::read(e.path().join(RECORD_FILE)).ok())
+        .filter_map(|d| serde_json::from_slice::<Job>(&d).ok())
+        .filter(|j| j.state == crate::model::JobState::Running)
+        .map(|j| j.id)
+        .collect()
+}
+
 fn rootfs_dirs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (dir.join("rootfs"), dir.join("upper"), dir.join("work"))
 }

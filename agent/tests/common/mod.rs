@@ -38,6 +38,9 @@ pub struct Daemon {
     pub child: Option<Child>,
     /// The binary the daemon runs (a copy, for upgrade tests).
     pub bin: PathBuf,
+    /// The network namespace the daemon (and its CLI) run in: created by the test,
+    /// so that the host's own networking is never touched.
+    pub netns: String,
     pub state: tempfile::TempDir,
     pub addr: String,
     /// The API token (read from the state dir once the daemon is up).
@@ -59,6 +62,7 @@ impl Daemon {
 
     /// Starts a daemon running `bin` (which a test may replace to upgrade it).
     pub fn start_from(bin: &Path) -> Daemon {
+        let netns = new_netns();
         let state = tempfile::Builder::new()
             .prefix("flynn-test-")
             .tempdir_in("/var/tmp")
@@ -67,6 +71,7 @@ impl Daemon {
         let mut daemon = Daemon {
             child: None,
             bin: bin.to_path_buf(),
+            netns,
             log: state.path().join("daemon.log"),
             state,
             addr,
@@ -96,7 +101,10 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("opening the daemon log");
-        let child = Command::new(&self.bin)
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(&self.bin)
             .args(["daemon", "--state-dir"])
             .arg(self.state.path())
             .args(["--listen", &self.addr])
@@ -113,8 +121,8 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(token) = std::fs::read_to_string(self.state.path().join("token"))
-                && TcpStream::connect(&self.addr).is_ok()
-                && http(&self.addr, "GET", "/version", None, Some(token.trim())).0 == 200
+                && let Some(stream) = connect_in(&self.netns, &self.addr)
+                && http_on(stream, "GET", "/version", None, Some(token.trim())).0 == 200
             {
                 self.token = token.trim().to_string();
                 break;
@@ -182,12 +190,27 @@ impl Daemon {
         format!("http://{}", self.addr)
     }
 
+    /// The CLI (`bin`), run in the daemon's network namespace, pointed at it.
+    pub fn command_with(&self, bin: &Path) -> Command {
+        // nsenter enters only the network namespace (`ip netns exec` would also
+        // remount /sys, hiding the cgroup mounts).
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(bin)
+            .env("FLYNN_HOST", self.url())
+            .env("FLYNN_TOKEN", &self.token);
+        cmd
+    }
+
+    pub fn command(&self) -> Command {
+        self.command_with(Path::new(BIN))
+    }
+
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        self.command()
             .args(args)
-            .env("FLYNN_HOST", self.url())
-            .env("FLYNN_TOKEN", &self.token)
             .stdin(Stdio::null())
             .output()
             .expect("running flynn-host")
@@ -221,7 +244,24 @@ impl Daemon {
 
     /// A raw HTTP/1.1 request with the token; returns (status, body).
     pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        http(&self.addr, method, path, body, Some(&self.token))
+        self.http_with(method, path, body, Some(&self.token))
+    }
+
+    /// A raw HTTP/1.1 request with the given token, if any.
+    pub fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let stream = self.connect().expect("connecting to the daemon");
+        http_on(stream, method, path, body, token)
+    }
+
+    /// A TCP connection to the daemon, from inside its network namespace.
+    pub fn connect(&self) -> Option<TcpStream> {
+        connect_in(&self.netns, &self.addr)
     }
 
     /// Polls `inspect` until `pred` holds (for state the test itself caused).
@@ -260,7 +300,48 @@ impl Drop for Daemon {
         for mount in mounts_under(self.state.path()) {
             let _ = Command::new("umount").arg("-l").arg(&mount).status();
         }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
     }
+}
+
+/// A fresh network namespace (`ip netns add`) with loopback up.
+pub fn new_netns() -> String {
+    let mut bytes = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("random");
+    let name = format!(
+        "flynn-t-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let ok = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .expect("ip netns add");
+    assert!(ok.success(), "ip netns add {name}");
+    let ok = Command::new("ip")
+        .args(["-n", &name, "link", "set", "lo", "up"])
+        .status()
+        .expect("ip link");
+    assert!(ok.success());
+    name
+}
+
+/// Connects to `addr` from inside network namespace `netns`: the socket is made on a
+/// thread that entered the namespace, and lives there wherever it is used.
+pub fn connect_in(netns: &str, addr: &str) -> Option<TcpStream> {
+    let path = format!("/run/netns/{netns}");
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).ok()?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        TcpStream::connect(&addr).ok()
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 /// Whether a process exists and is not a zombie.
@@ -291,14 +372,18 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-pub fn http(
-    addr: &str,
+/// One HTTP/1.1 request on a fresh connection; returns (status, body).
+pub fn http_on(
+    mut stream: TcpStream,
     method: &str,
     path: &str,
     body: Option<&str>,
     token: Option<&str>,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connecting to the daemon");
+    let addr = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
@@ -366,7 +451,7 @@ pub struct Events {
 impl Events {
     /// Subscribes and returns once the daemon says the subscription is live.
     pub fn subscribe(d: &Daemon) -> Events {
-        let mut stream = TcpStream::connect(&d.addr).expect("connecting for events");
+        let mut stream = d.connect().expect("connecting for events");
         write!(
             stream,
             "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
