@@ -14,9 +14,13 @@ bin="$PWD/target/release/flynn-host"
 bash fixtures/build-images.sh "$PWD/target/fixtures" >/dev/null
 
 work=$(mktemp -d /var/tmp/flynn-mem-XXXXXX)
-port=$((20000 + RANDOM % 20000))
+# The daemon runs in a network namespace of its own (nsenter execs it: $! is its pid).
+netns="fb-mem-$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)"
+ip netns add "$netns"
+ip -n "$netns" link set lo up
+port=1113
 export FLYNN_HOST="unix://$work/host.sock"
-"$bin" daemon --state-dir "$work/state" --listen "127.0.0.1:$port" --socket "$work/host.sock" 2>"$work/daemon.log" &
+nsenter --net="/run/netns/$netns" -- "$bin" daemon --state-dir "$work/state" --listen "127.0.0.1:$port" --socket "$work/host.sock" 2>"$work/daemon.log" &
 daemon=$!
 cleanup() {
     for id in $("$bin" ps -aq 2>/dev/null); do "$bin" rm -f "$id" >/dev/null 2>&1 || true; done
@@ -24,6 +28,7 @@ cleanup() {
     kill "$daemon" 2>/dev/null || true
     wait "$daemon" 2>/dev/null || true
     umount -l "$work"/state/jobs/*/rootfs 2>/dev/null || true
+    ip netns del "$netns" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT

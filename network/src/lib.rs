@@ -193,6 +193,10 @@ struct Inner {
     busy: HashSet<String>,
     /// Generation of the last snapshot taken (see [`Shared`]).
     generation: u64,
+    /// Namespace threads of attaches that did not run to the end (cancelled or failed),
+    /// by job: `detach` and the next `attach` of the job join them before touching its
+    /// namespace file, which such a thread may still be creating.
+    orphans: HashMap<String, std::thread::JoinHandle<()>>,
 }
 
 const SYSCTL_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -341,6 +345,7 @@ impl HostNetwork {
         let started = Instant::now();
         validate_id(id)?;
         check_request(ports)?;
+        self.join_orphan(id).await?;
         let ep = {
             let mut inner = self.lock();
             if inner.busy.contains(id) {
@@ -428,8 +433,13 @@ impl HostNetwork {
         if fs::symlink_metadata(&ep.netns).is_ok() {
             netns::remove(&ep.netns).map_err(ns_err("removing a leftover namespace file"))?;
         }
-        let worker =
+        let mut worker =
             netns::spawn(ep.netns.clone()).map_err(ns_err("starting the namespace thread"))?;
+        let _thread = ThreadGuard {
+            net: self,
+            id,
+            thread: worker.thread.take(),
+        };
         // The address must be on disk before it is configured; the file is written while
         // the namespace and the veth are being made.
         let persist = tokio::task::spawn_blocking(self.persist_job());
@@ -509,6 +519,7 @@ impl HostNetwork {
     /// without an endpoint is fine (leftovers by name are still removed).
     pub async fn detach(&self, id: &str) -> Result<(), NetworkError> {
         validate_id(id)?;
+        self.join_orphan(id).await?;
         let ep = {
             let mut inner = self.lock();
             if inner.busy.contains(id) {
@@ -827,6 +838,40 @@ impl HostNetwork {
 /// Marks a job busy for as long as it lives. Dropping it clears the mark, also when the
 /// future of `attach` or `detach` is dropped half-way: the job's record then stays (its
 /// address reserved) and a later `detach` removes whatever was made.
+/// Hands the namespace thread of an attach to `Inner::orphans` if it is still running
+/// when the attach ends, however it ends (returned, failed, or its future dropped).
+struct ThreadGuard<'a> {
+    net: &'a HostNetwork,
+    id: &'a str,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ThreadGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take()
+            && !thread.is_finished()
+        {
+            self.net.lock().orphans.insert(self.id.to_string(), thread);
+        }
+    }
+}
+
+impl HostNetwork {
+    /// Waits for the namespace thread a cancelled or failed attach of `id` left, if any.
+    async fn join_orphan(&self, id: &str) -> Result<(), NetworkError> {
+        let Some(thread) = self.lock().orphans.remove(id) else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            // A panic in that thread is already logged by the default hook; what it left
+            // is removed by name below like any leftover.
+            let _ = thread.join();
+        })
+        .await
+        .map_err(background)
+    }
+}
+
 struct Busy<'a> {
     net: &'a HostNetwork,
     id: &'a str,

@@ -54,6 +54,10 @@ pub(crate) struct Worker {
     pub go: mpsc::SyncSender<Inside>,
     /// The outcome of the configuration inside (including bringing `lo` up).
     pub done: oneshot::Receiver<Result<(), StepError>>,
+    /// The thread itself: an attach that is cancelled leaves it running for a moment
+    /// (it may still create and mount the namespace file), so whoever cleans up after
+    /// that attach joins it first.
+    pub thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Starts a thread that unshares its network namespace, bind-mounts it at `path`
@@ -66,7 +70,7 @@ pub(crate) fn spawn(path: PathBuf) -> io::Result<Worker> {
     let (created_tx, created) = oneshot::channel();
     let (go, go_rx) = mpsc::sync_channel::<Inside>(1);
     let (done_tx, done) = oneshot::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("flynn-netns".into())
         .stack_size(256 * 1024)
         .spawn(move || {
@@ -88,7 +92,12 @@ pub(crate) fn spawn(path: PathBuf) -> io::Result<Worker> {
             let result = lo.and_then(|()| configure(&mut sock, &inside));
             let _ = done_tx.send(result);
         })?;
-    Ok(Worker { created, go, done })
+    Ok(Worker {
+        created,
+        go,
+        done,
+        thread: Some(thread),
+    })
 }
 
 fn make(path: &Path) -> Result<(OwnedFd, RtSocket), StepError> {

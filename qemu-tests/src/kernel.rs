@@ -78,28 +78,82 @@ impl Kernel {
                 stem.replace('-', "_") == name.replace('-', "_")
             })
         };
+        // Soft dependencies ("softdep libcrc32c pre: crc32c") are modules a module
+        // needs loaded first without linking to them (libcrc32c asks the crypto API for
+        // crc32c at init and fails without it); they name a module or an alias.
+        let read_optional =
+            |name: &str| std::fs::read_to_string(self.modules_dir.join(name)).unwrap_or_default();
+        let softdeps: Vec<(String, Vec<String>)> = read_optional("modules.softdep")
+            .lines()
+            .filter_map(|l| l.strip_prefix("softdep "))
+            .filter_map(|l| {
+                let (module, rest) = l.split_once(' ')?;
+                let pre = rest.split(" post:").next()?.trim().strip_prefix("pre:")?;
+                Some((
+                    module.to_string(),
+                    pre.split_whitespace().map(str::to_string).collect(),
+                ))
+            })
+            .collect();
+        let aliases = read_optional("modules.alias");
+        let resolve = |name: &str| -> Option<String> {
+            if let Some((path, _)) = find(name) {
+                return Some(path.clone());
+            }
+            // Of an alias's providers the generic one: it runs on any CPU (TCG's too).
+            let providers: Vec<&str> = aliases
+                .lines()
+                .filter_map(|l| l.strip_prefix("alias "))
+                .filter_map(|l| l.split_once(' '))
+                .filter(|(alias, _)| *alias == name)
+                .map(|(_, module)| module)
+                .collect();
+            let chosen = providers
+                .iter()
+                .find(|m| m.ends_with("_generic"))
+                .or(providers.first())?;
+            find(chosen).map(|(path, _)| path.clone())
+        };
+        let stem = |path: &str| {
+            let file = path.rsplit('/').next().unwrap_or(path);
+            file.split(".ko").next().unwrap_or(file).replace('-', "_")
+        };
         let mut ordered = Vec::new();
         let mut seen = BTreeSet::new();
-        fn visit(
-            path: &str,
-            deps: &[(String, Vec<String>)],
-            seen: &mut BTreeSet<String>,
-            ordered: &mut Vec<String>,
-        ) {
+        struct Graph<'a> {
+            deps: &'a [(String, Vec<String>)],
+            pre: &'a dyn Fn(&str) -> Vec<String>,
+        }
+        fn visit(path: &str, g: &Graph, seen: &mut BTreeSet<String>, ordered: &mut Vec<String>) {
             if !seen.insert(path.to_string()) {
                 return;
             }
-            if let Some((_, ds)) = deps.iter().find(|(m, _)| m == path) {
+            for soft in (g.pre)(path) {
+                visit(&soft, g, seen, ordered);
+            }
+            if let Some((_, ds)) = g.deps.iter().find(|(m, _)| m == path) {
                 for d in ds {
-                    visit(d, deps, seen, ordered);
+                    visit(d, g, seen, ordered);
                 }
             }
             ordered.push(path.to_string());
         }
+        let pre = |path: &str| -> Vec<String> {
+            let name = stem(path);
+            softdeps
+                .iter()
+                .filter(|(m, _)| m.replace('-', "_") == name)
+                .flat_map(|(_, pre)| pre.iter().filter_map(|p| resolve(p)))
+                .collect()
+        };
+        let graph = Graph {
+            deps: &deps,
+            pre: &pre,
+        };
         for name in names {
             let (path, _) = find(name)
                 .ok_or_else(|| KernelError::NoModule(name.to_string(), self.version.clone()))?;
-            visit(path, &deps, &mut seen, &mut ordered);
+            visit(path, &graph, &mut seen, &mut ordered);
         }
         Ok(ordered
             .into_iter()

@@ -17,6 +17,22 @@ pub use vm::{Vm, VmConfig};
 
 use std::path::PathBuf;
 
+/// Kernel modules flynn-host needs on a Debian kernel (dependencies are resolved by
+/// [`Kernel::modules_with_deps`]): overlayfs for root filesystems; bridge and veth
+/// for job networks; nf_tables with the expressions the host network's rules use
+/// (conntrack, NAT, masquerade, fib).
+pub const HOST_MODULES: &[&str] = &[
+    "overlay",
+    "bridge",
+    "veth",
+    "nf_tables",
+    "nft_ct",
+    "nft_nat",
+    "nft_masq",
+    "nft_chain_nat",
+    "nft_fib_ipv4",
+];
+
 /// The workspace root (where `target/` and `fixtures/` are).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

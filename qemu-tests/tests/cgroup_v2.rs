@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use qemu_tests::{Initramfs, Kernel, Vm, VmConfig, static_flynn_host, workspace_root};
+use qemu_tests::{
+    HOST_MODULES, Initramfs, Kernel, Vm, VmConfig, static_flynn_host, workspace_root,
+};
 
 /// PID 1 in the VM: move to a tmpfs root (pivot_root cannot leave the initramfs
 /// rootfs), then set up a cgroup-v2-only host and run the test script.
@@ -93,7 +95,7 @@ fn limits_hold_on_a_pure_cgroup_v2_host() {
     fs.file("images/busybox-docker.tar", &images).unwrap();
     fs.bytes("init", INIT, 0o755);
     fs.bytes("test.sh", TEST, 0o644);
-    let modules = kernel.modules_with_deps(&["overlay"]).unwrap();
+    let modules = kernel.modules_with_deps(HOST_MODULES).unwrap();
     let mut order = String::new();
     for module in &modules {
         let name = module.file_name().unwrap().to_str().unwrap();

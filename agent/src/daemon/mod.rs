@@ -62,8 +62,9 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     std::fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
     let images = Arc::new(open_store(state_dir.join("images")).await?);
     let (events, _) = broadcast::channel(1024);
-    // Jobs that were running keep their network; every other endpoint is cleared.
-    let live = crate::jobs::running_ids(&state_dir.join("jobs"));
+    // Endpoints of recorded jobs are kept (recovery releases those that are not
+    // running); every other endpoint is cleared.
+    let live = crate::jobs::recorded_ids(&state_dir.join("jobs"));
     let network = Arc::new(
         network::HostNetwork::open(config.network.clone(), &live)
             .await

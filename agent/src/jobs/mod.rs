@@ -13,7 +13,7 @@ mod record;
 pub mod restart;
 
 pub use exec::exit_of;
-pub use record::{new_id, running_ids};
+pub use record::{new_id, recorded_ids};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +41,10 @@ pub struct JobHandle {
     /// Serialises start / stop / remove of this job.
     op: tokio::sync::Mutex<()>,
     backoff: Mutex<restart::Backoff>,
+    /// Serialises record updates: the monitor's exit and an operation may update the
+    /// same job at once, and each write goes through the same temp file; it also keeps
+    /// the file's order of updates that of memory.
+    saving: Mutex<()>,
 }
 
 impl JobHandle {
@@ -50,6 +54,7 @@ impl JobHandle {
             record: watch::Sender::new(job),
             op: tokio::sync::Mutex::new(()),
             backoff: Mutex::new(restart::Backoff::default()),
+            saving: Mutex::new(()),
         })
     }
 
@@ -320,6 +325,7 @@ impl JobManager {
 
     /// Changes the record, persists it, and notifies subscribers.
     fn update(&self, handle: &JobHandle, f: impl FnOnce(&mut Job)) -> Result<Job, JobError> {
+        let _saving = handle.saving.lock().unwrap_or_else(|p| p.into_inner());
         handle.record.send_modify(f);
         let job = handle.snapshot();
         record::save(&self.paths.job_dir(&handle.id), &job)?;
@@ -633,6 +639,15 @@ impl JobManager {
                 JobState::Created | JobState::Exited if self.adopt_if_running(&handle).await => {}
                 JobState::Exited => {
                     self.clear_leftovers(&job.id).await;
+                    // The previous daemon recorded the exit but died (or handed over)
+                    // before it could finish: `--rm` waiters are still waiting.
+                    if job.config.auto_remove {
+                        if let Err(e) = self.remove(&handle, true).await {
+                            tracing::error!(job = %job.id, error = %e, "auto-removing a job that exited before the restart");
+                        }
+                        continue;
+                    }
+                    self.release_network(&handle).await;
                     let policy = job.config.restart.policy;
                     // Docker's rule: `always` comes back with the daemon even after a stop.
                     let always = policy == crate::model::RestartPolicyName::Always;
@@ -643,7 +658,10 @@ impl JobManager {
                         self.schedule_restart(handle, Duration::ZERO);
                     }
                 }
-                JobState::Created => self.clear_leftovers(&job.id).await,
+                JobState::Created => {
+                    self.clear_leftovers(&job.id).await;
+                    self.release_network(&handle).await;
+                }
                 JobState::Removed => {}
             }
         }

@@ -79,9 +79,11 @@ pub fn load_all(jobs: &Path) -> Vec<Job> {
     out
 }
 
-/// Ids of the jobs whose record says running (their containers may have outlived
-/// the previous daemon).
-pub fn running_ids(jobs: &Path) -> Vec<String> {
+/// Ids of every recorded job. The host network keeps their endpoints at start-up:
+/// a record that says created or exited may belong to a container that is in fact
+/// running (a daemon killed between start and record), and recovery, which can tell,
+/// releases the endpoints of the jobs that are not.
+pub fn recorded_ids(jobs: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(jobs) else {
         return Vec::new();
     };
@@ -89,7 +91,7 @@ pub fn running_ids(jobs: &Path) -> Vec<String> {
         .flatten()
         .filter_map(|e| fs::read(e.path().join(RECORD_FILE)).ok())
         .filter_map(|d| serde_json::from_slice::<Job>(&d).ok())
-        .filter(|j| j.state == crate::model::JobState::Running)
+        .filter(|j| j.state != crate::model::JobState::Removed)
         .map(|j| j.id)
         .collect()
 }
