@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::state::{ImageRecord, LayerRecord};
 use super::{ImageStore, StoreError, blob_pin, layer_pin, lock};
@@ -115,6 +114,7 @@ impl ImageStore {
             architecture: image.config.architecture().to_string(),
             os: image.config.os().to_string(),
             layers,
+            index_digests: Vec::new(),
         };
         let names: Vec<String> = image
             .names
@@ -157,21 +157,7 @@ impl ImageStore {
         source: &Source,
         layer: &PlannedLayer,
     ) -> Result<(LayerRecord, bool), ImportError> {
-        let lock_arc = Arc::clone(
-            lock(&self.layer_locks)
-                .entry(layer.diff_id.clone())
-                .or_default(),
-        );
-        let result = {
-            let _serialized = lock(&lock_arc);
-            self.ensure_layer_locked(source, layer)
-        };
-        let mut locks = lock(&self.layer_locks);
-        // Only the map and this thread hold it: no one else is waiting, forget it.
-        if Arc::strong_count(&lock_arc) == 2 {
-            locks.remove(&layer.diff_id);
-        }
-        result
+        self.with_layer_lock(&layer.diff_id, || self.ensure_layer_locked(source, layer))
     }
 
     fn ensure_layer_locked(
@@ -195,27 +181,7 @@ impl ImageStore {
             };
             return Ok((record, false));
         }
-        if self.layers.occupied(&layer.diff_id) {
-            // Only a complete layer is ever renamed into place; an incomplete one was damaged
-            // from outside. Replace it rather than trust it.
-            tracing::warn!(layer = %layer.diff_id, "replacing a damaged layer directory");
-            match self.layers.trash(&layer.diff_id) {
-                Ok(Some(path)) => {
-                    if let Err(e) = crate::fsutil::remove_any(&path) {
-                        tracing::warn!(path = %path.display(), error = %e, "could not delete a damaged layer");
-                    }
-                }
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        op: "moving aside",
-                        path: self.layers.diff_dir(&layer.diff_id),
-                        source,
-                    }
-                    .into());
-                }
-            }
-        }
+        self.clear_damaged_layer(&layer.diff_id)?;
         let (reader, member_size) = source.open_file(&layer.member)?;
         let expected = Expected {
             compressed: layer.digest.clone(),
@@ -239,7 +205,11 @@ impl ImageStore {
     }
 
     /// Makes the image visible under its names, in one metadata write.
-    fn commit(&self, record: ImageRecord, names: &[String]) -> Result<Image, StoreError> {
+    pub(super) fn commit(
+        &self,
+        record: ImageRecord,
+        names: &[String],
+    ) -> Result<Image, StoreError> {
         let mut inner = lock(&self.inner);
         let before = inner.state.clone();
         let id = record.id.to_string();

@@ -7,6 +7,7 @@
 //! blobs/sha256/<hex>      manifests and configs
 //! layers/<hex>/diff/      unpacked layer (overlay lowerdir), <hex> = diff id
 //! layers/<hex>/layer.json its diff id and size
+//! pulls/<unique>.json     journals of unfinished pulls (see `pull`)
 //! tmp/                    ingests and unpacks in progress (emptied by `open`)
 //! trash/                  layers being deleted (emptied by `open`)
 //! lock                    flock held while a store is open
@@ -14,6 +15,7 @@
 
 mod import;
 mod layers;
+mod pull;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -30,6 +32,7 @@ use crate::digest::{Digest, is_sha256_hex};
 use crate::reference::{Reference, ReferenceError};
 use crate::{Image, Removed, fsutil, sys};
 use layers::Layers;
+pub use pull::{JOURNAL_TTL, LayerBlob, PullLease, PulledImage, PulledLayer};
 use state::{ImageRecord, STATE_FILE, State};
 
 /// Shortest id prefix accepted, as in Docker.
@@ -163,15 +166,7 @@ impl Pins<'_> {
 
 impl Drop for Pins<'_> {
     fn drop(&mut self) {
-        let mut inner = lock(&self.store.inner);
-        for key in &self.keys {
-            if let Some(n) = inner.pins.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    inner.pins.remove(key);
-                }
-            }
-        }
+        self.store.unpin(&self.keys);
     }
 }
 
@@ -188,7 +183,8 @@ impl ImageStore {
         let tmp = root.join("tmp");
         let trash = root.join("trash");
         let layers_dir = root.join("layers");
-        for dir in [&tmp, &trash, &layers_dir] {
+        let pulls_dir = root.join(pull::PULLS_DIR);
+        for dir in [&tmp, &trash, &layers_dir, &pulls_dir] {
             // 0700: layers hold setuid binaries that only containers should reach.
             match fs::DirBuilder::new().mode(0o700).create(dir) {
                 Ok(()) => {}
@@ -273,6 +269,11 @@ impl ImageStore {
                 }
             }
         }
+        // Unfinished pulls keep what they had fetched, to resume with it.
+        let (journal_layers, journal_blobs) =
+            self.journaled(&|config| state.images.contains_key(&config.to_string()));
+        used_layers.extend(journal_layers);
+        used_blobs.extend(journal_blobs);
         let entries = self.layers.entries().map_err(|source| StoreError::Io {
             op: "listing",
             path: self.layers.dir().to_owned(),
@@ -490,6 +491,57 @@ impl ImageStore {
         }
     }
 
+    fn unpin(&self, keys: &[String]) {
+        let mut inner = lock(&self.inner);
+        for key in keys {
+            if let Some(n) = inner.pins.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.pins.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Runs `f` holding the layer's lock, so that two imports or pulls of one layer
+    /// unpack it once.
+    fn with_layer_lock<T>(&self, diff_id: &Digest, f: impl FnOnce() -> T) -> T {
+        let lock_arc = Arc::clone(lock(&self.layer_locks).entry(diff_id.clone()).or_default());
+        let result = {
+            let _serialized = lock(&lock_arc);
+            f()
+        };
+        let mut locks = lock(&self.layer_locks);
+        // Only the map and this thread hold it: no one else is waiting, forget it.
+        if Arc::strong_count(&lock_arc) == 2 {
+            locks.remove(diff_id);
+        }
+        result
+    }
+
+    /// Only a complete layer is ever renamed into place; an incomplete one at a layer's
+    /// place was damaged from outside. Moves it away rather than trust it.
+    fn clear_damaged_layer(&self, diff_id: &Digest) -> Result<(), StoreError> {
+        if !self.layers.occupied(diff_id) {
+            return Ok(());
+        }
+        tracing::warn!(layer = %diff_id, "replacing a damaged layer directory");
+        match self.layers.trash(diff_id) {
+            Ok(Some(path)) => {
+                if let Err(e) = fsutil::remove_any(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete a damaged layer");
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(source) => Err(StoreError::Io {
+                op: "moving aside",
+                path: self.layers.diff_dir(diff_id),
+                source,
+            }),
+        }
+    }
+
     fn pin(&self, keys: impl IntoIterator<Item = String>) -> Pins<'_> {
         let mut pins = Pins {
             store: self,
@@ -529,7 +581,7 @@ fn lookup(state: &State, input: &str) -> Result<(String, Via), StoreError> {
             return state
                 .images
                 .values()
-                .find(|r| r.manifest_digest == *digest)
+                .find(|r| r.manifest_digest == *digest || r.index_digests.contains(digest))
                 .map(|r| (r.id.to_string(), Via::Id))
                 .ok_or_else(not_found);
         }

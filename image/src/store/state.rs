@@ -36,6 +36,10 @@ pub(super) struct ImageRecord {
     pub architecture: String,
     pub os: String,
     pub layers: Vec<LayerRecord>,
+    /// Indexes (manifest lists) this image was pulled through: references by these
+    /// digests find it too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub index_digests: Vec<Digest>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
