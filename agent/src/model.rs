@@ -296,6 +296,23 @@ pub struct ImportRequest {
     pub tag: Option<String>,
 }
 
+/// `POST /images/pull`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// `busybox`, `me/tool:1.0`, `host:5000/x@sha256:...`.
+    pub reference: String,
+    /// `os/arch[/variant]` of the image to choose from an index [default: the host's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Credentials for the registry; without them, the daemon's Docker config is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<image::registry::Credentials>,
+}
+
+/// One line of the `POST /images/pull` stream.
+pub use image::PullEvent;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageRemoved {
     pub untagged: Vec<String>,

@@ -11,6 +11,7 @@ mod host;
 mod images;
 mod jobs;
 mod logs;
+mod pull;
 pub mod tail;
 
 use std::convert::Infallible;
@@ -50,6 +51,8 @@ const MAX_JSON_BODY: usize = 1 << 20;
 pub struct ApiState {
     pub jobs: Arc<JobManager>,
     pub images: Arc<image::ImageStore>,
+    /// Pulls from registries (shared, so concurrent pulls fetch each blob once).
+    pub puller: Arc<image::Puller>,
     pub events: broadcast::Sender<Event>,
     /// Where uploaded archives are received before import.
     pub tmp_dir: PathBuf,
@@ -113,6 +116,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/events"),
     ("GET", "/images"),
     ("POST", "/images/import"),
+    ("POST", "/images/pull"),
     ("DELETE", "/images/{ref}"),
 ];
 
@@ -248,6 +252,7 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["events"], Method::GET) => events::events(state),
         (["images"], Method::GET) => images::list(state).await,
         (["images", "import"], Method::POST) => images::import(state, req).await,
+        (["images", "pull"], Method::POST) => pull::pull(state, req).await,
         (["images", name], Method::DELETE) => images::remove(state, name).await,
         (segments, _) => {
             let known = ROUTES

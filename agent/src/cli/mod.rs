@@ -6,6 +6,7 @@ mod format;
 mod host;
 mod images;
 mod jobs;
+mod pull;
 mod run;
 mod stream;
 mod tty;
@@ -46,6 +47,14 @@ pub enum Command {
         /// Name the image (for archives that carry no full name).
         #[arg(long, short = 't')]
         tag: Option<String>,
+    },
+    /// Pull an image from a registry (Docker Hub by default), with progress.
+    Pull {
+        /// Image reference: busybox, me/tool:1.0, host:5000/x@sha256:...
+        reference: String,
+        /// Which image of a multi-platform index: os/arch[/variant] [default: the host's].
+        #[arg(long)]
+        platform: Option<String>,
     },
     /// List images.
     Images(ListArgs),
@@ -151,6 +160,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Daemon(_) => unreachable_daemon(),
         Command::Import { path, tag } => images::import(&client, &path, tag.as_deref()).await,
+        Command::Pull {
+            reference,
+            platform,
+        } => pull::pull(&client, &reference, platform.as_deref()).await,
         Command::Images(list) => images::list(&client, &list).await,
         Command::Rmi { images } => images::remove(&client, &images).await,
         Command::Run(args) => run::run(&client, args).await,

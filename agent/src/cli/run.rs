@@ -73,6 +73,9 @@ pub struct RunArgs {
     /// Override the image's entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
+    /// When the image must be pulled: which image of an index, os/arch[/variant].
+    #[arg(long)]
+    platform: Option<String>,
     /// Image reference or id.
     image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -120,12 +123,39 @@ impl RunArgs {
     }
 }
 
+/// Creates the job; an image that is not local is pulled first, as `docker run` does.
+async fn create(client: &Client, args: &RunArgs, start: bool) -> Result<Job> {
+    match client
+        .call(Method::POST, "/jobs", Some(&args.request(start)))
+        .await
+    {
+        Err(e) if is_missing_image(&e) && args.image.parse::<image::Reference>().is_ok() => {
+            let familiar = super::images::familiar(&args.image);
+            eprintln!("Unable to find image '{familiar}' locally");
+            super::pull::pull_image(
+                client,
+                &args.image,
+                args.platform.as_deref(),
+                super::pull::Output::Stderr,
+            )
+            .await?;
+            client
+                .call(Method::POST, "/jobs", Some(&args.request(start)))
+                .await
+        }
+        other => other,
+    }
+}
+
+fn is_missing_image(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiFailure>().is_some_and(|f| {
+        f.status == hyper::StatusCode::NOT_FOUND && f.message.starts_with("no such image")
+    })
+}
+
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     if args.detach {
-        let job: Job = match client
-            .call(Method::POST, "/jobs", Some(&args.request(true)))
-            .await
-        {
+        let job: Job = match create(client, &args, true).await {
             Ok(job) => job,
             Err(e) => return Ok(report_start_failure(&e)),
         };
@@ -135,10 +165,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
 
     // Subscribe to the exit and the output before starting, so neither is missed
     // even when the command exits at once and the job is auto-removed.
-    let job: Job = match client
-        .call(Method::POST, "/jobs", Some(&args.request(false)))
-        .await
-    {
+    let job: Job = match create(client, &args, false).await {
         Ok(job) => job,
         Err(e) => return Ok(report_start_failure(&e)),
     };

@@ -15,7 +15,8 @@ pub const DEFAULT_SOCKET: &str = "/run/flynn/host.sock";
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct DaemonArgs {
-    /// A JSON file with any of: state_dir, listen, socket, token.
+    /// A JSON file with any of: state_dir, listen, socket, token, bridge, subnet, mtu,
+    /// registry ({"mirrors": {"docker.io": ["host:port"]}, "insecure": ["host:port", "CIDR"]}).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Where images, jobs and logs are kept [default: /var/lib/flynn].
@@ -48,6 +49,8 @@ struct FileConfig {
     bridge: Option<String>,
     subnet: Option<String>,
     mtu: Option<u32>,
+    #[serde(default)]
+    registry: image::registry::RegistryConfig,
 }
 
 /// The settled configuration.
@@ -59,6 +62,8 @@ pub struct DaemonConfig {
     /// The API token from the config file; otherwise it is `<state_dir>/token`.
     pub token: Option<String>,
     pub network: network::NetworkConfig,
+    /// Registry mirrors and insecure registries, for pulls.
+    pub registry: image::registry::RegistryConfig,
 }
 
 impl DaemonArgs {
@@ -70,6 +75,9 @@ impl DaemonArgs {
         if let Some(token) = &file.token {
             validate_token(token).context("the token in the config file")?;
         }
+        file.registry
+            .validate()
+            .context("the registry settings in the config file")?;
         let listen = match self.listen.or(file.listen) {
             Some(addr) => addr,
             None => DEFAULT_LISTEN
@@ -109,6 +117,7 @@ impl DaemonArgs {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             token: file.token,
             network,
+            registry: file.registry,
         })
     }
 }

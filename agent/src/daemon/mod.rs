@@ -61,6 +61,11 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     let _ = std::fs::remove_dir_all(&tmp_dir);
     std::fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
     let images = Arc::new(open_store(state_dir.join("images")).await?);
+    let puller = Arc::new(image::Puller::new(
+        images.clone(),
+        config.registry.clone(),
+        image::registry::DockerConfig::default_path(),
+    ));
     let (events, _) = broadcast::channel(1024);
     // Endpoints of recorded jobs are kept (recovery releases those that are not
     // running); every other endpoint is cleared.
@@ -97,6 +102,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     let state = Arc::new(ApiState {
         jobs,
         images,
+        puller,
         events,
         tmp_dir,
         state_dir: state_dir.clone(),

@@ -359,8 +359,18 @@ impl Puller {
             .buffered(MAX_CONCURRENT_LAYERS)
             .try_collect()
             .await?;
-        let downloaded = config_fetched || layers.iter().any(|(_, fetched)| *fetched);
         let name = reference.digest().is_none().then(|| reference.clone());
+        // "Up to date" as Docker says it: nothing fetched, and the name already meant this.
+        let already_named = {
+            let (store, name, id) = (
+                Arc::clone(&self.store),
+                reference.to_string(),
+                resolved.config.digest.to_string(),
+            );
+            blocking(move || store.resolve(&name).is_ok_and(|i| i.id == id)).await?
+        };
+        let downloaded =
+            config_fetched || layers.iter().any(|(_, fetched)| *fetched) || !already_named;
         let manifest_digest = resolved.digest.clone();
         let pulled = PulledImage {
             manifest: resolved.manifest,
