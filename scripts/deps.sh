@@ -13,6 +13,8 @@ FLYNN_APT_PACKAGES=(
     runc                                  # benchmark anchor
     qemu-system-x86 linux-image-amd64     # VM tests: pure cgroup v2, the appliance
     iproute2 procps psmisc file util-linux iperf3
+    docker-registry apache2-utils openssl python3   # pull tests: a real registry, htpasswd, token certs
+    debootstrap                           # the Debian benchmark image
 )
 
 flynn_install_deps() {

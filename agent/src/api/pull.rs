@@ -15,7 +15,10 @@ use hyper::{Request, Response};
 use super::{ApiError, ApiState, Body, StreamTx, read_json, streaming};
 use crate::model::{PullEvent, PullRequest};
 
-pub async fn pull(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn pull(
+    state: &Arc<ApiState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let request: PullRequest = read_json(req).await?;
     let reference = request
         .reference

@@ -79,8 +79,12 @@ pub async fn pull_image(
         pending.extend_from_slice(data);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            let event: PullEvent = serde_json::from_slice(&line)
-                .with_context(|| format!("the daemon sent a pull event that is not the JSON expected: {}", String::from_utf8_lossy(&line)))?;
+            let event: PullEvent = serde_json::from_slice(&line).with_context(|| {
+                format!(
+                    "the daemon sent a pull event that is not the JSON expected: {}",
+                    String::from_utf8_lossy(&line)
+                )
+            })?;
             match event {
                 PullEvent::Error { error } => {
                     view.abandon();
@@ -135,7 +139,9 @@ struct Layer {
 
 impl View {
     fn new(out: Output, reference: &str) -> View {
-        let bars = out.is_terminal().then(|| MultiProgress::with_draw_target(out.target()));
+        let bars = out
+            .is_terminal()
+            .then(|| MultiProgress::with_draw_target(out.target()));
         View {
             out,
             reference: reference.to_string(),

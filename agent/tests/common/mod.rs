@@ -45,6 +45,9 @@ pub struct Daemon {
     pub addr: String,
     /// The API token (read from the state dir once the daemon is up).
     pub token: String,
+    /// More daemon flags (e.g. `--config FILE`) and environment, kept across restarts.
+    pub extra_args: Vec<String>,
+    pub extra_env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -62,6 +65,11 @@ impl Daemon {
 
     /// Starts a daemon running `bin` (which a test may replace to upgrade it).
     pub fn start_from(bin: &Path) -> Daemon {
+        Daemon::start_with(bin, &[], &[])
+    }
+
+    /// Starts a daemon with more flags and environment (kept across restarts).
+    pub fn start_with(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let netns = new_netns();
         let state = tempfile::Builder::new()
             .prefix("flynn-test-")
@@ -76,6 +84,11 @@ impl Daemon {
             state,
             addr,
             token: String::new(),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         daemon.spawn();
         daemon
@@ -110,7 +123,9 @@ impl Daemon {
             .args(["--listen", &self.addr])
             .arg("--socket")
             .arg(self.socket())
+            .args(&self.extra_args)
             .env("FLYNN_LOG", "debug")
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(env.iter().copied())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
