@@ -1,12 +1,13 @@
 //! Images for the Flynn host: references, the content store, import of image archives,
-//! layer unpacking and overlay root filesystems.
+//! pulls from registries, layer unpacking and overlay root filesystems.
 //!
 //! This crate owns everything about images on local disk: parsing and normalizing
 //! references, storing manifests and configs by digest, unpacking layers once (shared by
-//! all images), naming and removing images, and mounting overlayfs over an image's layers.
+//! all images), naming and removing images, and mounting overlayfs over an image's layers;
+//! and fetching images from registries ([`registry`], [`pull`]).
 //! It must not spawn processes, enter or create namespaces, or know about containers,
-//! jobs or the network: the agent composes it with the runtime. Every public method is
-//! blocking and safe to call from several threads at once.
+//! jobs or the host's network setup: the agent composes it with the runtime. Store methods
+//! are blocking and safe to call from several threads at once; pulls are async (tokio).
 //!
 //! # Design
 //!
@@ -37,6 +38,30 @@
 //!   which is always added (and refused for an archive of several images). An image with
 //!   no name is kept, untagged, reachable by id. A name moving to another image leaves the
 //!   old one untagged, as Docker does.
+//! - **Pulls** (see [`pull`], [`registry`]): HTTP through the `oci-client` crate (reqwest,
+//!   rustls): it does the `/v2/` challenge, anonymous and credentialed bearer tokens, basic
+//!   auth, token expiry, HTTP or HTTPS per registry, mirrors (`?ns=`), and blob streams from
+//!   an offset (`Range`), which is all a pull needs; verification stays ours. Endpoints:
+//!   the registry's mirrors from the daemon config, then the registry (Docker Hub's API is
+//!   `registry-1.docker.io`); a mirror that fails falls through to the next. Plain HTTP for
+//!   loopback, `localhost` and configured `insecure` hosts/CIDRs, as Docker (no HTTPS try
+//!   first). Credentials: the request's, else the daemon's Docker `config.json` `auths`
+//!   (credential helpers are programs, which this crate does not run). An index yields the
+//!   first manifest for the platform (the host's by default, `linux/amd64` here).
+//! - **Pull data path**: each layer streams from the HTTP body through a bounded channel
+//!   into the unpacker (the same two-thread unpack as imports: hash the blob, decompress,
+//!   hash the tar, write files into `tmp/`); nothing is written whole before unpacking
+//!   starts, and the layer is renamed into place only after its digest, size and diff id
+//!   verified. Layers run 3 at a time; present ones are skipped. A broken connection is
+//!   resumed with `Range` from the byte reached (the hashers and decompressor just keep
+//!   going); a response that is longer or cleanly shorter than the descriptor is a wrong
+//!   blob, not a broken connection. One fetch per blob digest at a time per daemon: a
+//!   second pull waits for it, then finds the layer (or config) in the store.
+//! - **Interrupted pulls**: a pull writes a journal (`pulls/`, its config and diff ids)
+//!   before fetching; `open` keeps what recent journals name, so after a crash the next
+//!   pull resumes with the layers that had finished, while the layer in flight (in `tmp/`)
+//!   restarts from zero. Journals end at commit, and expire after 24 h (their layers are
+//!   then deleted as unused). The image is visible only after the commit, as for imports.
 //! - **Concurrency**: one mutex guards the metadata; imports pin the layers and blobs they
 //!   rely on so a concurrent removal cannot delete them; a per-layer lock makes two
 //!   imports sharing a layer unpack it once. A `flock` keeps a second process out.
