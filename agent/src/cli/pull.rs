@@ -188,16 +188,15 @@ impl View {
             PullEvent::Done {
                 digest, downloaded, ..
             } => {
-                if let Some(bars) = &self.bars {
-                    let _ = bars.clear();
-                    for layer in self.layers.values() {
-                        if let Some(bar) = &layer.bar
-                            && !bar.is_finished()
-                        {
-                            bar.finish();
-                        }
+                // Every bar keeps its last line on screen; what follows goes below them.
+                for layer in self.layers.values_mut() {
+                    if let Some(bar) = layer.bar.take()
+                        && !bar.is_finished()
+                    {
+                        bar.finish();
                     }
                 }
+                self.bars = None;
                 let name = self
                     .reference
                     .parse::<image::Reference>()
