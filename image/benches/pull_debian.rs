@@ -121,11 +121,8 @@ fn main() {
             match which {
                 0 => {
                     let store = Arc::new(image::ImageStore::open(&dir("store")).expect("store"));
-                    let puller = image::Puller::new(
-                        store,
-                        image::registry::RegistryConfig::default(),
-                        None,
-                    );
+                    let puller =
+                        image::Puller::new(store, image::registry::RegistryConfig::default(), None);
                     let request = image::PullRequest {
                         reference: image.parse().expect("reference"),
                         platform: None,

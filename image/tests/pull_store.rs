@@ -14,7 +14,8 @@ use image::digest::Digest;
 use image::store::{LayerBlob, PulledImage};
 
 fn layer_dir(root: &Path, diff_id: &str) -> std::path::PathBuf {
-    root.join("layers").join(diff_id.trim_start_matches("sha256:"))
+    root.join("layers")
+        .join(diff_id.trim_start_matches("sha256:"))
 }
 
 fn fixture() -> Fixture {
@@ -52,7 +53,9 @@ fn journals_keep_finished_layers_across_a_crash_until_they_expire() {
     }
     let store = Arc::new(ImageStore::open(&root).unwrap());
     assert!(
-        layer_dir(&root, &fx.diff_ids()[0]).join("layer.json").is_file(),
+        layer_dir(&root, &fx.diff_ids()[0])
+            .join("layer.json")
+            .is_file(),
         "the journal kept the finished layer"
     );
     assert!(store.blob(&config).unwrap().is_some(), "and the config");
@@ -67,10 +70,15 @@ fn journals_keep_finished_layers_across_a_crash_until_they_expire() {
     let err = lease
         .unpack(&blobs[0].0[..], &second, &diff_ids[1])
         .unwrap_err();
-    assert!(err.to_string().contains(&second.digest.to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&second.digest.to_string()),
+        "{err}"
+    );
     assert!(!layer_dir(&root, &fx.diff_ids()[1]).exists());
     assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
-    let other = lease.unpack(&blobs[1].0[..], &second, &diff_ids[1]).unwrap();
+    let other = lease
+        .unpack(&blobs[1].0[..], &second, &diff_ids[1])
+        .unwrap();
     let manifest = fx.manifest(false);
     let index_digest = Digest::of(b"an index");
     let image = lease
@@ -86,11 +94,18 @@ fn journals_keep_finished_layers_across_a_crash_until_they_expire() {
         .unwrap();
     drop(lease);
     assert_eq!(image.id, fx.id());
-    assert_eq!(store.resolve("127.0.0.1:5000/me/pulled:1").unwrap().id, fx.id());
+    assert_eq!(
+        store.resolve("127.0.0.1:5000/me/pulled:1").unwrap().id,
+        fx.id()
+    );
     let by_index = format!("127.0.0.1:5000/me/pulled@{index_digest}");
     assert_eq!(store.resolve(&by_index).unwrap().id, fx.id());
     assert_eq!(store.layer_dirs(&image).unwrap().len(), 2);
-    assert_eq!(std::fs::read_dir(root.join("pulls")).unwrap().count(), 0, "journal ended");
+    assert_eq!(
+        std::fs::read_dir(root.join("pulls")).unwrap().count(),
+        0,
+        "journal ended"
+    );
     drop(store);
 
     // An unfinished pull whose journal is older than the TTL: its layer goes at open.
@@ -98,7 +113,11 @@ fn journals_keep_finished_layers_across_a_crash_until_they_expire() {
     let layer = Layer::new().file("three", b"3").build();
     let three = Fixture::new("stale", vec![(layer, Comp::Gzip)]);
     let config3: Digest = three.id().parse().unwrap();
-    let diff3: Vec<Digest> = three.diff_ids().iter().map(|d| d.parse().unwrap()).collect();
+    let diff3: Vec<Digest> = three
+        .diff_ids()
+        .iter()
+        .map(|d| d.parse().unwrap())
+        .collect();
     let blob3 = three.blobs()[0].0.clone();
     {
         let lease = store.begin_pull(&config3, &diff3).unwrap();
@@ -115,7 +134,10 @@ fn journals_keep_finished_layers_across_a_crash_until_they_expire() {
         assert!(ok.success());
     }
     let store = ImageStore::open(&root).unwrap();
-    assert!(!layer_dir(&root, &three.diff_ids()[0]).exists(), "expired journal, layer deleted");
+    assert!(
+        !layer_dir(&root, &three.diff_ids()[0]).exists(),
+        "expired journal, layer deleted"
+    );
     assert_eq!(std::fs::read_dir(root.join("pulls")).unwrap().count(), 0);
     assert_eq!(store.list().unwrap().len(), 1, "the committed image stays");
 }

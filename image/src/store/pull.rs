@@ -181,6 +181,22 @@ impl ImageStore {
         (layers, blobs)
     }
 
+    fn end_journals_of(&self, config: &Digest) {
+        let Ok(entries) = fs::read_dir(self.root.join(PULLS_DIR)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let same = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Journal>(&b).ok())
+                .is_some_and(|j| j.config == *config);
+            if same {
+                remove_journal(&path);
+            }
+        }
+    }
+
     fn layer_record(&self, diff_id: &Digest, blob: &LayerBlob) -> Option<PulledLayer> {
         self.layers.info(diff_id).map(|info| PulledLayer {
             diff_id: diff_id.clone(),
@@ -247,6 +263,7 @@ impl PullLease {
         let store = &self.store;
         // The manifest is pinned like the rest until the image lists it.
         let manifest_pin = blob_pin(&image.manifest_digest);
+        let config_digest = image.config_digest.clone();
         *lock(&store.inner)
             .pins
             .entry(manifest_pin.clone())
@@ -301,6 +318,9 @@ impl PullLease {
         store.unpin(&[manifest_pin]);
         if result.is_ok() {
             remove_journal(&self.journal);
+            // Journals of earlier, interrupted pulls of this image are done with too: the
+            // image now holds what they kept.
+            store.end_journals_of(&config_digest);
         }
         result
     }
