@@ -266,12 +266,30 @@ impl Remote {
             },
             OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
                 RegistryError::Connect {
+                    detail: self.tls_hint(error_chain(&e)),
                     registry,
-                    detail: error_chain(&e),
                 }
             }
-            OciDistributionError::RequestError(e) => http(error_chain(&e)),
+            OciDistributionError::RequestError(e) => http(self.tls_hint(error_chain(&e))),
             other => http(other.to_string()),
+        }
+    }
+}
+
+impl Remote {
+    /// An HTTPS failure against a registry that may speak plain HTTP says how to allow it.
+    fn tls_hint(&self, detail: String) -> String {
+        let lower = detail.to_ascii_lowercase();
+        let tls = ["tls", "ssl", "certificate", "handshake", "corrupt message"]
+            .iter()
+            .any(|w| lower.contains(w));
+        if tls && !self.endpoint.insecure {
+            format!(
+                "{detail} (if {} serves plain HTTP, list it under \"registry\": {{\"insecure\": [...]}} in the daemon's config file)",
+                self.endpoint.host
+            )
+        } else {
+            detail
         }
     }
 }
