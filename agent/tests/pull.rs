@@ -446,7 +446,17 @@ fn single_flight_resume_corruption_and_kill_through_a_proxy() {
     let layered = format!("{}/p/layered:1", proxy.addr);
     let big = format!("{}/p/big:1", proxy.addr);
 
-    // Two pulls of the same image at once fetch each blob once.
+    // Two pulls of the same image at once fetch each blob once. The layers are held back
+    // a second, so the second pull surely asks while the first is fetching.
+    for layer in &layered_layers {
+        proxy.set_rule(
+            layer,
+            BlobRule {
+                delay: Some(Duration::from_secs(1)),
+                ..BlobRule::default()
+            },
+        );
+    }
     let pulls: Vec<_> = (0..2)
         .map(|_| {
             d.command()
@@ -472,6 +482,7 @@ fn single_flight_resume_corruption_and_kill_through_a_proxy() {
         assert_eq!(n, 1, "{digest} fetched {n} times: {gets:?}");
     }
     assert_eq!(images(&d).len(), 1);
+    proxy.clear_rules();
 
     // A registry serving a wrong blob: the pull fails naming the blob, nothing of the
     // image is visible, and the store keeps working.

@@ -205,6 +205,8 @@ pub struct BlobRule {
     pub rate: Option<u64>,
     /// Cut the connection after this many bytes, for the first N requests.
     pub cut_after: Option<(u64, usize)>,
+    /// Wait this long before the first byte.
+    pub delay: Option<Duration>,
 }
 
 /// A blob GET the proxy saw.
@@ -401,6 +403,9 @@ async fn forward(
         .unwrap_or(0);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {
+        if let Some(delay) = rule.delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut offset = start;
         let mut sent: u64 = 0;
         let began = Instant::now();
