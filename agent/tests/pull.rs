@@ -596,4 +596,47 @@ fn single_flight_resume_corruption_and_kill_through_a_proxy() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(on_disk, used);
+
+    // On a terminal, a bar per layer with bytes, speed and ETA (the big layer crawls a
+    // little so the bar is drawn while it moves).
+    d.ok(&["rmi", &big]);
+    proxy.set_rule(
+        &big_layer,
+        BlobRule {
+            rate: Some(16 << 20),
+            ..BlobRule::default()
+        },
+    );
+    let inner = format!(
+        "stty cols 150; nsenter --net=/run/netns/{} -- {} pull {big}",
+        d.netns,
+        common::BIN
+    );
+    let out = Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .env("FLYNN_HOST", d.url())
+        .env("FLYNN_TOKEN", &d.token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    for part in [
+        "Downloading [",
+        "MiB/",
+        "/s",
+        "ETA",
+        "Already exists",
+        "Pull complete",
+        "Status: Downloaded newer image",
+    ] {
+        assert!(
+            screen.contains(part),
+            "no {part:?} on the terminal: {screen}"
+        );
+    }
+    assert!(
+        screen.contains('\u{1b}'),
+        "a terminal gets redrawn bars: {screen}"
+    );
 }
