@@ -98,7 +98,9 @@ pub(super) async fn feed(
     let registry = remote.endpoint().host.clone();
     let mut offset: u64 = 0;
     let mut failures: u32 = 0;
-    let mut last_report = Instant::now() - PROGRESS_EVERY;
+    let mut last_report = Instant::now()
+        .checked_sub(PROGRESS_EVERY)
+        .unwrap_or_else(Instant::now);
     progress(event(LayerPhase::Downloading, 0, None));
     loop {
         let before = offset;
