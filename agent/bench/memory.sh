@@ -28,6 +28,7 @@ cleanup() {
     kill "$daemon" 2>/dev/null || true
     wait "$daemon" 2>/dev/null || true
     umount -l "$work"/state/jobs/*/rootfs 2>/dev/null || true
+    umount -l "$work"/state/netns/* "$work/state/netns" 2>/dev/null || true
     ip netns del "$netns" 2>/dev/null || true
     rm -rf "$work"
 }

@@ -33,6 +33,7 @@ cleanup() {
     kill "$daemon" 2>/dev/null || true
     wait "$daemon" 2>/dev/null || true
     umount -l "$work"/state/jobs/*/rootfs 2>/dev/null || true
+    umount -l "$work"/state/netns/* "$work/state/netns" 2>/dev/null || true
     for ns in "$host" "$a" "$b"; do ip netns del "$ns" 2>/dev/null || true; done
     rm -rf "$work"
 }

@@ -421,6 +421,22 @@ fn leftovers(d: &Daemon) -> (usize, String, usize, String) {
     (veths, addrs, published, ipam)
 }
 
+/// `leftovers` once the networks of removed jobs are torn down: `rm` returns when
+/// the job is gone, and its network follows in the background (a veth's deletion
+/// waits for the kernel's RCU grace period), within moments.
+fn leftovers_settled(d: &Daemon) -> (usize, String, usize, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = leftovers(d);
+        let ipam: serde_json::Value = serde_json::from_str(&now.3).unwrap_or_default();
+        let clean = now.0 == 0 && now.2 == 0 && ipam["endpoints"] == serde_json::json!({});
+        if clean || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn fifty_jobs_created_and_removed_leave_nothing_behind() {
     let d = Daemon::start();
@@ -452,7 +468,7 @@ fn fifty_jobs_created_and_removed_leave_nothing_behind() {
     rm.extend(ids.iter().map(String::as_str));
     d.ok(&rm);
 
-    let (veths, addrs, published, ipam) = leftovers(&d);
+    let (veths, addrs, published, ipam) = leftovers_settled(&d);
     assert_eq!(veths, 0, "no veth left on the bridge");
     assert_eq!(addrs, bridge_addrs, "only the bridge's own address");
     assert_eq!(published, 0, "no published-port rule left");
@@ -497,6 +513,6 @@ fn networked_jobs_survive_a_daemon_restart() {
     assert_ne!(job_ip(&d, other.trim()), ip);
 
     d.ok(&["rm", "-f", &id, other.trim()]);
-    let (veths, _, published, _) = leftovers(&d);
+    let (veths, _, published, _) = leftovers_settled(&d);
     assert_eq!((veths, published), (0, 0));
 }

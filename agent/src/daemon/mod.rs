@@ -148,6 +148,9 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
                 if connections.open() > 0 {
                     tracing::warn!(open = connections.open(), "connections still open after {DRAIN_TIMEOUT:?}; handing over anyway");
                 }
+                // Teardowns of stopped jobs' networks finish before the successor
+                // opens the network state.
+                state.jobs.all_detached().await;
                 tracing::info!(successor = successor.pid(), "handing over to the successor; running jobs keep running");
                 successor.go().await;
                 return Ok(());
@@ -155,6 +158,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
             _ = &mut shutdown => {
                 // Containers keep running under their shims; a new daemon re-adopts them.
                 tracing::info!("shutting down; running jobs keep running");
+                state.jobs.all_detached().await;
                 let _ = std::fs::remove_file(&config.socket);
                 return Ok(());
             }

@@ -100,6 +100,9 @@ pub struct JobManager {
     image_gate: RwLock<()>,
     events: broadcast::Sender<Event>,
     network: Arc<network::HostNetwork>,
+    /// Network teardowns under way, by job (see `release_network`).
+    detaching: Arc<Mutex<HashMap<String, (u64, tokio::task::JoinHandle<()>)>>>,
+    detach_seq: std::sync::atomic::AtomicU64,
 }
 
 impl JobManager {
@@ -123,6 +126,8 @@ impl JobManager {
             image_gate: RwLock::new(()),
             events,
             network,
+            detaching: Arc::new(Mutex::new(HashMap::new())),
+            detach_seq: std::sync::atomic::AtomicU64::new(0),
         });
         manager.recover().await;
         let removed = manager.paths.removed.clone();
@@ -256,8 +261,10 @@ impl JobManager {
         if let Some(name) = &req.name {
             config::validate_name(name)?;
         }
-        // A port that cannot be had is refused before anything is created.
+        // A port that cannot be had is refused before anything is created. A job just
+        // removed may still hold its ports for the moment its teardown takes.
         if !req.ports.is_empty() {
+            self.all_detached().await;
             self.network.check_ports(&req.ports)?;
         }
         let handle = {
@@ -430,6 +437,10 @@ impl JobManager {
         .map_err(JobError::join)??;
         crate::failpoint::hit("start.mounted");
 
+        if job.config.network == NetworkMode::Bridge {
+            // A restart follows the teardown of the previous run's network.
+            self.detached(&job.id).await;
+        }
         let endpoint = match job.config.network {
             NetworkMode::Bridge => match self.network.attach(&job.id, &job.config.ports).await {
                 Ok(endpoint) => Some(endpoint),
@@ -716,17 +727,71 @@ impl JobManager {
     }
 
     /// Gives back a stopped job's address, ports and namespace. Idempotent.
+    ///
+    /// The teardown runs in the background: deleting a veth waits for an RCU grace
+    /// period in the kernel (~30 ms), which an exit or a `rm` need not wait for. It is
+    /// still exact: the address stays reserved and the next start of the job waits
+    /// (`detached`) until it is done, and a daemon that dies meanwhile leaves a
+    /// record-less or stopped endpoint that the next start-up frees.
     async fn release_network(&self, handle: &JobHandle) {
         if handle.snapshot().config.network != NetworkMode::Bridge {
             return;
-        }
-        if let Err(e) = self.network.detach(&handle.id).await {
-            tracing::warn!(job = %handle.id, error = %e, "releasing a job's network");
         }
         if handle.snapshot().network.is_some()
             && let Err(e) = self.update(handle, |j| j.network = None)
         {
             tracing::warn!(job = %handle.id, error = %e, "recording a job's released network");
+        }
+        let id = handle.id.clone();
+        let seq = self
+            .detach_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let network = self.network.clone();
+        let detaching = self.detaching.clone();
+        let mut pending = detaching.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = pending.remove(&id).map(|(_, task)| task);
+        let task = tokio::spawn({
+            let detaching = self.detaching.clone();
+            let id = id.clone();
+            async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                if let Err(e) = network.detach(&id).await {
+                    tracing::warn!(job = %id, error = %e, "releasing a job's network");
+                }
+                let mut pending = detaching.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.get(&id).is_some_and(|(s, _)| *s == seq) {
+                    pending.remove(&id);
+                }
+            }
+        });
+        pending.insert(id, (seq, task));
+    }
+
+    /// Waits for the network teardown of job `id`, if one is under way.
+    async fn detached(&self, id: &str) {
+        let task = self
+            .detaching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some((_, task)) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until every network teardown under way has finished (tests, shutdown).
+    pub async fn all_detached(&self) {
+        let ids: Vec<String> = self
+            .detaching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            self.detached(&id).await;
         }
     }
 
