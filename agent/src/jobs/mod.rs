@@ -31,6 +31,9 @@ use crate::model::{
     Event, ExitInfo, Job, JobCounts, JobRequest, JobState, NetworkMode, NetworkStatus, Promised,
 };
 
+/// A job's network teardown under way: its sequence number and its task.
+type Teardown = (u64, tokio::task::JoinHandle<()>);
+
 /// How long `stop` and `rm -f` wait for a killed process to be reported gone.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -101,7 +104,7 @@ pub struct JobManager {
     events: broadcast::Sender<Event>,
     network: Arc<network::HostNetwork>,
     /// Network teardowns under way, by job (see `release_network`).
-    detaching: Arc<Mutex<HashMap<String, (u64, tokio::task::JoinHandle<()>)>>>,
+    detaching: Arc<Mutex<HashMap<String, Teardown>>>,
     detach_seq: std::sync::atomic::AtomicU64,
 }
 
