@@ -7,7 +7,7 @@ set -euo pipefail
 FLYNN_APT_PACKAGES=(
     build-essential pkg-config cmake      # zlib-ng (flate2) builds with cmake
     libseccomp-dev                        # libcontainer's seccomp
-    protobuf-compiler                     # etcd-client's build
+    protobuf-compiler libprotobuf-dev     # etcd-client's build (protoc + well-known types)
     busybox-static                        # test images and the appliance's shell
     umoci skopeo                          # writing fixture images in OCI/docker formats
     runc                                  # benchmark anchor
@@ -15,6 +15,7 @@ FLYNN_APT_PACKAGES=(
     iproute2 procps psmisc file util-linux iperf3
     docker-registry apache2-utils openssl python3   # pull tests: a real registry, htpasswd, token certs
     debootstrap                           # the Debian benchmark image
+    etcd-server                           # the grid's etcd: tests run it; fixtures make its image
 )
 
 flynn_install_deps() {

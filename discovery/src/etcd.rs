@@ -1,0 +1,176 @@
+//! The connection to etcd and the host's lease.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper};
+
+use crate::error::DiscoveryError;
+
+/// A connection to an etcd cluster. Cheap to clone; every clone shares the channel,
+/// which reconnects by itself when etcd comes back.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    endpoints: String,
+}
+
+/// A granted lease: everything a host announces is put on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    pub ttl: Duration,
+}
+
+impl Etcd {
+    /// Connects to `endpoints` (`http://host:port` each). Fails when none answers within
+    /// `timeout`.
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Etcd, DiscoveryError> {
+        let joined = endpoints.join(",");
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            // HTTP/2 pings find a dead or partitioned server even on an idle watch.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(|source| DiscoveryError::Connect {
+                endpoints: joined.clone(),
+                source,
+            })?;
+        Ok(Etcd {
+            client,
+            endpoints: joined,
+        })
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Asks etcd whether it answers (a status call).
+    pub async fn ping(&self) -> Result<(), DiscoveryError> {
+        self.client
+            .clone()
+            .status()
+            .await
+            .map(|_| ())
+            .map_err(DiscoveryError::etcd("asking for its status"))
+    }
+
+    /// A new lease of `ttl` (whole seconds, at least 1).
+    pub async fn grant(&self, ttl: Duration) -> Result<Lease, DiscoveryError> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let r = self
+            .client
+            .clone()
+            .lease_grant(secs, None)
+            .await
+            .map_err(DiscoveryError::etcd("granting a lease"))?;
+        Ok(Lease {
+            id: r.id(),
+            ttl: Duration::from_secs(r.ttl().max(1) as u64),
+        })
+    }
+
+    /// The lease `id` if etcd still has it (e.g. kept by an agent before it restarted).
+    pub async fn resume(&self, id: i64, ttl: Duration) -> Result<Option<Lease>, DiscoveryError> {
+        let r = self
+            .client
+            .clone()
+            .lease_time_to_live(id, None)
+            .await
+            .map_err(DiscoveryError::etcd(format!("looking up lease {id:x}")))?;
+        Ok((r.ttl() > 0).then_some(Lease { id, ttl }))
+    }
+
+    pub async fn revoke(&self, id: i64) -> Result<(), DiscoveryError> {
+        match self.client.clone().lease_revoke(id).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(DiscoveryError::etcd(format!("revoking lease {id:x}"))(e)),
+        }
+    }
+
+    /// Starts renewing `lease`; call [`KeepAlive::renew`] every `ttl / 3`.
+    pub async fn keep_alive(&self, lease: Lease) -> Result<KeepAlive, DiscoveryError> {
+        match self.client.clone().lease_keep_alive(lease.id).await {
+            Ok((keeper, stream)) => Ok(KeepAlive {
+                lease,
+                keeper,
+                stream,
+            }),
+            Err(e) if is_not_found(&e) => Err(DiscoveryError::LeaseLost(lease.id)),
+            Err(e) => Err(DiscoveryError::etcd(format!(
+                "renewing lease {:x}",
+                lease.id
+            ))(e)),
+        }
+    }
+
+    /// Every key-value under `prefix`, and the revision they were read at.
+    pub async fn get_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<etcd_client::KeyValue>, i64), DiscoveryError> {
+        let mut r = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(DiscoveryError::etcd(format!("reading {prefix}")))?;
+        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((r.take_kvs(), rev))
+    }
+}
+
+/// Renews a lease. Dropping it stops renewing (the lease then expires after its TTL).
+pub struct KeepAlive {
+    lease: Lease,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+impl KeepAlive {
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// One renewal: sends it and waits for the answer (at most the TTL). `LeaseLost`
+    /// means etcd no longer has the lease: everything on it is gone.
+    pub async fn renew(&mut self) -> Result<Duration, DiscoveryError> {
+        let id = self.lease.id;
+        let what = || format!("renewing lease {id:x}");
+        self.keeper
+            .keep_alive()
+            .await
+            .map_err(DiscoveryError::etcd(what()))?;
+        let answer = tokio::time::timeout(self.lease.ttl, self.stream.message()).await;
+        match answer {
+            Err(_) => Err(DiscoveryError::Etcd {
+                what: what(),
+                source: etcd_client::Error::LeaseKeepAliveError("no answer".into()),
+            }),
+            Ok(Err(e)) => Err(DiscoveryError::etcd(what())(e)),
+            Ok(Ok(None)) => Err(DiscoveryError::Etcd {
+                what: what(),
+                source: etcd_client::Error::LeaseKeepAliveError("the stream ended".into()),
+            }),
+            Ok(Ok(Some(r))) if r.ttl() <= 0 => Err(DiscoveryError::LeaseLost(id)),
+            Ok(Ok(Some(r))) => Ok(Duration::from_secs(r.ttl() as u64)),
+        }
+    }
+}
+
+/// etcd's "requested lease not found", from the server or the client.
+pub(crate) fn is_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().contains("not found"),
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
+        _ => false,
+    }
+}
