@@ -135,6 +135,10 @@ pub struct NetworkConfig {
     pub state_dir: PathBuf,
     /// Where each job's network namespace is bind-mounted as a file named by the job id.
     pub netns_dir: PathBuf,
+    /// The cluster (overlay) network `subnet` is part of, if the host is in one: traffic
+    /// between it and `subnet` is neither masqueraded nor dropped on its way in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Ipv4Net>,
 }
 
 pub const DEFAULT_BRIDGE: &str = "flynnbr0";
@@ -150,6 +154,7 @@ impl Default for NetworkConfig {
             mtu: None,
             state_dir: PathBuf::from("/var/lib/flynn/network"),
             netns_dir: PathBuf::from("/run/flynn/netns"),
+            cluster: None,
         }
     }
 }
@@ -166,6 +171,14 @@ impl NetworkConfig {
         if self.subnet.prefix_len() > 30 || self.subnet.prefix_len() < 8 {
             return Err(format!(
                 "subnet {} must have a prefix length between /8 and /30",
+                self.subnet
+            ));
+        }
+        if let Some(c) = self.cluster
+            && (!c.contains(self.subnet.addr()) || self.subnet.prefix_len() < c.prefix_len())
+        {
+            return Err(format!(
+                "subnet {} is not inside the cluster network {c}",
                 self.subnet
             ));
         }

@@ -99,6 +99,7 @@ mod error;
 mod link;
 mod netns;
 pub mod nft;
+pub mod overlay;
 mod port;
 mod rt;
 mod state;
@@ -795,6 +796,7 @@ impl HostNetwork {
         let rs = nft::Ruleset {
             bridge: self.cfg.bridge.clone(),
             subnet: self.cfg.subnet,
+            cluster: self.cfg.cluster,
             published,
         };
         (inner.generation, rs)

@@ -106,6 +106,7 @@ impl DaemonArgs {
             mtu: self.mtu.or(file.mtu),
             state_dir: state_dir.join("network"),
             netns_dir: state_dir.join("netns"),
+            cluster: None,
         };
         Ok(DaemonConfig {
             state_dir,

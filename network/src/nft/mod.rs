@@ -8,10 +8,12 @@
 //! chain prerouting  { type nat hook prerouting priority -100; fib daddr type local jump published }
 //! chain output      { type nat hook output priority -100;     fib daddr type local jump published }
 //! chain postrouting { type nat hook postrouting priority 100;
+//!     ip saddr SUBNET ip daddr CLUSTER accept                         # overlay (with a cluster)
 //!     ip saddr SUBNET oifname != BRIDGE masquerade                    # egress
 //!     oifname BRIDGE ct status dnat ip saddr 127.0.0.0/8 masquerade   # host's 127.0.0.1 → job
 //!     oifname BRIDGE ct status dnat ip saddr SUBNET masquerade }      # hairpin
 //! chain forward { type filter hook forward priority 0; policy accept;
+//!     oifname BRIDGE ip saddr CLUSTER accept                          # overlay (with a cluster)
 //!     iifname BRIDGE accept
 //!     oifname BRIDGE ct state established,related accept
 //!     oifname BRIDGE ct status dnat accept
@@ -415,6 +417,8 @@ fn flush_chain(b: &mut Batch, chain: &str) {
 pub struct Ruleset {
     pub bridge: String,
     pub subnet: Ipv4Net,
+    /// The overlay's cluster network, when the host is in one.
+    pub cluster: Option<Ipv4Net>,
     /// `(port, endpoint address, job id)`.
     pub published: Vec<(PortMapping, Ipv4Addr, String)>,
 }
@@ -478,6 +482,28 @@ impl Ruleset {
 
         let br = self.bridge.as_str();
         let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or(self.subnet);
+        if let Some(cluster) = self.cluster {
+            // Jobs talk to jobs on other hosts with their own addresses (the overlay
+            // routes them): before the egress masquerade, and accepted on the way in.
+            let mut r = ip_in(12, self.subnet).to_vec();
+            r.extend(ip_in(16, cluster));
+            r.push(verdict(NF_ACCEPT));
+            add_rule(
+                &mut b,
+                "postrouting",
+                &r,
+                "the overlay no-masquerade rule".into(),
+            );
+            let mut r = oifname(br, NFT_CMP_EQ).to_vec();
+            r.extend(ip_in(12, cluster));
+            r.push(verdict(NF_ACCEPT));
+            add_rule(
+                &mut b,
+                "forward",
+                &r,
+                "the forward rule from the overlay".into(),
+            );
+        }
         let mut r = ip_in(12, self.subnet).to_vec();
         r.extend(oifname(br, NFT_CMP_NEQ));
         r.push(Expr::Masq);
