@@ -510,7 +510,7 @@ fn matches_cfg(l: &LinkMessage, cfg: &OverlayConfig, mac: [u8; 6]) -> bool {
         })
         .flatten()
         .collect();
-    let has = |want: &InfoVxlan| info.iter().any(|v| *v == want);
+    let has = |want: &InfoVxlan| info.contains(&want);
     let addr_ok = l
         .attributes
         .iter()
