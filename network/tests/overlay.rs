@@ -83,7 +83,7 @@ fn vxlan_device_entries_follow_the_peer_list() {
         assert_eq!(ov.kernel_peers().await.unwrap(), vec![a.clone(), b.clone()]);
         // A host moved (new underlay address) and one left.
         let a2 = peer("100.100.2.0/24", [192, 0, 2, 21]);
-        ov.sync(&[a2.clone()]).await.unwrap();
+        ov.sync(std::slice::from_ref(&a2)).await.unwrap();
         assert_eq!(ov.kernel_peers().await.unwrap(), vec![a2.clone()]);
         let routes = common::view().await.routes;
         let via = Some(Ipv4Addr::new(100, 100, 2, 0));
