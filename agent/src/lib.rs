@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod failpoint;
+pub mod grid;
 pub mod host;
 pub mod jobs;
 pub mod model;

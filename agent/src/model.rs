@@ -40,6 +40,10 @@ pub struct JobRequest {
     /// Nameservers for the job's /etc/resolv.conf (default: the host's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<std::net::IpAddr>,
+    /// Services the job provides (`-s name:port`): registered in discovery while it
+    /// runs (and, with a health check, while it passes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceDecl>,
     /// Give the job a terminal (Docker's `-t`).
     #[serde(default)]
     pub tty: bool,
@@ -201,6 +205,9 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkStatus>,
     pub config: JobConfig,
+    /// The discovery instances of its declared services, when the host is in a cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<InstanceStatus>,
 }
 
 /// The resolved process configuration of a job (image config merged with the request).
@@ -226,6 +233,8 @@ pub struct JobConfig {
     pub ports: Vec<network::PortMapping>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<std::net::IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceDecl>,
 }
 
 /// How a job is networked.
@@ -364,6 +373,9 @@ pub struct HostStatus {
     /// Sum of the limits of running jobs (what the host has promised).
     pub promised: Promised,
     pub started_at: DateTime<Utc>,
+    /// The grid (etcd, membership, overlay, discovery DNS), when the host is in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -418,4 +430,102 @@ pub struct Exec {
     pub running: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitInfo>,
+}
+
+pub use discovery::{HostRecord, HostResources, Instance, ServiceEvent, ServiceState};
+
+/// A service a job provides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDecl {
+    /// A DNS label: lowercase letters, digits and '-'.
+    pub name: String,
+    /// The port the job listens on (on its own address; on the host's with --net host).
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub meta: std::collections::BTreeMap<String, String>,
+}
+
+/// A health check: while it fails, the instance is out of discovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// HTTP: the path to GET (a 2xx or 3xx answer is healthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Failures in a row that make a healthy instance unhealthy (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+    /// Successes in a row that make an unhealthy instance healthy (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP GET answers 2xx or 3xx.
+    Http,
+}
+
+/// A declared service of a job, as discovery has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub service: String,
+    pub id: String,
+    pub addr: String,
+    /// Passing its health check (always true without one).
+    pub healthy: bool,
+    /// In etcd now.
+    pub registered: bool,
+}
+
+/// `GET /host/status`'s `cluster`: this host's place in the grid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub etcd: Vec<String>,
+    /// etcd answered the last lease renewal.
+    pub connected: bool,
+    /// The host's address in the cluster (the overlay's underlay).
+    pub address: std::net::Ipv4Addr,
+    /// The host's lease in etcd, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    pub lease_ttl_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayStatus>,
+    /// Where containers' DNS is answered (the bridge address, port 53).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverlayStatus {
+    pub network: String,
+    pub subnet: String,
+    pub device: String,
+    pub vni: u32,
+    pub port: u16,
+    pub mtu: u32,
+    /// Other hosts' subnets, as the kernel has them now.
+    pub peers: Vec<OverlayPeer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverlayPeer {
+    pub subnet: String,
+    pub address: std::net::Ipv4Addr,
+    pub vtep_mac: String,
 }

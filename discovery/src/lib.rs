@@ -54,6 +54,7 @@ pub mod watch;
 pub use error::DiscoveryError;
 pub use etcd::{Etcd, KeepAlive, Lease};
 pub use model::{
-    HostRecord, Instance, OverlayConfig, ServiceEvent, ServiceEventKind, ServiceState, SubnetLease,
+    HostRecord, HostResources, Instance, OverlayConfig, ServiceEvent, ServiceEventKind,
+    ServiceState, SubnetLease,
 };
 pub use subnets::Subnet;

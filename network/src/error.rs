@@ -13,6 +13,11 @@ pub enum NetworkError {
     #[error("invalid network configuration: {0}")]
     Config(String),
 
+    /// The host network is not set up yet (e.g. waiting for the cluster to lease
+    /// this host its subnet).
+    #[error("the host network is not ready: {0}")]
+    NotReady(String),
+
     /// A job id that cannot name a namespace file.
     #[error("invalid job id {id:?} for networking: {reason}")]
     InvalidId { id: String, reason: &'static str },

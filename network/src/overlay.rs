@@ -93,6 +93,59 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
+/// The first IPv4 address of the interface the default route goes through: a host's
+/// address in the cluster unless told otherwise.
+pub async fn default_address() -> Result<Option<Ipv4Addr>, NetworkError> {
+    let (conn, h, _) =
+        rtnetlink::new_connection().map_err(NetworkError::io("opening rtnetlink", "netlink"))?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        let mut routes = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut oif = None;
+        while let Some(r) = routes
+            .try_next()
+            .await
+            .map_err(NetworkError::netlink("listing routes"))?
+        {
+            if r.header.destination_prefix_length == 0
+                && r.header.table == RouteHeader::RT_TABLE_MAIN
+            {
+                oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                if oif.is_some() {
+                    break;
+                }
+            }
+        }
+        let Some(oif) = oif else { return Ok(None) };
+        let mut addrs = h.address().get().set_link_index_filter(oif).execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(NetworkError::netlink("listing addresses"))?
+        {
+            if a.header.index != oif {
+                continue;
+            }
+            if let Some(ip) = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+                _ => None,
+            }) {
+                return Ok(Some(ip));
+            }
+        }
+        Ok(None)
+    }
+    .await;
+    task.abort();
+    result
+}
+
 /// The MTU of the link holding `addr`, the underlay the overlay rides on.
 pub async fn underlay_mtu(addr: Ipv4Addr) -> Result<u32, NetworkError> {
     let (conn, h, _) =

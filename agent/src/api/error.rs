@@ -21,6 +21,9 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     InsufficientStorage(String),
+    /// Something the request needs is not reachable now (etcd); try again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -35,6 +38,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,6 +76,7 @@ impl From<JobError> for ApiError {
             JobError::Network(network::NetworkError::DuplicatePort(_)) => {
                 ApiError::BadRequest(message)
             }
+            JobError::Network(network::NetworkError::NotReady(_)) => ApiError::Unavailable(message),
             JobError::Io { source, .. } if is_no_space(&source) => {
                 ApiError::InsufficientStorage(message)
             }

@@ -31,7 +31,11 @@ pub async fn create(
 }
 
 pub fn inspect(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {
-    json(StatusCode::OK, &state.jobs.get(id)?.snapshot())
+    let mut job = state.jobs.get(id)?.snapshot();
+    if let Some(grid) = &state.grid {
+        job.services = grid.instances_of(&job.id);
+    }
+    json(StatusCode::OK, &job)
 }
 
 pub async fn start(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {

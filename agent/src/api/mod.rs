@@ -7,6 +7,7 @@ mod conns;
 mod error;
 mod events;
 mod exec;
+mod grid;
 mod host;
 mod images;
 mod jobs;
@@ -54,6 +55,8 @@ pub struct ApiState {
     /// Pulls from registries (shared, so concurrent pulls fetch each blob once).
     pub puller: Arc<image::Puller>,
     pub events: broadcast::Sender<Event>,
+    /// The grid, when the host is in a cluster.
+    pub grid: Option<Arc<crate::grid::Grid>>,
     /// Where uploaded archives are received before import.
     pub tmp_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -118,6 +121,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/images/import"),
     ("POST", "/images/pull"),
     ("DELETE", "/images/{ref}"),
+    ("GET", "/cluster/hosts"),
+    ("GET", "/discovery/services"),
+    ("GET", "/discovery/services/{name}"),
+    ("GET", "/discovery/services/{name}/leader"),
+    ("GET", "/discovery/services/{name}/watch"),
 ];
 
 /// Serves the API on TCP (every request needs the token) and on the local unix
@@ -254,6 +262,11 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["images", "import"], Method::POST) => images::import(state, req).await,
         (["images", "pull"], Method::POST) => pull::pull(state, req).await,
         (["images", name], Method::DELETE) => images::remove(state, name).await,
+        (["cluster", "hosts"], Method::GET) => grid::hosts(state).await,
+        (["discovery", "services"], Method::GET) => grid::services(state).await,
+        (["discovery", "services", name], Method::GET) => grid::service(state, name).await,
+        (["discovery", "services", name, "leader"], Method::GET) => grid::leader(state, name).await,
+        (["discovery", "services", name, "watch"], Method::GET) => grid::watch(state, name),
         (segments, _) => {
             let known = ROUTES
                 .iter()

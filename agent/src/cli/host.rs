@@ -52,5 +52,35 @@ pub async fn status(client: &Client, json: bool) -> Result<i32> {
         s.promised.pids
     );
     println!("Started:   {}", s.started_at.to_rfc3339());
+    if let Some(c) = &s.cluster {
+        println!(
+            "Cluster:   {} via etcd {} ({})",
+            c.address,
+            c.etcd.join(","),
+            if c.connected {
+                "connected"
+            } else {
+                "not connected"
+            }
+        );
+        if let Some(o) = &c.overlay {
+            println!(
+                "Overlay:   subnet {} of {}, {} vni {} port {}, mtu {}, {} peer(s)",
+                o.subnet,
+                o.network,
+                o.device,
+                o.vni,
+                o.port,
+                o.mtu,
+                o.peers.len()
+            );
+        }
+        if let Some(d) = &c.dns {
+            println!("DNS:       {d} (*.discoverd)");
+        }
+        if let Some(e) = &c.last_error {
+            println!("Last error: {e}");
+        }
+    }
     Ok(0)
 }

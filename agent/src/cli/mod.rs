@@ -3,6 +3,7 @@
 mod attach;
 mod exec;
 mod format;
+mod grid;
 mod host;
 mod images;
 mod jobs;
@@ -142,6 +143,12 @@ pub enum Command {
     },
     /// Show the client and daemon versions.
     Version,
+    /// The cluster this host is in.
+    #[command(subcommand)]
+    Cluster(grid::ClusterCommand),
+    /// Service discovery.
+    #[command(subcommand)]
+    Discover(grid::DiscoverCommand),
 }
 
 #[derive(Args, Debug)]
@@ -184,6 +191,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Rm { force, jobs } => jobs::rm(&client, force, &jobs).await,
         Command::Status { json } => host::status(&client, json).await,
         Command::Version => jobs::version(&client).await,
+        Command::Cluster(cmd) => grid::cluster(&client, cmd).await,
+        Command::Discover(cmd) => grid::discover(&client, cmd).await,
     }
 }
 

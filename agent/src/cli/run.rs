@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Nameserver for the job's /etc/resolv.conf (repeatable).
     #[arg(long)]
     dns: Vec<std::net::IpAddr>,
+    /// A service the job provides, registered in discovery while it runs:
+    /// NAME:PORT[,check=tcp|http[:/PATH]][,interval=MS][,timeout=MS][,fall=N][,rise=N][,KEY=VALUE] (repeatable).
+    #[arg(long = "service", short = 's', value_parser = crate::grid::services::parse_decl)]
+    services: Vec<crate::model::ServiceDecl>,
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, value_parser = crate::jobs::restart::parse, default_value = "no")]
     restart: RestartPolicy,
@@ -118,6 +122,7 @@ impl RunArgs {
             network: self.net,
             ports: self.publish.clone(),
             dns: self.dns.clone(),
+            services: self.services.clone(),
             start,
         }
     }

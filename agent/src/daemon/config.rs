@@ -37,6 +37,8 @@ pub struct DaemonArgs {
     /// MTU of the bridge and the jobs' interfaces [default: the default route's].
     #[arg(long)]
     pub mtu: Option<u32>,
+    #[command(flatten)]
+    pub grid: crate::grid::config::GridArgs,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -51,6 +53,7 @@ struct FileConfig {
     mtu: Option<u32>,
     #[serde(default)]
     registry: image::registry::RegistryConfig,
+    grid: Option<crate::grid::config::GridFile>,
 }
 
 /// The settled configuration.
@@ -64,6 +67,8 @@ pub struct DaemonConfig {
     pub network: network::NetworkConfig,
     /// Registry mirrors and insecure registries, for pulls.
     pub registry: image::registry::RegistryConfig,
+    /// Set when the host is in a cluster.
+    pub grid: Option<crate::grid::config::GridConfig>,
 }
 
 impl DaemonArgs {
@@ -108,7 +113,9 @@ impl DaemonArgs {
             netns_dir: state_dir.join("netns"),
             cluster: None,
         };
+        let grid = self.grid.resolve(file.grid, &state_dir)?;
         Ok(DaemonConfig {
+            grid,
             state_dir,
             listen,
             socket: self

@@ -70,11 +70,19 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     // Endpoints of recorded jobs are kept (recovery releases those that are not
     // running); every other endpoint is cleared.
     let live = crate::jobs::recorded_ids(&state_dir.join("jobs"));
-    let network = Arc::new(
-        network::HostNetwork::open(config.network.clone(), &live)
-            .await
-            .context("setting up the host network (bridge, NAT)")?,
-    );
+    // In a cluster the bridge's subnet is leased from etcd: bridge jobs wait for it.
+    let (network, slot) = match &config.grid {
+        None => {
+            let net = network::HostNetwork::open(config.network.clone(), &live)
+                .await
+                .context("setting up the host network (bridge, NAT)")?;
+            (crate::grid::NetSlot::ready(Arc::new(net)), None)
+        }
+        Some(_) => {
+            let (setter, slot) = crate::grid::NetSlot::pending();
+            (slot, Some(setter))
+        }
+    };
     let jobs = JobManager::open(
         Paths {
             jobs: state_dir.join("jobs"),
@@ -88,6 +96,25 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     )
     .await
     .context("opening the job supervisor")?;
+    let grid = match (config.grid.clone(), slot) {
+        (Some(grid_cfg), Some(slot)) => Some(
+            crate::grid::Grid::start(
+                grid_cfg,
+                crate::grid::Boot {
+                    host_id: host_id.clone(),
+                    network: config.network.clone(),
+                    live: live.clone(),
+                    slot,
+                    jobs: jobs.clone(),
+                    events: events.clone(),
+                    state_dir: state_dir.clone(),
+                    listen: config.listen,
+                },
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     write_pid_file(state_dir)?;
 
     tracing::info!(
@@ -104,6 +131,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
         images,
         puller,
         events,
+        grid,
         tmp_dir,
         state_dir: state_dir.clone(),
         host_id,

@@ -91,6 +91,7 @@ pub fn resolve(
     }
     validate_resources(req)?;
     super::restart::validate(&req.restart, req.auto_remove)?;
+    crate::grid::services::validate(&req.services, req.network).map_err(JobError::BadRequest)?;
     Ok(JobConfig {
         args,
         env,
@@ -105,6 +106,7 @@ pub fn resolve(
         network: req.network,
         ports: req.ports.clone(),
         dns: req.dns.clone(),
+        services: req.services.clone(),
     })
 }
 

@@ -102,7 +102,7 @@ pub struct JobManager {
     /// image is removed: an image cannot vanish between resolve and job creation.
     image_gate: RwLock<()>,
     events: broadcast::Sender<Event>,
-    network: Arc<network::HostNetwork>,
+    network: crate::grid::NetSlot,
     /// Network teardowns under way, by job (see `release_network`).
     detaching: Arc<Mutex<HashMap<String, Teardown>>>,
     detach_seq: std::sync::atomic::AtomicU64,
@@ -113,7 +113,7 @@ impl JobManager {
     pub async fn open(
         paths: Paths,
         images: Arc<ImageStore>,
-        network: Arc<network::HostNetwork>,
+        network: crate::grid::NetSlot,
         exe: PathBuf,
         events: broadcast::Sender<Event>,
     ) -> Result<Arc<JobManager>, JobError> {
@@ -298,6 +298,7 @@ impl JobManager {
                 restart_at: None,
                 manually_stopped: false,
                 network: None,
+                services: Vec::new(),
                 config,
             };
             let handle = JobHandle::new(job.clone());
@@ -460,7 +461,7 @@ impl JobManager {
                 job.config.network,
                 &job.config.hostname,
                 endpoint.as_ref().map(|e| e.ip),
-                &job.config.dns,
+                &self.network.job_dns(&job.config.dns, endpoint.as_ref()),
             )?;
             let network_mode = match (&endpoint, job.config.network) {
                 (Some(endpoint), _) => runtime::NetworkMode::Path(endpoint.netns.clone()),
