@@ -1,0 +1,581 @@
+//! A cluster of test hosts on one machine: a "switch" network namespace with a bridge
+//! (and the test's etcd on it, 192.0.2.254), and one namespace per host joined to it by
+//! a veth pair (192.0.2.N), each running its own agent with its own state dir. Every
+//! address used is inside namespaces the harness made; the host's own interfaces are
+//! never touched. Shared by the grid tests and the grid benchmark.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flynn-host");
+pub const ETCD_IP: &str = "192.0.2.254";
+
+pub fn fixtures() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = match std::env::var_os("FLYNN_FIXTURES") {
+            Some(dir) => PathBuf::from(dir),
+            None => root.join("target").join("fixtures"),
+        };
+        let status = Command::new("bash")
+            .arg(root.join("fixtures/build-images.sh"))
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .expect("running fixtures/build-images.sh");
+        assert!(status.success(), "building the fixture images failed");
+        out
+    })
+    .clone()
+}
+
+/// Runs a command; panics with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn random_name(prefix: &str) -> String {
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("random");
+    format!(
+        "{prefix}{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+pub fn new_netns(prefix: &str) -> String {
+    let name = random_name(prefix);
+    sh(&["ip", "netns", "add", &name]);
+    sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+    name
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The test's etcd (Debian's), on the switch.
+pub struct EtcdProc {
+    child: Option<Child>,
+    netns: String,
+    pub data: tempfile::TempDir,
+}
+
+impl EtcdProc {
+    pub fn start(netns: &str) -> EtcdProc {
+        let data = tempfile::Builder::new()
+            .prefix("flynn-etcd-")
+            .tempdir_in("/var/tmp")
+            .expect("etcd data dir");
+        let mut e = EtcdProc {
+            child: None,
+            netns: netns.to_string(),
+            data,
+        };
+        e.spawn();
+        e
+    }
+
+    pub fn spawn(&mut self) {
+        let client = format!("http://{ETCD_IP}:2379");
+        let peer = format!("http://{ETCD_IP}:2380");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("etcd.log"))
+            .expect("etcd log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["--", "etcd", "--name", "test", "--data-dir"])
+            .arg(self.data.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd (Debian's etcd-server) must be installed: scripts/deps.sh");
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills etcd and starts it again; `wipe`: with an empty data dir (everything lost).
+    pub fn restart(&mut self, wipe: bool) {
+        self.kill();
+        if wipe {
+            let _ = std::fs::remove_dir_all(self.data.path().join("data"));
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for EtcdProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One test host: a namespace on the switch, an agent in it.
+pub struct Host {
+    pub n: u8,
+    pub netns: String,
+    pub ip: String,
+    pub state: tempfile::TempDir,
+    pub api: String,
+    pub token: String,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Host {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(BIN)
+            .args(["daemon", "--state-dir"])
+            .arg(self.state.path())
+            .args(["--listen", &self.api])
+            .arg("--socket")
+            .arg(self.state.path().join("host.sock"))
+            .args(["--advertise", &self.ip])
+            .args(&self.extra)
+            .env("FLYNN_LOG", "info,flynn_host=debug")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("starting the daemon"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(t) = std::fs::read_to_string(self.state.path().join("token")) {
+                self.token = t.trim().to_string();
+                if self.cli(&["version"]).status.success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon {} did not start:\n{}",
+                self.n,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(BIN)
+            .env("FLYNN_HOST", format!("http://{}", self.api))
+            .env("FLYNN_TOKEN", &self.token);
+        cmd
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running flynn-host")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "host {}: flynn-host {args:?} failed ({:?})\nstdout: {}\nstderr: {}\nlog tail:\n{}",
+            self.n,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log_text(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("JSON from the CLI")
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.json(&["status", "--json"])
+    }
+
+    /// The overlay subnet this host holds (once it has joined).
+    pub fn subnet(&self) -> Option<String> {
+        self.status()["cluster"]["overlay"]["subnet"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// Ids in `cluster hosts`.
+    pub fn hosts(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["cluster", "hosts", "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    pub fn id(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("host-id"))
+            .expect("host-id")
+            .trim()
+            .to_string()
+    }
+
+    /// Routes through the VXLAN device of this host, as `ip route` prints them.
+    pub fn overlay_routes(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.netns, "route", "show", "dev", "flynn.vx"])
+            .output()
+            .expect("ip route");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    pub fn import(&self, archive: &str) {
+        let p = fixtures().join(archive);
+        self.ok(&["import", p.to_str().expect("utf-8 path")]);
+    }
+
+    /// A running job's bridge address.
+    pub fn ip_of(&self, job: &str) -> String {
+        let v: Vec<serde_json::Value> =
+            serde_json::from_str(&self.ok(&["inspect", job])).expect("inspect");
+        v[0]["network"]["ip"]
+            .as_str()
+            .expect("a bridge address")
+            .to_string()
+    }
+
+    /// Follows `discover watch SERVICE --json` in a thread; events arrive on the channel.
+    pub fn watch(&self, service: &str) -> Watch {
+        let mut child = self
+            .command()
+            .args(["discover", "watch", service, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("discover watch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && tx.send((Instant::now(), v)).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Watch { child, rx }
+    }
+}
+
+pub struct Watch {
+    child: Child,
+    rx: mpsc::Receiver<(Instant, serde_json::Value)>,
+}
+
+impl Watch {
+    /// The next event matching `pred` (others are skipped), with when it arrived.
+    pub fn until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> (Instant, serde_json::Value) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((t, v)) if pred(&v) => return (t, v),
+                Ok(_) => {}
+                Err(_) => panic!("watch: no {what} within {timeout:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn is_event(kind: &'static str, id: Option<&str>) -> impl Fn(&serde_json::Value) -> bool {
+    let id = id.map(str::to_string);
+    move |v| {
+        v["kind"] == kind
+            && id
+                .as_ref()
+                .is_none_or(|i| v["instance"]["id"] == i.as_str())
+    }
+}
+
+pub struct Cluster {
+    pub switch: String,
+    pub etcd: EtcdProc,
+    pub hosts: Vec<Host>,
+}
+
+impl Cluster {
+    /// A switch, etcd on it, and `n` hosts with agents started with `extra` flags.
+    pub fn start(n: u8, extra: &[&str]) -> Cluster {
+        let switch = new_netns("flynn-sw-");
+        sh(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        sh(&[
+            "ip",
+            "-n",
+            &switch,
+            "addr",
+            "add",
+            &format!("{ETCD_IP}/24"),
+            "dev",
+            "br0",
+        ]);
+        sh(&["ip", "-n", &switch, "link", "set", "br0", "up"]);
+        let etcd = EtcdProc::start(&switch);
+        let mut c = Cluster {
+            switch,
+            etcd,
+            hosts: Vec::new(),
+        };
+        for i in 1..=n {
+            c.add_host(i, extra);
+        }
+        c
+    }
+
+    pub fn add_host(&mut self, i: u8, extra: &[&str]) {
+        let netns = new_netns("flynn-h-");
+        let port = format!("p{i}");
+        let ip = format!("192.0.2.{i}");
+        sh(&[
+            "ip",
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
+        sh(&[
+            "ip", "-n", &netns, "route", "add", "default", "via", ETCD_IP,
+        ]);
+        let state = tempfile::Builder::new()
+            .prefix("flynn-grid-")
+            .tempdir_in("/var/tmp")
+            .expect("state dir");
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--etcd".into(), format!("http://{ETCD_IP}:2379")]);
+        let mut h = Host {
+            n: i,
+            netns,
+            ip,
+            log: state.path().join("daemon.log"),
+            state,
+            api: format!("127.0.0.1:{}", free_port()),
+            token: String::new(),
+            child: None,
+            extra,
+        };
+        h.spawn();
+        self.hosts.push(h);
+    }
+
+    pub fn host(&self, i: u8) -> &Host {
+        &self.hosts[usize::from(i - 1)]
+    }
+
+    pub fn host_mut(&mut self, i: u8) -> &mut Host {
+        &mut self.hosts[usize::from(i - 1)]
+    }
+
+    /// Waits until every host sees all `n` hosts and holds a subnet.
+    pub fn wait_joined(&self, n: usize) {
+        wait_for("every host to join", Duration::from_secs(30), || {
+            self.hosts
+                .iter()
+                .all(|h| h.hosts().len() == n && h.subnet().is_some())
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            if h.child.is_some() {
+                let out = h.cli(&["ps", "-aq"]);
+                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = h.cli(&["rm", "-f", id]);
+                }
+            }
+            h.kill9();
+            for m in mounts_under(h.state.path()) {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
+            let _ = Command::new("ip").args(["netns", "del", &h.netns]).status();
+        }
+        self.etcd.kill();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch])
+            .status();
+    }
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    v.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    v
+}
+
+/// A DNS server for names outside .discoverd, inside namespace `netns` on
+/// 127.0.0.1:5353 (UDP): it answers every A query with 192.0.2.99.
+pub fn fake_upstream(netns: &str) {
+    let path = format!("/run/netns/{netns}");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let sock = std::net::UdpSocket::bind("127.0.0.1:5353").expect("bind 5353");
+        let _ = tx.send(());
+        let mut buf = [0u8; 1500];
+        use hickory_proto::op::{Message, MessageType};
+        use hickory_proto::rr::{RData, Record, rdata::A};
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::new();
+            r.set_id(q.id()).set_message_type(MessageType::Response);
+            for query in q.queries() {
+                r.add_query(query.clone());
+                r.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::A(A(std::net::Ipv4Addr::new(192, 0, 2, 99))),
+                ));
+            }
+            if let Ok(b) = r.to_vec() {
+                let _ = sock.send_to(&b, peer);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("fake upstream up");
+}
