@@ -45,7 +45,7 @@ impl ApiError {
 
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, ApiError::Unavailable(_)) {
             tracing::error!(error = %self, "request failed");
         }
         let body = ErrorBody {

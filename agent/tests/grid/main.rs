@@ -344,11 +344,20 @@ fn etcd_runs_as_a_container_and_the_agent_joins_it() {
     h.spawn();
     h.import("etcd-docker.tar");
     h.import("busybox-docker.tar");
-    wait_for(
-        "the host in its own cluster",
-        Duration::from_secs(60),
-        || h.hosts().len() == 1,
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.hosts().len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the host did not join its own etcd:\n{}\n{}",
+            h.log_text()
+                .lines()
+                .filter(|l| !l.contains("flynn_host::api"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            String::from_utf8_lossy(&h.cli(&["logs", "flynn-etcd"]).stdout)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let ps = h.ok(&["ps"]);
     assert!(ps.contains("flynn-etcd"), "{ps}");
     let etcd_job: serde_json::Value = h.json(&["inspect", "flynn-etcd"]);
