@@ -465,10 +465,9 @@ impl Grid {
         let mut dirty = false;
         loop {
             let change = if dirty {
-                match tokio::time::timeout(Duration::from_secs(1), w.next()).await {
-                    Ok(c) => Some(c),
-                    Err(_) => None,
-                }
+                tokio::time::timeout(Duration::from_secs(1), w.next())
+                    .await
+                    .ok()
             } else {
                 Some(w.next().await)
             };
