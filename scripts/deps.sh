@@ -16,6 +16,7 @@ FLYNN_APT_PACKAGES=(
     docker-registry apache2-utils openssl python3   # pull tests: a real registry, htpasswd, token certs
     debootstrap                           # the Debian benchmark image
     etcd-server                           # the grid's etcd: tests run it; fixtures make its image
+    ethtool                               # grid tests: GRO on the test underlay, as real NICs have
 )
 
 flynn_install_deps() {

@@ -452,6 +452,12 @@ impl Cluster {
         sh(&[
             "ip", "-n", &netns, "route", "add", "default", "via", ETCD_IP,
         ]);
+        // veth does no GRO by default, real NICs do: without it every VXLAN packet
+        // is decapsulated on its own, which no real underlay makes us do.
+        for (ns, dev) in [(&netns, "eth0"), (&self.switch, port.as_str())] {
+            let net = format!("--net=/run/netns/{ns}");
+            sh(&["nsenter", &net, "--", "ethtool", "-K", dev, "gro", "on"]);
+        }
         let state = tempfile::Builder::new()
             .prefix("flynn-grid-")
             .tempdir_in("/var/tmp")
@@ -578,4 +584,21 @@ pub fn fake_upstream(netns: &str) {
     });
     rx.recv_timeout(Duration::from_secs(5))
         .expect("fake upstream up");
+}
+
+/// Checks `body` against the schema `name` of agent/openapi.json.
+pub fn check_schema(name: &str, body: &serde_json::Value) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"))
+        .expect("reading openapi.json");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("openapi.json is JSON");
+    let schema = serde_json::json!({
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": doc["components"].clone(),
+    });
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{name} does not match the document: {errors:?}\nbody: {body}"
+    );
 }

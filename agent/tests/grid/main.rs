@@ -35,6 +35,10 @@ fn overlay_and_discovery_across_three_hosts() {
         assert!(!h.overlay_routes().contains(&h.subnet().unwrap()));
     }
     let st = c.host(1).status();
+    harness::check_schema("HostStatus", &st);
+    for h in c.host(1).hosts() {
+        harness::check_schema("HostRecord", &h);
+    }
     assert_eq!(
         st["cluster"]["overlay"]["peers"].as_array().unwrap().len(),
         2,
@@ -72,7 +76,10 @@ fn overlay_and_discovery_across_three_hosts() {
     assert_eq!(up["instance"]["addr"], format!("{web1_ip}:8080"));
     assert_eq!(up["instance"]["host_id"], c.host(2).id());
     let web1_inst = up["instance"]["id"].as_str().unwrap().to_string();
+    harness::check_schema("ServiceEvent", &up);
     let inspect: serde_json::Value = c.host(2).json(&["inspect", web1]);
+    harness::check_schema("Job", &inspect[0]);
+    harness::check_schema("HostStatus", &c.host(2).status());
     assert_eq!(inspect[0]["services"][0]["registered"], true, "{inspect}");
     assert_eq!(inspect[0]["config"]["services"][0]["name"], "web");
 
@@ -114,6 +121,7 @@ fn overlay_and_discovery_across_three_hosts() {
     let leader = c.host(1).json(&["discover", "list", "web", "--json"]);
     assert_eq!(leader[0]["leader"], web1_inst.as_str(), "{leader}");
     assert_eq!(leader[0]["instances"].as_array().unwrap().len(), 2);
+    harness::check_schema("ServiceState", &leader[0]);
     let l = c.host(1).ok(&[
         "run",
         "--rm",
@@ -194,10 +202,12 @@ fn membership_leases_partitions_and_etcd_restarts() {
         "--name",
         "db",
         "-s",
-        "db:5432,role=primary",
+        "db:5432,check=tcp,interval=200,role=primary",
         "busybox",
-        "sleep",
-        "1000",
+        "httpd",
+        "-f",
+        "-p",
+        "5432",
     ]);
     wait_for("db registered", Duration::from_secs(10), || {
         c.host(1).json(&["discover", "list", "db", "--json"])[0]["instances"]

@@ -20,6 +20,13 @@
 //!     oifname BRIDGE drop }                                           # no unpublished inbound
 //! ```
 //!
+//! With a cluster network, one more chain:
+//!
+//! ```text
+//! chain overlay { type filter hook prerouting priority -300;
+//!     ip saddr CLUSTER ip daddr CLUSTER fib daddr type != local notrack }
+//! ```
+//!
 //! A published-port rule is
 //! `meta l4proto P th dport HOSTPORT [ip daddr HOSTIP] dnat to IP:PORT`.
 
@@ -36,11 +43,14 @@ use crate::port::{PortMapping, Protocol};
 /// The name of our table (family `ip`). Nothing else in the host's ruleset is touched.
 pub const TABLE: &str = "flynn";
 pub const CHAIN_PUBLISHED: &str = "published";
+/// With a cluster network: `type filter hook prerouting priority raw`, the notrack rule.
+pub const CHAIN_OVERLAY_RAW: &str = "overlay";
 
 const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_FORWARD: u32 = 2;
 const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
+const NF_IP_PRI_RAW: i32 = -300;
 const NF_IP_PRI_NAT_DST: i32 = -100;
 const NF_IP_PRI_FILTER: i32 = 0;
 const NF_IP_PRI_NAT_SRC: i32 = 100;
@@ -115,6 +125,7 @@ enum Expr {
         reg_proto: u32,
     },
     Masq,
+    Notrack,
 }
 
 impl Expr {
@@ -130,6 +141,7 @@ impl Expr {
             Expr::Fib { .. } => "fib",
             Expr::Dnat { .. } => "nat",
             Expr::Masq => "masq",
+            Expr::Notrack => "notrack",
         };
         m.put_str(NFTA_EXPR_NAME, name);
         let data = m.begin_nested(NFTA_EXPR_DATA);
@@ -209,7 +221,7 @@ impl Expr {
                 m.put_be32(5, *reg_proto); // NFTA_NAT_REG_PROTO_MIN
                 m.put_be32(6, *reg_proto); // NFTA_NAT_REG_PROTO_MAX
             }
-            Expr::Masq => {}
+            Expr::Masq | Expr::Notrack => {}
         }
         m.end_nested(data);
         m.end_nested(elem);
@@ -483,6 +495,28 @@ impl Ruleset {
         let br = self.bridge.as_str();
         let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or(self.subnet);
         if let Some(cluster) = self.cluster {
+            // Job-to-job traffic across the overlay needs no NAT and no state:
+            // untracked, it skips conntrack on both hosts (a third of the throughput
+            // on a fast underlay). Traffic to this host's own addresses (a published
+            // port on the gateway address) is still tracked, so DNAT still works.
+            add_chain(
+                &mut b,
+                CHAIN_OVERLAY_RAW,
+                Some(("filter", NF_INET_PRE_ROUTING, NF_IP_PRI_RAW)),
+            );
+            let mut r = ip_in(12, cluster).to_vec();
+            r.extend(ip_in(16, cluster));
+            r.extend(fib_daddr_local());
+            if let Some(Expr::Cmp { op, .. }) = r.last_mut() {
+                *op = NFT_CMP_NEQ;
+            }
+            r.push(Expr::Notrack);
+            add_rule(
+                &mut b,
+                CHAIN_OVERLAY_RAW,
+                &r,
+                "the overlay notrack rule".into(),
+            );
             // Jobs talk to jobs on other hosts with their own addresses (the overlay
             // routes them): before the egress masquerade, and accepted on the way in.
             let mut r = ip_in(12, self.subnet).to_vec();
