@@ -48,6 +48,22 @@ fn main() {
     let c = Cluster::start(2, &["--cluster-ttl", "10"]);
     c.wait_joined(2);
     let (h1, h2) = (c.host(1), c.host(2));
+    // Diagnosis: NO_BR_NETFILTER=1 turns off bridge netfilter (bridge-nf-call-iptables,
+    // per namespace) in the test hosts, to see what it costs bridged job traffic.
+    if std::env::var_os("NO_BR_NETFILTER").is_some() {
+        for h in [h1, h2] {
+            let net = format!("--net=/run/netns/{}", h.netns);
+            harness::sh(&[
+                "nsenter",
+                &net,
+                "--",
+                "sh",
+                "-c",
+                "echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables",
+            ]);
+        }
+        println!("bridge-nf-call-iptables = 0 in the test hosts");
+    }
     for h in [h1, h2] {
         h.import("iperf3-docker.tar");
         h.import("busybox-docker.tar");

@@ -16,7 +16,8 @@ pub const DEFAULT_SOCKET: &str = "/run/flynn/host.sock";
 #[derive(Args, Debug, Clone, Default)]
 pub struct DaemonArgs {
     /// A JSON file with any of: state_dir, listen, socket, token, bridge, subnet, mtu,
-    /// registry ({"mirrors": {"docker.io": ["host:port"]}, "insecure": ["host:port", "CIDR"]}).
+    /// registry ({"mirrors": {"docker.io": ["host:port"]}, "insecure": ["host:port", "CIDR"]}),
+    /// grid (an object with the grid flags' settings).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Where images, jobs and logs are kept [default: /var/lib/flynn].
