@@ -188,19 +188,22 @@ impl Grid {
             .await;
         let _ = self.overlay_cfg.set(ocfg.clone());
         let cache = self.read_cache();
-        let lease = self
-            .retry("getting a lease", Duration::from_secs(1), || async {
-                if let Some(id) = cache.lease
-                    && let Some(l) = etcd.resume(id, self.cfg.ttl).await?
-                {
+        let resumed = match cache.lease {
+            Some(id) => match etcd.resume(id, self.cfg.ttl).await {
+                Ok(Some(l)) => {
                     tracing::info!(lease = %format!("{id:x}"), "resumed the lease of the previous agent");
-                    return Ok::<_, discovery::DiscoveryError>(l);
+                    Some(l)
                 }
-                etcd.grant(self.cfg.ttl).await
-            })
-            .await;
+                Ok(None) => None,
+                Err(e) => {
+                    self.error("looking up the previous lease", e);
+                    None
+                }
+            },
+            None => None,
+        };
         let preferred = cache.subnet.as_deref().and_then(|s| s.parse().ok());
-        let subnet = self.claim(&etcd, lease, &ocfg, preferred).await;
+        let (lease, subnet) = self.join(&etcd, &ocfg, resumed, preferred).await;
         self.lease.send_replace(Some(lease));
         {
             let mut s = self.status();
@@ -314,35 +317,54 @@ impl Grid {
         }
     }
 
-    async fn claim(
+    /// A lease and the subnet claimed on it. `first` is tried as the lease (e.g. the
+    /// one resumed from the cache); whenever a claim fails (etcd away, or the lease
+    /// expired meanwhile) a fresh lease is granted, so this cannot get stuck on a dead one.
+    async fn join(
         &self,
         etcd: &Etcd,
-        lease: Lease,
         ocfg: &discovery::OverlayConfig,
+        mut first: Option<Lease>,
         preferred: Option<Subnet>,
-    ) -> Subnet {
+    ) -> (Lease, Subnet) {
         let address = self.address;
-        let host_id = self.host_id.clone();
-        let subnet = self
-            .retry("claiming an overlay subnet", Duration::from_secs(1), || {
+        loop {
+            let lease = match first.take() {
+                Some(l) => l,
+                None => {
+                    self.retry("getting a lease", Duration::from_secs(1), || {
+                        etcd.grant(self.cfg.ttl)
+                    })
+                    .await
+                }
+            };
+            let claimed =
                 discovery::subnets::claim(etcd, lease, ocfg, &self.host_id, preferred, |s| {
                     SubnetLease {
                         subnet: s.to_string(),
-                        host_id: host_id.clone(),
+                        host_id: self.host_id.clone(),
                         address,
                         vtep_mac: Ipv4Net::new(s.addr, s.len)
                             .map(|n| overlay::mac_string(overlay::vtep_mac(n)))
                             .unwrap_or_default(),
                     }
                 })
-            })
-            .await;
-        if let Some(p) = preferred
-            && p != subnet
-        {
-            tracing::error!(had = %p, got = %subnet, "the cluster gave this host another subnet than before: restart the agent to move its bridge");
+                .await;
+            match claimed {
+                Ok(subnet) => {
+                    if let Some(p) = preferred
+                        && p != subnet
+                    {
+                        tracing::error!(had = %p, got = %subnet, "the cluster gave this host another subnet than before: restart the agent to move its bridge");
+                    }
+                    return (lease, subnet);
+                }
+                Err(e) => {
+                    self.error("claiming an overlay subnet", e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
-        subnet
     }
 
     /// Renews the lease every TTL/3. When etcd says it is gone, gets a new one and puts
@@ -391,13 +413,9 @@ impl Grid {
             }
             keeper = None;
             tracing::warn!(lease = %format!("{:x}", lease.id), "the host's lease is gone; joining again");
-            lease = self
-                .retry("getting a new lease", Duration::from_secs(1), || {
-                    etcd.grant(self.cfg.ttl)
-                })
-                .await;
             let current = self.status().subnet;
-            let subnet = self.claim(&etcd, lease, &ocfg, current).await;
+            let (new_lease, subnet) = self.join(&etcd, &ocfg, None, current).await;
+            lease = new_lease;
             self.write_cache(lease, subnet);
             self.lease.send_replace(Some(lease));
             self.status().connected = true;
@@ -438,11 +456,12 @@ impl Grid {
     }
 
     async fn announce(&self, etcd: &Etcd, lease: Lease) {
-        self.retry("announcing the host", Duration::from_secs(1), || {
-            let record = self.record();
-            async move { discovery::hosts::announce(etcd, lease, &record).await }
-        })
-        .await;
+        // One attempt: the refresher writes it again every few seconds, and the renewer
+        // must not wait here on a lease that may be gone.
+        let record = self.record();
+        if let Err(e) = discovery::hosts::announce(etcd, lease, &record).await {
+            self.error("announcing the host", e);
+        }
     }
 
     async fn refresh_loop(self: Arc<Self>) {
