@@ -11,5 +11,6 @@ pub mod client;
 pub mod daemon;
 pub mod failpoint;
 pub mod host;
+pub mod init;
 pub mod jobs;
 pub mod model;
