@@ -280,12 +280,10 @@ pub struct Ready {
 impl Appliance {
     /// Waits for the init's `ready:` line; reads the token from it.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready, MachineError> {
-        let console = self.vm.wait_for("flynn-init: ready: API ", timeout)?;
+        let needle = "flynn-init: ready: API ";
+        let (line, console) = self.vm.wait_for_line(needle, timeout)?;
         let after = self.started.elapsed();
-        let line = console
-            .lines()
-            .find_map(|l| l.split("flynn-init: ready: API ").nth(1))
-            .ok_or_else(|| MachineError::NotReady(self.vm.log_path().display().to_string()))?;
+        let line = line.trim_start_matches(needle);
         let mut words = line.split_whitespace();
         let address = words.next().unwrap_or_default().to_string();
         let token = words

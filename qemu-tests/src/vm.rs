@@ -179,6 +179,35 @@ impl Vm {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Waits for a whole console line holding `needle`; returns that line (without
+    /// its end) and the console so far.
+    pub fn wait_for_line(
+        &self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<(String, String), VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let console =
+                self.wait_for(needle, deadline.saturating_duration_since(Instant::now()))?;
+            if let Some(start) = console.find(needle) {
+                let rest = &console[start..];
+                if let Some(end) = rest.find('\n') {
+                    let line = rest[..end].trim_end_matches('\r').to_string();
+                    return Ok((line, console));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout {
+                    what: format!("the end of the line {needle:?}"),
+                    timeout,
+                    log: self.log_path.display().to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for QEMU to exit (the guest powered off); kills it after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
         let deadline = Instant::now() + timeout;

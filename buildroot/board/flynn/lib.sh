@@ -202,7 +202,7 @@ SFDISK
     stamp=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d%H%M%S00)
     xorriso -as mkisofs -quiet -o "$out/$name.iso.tmp" \
         -V "$FLYNN_ISO_VOLID" -R -J \
-        --modification-date="$stamp" -volume_date uuid "$stamp" \
+        --modification-date="$stamp" \
         -isohybrid-mbr "${FLYNN_ISOHDPFX:-/usr/lib/ISOLINUX/isohdpfx.bin}" \
         -c isolinux/boot.cat -b isolinux/isolinux.bin \
         -no-emul-boot -boot-load-size 4 -boot-info-table \
