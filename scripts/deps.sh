@@ -14,7 +14,7 @@ FLYNN_APT_PACKAGES=(
     qemu-system-x86 linux-image-amd64     # VM tests: pure cgroup v2, the appliance
     iproute2 procps psmisc file util-linux iperf3
     # the appliance image (buildroot/assemble.sh) and booting it (qemu-tests, main.sh)
-    kmod cpio xz-utils e2fsprogs dosfstools mtools fdisk xorriso isolinux syslinux-common
+    kmod cpio zstd e2fsprogs dosfstools mtools fdisk xorriso isolinux syslinux-common
     systemd-boot-efi grub-efi-amd64-bin qemu-utils ovmf socat
 )
 

@@ -24,7 +24,14 @@ done
 
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
+# A port nobody listens on (ss is in iproute2).
+port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 20000))
+        ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
+    done
+}
 common=(-nographic -no-reboot -monitor none -machine q35 -m 1024 -smp 2 -accel tcg -cpu max)
 
 # The anchor's initramfs: busybox only.
@@ -43,7 +50,7 @@ anchor() {
         -append "console=ttyS0 quiet rdinit=/init" >/dev/null 2>&1
     t1=$(now)
     grep -q BENCH-SHELL-UP "$work/anchor.log" || { echo "anchor VM did not reach its shell" >&2; exit 1; }
-    echo "$t1 - $t0" | bc -l
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
 }
 
 # Boots with QEMU_ARGS..., returns seconds from QEMU start to the API answering,
@@ -71,7 +78,7 @@ boot_to_api() {
     [ -n "$token" ] && echo "$token" >"$work/token"
     printf '{"execute":"qmp_capabilities"}\n{"execute":"system_powerdown"}\n' | socat -t 2 - "UNIX-CONNECT:$work/qmp" >/dev/null || kill "$pid"
     wait "$pid" || true
-    echo "$t1 - $t0" | bc -l
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
 }
 
 qemu-img create -q -f qcow2 "$work/state.qcow2" 4G
@@ -88,13 +95,14 @@ done
 a=$(median <"$work/anchor.txt"); b=$(median <"$work/appliance.txt"); c=$(median <"$work/iso.txt")
 printf 'boot, TCG, median of %d:\n' "$runs"
 printf '  anchor: busybox initramfs, QEMU start to power-off  %6.2f s  (runs: %s)\n' "$a" "$(tr '\n' ' ' <"$work/anchor.txt")"
-printf '  appliance, kernel+initramfs, QEMU start to API up   %6.2f s  (runs: %s)  ratio %.2f (target <= 1.30)\n' "$b" "$(tr '\n' ' ' <"$work/appliance.txt")" "$(echo "$b / $a" | bc -l)"
-printf '  appliance, ISO on SeaBIOS, QEMU start to API up     %6.2f s  (runs: %s)  ratio %.2f\n' "$c" "$(tr '\n' ' ' <"$work/iso.txt")" "$(echo "$c / $a" | bc -l)"
+printf '  appliance, kernel+initramfs, QEMU start to API up   %6.2f s  (runs: %s)  ratio %.2f (target <= 1.30)\n' "$b" "$(tr '\n' ' ' <"$work/appliance.txt")" "$(awk -v x="$b" -v y="$a" 'BEGIN { print x / y }')"
+printf '  appliance, ISO on SeaBIOS, QEMU start to API up     %6.2f s  (runs: %s)  ratio %.2f\n' "$c" "$(tr '\n' ' ' <"$work/iso.txt")" "$(awk -v x="$c" -v y="$a" 'BEGIN { print x / y }')"
 talos=$((55 * 1000 * 1000))
 echo "sizes (anchor: Talos initramfs ~55 MB):"
 for f in iso raw qcow2 initramfs vmlinuz; do
     size=$(stat -c %s "$out/flynn-x86_64.$f")
     used=$(( $(stat -c %b "$out/flynn-x86_64.$f") * $(stat -c %B "$out/flynn-x86_64.$f") ))
     printf '  %-22s %7.1f MB (%7.1f MB allocated)  ratio to Talos %.2f\n' "flynn-x86_64.$f" \
-        "$(echo "$size / 1000000" | bc -l)" "$(echo "$used / 1000000" | bc -l)" "$(echo "$used / $talos" | bc -l)"
+        "$(awk -v x="$size" 'BEGIN { print x / 1e6 }')" "$(awk -v x="$used" 'BEGIN { print x / 1e6 }')" \
+        "$(awk -v x="$used" -v t="$talos" 'BEGIN { print x / t }')"
 done

@@ -59,6 +59,34 @@ pub fn say(msg: impl std::fmt::Display) {
     eprintln!("flynn-init: {msg}");
 }
 
+/// Seconds since the kernel started (CLOCK_BOOTTIME).
+fn uptime() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
+static TIMELINE: std::sync::Mutex<Vec<(&'static str, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records when a boot step ended, for the timeline printed when ready.
+fn mark(step: &'static str) {
+    let t = uptime();
+    TIMELINE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((step, t));
+}
+
+fn timeline() -> String {
+    TIMELINE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(step, t)| format!("{step} {t:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Whether this process should act as init: PID 1, or started as `init`.
 pub fn wanted(argv0: &std::ffi::OsStr) -> bool {
     std::process::id() == 1
@@ -96,6 +124,7 @@ pub fn main() -> i32 {
         std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         std::env::set_var("HOME", "/root");
     }
+    mark("init");
     say(format!(
         "flynn-host {} starting (kernel {})",
         env!("CARGO_PKG_VERSION"),
@@ -149,6 +178,7 @@ fn boot(cmdline: &Cmdline, settings: &mut Settings) -> Result<()> {
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     let _ = nix::sys::reboot::set_cad_enabled(false);
     let loaded = modules::load_all(Path::new("/")).context("loading kernel modules")?;
+    mark("modules");
     say(format!("loaded {} kernel modules", loaded.loaded));
     for (m, e) in &loaded.failed {
         say(format!("warning: module {m} did not load: {e}"));
@@ -159,6 +189,7 @@ fn boot(cmdline: &Cmdline, settings: &mut Settings) -> Result<()> {
     }
     let state = Path::new(STATE_DIR);
     let mounted = disk::mount_state(&settings.state, state).context("the state disk")?;
+    mark("state");
     say(mounted.describe(state));
     for dir in ["/run/flynn", "/var/log/flynn", "/etc"] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
@@ -394,6 +425,7 @@ async fn run(ip: IpConfig, settings: &mut Settings) -> Result<()> {
     }
 
     let (leases, address) = network(&ip, settings).await?;
+    mark("network");
     let dhcp_hostname = leases.iter().find_map(|l| l.lease.hostname.clone());
     let meta_hostname = datasources(settings).await;
     let ip_hostname = match &ip {
@@ -408,6 +440,7 @@ async fn run(ip: IpConfig, settings: &mut Settings) -> Result<()> {
         .or(meta_hostname)
         .or(dhcp_hostname.filter(|h| settings::valid_hostname(h)))
         .unwrap_or_else(|| "flynn".to_string());
+    mark("config");
     net::set_hostname(&hostname)?;
     say(format!("host name: {hostname}"));
 
@@ -443,13 +476,19 @@ async fn run(ip: IpConfig, settings: &mut Settings) -> Result<()> {
             tail(DAEMON_LOG, 20)
         ));
     }
+    mark("daemon");
     images::import_baked(&client, Path::new(STATE_DIR)).await;
+    mark("images");
     let token = match &settings.token {
         Some((t, source)) => format!("{t} (from {source})"),
         None => std::fs::read_to_string(Path::new(STATE_DIR).join("token"))
             .map(|t| format!("{} (generated, in {STATE_DIR}/token)", t.trim()))
             .unwrap_or_else(|e| format!("unreadable: {e}")),
     };
+    say(format!(
+        "boot timeline (s since the kernel started): {}",
+        timeline()
+    ));
     say(format!(
         "ready: API http://{}:1113 token {token}",
         address
@@ -534,8 +573,15 @@ fn shutdown(daemon: Pid, stop: Stop) -> Result<()> {
         let _ = nix::sys::signal::kill(daemon, Signal::SIGKILL);
         power::wait_for(daemon, Duration::from_secs(2));
     }
-    if !power::signal_all(Signal::SIGTERM, Duration::from_secs(5)) {
-        say("some processes did not stop within 5 s; killing them");
+    let killed = power::stop_jobs(Duration::from_secs(5));
+    if killed > 0 {
+        say(format!(
+            "{killed} job processes did not stop within 5 s of SIGTERM; killed them"
+        ));
+    }
+    // The shims record the exits and end by themselves; then the rest.
+    if !power::signal_all(Signal::SIGTERM, Duration::from_secs(3)) {
+        say("some processes did not stop within 3 s; killing them");
         power::signal_all(Signal::SIGKILL, Duration::from_secs(3));
     }
     match power::unmount_state(Path::new(STATE_DIR)) {

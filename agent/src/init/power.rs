@@ -134,6 +134,63 @@ pub fn signal_all(signal: Signal, timeout: Duration) -> bool {
     }
 }
 
+/// The processes of the jobs: every process in a cgroup below the root one
+/// (init, the daemon and the shims stay in the root cgroup; libcontainer puts
+/// each container, and what is exec'd into it, in a cgroup of its own).
+pub fn job_processes() -> Vec<Pid> {
+    fn walk(dir: &Path, top: bool, out: &mut Vec<Pid>) {
+        if !top {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            out.extend(
+                procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .map(Pid::from_raw),
+            );
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), false, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), true, &mut out);
+    out
+}
+
+/// Stops the jobs' processes: SIGTERM, then SIGKILL after `grace`. Their shims
+/// stay up meanwhile, so the last output is logged and each exit recorded.
+/// Returns how many had to be killed.
+pub fn stop_jobs(grace: Duration) -> usize {
+    for pid in job_processes() {
+        let _ = kill(pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        reap();
+        let left = job_processes();
+        if left.is_empty() {
+            return 0;
+        }
+        if Instant::now() >= deadline {
+            for pid in &left {
+                let _ = kill(*pid, Signal::SIGKILL);
+            }
+            let until = Instant::now() + Duration::from_secs(3);
+            while !job_processes().is_empty() && Instant::now() < until {
+                reap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return left.len();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Mount points at or under `root`, deepest first.
 fn mounts_under(root: &Path) -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

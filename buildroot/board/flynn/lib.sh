@@ -91,14 +91,15 @@ flynn_install_modules() {
 }
 
 # flynn_initramfs ROOT OUT: a newc cpio of ROOT, sorted, owned by root, every
-# time set to SOURCE_DATE_EPOCH, xz-compressed (CRC32: the kernel's decoder
-# knows no other check) with the x86 branch filter for the binaries.
+# time set to SOURCE_DATE_EPOCH, zstd-compressed. zstd rather than xz: under
+# TCG the kernel unpacks this initramfs in 1.2 s from zstd -19 (10 MB) and in
+# 5.1 s from xz -9e (8 MB); the boot time is worth 2 MB.
 flynn_initramfs() {
     local root=$1 out=$2
     find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
         cpio --quiet -o -H newc -R 0:0 --reproducible) |
-        xz -T1 --check=crc32 --x86 --lzma2=preset=9e,dict=32MiB >"$out.tmp"
+        zstd -q -19 -T1 >"$out.tmp"
     mv "$out.tmp" "$out"
 }
 
