@@ -104,14 +104,19 @@ pub fn classify(head: &[u8]) -> Content {
 }
 
 pub fn probe(dev: &Path) -> Result<Content, DiskError> {
+    probe_first(dev, BLANK_BYTES)
+}
+
+/// Reads only `len` bytes: enough for labels (36 KiB), not for the blank test.
+fn probe_first(dev: &Path, len: usize) -> Result<Content, DiskError> {
     let err = |e| DiskError::Read {
         path: dev.to_path_buf(),
         source: e,
     };
-    let mut head = Vec::with_capacity(BLANK_BYTES);
+    let mut head = Vec::with_capacity(len);
     fs::File::open(dev)
         .map_err(err)?
-        .take(BLANK_BYTES as u64)
+        .take(len as u64)
         .read_to_end(&mut head)
         .map_err(err)?;
     Ok(classify(&head))
@@ -353,7 +358,7 @@ pub fn mount_state(choice: &StateChoice, target: &Path) -> Result<StateMount, Di
 /// (any case), CD-ROMs included.
 pub fn find_labelled(label: &str) -> Option<(PathBuf, Content)> {
     block_devices().into_iter().find_map(|d| {
-        let c = probe(&d.path).ok()?;
+        let c = probe_first(&d.path, 40 * 1024).ok()?;
         match &c {
             Content::Vfat { label: l } | Content::Iso9660 { label: l }
                 if l.eq_ignore_ascii_case(label) =>
