@@ -86,7 +86,7 @@ disk=(-drive "file=$work/state.qcow2,format=qcow2,if=none,id=d0" -device virtio-
 kernel=(-kernel "$out/flynn-x86_64.vmlinuz" -initrd "$out/flynn-x86_64.initramfs" -append "console=ttyS0 quiet")
 echo "first boot (formats the state disk, imports the images): $(boot_to_api "${kernel[@]}" "${disk[@]}") s"
 : >"$work/anchor.txt"; : >"$work/appliance.txt"; : >"$work/iso.txt"
-for _ in $(seq 1 "$runs"); do
+for i in $(seq 1 "$runs"); do
     anchor >>"$work/anchor.txt"
     boot_to_api "${kernel[@]}" "${disk[@]}" >>"$work/appliance.txt"
     boot_to_api -drive "file=$out/flynn-x86_64.iso,media=cdrom,readonly=on,if=none,id=cd0" \

@@ -177,9 +177,7 @@ fn fail(settings: &Settings, error: anyhow::Error) -> ! {
 fn boot(cmdline: &Cmdline, settings: &mut Settings) -> Result<()> {
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     let _ = nix::sys::reboot::set_cad_enabled(false);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let loaded =
-        modules::load_all(Path::new("/"), cpus.min(4)).context("loading kernel modules")?;
+    let loaded = modules::load_all(Path::new("/")).context("loading kernel modules")?;
     mark("modules");
     say(format!("loaded {} kernel modules", loaded.loaded));
     for (m, e) in &loaded.failed {

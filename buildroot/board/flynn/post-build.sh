@@ -9,6 +9,7 @@ target=$1
 repo=$BR2_EXTERNAL_FLYNN_PATH/..
 for dir in "$target"/lib/modules/*/; do
     [ -f "$dir/modules.dep" ] || continue
+    release=$(basename "$dir")
     list=$(mktemp)
     sed 's/#.*//; s/[[:space:]]//g; /^$/d; s/-/_/g' "$FLYNN_BOARD_DIR/modules.list" >"$list"
     builtin=$(flynn_builtin_modules "$dir" "$list")
