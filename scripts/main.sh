@@ -62,8 +62,10 @@ else
     echo "booting the appliance (QEMU pid $(cat "$pidfile"), console $console)"
 fi
 
+# The whole line: the token is followed by where it came from, in parentheses.
+ready='flynn-init: ready: API [^ ]+ token [^ ]+ \('
 for _ in $(seq 1 3000); do
-    grep -q "flynn-init: ready: API" "$console" 2>/dev/null && break
+    grep -Eq "$ready" "$console" 2>/dev/null && break
     if ! running; then
         echo "the appliance stopped while booting; its console:" >&2
         cat "$console" >&2
@@ -71,7 +73,7 @@ for _ in $(seq 1 3000); do
     fi
     sleep 0.1
 done
-line=$(grep "flynn-init: ready: API" "$console" | tail -n 1) ||
+line=$(grep -E "$ready" "$console" | tail -n 1) ||
     { echo "the appliance did not get ready within 300 s; console: $console" >&2; exit 1; }
 token=$(echo "$line" | sed -n 's/.* token \([^ ]*\).*/\1/p')
 export FLYNN_HOST=$api FLYNN_TOKEN=$token
