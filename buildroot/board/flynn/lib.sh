@@ -117,6 +117,14 @@ flynn_fat() {
     done
 }
 
+# flynn_put_le32 FILE OFFSET VALUE: writes VALUE as 4 little-endian bytes.
+flynn_put_le32() {
+    local v=$3
+    # shellcheck disable=SC2059
+    printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $((v & 255)) $((v >> 8 & 255)) $((v >> 16 & 255)) $((v >> 24 & 255)))" |
+        dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+
 # flynn_uki KERNEL INITRD CMDLINE OUT: a unified kernel image (systemd's EFI
 # stub with the kernel, initramfs, command line and os-release as sections):
 # one EFI binary that firmware boots directly, no boot loader, no config.
@@ -137,6 +145,13 @@ flynn_uki() {
         --add-section .linux="$kernel" --change-section-vma .linux=0x2000000 \
         --add-section .initrd="$initrd" --change-section-vma .initrd="$(printf '0x%x' $initrd_vma)" \
         "$stub" "$out"
+    # objcopy stamps the PE header with the current time: put SOURCE_DATE_EPOCH
+    # there instead, and clear the checksum that covered it (0: none; firmware
+    # does not check it for applications).
+    local pe
+    pe=$(od -An -tu4 -j60 -N4 "$out" | tr -d ' ')
+    flynn_put_le32 "$out" $((pe + 8)) "$SOURCE_DATE_EPOCH"
+    flynn_put_le32 "$out" $((pe + 88)) 0
     rm -rf "$tmp"
 }
 
