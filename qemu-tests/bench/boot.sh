@@ -66,9 +66,11 @@ boot_to_api() {
         "$@" >/dev/null 2>&1 &
     pid=$!
     for _ in $(seq 1 6000); do
-        [ -z "$token" ] && token=$(sed -n 's/.*flynn-init: ready: API [^ ]* token \([0-9a-zA-Z_-]*\).*/\1/p' "$work/vm.log" 2>/dev/null | head -1)
+        if [ -z "$token" ] && [ -f "$work/vm.log" ]; then
+            token=$(sed -n 's/.*flynn-init: ready: API [^ ]* token \([0-9a-zA-Z_-]*\) (.*/\1/p' "$work/vm.log" | head -1)
+        fi
         # Known before the ready line once the state disk kept the token.
-        [ -z "$token" ] && [ -f "$work/token" ] && token=$(cat "$work/token")
+        if [ -z "$token" ] && [ -f "$work/token" ]; then token=$(cat "$work/token"); fi
         if [ -n "$token" ] && FLYNN_HOST=http://127.0.0.1:$p FLYNN_TOKEN=$token "$bin" version >/dev/null 2>&1; then
             break
         fi
