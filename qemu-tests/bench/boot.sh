@@ -54,7 +54,9 @@ anchor() {
 }
 
 # Boots with QEMU_ARGS..., returns seconds from QEMU start to the API answering,
-# then powers the VM off through QMP.
+# then powers the VM off through QMP. Each poll is cut at 0.5 s: before the
+# guest listens, QEMU's port forward accepts the connection and the request
+# would otherwise hang in it.
 boot_to_api() {
     local p t0 t1 pid token=
     p=$(port)
@@ -71,7 +73,7 @@ boot_to_api() {
         fi
         # Known before the ready line once the state disk kept the token.
         if [ -z "$token" ] && [ -f "$work/token" ]; then token=$(cat "$work/token"); fi
-        if [ -n "$token" ] && FLYNN_HOST=http://127.0.0.1:$p FLYNN_TOKEN=$token "$bin" version >/dev/null 2>&1; then
+        if [ -n "$token" ] && FLYNN_HOST=http://127.0.0.1:$p FLYNN_TOKEN=$token timeout 0.5 "$bin" version >/dev/null 2>&1; then
             break
         fi
         sleep 0.05
