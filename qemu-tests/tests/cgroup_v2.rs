@@ -93,7 +93,22 @@ fn limits_hold_on_a_pure_cgroup_v2_host() {
     fs.file("images/busybox-docker.tar", &images).unwrap();
     fs.bytes("init", INIT, 0o755);
     fs.bytes("test.sh", TEST, 0o644);
-    let modules = kernel.modules_with_deps(&["overlay"]).unwrap();
+    // The daemon networks jobs on a bridge with nftables NAT: the modules for it
+    // (crc32c first: libcrc32c asks the crypto API for it, and there is no modprobe).
+    let modules = kernel
+        .modules_with_deps(&[
+            "crc32c_generic",
+            "overlay",
+            "bridge",
+            "veth",
+            "nf_tables",
+            "nft_chain_nat",
+            "nft_nat",
+            "nft_masq",
+            "nft_fib_ipv4",
+            "nft_ct",
+        ])
+        .unwrap();
     let mut order = String::new();
     for module in &modules {
         let name = module.file_name().unwrap().to_str().unwrap();
