@@ -1,32 +1,92 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds flynn-host, starts the daemon
-# (state in /var/lib/flynn, API on 127.0.0.1:1113), imports the busybox test
-# image and runs a first container. The daemon stays running. Idempotent.
+# The main job: installs what is missing, builds flynn-host and the appliance
+# image (out/), boots a one-node appliance under QEMU (the ISO, with a state disk
+# that persists across runs), waits until its agent answers, runs a first
+# container through it, and leaves it running. Idempotent: a running appliance
+# is reused. `bash scripts/main.sh stop` presses its power button.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+out=$PWD/out
+pidfile=$out/appliance.pid
+console=$out/appliance-console.log
+qmp=$out/appliance.qmp
+port=${FLYNN_APPLIANCE_PORT:-11113}
+api=http://127.0.0.1:$port
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+if [ "${1:-}" = stop ]; then
+    if ! running; then
+        echo "no appliance is running"
+        exit 0
+    fi
+    pid=$(cat "$pidfile")
+    printf '{"execute":"qmp_capabilities"}\n{"execute":"system_powerdown"}\n' |
+        socat -t 2 - "UNIX-CONNECT:$qmp" >/dev/null
+    for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "the appliance did not power off within 60 s; killing QEMU" >&2
+        kill "$pid"
+    fi
+    tail -n 4 "$console"
+    rm -f "$pidfile"
+    exit 0
+fi
+
 . scripts/deps.sh
 flynn_install_deps
 
-cargo build --release --locked -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor
-bin="$PWD/target/release/flynn-host"
+bash scripts/build-static.sh
+bin=$PWD/target/x86_64-unknown-linux-gnu/appliance/flynn-host
 bash fixtures/build-images.sh "$PWD/target/fixtures"
-
-if ! "$bin" version >/dev/null 2>&1; then
-    mkdir -p /var/log/flynn
-    nohup "$bin" daemon >>/var/log/flynn/daemon.log 2>&1 &
-    for _ in $(seq 1 100); do
-        "$bin" version >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+if running; then
+    echo "an appliance is running (pid $(cat "$pidfile")): keeping it and its images"
+else
+    FLYNN_FIXTURES="$PWD/target/fixtures" bash buildroot/assemble.sh "$out"
+    # The state disk: blank at first (the appliance formats it), kept across runs.
+    [ -f "$out/appliance-state.qcow2" ] || qemu-img create -q -f qcow2 "$out/appliance-state.qcow2" 8G
+    accel=(-accel tcg -cpu max)
+    if [ "${FLYNN_QEMU_KVM:-}" = 1 ] && [ -e /dev/kvm ]; then accel=(-accel kvm -cpu host); fi
+    rm -f "$console" "$qmp"
+    # User-mode network, isolated (restrict=on): only the API port is forwarded,
+    # from 127.0.0.1 on this host.
+    qemu-system-x86_64 -daemonize -pidfile "$pidfile" -display none -monitor none \
+        -serial "file:$console" -qmp "unix:$qmp,server=on,wait=off" \
+        -machine q35 -m 2048 -smp 2 "${accel[@]}" \
+        -drive "file=$out/flynn-x86_64.iso,media=cdrom,readonly=on,if=none,id=cd0" \
+        -device ide-cd,drive=cd0,bootindex=0 \
+        -drive "file=$out/appliance-state.qcow2,format=qcow2,if=none,id=state" \
+        -device virtio-blk-pci,drive=state \
+        -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:1113" \
+        -device virtio-net-pci,netdev=n0
+    echo "booting the appliance (QEMU pid $(cat "$pidfile"), console $console)"
 fi
+
+# The whole line: the token is followed by where it came from, in parentheses.
+ready='flynn-init: ready: API [^ ]+ token [^ ]+ \('
+for _ in $(seq 1 3000); do
+    grep -Eq "$ready" "$console" 2>/dev/null && break
+    if ! running; then
+        echo "the appliance stopped while booting; its console:" >&2
+        cat "$console" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+line=$(grep -E "$ready" "$console" | tail -n 1) ||
+    { echo "the appliance did not get ready within 300 s; console: $console" >&2; exit 1; }
+token=$(echo "$line" | sed -n 's/.* token \([^ ]*\).*/\1/p')
+export FLYNN_HOST=$api FLYNN_TOKEN=$token
+grep '^flynn-init:' "$console" | sed 's/ token [^ ]*/ token (see below)/'
 "$bin" version
-"$bin" import target/fixtures/busybox-docker.tar
-"$bin" run --rm busybox echo "hello from a flynn-host container"
+"$bin" run --rm busybox echo "hello from a container on the Flynn appliance"
 cat <<MSG
 
-flynn-host is running (API http://127.0.0.1:1113, state /var/lib/flynn, log /var/log/flynn/daemon.log).
+The Flynn appliance is running under QEMU (state disk out/appliance-state.qcow2,
+console $console). Reach its agent with:
+  export FLYNN_HOST=$api FLYNN_TOKEN=$token
   $bin run --rm busybox uname -a
-  $bin run -d --name web -m 64M --cpus 0.5 busybox httpd -f -p 8080
+  $bin run -d --name web -m 64M busybox httpd -f -p 8080
   $bin ps; $bin logs web; $bin rm -f web
-Stop the daemon with: pkill -f 'flynn-host daemon'   (running containers keep running)
+Stop it (power button, clean shutdown) with: bash scripts/main.sh stop
 MSG

@@ -15,5 +15,7 @@ echo "== static flynn-host (for the VM tests)"
 bash scripts/build-static.sh
 echo "== fixtures"
 bash fixtures/build-images.sh "$PWD/target/fixtures"
+echo "== appliance images (out/)"
+FLYNN_FIXTURES="$PWD/target/fixtures" bash buildroot/assemble.sh
 echo "== cargo test"
 FLYNN_FIXTURES="$PWD/target/fixtures" cargo test --workspace --locked -- "$@"

@@ -12,5 +12,6 @@ pub mod daemon;
 pub mod failpoint;
 pub mod grid;
 pub mod host;
+pub mod init;
 pub mod jobs;
 pub mod model;

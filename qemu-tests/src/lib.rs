@@ -9,10 +9,12 @@
 
 pub mod initramfs;
 pub mod kernel;
+pub mod machine;
 pub mod vm;
 
 pub use initramfs::Initramfs;
 pub use kernel::Kernel;
+pub use machine::{Appliance, Boot, Disk, Firmware, Machine, Nic, Ready};
 pub use vm::{Vm, VmConfig};
 
 use std::path::PathBuf;
@@ -57,4 +59,24 @@ pub fn static_flynn_host() -> Result<PathBuf, String> {
             path.display()
         ))
     }
+}
+
+/// Where the appliance images are (`buildroot/assemble.sh` writes them;
+/// `FLYNN_APPLIANCE_OUT` overrides): `out/` at the workspace root.
+pub fn appliance_out() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("FLYNN_APPLIANCE_OUT") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("out"),
+    };
+    for f in ["iso", "raw", "qcow2", "vmlinuz", "initramfs"] {
+        let path = dir.join(format!("flynn-x86_64.{f}"));
+        if !path.is_file() {
+            return Err(format!(
+                "{} is missing: build the images with `bash buildroot/assemble.sh` \
+                 (scripts/test.sh does), or set FLYNN_APPLIANCE_OUT",
+                path.display()
+            ));
+        }
+    }
+    Ok(dir)
 }

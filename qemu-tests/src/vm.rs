@@ -2,7 +2,7 @@
 //! wait for markers, and make sure it is gone when the test ends.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +41,16 @@ pub fn use_kvm() -> bool {
         && std::path::Path::new("/dev/kvm").exists()
 }
 
+/// `-accel` and `-cpu` for KVM when [`use_kvm`], else TCG.
+pub fn accel_args() -> Vec<String> {
+    let (accel, cpu) = if use_kvm() {
+        ("kvm", "host")
+    } else {
+        ("tcg", "max")
+    };
+    ["-accel", accel, "-cpu", cpu].map(String::from).to_vec()
+}
+
 struct Console {
     text: Mutex<(String, bool)>,
     changed: Condvar,
@@ -54,28 +64,38 @@ pub struct Vm {
 
 impl Vm {
     pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
+        let mut args: Vec<String> = [
             "-nographic",
             "-no-reboot",
             "-serial",
             "stdio",
             "-monitor",
             "none",
-        ])
-        .args(["-m", &config.memory_mb.to_string()])
-        .args(["-smp", &config.cpus.to_string()])
-        .arg("-kernel")
-        .arg(&config.kernel)
-        .arg("-initrd")
-        .arg(&config.initrd)
-        .args(["-append", &format!("console=ttyS0 {}", config.append)]);
-        if use_kvm() {
-            cmd.args(["-accel", "kvm", "-cpu", "host"]);
-        } else {
-            cmd.args(["-accel", "tcg", "-cpu", "max"]);
-        }
-        cmd.args(&config.extra)
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(["-m".into(), config.memory_mb.to_string()]);
+        args.extend(["-smp".into(), config.cpus.to_string()]);
+        args.extend(["-kernel".into(), config.kernel.display().to_string()]);
+        args.extend(["-initrd".into(), config.initrd.display().to_string()]);
+        args.extend(["-append".into(), format!("console=ttyS0 {}", config.append)]);
+        args.extend(accel_args());
+        args.extend(config.extra.iter().cloned());
+        Vm::spawn(None, &args, &config.console_log)
+    }
+
+    /// Starts `qemu-system-x86_64 ARGS` (inside network namespace `netns` when
+    /// given, through `ip netns exec`), its serial console on stdout.
+    pub fn spawn(netns: Option<&str>, args: &[String], console_log: &Path) -> Result<Vm, VmError> {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -84,7 +104,7 @@ impl Vm {
             text: Mutex::new((String::new(), false)),
             changed: Condvar::new(),
         });
-        let mut log = std::fs::File::create(&config.console_log).ok();
+        let mut log = std::fs::File::create(console_log).ok();
         for stream in [
             child
                 .stdout
@@ -106,7 +126,7 @@ impl Vm {
         Ok(Vm {
             child,
             console,
-            log_path: config.console_log.clone(),
+            log_path: console_log.to_path_buf(),
         })
     }
 
@@ -146,6 +166,45 @@ impl Vm {
                 .wait_timeout(guard, deadline - now)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// The console log's path.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Whether QEMU is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for a whole console line holding `needle`; returns that line (without
+    /// its end) and the console so far.
+    pub fn wait_for_line(
+        &self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<(String, String), VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let console =
+                self.wait_for(needle, deadline.saturating_duration_since(Instant::now()))?;
+            if let Some(start) = console.find(needle) {
+                let rest = &console[start..];
+                if let Some(end) = rest.find('\n') {
+                    let line = rest[..end].trim_end_matches('\r').to_string();
+                    return Ok((line, console));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout {
+                    what: format!("the end of the line {needle:?}"),
+                    timeout,
+                    log: self.log_path.display().to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -1,0 +1,596 @@
+//! `flynn-host init`: PID 1 of the appliance. The kernel starts the binary as
+//! `/init` (or `/sbin/init`); `main.rs` sends it here when it runs as PID 1 or
+//! under either name. It prepares the machine, starts the daemon, reaps every
+//! orphan, and stops the machine cleanly.
+//!
+//! The boot, in order (each step prints one `flynn-init:` line on the console):
+//! leave the initramfs for a tmpfs ([`mounts`]); mount the API file systems and
+//! cgroup2; read the command line ([`cmdline`], [`settings`]); load the kernel
+//! modules listed at build time ([`modules`]); find, format if blank, and mount
+//! the state disk, or fall back to tmpfs ([`disk`]); bring up the network (DHCP
+//! by default, [`dhcp`]; static from `ip=`; [`net`]); read a NoCloud seed or EC2
+//! user data ([`datasource`]); set the host name; start `flynn-host daemon`
+//! (API on 0.0.0.0:1113); import the image archives baked into the image at first
+//! boot ([`images`]); print the API address and token. Then it supervises: a
+//! daemon that dies is started again (a daemon that upgraded itself in place is
+//! followed through `daemon.pid`); DHCP leases are renewed; the power button,
+//! SIGTERM/SIGPWR (power off) and SIGINT (Ctrl-Alt-Del: reboot) stop the machine
+//! ([`power`]).
+//!
+//! A failure prints its reason. With `flynn.debug` on the command line the init
+//! then starts a shell on the console (busybox `sh`); otherwise it powers off
+//! after ten seconds, since an appliance with no shell has nothing else to offer.
+//! This module must not know about jobs or images beyond the daemon's API.
+
+pub mod cmdline;
+pub mod datasource;
+pub mod dhcp;
+pub mod disk;
+pub mod images;
+pub mod modules;
+pub mod mounts;
+pub mod net;
+pub mod power;
+pub mod settings;
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use cmdline::{Cmdline, IpConfig};
+use power::Stop;
+use settings::{Datasource, Settings, Source};
+
+pub const STATE_DIR: &str = "/var/lib/flynn";
+const SOCKET: &str = "/run/flynn/host.sock";
+const DAEMON_CONFIG: &str = "/run/flynn/daemon.json";
+const DAEMON_LOG: &str = "/var/log/flynn/daemon.log";
+const LISTEN: &str = "0.0.0.0:1113";
+const DHCP_FIRST_LEASE: Duration = Duration::from_secs(30);
+
+/// One line on the console.
+pub fn say(msg: impl std::fmt::Display) {
+    eprintln!("flynn-init: {msg}");
+}
+
+/// Seconds since the kernel started (CLOCK_BOOTTIME).
+fn uptime() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
+static TIMELINE: std::sync::Mutex<Vec<(&'static str, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records when a boot step ended, for the timeline printed when ready.
+fn mark(step: &'static str) {
+    let t = uptime();
+    TIMELINE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((step, t));
+}
+
+fn timeline() -> String {
+    TIMELINE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(step, t)| format!("{step} {t:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether this process should act as init: PID 1, or started as `init`.
+pub fn wanted(argv0: &std::ffi::OsStr) -> bool {
+    std::process::id() == 1
+        || Path::new(argv0)
+            .file_name()
+            .is_some_and(|n| n == "init" || n == "linuxrc")
+}
+
+pub fn main() -> i32 {
+    if std::process::id() != 1 {
+        eprintln!(
+            "flynn-host init is the appliance's PID 1 (the kernel starts it as /init); it does not run as pid {}",
+            std::process::id()
+        );
+        return 2;
+    }
+    // SAFETY: F_GETFD on fd 1 reads a flag; it fails harmlessly if 1 is not open.
+    if unsafe { libc::fcntl(1, libc::F_GETFD) } < 0 {
+        mounts::console_stdio();
+    }
+    if mounts::root_is_rootfs() {
+        if let Err(e) = mounts::switch_to_tmpfs() {
+            fail(&Settings::default(), anyhow!(e));
+        }
+        let e = mounts::reexec();
+        fail(&Settings::default(), anyhow!(e));
+    }
+    if let Err(e) = mounts::mount_basics() {
+        mounts::console_stdio();
+        fail(&Settings::default(), anyhow!(e));
+    }
+    mounts::console_stdio();
+    // SAFETY: setting process environment before any thread exists.
+    unsafe {
+        std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        std::env::set_var("HOME", "/root");
+    }
+    mark("init");
+    say(format!(
+        "flynn-host {} starting (kernel {})",
+        env!("CARGO_PKG_VERSION"),
+        modules::release()
+    ));
+    let cmdline = Cmdline::read();
+    let mut settings = Settings::default();
+    let mut fatal = None;
+    for (key, value) in cmdline.flynn() {
+        if let Err(e) = settings.apply(Source::Cmdline, key, value) {
+            say(format!("warning: {e}"));
+            if key == "token" {
+                fatal = Some(anyhow!(e));
+            }
+        }
+    }
+    if let Some(e) = fatal {
+        fail(
+            &settings,
+            e.context("the API token given on the command line"),
+        );
+    }
+    if let Err(e) = boot(&cmdline, &mut settings) {
+        fail(&settings, e);
+    }
+    0
+}
+
+/// Prints the failure and either opens a shell (`flynn.debug`) or powers off.
+fn fail(settings: &Settings, error: anyhow::Error) -> ! {
+    say(format!("FATAL: {error:#}"));
+    let debug = settings.debug || Cmdline::read().get("flynn.debug").is_some();
+    if debug && Path::new("/bin/sh").exists() {
+        say(
+            "flynn.debug is set: starting an emergency shell on the console (exit it to power off)",
+        );
+        let _ = Command::new("/bin/sh")
+            .env("PS1", "flynn-emergency# ")
+            .status();
+    } else {
+        say("powering off in 10 s (boot with flynn.debug for an emergency shell)");
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    power::signal_all(Signal::SIGTERM, Duration::from_secs(3));
+    power::signal_all(Signal::SIGKILL, Duration::from_secs(1));
+    let _ = power::unmount_state(Path::new(STATE_DIR));
+    power::finish(Stop::PowerOff)
+}
+
+fn boot(cmdline: &Cmdline, settings: &mut Settings) -> Result<()> {
+    // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
+    let _ = nix::sys::reboot::set_cad_enabled(false);
+    let loaded = modules::load_all(Path::new("/")).context("loading kernel modules")?;
+    mark("modules");
+    say(format!("loaded {} kernel modules", loaded.loaded));
+    for (m, e) in &loaded.failed {
+        say(format!("warning: module {m} did not load: {e}"));
+    }
+    match mounts::enable_cgroup_controllers() {
+        Ok(c) => say(format!("cgroup v2 controllers for jobs: {c}")),
+        Err(e) => say(format!("warning: enabling cgroup controllers: {e}")),
+    }
+    let state = Path::new(STATE_DIR);
+    let mounted = disk::mount_state(&settings.state, state).context("the state disk")?;
+    mark("state");
+    say(mounted.describe(state));
+    for dir in ["/run/flynn", "/var/log/flynn", "/etc"] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    }
+    let ip = cmdline::parse_ip(cmdline.get("ip")).context("the kernel command line")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the init's event loop")?;
+    runtime.block_on(async move { run(ip, settings).await })
+}
+
+/// Leases being kept, by interface.
+struct Leased {
+    link: net::Link,
+    lease: dhcp::Lease,
+}
+
+async fn network(ip: &IpConfig, settings: &Settings) -> Result<(Vec<Leased>, Option<Ipv4Addr>)> {
+    let nl = net::Net::open().context("configuring the network")?;
+    nl.up(1, "lo").await.context("configuring loopback")?;
+    let links = tokio::task::spawn_blocking(|| net::wait_for_links(Duration::from_secs(3)))
+        .await
+        .unwrap_or_default();
+    match ip {
+        IpConfig::Off => {
+            say("network: ip=off, loopback only");
+            Ok((Vec::new(), None))
+        }
+        IpConfig::Static(s) => {
+            let link = match &s.device {
+                Some(name) => links
+                    .iter()
+                    .find(|l| &l.name == name)
+                    .cloned()
+                    .ok_or_else(|| anyhow!(net::NetError::NoSuchInterface(name.clone())))?,
+                None => links
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| anyhow!(net::NetError::NoInterface))?,
+            };
+            nl.up(link.index, &link.name).await?;
+            nl.address(link.index, &link.name, s.address, s.prefix_len)
+                .await?;
+            if let Some(gw) = s.gateway {
+                nl.default_route(link.index, &link.name, gw).await?;
+            }
+            net::write_resolv_conf(&s.dns, None)?;
+            say(format!(
+                "network: {} {}/{} (static, from ip=){}",
+                link.name,
+                s.address,
+                s.prefix_len,
+                s.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
+            ));
+            let _ = settings;
+            Ok((Vec::new(), Some(s.address)))
+        }
+        IpConfig::Dhcp => {
+            if links.is_empty() {
+                say("warning: network: no interface found; the API is reachable only from inside");
+                return Ok((Vec::new(), None));
+            }
+            let mut tasks = tokio::task::JoinSet::new();
+            for link in links {
+                let _ = nl.up(link.index, &link.name).await;
+                tasks.spawn(async move {
+                    let lease = dhcp::acquire(&link.name, link.mac, DHCP_FIRST_LEASE).await;
+                    (link, lease)
+                });
+            }
+            let mut leased = Vec::new();
+            let mut first = None;
+            while let Some(done) = tasks.join_next().await {
+                let Ok((link, lease)) = done else { continue };
+                match lease {
+                    Ok(lease) => {
+                        apply_lease(&nl, &link, &lease, first.is_none()).await?;
+                        first.get_or_insert(lease.address);
+                        leased.push(Leased { link, lease });
+                    }
+                    Err(e) => say(format!("warning: network: {e}")),
+                }
+            }
+            if first.is_none() {
+                say(
+                    "warning: network: no DHCP lease on any interface; the API is reachable only from inside",
+                );
+            }
+            Ok((leased, first))
+        }
+    }
+}
+
+async fn apply_lease(
+    nl: &net::Net,
+    link: &net::Link,
+    lease: &dhcp::Lease,
+    primary: bool,
+) -> Result<()> {
+    nl.address(link.index, &link.name, lease.address, lease.prefix_len)
+        .await?;
+    if primary {
+        if let Some(gw) = lease.router {
+            nl.default_route(link.index, &link.name, gw).await?;
+        }
+        net::write_resolv_conf(&lease.dns, lease.domain.as_deref())?;
+    }
+    say(format!(
+        "network: {} {}/{} (DHCP from {}, lease {} s){}",
+        link.name,
+        lease.address,
+        lease.prefix_len,
+        lease.server,
+        lease.lease_secs,
+        lease
+            .router
+            .filter(|_| primary)
+            .map(|g| format!(" via {g}"))
+            .unwrap_or_default()
+    ));
+    Ok(())
+}
+
+async fn datasources(settings: &mut Settings) -> Option<String> {
+    let mut hostname = None;
+    let mut found = None;
+    if matches!(settings.datasource, Datasource::Auto | Datasource::NoCloud) {
+        match tokio::task::spawn_blocking(datasource::nocloud).await {
+            Ok(Ok(Some(f))) => found = Some((f, Source::Seed)),
+            Ok(Ok(None)) if settings.datasource == Datasource::NoCloud => {
+                say("warning: flynn.datasource=nocloud but no cidata seed was found")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => say(format!("warning: {e}")),
+            Err(e) => say(format!("warning: reading the seed: {e}")),
+        }
+    }
+    let ec2 = settings.datasource == Datasource::Ec2
+        || (settings.datasource == Datasource::Auto && found.is_none() && datasource::on_ec2());
+    if ec2 {
+        match datasource::ec2(Duration::from_secs(20)).await {
+            Ok(f) => found = Some((f, Source::Ec2)),
+            Err(e) => say(format!("warning: {e}")),
+        }
+    }
+    if let Some((f, source)) = found {
+        say(format!(
+            "configuration from the {}{}",
+            f.source,
+            if f.user_data.is_some() {
+                " (user data)"
+            } else {
+                " (no user data)"
+            }
+        ));
+        if let Some(text) = &f.user_data {
+            for e in settings.apply_user_data(source, text) {
+                say(format!("warning: {e}"));
+            }
+        }
+        hostname = f.hostname;
+    }
+    hostname
+}
+
+fn write_daemon_config(settings: &Settings) -> Result<()> {
+    let mut config = serde_json::json!({
+        "state_dir": STATE_DIR,
+        "listen": LISTEN,
+        "socket": SOCKET,
+    });
+    if let Some((token, _)) = &settings.token {
+        config["token"] = serde_json::Value::String(token.clone());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(DAEMON_CONFIG)
+        .with_context(|| format!("writing {DAEMON_CONFIG}"))?;
+    std::io::Write::write_all(&mut file, config.to_string().as_bytes())
+        .with_context(|| format!("writing {DAEMON_CONFIG}"))
+}
+
+fn start_daemon(settings: &Settings) -> Result<Pid> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/flynn-host"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(DAEMON_LOG)
+        .with_context(|| format!("opening {DAEMON_LOG}"))?;
+    let child = Command::new(exe)
+        .args(["daemon", "--config", DAEMON_CONFIG])
+        .env("FLYNN_LOG", settings.log.as_deref().unwrap_or("info"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("the daemon's log")?)
+        .stderr(log)
+        .spawn()
+        .context("starting flynn-host daemon")?;
+    Ok(Pid::from_raw(child.id() as i32))
+}
+
+fn tail(path: &str, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The daemon that serves the state dir now: after an in-place upgrade it is
+/// the successor named in `daemon.pid`, not the process we started.
+fn daemon_successor(old: Pid) -> Option<Pid> {
+    let text = std::fs::read_to_string(Path::new(STATE_DIR).join("daemon.pid")).ok()?;
+    let pid = Pid::from_raw(text.trim().parse().ok()?);
+    (pid != old && nix::sys::signal::kill(pid, None).is_ok()).then_some(pid)
+}
+
+async fn run(ip: IpConfig, settings: &mut Settings) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Signals are caught before anything else runs, so none is lost to the
+    // default action (which for PID 1 is to ignore it).
+    let mut sigchld = signal(SignalKind::child()).context("SIGCHLD")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT")?;
+    let mut sigpwr = signal(SignalKind::from_raw(libc::SIGPWR)).context("SIGPWR")?;
+    let (button_tx, mut button_rx) = tokio::sync::mpsc::unbounded_channel();
+    let buttons = power::watch_buttons(button_tx);
+    if buttons.is_empty() {
+        say(
+            "warning: no power button found (ACPI button driver missing?): only signals stop the machine",
+        );
+    }
+
+    let (leases, address) = network(&ip, settings).await?;
+    mark("network");
+    let dhcp_hostname = leases.iter().find_map(|l| l.lease.hostname.clone());
+    let meta_hostname = datasources(settings).await;
+    let ip_hostname = match &ip {
+        IpConfig::Static(s) => s.hostname.clone(),
+        _ => None,
+    };
+    let hostname = settings
+        .hostname
+        .as_ref()
+        .map(|(h, _)| h.clone())
+        .or(ip_hostname)
+        .or(meta_hostname)
+        .or(dhcp_hostname.filter(|h| settings::valid_hostname(h)))
+        .unwrap_or_else(|| "flynn".to_string());
+    mark("config");
+    net::set_hostname(&hostname)?;
+    say(format!("host name: {hostname}"));
+
+    write_daemon_config(settings)?;
+    let mut daemon = start_daemon(settings)?;
+    say(format!(
+        "started flynn-host daemon (pid {daemon}), log {DAEMON_LOG}"
+    ));
+    let client = crate::client::Client::from_options(Some(&format!("unix://{SOCKET}")), None)?;
+    let mut ready = false;
+    for _ in 0..600 {
+        if client
+            .call::<serde_json::Value>(hyper::Method::GET, "/version", None::<&()>)
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        for (pid, status) in power::reap() {
+            if pid == daemon {
+                return Err(anyhow!(
+                    "the daemon exited at start ({status:?}); its log:\n{}",
+                    tail(DAEMON_LOG, 20)
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !ready {
+        return Err(anyhow!(
+            "the daemon did not answer within 30 s; its log:\n{}",
+            tail(DAEMON_LOG, 20)
+        ));
+    }
+    mark("daemon");
+    images::import_baked(&client, Path::new(STATE_DIR)).await;
+    mark("images");
+    let token = match &settings.token {
+        Some((t, source)) => format!("{t} (from {source})"),
+        None => std::fs::read_to_string(Path::new(STATE_DIR).join("token"))
+            .map(|t| format!("{} (generated, in {STATE_DIR}/token)", t.trim()))
+            .unwrap_or_else(|e| format!("unreadable: {e}")),
+    };
+    say(format!(
+        "boot timeline (s since the kernel started): {}",
+        timeline()
+    ));
+    say(format!(
+        "ready: API http://{}:1113 token {token}",
+        address
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "0.0.0.0".into())
+    ));
+
+    let mut renewals = tokio::task::JoinSet::new();
+    for l in leases {
+        renewals.spawn(keep_lease(l));
+    }
+    let mut restarts = 0u32;
+    let stop = loop {
+        tokio::select! {
+            _ = sigchld.recv() => {
+                for (pid, status) in power::reap() {
+                    if pid != daemon {
+                        continue;
+                    }
+                    if let Some(next) = daemon_successor(pid) {
+                        say(format!("the daemon upgraded in place: now pid {next}"));
+                        daemon = next;
+                        continue;
+                    }
+                    restarts += 1;
+                    say(format!("the daemon exited ({status:?}); its log:\n{}", tail(DAEMON_LOG, 20)));
+                    let backoff = Duration::from_millis(250 * u64::from(restarts.min(20)));
+                    tokio::time::sleep(backoff).await;
+                    match start_daemon(settings) {
+                        Ok(pid) => {
+                            daemon = pid;
+                            say(format!("restarted the daemon (pid {pid})"));
+                        }
+                        Err(e) => say(format!("warning: restarting the daemon: {e:#}")),
+                    }
+                }
+            }
+            Some(dev) = button_rx.recv() => {
+                say(format!("power button pressed ({})", dev.display()));
+                break Stop::PowerOff;
+            }
+            _ = sigterm.recv() => break Stop::PowerOff,
+            _ = sigpwr.recv() => break Stop::PowerOff,
+            _ = sigint.recv() => break Stop::Reboot,
+        }
+    };
+    renewals.abort_all();
+    shutdown(daemon, stop)
+}
+
+/// Renews a lease at T1 for as long as the machine runs.
+async fn keep_lease(mut l: Leased) {
+    let Ok(nl) = net::Net::open() else { return };
+    loop {
+        tokio::time::sleep(Duration::from_secs(u64::from(l.lease.renew_secs.max(30)))).await;
+        match dhcp::renew(&l.link.name, l.link.mac, &l.lease, Duration::from_secs(30)).await {
+            Ok(lease) => {
+                if lease.address != l.lease.address
+                    && let Err(e) = apply_lease(&nl, &l.link, &lease, false).await
+                {
+                    say(format!("warning: applying a renewed lease: {e:#}"));
+                }
+                l.lease = lease;
+            }
+            Err(e) => say(format!(
+                "warning: renewing the lease on {}: {e}",
+                l.link.name
+            )),
+        }
+    }
+}
+
+fn shutdown(daemon: Pid, stop: Stop) -> Result<()> {
+    say(match stop {
+        Stop::PowerOff => "powering off: stopping the daemon and the jobs",
+        Stop::Reboot => "rebooting: stopping the daemon and the jobs",
+    });
+    // The daemon first, so it does not see the jobs end and restart them.
+    let _ = nix::sys::signal::kill(daemon, Signal::SIGTERM);
+    if !power::wait_for(daemon, Duration::from_secs(10)) {
+        say("the daemon did not stop within 10 s; killing it");
+        let _ = nix::sys::signal::kill(daemon, Signal::SIGKILL);
+        power::wait_for(daemon, Duration::from_secs(2));
+    }
+    let killed = power::stop_jobs(Duration::from_secs(5));
+    if killed > 0 {
+        say(format!(
+            "{killed} job processes did not stop within 5 s of SIGTERM; killed them"
+        ));
+    }
+    // The shims record the exits and end by themselves; then the rest.
+    if !power::signal_all(Signal::SIGTERM, Duration::from_secs(3)) {
+        say("some processes did not stop within 3 s; killing them");
+        power::signal_all(Signal::SIGKILL, Duration::from_secs(3));
+    }
+    match power::unmount_state(Path::new(STATE_DIR)) {
+        Ok(()) => say(format!("unmounted {STATE_DIR} cleanly")),
+        Err(e) => say(format!("warning: {STATE_DIR}: {e}")),
+    }
+    say(match stop {
+        Stop::PowerOff => "power off",
+        Stop::Reboot => "reboot",
+    });
+    power::finish(stop)
+}
