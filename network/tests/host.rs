@@ -39,6 +39,7 @@ fn open_sets_up_bridge_table_and_sysctls_and_is_idempotent() {
             ("output", 1),
             ("postrouting", 3),
             ("forward", 4),
+            ("untracked", 1),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -110,7 +110,7 @@ fn vxlan_device_entries_follow_the_peer_list() {
         let counts = network::nft::rule_counts().unwrap();
         assert_eq!(counts.get("postrouting"), Some(&4), "{counts:?}");
         assert_eq!(counts.get("forward"), Some(&5), "{counts:?}");
-        assert_eq!(counts.get("overlay"), Some(&1), "{counts:?}");
+        assert_eq!(counts.get("untracked"), Some(&1), "{counts:?}");
         hn.destroy().await.unwrap();
         ov.destroy().await.unwrap();
         assert!(common::view().await.link("flynn.vx").is_none());

@@ -20,11 +20,12 @@
 //!     oifname BRIDGE drop }                                           # no unpublished inbound
 //! ```
 //!
-//! With a cluster network, one more chain:
+//! And one that keeps job-to-job traffic out of conntrack (NET: the cluster network
+//! when there is one, else the host's subnet):
 //!
 //! ```text
-//! chain overlay { type filter hook prerouting priority -300;
-//!     ip saddr CLUSTER ip daddr CLUSTER fib daddr type != local notrack }
+//! chain untracked { type filter hook prerouting priority -300;
+//!     ip saddr NET ip daddr NET fib daddr type != local notrack }
 //! ```
 //!
 //! A published-port rule is
@@ -43,8 +44,8 @@ use crate::port::{PortMapping, Protocol};
 /// The name of our table (family `ip`). Nothing else in the host's ruleset is touched.
 pub const TABLE: &str = "flynn";
 pub const CHAIN_PUBLISHED: &str = "published";
-/// With a cluster network: `type filter hook prerouting priority raw`, the notrack rule.
-pub const CHAIN_OVERLAY_RAW: &str = "overlay";
+/// `type filter hook prerouting priority raw`: job-to-job traffic is not tracked.
+pub const CHAIN_UNTRACKED: &str = "untracked";
 
 const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_FORWARD: u32 = 2;
@@ -494,29 +495,31 @@ impl Ruleset {
 
         let br = self.bridge.as_str();
         let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or(self.subnet);
+        // Job-to-job traffic (on this bridge, or across the overlay) needs no NAT and
+        // no state: untracked, it skips conntrack (which hosts with br_netfilter loaded
+        // also run on bridged frames): a third of the throughput on a fast link.
+        // Traffic to this host's own addresses (a published port on its address or the
+        // gateway, hairpin included) is still tracked, so DNAT and masquerade work.
+        let untracked = self.cluster.unwrap_or(self.subnet);
+        add_chain(
+            &mut b,
+            CHAIN_UNTRACKED,
+            Some(("filter", NF_INET_PRE_ROUTING, NF_IP_PRI_RAW)),
+        );
+        let mut r = ip_in(12, untracked).to_vec();
+        r.extend(ip_in(16, untracked));
+        r.extend(fib_daddr_local());
+        if let Some(Expr::Cmp { op, .. }) = r.last_mut() {
+            *op = NFT_CMP_NEQ;
+        }
+        r.push(Expr::Notrack);
+        add_rule(
+            &mut b,
+            CHAIN_UNTRACKED,
+            &r,
+            "the job-to-job notrack rule".into(),
+        );
         if let Some(cluster) = self.cluster {
-            // Job-to-job traffic across the overlay needs no NAT and no state:
-            // untracked, it skips conntrack on both hosts (a third of the throughput
-            // on a fast underlay). Traffic to this host's own addresses (a published
-            // port on the gateway address) is still tracked, so DNAT still works.
-            add_chain(
-                &mut b,
-                CHAIN_OVERLAY_RAW,
-                Some(("filter", NF_INET_PRE_ROUTING, NF_IP_PRI_RAW)),
-            );
-            let mut r = ip_in(12, cluster).to_vec();
-            r.extend(ip_in(16, cluster));
-            r.extend(fib_daddr_local());
-            if let Some(Expr::Cmp { op, .. }) = r.last_mut() {
-                *op = NFT_CMP_NEQ;
-            }
-            r.push(Expr::Notrack);
-            add_rule(
-                &mut b,
-                CHAIN_OVERLAY_RAW,
-                &r,
-                "the overlay notrack rule".into(),
-            );
             // Jobs talk to jobs on other hosts with their own addresses (the overlay
             // routes them): before the egress masquerade, and accepted on the way in.
             let mut r = ip_in(12, self.subnet).to_vec();
