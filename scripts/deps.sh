@@ -27,17 +27,25 @@ flynn_install_deps() {
         echo "run as root: flynn-host manages namespaces, cgroups and mounts" >&2
         exit 1
     fi
-    local missing=()
-    local pkg
-    for pkg in "${FLYNN_APT_PACKAGES[@]}" "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
+    # Twice: installing one package can remove another that was installed (the
+    # machine may have a newer qemu-utils from backports, which conflicts with
+    # bookworm's qemu-system-x86), so what is missing is looked at again after.
+    local round missing pkg
+    for round in 1 2; do
+        missing=()
+        for pkg in "${FLYNN_APT_PACKAGES[@]}" "$@"; do
+            dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+        done
+        [ ${#missing[@]} -eq 0 ] && break
         echo "installing: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q
+        [ "$round" = 1 ] && apt-get update -q
         apt-get install -y -q --no-install-recommends "${missing[@]}"
-    fi
+    done
+    for pkg in "${FLYNN_APT_PACKAGES[@]}" "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+            { echo "deps: $pkg is still not installed after apt-get install" >&2; exit 1; }
+    done
     if ! command -v cargo >/dev/null; then
         [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
     fi
