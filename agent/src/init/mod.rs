@@ -4,7 +4,7 @@
 //! orphan, and stops the machine cleanly.
 //!
 //! The boot, in order (each step prints one `flynn-init:` line on the console):
-//! leave the initramfs for a tmpfs ([`mounts`]); mount the API file systems and
+//! leave the initramfs for a bind mount of it ([`mounts`]); mount the API file systems and
 //! cgroup2; read the command line ([`cmdline`], [`settings`]); load the kernel
 //! modules listed at build time ([`modules`]); find, format if blank, and mount
 //! the state disk, or fall back to tmpfs ([`disk`]); bring up the network (DHCP
@@ -107,11 +107,9 @@ pub fn main() -> i32 {
     if unsafe { libc::fcntl(1, libc::F_GETFD) } < 0 {
         mounts::console_stdio();
     }
-    if mounts::root_is_rootfs() {
-        if let Err(e) = mounts::switch_to_tmpfs() {
-            fail(&Settings::default(), anyhow!(e));
-        }
-        let e = mounts::reexec();
+    if mounts::root_is_rootfs()
+        && let Err(e) = mounts::leave_rootfs()
+    {
         fail(&Settings::default(), anyhow!(e));
     }
     if let Err(e) = mounts::mount_basics() {

@@ -2,14 +2,12 @@
 //!
 //! The kernel unpacks the initramfs into `rootfs`, the one mount that has no
 //! parent: `pivot_root(2)` refuses to move away from it, and every container
-//! start needs `pivot_root`. So the init first copies the initramfs into a tmpfs,
-//! frees the original files, makes the tmpfs the root (`MS_MOVE` + `chroot`, as
-//! `switch_root` does) and executes itself again there.
+//! start needs `pivot_root`. So the init first makes a bind mount of it the root
+//! (`MS_MOVE` + `chroot`) and goes on there.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{DirBuilderExt, symlink};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -22,8 +20,6 @@ pub enum MountError {
         target: PathBuf,
         source: nix::Error,
     },
-    #[error("copying the initramfs into the new root ({path}): {source}")]
-    Copy { path: PathBuf, source: io::Error },
     #[error("switching to the new root: {0}")]
     Switch(String),
 }
@@ -62,91 +58,28 @@ pub fn root_is_rootfs() -> bool {
     })
 }
 
-/// Copies the initramfs into a tmpfs, deletes the originals (freeing their
-/// memory), moves the tmpfs onto `/` and chroots into it.
-pub fn switch_to_tmpfs() -> Result<(), MountError> {
+/// Makes the initramfs a mount of its own, with a parent: binds `/` onto
+/// `/.flynn-root`, moves that bind onto `/` and chroots into it (what
+/// `switch_root` does, without copying a byte: a copy of the initramfs, baked
+/// images included, took ~0.7 s under TCG). `pivot_root` then works in every
+/// container, since the root it leaves is no longer the namespace's own.
+pub fn leave_rootfs() -> Result<(), MountError> {
     let new = "/.flynn-root";
-    mount_fs(
-        "root",
-        new,
-        "tmpfs",
-        MsFlags::MS_NOSUID,
-        Some("mode=0755,size=90%"),
-    )?;
-    let root_dev = fs::metadata("/")
-        .map_err(|e| MountError::Copy {
-            path: "/".into(),
-            source: e,
-        })?
-        .dev();
-    for entry in read_dir(Path::new("/"))? {
-        let name = entry.file_name();
-        if name == ".flynn-root" || name == "proc" {
-            continue;
-        }
-        move_tree(&entry.path(), &Path::new(new).join(&name), root_dev)?;
-    }
-    for dir in ["proc", "sys", "dev", "run", "tmp"] {
-        let _ = fs::create_dir_all(Path::new(new).join(dir));
-    }
+    let _ = fs::DirBuilder::new().mode(0o755).create(new);
+    // /proc was mounted to look at the mounts; it would stay behind, hidden.
     let _ = umount2("/proc", MntFlags::MNT_DETACH);
+    mount(Some("/"), new, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+        MountError::Mount {
+            what: "a bind of the initramfs".into(),
+            target: new.into(),
+            source: e,
+        }
+    })?;
     std::env::set_current_dir(new).map_err(|e| MountError::Switch(format!("chdir: {e}")))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(|e| MountError::Switch(format!("moving the tmpfs onto /: {e}")))?;
+        .map_err(|e| MountError::Switch(format!("moving the bind onto /: {e}")))?;
     nix::unistd::chroot(".").map_err(|e| MountError::Switch(format!("chroot: {e}")))?;
     std::env::set_current_dir("/").map_err(|e| MountError::Switch(format!("chdir /: {e}")))?;
-    Ok(())
-}
-
-fn read_dir(path: &Path) -> Result<Vec<fs::DirEntry>, MountError> {
-    let copy_err = |e| MountError::Copy {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let mut entries: Vec<fs::DirEntry> = fs::read_dir(path)
-        .map_err(copy_err)?
-        .collect::<Result<_, _>>()
-        .map_err(copy_err)?;
-    entries.sort_by_key(|e| e.file_name());
-    Ok(entries)
-}
-
-/// Copies `from` to `to` (modes and ownership kept) and removes `from`, without
-/// crossing into other file systems (the kernel may have mounted devtmpfs).
-fn move_tree(from: &Path, to: &Path, root_dev: u64) -> Result<(), MountError> {
-    let err = |e| MountError::Copy {
-        path: from.to_path_buf(),
-        source: e,
-    };
-    let meta = fs::symlink_metadata(from).map_err(err)?;
-    if meta.dev() != root_dev {
-        return Ok(());
-    }
-    let kind = meta.file_type();
-    if kind.is_dir() {
-        fs::create_dir_all(to).map_err(err)?;
-        for entry in read_dir(from)? {
-            move_tree(&entry.path(), &to.join(entry.file_name()), root_dev)?;
-        }
-        let _ = fs::remove_dir(from);
-    } else if kind.is_symlink() {
-        symlink(fs::read_link(from).map_err(err)?, to).map_err(err)?;
-        let _ = fs::remove_file(from);
-    } else if kind.is_file() {
-        fs::copy(from, to).map_err(err)?;
-        let _ = fs::remove_file(from);
-    } else {
-        // Device nodes and fifos: the kernel's own /dev/console, recreated below.
-        return Ok(());
-    }
-    if !kind.is_symlink() {
-        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(err)?;
-        let _ = nix::unistd::chown(
-            to,
-            Some(nix::unistd::Uid::from_raw(meta.uid())),
-            Some(nix::unistd::Gid::from_raw(meta.gid())),
-        );
-    }
     Ok(())
 }
 
@@ -261,20 +194,4 @@ pub fn enable_cgroup_controllers() -> io::Result<String> {
         .collect();
     fs::write("/sys/fs/cgroup/cgroup.subtree_control", wanted.join(" "))?;
     fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control").map(|s| s.trim().to_string())
-}
-
-/// Executes the init again in the new root, by the path the kernel started it
-/// with (`/init`, or `/sbin/init`), with the same arguments.
-pub fn reexec() -> MountError {
-    let args: Vec<CString> = std::env::args_os()
-        .filter_map(|a| CString::new(a.into_encoded_bytes()).ok())
-        .collect();
-    let path = args
-        .first()
-        .filter(|a| a.as_bytes().starts_with(b"/"))
-        .cloned()
-        .unwrap_or_else(|| c"/init".to_owned());
-    match nix::unistd::execv(&path, &args) {
-        Err(e) => MountError::Switch(format!("re-executing {path:?}: {e}")),
-    }
 }
