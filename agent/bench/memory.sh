@@ -9,32 +9,12 @@ n=${1:-100}
 . scripts/deps.sh
 flynn_install_deps jq
 
-cargo build --release --locked -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor >/dev/null 2>&1
-bin="$PWD/target/release/flynn-host"
-bash fixtures/build-images.sh "$PWD/target/fixtures" >/dev/null
-
-work=$(mktemp -d /var/tmp/flynn-mem-XXXXXX)
-# The daemon runs in a network namespace of its own (nsenter execs it: $! is its pid).
-netns="fb-mem-$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)"
-ip netns add "$netns"
-ip -n "$netns" link set lo up
-port=1113
-export FLYNN_HOST="unix://$work/host.sock"
-nsenter --net="/run/netns/$netns" -- "$bin" daemon --state-dir "$work/state" --listen "127.0.0.1:$port" --socket "$work/host.sock" 2>"$work/daemon.log" &
-daemon=$!
-cleanup() {
+. agent/bench/lib.sh
+bench_teardown() {
     for id in $("$bin" ps -aq 2>/dev/null); do "$bin" rm -f "$id" >/dev/null 2>&1 || true; done
     for i in $(seq 1 "$n"); do runc delete -f "mem-runc-$i" >/dev/null 2>&1 || true; done
-    kill "$daemon" 2>/dev/null || true
-    wait "$daemon" 2>/dev/null || true
-    umount -l "$work"/state/jobs/*/rootfs 2>/dev/null || true
-    umount -l "$work"/state/netns/* "$work/state/netns" 2>/dev/null || true
-    ip netns del "$netns" 2>/dev/null || true
-    rm -rf "$work"
 }
-trap cleanup EXIT
-for _ in $(seq 1 100); do "$bin" version >/dev/null 2>&1 && break; sleep 0.05; done
-"$bin" import target/fixtures/busybox-docker.tar >/dev/null
+bench_start mem
 
 kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }

@@ -16,35 +16,15 @@ runs=${1:-50}
 . scripts/deps.sh
 flynn_install_deps hyperfine jq
 
-cargo build --release --locked -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor >/dev/null
-bin="$PWD/target/release/flynn-host"
-bash fixtures/build-images.sh "$PWD/target/fixtures" >/dev/null
-
-work=$(mktemp -d /var/tmp/flynn-bench-XXXXXX)
-netns="fb-run-$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)"
-ip netns add "$netns"
-ip -n "$netns" link set lo up
-port=1113
-# The local root socket, as a user on the host would use it.
-export FLYNN_HOST="unix://$work/host.sock"
-nsenter --net="/run/netns/$netns" -- "$bin" daemon --state-dir "$work/state" --listen "127.0.0.1:$port" --socket "$work/host.sock" 2>"$work/daemon.log" &
-daemon=$!
+. agent/bench/lib.sh
 # The cgroup2 mount (/sys/fs/cgroup on a pure v2 host, .../unified on a hybrid one).
 cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
 cg2_opts=$(awk '$3 == "cgroup2" { print $4; exit }' /proc/mounts)
-cleanup() {
-    [ -n "$cg2" ] && mount -o "remount,$cg2_opts" "$cg2" 2>/dev/null || true
+bench_teardown() {
+    if [ -n "$cg2" ]; then mount -o "remount,$cg2_opts" "$cg2" 2>/dev/null || true; fi
     "$bin" rm -f bench-spec >/dev/null 2>&1 || true
-    kill "$daemon" 2>/dev/null || true
-    wait "$daemon" 2>/dev/null || true
-    umount -l "$work"/state/jobs/*/rootfs 2>/dev/null || true
-    umount -l "$work"/state/netns/* "$work/state/netns" 2>/dev/null || true
-    ip netns del "$netns" 2>/dev/null || true
-    rm -rf "$work"
 }
-trap cleanup EXIT
-for _ in $(seq 1 100); do "$bin" version >/dev/null 2>&1 && break; sleep 0.05; done
-"$bin" import target/fixtures/busybox-docker.tar >/dev/null
+bench_start run
 
 # The equivalent runc bundle: the spec our shim wrote for a job, with its rootfs
 # copied to a plain directory, running `true`.
