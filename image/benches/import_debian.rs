@@ -7,50 +7,15 @@
 //! `cargo bench -p flynn-image --bench import_debian` (root; builds the fixture with
 //! fixtures/build-debian.sh the first time, which needs Debian's archive).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-const ROUNDS: usize = 3;
+mod common;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(cmd: &mut Command) {
-    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?} failed: {status}");
-}
-
-fn layer_blob(layout: &Path) -> PathBuf {
-    let read = |p: PathBuf| -> serde_json::Value {
-        serde_json::from_slice(
-            &std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
-        )
-        .expect("JSON")
-    };
-    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest[7..]);
-    let index = read(layout.join("index.json"));
-    let manifest = read(blob(
-        index["manifests"][0]["digest"].as_str().expect("manifest"),
-    ));
-    blob(manifest["layers"][0]["digest"].as_str().expect("layer"))
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+use common::{ROUNDS, debian_fixture, median, run};
 
 fn main() {
-    let fixtures = std::env::var_os("FLYNN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/fixtures"));
-    run(Command::new("bash")
-        .arg(workspace().join("fixtures/build-debian.sh"))
-        .arg(&fixtures));
-    let layout = fixtures.join("debian-oci");
-    let blob = layer_blob(&layout);
+    let (layout, blob) = debian_fixture();
     let work = tempfile::Builder::new()
         .prefix("flynn-import-bench-")
         .tempdir_in("/var/tmp")
