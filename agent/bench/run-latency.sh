@@ -18,8 +18,8 @@ flynn_install_deps hyperfine jq
 
 . agent/bench/lib.sh
 # The cgroup2 mount (/sys/fs/cgroup on a pure v2 host, .../unified on a hybrid one).
-cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
-cg2_opts=$(awk '$3 == "cgroup2" { print $4; exit }' /proc/mounts)
+cg2= cg2_opts=
+read -r cg2 cg2_opts < <(awk '$3 == "cgroup2" { print $2, $4; exit }' /proc/mounts) || true
 bench_teardown() {
     if [ -n "$cg2" ]; then mount -o "remount,$cg2_opts" "$cg2" 2>/dev/null || true; fi
     "$bin" rm -f bench-spec >/dev/null 2>&1 || true
