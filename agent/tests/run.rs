@@ -525,3 +525,59 @@ fn copy_dir(from: &Path, to: &Path) {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn an_auto_removed_jobs_log_stays_readable_a_while_by_its_id() {
+    // A `run --rm` whose log stream a daemon handover cut reads the rest from the
+    // successor, which may already have removed the job.
+    let d = Daemon::start();
+    d.import_busybox();
+    let id = d
+        .ok(&[
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            "brief",
+            "busybox",
+            "sh",
+            "-c",
+            "echo one; echo two",
+        ])
+        .trim()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.http("GET", &format!("/jobs/{id}"), None).0 != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} was never removed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (status, body) = d.http("GET", &format!("/jobs/{id}/logs?follow=true"), None);
+    assert_eq!(status, 200, "{body}");
+    let entries: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines: Vec<&str> = entries.iter().map(|e| e["log"].as_str().unwrap()).collect();
+    assert_eq!(lines, ["one\n", "two\n"]);
+    // `since` is inclusive, as Docker's: resuming at the last entry's time gives
+    // it again, and every entry of that time (the client skips those it has).
+    let last = entries[1]["time"].as_str().unwrap();
+    let (status, body) = d.http(
+        "GET",
+        &format!("/jobs/{id}/logs?since={}", last.replace('+', "%2B")),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let same_time = entries.iter().filter(|e| e["time"] == last).count();
+    assert_eq!(body.lines().count(), same_time, "{body}");
+    assert!(body.contains("\"two\\n\""), "{body}");
+    // Only by its full id: the name is free for a new job.
+    assert_eq!(d.http("GET", "/jobs/brief/logs", None).0, 404);
+    // The exit is kept too.
+    let (status, body) = d.http("GET", &format!("/jobs/{id}/wait"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"exit_code\":0"), "{body}");
+}

@@ -6,7 +6,7 @@ use hyper::{Request, Response};
 
 use super::tail::{self, Start};
 use super::{ApiError, ApiState, Body, Query, streaming};
-use crate::jobs::has_exited;
+use crate::jobs::{JobError, has_exited};
 use crate::model::LogEntry;
 
 /// Which entries a reader wants.
@@ -14,7 +14,7 @@ use crate::model::LogEntry;
 struct Filter {
     stdout: bool,
     stderr: bool,
-    /// Only entries written after this time (to resume a stream without repeats).
+    /// Only entries written at or after this time (inclusive, as Docker's).
     since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -31,7 +31,7 @@ impl Filter {
                     runtime::logs::Stream::Stdout => self.stdout,
                     runtime::logs::Stream::Stderr => self.stderr,
                 };
-                stream && self.since.is_none_or(|since| entry.time > since)
+                stream && self.since.is_none_or(|since| entry.time >= since)
             }
             Err(_) => false,
         }
@@ -66,18 +66,28 @@ pub async fn logs(
         stderr: query.flag("stderr", true)?,
         since,
     };
-    let handle = state.jobs.get(id)?;
-    let path = state.jobs.log_path(&handle.id);
+    let (path, until) = match state.jobs.get(id) {
+        Ok(handle) => {
+            let until: Option<tail::Until> = follow.then(|| {
+                let mut rx = handle.subscribe();
+                Box::pin(async move {
+                    let _ = rx.wait_for(has_exited).await.map(|_| ());
+                }) as tail::Until
+            });
+            (state.jobs.log_path(&handle.id), until)
+        }
+        // Auto-removed a moment ago: a follow cut by a daemon handover reads the
+        // rest here. The job is gone, so there is nothing more to wait for.
+        Err(e @ JobError::NotFound(_)) => match state.jobs.removed_log(id) {
+            Some(path) => (path, None),
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     // Opened now, so a job removed while we stream (auto-remove) stays readable.
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| ApiError::Internal(format!("opening the log {}: {e}", path.display())))?;
-    let until: Option<tail::Until> = follow.then(|| {
-        let mut rx = handle.subscribe();
-        Box::pin(async move {
-            let _ = rx.wait_for(has_exited).await.map(|_| ());
-        }) as tail::Until
-    });
     let mut lines = tail::spawn(file, path, start, until, move |l| filter.keep(l));
     let drained = state.drained();
     let (tx, response) = streaming("application/x-ndjson");

@@ -33,7 +33,7 @@ pub async fn follow_logs(
     options: &LogOptions,
     first: Option<Incoming>,
 ) -> Result<()> {
-    let mut since: Option<DateTime<Utc>> = None;
+    let mut cursor = Cursor::default();
     let mut body = first;
     let mut tries = 0;
     loop {
@@ -41,11 +41,8 @@ pub async fn follow_logs(
             Some(b) => b,
             None => {
                 let mut path = format!("/jobs/{}/logs?follow={}", encode(id), options.follow);
-                match since {
-                    Some(t) => path.push_str(&format!(
-                        "&since={}",
-                        encode(&t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
-                    )),
+                match cursor.resume() {
+                    Some(since) => path.push_str(&format!("&since={since}")),
                     None => {
                         if let Some(n) = options.tail {
                             path.push_str(&format!("&tail={n}"));
@@ -54,21 +51,21 @@ pub async fn follow_logs(
                 }
                 match client.send_json(Method::GET, &path, None::<&()>).await {
                     Ok(response) => response.into_body(),
-                    Err(e) if since.is_some() && is_transient(&e) && tries < RESUME_TRIES => {
+                    Err(e) if cursor.resuming() && is_transient(&e) && tries < RESUME_TRIES => {
                         tries += 1;
                         tokio::time::sleep(RESUME_PAUSE).await;
                         continue;
                     }
-                    Err(e) if since.is_some() && is_gone(&e) => return Ok(()),
+                    Err(e) if cursor.resuming() && is_gone(&e) => return Ok(()),
                     Err(e) => return Err(e),
                 }
             }
         };
-        match print_entries(current, options.timestamps, &mut since).await? {
+        match print_entries(current, options.timestamps, &mut cursor).await? {
             // The daemon ends a followed log once the job has exited and all of
             // its output was sent.
             Printed::StdoutClosed | Printed::Ended => return Ok(()),
-            Printed::Broken => {}
+            Printed::Broken => cursor.broken = true,
         }
         // Cut short (the daemon handed over, or the connection broke): resume,
         // unless the job is done by now.
@@ -76,24 +73,16 @@ pub async fn follow_logs(
             Ok(Some(JobState::Running | JobState::Created)) => {}
             Ok(_) => {
                 // Done: fetch what may have been written after the stream ended.
-                if since.is_some()
+                if let Some(since) = cursor.resume()
                     && let Ok(response) = client
                         .send_json(
                             Method::GET,
-                            &format!(
-                                "/jobs/{}/logs?since={}",
-                                encode(id),
-                                encode(
-                                    &since
-                                        .unwrap_or_default()
-                                        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-                                )
-                            ),
+                            &format!("/jobs/{}/logs?since={since}", encode(id)),
                             None::<&()>,
                         )
                         .await
                 {
-                    print_entries(response.into_body(), options.timestamps, &mut since).await?;
+                    print_entries(response.into_body(), options.timestamps, &mut cursor).await?;
                 }
                 return Ok(());
             }
@@ -104,9 +93,54 @@ pub async fn follow_logs(
             Err(e) => return Err(e),
         }
         // Resume from the last entry; with nothing printed yet, from the start.
-        if since.is_none() {
-            since = Some(DateTime::<Utc>::UNIX_EPOCH);
+    }
+}
+
+/// Where a cut log stream resumes. `since` is inclusive (as Docker's), and the
+/// shim stamps every line of one read with the same time, so the entries
+/// already printed at the last time are skipped rather than lost or repeated.
+#[derive(Default)]
+struct Cursor {
+    last: Option<DateTime<Utc>>,
+    /// Entries printed whose time is `last`.
+    at_last: usize,
+    /// Entries at `last` still to skip in the stream being read.
+    skip: usize,
+    /// A stream was cut: the next request resumes.
+    broken: bool,
+}
+
+impl Cursor {
+    fn resuming(&self) -> bool {
+        self.broken
+    }
+
+    /// The `since` of a resumed request (encoded), and arms the skipping.
+    fn resume(&mut self) -> Option<String> {
+        if !self.broken && self.last.is_none() {
+            return None;
         }
+        self.skip = self.at_last;
+        let since = self.last.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        Some(encode(
+            &since.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        ))
+    }
+
+    /// Whether an entry at `time` is new; counts it if so.
+    fn admit(&mut self, time: DateTime<Utc>) -> bool {
+        if self.last == Some(time) {
+            if self.skip > 0 {
+                self.skip -= 1;
+                return false;
+            }
+            self.at_last += 1;
+        } else {
+            self.skip = 0;
+            self.last = Some(time);
+            self.at_last = 1;
+        }
+        true
     }
 }
 
@@ -119,12 +153,12 @@ enum Printed {
     StdoutClosed,
 }
 
-/// Writes a log stream (NDJSON of log entries) to stdout and stderr, recording
-/// the time of the last entry.
+/// Writes a log stream (NDJSON of log entries) to stdout and stderr, moving the
+/// cursor past each entry.
 async fn print_entries(
     mut body: Incoming,
     timestamps: bool,
-    since: &mut Option<DateTime<Utc>>,
+    cursor: &mut Cursor,
 ) -> Result<Printed> {
     let mut pending: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -145,7 +179,9 @@ async fn print_entries(
             let Ok(entry) = serde_json::from_slice::<LogEntry>(line) else {
                 continue;
             };
-            *since = Some(entry.time);
+            if !cursor.admit(entry.time) {
+                continue;
+            }
             let target = match entry.stream {
                 runtime::logs::Stream::Stdout => &mut out,
                 runtime::logs::Stream::Stderr => &mut err,
@@ -256,4 +292,29 @@ fn is_transient(e: &anyhow::Error) -> bool {
 fn is_gone(e: &anyhow::Error) -> bool {
     e.downcast_ref::<ApiFailure>()
         .is_some_and(|f| f.status == hyper::StatusCode::NOT_FOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_stream_skips_exactly_the_entries_already_printed_at_the_last_time() {
+        let t1 = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(1);
+        let t2 = t1 + chrono::Duration::nanoseconds(1);
+        let mut cursor = Cursor::default();
+        assert!(cursor.resume().is_none(), "a first request starts afresh");
+        // Three lines from one read share t2; the stream is cut after two of them.
+        assert!(cursor.admit(t1) && cursor.admit(t2) && cursor.admit(t2));
+        cursor.broken = true;
+        assert!(cursor.resume().is_some());
+        // The successor sends everything at or after t2 again.
+        assert!(!cursor.admit(t2), "printed already");
+        assert!(!cursor.admit(t2), "printed already");
+        assert!(cursor.admit(t2), "the third line of the read");
+        // Cut again right there: the three at t2 are all skipped next time.
+        assert!(cursor.resume().is_some());
+        assert!(!cursor.admit(t2) && !cursor.admit(t2) && !cursor.admit(t2));
+        assert!(cursor.admit(t2 + chrono::Duration::nanoseconds(1)));
+    }
 }

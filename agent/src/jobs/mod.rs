@@ -82,7 +82,8 @@ pub struct Paths {
     /// libcontainer's root (container state dirs).
     pub containers: PathBuf,
     /// `<id>.json`: the exit of a removed job, kept a while for late waiters (a
-    /// `run --rm` whose wait was cut by a daemon upgrade asks the successor).
+    /// `run --rm` whose wait was cut by a daemon upgrade asks the successor);
+    /// `<id>.log`: an auto-removed job's log, kept for the same reason.
     pub removed: PathBuf,
 }
 
@@ -138,7 +139,7 @@ impl JobManager {
             loop {
                 let dir = removed.clone();
                 let _ = tokio::task::spawn_blocking(move || record::prune_tombstones(&dir)).await;
-                tokio::time::sleep(record::TOMBSTONE_TTL).await;
+                tokio::time::sleep(record::REMOVED_LOG_TTL).await;
             }
         });
         Ok(manager)
@@ -621,6 +622,9 @@ impl JobManager {
         crate::failpoint::hit("rm.marked");
         if let Some(exit) = &job.exit {
             record::write_tombstone(&self.paths.removed, &job.id, exit);
+            if job.config.auto_remove {
+                record::keep_log(&self.paths.job_dir(&job.id), &self.paths.removed, &job.id);
+            }
         }
         self.release_network(handle).await;
         let dir = self.paths.job_dir(&handle.id);
@@ -829,6 +833,11 @@ impl JobManager {
         let client = runtime::shim::ShimClient::connect(&dir).await?;
         client.resize(rows, cols).await?;
         Ok(())
+    }
+
+    /// The log of an auto-removed job, kept a short while (see `removed_exit`).
+    pub fn removed_log(&self, id: &str) -> Option<PathBuf> {
+        record::removed_log(&self.paths.removed, id)
     }
 
     /// The log file of a job.

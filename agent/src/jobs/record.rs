@@ -146,6 +146,41 @@ pub fn destroy(dir: &Path, containers: &Path, id: &str) -> Result<(), JobError> 
 /// How long the exit of a removed job is kept for late waiters.
 pub const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// How long the log of an auto-removed job is kept: long enough for a `run --rm`
+/// whose log stream was cut by a daemon handover to read the rest from the
+/// successor, short enough that large logs do not pile up.
+pub const REMOVED_LOG_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Moves an auto-removed job's log beside its tombstone (same filesystem: a
+/// rename). Its age counts from now, not from the last line the job wrote.
+pub fn keep_log(job_dir: &Path, removed: &Path, id: &str) {
+    let kept = removed.join(format!("{id}.log"));
+    match fs::rename(job_dir.join(LOG_FILE), &kept) {
+        Ok(()) => {
+            if let Ok(file) = fs::File::options().write(true).open(&kept) {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
+        }
+        // Moved already by a removal that a crash interrupted, or never written.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(job = id, error = %e, "keeping the log of a removed job"),
+    }
+}
+
+/// The kept log of a job removed a short while ago.
+pub fn removed_log(removed: &Path, id: &str) -> Option<PathBuf> {
+    if !is_full_id(id) {
+        return None;
+    }
+    let path = removed.join(format!("{id}.log"));
+    path.is_file().then_some(path)
+}
+
+/// Only full ids name a tombstone; anything else could point outside its dir.
+fn is_full_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Keeps a removed job's exit. Best effort: a waiter that comes too late gets 404.
 pub fn write_tombstone(dir: &Path, id: &str, exit: &ExitInfo) {
     let Ok(data) = serde_json::to_vec(exit) else {
@@ -160,8 +195,7 @@ pub fn write_tombstone(dir: &Path, id: &str, exit: &ExitInfo) {
 }
 
 pub fn read_tombstone(dir: &Path, id: &str) -> Option<ExitInfo> {
-    // Only full ids name a tombstone; anything else could point outside `dir`.
-    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_full_id(id) {
         return None;
     }
     let data = fs::read(dir.join(format!("{id}.json"))).ok()?;
@@ -173,12 +207,17 @@ pub fn prune_tombstones(dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
+        let ttl = if entry.path().extension().is_some_and(|e| e == "log") {
+            REMOVED_LOG_TTL
+        } else {
+            TOMBSTONE_TTL
+        };
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .is_none_or(|age| age > TOMBSTONE_TTL);
+            .is_none_or(|age| age > ttl);
         if old {
             let _ = fs::remove_file(entry.path());
         }
