@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 export LIBSECCOMP_LINK_TYPE=static
 export LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 # --target keeps RUSTFLAGS off build scripts and proc macros, which must stay dynamic.
-RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --locked --profile appliance --target x86_64-unknown-linux-gnu \
-    -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor
+# v0 mangling as in .cargo/config.toml, which RUSTFLAGS replaces.
+export RUSTFLAGS="-C target-feature=+crt-static -C symbol-mangling-version=v0"
+args=(--locked --profile appliance --target x86_64-unknown-linux-gnu)
+cargo build "${args[@]}" -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor
 dir=target/x86_64-unknown-linux-gnu/appliance
+bash scripts/link-ordered.sh "$dir" "${args[@]}"
 for bin in "$dir/flynn-host" "$dir/flynn-shim-monitor"; do
     if ! file "$bin" | grep -q 'static'; then
         echo "build-static: $bin is not statically linked" >&2

@@ -9,6 +9,7 @@
 bench_start() { # NAME (a short word for the scratch dir and the namespace)
     local name=$1
     cargo build --release --locked -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor >/dev/null 2>&1
+    bash scripts/link-ordered.sh target/release --release --locked >/dev/null
     bin="$PWD/target/release/flynn-host"
     bash fixtures/build-images.sh "$PWD/target/fixtures" >/dev/null
     work=$(mktemp -d "/var/tmp/flynn-$name-XXXXXX")

@@ -66,7 +66,7 @@ pub async fn logs(
         stderr: query.flag("stderr", true)?,
         since,
     };
-    let (path, until) = match state.jobs.get(id) {
+    let (job_id, path, until) = match state.jobs.get(id) {
         Ok(handle) => {
             let until: Option<tail::Until> = follow.then(|| {
                 let mut rx = handle.subscribe();
@@ -74,20 +74,32 @@ pub async fn logs(
                     let _ = rx.wait_for(has_exited).await.map(|_| ());
                 }) as tail::Until
             });
-            (state.jobs.log_path(&handle.id), until)
+            (handle.id.clone(), state.jobs.log_path(&handle.id), until)
         }
         // Auto-removed a moment ago: a follow cut by a daemon handover reads the
         // rest here. The job is gone, so there is nothing more to wait for.
         Err(e @ JobError::NotFound(_)) => match state.jobs.removed_log(id) {
-            Some(path) => (path, None),
+            Some(path) => (id.to_string(), path, None),
             None => return Err(e.into()),
         },
         Err(e) => return Err(e.into()),
     };
     // Opened now, so a job removed while we stream (auto-remove) stays readable.
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::Internal(format!("opening the log {}: {e}", path.display())))?;
+    let (file, path, until) = match tokio::fs::File::open(&path).await {
+        Ok(file) => (file, path, until),
+        // Removed between the lookup and the open: its log was moved aside.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match state.jobs.removed_log(&job_id) {
+                Some(kept) => match tokio::fs::File::open(&kept).await {
+                    Ok(file) => (file, kept, None),
+                    Err(e) => return Err(open_failed(&path, e)),
+                },
+                // Removed by `rm` (its log goes with it).
+                None => return Err(JobError::NotFound(id.to_string()).into()),
+            }
+        }
+        Err(e) => return Err(open_failed(&path, e)),
+    };
     let mut lines = tail::spawn(file, path, start, until, move |l| filter.keep(l));
     let drained = state.drained();
     let (tx, response) = streaming("application/x-ndjson");
@@ -119,4 +131,8 @@ pub async fn logs(
         }
     });
     Ok(response)
+}
+
+fn open_failed(path: &std::path::Path, e: std::io::Error) -> ApiError {
+    ApiError::Internal(format!("opening the log {}: {e}", path.display()))
 }

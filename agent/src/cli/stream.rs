@@ -36,11 +36,12 @@ pub async fn follow_logs(
     let mut cursor = Cursor::default();
     let mut body = first;
     let mut tries = 0;
+    let mut follow = options.follow;
     loop {
         let current = match body.take() {
             Some(b) => b,
             None => {
-                let mut path = format!("/jobs/{}/logs?follow={}", encode(id), options.follow);
+                let mut path = format!("/jobs/{}/logs?follow={follow}", encode(id));
                 match cursor.resume() {
                     Some(since) => path.push_str(&format!("&since={since}")),
                     None => {
@@ -65,27 +66,19 @@ pub async fn follow_logs(
             // The daemon ends a followed log once the job has exited and all of
             // its output was sent.
             Printed::StdoutClosed | Printed::Ended => return Ok(()),
-            Printed::Broken => cursor.broken = true,
+            Printed::Broken if tries < RESUME_TRIES => {
+                cursor.broken = true;
+                tries += 1;
+            }
+            Printed::Broken => return Err(anyhow!("the log stream kept breaking off")),
         }
         // Cut short (the daemon handed over, or the connection broke): resume,
         // unless the job is done by now.
         match job_state(client, id).await {
             Ok(Some(JobState::Running | JobState::Created)) => {}
-            Ok(_) => {
-                // Done: fetch what may have been written after the stream ended.
-                if let Some(since) = cursor.resume()
-                    && let Ok(response) = client
-                        .send_json(
-                            Method::GET,
-                            &format!("/jobs/{}/logs?since={since}", encode(id)),
-                            None::<&()>,
-                        )
-                        .await
-                {
-                    print_entries(response.into_body(), options.timestamps, &mut cursor).await?;
-                }
-                return Ok(());
-            }
+            // Done: read what is left (it may have been written after the stream
+            // was cut) without following, through the same retries.
+            Ok(_) => follow = false,
             Err(e) if is_transient(&e) && tries < RESUME_TRIES => {
                 tries += 1;
                 tokio::time::sleep(RESUME_PAUSE).await;

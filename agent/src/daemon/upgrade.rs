@@ -9,7 +9,9 @@
 //!    good), then wait;
 //! 3. old: stop accepting, end streams, let open connections finish their
 //!    requests, say `go`, exit (releasing the image store's lock);
-//! 4. new: open the state, re-adopt every container through its shim, serve.
+//! 4. new: wait for the old process to be gone (its locks on the image store and
+//!    the network state go with it), open the state, re-adopt every container
+//!    through its shim, serve.
 //!
 //! If the successor never says `ready`, the old daemon keeps serving.
 
@@ -26,6 +28,9 @@ pub const ENV: &str = "FLYNN_UPGRADE_FDS";
 
 /// How long the successor may take to say `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the successor waits, after `go`, for the old process to exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Sockets handed over by the previous daemon.
 pub struct Inherited {
@@ -86,6 +91,13 @@ impl Inherited {
         let tcp = tokio::net::TcpListener::from_std(self.tcp)?;
         let unix = tokio::net::UnixListener::from_std(self.unix)?;
         let ctl = tokio::net::UnixStream::from_std(self.ctl)?;
+        // The socketpair's creator is the previous daemon. A pidfd taken now names
+        // that very process, however late it exits.
+        let predecessor = ctl
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|pid| runtime::shim::pidfd_open(pid).ok());
         let (read, mut write) = ctl.into_split();
         write
             .write_all(b"ready\n")
@@ -97,6 +109,26 @@ impl Inherited {
             .await
             .context("waiting for the previous daemon to hand over")?;
         tracing::info!(said = line.trim(), "the previous daemon handed over");
+        // It says `go` just before it exits; its flocks on the state are released
+        // only when it has.
+        if let Some(pidfd) = predecessor {
+            let exited = tokio::task::spawn_blocking(move || {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                use std::os::fd::AsFd;
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                let ms = u16::try_from(EXIT_TIMEOUT.as_millis()).unwrap_or(u16::MAX);
+                poll(&mut fds, PollTimeout::from(ms))
+            })
+            .await;
+            match exited {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(_)) => tracing::warn!(
+                    "the previous daemon is still there after {EXIT_TIMEOUT:?}; going on"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "waiting for the previous daemon to exit"),
+                Err(e) => tracing::warn!(error = %e, "waiting for the previous daemon to exit"),
+            }
+        }
         Ok((tcp, unix))
     }
 }

@@ -33,7 +33,7 @@ pub use crate::container::cleanup;
 pub use client::{CreatedShim, ShimClient, ShimError, read_exit, spawn, spawn_exec};
 pub use lock::wait_shim_gone;
 pub use protocol::{ShimState, Status};
-pub(crate) use sys::pidfd_open;
+pub use sys::pidfd_open;
 
 use crate::config::ContainerConfig;
 pub use crate::config::ExecConfig;

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Relinks flynn-host with the code it runs laid out together (agent/text-order.txt,
+# see scripts/text-order.py and ARCHITECTURE.md, memory). Run it after a
+# `cargo build` with the same CARGO_ARGS (and RUSTFLAGS): only the binary's own
+# small crate is compiled again, twice.
+# Usage: scripts/link-ordered.sh OUT_DIR CARGO_ARGS...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$1
+shift
+# The first link keeps the symbol table (a stripping profile drops it): the
+# order file names symbols.
+cargo rustc "$@" -p flynn-host --bin flynn-host -- -C strip=none 2>/dev/null
+order="$out/flynn-host.text-order"
+python3 scripts/text-order.py order agent/text-order.txt "$out/flynn-host" >"$order.tmp"
+mv "$order.tmp" "$order"
+cargo rustc "$@" -p flynn-host --bin flynn-host -- \
+    -C link-arg=-Wl,--symbol-ordering-file="$PWD/$order" \
+    -C link-arg=-Wl,--no-warn-symbol-ordering 2>/dev/null
