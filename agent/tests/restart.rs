@@ -16,19 +16,14 @@ fn always_restarts_with_doubling_back_off_keeping_id_and_log() {
     let d = Daemon::start();
     d.import_busybox();
     let events = Events::subscribe(&d);
-    let id = d
-        .ok(&[
-            "run",
-            "-d",
-            "--restart",
-            "always",
-            "busybox",
-            "sh",
-            "-c",
-            "echo run; exit 1",
-        ])
-        .trim()
-        .to_string();
+    let id = d.run_detached(&[
+        "--restart",
+        "always",
+        "busybox",
+        "sh",
+        "-c",
+        "echo run; exit 1",
+    ]);
     let starts = events.wait_for(&id, "start", 5, Duration::from_secs(30));
     let exits = events.of(&id, "exit");
     // The delay between an exit and the next start: 100, 200, 400, 800 ms (at least).
@@ -104,18 +99,7 @@ fn on_failure_stops_after_max_retries_and_ignores_success() {
 fn stop_keeps_a_job_down_and_rm_with_restart_is_refused() {
     let d = Daemon::start();
     d.import_busybox();
-    let id = d
-        .ok(&[
-            "run",
-            "-d",
-            "--restart",
-            "unless-stopped",
-            "busybox",
-            "sleep",
-            "1000",
-        ])
-        .trim()
-        .to_string();
+    let id = d.run_detached(&["--restart", "unless-stopped", "busybox", "sleep", "1000"]);
     d.ok(&["stop", "-t", "1", &id]);
     std::thread::sleep(Duration::from_millis(700));
     let job = d.inspect(&id);

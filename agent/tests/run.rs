@@ -160,22 +160,17 @@ fn a_memory_limit_ooms_and_is_reported_as_oom() {
 fn limits_are_written_to_the_jobs_cgroup() {
     let d = Daemon::start();
     d.import_busybox();
-    let id = d
-        .ok(&[
-            "run",
-            "-d",
-            "-m",
-            "64M",
-            "--cpus",
-            "0.5",
-            "--pids-limit",
-            "20",
-            "busybox",
-            "sleep",
-            "60",
-        ])
-        .trim()
-        .to_string();
+    let id = d.run_detached(&[
+        "-m",
+        "64M",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "20",
+        "busybox",
+        "sleep",
+        "60",
+    ]);
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let read = |v1_ctrl: &str, v1_file: &str, v2_file: &str| -> String {
         let path = if v2 {
@@ -532,20 +527,15 @@ fn an_auto_removed_jobs_log_stays_readable_a_while_by_its_id() {
     // successor, which may already have removed the job.
     let d = Daemon::start();
     d.import_busybox();
-    let id = d
-        .ok(&[
-            "run",
-            "-d",
-            "--rm",
-            "--name",
-            "brief",
-            "busybox",
-            "sh",
-            "-c",
-            "echo one; echo two",
-        ])
-        .trim()
-        .to_string();
+    let id = d.run_detached(&[
+        "--rm",
+        "--name",
+        "brief",
+        "busybox",
+        "sh",
+        "-c",
+        "echo one; echo two",
+    ]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while d.http("GET", &format!("/jobs/{id}"), None).0 != 404 {
         assert!(

@@ -245,6 +245,13 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `run -d ARGS...`: the new job's id.
+    pub fn run_detached(&self, args: &[&str]) -> String {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        self.ok(&all).trim().to_string()
+    }
+
     pub fn import_busybox(&self) {
         let archive = fixtures().join("busybox-docker.tar");
         self.ok(&["import", archive.to_str().expect("utf-8 path")]);
