@@ -2,14 +2,16 @@
 # Builds the statically linked flynn-host for VM images and the appliance, and
 # the lean per-container monitor that goes beside it:
 # target/x86_64-unknown-linux-gnu/appliance/{flynn-host,flynn-shim-monitor}
-# (glibc static-pie, libseccomp and zlib-ng linked in). Needs scripts/deps.sh's packages.
+# (glibc, libseccomp and zlib-ng linked in; not position-independent). Needs scripts/deps.sh's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LIBSECCOMP_LINK_TYPE=static
 export LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 # --target keeps RUSTFLAGS off build scripts and proc macros, which must stay dynamic.
 # v0 mangling as in .cargo/config.toml, which RUSTFLAGS replaces.
-export RUSTFLAGS="-C target-feature=+crt-static -C symbol-mangling-version=v0"
+# relocation-model=static: a static non-PIE executable, as scripts/link-ordered.sh
+# explains.
+export RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C symbol-mangling-version=v0"
 args=(--locked --profile appliance --target x86_64-unknown-linux-gnu)
 cargo build "${args[@]}" -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor
 dir=target/x86_64-unknown-linux-gnu/appliance

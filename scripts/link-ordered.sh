@@ -14,6 +14,11 @@ cargo rustc "$@" -p flynn-host --bin flynn-host -- -C strip=none 2>/dev/null
 order="$out/flynn-host.text-order"
 python3 scripts/text-order.py order agent/text-order.txt "$out/flynn-host" >"$order.tmp"
 mv "$order.tmp" "$order"
+# Not position-independent (as Debian's runc, etcd and skopeo are): a PIE of this
+# size makes the dynamic loader apply some 57 000 relocations at every start, and
+# copy on write the 1 MB of pages they touch; that was a third of the start-up of
+# each CLI command and each shim (ARCHITECTURE.md, Decisions: start latency).
+# The static appliance build asks for the same with -C relocation-model=static.
 cargo rustc "$@" -p flynn-host --bin flynn-host -- \
     -C link-arg=-Wl,--symbol-ordering-file="$PWD/$order" \
-    -C link-arg=-Wl,--no-warn-symbol-ordering 2>/dev/null
+    -C link-arg=-Wl,--no-warn-symbol-ordering -C link-arg=-no-pie 2>/dev/null

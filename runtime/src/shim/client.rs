@@ -128,17 +128,147 @@ async fn spawn_shim(exe: &Path, dir: &Path) -> Result<Spawned, ShimError> {
     })
 }
 
+/// Runs `exe shim --spare`: a shim that waits for its job ([`Spares`]).
+async fn spawn_spare(exe: &Path) -> Result<Spawned, ShimError> {
+    let mut cmd = Command::new(exe);
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe system call.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Its loading and start-up only take CPU time that nothing else wants: a
+            // spare started while a job starts must not slow that job down. The spare
+            // takes the normal policy back once it has a job.
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .arg("shim")
+        .arg(super::SPARE_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        // Until it has a job (and that job's shim.log) a spare has nothing to say.
+        .stderr(Stdio::null())
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(io(format!("spawning a spare shim {exe:?}")))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(ShimError::Protocol(
+            "shim spawned without stdio pipes".into(),
+        ));
+    };
+    let status = child
+        .wait()
+        .await
+        .map_err(io("waiting for a spare shim to detach"))?;
+    if !status.success() {
+        return Err(ShimError::Protocol(format!(
+            "a spare shim failed to detach ({status})"
+        )));
+    }
+    Ok(Spawned {
+        stdin,
+        stdout: BufReader::new(stdout),
+        status,
+    })
+}
+
+/// One container shim kept started ahead of its job, so that a job's start does not
+/// wait for a process to be executed and to detach: the binary's loading, its start-up
+/// and the detaching fork happen while nothing waits for them. Each use starts the
+/// next spare in the background. A spare that is gone (killed, or from a binary that
+/// was replaced and failed) is noticed when its job is written to it, and a shim is
+/// then spawned the usual way. Spares exit when the agent does (EOF on their stdin).
+pub struct Spares {
+    exe: PathBuf,
+    slot: tokio::sync::Mutex<Option<Spawned>>,
+}
+
+impl Spares {
+    /// Starts the first spare in the background (needs a tokio runtime).
+    pub fn new(exe: &Path) -> std::sync::Arc<Spares> {
+        let spares = std::sync::Arc::new(Spares {
+            exe: exe.to_owned(),
+            slot: tokio::sync::Mutex::new(None),
+        });
+        spares.refill();
+        spares
+    }
+
+    /// As [`spawn`], with a spare shim when one is ready.
+    pub async fn spawn(
+        self: &std::sync::Arc<Self>,
+        job_dir: &Path,
+        cfg: &ShimConfig,
+    ) -> Result<CreatedShim, ShimError> {
+        let files = JobFiles::new(job_dir);
+        files.check_socket_path()?;
+        write_config(&files.shim_config(), cfg).await?;
+        let spare = self.slot.lock().await.take();
+        self.refill();
+        let spawned = match spare {
+            Some(spare) => match hand_job(spare, job_dir).await {
+                Some(spawned) => spawned,
+                None => spawn_shim(&self.exe, job_dir).await?,
+            },
+            None => spawn_shim(&self.exe, job_dir).await?,
+        };
+        handshake(&files, spawned).await
+    }
+
+    fn refill(self: &std::sync::Arc<Self>) {
+        let spares = self.clone();
+        tokio::spawn(async move {
+            if spares.slot.lock().await.is_some() {
+                return;
+            }
+            match spawn_spare(&spares.exe).await {
+                Ok(spare) => {
+                    let mut slot = spares.slot.lock().await;
+                    if slot.is_none() {
+                        *slot = Some(spare);
+                    }
+                    // Else another refill won: this spare's stdin closes, it exits.
+                }
+                Err(e) => tracing::warn!(error = %e, "starting a spare shim"),
+            }
+        });
+    }
+}
+
+/// Tells a spare its job directory; None if the spare is gone.
+async fn hand_job(mut spare: Spawned, job_dir: &Path) -> Option<Spawned> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::path::absolute(job_dir).ok()?;
+    let mut line = dir.as_os_str().as_bytes().to_vec();
+    if line.contains(&b'\n') {
+        return None;
+    }
+    line.push(b'\n');
+    spare.stdin.write_all(&line).await.ok()?;
+    spare.stdin.flush().await.ok()?;
+    Some(spare)
+}
+
 /// Writes `shim.json`, spawns `exe shim <job_dir>` and waits until the container is
 /// created. The job directory must exist.
 pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<CreatedShim, ShimError> {
     let files = JobFiles::new(job_dir);
     files.check_socket_path()?;
     write_config(&files.shim_config(), cfg).await?;
+    let spawned = spawn_shim(exe, job_dir).await?;
+    handshake(&files, spawned).await
+}
+
+/// Waits until the shim has created the container.
+async fn handshake(files: &JobFiles, spawned: Spawned) -> Result<CreatedShim, ShimError> {
+    let job_dir = files.dir();
     let Spawned {
         stdin,
         mut stdout,
         status,
-    } = spawn_shim(exe, job_dir).await?;
+    } = spawned;
     let line = read_line(&mut stdout).await?;
     match line {
         Some(Handshake::Created { pid, shim_pid }) => Ok(CreatedShim {
@@ -156,7 +286,7 @@ pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<Creat
             "the shim could not create the container: the shim exited ({status}) without \
              reporting; see {:?}{}",
             files.shim_log(),
-            log_tail(&files)
+            log_tail(files)
         ))),
     }
 }

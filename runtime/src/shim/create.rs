@@ -23,14 +23,69 @@ use crate::seccomp::{Filter, Source};
 use crate::spec;
 
 pub fn main(job_dir: &Path) -> i32 {
+    if !begin() {
+        return 1;
+    }
+    create(job_dir)
+}
+
+/// A spare shim ([`super::SPARE_ARG`]): detaches and gets ready ahead of time, then
+/// waits for the agent to write the job directory it is for (one line on stdin) and
+/// carries on as [`main`] would. EOF instead of a line: no job came; it exits.
+pub fn spare_main() -> i32 {
+    if !begin() {
+        return 1;
+    }
+    let Some(dir) = read_job_dir() else {
+        return 0;
+    };
+    // Started as SCHED_IDLE (see `Spares`); the container inherits what we have now.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this process's policy; `param` is a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
+        let msg = format!(
+            "cannot give the spare shim the normal scheduling policy: {}",
+            std::io::Error::last_os_error()
+        );
+        report(&Handshake::Error(msg));
+        return 1;
+    }
+    create(&dir)
+}
+
+/// What every container shim does first, before it knows anything of its job.
+fn begin() -> bool {
     sys::close_inherited_fds();
     sys::reset_signals();
     if let Err(e) = sys::detach() {
         report(&Handshake::Error(format!(
             "cannot detach the shim from the agent (setsid/fork): {e}"
         )));
-        return 1;
+        return false;
     }
+    true
+}
+
+/// One line from stdin, read a byte at a time: what follows it (`start`) is read later
+/// through the buffered std handle, which must find it still in the pipe.
+fn read_job_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(0, &mut byte) {
+            Ok(0) => return None,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() < 4096 => line.push(byte[0]),
+            Ok(_) => return None,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
+    }
+    (!line.is_empty()).then(|| std::ffi::OsStr::from_bytes(&line).into())
+}
+
+fn create(job_dir: &Path) -> i32 {
     // Absolute before settle() moves to "/": the agent may have given a relative path.
     let job_dir = std::path::absolute(job_dir).unwrap_or_else(|_| job_dir.to_owned());
     let files = JobFiles::new(&job_dir);

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::container::cleanup;
-pub use client::{CreatedShim, ShimClient, ShimError, read_exit, spawn, spawn_exec};
+pub use client::{CreatedShim, ShimClient, ShimError, Spares, read_exit, spawn, spawn_exec};
 pub use lock::wait_shim_gone;
 pub use protocol::{ShimState, Status};
 pub use sys::pidfd_open;
@@ -44,6 +44,10 @@ pub const MONITOR_ENV: &str = "FLYNN_SHIM_MONITOR";
 /// The lean monitor binary (`src/bin/flynn-shim-monitor.rs`): when a file of this name
 /// is beside the running binary, the shim re-executes into it rather than into itself.
 pub const MONITOR_BINARY: &str = "flynn-shim-monitor";
+
+/// In place of the directory (`flynn-host shim --spare`): a container shim started
+/// before its job, which reads the job directory from stdin ([`Spares`]).
+pub const SPARE_ARG: &str = "--spare";
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -179,6 +183,7 @@ fn read_config(files: &JobFiles) -> Result<ShimConfig, String> {
 pub fn main(dir: &Path) -> i32 {
     match std::env::var_os(MONITOR_ENV) {
         Some(handoff) => monitor::main_after_exec(dir, &handoff),
+        None if dir.as_os_str() == SPARE_ARG => create::spare_main(),
         None if JobFiles::new(dir).exec_config().exists() => exec::main(dir),
         None => create::main(dir),
     }

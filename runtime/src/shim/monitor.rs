@@ -249,12 +249,12 @@ fn reexec(h: &Handoff, dir: &Path) -> std::io::Error {
         .into_iter()
         .chain([PathBuf::from("/proc/self/exe")]);
     for target in targets {
-        let mut args = std::env::args_os();
         let mut cmd = std::process::Command::new(&target);
-        if let Some(argv0) = args.next() {
+        if let Some(argv0) = std::env::args_os().next() {
             cmd.arg0(argv0);
         }
-        cmd.args(args).env(MONITOR_ENV, &handoff);
+        // `shim <DIR>` whatever this process was started as (a spare has no dir in argv).
+        cmd.arg("shim").arg(dir).env(MONITOR_ENV, &handoff);
         if let Some(fd) = own_exe {
             cmd.env(EXE_FD_ENV, fd.to_string());
         }
