@@ -4,7 +4,7 @@
 //! crash at that moment leaves state that a restarted daemon repairs.
 //!
 //! Points: create.dir, create.recorded, start.mounted, start.created,
-//! start.started, exit.received, rm.marked, rm.unmounted, rm.cleaned.
+//! start.started, exit.received, exit.recorded, rm.marked, rm.unmounted, rm.cleaned.
 
 use std::sync::OnceLock;
 

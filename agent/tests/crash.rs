@@ -220,6 +220,37 @@ fn a_crash_when_an_exit_arrives_keeps_the_true_exit() {
 }
 
 #[test]
+fn a_crash_after_an_auto_removed_jobs_exit_still_removes_it_and_keeps_its_exit() {
+    // Its exit is not saved (the removal's save follows): the next daemon finds the
+    // shim gone and its exit file, and removes the job as the first would have.
+    let mut id = String::new();
+    let d = crash_at("exit.recorded", |d| {
+        id = d
+            .ok(&[
+                "run",
+                "-d",
+                "--rm",
+                "busybox",
+                "sh",
+                "-c",
+                "sleep 0.3; exit 5",
+            ])
+            .trim()
+            .to_string();
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !job_ids(&d).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the auto-removal was not finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_gone(&d, &id);
+    assert_eq!(d.ok(&["wait", &id]).trim(), "5");
+}
+
+#[test]
 fn a_crash_while_removing_is_finished_by_the_next_daemon() {
     for point in ["rm.marked", "rm.unmounted", "rm.cleaned"] {
         let mut id = String::new();

@@ -98,6 +98,8 @@ pub struct JobManager {
     images: Arc<ImageStore>,
     /// The binary that runs shims (`flynn-host shim JOB_DIR`).
     exe: PathBuf,
+    /// A shim started ahead of the next job's start.
+    spares: Arc<runtime::shim::Spares>,
     jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
     /// Held for reading while a job is being tied to an image, for writing while an
     /// image is removed: an image cannot vanish between resolve and job creation.
@@ -125,6 +127,7 @@ impl JobManager {
         let manager = Arc::new(JobManager {
             paths,
             images,
+            spares: runtime::shim::Spares::new(&exe),
             exe,
             jobs: Mutex::new(HashMap::new()),
             image_gate: RwLock::new(()),
@@ -337,10 +340,24 @@ impl JobManager {
 
     /// Changes the record, persists it, and notifies subscribers.
     fn update(&self, handle: &JobHandle, f: impl FnOnce(&mut Job)) -> Result<Job, JobError> {
+        self.update_then(handle, true, f)
+    }
+
+    /// As [`Self::update`], persisting only if `persist`: for a change that the next
+    /// save follows at once and that a crash before it loses nothing of (recovery
+    /// reaches the same state from the record before it).
+    fn update_then(
+        &self,
+        handle: &JobHandle,
+        persist: bool,
+        f: impl FnOnce(&mut Job),
+    ) -> Result<Job, JobError> {
         let _saving = handle.saving.lock().unwrap_or_else(|p| p.into_inner());
         handle.record.send_modify(f);
         let job = handle.snapshot();
-        record::save(&self.paths.job_dir(&handle.id), &job)?;
+        if persist {
+            record::save(&self.paths.job_dir(&handle.id), &job)?;
+        }
         Ok(job)
     }
 
@@ -474,7 +491,7 @@ impl JobManager {
                 state_root: self.paths.containers.clone(),
                 log_path: dir.join(record::LOG_FILE),
             };
-            let created = runtime::shim::spawn(&self.exe, &dir, &shim_config).await?;
+            let created = self.spares.spawn(&dir, &shim_config).await?;
             crate::failpoint::hit("start.created");
             let pid = created.start().await?;
             crate::failpoint::hit("start.started");
@@ -519,8 +536,13 @@ impl JobManager {
     }
 
     async fn finish(self: &Arc<Self>, handle: &Arc<JobHandle>, exit: ExitInfo) {
+        // A job that is removed on exit is next saved as being removed. Until then its
+        // record says running, and a daemon that dies meanwhile finds the shim gone
+        // and its exit file, and finishes the job from there as this does: the two
+        // saves between would only cost its start-to-removal an fsync each.
+        let persist = !handle.snapshot().config.auto_remove;
         // Waiters hear of the exit first; the mount goes after.
-        let job = match self.update(handle, |j| {
+        let job = match self.update_then(handle, persist, |j| {
             j.state = JobState::Exited;
             j.pid = None;
             j.exit = Some(exit);
@@ -532,6 +554,7 @@ impl JobManager {
             }
         };
         self.emit("job", "exit", &job.id, Some(job.clone()));
+        crate::failpoint::hit("exit.recorded");
         {
             // Under the op lock, and only if no start has come in meanwhile: the
             // mount may already belong to the job's next run.
@@ -540,7 +563,7 @@ impl JobManager {
                 if let Err(e) = record::unmount_rootfs(&self.paths.job_dir(&handle.id)) {
                     tracing::warn!(job = %handle.id, error = %e, "unmounting the rootfs of an exited job");
                 }
-                self.release_network(handle).await;
+                self.release_network_then(handle, persist).await;
             }
         }
         if job.config.auto_remove {
@@ -618,7 +641,12 @@ impl JobManager {
             }
             self.stop_locked(handle, Duration::ZERO).await?;
         }
-        let job = self.update(handle, |j| j.state = JobState::Removing)?;
+        // The network is released below, in the background; a daemon that dies
+        // meanwhile finishes the removal, which releases it again (by id).
+        let job = self.update(handle, |j| {
+            j.state = JobState::Removing;
+            j.network = None;
+        })?;
         crate::failpoint::hit("rm.marked");
         if let Some(exit) = &job.exit {
             record::write_tombstone(&self.paths.removed, &job.id, exit);
@@ -742,11 +770,17 @@ impl JobManager {
     /// (`detached`) until it is done, and a daemon that dies meanwhile leaves a
     /// record-less or stopped endpoint that the next start-up frees.
     async fn release_network(&self, handle: &JobHandle) {
+        self.release_network_then(handle, true).await
+    }
+
+    /// As [`Self::release_network`], recording the release only if `persist` (see
+    /// [`Self::update_then`]).
+    async fn release_network_then(&self, handle: &JobHandle, persist: bool) {
         if handle.snapshot().config.network != NetworkMode::Bridge {
             return;
         }
         if handle.snapshot().network.is_some()
-            && let Err(e) = self.update(handle, |j| j.network = None)
+            && let Err(e) = self.update_then(handle, persist, |j| j.network = None)
         {
             tracing::warn!(job = %handle.id, error = %e, "recording a job's released network");
         }
