@@ -27,6 +27,10 @@
 //! state dir; [`teardown`]) and exits. The agent can die and restart at any time after
 //! the handshake: it reconnects with [`shim::ShimClient`].
 //!
+//! **Spares.** `flynn-host shim --spare` is the same shim started before its job
+//! ([`shim::Spares`]): it detaches and then reads one line on stdin, the job directory,
+//! and goes on as above (EOF instead: it exits). It runs `SCHED_IDLE` until then.
+//!
 //! **The monitor binary.** The monitor re-executes into `flynn-shim-monitor` (this crate's
 //! `src/bin/flynn-shim-monitor.rs`, [`shim::monitor_main`]) when that file is beside the
 //! running binary, else into the running binary itself. The monitor's code reaches

@@ -176,23 +176,16 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     };
     let id = job.id.clone();
     let condition = if args.rm { "removed" } else { "exited" };
-    let wait = client
-        .send_json(
-            Method::GET,
-            &format!("/jobs/{id}/wait?condition={condition}"),
-            None::<&()>,
-        )
-        .await?;
+    let wait_path = format!("/jobs/{id}/wait?condition={condition}");
+    let wait = client.send_json(Method::GET, &wait_path, None::<&()>);
     if args.interactive || args.tty {
-        return interactive(client, &args, &id, condition, wait.into_body()).await;
+        return interactive(client, &args, &id, condition, wait.await?.into_body()).await;
     }
-    let logs = client
-        .send_json(
-            Method::GET,
-            &format!("/jobs/{id}/logs?follow=true"),
-            None::<&()>,
-        )
-        .await?;
+    // Both subscriptions at once: the start waits for the two answers, not one after
+    // the other.
+    let logs_path = format!("/jobs/{id}/logs?follow=true");
+    let (wait, logs) = tokio::join!(wait, client.send_json(Method::GET, &logs_path, None::<&()>));
+    let (wait, logs) = (wait?, logs?);
     if let Err(e) = client
         .call::<Job>(Method::POST, &format!("/jobs/{id}/start"), None::<&()>)
         .await
