@@ -6,7 +6,7 @@
 # (scripts/build-static.sh), the image archives of board/flynn/images.list, the
 # shared board overlay. Outputs, in OUT_DIR (default: out/ at the repository root):
 #   flynn-x86_64.vmlinuz     the kernel
-#   flynn-x86_64.initramfs   the root file system (newc cpio, zstd)
+#   flynn-x86_64.initramfs   the root file system (newc cpio: images zstd, the rest lz4)
 #   flynn-x86_64.iso         hybrid ISO: BIOS (isolinux) and UEFI (GRUB), CD or USB
 #   flynn-x86_64.raw         GPT disk: ESP with a UKI (UEFI), blank state partition
 #   flynn-x86_64.qcow2       the raw disk as qcow2
@@ -31,7 +31,7 @@ fi
 export SOURCE_DATE_EPOCH
 export TZ=UTC LC_ALL=C
 
-for tool in cpio zstd depmod objcopy mkfs.fat mmd mcopy sfdisk qemu-img xorriso grub-mkimage mke2fs; do
+for tool in cpio zstd lz4 depmod objcopy mkfs.fat mmd mcopy sfdisk qemu-img xorriso grub-mkimage mke2fs; do
     command -v "$tool" >/dev/null || flynn_die "$tool is missing (scripts/deps.sh installs it)"
 done
 

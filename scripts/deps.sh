@@ -18,7 +18,7 @@ FLYNN_APT_PACKAGES=(
     etcd-server                           # the grid's etcd: tests run it; fixtures make its image
     ethtool                               # grid tests: GRO on the test underlay, as real NICs have
     # the appliance image (buildroot/assemble.sh) and booting it (qemu-tests, main.sh)
-    kmod cpio zstd e2fsprogs dosfstools mtools fdisk xorriso isolinux syslinux-common
+    kmod cpio zstd lz4 e2fsprogs dosfstools mtools fdisk xorriso isolinux syslinux-common
     systemd-boot-efi grub-efi-amd64-bin qemu-utils ovmf socat
 )
 
