@@ -54,6 +54,18 @@ fn job_ids(d: &Daemon) -> Vec<String> {
         .collect()
 }
 
+/// Waits (20 s at most) until the daemon lists no job: `what` finished a removal.
+fn wait_until_no_jobs(d: &Daemon, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !job_ids(d).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the removal was not finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn kill9_keeps_20_containers_running_and_exits_seen_later_are_true() {
     let mut d = Daemon::start();
@@ -238,14 +250,7 @@ fn a_crash_after_an_auto_removed_jobs_exit_still_removes_it_and_keeps_its_exit()
             .trim()
             .to_string();
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !job_ids(&d).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the auto-removal was not finished"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_no_jobs(&d, "the auto-removal");
     assert_gone(&d, &id);
     assert_eq!(d.ok(&["wait", &id]).trim(), "5");
 }
@@ -263,14 +268,7 @@ fn a_crash_while_removing_is_finished_by_the_next_daemon() {
             assert!(!out.status.success(), "{point}");
         });
         // The removal completes at start-up (it may still be finishing).
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !job_ids(&d).is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{point}: the removal was not finished"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_no_jobs(&d, point);
         assert_gone(&d, &id);
         assert_eq!(
             d.ok(&["run", "--rm", "busybox", "echo", "ok"]),

@@ -250,14 +250,13 @@ async fn a_relative_job_dir_is_resolved_before_the_shim_moves_to_root() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = ShimClient::connect(&f.job_dir)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let status = f.wait_exit().await;
     assert_eq!(status.code, Some(0));
-    assert_eq!(f.stdout(), "relative\n");
+    assert_eq!(
+        f.stdout(),
+        "relative
+"
+    );
     f.assert_gone();
 }
 

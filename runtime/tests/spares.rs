@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Fixture, SHIM_EXE};
-use runtime::shim::{ShimClient, Spares};
+use runtime::shim::Spares;
 
 /// The pids of the processes running `SHIM_EXE shim --spare`.
 fn spare_pids() -> Vec<i32> {
@@ -52,12 +52,7 @@ async fn run_echo(spares: &std::sync::Arc<Spares>, word: &str) -> i32 {
     };
     let shim_pid = created.shim_pid();
     created.start().await.unwrap();
-    let status = ShimClient::connect(&f.job_dir)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let status = f.wait_exit().await;
     assert_eq!(status.code, Some(0), "{status:?}");
     f.assert_gone();
     assert_eq!(f.output(runtime::logs::Stream::Stdout), format!("{word}\n"));

@@ -103,15 +103,20 @@ async fn spawn_shim(exe: &Path, dir: &Path) -> Result<Spawned, ShimError> {
         .create(true)
         .open(files.shim_log())
         .map_err(io(format!("opening {:?}", files.shim_log())))?;
-    let mut child = Command::new(exe)
-        .arg("shim")
-        .arg(dir)
+    let mut cmd = Command::new(exe);
+    cmd.arg("shim").arg(dir).stderr(log);
+    spawn_detaching(cmd, format!("spawning the shim {exe:?}")).await
+}
+
+/// Spawns `cmd` (a shim) with its handshake pipes and waits for the process to exit:
+/// it only forks the real, detached shim.
+async fn spawn_detaching(mut cmd: Command, what: String) -> Result<Spawned, ShimError> {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(log)
         .kill_on_drop(false)
         .spawn()
-        .map_err(io(format!("spawning the shim {exe:?}")))?;
+        .map_err(io(what))?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(ShimError::Protocol(
             "shim spawned without stdio pipes".into(),
@@ -143,35 +148,16 @@ async fn spawn_spare(exe: &Path) -> Result<Spawned, ShimError> {
             Ok(())
         });
     }
-    let mut child = cmd
-        .arg("shim")
-        .arg(super::SPARE_ARG)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        // Until it has a job (and that job's shim.log) a spare has nothing to say.
-        .stderr(Stdio::null())
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(io(format!("spawning a spare shim {exe:?}")))?;
-    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        return Err(ShimError::Protocol(
-            "shim spawned without stdio pipes".into(),
-        ));
-    };
-    let status = child
-        .wait()
-        .await
-        .map_err(io("waiting for a spare shim to detach"))?;
+    // Until it has a job (and that job's shim.log) a spare has nothing to say.
+    cmd.arg("shim").arg(super::SPARE_ARG).stderr(Stdio::null());
+    let spawned = spawn_detaching(cmd, format!("spawning a spare shim {exe:?}")).await?;
+    let status = spawned.status;
     if !status.success() {
         return Err(ShimError::Protocol(format!(
             "a spare shim failed to detach ({status})"
         )));
     }
-    Ok(Spawned {
-        stdin,
-        stdout: BufReader::new(stdout),
-        status,
-    })
+    Ok(spawned)
 }
 
 /// One container shim kept started ahead of its job, so that a job's start does not

@@ -121,6 +121,16 @@ impl Fixture {
         ShimClient::connect(&self.job_dir).await.unwrap()
     }
 
+    /// Waits for the exit of the started container of this job directory.
+    pub async fn wait_exit(&self) -> ExitStatus {
+        ShimClient::connect(&self.job_dir)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap()
+    }
+
     /// Runs the container to completion.
     pub async fn run(&self, container: ContainerConfig) -> ExitStatus {
         let client = self.start(container).await;
