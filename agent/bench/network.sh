@@ -33,7 +33,9 @@ brnf=$(ip netns exec "$host" cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>
 inhost() { nsenter --net="/run/netns/$host" -- "$@"; }
 port=1113
 export FLYNN_HOST="unix://$work/host.sock"
-inhost "$bin" daemon --state-dir "$work/state" --listen "127.0.0.1:$port" --socket "$work/host.sock" 2>"$work/daemon.log" &
+# nsenter itself, not the inhost function: $! must be the daemon (nsenter execs
+# it), not a subshell whose kill would leave the daemon running.
+nsenter --net="/run/netns/$host" -- "$bin" daemon --state-dir "$work/state" --listen "127.0.0.1:$port" --socket "$work/host.sock" 2>"$work/daemon.log" &
 daemon=$!
 cleanup() {
     for id in $("$bin" ps -aq 2>/dev/null); do "$bin" rm -f "$id" >/dev/null 2>&1 || true; done
