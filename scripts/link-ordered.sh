@@ -17,7 +17,7 @@ mv "$order.tmp" "$order"
 # Not position-independent (as Debian's runc, etcd and skopeo are): a PIE of this
 # size makes the dynamic loader apply some 57 000 relocations at every start, and
 # copy on write the 1 MB of pages they touch; that was a third of the start-up of
-# each CLI command and each shim (ARCHITECTURE.md, Decisions: start latency).
+# each CLI command and each shim (ARCHITECTURE.md, Decisions: not position-independent).
 # The static appliance build asks for the same with -C relocation-model=static.
 cargo rustc "$@" -p flynn-host --bin flynn-host -- \
     -C link-arg=-Wl,--symbol-ordering-file="$PWD/$order" \

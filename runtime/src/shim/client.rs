@@ -142,9 +142,8 @@ async fn spawn_spare(exe: &Path) -> Result<Spawned, ShimError> {
         cmd.pre_exec(|| {
             // Its loading and start-up only take CPU time that nothing else wants: a
             // spare started while a job starts must not slow that job down. The spare
-            // takes the normal policy back once it has a job.
-            let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+            // takes the normal policy back once it has a job. Best effort.
+            let _ = super::sys::set_sched_policy(libc::SCHED_IDLE);
             Ok(())
         });
     }
@@ -188,16 +187,15 @@ impl Spares {
         job_dir: &Path,
         cfg: &ShimConfig,
     ) -> Result<CreatedShim, ShimError> {
-        let files = JobFiles::new(job_dir);
-        files.check_socket_path()?;
-        write_config(&files.shim_config(), cfg).await?;
+        let files = prepare(job_dir, cfg).await?;
         let spare = self.slot.lock().await.take();
         self.refill();
-        let spawned = match spare {
-            Some(spare) => match hand_job(spare, job_dir).await {
-                Some(spawned) => spawned,
-                None => spawn_shim(&self.exe, job_dir).await?,
-            },
+        let handed = match spare {
+            Some(spare) => hand_job(spare, job_dir).await,
+            None => None,
+        };
+        let spawned = match handed {
+            Some(spawned) => spawned,
             None => spawn_shim(&self.exe, job_dir).await?,
         };
         handshake(&files, spawned).await
@@ -240,11 +238,17 @@ async fn hand_job(mut spare: Spawned, job_dir: &Path) -> Option<Spawned> {
 /// Writes `shim.json`, spawns `exe shim <job_dir>` and waits until the container is
 /// created. The job directory must exist.
 pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<CreatedShim, ShimError> {
+    let files = prepare(job_dir, cfg).await?;
+    let spawned = spawn_shim(exe, job_dir).await?;
+    handshake(&files, spawned).await
+}
+
+/// What every container shim needs before it runs: a usable socket path and `shim.json`.
+async fn prepare(job_dir: &Path, cfg: &ShimConfig) -> Result<JobFiles, ShimError> {
     let files = JobFiles::new(job_dir);
     files.check_socket_path()?;
     write_config(&files.shim_config(), cfg).await?;
-    let spawned = spawn_shim(exe, job_dir).await?;
-    handshake(&files, spawned).await
+    Ok(files)
 }
 
 /// Waits until the shim has created the container.

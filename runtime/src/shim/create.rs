@@ -40,14 +40,10 @@ pub fn spare_main() -> i32 {
         return 0;
     };
     // Started as SCHED_IDLE (see `Spares`); the container inherits what we have now.
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets this process's policy; `param` is a valid sched_param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
-        let msg = format!(
-            "cannot give the spare shim the normal scheduling policy: {}",
-            std::io::Error::last_os_error()
-        );
-        report(&Handshake::Error(msg));
+    if let Err(e) = sys::set_sched_policy(libc::SCHED_OTHER) {
+        report(&Handshake::Error(format!(
+            "cannot give the spare shim the normal scheduling policy: {e}"
+        )));
         return 1;
     }
     create(&dir)

@@ -21,6 +21,14 @@ pub fn detach() -> Result<(), Errno> {
     }
 }
 
+/// Sets this process's scheduling policy (`SCHED_IDLE`, `SCHED_OTHER`, ...), priority
+/// 0. A single system call: safe between fork and exec.
+pub fn set_sched_policy(policy: libc::c_int) -> Result<(), Errno> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call.
+    Errno::result(unsafe { libc::sched_setscheduler(0, policy, &param) }).map(drop)
+}
+
 /// A descriptor that becomes readable when process `pid` ends (Linux 5.3+).
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
