@@ -11,7 +11,11 @@ export LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 # v0 mangling as in .cargo/config.toml, which RUSTFLAGS replaces.
 # relocation-model=static: a static non-PIE executable, as scripts/link-ordered.sh
 # explains.
-export RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C symbol-mangling-version=v0"
+# getrandom_backend: in a static binary the getrandom crate cannot find glibc's
+# wrapper (dlsym) and falls back to polling /dev/random, which never makes the
+# kernel gather jitter entropy: minutes of waiting on a machine without RDRAND.
+# The syscall itself waits about a second there (agent/src/random.rs).
+export RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C symbol-mangling-version=v0 --cfg getrandom_backend=\"linux_getrandom\""
 args=(--locked --profile appliance --target x86_64-unknown-linux-gnu)
 cargo build "${args[@]}" -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor
 dir=target/x86_64-unknown-linux-gnu/appliance

@@ -15,3 +15,4 @@ pub mod host;
 pub mod init;
 pub mod jobs;
 pub mod model;
+pub mod random;

@@ -317,3 +317,65 @@ fn a_crash_during_import_never_leaves_a_half_image() {
     d.import_busybox();
     assert_eq!(d.ok(&["run", "--rm", "busybox", "echo", "fine"]), "fine\n");
 }
+
+/// A shim that stops answering in the middle of a start (as one stuck in the kernel
+/// would) does not hang `run`: the start fails within its bound with an error that
+/// names the step, the shim is killed, nothing of the container is left, and the
+/// next start (with a shim that answers) works.
+#[test]
+fn a_start_whose_shim_hangs_fails_in_bounded_time_and_names_the_step() {
+    let mut d = Daemon::start();
+    d.import_busybox();
+    for (at, step) in [
+        ("settled", "creating the container"),
+        ("reported created", "starting the container"),
+    ] {
+        d.kill9();
+        d.spawn_with(&[("FLYNN_SHIM_HANG_AT", at), ("FLYNN_SHIM_TIMEOUT", "3")]);
+        let log_before = d.log_text().len();
+        let began = std::time::Instant::now();
+        let out = d.cli(&["run", "-d", "--name", "stuck", "busybox", "sleep", "60"]);
+        let took = began.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{at}: {stderr}");
+        assert!(
+            took < Duration::from_secs(30),
+            "{at}: the failed start took {took:?}"
+        );
+        assert!(stderr.contains(step), "{at}: {stderr}");
+        let job = d.inspect("stuck");
+        assert_eq!(job["state"], "created", "{at}: {job}");
+        assert!(
+            job["error"].as_str().is_some_and(|e| e.contains(step)),
+            "{at}: {job}"
+        );
+        let id = job["id"].as_str().unwrap().to_string();
+        let dir = d.state_dir().join("jobs").join(&id);
+        let shim = std::fs::read_to_string(dir.join("shim.pid")).unwrap_or_default();
+        if let Ok(pid) = shim.trim().parse::<i32>() {
+            assert!(
+                !common::is_alive(pid),
+                "{at}: the stuck shim {pid} lives on"
+            );
+        }
+        assert!(
+            mounts_under(&dir).is_empty(),
+            "{at}: the rootfs is still mounted"
+        );
+        assert!(cgroups_of(&id).is_empty(), "{at}: a container was left");
+        let log = d.log_text().split_off(log_before);
+        assert!(
+            log.contains("start: config written") && !log.contains("start: container started"),
+            "{at}: the daemon's log shows the steps:\n{}",
+            common::tail(&log, 40)
+        );
+
+        // The same job starts once its shims answer again.
+        d.kill9();
+        d.spawn();
+        d.ok(&["start", "stuck"]);
+        assert_eq!(d.inspect("stuck")["state"], "running", "{at}");
+        d.ok(&["rm", "-f", "stuck"]);
+        assert_gone(&d, &id);
+    }
+}

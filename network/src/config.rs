@@ -161,7 +161,7 @@ impl Default for NetworkConfig {
 
 impl NetworkConfig {
     /// Checks what the kernel would otherwise refuse with a less helpful message.
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), String> {
         let b = &self.bridge;
         if b.is_empty() || b.len() > 15 || b.contains(['/', ' ', ':']) || b == "." || b == ".." {
             return Err(format!(

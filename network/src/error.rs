@@ -114,6 +114,19 @@ pub enum NetworkError {
     )]
     Locked(PathBuf),
 
+    /// A step that talks to the kernel (netlink, a namespace thread, nftables) did not
+    /// answer in time; what it had made was removed (or is named in the daemon's log).
+    #[error(
+        "{step} for job {id} did not finish within {}s: the kernel did not answer; see \
+         the daemon's log (FLYNN_LOG=debug shows each step)",
+        waited.as_secs()
+    )]
+    TimedOut {
+        step: &'static str,
+        id: String,
+        waited: std::time::Duration,
+    },
+
     /// A blocking task of ours did not finish.
     #[error("a background task of the host network failed: {0}")]
     Background(String),

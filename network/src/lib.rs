@@ -406,10 +406,15 @@ impl HostNetwork {
             ep
         };
         let _busy = Busy { net: self, id };
-        let result = self.wire(id, &ep).await;
+        let result = bounded(id, "setting up the network", self.wire(id, &ep)).await;
         if let Err(e) = &result {
             tracing::warn!(job = %id, error = %e, "attach failed; removing what it made");
-            if let Err(ce) = self.teardown(id, &ep).await {
+            let teardown = bounded(
+                id,
+                "removing a failed network set-up",
+                self.teardown(id, &ep),
+            );
+            if let Err(ce) = teardown.await {
                 tracing::error!(job = %id, error = %ce, "cleaning up a failed attach");
             }
         }
@@ -537,7 +542,7 @@ impl HostNetwork {
         };
         let _busy = Busy { net: self, id };
         let started = Instant::now();
-        let result = self.teardown(id, &ep).await;
+        let result = bounded(id, "tearing down the network", self.teardown(id, &ep)).await;
         tracing::debug!(job = %id, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "detached");
         result
     }
@@ -1033,6 +1038,26 @@ fn veth_name(id: &str) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("fl{:013x}", h >> 12)
+}
+
+/// How long one attach or detach may take: milliseconds normally, seconds on an
+/// emulated machine; past this the kernel (or a thread of ours) is not answering.
+const STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `fut` within [`STEP_TIMEOUT`], or [`NetworkError::TimedOut`] naming `step`.
+async fn bounded<T>(
+    id: &str,
+    step: &'static str,
+    fut: impl std::future::Future<Output = Result<T, NetworkError>>,
+) -> Result<T, NetworkError> {
+    match tokio::time::timeout(STEP_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(NetworkError::TimedOut {
+            step,
+            id: id.to_string(),
+            waited: STEP_TIMEOUT,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub mod vm;
 
 pub use initramfs::Initramfs;
 pub use kernel::Kernel;
-pub use machine::{Appliance, Boot, Disk, Firmware, Machine, Nic, Ready};
+pub use machine::{Appliance, Boot, Bus, Console, Disk, Firmware, Machine, Nic, Ready};
 pub use vm::{Vm, VmConfig};
 
 use std::path::PathBuf;

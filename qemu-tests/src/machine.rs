@@ -83,6 +83,26 @@ pub enum Nic {
     Tap { ifname: String, mac: String },
 }
 
+/// The bus a disk or the CD-ROM hangs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    /// Legacy IDE (the `pc` machine's PIIX controller; on `q35`, its AHCI ports).
+    Ide,
+    /// SATA through an AHCI controller (q35's built-in one, or one added on `pc`).
+    Ahci,
+    Virtio,
+    Nvme,
+}
+
+/// Where the guest's console is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// A serial port, copied to the console log.
+    Serial,
+    /// A VGA screen and no serial port at all: [`Appliance::screen`] reads it.
+    Vga,
+}
+
 #[derive(Debug, Clone)]
 pub struct Machine {
     /// Names the console log (`target/qemu-logs/NAME.log`) and work files.
@@ -97,6 +117,17 @@ pub struct Machine {
     pub smbios: Vec<String>,
     /// Start QEMU inside this network namespace (taps live there).
     pub netns: Option<String>,
+    /// QEMU's machine type: `q35` (default here) or `pc` (QEMU's own default).
+    pub machine_type: &'static str,
+    /// A CPU model (`qemu64`, `Nehalem`, `max`); None: `max` (or the host's with KVM).
+    pub cpu: Option<&'static str>,
+    /// Where the CD-ROM ([`Boot::Cdrom`]) is attached.
+    pub cdrom_bus: Bus,
+    /// Where the disks are attached.
+    pub disk_bus: Bus,
+    /// The NIC model: `virtio-net-pci` (default), `e1000`, `e1000e`, `rtl8139`.
+    pub nic_model: &'static str,
+    pub console: Console,
 }
 
 impl Machine {
@@ -115,6 +146,38 @@ impl Machine {
             }],
             smbios: Vec::new(),
             netns: None,
+            machine_type: "q35",
+            cpu: None,
+            cdrom_bus: Bus::Ide,
+            disk_bus: Bus::Virtio,
+            nic_model: "virtio-net-pci",
+            console: Console::Serial,
+        }
+    }
+
+    /// `-device` for drive `drive` on `bus`; `ahci` is the AHCI controller's id,
+    /// `port` the next free port of it (or of the IDE channels).
+    fn attach(&self, bus: Bus, drive: &str, cdrom: bool, boot: &str, port: &mut u32) -> String {
+        let kind = if cdrom { "cd" } else { "hd" };
+        match bus {
+            Bus::Virtio => format!("virtio-blk-pci,drive={drive}{boot}"),
+            Bus::Nvme => format!("nvme,drive={drive},serial={drive}{boot}"),
+            Bus::Ide if self.machine_type == "pc" => {
+                let (bus, unit) = (*port / 2, *port % 2);
+                *port += 1;
+                format!("ide-{kind},drive={drive},bus=ide.{bus},unit={unit}{boot}")
+            }
+            // q35's IDE is its AHCI controller; on `pc` one is added (see `start`).
+            Bus::Ide | Bus::Ahci => {
+                let p = *port;
+                *port += 1;
+                let bus = if self.machine_type == "pc" {
+                    format!("ahci0.{p}")
+                } else {
+                    format!("ide.{p}")
+                };
+                format!("ide-{kind},drive={drive},bus={bus}{boot}")
+            }
         }
     }
 
@@ -126,11 +189,15 @@ impl Machine {
         let console_log = logs.join(format!("{}.log", self.name));
         let qmp = work.join(format!("{}.qmp", self.name));
         let _ = std::fs::remove_file(&qmp);
-        let mut args: Vec<String> = vec![
-            "-nographic".into(),
-            "-no-reboot".into(),
-            "-serial".into(),
-            "stdio".into(),
+        let console: [&str; 4] = match self.console {
+            Console::Serial => ["-nographic", "-serial", "stdio", "-no-reboot"],
+            Console::Vga => ["-display", "none", "-serial", "none"],
+        };
+        let mut args: Vec<String> = console.map(String::from).to_vec();
+        if self.console == Console::Vga {
+            args.extend(["-vga".into(), "std".into(), "-no-reboot".into()]);
+        }
+        args.extend([
             "-monitor".into(),
             "none".into(),
             "-qmp".into(),
@@ -140,9 +207,20 @@ impl Machine {
             "-smp".into(),
             self.cpus.to_string(),
             "-machine".into(),
-            "q35".into(),
-        ];
-        args.extend(accel_args());
+            self.machine_type.into(),
+        ]);
+        let mut accel = accel_args();
+        if let (Some(cpu), Some(i)) = (self.cpu, accel.iter().position(|a| a == "-cpu")) {
+            accel[i + 1] = cpu.to_string();
+        }
+        args.extend(accel);
+        let uses_ahci = [self.cdrom_bus, self.disk_bus].contains(&Bus::Ahci);
+        if self.machine_type == "pc" && uses_ahci {
+            args.extend(["-device".into(), "ahci,id=ahci0".into()]);
+        }
+        // Ports in use, per controller kind: IDE channels and AHCI ports are numbered
+        // apart (on q35 both are the built-in AHCI's).
+        let (mut ide_port, mut ahci_port) = (0u32, 0u32);
         if self.firmware == Firmware::Uefi {
             let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
             let vars_src = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -177,7 +255,9 @@ impl Machine {
                     "file={},media=cdrom,readonly=on,if=none,id=cd0",
                     iso.display()
                 ));
-                args.extend(["-device".into(), "ide-cd,drive=cd0,bootindex=0".into()]);
+                let port = port_of(self, self.cdrom_bus, &mut ide_port, &mut ahci_port);
+                let dev = self.attach(self.cdrom_bus, "cd0", true, ",bootindex=0", port);
+                args.extend(["-device".into(), dev]);
             }
             Boot::Disk => {}
         }
@@ -193,10 +273,9 @@ impl Machine {
             } else {
                 ""
             };
-            args.extend([
-                "-device".into(),
-                format!("virtio-blk-pci,drive=disk{i}{boot}"),
-            ]);
+            let port = port_of(self, self.disk_bus, &mut ide_port, &mut ahci_port);
+            let dev = self.attach(self.disk_bus, &format!("disk{i}"), false, boot, port);
+            args.extend(["-device".into(), dev]);
         }
         let mut api = None;
         for (i, nic) in self.nics.iter().enumerate() {
@@ -232,7 +311,10 @@ impl Machine {
                 Nic::Tap { mac, .. } => format!(",mac={mac}"),
                 Nic::User { .. } => String::new(),
             };
-            args.extend(["-device".into(), format!("virtio-net-pci,netdev=n{i}{mac}")]);
+            args.extend([
+                "-device".into(),
+                format!("{},netdev=n{i}{mac}", self.nic_model),
+            ]);
         }
         if self.nics.is_empty() {
             args.extend(["-nic".into(), "none".into()]);
@@ -248,7 +330,18 @@ impl Machine {
             api,
             token: None,
             started,
+            screen: (self.console == Console::Vga)
+                .then(|| work.join(format!("{}.screen", self.name))),
         })
+    }
+}
+
+/// The port counter for a device on `bus`: on q35, IDE and AHCI share the one
+/// built-in controller.
+fn port_of<'a>(m: &Machine, bus: Bus, ide: &'a mut u32, ahci: &'a mut u32) -> &'a mut u32 {
+    match bus {
+        Bus::Ide if m.machine_type == "pc" => ide,
+        _ => ahci,
     }
 }
 
@@ -265,6 +358,8 @@ pub struct Appliance {
     /// The API token, from the console's `ready:` line.
     pub token: Option<String>,
     pub started: Instant,
+    /// Where the VGA text screen is dumped ([`Console::Vga`] machines).
+    screen: Option<PathBuf>,
 }
 
 /// What the init printed when the agent was ready.
@@ -278,10 +373,74 @@ pub struct Ready {
 }
 
 impl Appliance {
+    /// The VGA text screen (80x25 at 0xb8000, as the BIOS and the kernel's VGA
+    /// console leave it), its rows joined without line breaks: a line the screen
+    /// wrapped reads whole.
+    pub fn screen(&self) -> Result<String, MachineError> {
+        let Some(path) = &self.screen else {
+            return Err(MachineError::Qmp("this machine has no VGA console".into()));
+        };
+        let _ = std::fs::remove_file(path);
+        self.qmp_with(
+            "pmemsave",
+            &format!(
+                r#"{{"val":{},"size":4000,"filename":"{}"}}"#,
+                0xb8000,
+                path.display()
+            ),
+        )?;
+        let cells = std::fs::read(path).map_err(io("reading the screen dump"))?;
+        Ok(cells
+            .chunks(2)
+            .map(|c| match c[0] {
+                b @ 0x20..=0x7e => b as char,
+                _ => ' ',
+            })
+            .collect())
+    }
+
+    /// Waits for the `ready:` line on the screen of a [`Console::Vga`] machine.
+    fn wait_ready_on_screen(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(String, String), MachineError> {
+        let needle = "flynn-init: ready: API ";
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen()?;
+            if let Some(at) = screen.find(needle) {
+                let line = screen[at..].to_string();
+                // The token is 64 hex digits: wait until all of it is on the screen.
+                if line
+                    .split_whitespace()
+                    .nth(5)
+                    .is_some_and(|t| t.len() >= 64)
+                {
+                    return Ok((line, screen));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(MachineError::NotReady(format!(
+                    "no ready line on the VGA screen after {timeout:?}; the screen:\n{}",
+                    screen
+                        .as_bytes()
+                        .chunks(80)
+                        .map(String::from_utf8_lossy)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Waits for the init's `ready:` line; reads the token from it.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready, MachineError> {
         let needle = "flynn-init: ready: API ";
-        let (line, console) = self.vm.wait_for_line(needle, timeout)?;
+        let (line, console) = match self.screen {
+            Some(_) => self.wait_ready_on_screen(timeout)?,
+            None => self.vm.wait_for_line(needle, timeout)?,
+        };
         let after = self.started.elapsed();
         let line = line.trim_start_matches(needle);
         let mut words = line.split_whitespace();
@@ -302,6 +461,11 @@ impl Appliance {
 
     /// Sends one QMP command (after the capabilities handshake).
     pub fn qmp(&self, command: &str) -> Result<String, MachineError> {
+        self.qmp_with(command, "{}")
+    }
+
+    /// Sends one QMP command with `arguments` (a JSON object).
+    pub fn qmp_with(&self, command: &str, arguments: &str) -> Result<String, MachineError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let stream = loop {
             match UnixStream::connect(&self.qmp) {
@@ -324,7 +488,7 @@ impl Appliance {
         reader.read_line(&mut line).map_err(io("QMP greeting"))?;
         for cmd in [
             r#"{"execute":"qmp_capabilities"}"#.to_string(),
-            format!(r#"{{"execute":"{command}"}}"#),
+            format!(r#"{{"execute":"{command}","arguments":{arguments}}}"#),
         ] {
             writer
                 .write_all(format!("{cmd}\n").as_bytes())

@@ -11,14 +11,22 @@ use std::time::{Duration, Instant};
 pub enum VmError {
     #[error("starting qemu-system-x86_64 (apt-get install qemu-system-x86): {0}")]
     Spawn(std::io::Error),
-    #[error("timed out after {timeout:?} waiting for {what:?}; console log: {log}")]
+    #[error(
+        "timed out after {timeout:?} waiting for {what:?}; console log: {log}; its end:\n{tail}"
+    )]
     Timeout {
         what: String,
         timeout: Duration,
         log: String,
+        /// The console's last lines (a guest's own log dump lands there).
+        tail: String,
     },
-    #[error("the VM exited before printing {what:?}; console log: {log}")]
-    Exited { what: String, log: String },
+    #[error("the VM exited before printing {what:?}; console log: {log}; its end:\n{tail}")]
+    Exited {
+        what: String,
+        log: String,
+        tail: String,
+    },
 }
 
 pub struct VmConfig {
@@ -32,6 +40,13 @@ pub struct VmConfig {
     pub console_log: PathBuf,
     /// More QEMU arguments (network, disks).
     pub extra: Vec<String>,
+}
+
+/// The last lines of a console, for an error message: enough for a guest's log dump.
+pub fn console_tail(console: &str) -> String {
+    const LINES: usize = 200;
+    let lines: Vec<&str> = console.lines().collect();
+    lines[lines.len().saturating_sub(LINES)..].join("\n")
 }
 
 /// Whether to use KVM: only when asked (`FLYNN_QEMU_KVM=1`) and /dev/kvm exists,
@@ -150,6 +165,7 @@ impl Vm {
                 return Err(VmError::Exited {
                     what: needle.to_string(),
                     log: self.log_path.display().to_string(),
+                    tail: console_tail(&guard.0),
                 });
             }
             let now = Instant::now();
@@ -158,6 +174,7 @@ impl Vm {
                     what: needle.to_string(),
                     timeout,
                     log: self.log_path.display().to_string(),
+                    tail: console_tail(&guard.0),
                 });
             }
             guard = self
@@ -202,6 +219,7 @@ impl Vm {
                     what: format!("the end of the line {needle:?}"),
                     timeout,
                     log: self.log_path.display().to_string(),
+                    tail: console_tail(&console),
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -221,6 +239,7 @@ impl Vm {
                     what: "power-off".to_string(),
                     timeout,
                     log: self.log_path.display().to_string(),
+                    tail: console_tail(&self.lock().0),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));

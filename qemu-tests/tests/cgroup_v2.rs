@@ -34,31 +34,53 @@ ip link set lo up
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m || echo "FLYNN-INIT insmod $m failed"; done
 echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 echo "FLYNN-INIT cgroup: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+# Where everything stands, on the console: the daemon's log (each step of a start at
+# debug level), every shim's log, and where each of our processes waits in the kernel.
+dump() {
+    echo "FLYNN-DUMP begin ($1)"
+    echo "--- daemon.log"; cat /tmp/daemon.log
+    for f in /var/lib/flynn/jobs/*/shim.log; do [ -e "$f" ] && { echo "--- $f"; cat "$f"; }; done
+    for p in /proc/[0-9]*; do
+        c=$(tr '\0' ' ' <$p/cmdline 2>/dev/null)
+        case "$c" in *flynn*|*sleep*)
+            echo "--- pid ${p#/proc/} [$c] $(grep State $p/status) wchan=$(cat $p/wchan 2>/dev/null)"
+            for t in $p/task/*; do echo "  task ${t##*/}: $(cat $t/stack 2>/dev/null | head -12 | tr '\n' '|')"; done;;
+        esac
+    done
+    echo "FLYNN-DUMP end"
+}
+export FLYNN_LOG=debug
 flynn-host daemon >/tmp/daemon.log 2>&1 &
 i=0
 until flynn-host version >/dev/null 2>&1; do
-    i=$((i+1)); [ $i -gt 600 ] && { echo "FLYNN-INIT daemon did not start"; cat /tmp/daemon.log; poweroff -f; }
+    i=$((i+1)); [ $i -gt 600 ] && { echo "FLYNN-INIT daemon did not start"; dump start; poweroff -f; }
     sleep 0.1
 done
-sh /test.sh 2>&1
+# The host gives up at 600 s; the guest tells what it was doing well before.
+( sleep 300; echo "FLYNN-WATCHDOG the test script is still running after 300 s"; dump watchdog ) &
+sh /test.sh >/tmp/test.out 2>&1
+cat /tmp/test.out
+grep -q FAIL /tmp/test.out && dump failure
 echo "FLYNN-TEST-DONE"
 grep -i panic /tmp/daemon.log && echo "FLYNN-DAEMON-PANICKED"
 poweroff -f
 "#;
 
-const TEST: &str = r#"B=flynn-host
-$B import /images/busybox-docker.tar >/dev/null || echo "FAIL import"
-echo "R-ECHO $($B run --rm busybox echo hello)"
-id=$($B run -d -m 64M --cpus 0.5 --pids-limit 20 busybox sleep 60)
+const TEST: &str = r#"# Every command is bounded: one that hangs is a FAIL with the logs dumped, not a
+# silent console.
+B() { timeout 120 flynn-host "$@"; r=$?; [ $r = 143 ] && echo "FAIL timed out: flynn-host $*"; return $r; }
+B import /images/busybox-docker.tar >/dev/null || echo "FAIL import"
+echo "R-ECHO $(B run --rm busybox echo hello)"
+id=$(B run -d -m 64M --cpus 0.5 --pids-limit 20 busybox sleep 60) || echo "FAIL run -d with limits"
 echo "R-MEM $(cat /sys/fs/cgroup/flynn/$id/memory.max)"
 echo "R-CPU $(cat /sys/fs/cgroup/flynn/$id/cpu.max)"
 echo "R-PIDS $(cat /sys/fs/cgroup/flynn/$id/pids.max)"
-$B rm -f $id >/dev/null
+B rm -f $id >/dev/null
 if [ -e /sys/fs/cgroup/flynn/$id ]; then echo "R-GONE no"; else echo "R-GONE yes"; fi
-$B run --name hog -m 16M busybox dd if=/dev/zero of=/dev/null bs=64M count=1
+B run --name hog -m 16M busybox dd if=/dev/zero of=/dev/null bs=64M count=1
 echo "R-OOM-EXIT $?"
-echo "R-OOM-FLAG $($B inspect hog | grep -c '"oom_killed": true')"
-echo "R-PIDCOUNT $($B run --rm --pids-limit 10 busybox sh -c '(for i in $(seq 1 30); do sleep 5 & done) 2>/dev/null; set -- /proc/[0-9]*; echo $#')"
+echo "R-OOM-FLAG $(B inspect hog | grep -c '"oom_killed": true')"
+echo "R-PIDCOUNT $(B run --rm --pids-limit 10 busybox sh -c '(for i in $(seq 1 30); do sleep 5 & done) 2>/dev/null; set -- /proc/[0-9]*; echo $#')"
 "#;
 
 fn marker<'a>(console: &'a str, key: &str) -> &'a str {

@@ -2,7 +2,7 @@
 //! across restarts) and the API token, both kept in the state dir.
 
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -10,12 +10,11 @@ use anyhow::{Context, Result};
 
 use super::config::validate_token;
 
+/// Host ids and tokens wait for the kernel's random pool (see [`crate::random`]): a
+/// token must not be guessable, and clones of one image must not share a host id.
 fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .context("reading /dev/urandom")?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    crate::random::hex(bytes, crate::random::Use::Secret)
+        .context("reading random bytes from the kernel (getrandom)")
 }
 
 /// Reads `path`, or creates it (mode `mode`) with `make()` if it does not exist.

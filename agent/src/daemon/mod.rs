@@ -71,15 +71,32 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     // running); every other endpoint is cleared.
     let live = crate::jobs::recorded_ids(&state_dir.join("jobs"));
     // In a cluster the bridge's subnet is leased from etcd: bridge jobs wait for it.
+    // Standalone, the bridge and NAT are set up beside the API, not before it.
     let (network, slot) = match &config.grid {
         None => {
-            let net = network::HostNetwork::open(config.network.clone(), &live)
-                .await
-                .context("setting up the host network (bridge, NAT)")?;
-            (crate::grid::NetSlot::ready(Arc::new(net)), None)
+            config
+                .network
+                .validate()
+                .map_err(|e| anyhow::anyhow!("the network configuration: {e}"))?;
+            let (setter, slot) = crate::grid::NetSlot::pending("bridge and NAT rules");
+            let (cfg, live) = (config.network.clone(), live.clone());
+            tokio::spawn(async move {
+                match network::HostNetwork::open(cfg, &live).await {
+                    Ok(net) => {
+                        tracing::info!("host network ready");
+                        setter.set(Arc::new(net), false);
+                    }
+                    Err(e) => {
+                        let why = format!("setting up the host network (bridge, NAT): {e}");
+                        tracing::error!("{why}");
+                        setter.fail(why);
+                    }
+                }
+            });
+            (slot, None)
         }
         Some(_) => {
-            let (setter, slot) = crate::grid::NetSlot::pending();
+            let (setter, slot) = crate::grid::NetSlot::pending("subnet lease from the cluster");
             (slot, Some(setter))
         }
     };

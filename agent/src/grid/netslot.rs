@@ -1,6 +1,9 @@
-//! The host network as the job supervisor sees it: ready at once on a standalone host,
-//! or once the cluster has leased this host its subnet (the bridge's subnet comes
-//! from etcd, and etcd itself may be one of this host's jobs, on the host network).
+//! The host network as the job supervisor sees it: on a standalone host, once the
+//! daemon has set up the bridge and NAT (in the background, so the API answers
+//! first: on the appliance the kernel modules for them are still loading), or,
+//! in a cluster, once the cluster has leased this host its subnet (the bridge's
+//! subnet comes from etcd, and etcd itself may be one of this host's jobs, on
+//! the host network).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,55 +22,70 @@ struct Ready {
     discovery_dns: bool,
 }
 
+/// Where the host network is.
+enum State {
+    Pending,
+    Ready(Ready),
+    Failed(String),
+}
+
 #[derive(Clone)]
 pub struct NetSlot {
-    rx: watch::Receiver<Option<Ready>>,
+    rx: watch::Receiver<State>,
+    /// What a job waits for while the network is pending, for its error message.
+    awaiting: &'static str,
 }
 
 /// Fills a pending [`NetSlot`].
-pub struct NetSlotSetter(watch::Sender<Option<Ready>>);
+pub struct NetSlotSetter(watch::Sender<State>);
 
 impl NetSlotSetter {
     /// The network is up; `discovery_dns`: containers' resolv.conf names the bridge
     /// address (where the agent answers `*.discoverd` and forwards the rest).
     pub fn set(&self, net: Arc<HostNetwork>, discovery_dns: bool) {
-        self.0.send_replace(Some(Ready { net, discovery_dns }));
+        self.0
+            .send_replace(State::Ready(Ready { net, discovery_dns }));
+    }
+
+    /// The network could not be set up: bridge jobs fail with `why`.
+    pub fn fail(&self, why: String) {
+        self.0.send_replace(State::Failed(why));
     }
 }
 
 impl NetSlot {
-    pub fn ready(net: Arc<HostNetwork>) -> NetSlot {
-        let (_tx, rx) = watch::channel(Some(Ready {
-            net,
-            discovery_dns: false,
-        }));
-        NetSlot { rx }
-    }
-
-    pub fn pending() -> (NetSlotSetter, NetSlot) {
-        let (tx, rx) = watch::channel(None);
-        (NetSlotSetter(tx), NetSlot { rx })
+    /// `awaiting`: what the network waits for, as a job's error names it.
+    pub fn pending(awaiting: &'static str) -> (NetSlotSetter, NetSlot) {
+        let (tx, rx) = watch::channel(State::Pending);
+        (NetSlotSetter(tx), NetSlot { rx, awaiting })
     }
 
     /// The network, if it is up.
     pub fn get(&self) -> Option<Arc<HostNetwork>> {
-        self.rx.borrow().as_ref().map(|r| r.net.clone())
+        match &*self.rx.borrow() {
+            State::Ready(r) => Some(r.net.clone()),
+            _ => None,
+        }
     }
 
     async fn wait(&self) -> Result<Arc<HostNetwork>, NetworkError> {
         if let Some(n) = self.get() {
             return Ok(n);
         }
-        tracing::info!("waiting for the host network (the cluster's subnet lease)");
+        tracing::info!("waiting for the host network ({})", self.awaiting);
         let mut rx = self.rx.clone();
-        match tokio::time::timeout(READY_TIMEOUT, rx.wait_for(|r| r.is_some())).await {
-            Ok(Ok(r)) => r
-                .as_ref()
-                .map(|r| r.net.clone())
-                .ok_or_else(|| NetworkError::NotReady("it went away".into())),
+        match tokio::time::timeout(READY_TIMEOUT, rx.wait_for(|s| !matches!(s, State::Pending)))
+            .await
+        {
+            Ok(Ok(s)) => match &*s {
+                State::Ready(r) => Ok(r.net.clone()),
+                State::Failed(why) => Err(NetworkError::NotReady(why.clone())),
+                State::Pending => Err(NetworkError::NotReady("it went away".into())),
+            },
             Ok(Err(_)) => Err(NetworkError::NotReady("the daemon is stopping".into())),
             Err(_) => Err(NetworkError::NotReady(format!(
-                "no subnet from the cluster after {}s: is etcd reachable? (see the daemon log)",
+                "no {} after {}s (see the daemon log)",
+                self.awaiting,
                 READY_TIMEOUT.as_secs()
             ))),
         }
@@ -75,9 +93,10 @@ impl NetSlot {
 
     /// Checks published ports now if the network is up; otherwise `attach` does.
     pub fn check_ports(&self, ports: &[PortMapping]) -> Result<(), NetworkError> {
-        match self.get() {
-            Some(n) => n.check_ports(ports),
-            None => Ok(()),
+        match &*self.rx.borrow() {
+            State::Ready(r) => r.net.check_ports(ports),
+            State::Failed(why) => Err(NetworkError::NotReady(why.clone())),
+            State::Pending => Ok(()),
         }
     }
 
@@ -95,7 +114,7 @@ impl NetSlot {
         if !requested.is_empty() {
             return requested.to_vec();
         }
-        let dns = self.rx.borrow().as_ref().is_some_and(|r| r.discovery_dns);
+        let dns = matches!(&*self.rx.borrow(), State::Ready(r) if r.discovery_dns);
         match endpoint {
             Some(ep) if dns => vec![IpAddr::V4(ep.gateway)],
             _ => Vec::new(),

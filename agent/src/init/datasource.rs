@@ -57,6 +57,11 @@ pub fn nocloud() -> Result<Option<Found>, DatasourceError> {
         Content::Iso9660 { .. } => "iso9660",
         _ => "vfat",
     };
+    // A seed's FAT may be in any of these code pages; an ISO may name files in UTF-8.
+    super::modules::demand(match content {
+        Content::Iso9660 { .. } => &["isofs", "nls_utf8"],
+        _ => &["vfat", "nls_cp437", "nls_ascii", "nls_utf8"],
+    });
     let target = Path::new("/run/flynn/seed");
     let _ = std::fs::create_dir_all(target);
     mount(

@@ -83,10 +83,29 @@ fn xid(mac: &[u8; 6]) -> u32 {
     u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ now
 }
 
+/// An empty BOOTREQUEST: every field zero, the magic cookie, no options.
+///
+/// Built by decoding rather than with dhcproto's constructors: they all go through
+/// `Message::default()`, which draws a transaction id from `rand`, whose seed waits
+/// for the kernel's random pool. On a machine without a hardware RNG (QEMU's default
+/// CPU model has no RDRAND) that wait took minutes in our static binary, where the
+/// `getrandom` crate falls back to polling /dev/random. A DHCP exchange needs no
+/// secret: its xid comes from the MAC and the clock ([`xid`]).
+fn blank_request() -> v4::Message {
+    let mut bytes = [0u8; 241];
+    bytes[0] = 1; // BOOTREQUEST
+    bytes[236..240].copy_from_slice(&[99, 130, 83, 99]); // the magic cookie
+    bytes[240] = 255; // end of options
+    // The bytes above are a constant, valid message: the default is never taken.
+    v4::Message::decode(&mut Decoder::new(&bytes)).unwrap_or_default()
+}
+
 fn request_message(mac: &[u8; 6], xid: u32, kind: MessageType) -> v4::Message {
-    let unspecified = Ipv4Addr::UNSPECIFIED;
-    let mut msg =
-        v4::Message::new_with_id(xid, unspecified, unspecified, unspecified, unspecified, mac);
+    let mut msg = blank_request();
+    msg.set_opcode(v4::Opcode::BootRequest)
+        .set_htype(v4::HType::Eth)
+        .set_xid(xid)
+        .set_chaddr(mac);
     msg.set_flags(v4::Flags::default().set_broadcast());
     let opts = msg.opts_mut();
     opts.insert(DhcpOption::MessageType(kind));

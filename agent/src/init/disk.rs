@@ -241,6 +241,8 @@ fn mount_ext4(dev: &Path, target: &Path) -> Result<(), DiskError> {
         path: target.to_path_buf(),
         source: e,
     })?;
+    // ext4 asks the crypto API for crc32c, which modules.dep does not list.
+    super::modules::demand(&["crc32c_generic", "ext4"]);
     mount(
         Some(dev),
         target,
@@ -317,7 +319,7 @@ pub fn mount_state(choice: &StateChoice, target: &Path) -> Result<StateMount, Di
             for d in devs.iter().filter(|d| is_disk_name(&d.name)) {
                 match probe(&d.path) {
                     Ok(c) => contents.push((d, c)),
-                    Err(e) => eprintln!("flynn-init: skipping {}: {e}", d.path.display()),
+                    Err(e) => super::say(format!("skipping {}: {e}", d.path.display())),
                 }
             }
             if let Some((d, _)) = contents

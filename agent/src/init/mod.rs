@@ -6,7 +6,8 @@
 //! The boot, in order (each step prints one `flynn-init:` line on the console):
 //! leave the initramfs for a bind mount of it ([`mounts`]); mount the API file systems and
 //! cgroup2; read the command line ([`cmdline`], [`settings`]); load the kernel
-//! modules listed at build time ([`modules`]); find, format if blank, and mount
+//! modules of the boot list and the present devices' drivers, job networking's
+//! in the background ([`modules`]); find, format if blank, and mount
 //! the state disk, or fall back to tmpfs ([`disk`]); bring up the network (DHCP
 //! by default, [`dhcp`]; static from `ip=`; [`net`]); read a NoCloud seed or EC2
 //! user data ([`datasource`]); set the host name; start `flynn-host daemon`
@@ -56,7 +57,43 @@ const DHCP_FIRST_LEASE: Duration = Duration::from_secs(30);
 
 /// One line on the console.
 pub fn say(msg: impl std::fmt::Display) {
-    eprintln!("flynn-init: {msg}");
+    use std::io::Write;
+    let line = format!("flynn-init: {msg}\n");
+    let mut consoles = CONSOLES.lock().unwrap_or_else(|p| p.into_inner());
+    if consoles.is_none() {
+        *consoles = open_consoles();
+    }
+    match consoles.as_deref() {
+        Some(all) if !all.is_empty() => {
+            for mut c in all {
+                let _ = c.write_all(line.as_bytes());
+            }
+        }
+        _ => eprint!("{line}"),
+    }
+}
+
+/// Every console the kernel writes to (`console=tty0 console=ttyS0` in the image:
+/// the screen and the first serial port). /dev/console, our stderr, is only the
+/// last of them: a user watching the screen of a machine that also has a serial
+/// port would see the kernel's messages and none of ours.
+static CONSOLES: std::sync::Mutex<Option<Vec<std::fs::File>>> = std::sync::Mutex::new(None);
+
+/// None until sysfs is mounted (then stderr serves).
+fn open_consoles() -> Option<Vec<std::fs::File>> {
+    let active = std::fs::read_to_string("/sys/class/tty/console/active").ok()?;
+    Some(
+        active
+            .split_whitespace()
+            .filter_map(|name| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOCTTY)
+                    .open(Path::new("/dev").join(name))
+                    .ok()
+            })
+            .collect(),
+    )
 }
 
 /// Seconds since the kernel started (CLOCK_BOOTTIME).
@@ -175,12 +212,7 @@ fn fail(settings: &Settings, error: anyhow::Error) -> ! {
 fn boot(cmdline: &Cmdline, settings: &mut Settings) -> Result<()> {
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     let _ = nix::sys::reboot::set_cad_enabled(false);
-    let loaded = modules::load_all(Path::new("/")).context("loading kernel modules")?;
-    mark("modules");
-    say(format!("loaded {} kernel modules", loaded.loaded));
-    for (m, e) in &loaded.failed {
-        say(format!("warning: module {m} did not load: {e}"));
-    }
+    load_modules();
     match mounts::enable_cgroup_controllers() {
         Ok(c) => say(format!("cgroup v2 controllers for jobs: {c}")),
         Err(e) => say(format!("warning: enabling cgroup controllers: {e}")),
@@ -392,10 +424,76 @@ fn start_daemon(settings: &Settings) -> Result<Pid> {
     Ok(Pid::from_raw(child.id() as i32))
 }
 
+/// The daemon makes the host id and, unless one was given, the API token at its
+/// first start: secrets, taken only from an initialised random pool. Nothing else
+/// of the boot waits for it. Without a hardware RNG (RDRAND, virtio-rng) the kernel
+/// initialises its pool from CPU jitter while we wait: about a second under TCG.
+fn wait_for_random_pool(settings: &Settings) {
+    let state = Path::new(STATE_DIR);
+    let needs_secret = (settings.token.is_none() && !state.join("token").exists())
+        || !state.join("host-id").exists();
+    if !needs_secret || crate::random::pool_ready() {
+        return;
+    }
+    say(
+        "waiting for the kernel's random pool (for the API token and host id); \
+         a hardware RNG (RDRAND, virtio-rng) makes this instant",
+    );
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    match crate::random::fill(&mut byte, crate::random::Use::Secret) {
+        Ok(()) => say(format!(
+            "random pool ready after {:.1} s",
+            started.elapsed().as_secs_f64()
+        )),
+        Err(e) => say(format!("warning: reading the random pool: {e}")),
+    }
+}
+
 fn tail(path: &str, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The boot list and the present devices' drivers now; job networking in the
+/// background (the daemon opens the host network once it can, and jobs wait
+/// for it), so the API answers without waiting for them.
+fn load_modules() {
+    let index = match modules::Modules::open(Path::new("/")) {
+        Ok(m) => std::sync::Arc::new(m),
+        Err(e) => {
+            say(format!("warning: no kernel modules: {e}"));
+            return;
+        }
+    };
+    modules::set_index(index.clone());
+    if let Err(e) = modules::hotplug(index.clone()) {
+        say(format!(
+            "warning: no hotplug (devices added later get no driver): {e}"
+        ));
+    }
+    let report = |what: &str, l: modules::Loaded| {
+        say(format!("loaded {} kernel modules ({what})", l.loaded));
+        for e in l.failed {
+            say(format!("warning: {e}"));
+        }
+    };
+    report("boot", index.load_list("flynn.boot"));
+    report("drivers of the devices present", index.coldplug());
+    mark("modules");
+    let jobs = index.clone();
+    let spawned = std::thread::Builder::new()
+        .name("modules".into())
+        .spawn(move || {
+            report(
+                "job networking, in the background",
+                jobs.load_list("flynn.jobs"),
+            )
+        });
+    if spawned.is_err() {
+        report("job networking", index.load_list("flynn.jobs"));
+    }
 }
 
 /// The daemon that serves the state dir now: after an in-place upgrade it is
@@ -443,6 +541,7 @@ async fn run(ip: IpConfig, settings: &mut Settings) -> Result<()> {
     say(format!("host name: {hostname}"));
 
     write_daemon_config(settings)?;
+    wait_for_random_pool(settings);
     let mut daemon = start_daemon(settings)?;
     say(format!(
         "started flynn-host daemon (pid {daemon}), log {DAEMON_LOG}"

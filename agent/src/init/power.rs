@@ -241,7 +241,7 @@ pub fn finish(stop: Stop) -> ! {
         Stop::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
     };
     let err = nix::sys::reboot::reboot(how);
-    eprintln!("flynn-init: reboot(2) failed: {err:?}; halting here");
+    super::say(format!("reboot(2) failed: {err:?}; halting here"));
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

@@ -450,6 +450,7 @@ impl JobManager {
         let store = self.images.clone();
         let image_id = job.image_id.clone();
         let mount_dir = dir.clone();
+        let step = StartStep::new(&job.id);
         tokio::task::spawn_blocking(move || {
             let image = store.resolve(&image_id)?;
             let lowers = store.layer_dirs(&image)?;
@@ -457,6 +458,7 @@ impl JobManager {
         })
         .await
         .map_err(JobError::join)??;
+        step.done("root filesystem mounted");
         crate::failpoint::hit("start.mounted");
 
         if job.config.network == NetworkMode::Bridge {
@@ -465,7 +467,10 @@ impl JobManager {
         }
         let endpoint = match job.config.network {
             NetworkMode::Bridge => match self.network.attach(&job.id, &job.config.ports).await {
-                Ok(endpoint) => Some(endpoint),
+                Ok(endpoint) => {
+                    step.done("network attached");
+                    Some(endpoint)
+                }
                 Err(e) => {
                     let _ = record::unmount_rootfs(&dir);
                     return Err(e.into());
@@ -491,9 +496,12 @@ impl JobManager {
                 state_root: self.paths.containers.clone(),
                 log_path: dir.join(record::LOG_FILE),
             };
+            step.done("config written");
             let created = self.spares.spawn(&dir, &shim_config).await?;
+            step.done("container created");
             crate::failpoint::hit("start.created");
             let pid = created.start().await?;
+            step.done("container started");
             crate::failpoint::hit("start.started");
             Ok::<_, JobError>(pid)
         }
@@ -911,4 +919,36 @@ pub fn has_exited(job: &Job) -> bool {
 /// `docker run --rm` returns only after the container is gone.
 pub fn has_been_removed(job: &Job) -> bool {
     job.state == JobState::Removed
+}
+
+/// Logs each step of a start at debug level with the time it took, so that a start
+/// that stops somewhere says where (`FLYNN_LOG=debug`). Every step is bounded by its
+/// own time-out (the network's and the shim's), so a start always ends.
+struct StartStep<'a> {
+    job: &'a str,
+    last: std::sync::Mutex<std::time::Instant>,
+}
+
+impl<'a> StartStep<'a> {
+    fn new(job: &'a str) -> StartStep<'a> {
+        tracing::debug!(job, "start: mounting the root filesystem");
+        StartStep {
+            job,
+            last: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    fn done(&self, what: &str) {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let ms = now
+            .duration_since(std::mem::replace(&mut *last, now))
+            .as_secs_f64()
+            * 1e3;
+        tracing::debug!(
+            job = self.job,
+            ms = format_args!("{ms:.1}"),
+            "start: {what}"
+        );
+    }
 }

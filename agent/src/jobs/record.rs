@@ -3,7 +3,7 @@
 //! leaves either the old or the new record, never a torn one.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::JobError;
@@ -16,12 +16,10 @@ pub const LOG_FILE: &str = "log.json";
 const SHIM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// 128 random bits as 32 hex characters.
+/// Unique, not secret: never waits for the kernel's random pool.
 pub fn new_id() -> Result<String, JobError> {
-    let mut bytes = [0u8; 16];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| JobError::io(Path::new("/dev/urandom"), e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::random::hex(16, crate::random::Use::Unique)
+        .map_err(|e| JobError::io(Path::new("getrandom"), e))
 }
 
 /// Creates the job's directory with its first record and an empty log (so log

@@ -52,42 +52,58 @@ flynn_resolve_modules() {
         }' "$dir/modules.dep"
 }
 
-# flynn_builtin_modules MODULES_DIR LIST_FILE: the listed modules the kernel has
-# built in (they need no file).
+# flynn_module_names [WHEN]: the names of modules.list ('_' spelling), all of
+# them or those loaded WHEN (boot, jobs, device, demand).
+flynn_module_names() {
+    sed 's/#.*//; s/-/_/g' "$FLYNN_BOARD_DIR/modules.list" |
+        awk -v when="${1:-}" 'NF && (when == "" || $2 == when) { print $1 }'
+}
+
+# flynn_builtin_modules MODULES_DIR: the listed modules the kernel has built in
+# (they need no file).
 flynn_builtin_modules() {
-    local dir=$1 list=$2 m
+    local dir=$1 m
     [ -f "$dir/modules.builtin" ] || return 0
-    sed 's/#.*//; s/[[:space:]]//g; /^$/d; s/-/_/g' "$list" | while read -r m; do
+    flynn_module_names | while read -r m; do
         sed 's|.*/||; s/\.ko$//; s/-/_/g' "$dir/modules.builtin" | grep -qx "$m" && echo "$m"
     done
     return 0
 }
 
+# flynn_module_lists MODULES_DIR: writes the init's load lists, flynn.boot and
+# flynn.jobs, without the built-in modules.
+flynn_module_lists() {
+    local dir=$1 builtin when
+    builtin=$(flynn_builtin_modules "$dir")
+    for when in boot jobs; do
+        flynn_module_names "$when" | grep -v -x -F -e "${builtin:-//none//}" >"$dir/flynn.$when" || true
+    done
+}
+
 # flynn_install_modules SRC_MODULES_DIR ROOT RELEASE: copies the listed modules
-# and their dependencies into ROOT/lib/modules/RELEASE, writes flynn.load, and
-# indexes them (depmod) so busybox modprobe can load one on the kernel's demand.
+# and their dependencies into ROOT/lib/modules/RELEASE, writes the load lists,
+# and indexes them (depmod: modules.dep for the dependencies, modules.alias for
+# the devices' drivers, and busybox modprobe for the kernel's own requests).
 flynn_install_modules() {
-    local src=$1 root=$2 release=$3 list=$FLYNN_BOARD_DIR/modules.list
+    local src=$1 root=$2 release=$3
     local dst=$root/lib/modules/$release rel resolved builtin
     mkdir -p "$dst"
-    builtin=$(flynn_builtin_modules "$src" "$list")
-    sed 's/#.*//; s/[[:space:]]//g; /^$/d; s/-/_/g' "$list" |
-        grep -v -x -F -e "${builtin:-//none//}" >"$dst/.wanted" || true
+    builtin=$(flynn_builtin_modules "$src")
+    flynn_module_names | grep -v -x -F -e "${builtin:-//none//}" >"$dst/.wanted" || true
     resolved=$(flynn_resolve_modules "$src" "$dst/.wanted" 2>"$dst/.missing")
     if [ -s "$dst/.missing" ]; then
         flynn_die "kernel $release lacks modules the appliance needs: $(cat "$dst/.missing")"
     fi
     rm -f "$dst/.wanted" "$dst/.missing"
-    : >"$dst/flynn.load"
     for rel in $resolved; do
         mkdir -p "$dst/$(dirname "$rel")"
         cp "$src/$rel" "$dst/$rel"
-        echo "$rel" >>"$dst/flynn.load"
     done
     for f in modules.order modules.builtin modules.builtin.modinfo; do
         [ -f "$src/$f" ] && cp "$src/$f" "$dst/$f"
     done
     depmod -b "$root" "$release"
+    flynn_module_lists "$dst"
 }
 
 # flynn_initramfs ROOT OUT: newc cpio archives of ROOT, sorted, owned by root,

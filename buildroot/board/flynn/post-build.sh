@@ -1,20 +1,14 @@
 #!/usr/bin/env bash
 # buildroot post-build: $1 is TARGET_DIR. The board overlay is already in place;
-# this adds what the offline assembler adds too: the module load list (empty when
-# the kernel has everything built in), the kernel's on-demand modprobe, and the
+# this adds what the offline assembler adds too: the module load lists (empty
+# when the kernel has everything built in), the kernel's on-demand modprobe, and the
 # baked image archives.
 set -euo pipefail
 target=$1
 . "$(dirname "$0")/lib.sh"
 repo=$BR2_EXTERNAL_FLYNN_PATH/..
 for dir in "$target"/lib/modules/*/; do
-    [ -f "$dir/modules.dep" ] || continue
-    release=$(basename "$dir")
-    list=$(mktemp)
-    sed 's/#.*//; s/[[:space:]]//g; /^$/d; s/-/_/g' "$FLYNN_BOARD_DIR/modules.list" >"$list"
-    builtin=$(flynn_builtin_modules "$dir" "$list")
-    grep -v -x -F -e "${builtin:-//none//}" "$list" | flynn_resolve_modules "$dir" /dev/stdin >"$dir/flynn.load" || true
-    rm -f "$list"
+    [ -f "$dir/modules.dep" ] && flynn_module_lists "$dir"
 done
 # No module directory at all (everything built in): an empty list for the running release.
 [ -d "$target/lib/modules" ] || mkdir -p "$target/lib/modules"

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -15,6 +16,24 @@ use crate::exit::{self, Durability, ExitFileError, ExitStatus};
 
 /// Replies and handshake lines are short; anything longer is a protocol error.
 const MAX_LINE_BYTES: u64 = 64 * 1024;
+
+/// How long a spawned shim may take to detach (its first process only forks and exits).
+pub const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shim may take from its job to `created` (spec, seccomp, libcontainer's
+/// create, cgroups): seconds even on an emulated machine, so a minute means it is stuck.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a created container may take to start.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `default`, or `FLYNN_SHIM_TIMEOUT` seconds for every step (for tests, and for a
+/// machine slower than any we know).
+fn step_timeout(default: Duration) -> Duration {
+    std::env::var("FLYNN_SHIM_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(default)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -49,6 +68,19 @@ pub enum ShimError {
     StillRunning {
         dir: PathBuf,
         waited: std::time::Duration,
+    },
+    /// A step of a start did not finish in time; the shim was killed.
+    #[error(
+        "the shim did not finish {step} within {}s; it was killed and the job was not \
+         started: see {log:?}{tail}",
+        waited.as_secs()
+    )]
+    TimedOut {
+        step: &'static str,
+        waited: Duration,
+        log: PathBuf,
+        /// The last line of the shim's log, if any, as `" (last line: ...)"`.
+        tail: String,
     },
     #[error(transparent)]
     Exit(#[from] ExitFileError),
@@ -116,16 +148,22 @@ async fn spawn_detaching(mut cmd: Command, what: String) -> Result<Spawned, Shim
         .stdout(Stdio::piped())
         .kill_on_drop(false)
         .spawn()
-        .map_err(io(what))?;
+        .map_err(io(what.clone()))?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(ShimError::Protocol(
             "shim spawned without stdio pipes".into(),
         ));
     };
-    let status = child
-        .wait()
-        .await
-        .map_err(io("waiting for the shim to detach"))?;
+    let status = match tokio::time::timeout(DETACH_TIMEOUT, child.wait()).await {
+        Ok(status) => status.map_err(io("waiting for the shim to detach"))?,
+        Err(_) => {
+            let _ = child.start_kill();
+            return Err(ShimError::Protocol(format!(
+                "{what}: the process did not detach within {}s (killed)",
+                DETACH_TIMEOUT.as_secs()
+            )));
+        }
+    };
     Ok(Spawned {
         stdin,
         stdout: BufReader::new(stdout),
@@ -190,13 +228,20 @@ impl Spares {
         let files = prepare(job_dir, cfg).await?;
         let spare = self.slot.lock().await.take();
         self.refill();
+        let had_spare = spare.is_some();
         let handed = match spare {
             Some(spare) => hand_job(spare, job_dir).await,
             None => None,
         };
         let spawned = match handed {
-            Some(spawned) => spawned,
-            None => spawn_shim(&self.exe, job_dir).await?,
+            Some(spawned) => {
+                tracing::debug!(dir = ?job_dir, "start: job handed to a spare shim");
+                spawned
+            }
+            None => {
+                tracing::debug!(dir = ?job_dir, had_spare, "start: spawning a shim (no usable spare)");
+                spawn_shim(&self.exe, job_dir).await?
+            }
         };
         handshake(&files, spawned).await
     }
@@ -247,6 +292,14 @@ pub async fn spawn(exe: &Path, job_dir: &Path, cfg: &ShimConfig) -> Result<Creat
 async fn prepare(job_dir: &Path, cfg: &ShimConfig) -> Result<JobFiles, ShimError> {
     let files = JobFiles::new(job_dir);
     files.check_socket_path()?;
+    // A previous run's pid could be anyone's by now: only this run's shim writes it
+    // again, so a stuck start never kills a stranger (see `timed_out`).
+    match tokio::fs::remove_file(files.shim_pid()).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io(format!("removing {:?}", files.shim_pid()))(e));
+        }
+        _ => {}
+    }
     write_config(&files.shim_config(), cfg).await?;
     Ok(files)
 }
@@ -259,7 +312,20 @@ async fn handshake(files: &JobFiles, spawned: Spawned) -> Result<CreatedShim, Sh
         mut stdout,
         status,
     } = spawned;
-    let line = read_line(&mut stdout).await?;
+    let started = Instant::now();
+    let limit = step_timeout(CREATE_TIMEOUT);
+    let line = match tokio::time::timeout(limit, read_line(&mut stdout)).await {
+        Ok(line) => line?,
+        Err(_) => {
+            drop(stdin);
+            return Err(timed_out(files, "creating the container", limit, None).await);
+        }
+    };
+    tracing::debug!(
+        dir = ?job_dir,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "start: the shim answered the create"
+    );
     match line {
         Some(Handshake::Created { pid, shim_pid }) => Ok(CreatedShim {
             pid,
@@ -351,7 +417,12 @@ async fn run_exec_shim(
     } = spawn_shim(exe, files.dir()).await?;
     // The exec shim has no start phase.
     drop(stdin);
-    match read_line(&mut stdout).await? {
+    let limit = step_timeout(CREATE_TIMEOUT);
+    let reply = match tokio::time::timeout(limit, read_line(&mut stdout)).await {
+        Ok(reply) => reply?,
+        Err(_) => return Err(timed_out(files, "starting the exec", limit, None).await),
+    };
+    match reply {
         Some(Handshake::Started { pid }) => Ok(pid),
         Some(Handshake::Error(msg)) => Err(ShimError::Create(format!("cannot exec: {msg}"))),
         Some(other) => Err(ShimError::Protocol(format!("{other:?} from an exec shim"))),
@@ -381,15 +452,26 @@ impl CreatedShim {
     /// Lets the container run. Returns its init pid.
     pub async fn start(mut self) -> Result<i32, ShimError> {
         let line = format!("{}\n", protocol::START);
-        self.stdin
-            .write_all(line.as_bytes())
-            .await
-            .map_err(io("sending start to the shim"))?;
-        self.stdin
-            .flush()
-            .await
-            .map_err(io("sending start to the shim"))?;
-        match read_line(&mut self.stdout).await? {
+        let files = JobFiles::new(&self.job_dir);
+        let send = async {
+            self.stdin.write_all(line.as_bytes()).await?;
+            self.stdin.flush().await
+        };
+        let limit = step_timeout(START_TIMEOUT);
+        let reply = tokio::time::timeout(limit, async {
+            send.await.map_err(io("sending start to the shim"))?;
+            read_line(&mut self.stdout).await
+        })
+        .await;
+        let reply = match reply {
+            Ok(reply) => reply?,
+            Err(_) => {
+                let pid = self.shim_pid;
+                drop(self);
+                return Err(timed_out(&files, "starting the container", limit, Some(pid)).await);
+            }
+        };
+        match reply {
             Some(Handshake::Started { pid }) => Ok(pid),
             Some(Handshake::Error(msg)) => Err(ShimError::Start(msg)),
             Some(other) => Err(ShimError::Protocol(format!("{other:?} after start"))),
@@ -410,6 +492,41 @@ impl CreatedShim {
         drop(stdin);
         let mut sink = tokio::io::sink();
         let _ = tokio::io::copy(&mut stdout, &mut sink).await;
+    }
+}
+
+/// A shim that did not finish `step` in time: killed (its pid from `shim.pid` when it
+/// has not told us yet), so that nothing of the job runs on; the caller cleans up the
+/// container. A spare that never read its job needs nothing: it sees EOF on its stdin.
+async fn timed_out(
+    files: &JobFiles,
+    step: &'static str,
+    waited: Duration,
+    shim_pid: Option<i32>,
+) -> ShimError {
+    let pid = shim_pid.or_else(|| {
+        std::fs::read_to_string(files.shim_pid())
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    });
+    tracing::warn!(dir = ?files.dir(), step, ?pid, "a shim step timed out; killing the shim");
+    if let Some(pid) = pid.filter(|p| *p > 1) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        // It holds shim.lock until it is gone; the caller's cleanup must come after.
+        let dir = files.dir().to_owned();
+        let _ = tokio::task::spawn_blocking(move || {
+            super::wait_shim_gone(&dir, Duration::from_secs(5))
+        })
+        .await;
+    }
+    ShimError::TimedOut {
+        step,
+        waited,
+        log: files.shim_log(),
+        tail: log_tail(files),
     }
 }
 

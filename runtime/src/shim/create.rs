@@ -16,7 +16,7 @@ use oci_spec::runtime::Spec;
 use super::monitor::{self, Handoff, Kind};
 use super::protocol::{self, Handshake};
 use super::stdio::{self, Pending};
-use super::{JobFiles, ShimConfig, diag, error_chain, lock, read_config, sys};
+use super::{JobFiles, ShimConfig, diag, error_chain, lock, read_config, step, sys};
 use crate::container::{self, Io};
 use crate::exit::Durability;
 use crate::seccomp::{Filter, Source};
@@ -94,6 +94,7 @@ fn create(job_dir: &Path) -> i32 {
             return 1;
         }
     };
+    step("settled (log, lock, pid file)");
     let prepared = match prepare(&files) {
         Ok(p) => p,
         Err(msg) => {
@@ -104,6 +105,7 @@ fn create(job_dir: &Path) -> i32 {
             return 1;
         }
     };
+    step("prepared (spec, seccomp, stdio)");
     run(&files, prepared, lock)
 }
 
@@ -249,6 +251,7 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
             return 1;
         }
     };
+    step("created by libcontainer");
     let Some(init) = container.pid() else {
         let msg = format!("libcontainer created container {id} but reported no init pid");
         abort(files, &p.cfg, None, &msg);
@@ -288,6 +291,7 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
         );
         return 1;
     }
+    step("reported created; waiting for start");
     if !wait_for_start() {
         abort(
             files,
@@ -304,6 +308,7 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
         return 1;
     }
     report(&Handshake::Started { pid: init.as_raw() });
+    step("started");
     drop(container);
     close_stdio();
 

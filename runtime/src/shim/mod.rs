@@ -226,6 +226,32 @@ fn diag(msg: &str) {
     );
 }
 
+/// A step of the shim's start, in `shim.log` when the agent runs with `FLYNN_LOG`
+/// at debug or trace (the shim inherits its environment): with the agent's own step
+/// lines, a start that stops somewhere says where.
+///
+/// `FLYNN_SHIM_HANG_AT=<step prefix>` (tests only) makes the shim stop at that step
+/// for good, as a shim that hangs in the kernel would: the agent's time-outs must end
+/// the start and clean up.
+fn step(msg: &str) {
+    if std::env::var("FLYNN_SHIM_HANG_AT").is_ok_and(|at| !at.is_empty() && msg.starts_with(&at)) {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    let verbose =
+        std::env::var("FLYNN_LOG").is_ok_and(|v| v.contains("debug") || v.contains("trace"));
+    if verbose {
+        use std::io::Write;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let _ = writeln!(
+            std::io::stderr(),
+            "{now} shim[{}]: step: {msg}",
+            std::process::id()
+        );
+    }
+}
+
 /// An error with its causes, skipping causes whose text the message already contains.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut msg = err.to_string();
