@@ -31,7 +31,7 @@ fi
 export SOURCE_DATE_EPOCH
 export TZ=UTC LC_ALL=C
 
-for tool in cpio zstd lz4 depmod objcopy mkfs.fat mmd mcopy sfdisk qemu-img xorriso grub-mkimage mke2fs; do
+for tool in cpio zstd lz4 depmod objcopy mkfs.fat mmd mcopy syslinux sfdisk qemu-img xorriso grub-mkimage mke2fs; do
     command -v "$tool" >/dev/null || flynn_die "$tool is missing (scripts/deps.sh installs it)"
 done
 

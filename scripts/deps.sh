@@ -19,6 +19,7 @@ FLYNN_APT_PACKAGES=(
     ethtool                               # grid tests: GRO on the test underlay, as real NICs have
     # the appliance image (buildroot/assemble.sh) and booting it (qemu-tests, main.sh)
     kmod cpio zstd lz4 e2fsprogs dosfstools mtools fdisk xorriso isolinux syslinux-common
+    syslinux                              # BIOS boot of the raw disk (installs on its FAT ESP)
     systemd-boot-efi grub-efi-amd64-bin qemu-utils ovmf socat
 )
 

@@ -373,9 +373,9 @@ pub struct Ready {
 }
 
 impl Appliance {
-    /// The VGA text screen (80x25 at 0xb8000, as the BIOS and the kernel's VGA
-    /// console leave it), its rows joined without line breaks: a line the screen
-    /// wrapped reads whole.
+    /// The VGA text memory (0xb8000-0xbffff: the 80x25 screen and what the
+    /// kernel's VGA console scrolled through, which moves the screen's origin in
+    /// it), rows joined without line breaks: a line the screen wrapped reads whole.
     pub fn screen(&self) -> Result<String, MachineError> {
         let Some(path) = &self.screen else {
             return Err(MachineError::Qmp("this machine has no VGA console".into()));
@@ -384,7 +384,7 @@ impl Appliance {
         self.qmp_with(
             "pmemsave",
             &format!(
-                r#"{{"val":{},"size":4000,"filename":"{}"}}"#,
+                r#"{{"val":{},"size":32768,"filename":"{}"}}"#,
                 0xb8000,
                 path.display()
             ),
@@ -408,7 +408,7 @@ impl Appliance {
         let deadline = Instant::now() + timeout;
         loop {
             let screen = self.screen()?;
-            if let Some(at) = screen.find(needle) {
+            if let Some(at) = screen.rfind(needle) {
                 let line = screen[at..].to_string();
                 // The token is 64 hex digits: wait until all of it is on the screen.
                 if line

@@ -12,7 +12,7 @@ FLYNN_ESP_GUID=6a5b3c1e-0f1a-4c7e-9d2b-464c594e0002
 FLYNN_STATE_GUID=6a5b3c1e-0f1a-4c7e-9d2b-464c594e0003
 FLYNN_FAT_ID=464c594e
 FLYNN_ISO_VOLID=FLYNN
-FLYNN_ESP_MIB=64
+FLYNN_ESP_MIB=128
 FLYNN_RAW_MIB=1024
 
 flynn_die() {
@@ -207,12 +207,21 @@ flynn_make_images() {
     # shellcheck disable=SC2064
     trap "rm -rf '$work'" RETURN
 
-    # Raw GPT disk (UEFI): the ESP with the UKI as the removable-media path,
-    # and a blank "flynn-state" partition that the init formats at first boot.
-    mkdir -p "$work/esp/EFI/BOOT"
+    # Raw GPT disk, UEFI and BIOS: the ESP with the UKI as the removable-media
+    # path (UEFI), and the kernel, initramfs and syslinux for BIOS machines (the
+    # protective MBR's boot code is syslinux's gptmbr, which starts the partition
+    # marked legacy-BIOS-bootable); a blank "flynn-state" partition that the init
+    # formats at first boot.
+    mkdir -p "$work/esp/EFI/BOOT" "$work/esp/boot" "$work/esp/syslinux"
     flynn_uki "$kernel" "$initrd" "$cmdline" "$work/esp/EFI/BOOT/BOOTX64.EFI"
+    cp "$kernel" "$work/esp/boot/vmlinuz"
+    cp "$initrd" "$work/esp/boot/initrd.img"
+    sed "s|@CMDLINE@|$cmdline|" "$FLYNN_BOARD_DIR/isolinux.cfg" >"$work/esp/syslinux/syslinux.cfg"
     find "$work/esp" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     flynn_fat "$work/esp.img" $((FLYNN_ESP_MIB * 1024)) FLYNN-ESP "$work/esp"
+    # mtools-based: works on the image file, no mount.
+    syslinux --install --directory /syslinux "$work/esp.img" ||
+        flynn_die "syslinux could not install on the ESP (apt-get install syslinux)"
     local raw=$out/$name.raw
     rm -f "$raw.tmp"
     truncate -s "${FLYNN_RAW_MIB}M" "$raw.tmp"
@@ -221,10 +230,12 @@ flynn_make_images() {
 label: gpt
 label-id: $FLYNN_DISK_GUID
 first-lba: 2048
-start=$esp_start, size=$esp_sectors, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=$FLYNN_ESP_GUID, name="EFI system"
+start=$esp_start, size=$esp_sectors, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=$FLYNN_ESP_GUID, name="EFI system", attrs="LegacyBIOSBootable"
 start=$((esp_start + esp_sectors)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$FLYNN_STATE_GUID, name="flynn-state"
 SFDISK
     dd if="$work/esp.img" of="$raw.tmp" bs=1M seek=1 conv=notrunc,sparse status=none
+    dd if="${FLYNN_GPTMBR:-/usr/lib/syslinux/mbr/gptmbr.bin}" of="$raw.tmp" bs=440 count=1 \
+        conv=notrunc status=none
     mv "$raw.tmp" "$raw"
     rm -f "$out/$name.qcow2"
     qemu-img convert -q -c -f raw -O qcow2 "$raw" "$out/$name.qcow2"
