@@ -69,6 +69,23 @@ fn assert_no_failure(console: &str) {
     }
 }
 
+/// Where the image's second partition (flynn-state) starts, from its GPT.
+fn state_partition_offset(image: &Path) -> u64 {
+    let out = std::process::Command::new("sfdisk")
+        .arg("--json")
+        .arg(image)
+        .output()
+        .expect("sfdisk (apt-get install fdisk)");
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sfdisk --json");
+    let sector = table["partitiontable"]["sectorsize"]
+        .as_u64()
+        .unwrap_or(512);
+    let start = table["partitiontable"]["partitions"][1]["start"]
+        .as_u64()
+        .expect("a second partition");
+    start * sector
+}
+
 /// The ext4 superblock of the partition at `offset` says "cleanly unmounted".
 fn ext4_clean_at(image: &Path, offset: u64) -> bool {
     use std::io::{Seek, SeekFrom};
@@ -189,7 +206,7 @@ fn raw_disk_keeps_state_and_restarts_jobs_across_a_reboot() {
     assert_no_failure(&console);
     // Partition 2 starts after the 1 MiB gap and the 64 MiB ESP.
     assert!(
-        ext4_clean_at(&raw, 65 << 20),
+        ext4_clean_at(&raw, state_partition_offset(&raw)),
         "the state file system was not cleanly unmounted"
     );
 

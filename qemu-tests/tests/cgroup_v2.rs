@@ -50,6 +50,7 @@ dump() {
     echo "FLYNN-DUMP end"
 }
 export FLYNN_LOG=debug
+[ -f /env.sh ] && . /env.sh
 flynn-host daemon >/tmp/daemon.log 2>&1 &
 i=0
 until flynn-host version >/dev/null 2>&1; do
@@ -91,8 +92,9 @@ fn marker<'a>(console: &'a str, key: &str) -> &'a str {
         .trim()
 }
 
-#[test]
-fn limits_hold_on_a_pure_cgroup_v2_host() {
+/// Boots the test VM with `test` as its script and `env` (shell lines) sourced
+/// before the daemon starts; returns the console once the script is done.
+fn boot_with(name: &str, test: &str, env: &str) -> String {
     let bin = static_flynn_host().unwrap_or_else(|e| panic!("{e}"));
     let kernel = Kernel::find().unwrap_or_else(|e| panic!("{e}"));
     let fixtures = std::env::var_os("FLYNN_FIXTURES")
@@ -116,7 +118,10 @@ fn limits_hold_on_a_pure_cgroup_v2_host() {
     }
     fs.file("images/busybox-docker.tar", &images).unwrap();
     fs.bytes("init", INIT, 0o755);
-    fs.bytes("test.sh", TEST, 0o644);
+    fs.bytes("test.sh", test, 0o644);
+    if !env.is_empty() {
+        fs.bytes("env.sh", env, 0o644);
+    }
     let modules = kernel.modules_with_deps(HOST_MODULES).unwrap();
     let mut order = String::new();
     for module in &modules {
@@ -137,7 +142,7 @@ fn limits_hold_on_a_pure_cgroup_v2_host() {
         append: "quiet panic=-1 rdinit=/init".to_string(),
         memory_mb: 1024,
         cpus: 2,
-        console_log: logs.join("cgroup_v2.log"),
+        console_log: logs.join(format!("{name}.log")),
         extra: vec!["-nic".into(), "none".into()],
     })
     .unwrap();
@@ -145,6 +150,12 @@ fn limits_hold_on_a_pure_cgroup_v2_host() {
         .wait_for("FLYNN-TEST-DONE", Duration::from_secs(600))
         .unwrap_or_else(|e| panic!("{e}"));
     let _ = vm.wait_exit(Duration::from_secs(60));
+    console
+}
+
+#[test]
+fn limits_hold_on_a_pure_cgroup_v2_host() {
+    let console = boot_with("cgroup_v2", TEST, "");
 
     assert!(
         console.contains("FLYNN-INIT cgroup: cpu memory pids"),
@@ -164,4 +175,33 @@ fn limits_hold_on_a_pure_cgroup_v2_host() {
     );
     assert!(!console.contains("FLYNN-DAEMON-PANICKED"), "{console}");
     assert!(!console.contains("FAIL"), "{console}");
+}
+
+/// A start whose shim hangs (as one stuck in the kernel would) fails within its
+/// bound on the appliance's cgroup mode too, and the guest puts the daemon's
+/// step log and the shim's log on the console, so a hang explains itself.
+#[test]
+fn a_hung_start_fails_in_time_and_the_guest_shows_why() {
+    let test = r#"B() { timeout 120 flynn-host "$@"; r=$?; [ $r = 143 ] && echo "FAIL timed out: flynn-host $*"; return $r; }
+B import /images/busybox-docker.tar >/dev/null || echo "FAIL import"
+t0=$(cut -d. -f1 /proc/uptime)
+B run -d --net none busybox sleep 60 >/tmp/run.out 2>&1 && echo "R-UNEXPECTED started"
+echo "R-SECONDS $(( $(cut -d. -f1 /proc/uptime) - t0 ))"
+echo "R-ERROR $(tr '\n' ' ' </tmp/run.out)"
+echo "FAIL (expected) the start was refused"
+"#;
+    let env = "export FLYNN_SHIM_HANG_AT=settled FLYNN_SHIM_TIMEOUT=5\n";
+    let console = boot_with("cgroup_v2_hung", test, env);
+    assert!(!console.contains("R-UNEXPECTED"), "{console}");
+    assert!(
+        marker(&console, "R-ERROR").contains("creating the container"),
+        "{console}"
+    );
+    let secs: u64 = marker(&console, "R-SECONDS").parse().unwrap_or(999);
+    assert!(secs < 60, "the failed start took {secs} s");
+    // The dump: the daemon's step lines and the shim's own log.
+    assert!(console.contains("FLYNN-DUMP begin (failure)"), "{console}");
+    assert!(console.contains("start: config written"), "{console}");
+    assert!(console.contains("step: settled"), "{console}");
+    assert!(!console.contains("FLYNN-DAEMON-PANICKED"), "{console}");
 }

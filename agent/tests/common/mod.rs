@@ -137,7 +137,7 @@ impl Daemon {
         loop {
             if let Ok(token) = std::fs::read_to_string(self.state.path().join("token"))
                 && let Some(stream) = connect_in(&self.netns, &self.addr)
-                && http_on(stream, "GET", "/version", None, Some(token.trim())).0 == 200
+                && probe_version(stream, token.trim())
             {
                 self.token = token.trim().to_string();
                 break;
@@ -392,6 +392,22 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
         .filter(|m| m.starts_with(&prefix))
         .collect()
+}
+
+/// Whether `GET /version` answers 200 on `stream`. A readiness probe: a connection
+/// that is reset or closed (a daemon killed a moment ago, or one still starting)
+/// is "not yet", not a failure.
+fn probe_version(mut stream: TcpStream, token: &str) -> bool {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!(
+        "GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut status_line = String::new();
+    BufReader::new(stream).read_line(&mut status_line).is_ok()
+        && status_line.split(' ').nth(1) == Some("200")
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).

@@ -234,11 +234,6 @@ fn diag(msg: &str) {
 /// for good, as a shim that hangs in the kernel would: the agent's time-outs must end
 /// the start and clean up.
 fn step(msg: &str) {
-    if std::env::var("FLYNN_SHIM_HANG_AT").is_ok_and(|at| !at.is_empty() && msg.starts_with(&at)) {
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
-    }
     let verbose =
         std::env::var("FLYNN_LOG").is_ok_and(|v| v.contains("debug") || v.contains("trace"));
     if verbose {
@@ -249,6 +244,11 @@ fn step(msg: &str) {
             "{now} shim[{}]: step: {msg}",
             std::process::id()
         );
+    }
+    if std::env::var("FLYNN_SHIM_HANG_AT").is_ok_and(|at| !at.is_empty() && msg.starts_with(&at)) {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
 }
 
