@@ -16,7 +16,7 @@ export PATH=/bin:/sbin
 if [ "$$" = 1 ] && [ ! -e /.switched ]; then
     mount -t proc proc /proc
     mkdir -p /newroot && mount -t tmpfs -o mode=0755 root /newroot
-    for d in bin lib images test.sh init; do cp -a /$d /newroot/; done
+    for d in bin lib images test.sh env.sh init; do [ -e /$d ] && cp -a /$d /newroot/; done
     mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp /newroot/run /newroot/var/lib/flynn /newroot/etc
     touch /newroot/.switched
     umount /proc
