@@ -53,3 +53,17 @@ flynn_install_deps() {
     command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
     rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 }
+
+# As a user other than root: says what is missing (and how to get it) instead of
+# installing it.
+flynn_check_deps() {
+    local pkg missing=()
+    for pkg in "${FLYNN_APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "missing packages: ${missing[*]}; run this once as root to install them" >&2
+        exit 1
+    fi
+    command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+}

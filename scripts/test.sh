@@ -5,6 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
+
+# --fast: the tier to run while working: the pure tests (unit tests of every crate:
+# spec building, config merging, parsers, scheduling logic), no root, no VMs, no
+# daemons. The full suite below stays the test command.
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    if [ "$(id -u)" = 0 ]; then
+        flynn_install_deps
+    else
+        flynn_check_deps
+    fi
+    exec cargo test --workspace --lib --bins --locked -- "$@"
+fi
+
 flynn_install_deps
 
 echo "== cargo fmt"
