@@ -2,14 +2,14 @@
 # Benchmark: memory of the daemon (idle, and with N running containers) and of
 # the per-container shim, beside `runc run -d` containers (no shim at all: the
 # floor) measured in the same run. Prints figures; asserts nothing.
-# Usage: agent/bench/memory.sh [N]   (default 100)
+# Usage: agent/benches/memory.sh [N]   (default 100)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-100}
 . scripts/deps.sh
 flynn_install_deps jq
 
-. agent/bench/lib.sh
+. agent/benches/lib.sh
 bench_teardown() {
     for id in $("$bin" ps -aq 2>/dev/null); do "$bin" rm -f "$id" >/dev/null 2>&1 || true; done
     for i in $(seq 1 "$n"); do runc delete -f "mem-runc-$i" >/dev/null 2>&1 || true; done

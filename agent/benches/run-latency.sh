@@ -9,14 +9,14 @@
 # a cgroup then no longer waits for an RCU grace period). Both runtimes run under
 # each setting. The mount's options are given back afterwards, but Linux 6.1 keeps
 # favordynmods once it was set (until reboot): a second run measures it twice.
-# Not a test: it asserts nothing, it reports. Usage: agent/bench/run-latency.sh [RUNS]
+# Not a test: it asserts nothing, it reports. Usage: agent/benches/run-latency.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-50}
 . scripts/deps.sh
 flynn_install_deps hyperfine jq
 
-. agent/bench/lib.sh
+. agent/benches/lib.sh
 # The cgroup2 mount (/sys/fs/cgroup on a pure v2 host, .../unified on a hybrid one).
 cg2= cg2_opts=
 read -r cg2 cg2_opts < <(awk '$3 == "cgroup2" { print $2, $4; exit }' /proc/mounts) || true

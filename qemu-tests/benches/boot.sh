@@ -10,7 +10,7 @@
 # (QEMU start to QEMU exit). Median of RUNS (default 3) each. Also the ISO on
 # SeaBIOS, for reference. Sizes of the images against Talos' ~55 MB initramfs.
 #
-# Usage: qemu-tests/bench/boot.sh   (after buildroot/assemble.sh; as root)
+# Usage: qemu-tests/benches/boot.sh   (after buildroot/assemble.sh; as root)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=${FLYNN_APPLIANCE_OUT:-$repo/out}

@@ -6,7 +6,7 @@
 #     the host): ratio, target >= 0.9.
 #  2. The start latency a bridge network adds: `run --rm busybox true` against the
 #     same with `--net none`, alternating, medians: target < 5 ms added.
-# Not a test: it asserts nothing, it reports. Usage: agent/bench/network.sh [RUNS] [SECONDS]
+# Not a test: it asserts nothing, it reports. Usage: agent/benches/network.sh [RUNS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-50}
