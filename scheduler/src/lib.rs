@@ -1,0 +1,393 @@
+//! The scheduler's decisions, as pure functions of the cluster's state: which
+//! jobs to start where, which to stop, and which formations cannot be satisfied
+//! and why. State in, a [`Plan`] out; no I/O, no clock, no randomness, so every
+//! rule is tested exhaustively and benchmarked on simulated clusters of any size.
+//!
+//! The caller (the scheduler service) reads the state from etcd and the agents,
+//! carries the plan out through the agents' APIs, and calls [`rectify`] again on
+//! every event and on a periodic resync. Must not know etcd, HTTP or containers.
+//!
+//! The rules, after Flynn's scheduler and what its users suffered from:
+//! - Only live hosts count: a host whose lease expired is not in [`State::hosts`],
+//!   and its jobs are replaced elsewhere. While its lease lives its jobs count,
+//!   so a partitioned host's jobs are never doubled.
+//! - A job goes to a host whose tags match and whose free memory and CPU fit it;
+//!   among those, the one with the fewest jobs of its formation, then the fewest
+//!   jobs, then the lowest id (deterministic). A formation spreads 2/2/1 over three
+//!   hosts. A job that fits nowhere is [`Blocked`] with the reason.
+//! - Omni formations run `count` jobs on every matching host.
+//! - Surplus jobs stop newest first.
+//! - Crashes back off per formation: 0 s, then 10 s, then 30 s between restarts.
+//! - A draining host gets no new jobs; its jobs are started elsewhere first and
+//!   stopped there once enough replacements run.
+
+mod place;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+pub use place::{Placer, place_one};
+
+/// Memory (MiB) and CPU (thousandths of a core).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_mb: u64,
+    pub cpu_milli: u64,
+}
+
+impl Resources {
+    pub fn fits_in(&self, free: &Resources) -> bool {
+        self.memory_mb <= free.memory_mb && self.cpu_milli <= free.cpu_milli
+    }
+
+    fn minus(&self, other: &Resources) -> Resources {
+        Resources {
+            memory_mb: self.memory_mb.saturating_sub(other.memory_mb),
+            cpu_milli: self.cpu_milli.saturating_sub(other.cpu_milli),
+        }
+    }
+}
+
+/// A live host (its lease is current).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Host {
+    pub id: String,
+    pub tags: BTreeMap<String, String>,
+    /// What jobs may be promised in all.
+    pub capacity: Resources,
+    /// No new jobs; its jobs move away.
+    pub draining: bool,
+}
+
+/// What a formation is known by: an app's process type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FormationKey {
+    pub app: String,
+    pub process_type: String,
+}
+
+impl std::fmt::Display for FormationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.app, self.process_type)
+    }
+}
+
+/// What is wanted of one process type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Formation {
+    pub key: FormationKey,
+    /// Jobs wanted (on every matching host when `omni`).
+    pub count: u32,
+    pub omni: bool,
+    /// Host tags every job's host must carry.
+    pub tags: BTreeMap<String, String>,
+    /// What each job is promised.
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Starting,
+    Running,
+    /// Being stopped: it no longer counts toward its formation, but holds its
+    /// resources until it is gone.
+    Stopping,
+}
+
+/// A job of a formation that is not finished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub formation: FormationKey,
+    pub host: String,
+    pub state: JobState,
+    /// When it was started (ms, the caller's clock): surplus stops newest first.
+    pub started_ms: u64,
+    /// What it was promised when it started (it holds them until it is gone).
+    pub resources: Resources,
+}
+
+/// A formation's recent crashes, kept by the caller.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Backoff {
+    /// Crashes in a row (reset by the caller when a job has run long enough).
+    pub crashes: u32,
+    pub last_crash_ms: u64,
+}
+
+impl Backoff {
+    /// Flynn's: the first restart at once, then 10 s, then 30 s.
+    pub fn delay_ms(&self) -> u64 {
+        match self.crashes {
+            0 | 1 => 0,
+            2 => 10_000,
+            _ => 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub hosts: Vec<Host>,
+    pub formations: Vec<Formation>,
+    pub jobs: Vec<Job>,
+    pub backoff: HashMap<FormationKey, Backoff>,
+    /// The caller's clock (ms), for back-off.
+    pub now_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Start {
+    pub formation: FormationKey,
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    pub job: String,
+    pub reason: StopReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// More jobs run than the formation wants.
+    Surplus,
+    /// Its formation is gone.
+    Removed,
+    /// Its host is draining and a replacement runs elsewhere.
+    Drained,
+    /// Its host no longer matches the formation's tags.
+    Mismatch,
+}
+
+/// Jobs of a formation that cannot be placed now, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    pub formation: FormationKey,
+    pub missing: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub start: Vec<Start>,
+    pub stop: Vec<Stop>,
+    pub blocked: Vec<Blocked>,
+    /// When back-off ends for a formation that waits (ms): rectify again then.
+    pub wake_ms: Option<u64>,
+}
+
+fn tags_match(want: &BTreeMap<String, String>, host: &Host) -> bool {
+    want.iter().all(|(k, v)| host.tags.get(k) == Some(v))
+}
+
+/// What to do to bring the cluster to its formations.
+pub fn rectify(state: &State) -> Plan {
+    let mut plan = Plan::default();
+    let mut placer = Placer::new(&state.hosts, &state.jobs);
+    let live: HashMap<&str, &Host> = state.hosts.iter().map(|h| (h.id.as_str(), h)).collect();
+
+    // Jobs by formation, on live hosts only (the others are lost with their host).
+    let mut by_formation: HashMap<&FormationKey, Vec<&Job>> = HashMap::new();
+    for job in &state.jobs {
+        if live.contains_key(job.host.as_str()) && job.state != JobState::Stopping {
+            by_formation.entry(&job.formation).or_default().push(job);
+        }
+    }
+    let known: std::collections::HashSet<&FormationKey> =
+        state.formations.iter().map(|f| &f.key).collect();
+    let mut removed: Vec<&Job> = by_formation
+        .iter()
+        .filter(|(k, _)| !known.contains(**k))
+        .flat_map(|(_, jobs)| jobs.iter().copied())
+        .collect();
+    removed.sort_by(|a, b| a.id.cmp(&b.id));
+    for job in removed {
+        plan.stop.push(Stop {
+            job: job.id.clone(),
+            reason: StopReason::Removed,
+        });
+    }
+
+    let mut formations: Vec<&Formation> = state.formations.iter().collect();
+    formations.sort_by(|a, b| a.key.cmp(&b.key));
+    for f in formations {
+        let jobs = by_formation.get(&f.key).map(Vec::as_slice).unwrap_or(&[]);
+        let backoff = state.backoff.get(&f.key).copied().unwrap_or_default();
+        let ready_at = backoff.last_crash_ms.saturating_add(backoff.delay_ms());
+        let may_start = backoff.crashes == 0 || state.now_ms >= ready_at;
+        if !may_start {
+            plan.wake_ms = Some(plan.wake_ms.map_or(ready_at, |w| w.min(ready_at)));
+        }
+        // Jobs on hosts that no longer match are replaced like a draining host's.
+        let misplaced = |j: &Job| {
+            live.get(j.host.as_str())
+                .is_none_or(|h| !tags_match(&f.tags, h))
+        };
+        if f.omni {
+            omni(f, jobs, state, &mut placer, may_start, &mut plan);
+        } else {
+            spread(
+                f,
+                jobs,
+                &live,
+                &misplaced,
+                &mut placer,
+                may_start,
+                &mut plan,
+            );
+        }
+    }
+    plan
+}
+
+/// A formation of `count` jobs anywhere.
+fn spread(
+    f: &Formation,
+    jobs: &[&Job],
+    live: &HashMap<&str, &Host>,
+    misplaced: &dyn Fn(&Job) -> bool,
+    placer: &mut Placer,
+    may_start: bool,
+    plan: &mut Plan,
+) {
+    let leaving = |j: &Job| misplaced(j) || live.get(j.host.as_str()).is_some_and(|h| h.draining);
+    let (mut staying, moving): (Vec<&Job>, Vec<&Job>) = jobs.iter().partition(|j| !leaving(j));
+    let want = f.count as usize;
+    if staying.len() > want {
+        // Newest first; ties by id, so the plan is the same every time.
+        staying.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(b.id.cmp(&a.id)));
+        for j in &staying[..staying.len() - want] {
+            plan.stop.push(Stop {
+                job: j.id.clone(),
+                reason: StopReason::Surplus,
+            });
+            placer.release(j);
+        }
+    }
+    let running = staying
+        .iter()
+        .filter(|j| j.state == JobState::Running)
+        .count();
+    let mut moving = moving;
+    moving.sort_by(|a, b| a.id.cmp(&b.id));
+    // A leaving job stops once enough replacements run; a job beyond the count
+    // stops at once.
+    let keep_leaving = want.saturating_sub(running);
+    for (i, j) in moving.iter().enumerate() {
+        if i >= keep_leaving {
+            let reason = if misplaced(j) {
+                StopReason::Mismatch
+            } else {
+                StopReason::Drained
+            };
+            plan.stop.push(Stop {
+                job: j.id.clone(),
+                reason,
+            });
+            placer.release(j);
+        }
+    }
+    let missing = want.saturating_sub(staying.len()) as u32;
+    if missing == 0 {
+        return;
+    }
+    if !may_start {
+        plan.blocked.push(Blocked {
+            formation: f.key.clone(),
+            missing,
+            reason: "restarting after crashes: backing off".into(),
+        });
+        return;
+    }
+    for placed in 0..missing {
+        match placer.place(&f.key, &f.tags, &f.resources) {
+            Ok(host) => plan.start.push(Start {
+                formation: f.key.clone(),
+                host,
+            }),
+            Err(reason) => {
+                plan.blocked.push(Blocked {
+                    formation: f.key.clone(),
+                    missing: missing - placed,
+                    reason,
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// An omni formation: `count` jobs on every matching host that is not draining.
+fn omni(
+    f: &Formation,
+    jobs: &[&Job],
+    state: &State,
+    placer: &mut Placer,
+    may_start: bool,
+    plan: &mut Plan,
+) {
+    let mut on_host: HashMap<&str, Vec<&Job>> = HashMap::new();
+    for j in jobs {
+        on_host.entry(j.host.as_str()).or_default().push(j);
+    }
+    let mut hosts: Vec<&Host> = state.hosts.iter().collect();
+    hosts.sort_by(|a, b| a.id.cmp(&b.id));
+    let want = f.count as usize;
+    let mut missing_total = 0u32;
+    let mut first_reason = None;
+    for h in hosts {
+        let mut here = on_host.remove(h.id.as_str()).unwrap_or_default();
+        let wanted_here = if h.draining || !tags_match(&f.tags, h) {
+            0
+        } else {
+            want
+        };
+        if here.len() > wanted_here {
+            here.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(b.id.cmp(&a.id)));
+            let reason = if h.draining {
+                StopReason::Drained
+            } else if wanted_here == 0 {
+                StopReason::Mismatch
+            } else {
+                StopReason::Surplus
+            };
+            for j in &here[..here.len() - wanted_here] {
+                plan.stop.push(Stop {
+                    job: j.id.clone(),
+                    reason,
+                });
+                placer.release(j);
+            }
+            continue;
+        }
+        for _ in here.len()..wanted_here {
+            if !may_start {
+                missing_total += 1;
+                first_reason.get_or_insert_with(|| "restarting after crashes: backing off".into());
+                continue;
+            }
+            match placer.place_on(&h.id, &f.key, &f.resources) {
+                Ok(()) => plan.start.push(Start {
+                    formation: f.key.clone(),
+                    host: h.id.clone(),
+                }),
+                Err(reason) => {
+                    missing_total += 1;
+                    first_reason.get_or_insert(reason);
+                }
+            }
+        }
+    }
+    if let Some(reason) = first_reason {
+        plan.blocked.push(Blocked {
+            formation: f.key.clone(),
+            missing: missing_total,
+            reason,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

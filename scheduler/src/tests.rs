@@ -1,0 +1,373 @@
+use super::*;
+
+fn key(t: &str) -> FormationKey {
+    FormationKey {
+        app: "demo".into(),
+        process_type: t.into(),
+    }
+}
+
+fn host(id: &str, mem: u64) -> Host {
+    Host {
+        id: id.into(),
+        tags: BTreeMap::new(),
+        capacity: Resources {
+            memory_mb: mem,
+            cpu_milli: 4000,
+        },
+        draining: false,
+    }
+}
+
+fn web(count: u32) -> Formation {
+    Formation {
+        key: key("web"),
+        count,
+        omni: false,
+        tags: BTreeMap::new(),
+        resources: Resources {
+            memory_mb: 100,
+            cpu_milli: 100,
+        },
+    }
+}
+
+fn job(id: &str, t: &str, host: &str, state: JobState, started_ms: u64) -> Job {
+    Job {
+        id: id.into(),
+        formation: key(t),
+        host: host.into(),
+        state,
+        started_ms,
+        resources: Resources {
+            memory_mb: 100,
+            cpu_milli: 100,
+        },
+    }
+}
+
+/// Carries a plan out: started jobs run, stopped ones are gone.
+fn apply(state: &mut State, plan: &Plan) {
+    let stopped: std::collections::HashSet<&str> =
+        plan.stop.iter().map(|s| s.job.as_str()).collect();
+    state.jobs.retain(|j| !stopped.contains(j.id.as_str()));
+    for (n, s) in plan.start.iter().enumerate() {
+        let f = state
+            .formations
+            .iter()
+            .find(|f| f.key == s.formation)
+            .unwrap();
+        state.jobs.push(Job {
+            id: format!("j{}-{n}", state.now_ms),
+            formation: s.formation.clone(),
+            host: s.host.clone(),
+            state: JobState::Running,
+            started_ms: state.now_ms,
+            resources: f.resources,
+        });
+    }
+    state.now_ms += 1;
+}
+
+fn per_host(state: &State, t: &str) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for j in state.jobs.iter().filter(|j| j.formation == key(t)) {
+        *m.entry(j.host.clone()).or_default() += 1;
+    }
+    m
+}
+
+fn three_hosts() -> State {
+    State {
+        hosts: vec![host("a", 4096), host("b", 4096), host("c", 4096)],
+        formations: vec![web(5)],
+        ..State::default()
+    }
+}
+
+#[test]
+fn five_jobs_spread_two_two_one_and_a_second_pass_does_nothing() {
+    let mut s = three_hosts();
+    let plan = rectify(&s);
+    assert_eq!(plan.start.len(), 5);
+    assert!(plan.stop.is_empty() && plan.blocked.is_empty());
+    apply(&mut s, &plan);
+    let counts: Vec<usize> = per_host(&s, "web").into_values().collect();
+    assert_eq!(counts, vec![2, 2, 1]);
+    assert_eq!(rectify(&s), Plan::default());
+}
+
+#[test]
+fn a_lost_host_is_replaced_on_the_others_never_above_the_count() {
+    let mut s = three_hosts();
+    let plan = rectify(&s);
+    apply(&mut s, &plan);
+    // Host a's lease expires: it is no longer live; its jobs are lost.
+    s.hosts.retain(|h| h.id != "a");
+    let plan = rectify(&s);
+    let lost = 5 - s.jobs.iter().filter(|j| j.host != "a").count();
+    assert_eq!(plan.start.len(), lost);
+    assert!(plan.start.iter().all(|st| st.host != "a"));
+    apply(&mut s, &plan);
+    let live: usize = s.jobs.iter().filter(|j| j.host != "a").count();
+    assert_eq!(live, 5);
+    assert_eq!(
+        per_host(&s, "web").get("b").copied().unwrap_or(0)
+            + per_host(&s, "web").get("c").copied().unwrap_or(0),
+        5
+    );
+}
+
+#[test]
+fn while_a_lease_lives_nothing_is_doubled() {
+    let mut s = three_hosts();
+    let plan = rectify(&s);
+    apply(&mut s, &plan);
+    // Partitioned but leased: still live, so its jobs count and nothing starts.
+    assert!(rectify(&s).start.is_empty());
+}
+
+#[test]
+fn surplus_stops_newest_first() {
+    let mut s = three_hosts();
+    s.formations = vec![web(2)];
+    s.jobs = vec![
+        job("old", "web", "a", JobState::Running, 1),
+        job("mid", "web", "b", JobState::Running, 2),
+        job("new", "web", "c", JobState::Running, 3),
+    ];
+    let plan = rectify(&s);
+    assert_eq!(
+        plan.stop,
+        vec![Stop {
+            job: "new".into(),
+            reason: StopReason::Surplus
+        }]
+    );
+    assert!(plan.start.is_empty());
+}
+
+#[test]
+fn jobs_of_a_removed_formation_stop() {
+    let mut s = three_hosts();
+    s.formations.clear();
+    s.jobs = vec![job("x", "web", "a", JobState::Running, 1)];
+    let plan = rectify(&s);
+    assert_eq!(plan.stop[0].reason, StopReason::Removed);
+}
+
+#[test]
+fn omni_runs_on_every_host_and_on_one_that_joins() {
+    let mut s = three_hosts();
+    s.formations = vec![Formation {
+        omni: true,
+        count: 1,
+        ..web(1)
+    }];
+    let plan = rectify(&s);
+    apply(&mut s, &plan);
+    assert_eq!(per_host(&s, "web").len(), 3);
+    s.hosts.push(host("d", 4096));
+    let plan = rectify(&s);
+    assert_eq!(
+        plan.start,
+        vec![Start {
+            formation: key("web"),
+            host: "d".into()
+        }]
+    );
+}
+
+#[test]
+fn a_job_too_large_for_every_host_is_blocked_with_the_reason() {
+    let mut s = three_hosts();
+    s.formations = vec![Formation {
+        resources: Resources {
+            memory_mb: 8192,
+            cpu_milli: 100,
+        },
+        ..web(1)
+    }];
+    let plan = rectify(&s);
+    assert!(plan.start.is_empty());
+    assert_eq!(plan.blocked.len(), 1);
+    assert_eq!(plan.blocked[0].missing, 1);
+    assert!(
+        plan.blocked[0].reason.contains("8192 MB"),
+        "{}",
+        plan.blocked[0].reason
+    );
+}
+
+#[test]
+fn resources_already_promised_count() {
+    let mut s = State {
+        hosts: vec![host("a", 250)],
+        formations: vec![web(3)],
+        ..State::default()
+    };
+    let plan = rectify(&s);
+    assert_eq!(plan.start.len(), 2, "two of 100 MB fit in 250 MB");
+    assert_eq!(plan.blocked[0].missing, 1);
+    apply(&mut s, &plan);
+    s.hosts[0].capacity.memory_mb = 400;
+    assert_eq!(rectify(&s).start.len(), 1, "placed once a host fits");
+}
+
+#[test]
+fn tags_restrict_placement() {
+    let mut s = three_hosts();
+    s.hosts[1].tags.insert("disk".into(), "ssd".into());
+    let mut f = web(3);
+    f.tags.insert("disk".into(), "ssd".into());
+    s.formations = vec![f];
+    let plan = rectify(&s);
+    assert!(plan.start.iter().all(|st| st.host == "b"));
+    s.hosts[1].tags.clear();
+    let plan = rectify(&s);
+    assert!(
+        plan.blocked[0].reason.contains("disk=ssd"),
+        "{:?}",
+        plan.blocked
+    );
+}
+
+#[test]
+fn crashes_back_off_zero_ten_thirty_seconds() {
+    let mut s = three_hosts();
+    s.formations = vec![web(1)];
+    s.now_ms = 100_000;
+    for (crashes, waits) in [(1, 0), (2, 10_000), (3, 30_000), (7, 30_000)] {
+        s.backoff.insert(
+            key("web"),
+            Backoff {
+                crashes,
+                last_crash_ms: s.now_ms,
+            },
+        );
+        let plan = rectify(&s);
+        if waits == 0 {
+            assert_eq!(plan.start.len(), 1, "crash {crashes}");
+        } else {
+            assert!(plan.start.is_empty(), "crash {crashes}");
+            assert_eq!(plan.wake_ms, Some(s.now_ms + waits));
+            let mut later = s.clone();
+            later.now_ms += waits;
+            assert_eq!(
+                rectify(&later).start.len(),
+                1,
+                "crash {crashes}, after {waits} ms"
+            );
+        }
+    }
+}
+
+#[test]
+fn drain_starts_elsewhere_first_then_stops_there() {
+    let mut s = three_hosts();
+    let plan = rectify(&s);
+    apply(&mut s, &plan);
+    s.hosts[0].draining = true;
+    let on_a = per_host(&s, "web")["a"];
+    // First pass: replacements start elsewhere; a's jobs still run.
+    let plan = rectify(&s);
+    assert_eq!(plan.start.len(), on_a);
+    assert!(plan.start.iter().all(|st| st.host != "a"));
+    assert!(plan.stop.is_empty(), "{:?}", plan.stop);
+    // The replacements start (not yet running): still nothing stops.
+    let mut starting = s.clone();
+    apply(&mut starting, &plan);
+    for j in starting
+        .jobs
+        .iter_mut()
+        .filter(|j| j.host != "a" && j.started_ms == s.now_ms)
+    {
+        j.state = JobState::Starting;
+    }
+    assert!(rectify(&starting).stop.is_empty());
+    // Once they run, a's jobs stop, and the formation never fell below 5.
+    apply(&mut s, &plan);
+    let plan = rectify(&s);
+    assert_eq!(plan.stop.len(), on_a);
+    assert!(plan.stop.iter().all(|st| st.reason == StopReason::Drained));
+    assert!(plan.start.is_empty());
+    apply(&mut s, &plan);
+    assert!(!per_host(&s, "web").contains_key("a"));
+    assert_eq!(s.jobs.len(), 5);
+}
+
+#[test]
+fn ephemeral_jobs_go_where_there_is_room() {
+    let s = three_hosts();
+    let jobs = vec![
+        job("1", "web", "a", JobState::Running, 1),
+        job("2", "web", "b", JobState::Running, 1),
+    ];
+    let res = Resources {
+        memory_mb: 10,
+        cpu_milli: 10,
+    };
+    assert_eq!(
+        place_one(&s.hosts, &jobs, &BTreeMap::new(), &res).unwrap(),
+        "c"
+    );
+    let huge = Resources {
+        memory_mb: 1 << 20,
+        cpu_milli: 1,
+    };
+    assert!(place_one(&s.hosts, &jobs, &BTreeMap::new(), &huge).is_err());
+}
+
+#[test]
+fn no_live_host_is_a_reason_not_a_panic() {
+    let s = State {
+        formations: vec![web(2)],
+        ..State::default()
+    };
+    let plan = rectify(&s);
+    assert_eq!(plan.blocked[0].reason, "no live host");
+}
+
+/// Every combination of a small cluster converges in one pass: after applying
+/// the plan, each formation has exactly its count (or is blocked), and a second
+/// pass is empty.
+#[test]
+fn small_clusters_converge_in_one_pass() {
+    for hosts in 0..5usize {
+        for count in 0..7u32 {
+            for existing in 0..5usize {
+                for omni in [false, true] {
+                    let mut s = State {
+                        hosts: (0..hosts).map(|i| host(&format!("h{i}"), 350)).collect(),
+                        formations: vec![Formation { omni, ..web(count) }],
+                        ..State::default()
+                    };
+                    for e in 0..existing.min(hosts) {
+                        s.jobs.push(job(
+                            &format!("e{e}"),
+                            "web",
+                            &format!("h{e}"),
+                            JobState::Running,
+                            0,
+                        ));
+                    }
+                    let plan = rectify(&s);
+                    apply(&mut s, &plan);
+                    let n = s.jobs.len() as u32;
+                    let want = if omni { count * hosts as u32 } else { count };
+                    let fits = 3 * hosts as u32; // three 100 MB jobs in 350 MB
+                    assert_eq!(
+                        n,
+                        want.min(fits),
+                        "hosts {hosts} count {count} existing {existing} omni {omni}"
+                    );
+                    let again = rectify(&s);
+                    assert!(again.start.is_empty() && again.stop.is_empty(), "{again:?}");
+                    for (_, c) in per_host(&s, "web") {
+                        assert!(c <= 3);
+                    }
+                }
+            }
+        }
+    }
+}
