@@ -78,7 +78,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
                 .network
                 .validate()
                 .map_err(|e| anyhow::anyhow!("the network configuration: {e}"))?;
-            let (setter, slot) = crate::grid::NetSlot::pending("bridge and NAT rules");
+            let (setter, slot) = crate::jobs::NetSlot::pending("bridge and NAT rules");
             let (cfg, live) = (config.network.clone(), live.clone());
             tokio::spawn(async move {
                 match network::HostNetwork::open(cfg, &live).await {
@@ -96,7 +96,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
             (slot, None)
         }
         Some(_) => {
-            let (setter, slot) = crate::grid::NetSlot::pending("subnet lease from the cluster");
+            let (setter, slot) = crate::jobs::NetSlot::pending("subnet lease from the cluster");
             (slot, Some(setter))
         }
     };
