@@ -231,9 +231,8 @@ async fn open_store(dir: std::path::PathBuf) -> Result<image::ImageStore> {
 /// `<state>/daemon.pid`: which process serves this state dir now (it changes on upgrade).
 fn write_pid_file(state_dir: &Path) -> Result<()> {
     let path = state_dir.join("daemon.pid");
-    let tmp = state_dir.join("daemon.pid.tmp");
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))
-        .and_then(|()| std::fs::rename(&tmp, &path))
+    let pid = format!("{}\n", std::process::id());
+    flynn_fsutil::write_atomic(&path, pid.as_bytes(), flynn_fsutil::Durability::Visible)
         .with_context(|| format!("writing {}", path.display()))
 }
 

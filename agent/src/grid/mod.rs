@@ -654,11 +654,11 @@ impl Grid {
             lease: Some(lease.id),
             subnet: Some(subnet.to_string()),
         };
-        let tmp = self.cfg.cache.with_extension("json.tmp");
         let r = serde_json::to_vec(&c)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &self.cfg.cache));
+            .and_then(|b| {
+                flynn_fsutil::write_atomic(&self.cfg.cache, &b, flynn_fsutil::Durability::Visible)
+            });
         if let Err(e) = r {
             self.error(&format!("writing {}", self.cfg.cache.display()), e);
         }
