@@ -1,8 +1,31 @@
 //! `flynn-host`: the Flynn host agent. One binary: the daemon, the CLI that talks
 //! to it, and the per-container shim (`flynn-host shim JOB_DIR`).
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use flynn_host::{cli, daemon};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flynn-host",
+    version,
+    about = "Flynn's host agent: runs OCI/Docker images natively",
+    propagate_version = true
+)]
+struct Args {
+    #[command(flatten)]
+    connection: cli::Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the host daemon (API, job supervisor, image store).
+    Daemon(daemon::DaemonArgs),
+    // The client commands (`cli`).
+    #[command(flatten)]
+    Client(cli::Command),
+}
 
 fn main() {
     // The shim must stay single-threaded (libcontainer forks): dispatch it before
@@ -22,7 +45,7 @@ fn main() {
         std::process::exit(runtime::shim::main(std::path::Path::new(job_dir)));
     }
 
-    let cli = cli::Cli::parse();
+    let args = Args::parse();
     // Sockets handed over by a daemon upgrading in place; read before any thread.
     let inherited = match daemon::upgrade::take_from_env() {
         Ok(inherited) => inherited,
@@ -31,7 +54,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match tokio_main(cli, inherited) {
+    let code = match tokio_main(args, inherited) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flynn-host: error: {e:#}");
@@ -41,8 +64,8 @@ fn main() {
     std::process::exit(code);
 }
 
-fn tokio_main(cli: cli::Cli, inherited: Option<daemon::upgrade::Inherited>) -> anyhow::Result<i32> {
-    let is_daemon = matches!(cli.command, cli::Command::Daemon(_));
+fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyhow::Result<i32> {
+    let is_daemon = matches!(args.command, Command::Daemon(_));
     let runtime = if is_daemon {
         tokio::runtime::Builder::new_multi_thread()
     } else {
@@ -52,12 +75,13 @@ fn tokio_main(cli: cli::Cli, inherited: Option<daemon::upgrade::Inherited>) -> a
     .enable_all()
     .build()?;
     let result = runtime.block_on(async move {
-        if let cli::Command::Daemon(args) = cli.command {
-            init_tracing();
-            daemon::run(args, inherited).await?;
-            Ok(0)
-        } else {
-            cli::run(cli).await
+        match args.command {
+            Command::Daemon(daemon_args) => {
+                init_tracing();
+                daemon::run(daemon_args, inherited).await?;
+                Ok(0)
+            }
+            Command::Client(command) => cli::run(args.connection, command).await,
         }
     });
     // A read of our stdin may still sit in a blocking thread (an interactive

@@ -26,10 +26,10 @@
 //! unmounted in every mount namespace copied from ours meanwhile and is really freed.
 //!
 //! **Addresses.** `ipam.json` in `state_dir` holds the subnet, every endpoint and where
-//! the allocator stopped. The order is allocate → persist (temp file, fdatasync, rename,
-//! directory fsync) → configure, and on detach: remove rules, veth and namespace file,
+//! the allocator stopped. The order is allocate → persist (temp file, fdatasync, rename;
+//! no directory fsync: see `state::write` for why that is safe) → configure, and on detach: remove rules, veth and namespace file,
 //! and only then forget the address. The persist runs while the namespace thread is busy
-//! making the namespace, so its fsync is mostly hidden. Allocation goes round the subnet
+//! making the namespace, so its fdatasync is mostly hidden. Allocation goes round the subnet
 //! from the last address handed out, so a freed address is reused as late as possible.
 //! MACs are derived from addresses (`02:66:` + the four bytes): a reused address keeps
 //! its MAC. The bridge gets a fixed MAC the same way (from the gateway), since a bridge

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -79,22 +79,19 @@ pub(crate) fn load(path: &Path) -> Result<State, String> {
     Ok(state)
 }
 
-/// Replaces `path` with `data`: write a temporary file, fdatasync it, rename it over the
-/// old one. A crash of the process leaves the old file or the new one; so does a crash of
-/// the machine, since the data is on disk before the rename can be.
+/// Replaces `path` with `data` ([`Durability::Ordered`]: temp file, fdatasync, rename).
+/// A crash of the process leaves the old file or the new one; so does a crash of the
+/// machine, since the data is on disk before the rename can be.
 ///
 /// The directory is not fsynced, so after a power loss the rename itself may be lost
 /// and the previous file come back. That is safe here: namespaces, veths and containers
 /// do not survive the machine either, so every endpoint the lost write knew of is gone
 /// too (the agent passes no live jobs after a reboot). Skipping it saves a disk flush on
 /// every attach.
+///
+/// [`Durability::Ordered`]: flynn_fsutil::Durability::Ordered
 pub(crate) fn write(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_data()?;
-    drop(f);
-    fs::rename(&tmp, path)
+    flynn_fsutil::write_atomic(path, data, flynn_fsutil::Durability::Ordered)
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! How a container ended, and the durable `exit.json` record of it.
 
-use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -75,41 +74,8 @@ pub fn write(path: &Path, status: &ExitStatus) -> Result<(), ExitFileError> {
         source,
     };
     let data = serde_json::to_vec(status).map_err(|e| err(std::io::Error::other(e)))?;
-    write_atomic(path, &data, Durability::Fsync).map_err(err)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Durability {
-    /// Survives power loss: the exit status is the one record the agent cannot rebuild.
-    Fsync,
-    /// Only ever read while this boot's processes live (shim.pid, shim.json): a crash of
-    /// the host kills those processes anyway, so the fsyncs would only add latency.
-    Visible,
-}
-
-/// Readers see either the old file or the whole new one, never a partial write.
-pub(crate) fn write_atomic(
-    path: &Path,
-    data: &[u8],
-    durability: Durability,
-) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    if durability == Durability::Fsync {
-        f.sync_all()?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if durability == Durability::Fsync {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    // Durable: the exit status is the one record the agent cannot rebuild.
+    flynn_fsutil::write_atomic(path, &data, flynn_fsutil::Durability::Durable).map_err(err)
 }
 
 /// `None` when the container has not exited (or its shim died before recording it).

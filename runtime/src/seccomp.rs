@@ -28,8 +28,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -242,33 +241,16 @@ fn parse_program(bytes: &[u8]) -> Option<Arc<[libc::sock_filter]>> {
     )
 }
 
+/// Visible only: a lost or torn cache entry is detected (magic and digest) and compiled
+/// again. Shims write the same entry at once: each has its own temp file.
 fn write_cache(path: &Path, bpf: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.as_deref().unwrap_or("filter"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&tmp)?;
-        f.write_all(bpf)?;
-        f.write_all(MAGIC)?;
-        f.write_all(&Sha256::digest(bpf))?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut data = Vec::with_capacity(bpf.len() + TRAILER);
+    data.extend_from_slice(bpf);
+    data.extend_from_slice(MAGIC);
+    data.extend_from_slice(&Sha256::digest(bpf));
+    flynn_fsutil::write_atomic(path, &data, flynn_fsutil::Durability::Visible)
 }
 
 /// The `seccomp(2)` flags a profile asks for. Refuses what only makes sense with a

@@ -1,4 +1,5 @@
-//! The command line: `flynn-host daemon` and the client commands that talk to it.
+//! The client commands that talk to the daemon (`main.rs` adds `flynn-host daemon`
+//! beside them). They know the API's wire types (`model`) and the client, nothing else.
 
 mod attach;
 mod exec;
@@ -15,18 +16,13 @@ mod tty;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 
 use crate::client::Client;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "flynn-host",
-    version,
-    about = "Flynn's host agent: runs OCI/Docker images natively",
-    propagate_version = true
-)]
-pub struct Cli {
+/// Where the daemon is and how to reach it: the client commands' global options.
+#[derive(Args, Debug)]
+pub struct Connection {
     /// The daemon: http://HOST:PORT or unix:///PATH [default: the local unix socket
     /// /run/flynn/host.sock when it exists, else http://127.0.0.1:1113].
     #[arg(long, global = true, env = "FLYNN_HOST")]
@@ -34,14 +30,10 @@ pub struct Cli {
     /// API token for TCP [default: read from /var/lib/flynn/token when readable].
     #[arg(long, global = true, env = "FLYNN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the host daemon (API, job supervisor, image store).
-    Daemon(crate::daemon::DaemonArgs),
     /// Import images from a `docker save` archive, an OCI layout directory, or an OCI archive.
     Import {
         path: PathBuf,
@@ -65,7 +57,7 @@ pub enum Command {
         images: Vec<String>,
     },
     /// Run a command in a new job.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Attach to a job: its output, and its stdin if it was started with -i.
     Attach {
         job: String,
@@ -162,10 +154,9 @@ pub struct ListArgs {
 }
 
 /// Runs a client command; returns the process exit code.
-pub async fn run(cli: Cli) -> Result<i32> {
-    let client = Client::from_options(cli.host.as_deref(), cli.token.as_deref())?;
-    match cli.command {
-        Command::Daemon(_) => unreachable_daemon(),
+pub async fn run(connection: Connection, command: Command) -> Result<i32> {
+    let client = Client::from_options(connection.host.as_deref(), connection.token.as_deref())?;
+    match command {
         Command::Import { path, tag } => images::import(&client, &path, tag.as_deref()).await,
         Command::Pull {
             reference,
@@ -173,7 +164,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         } => pull::pull(&client, &reference, platform.as_deref()).await,
         Command::Images(list) => images::list(&client, &list).await,
         Command::Rmi { images } => images::remove(&client, &images).await,
-        Command::Run(args) => run::run(&client, args).await,
+        Command::Run(args) => run::run(&client, *args).await,
         Command::Start { jobs } => jobs::start(&client, &jobs).await,
         Command::Attach { job, no_stdin } => exec::attach(&client, &job, no_stdin).await,
         Command::Exec(args) => exec::exec(&client, args).await,
@@ -194,13 +185,6 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Cluster(cmd) => grid::cluster(&client, cmd).await,
         Command::Discover(cmd) => grid::discover(&client, cmd).await,
     }
-}
-
-fn unreachable_daemon() -> Result<i32> {
-    // main() dispatches `daemon` before calling run(); reaching here is a bug.
-    Err(anyhow::anyhow!(
-        "internal error: daemon dispatched as a client command"
-    ))
 }
 
 /// Runs `f` for each item, printing errors as they come; exit code 1 if any failed.

@@ -69,10 +69,10 @@ pub struct RunArgs {
     dns: Vec<std::net::IpAddr>,
     /// A service the job provides, registered in discovery while it runs:
     /// NAME:PORT[,check=tcp|http[:/PATH]][,interval=MS][,timeout=MS][,fall=N][,rise=N][,KEY=VALUE] (repeatable).
-    #[arg(long = "service", short = 's', value_parser = crate::grid::services::parse_decl)]
+    #[arg(long = "service", short = 's', value_parser = crate::model::services::parse_decl)]
     services: Vec<crate::model::ServiceDecl>,
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
-    #[arg(long, value_parser = crate::jobs::restart::parse, default_value = "no")]
+    #[arg(long, value_parser = crate::model::restart::parse, default_value = "no")]
     restart: RestartPolicy,
     /// Override the image's entrypoint.
     #[arg(long)]

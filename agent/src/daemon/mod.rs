@@ -78,7 +78,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
                 .network
                 .validate()
                 .map_err(|e| anyhow::anyhow!("the network configuration: {e}"))?;
-            let (setter, slot) = crate::grid::NetSlot::pending("bridge and NAT rules");
+            let (setter, slot) = crate::jobs::NetSlot::pending("bridge and NAT rules");
             let (cfg, live) = (config.network.clone(), live.clone());
             tokio::spawn(async move {
                 match network::HostNetwork::open(cfg, &live).await {
@@ -96,7 +96,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
             (slot, None)
         }
         Some(_) => {
-            let (setter, slot) = crate::grid::NetSlot::pending("subnet lease from the cluster");
+            let (setter, slot) = crate::jobs::NetSlot::pending("subnet lease from the cluster");
             (slot, Some(setter))
         }
     };
@@ -231,9 +231,8 @@ async fn open_store(dir: std::path::PathBuf) -> Result<image::ImageStore> {
 /// `<state>/daemon.pid`: which process serves this state dir now (it changes on upgrade).
 fn write_pid_file(state_dir: &Path) -> Result<()> {
     let path = state_dir.join("daemon.pid");
-    let tmp = state_dir.join("daemon.pid.tmp");
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))
-        .and_then(|()| std::fs::rename(&tmp, &path))
+    let pid = format!("{}\n", std::process::id());
+    flynn_fsutil::write_atomic(&path, pid.as_bytes(), flynn_fsutil::Durability::Visible)
         .with_context(|| format!("writing {}", path.display()))
 }
 

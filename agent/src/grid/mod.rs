@@ -8,7 +8,7 @@
 //! (or set) the overlay configuration, resume the lease kept in `grid.json` (a restart
 //! within the TTL keeps the host's records alive) or grant one, claim the subnet
 //! (the cached one first), open the host network with that subnet (bridge jobs wait in
-//! [`NetSlot`] until then), open the VXLAN device, announce the host. Then tasks keep
+//! [`crate::jobs::NetSlot`] until then), open the VXLAN device, announce the host. Then tasks keep
 //! it so: the lease renewer (a lost lease, e.g. after etcd lost its data or a
 //! partition longer than the TTL, is replaced and everything re-announced on the new
 //! one), the overlay follower (subnet leases → kernel entries), the service view (for
@@ -18,7 +18,6 @@
 pub mod config;
 pub mod dns;
 mod etcd_job;
-pub mod netslot;
 pub mod services;
 
 use std::collections::HashMap;
@@ -37,9 +36,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, broadcast, watch};
 
 pub use config::GridConfig;
-pub use netslot::{NetSlot, NetSlotSetter};
 
-use crate::jobs::JobManager;
+use crate::jobs::{JobManager, NetSlotSetter};
 use crate::model::{
     ClusterStatus, Event, InstanceStatus, Job, NetworkMode, OverlayPeer, OverlayStatus,
 };
@@ -656,11 +654,11 @@ impl Grid {
             lease: Some(lease.id),
             subnet: Some(subnet.to_string()),
         };
-        let tmp = self.cfg.cache.with_extension("json.tmp");
         let r = serde_json::to_vec(&c)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &self.cfg.cache));
+            .and_then(|b| {
+                flynn_fsutil::write_atomic(&self.cfg.cache, &b, flynn_fsutil::Durability::Visible)
+            });
         if let Err(e) = r {
             self.error(&format!("writing {}", self.cfg.cache.display()), e);
         }

@@ -75,11 +75,15 @@ pub async fn import_baked(client: &Client, state_dir: &Path) {
                     started.elapsed().as_millis()
                 ));
                 done.insert(k);
-                let tmp = state_dir.join(format!("{RECORD}.tmp"));
                 let written = serde_json::to_vec(&done)
                     .map_err(std::io::Error::other)
-                    .and_then(|b| std::fs::write(&tmp, b))
-                    .and_then(|()| std::fs::rename(&tmp, &record_path));
+                    .and_then(|b| {
+                        flynn_fsutil::write_atomic(
+                            &record_path,
+                            &b,
+                            flynn_fsutil::Durability::Visible,
+                        )
+                    });
                 if let Err(e) = written {
                     say(format!("warning: recording the import in {RECORD}: {e}"));
                 }

@@ -90,8 +90,8 @@ pub fn resolve(
         ));
     }
     validate_resources(req)?;
-    super::restart::validate(&req.restart, req.auto_remove)?;
-    crate::grid::services::validate(&req.services, req.network).map_err(JobError::BadRequest)?;
+    crate::model::restart::validate(&req.restart, req.auto_remove).map_err(JobError::BadRequest)?;
+    crate::model::services::validate(&req.services, req.network).map_err(JobError::BadRequest)?;
     Ok(JobConfig {
         args,
         env,

@@ -9,10 +9,12 @@ mod config;
 mod error;
 mod etc;
 mod exec;
+mod netslot;
 mod record;
-pub mod restart;
+mod restart;
 
 pub use exec::exit_of;
+pub use netslot::{NetSlot, NetSlotSetter};
 pub use record::{new_id, recorded_ids};
 
 use std::collections::HashMap;
@@ -105,7 +107,7 @@ pub struct JobManager {
     /// image is removed: an image cannot vanish between resolve and job creation.
     image_gate: RwLock<()>,
     events: broadcast::Sender<Event>,
-    network: crate::grid::NetSlot,
+    network: NetSlot,
     /// Network teardowns under way, by job (see `release_network`).
     detaching: Arc<Mutex<HashMap<String, Teardown>>>,
     detach_seq: std::sync::atomic::AtomicU64,
@@ -116,7 +118,7 @@ impl JobManager {
     pub async fn open(
         paths: Paths,
         images: Arc<ImageStore>,
-        network: crate::grid::NetSlot,
+        network: NetSlot,
         exe: PathBuf,
         events: broadcast::Sender<Event>,
     ) -> Result<Arc<JobManager>, JobError> {

@@ -3,7 +3,6 @@
 //! leaves either the old or the new record, never a torn one.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::JobError;
@@ -34,15 +33,11 @@ pub fn create_dir(dir: &Path, job: &Job) -> Result<(), JobError> {
 
 pub fn save(dir: &Path, job: &Job) -> Result<(), JobError> {
     let data = serde_json::to_vec_pretty(job).map_err(|e| JobError::Internal(e.to_string()))?;
-    let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
     let path = dir.join(RECORD_FILE);
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_data()?;
-        fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| JobError::io(&path, e))
+    // Ordered: a machine crash leaves the old record or the new one, whole (the
+    // directory is not flushed on every change of a job).
+    flynn_fsutil::write_atomic(&path, &data, flynn_fsutil::Durability::Ordered)
+        .map_err(|e| JobError::io(&path, e))
 }
 
 /// Every readable record under `jobs`. A directory without a readable record is
@@ -184,10 +179,8 @@ pub fn write_tombstone(dir: &Path, id: &str, exit: &ExitInfo) {
     let Ok(data) = serde_json::to_vec(exit) else {
         return;
     };
-    let tmp = dir.join(format!("{id}.tmp"));
-    if let Err(e) =
-        fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, dir.join(format!("{id}.json"))))
-    {
+    let path = dir.join(format!("{id}.json"));
+    if let Err(e) = flynn_fsutil::write_atomic(&path, &data, flynn_fsutil::Durability::Visible) {
         tracing::warn!(job = id, error = %e, "keeping the exit of a removed job");
     }
 }

@@ -1,4 +1,5 @@
-//! Restart policies: whether an exited job starts again, and after how long.
+//! Restart policies: whether an exited job starts again, and after how long (the
+//! policies are parsed and checked in [`crate::model::restart`]).
 //!
 //! The delay doubles from 100 ms up to a minute while the job keeps exiting
 //! quickly, and goes back to 100 ms once a run has lasted 10 seconds (Docker's
@@ -6,61 +7,12 @@
 
 use std::time::Duration;
 
-use super::JobError;
-use crate::model::{Job, RestartPolicy, RestartPolicyName};
+use crate::model::{Job, RestartPolicyName};
 
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(60);
 /// A run at least this long resets the delay.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
-
-/// Parses the CLI form: `no`, `always`, `unless-stopped`, `on-failure[:N]`.
-pub fn parse(text: &str) -> Result<RestartPolicy, String> {
-    let (name, count) = match text.split_once(':') {
-        Some((name, count)) => (name, Some(count)),
-        None => (text, None),
-    };
-    let policy = match name {
-        "no" => RestartPolicyName::No,
-        "on-failure" => RestartPolicyName::OnFailure,
-        "always" => RestartPolicyName::Always,
-        "unless-stopped" => RestartPolicyName::UnlessStopped,
-        other => {
-            return Err(format!(
-                "invalid restart policy {other:?}: use no, on-failure[:N], always or unless-stopped"
-            ));
-        }
-    };
-    let max_retries = match (policy, count) {
-        (_, None) => 0,
-        (RestartPolicyName::OnFailure, Some(n)) => n
-            .parse::<u32>()
-            .map_err(|_| format!("invalid maximum retry count {n:?}: give a whole number"))?,
-        (_, Some(_)) => {
-            return Err(format!(
-                "a maximum retry count goes only with on-failure, not {name}"
-            ));
-        }
-    };
-    Ok(RestartPolicy {
-        policy,
-        max_retries,
-    })
-}
-
-pub fn validate(policy: &RestartPolicy, auto_remove: bool) -> Result<(), JobError> {
-    if auto_remove && !policy.is_no() {
-        return Err(JobError::BadRequest(
-            "conflicting options: a job cannot be both auto-removed and restarted".to_string(),
-        ));
-    }
-    if policy.max_retries > 0 && policy.policy != RestartPolicyName::OnFailure {
-        return Err(JobError::BadRequest(
-            "max_retries goes only with the on-failure restart policy".to_string(),
-        ));
-    }
-    Ok(())
-}
 
 /// Whether the policy starts this just-exited job again.
 pub fn should_restart(job: &Job) -> bool {
@@ -112,26 +64,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policies_parse_like_docker() {
-        assert_eq!(parse("no").unwrap(), RestartPolicy::default());
-        assert_eq!(
-            parse("on-failure:3").unwrap(),
-            RestartPolicy {
-                policy: RestartPolicyName::OnFailure,
-                max_retries: 3
-            }
-        );
-        assert_eq!(parse("always").unwrap().policy, RestartPolicyName::Always);
-        assert_eq!(
-            parse("unless-stopped").unwrap().policy,
-            RestartPolicyName::UnlessStopped
-        );
-        assert!(parse("sometimes").is_err());
-        assert!(parse("always:3").is_err());
-        assert!(parse("on-failure:x").is_err());
-    }
 
     #[test]
     fn backoff_doubles_caps_and_resets_after_a_healthy_run() {

@@ -131,12 +131,16 @@ impl ImageStore {
             path: lease.journal.clone(),
             source: io::Error::other(e),
         })?;
-        fsutil::write_atomic(&self.tmp, &lease.journal, &bytes).map_err(|source| {
-            StoreError::Io {
-                op: "writing",
-                path: lease.journal.clone(),
-                source,
-            }
+        flynn_fsutil::write_atomic_via(
+            &self.tmp,
+            &lease.journal,
+            &bytes,
+            flynn_fsutil::Durability::Durable,
+        )
+        .map_err(|source| StoreError::Io {
+            op: "writing",
+            path: lease.journal.clone(),
+            source,
         })?;
         Ok(lease)
     }

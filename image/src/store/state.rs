@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::Image;
 use crate::digest::Digest;
-use crate::fsutil;
 
 pub(super) const STATE_FILE: &str = "images.json";
 const STATE_VERSION: u32 = 1;
@@ -65,7 +64,8 @@ impl State {
 
     pub(super) fn save(&self, tmp_dir: &Path, path: &Path) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        fsutil::write_atomic(tmp_dir, path, &bytes)
+        // Durable: the tags and records of the store are not rebuilt from anything.
+        flynn_fsutil::write_atomic_via(tmp_dir, path, &bytes, flynn_fsutil::Durability::Durable)
     }
 
     pub(super) fn names_of(&self, id: &str) -> Vec<String> {

@@ -12,7 +12,8 @@ use tokio::process::{ChildStdin, ChildStdout, Command};
 use super::protocol::{self, Handshake, Request, Response, ShimState};
 use super::{ExecShimConfig, JobFiles, ShimConfig, exec_dir};
 use crate::config::ExecConfig;
-use crate::exit::{self, Durability, ExitFileError, ExitStatus};
+use crate::exit::{self, ExitFileError, ExitStatus};
+use flynn_fsutil::Durability;
 
 /// Replies and handshake lines are short; anything longer is a protocol error.
 const MAX_LINE_BYTES: u64 = 64 * 1024;
@@ -101,20 +102,24 @@ pub struct CreatedShim {
     stdout: BufReader<ChildStdout>,
 }
 
-/// Writes a config file atomically, off the async threads.
+/// Writes a config file atomically, off the async threads. Visible only: shim.json is
+/// read only while this boot's processes live (a crash of the host kills them anyway),
+/// so fsyncs would only add latency.
 async fn write_config<T: serde::Serialize>(path: &Path, cfg: &T) -> Result<(), ShimError> {
     let data = serde_json::to_vec_pretty(cfg).map_err(|e| ShimError::Io {
         what: format!("encoding {path:?}"),
         source: std::io::Error::other(e),
     })?;
     let target = path.to_owned();
-    tokio::task::spawn_blocking(move || exit::write_atomic(&target, &data, Durability::Visible))
-        .await
-        .map_err(|e| ShimError::Io {
-            what: format!("writing {path:?}"),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(io(format!("writing {path:?}")))
+    tokio::task::spawn_blocking(move || {
+        flynn_fsutil::write_atomic(&target, &data, Durability::Visible)
+    })
+    .await
+    .map_err(|e| ShimError::Io {
+        what: format!("writing {path:?}"),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(io(format!("writing {path:?}")))
 }
 
 /// A shim process, detached: its handshake pipes.

@@ -18,9 +18,9 @@ use super::protocol::{self, Handshake};
 use super::stdio::{self, Pending};
 use super::{JobFiles, ShimConfig, diag, error_chain, lock, read_config, step, sys};
 use crate::container::{self, Io};
-use crate::exit::Durability;
 use crate::seccomp::{Filter, Source};
 use crate::spec;
+use flynn_fsutil::Durability;
 
 pub fn main(job_dir: &Path) -> i32 {
     if !begin() {
@@ -130,8 +130,10 @@ pub(super) fn settle(files: &JobFiles) -> Result<OwnedFd, String> {
     }
     let lock = lock::acquire(files)?;
     let pid = std::process::id().to_string();
+    // Visible only: shim.pid is read only while this boot's processes live (a crash of
+    // the host kills them anyway), so fsyncs would only add latency.
     if let Err(e) =
-        crate::exit::write_atomic(&files.shim_pid(), pid.as_bytes(), Durability::Visible)
+        flynn_fsutil::write_atomic(&files.shim_pid(), pid.as_bytes(), Durability::Visible)
     {
         diag(&format!("cannot write {:?}: {e}", files.shim_pid()));
     }

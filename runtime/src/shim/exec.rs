@@ -122,10 +122,12 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
     let process = spec::exec_process(&container, base, &cfg.exec).map_err(|e| e.to_string())?;
     let data = serde_json::to_vec_pretty(&process)
         .map_err(|e| format!("cannot encode the exec's process: {e}"))?;
-    crate::exit::write_atomic(
+    // Visible only: read while this boot's processes live (a crash of the host kills
+    // them anyway), so fsyncs would only add latency.
+    flynn_fsutil::write_atomic(
         &files.process_spec(),
         &data,
-        crate::exit::Durability::Visible,
+        flynn_fsutil::Durability::Visible,
     )
     .map_err(|e| format!("cannot write {:?}: {e}", files.process_spec()))?;
 

@@ -2,6 +2,11 @@
 //!
 //! Every type here appears in `agent/openapi.json`; the OpenAPI test holds the
 //! daemon's responses to those schemas, so a field added here must be added there.
+//! `services` and `restart` parse the CLI's forms of some of them and check them
+//! (the CLI and the daemon both need that).
+
+pub mod restart;
+pub mod services;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
