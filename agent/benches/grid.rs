@@ -8,6 +8,11 @@
 //!    a watcher (`flynn-host discover watch`) on the other host. Target: median < 100 ms.
 //!
 //! Run as root: `cargo bench -p flynn-host --bench grid` (ROUNDS=3 SECS=5 JOBS=20).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 #[path = "../tests/grid/harness.rs"]
 mod harness;

@@ -1,5 +1,10 @@
 //! Containers outlive the daemon, and a daemon killed at any moment leaves
 //! state that the next one lists, repairs and can remove.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,5 +1,10 @@
 //! The host's identity and status, and who may use the API: a token on TCP,
 //! root only on the unix socket, nothing at all from inside a container.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,4 +1,9 @@
 //! Image import through the daemon in every format users bring.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

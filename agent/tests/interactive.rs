@@ -1,5 +1,10 @@
 //! Interactive use: `run -it` on a real terminal (a pty driven by the test),
 //! `run -i` with piped stdin, `attach`, and `exec` into a running job.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

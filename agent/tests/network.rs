@@ -2,6 +2,11 @@
 //! test's own (its "host"), a second namespace joined to it by a veth pair as "another
 //! host", real containers, real netlink and nftables. Nothing here touches the
 //! machine's own networking. Needs root.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! Holds the daemon to its one OpenAPI document (`agent/openapi.json`): every
 //! route the server has is documented (and nothing else is), and the responses
 //! of a live daemon to each route validate against the documented schemas.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

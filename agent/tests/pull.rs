@@ -3,6 +3,11 @@
 //! platform choice, zstd layers, Docker Hub names through a mirror, insecure registries,
 //! basic auth, token auth, and, through a proxy, single-flight blobs, resumed and cut
 //! downloads, corrupted blobs and a daemon killed mid-pull.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 #[path = "support/registry.rs"]

@@ -1,5 +1,10 @@
 //! Restart policies: jobs that exit come back with their identity and log,
 //! after a delay that doubles while they keep failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,5 +1,10 @@
 //! End to end: a real daemon, real images, real containers (root, namespaces,
 //! overlayfs, cgroups). Each test starts its own daemon on its own state dir.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! Zero-downtime upgrade: the daemon's binary is replaced and the daemon told
 //! (SIGUSR2) to hand over to it, while clients hammer the API. No request
 //! fails, and no container is restarted.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,5 +1,10 @@
 //! The discovery crate against a real etcd (Debian's `etcd-server`), started on
 //! 127.0.0.1 with a temporary data directory.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

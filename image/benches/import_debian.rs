@@ -6,6 +6,11 @@
 //!
 //! `cargo bench -p flynn-image --bench import_debian` (root; builds the fixture with
 //! fixtures/build-debian.sh the first time, which needs Debian's archive).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::process::Command;
 use std::time::Instant;

@@ -8,6 +8,11 @@
 //!
 //! `cargo bench -p flynn-image --bench pull_debian` (root; builds the fixture with
 //! fixtures/build-debian.sh the first time, which needs Debian's archive).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::net::TcpListener;
 use std::path::Path;

@@ -6,6 +6,11 @@
 //! Extracts into /dev/shm (tmpfs: the pipeline alone) and /var/tmp (disk), or the
 //! `:`-separated `FLYNN_BENCH_DIRS`. Run with `cargo bench -p flynn-image --bench unpack`.
 //! Needs root (ownership, whiteouts).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::fs;
 use std::io::{BufWriter, Write};

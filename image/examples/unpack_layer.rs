@@ -1,6 +1,11 @@
 //! Unpacks one layer blob (tar, tar.gz or tar.zst) into a new directory, printing its
 //! digests: `cargo run --release -p flynn-image --example unpack_layer -- BLOB DEST`.
 //! Handy for timing against `tar -xf` and for looking at what a layer produces.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::path::PathBuf;
 use std::time::Instant;

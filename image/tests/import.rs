@@ -1,5 +1,10 @@
 //! Importing `docker save` archives and OCI layouts (directories and tars), names and tags,
 //! re-imports, and every way an archive can be broken.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

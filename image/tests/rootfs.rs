@@ -1,4 +1,9 @@
 //! Overlay root filesystems over imported images.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! Hostile layers: whatever the tar says, nothing outside the layer root may be created,
 //! linked, changed or deleted. Each test snapshots the sandbox (outside the root) before and
 //! after the unpack and requires them equal.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,4 +1,9 @@
 //! Store semantics: lookup rules, removal and layer GC, concurrency, crash recovery.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

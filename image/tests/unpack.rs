@@ -1,4 +1,9 @@
 //! Layer unpacking: formats, metadata, whiteouts, replacement rules, digests and errors.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

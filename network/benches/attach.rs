@@ -3,6 +3,11 @@
 //! `cargo bench -p flynn-network --bench attach` (root). The anchor is what a job with no
 //! network (`--network none`) costs anyway: a new network namespace made the same way
 //! (a thread unshares and bind-mounts it) and removed. "Added" is attach minus that.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::fs;
 use std::path::Path;

@@ -8,12 +8,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// An IPv4 network: a network address and a prefix length, e.g. `10.88.0.0/24`.
-/// The address is always the network address (host bits zero).
+/// The address is always the network address (host bits zero). Parsing and the
+/// arithmetic are `ipnet`'s; this type adds that check and what the bridge needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ipv4Net {
-    addr: Ipv4Addr,
-    prefix_len: u8,
-}
+pub struct Ipv4Net(ipnet::Ipv4Net);
 
 /// Why a CIDR string is not a usable IPv4 network.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,55 +25,49 @@ impl Ipv4Net {
     /// A network from its address and prefix length; `None` if the prefix is longer than
     /// 32 bits or the address has host bits set.
     pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Ipv4Net> {
-        if prefix_len > 32 {
-            return None;
-        }
-        let net = Ipv4Net { addr, prefix_len };
-        (u32::from(addr) & !u32::from(net.netmask()) == 0).then_some(net)
+        let net = ipnet::Ipv4Net::new(addr, prefix_len).ok()?;
+        (net.network() == addr).then_some(Ipv4Net(net))
     }
 
     pub fn addr(&self) -> Ipv4Addr {
-        self.addr
+        self.0.network()
     }
 
     pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
+        self.0.prefix_len()
     }
 
     pub fn netmask(&self) -> Ipv4Addr {
-        let bits = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        Ipv4Addr::from(bits)
+        self.0.netmask()
     }
 
     pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) | !u32::from(self.netmask()))
+        self.0.broadcast()
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & u32::from(self.netmask()) == u32::from(self.addr)
+        self.0.contains(&ip)
     }
 
     /// The first host address: the bridge's address and the jobs' default gateway.
     pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) + 1)
+        Ipv4Addr::from(u32::from(self.addr()) + 1)
     }
 
     /// The addresses jobs may get: every host address after the gateway, without the
     /// broadcast address. Empty for prefixes longer than /30.
     pub fn job_range(&self) -> std::ops::RangeInclusive<u32> {
-        if self.prefix_len > 30 {
+        if self.prefix_len() > 30 {
             #[allow(clippy::reversed_empty_ranges)]
             return 1..=0;
         }
-        u32::from(self.addr) + 2..=u32::from(self.broadcast()) - 1
+        u32::from(self.addr()) + 2..=u32::from(self.broadcast()) - 1
     }
 }
 
 impl fmt::Display for Ipv4Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
+        write!(f, "{}/{}", self.addr(), self.prefix_len())
     }
 }
 
@@ -87,23 +79,19 @@ impl FromStr for Ipv4Net {
             input: s.to_string(),
             reason,
         };
-        let (addr, len) = s
-            .split_once('/')
-            .ok_or_else(|| err("expected ADDRESS/PREFIX, e.g. 10.88.0.0/24".into()))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| err(format!("{addr:?} is not an IPv4 address")))?;
-        let len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| err(format!("{len:?} is not a prefix length (0-32)")))?;
-        Ipv4Net::new(addr, len).ok_or_else(|| {
-            let net = Ipv4Addr::from(
-                u32::from(addr) & (u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)),
-            );
-            err(format!("host bits are set; the network is {net}/{len}"))
-        })
+        let net: ipnet::Ipv4Net = s.parse().map_err(|_| {
+            err(
+                "expected an IPv4 ADDRESS/PREFIX with a prefix length of 0-32, e.g. 10.88.0.0/24"
+                    .into(),
+            )
+        })?;
+        if net.addr() != net.network() {
+            return Err(err(format!(
+                "host bits are set; the network is {}",
+                net.trunc()
+            )));
+        }
+        Ok(Ipv4Net(net))
     }
 }
 
@@ -147,10 +135,7 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             bridge: DEFAULT_BRIDGE.to_string(),
-            subnet: Ipv4Net {
-                addr: Ipv4Addr::new(10, 88, 0, 0),
-                prefix_len: 24,
-            },
+            subnet: Ipv4Net(ipnet::Ipv4Net::new_assert(Ipv4Addr::new(10, 88, 0, 0), 24)),
             mtu: None,
             state_dir: PathBuf::from("/var/lib/flynn/network"),
             netns_dir: PathBuf::from("/run/flynn/netns"),
@@ -232,6 +217,11 @@ mod tests {
         }
         let e = "10.88.0.1/24".parse::<Ipv4Net>().unwrap_err().to_string();
         assert!(e.contains("10.88.0.0/24"), "{e}");
+        let e = "10.88.0.0".parse::<Ipv4Net>().unwrap_err().to_string();
+        assert!(e.contains("ADDRESS/PREFIX"), "{e}");
+        assert_eq!(Ipv4Net::new(Ipv4Addr::new(10, 88, 0, 1), 24), None);
+        assert_eq!(Ipv4Net::new(Ipv4Addr::new(10, 88, 0, 0), 33), None);
+        assert_eq!(NetworkConfig::default().subnet.to_string(), "10.88.0.0/24");
     }
 
     #[test]

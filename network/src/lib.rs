@@ -27,10 +27,11 @@
 //!
 //! **Addresses.** `ipam.json` in `state_dir` holds the subnet, every endpoint and where
 //! the allocator stopped. The order is allocate → persist (temp file, fdatasync, rename;
-//! no directory fsync: see `state::write` for why that is safe) → configure, and on detach: remove rules, veth and namespace file,
-//! and only then forget the address. The persist runs while the namespace thread is busy
-//! making the namespace, so its fdatasync is mostly hidden. Allocation goes round the subnet
-//! from the last address handed out, so a freed address is reused as late as possible.
+//! no directory fsync: see `state::write` for why that is safe) → configure, and on
+//! detach: remove rules, veth and namespace file, and only then forget the address. The
+//! persist runs while the namespace thread is busy making the namespace, so its
+//! fdatasync is mostly hidden. Allocation goes round the subnet from the last address
+//! handed out, so a freed address is reused as late as possible.
 //! MACs are derived from addresses (`02:66:` + the four bytes): a reused address keeps
 //! its MAC. The bridge gets a fixed MAC the same way (from the gateway), since a bridge
 //! without one takes its lowest port's MAC and would change it under the jobs' ARP
@@ -93,6 +94,14 @@
 //! Every method that touches the kernel is meant for the host's network namespace: the
 //! namespace of the calling thread is the one configured (tests rely on that to run in
 //! namespaces of their own).
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::undocumented_unsafe_blocks
+    )
+)]
 
 mod config;
 mod endpoint;

@@ -1,5 +1,10 @@
 //! The host network against the real kernel: real netlink, real namespaces and nftables,
 //! each test inside a network namespace of its own (see `common`). Needs root.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

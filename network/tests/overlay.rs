@@ -1,6 +1,11 @@
 //! The VXLAN overlay device and its entries, in a private network namespace (no packet
 //! leaves it: the peers' underlay addresses are documentation addresses that nothing
 //! is sent to, and the test only reads the kernel's tables).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -5,6 +5,11 @@
 //! metadata service. The API is reached through a port forward on 127.0.0.1;
 //! the guests' networks are QEMU's isolated user-mode networks (`restrict=on`).
 //! Console logs are written to `target/qemu-logs/`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

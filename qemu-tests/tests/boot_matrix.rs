@@ -6,6 +6,11 @@
 //! first row: `pc`, `qemu64` (no RDRAND), one vCPU, e1000, the ISO on IDE.
 //!
 //! Each row's time to `ready` goes to `target/qemu-logs/boot-matrix.txt`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,6 +2,11 @@
 //! machine (hybrid cgroups) cannot provide: boot the Debian kernel with an
 //! initramfs holding our static flynn-host, mount only cgroup2, and run jobs
 //! with memory, CPU and pids limits in the VM.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::time::Duration;
 

@@ -1,6 +1,11 @@
 //! The offline assembler is reproducible: two builds from the same inputs and
 //! SOURCE_DATE_EPOCH, in different directories at different times, give
 //! byte-identical kernels, initramfs, ISO, raw disk and qcow2.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::path::Path;
 use std::process::Command;

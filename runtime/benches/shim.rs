@@ -4,6 +4,11 @@
 //!
 //! `cargo bench -p flynn-runtime --bench shim` (root; runc on PATH). Informal numbers:
 //! no assertion is made on them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use std::io::Read;
 use std::os::unix::fs::symlink;

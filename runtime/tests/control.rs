@@ -1,4 +1,9 @@
 //! The control socket, signals, and a shim that outlives (or dies before) its agent.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

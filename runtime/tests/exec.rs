@@ -1,5 +1,10 @@
 //! Processes exec'd into running containers: output, exit, user/cwd/env, confinement,
 //! terminals, and what happens when the container ends first.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,4 +1,9 @@
 //! Interactive containers: a terminal (real ptys), stdin, resizes, output without newlines.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,5 +1,10 @@
 //! What a container can see and do: seccomp, capabilities, no-new-privileges, masked and
 //! read-only paths, namespaces.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -1,4 +1,9 @@
 //! Containers run end to end through the shim binary: output, exit statuses, cleanup.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

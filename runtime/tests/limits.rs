@@ -1,4 +1,9 @@
 //! Resource limits reach the cgroups and are enforced; OOM kills are reported.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

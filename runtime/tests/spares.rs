@@ -1,6 +1,11 @@
 //! Spare shims (`runtime::shim::Spares`): a job's start takes the spare that waits
 //! for it, and a spare that is gone is replaced by a shim spawned the usual way.
 //! In a test binary of its own: it looks for spares among all processes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! 100 000 jobs (Nomad's C1M: about 3 300/s).
 //!
 //! `cargo bench -p flynn-scheduler --bench rectify`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

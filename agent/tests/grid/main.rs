@@ -2,6 +2,11 @@
 //! own agent) and a real etcd (Debian's): the overlay between containers of different
 //! hosts, discovery (watch, health checks, leaders, DNS), membership under leases,
 //! partitions, killed agents, an etcd that restarts empty, and etcd run as a container.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod harness;
 

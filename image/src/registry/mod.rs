@@ -188,8 +188,8 @@ impl RegistryConfig {
             return true;
         }
         self.insecure.iter().any(|entry| {
-            if let Some((net, bits)) = parse_cidr(entry) {
-                return ip.is_some_and(|ip| in_cidr(ip, net, bits));
+            if let Ok(net) = entry.parse::<ipnet::IpNet>() {
+                return ip.is_some_and(|ip| net.contains(&ip));
             }
             let (entry_name, entry_port) = split_host_port(entry);
             let (_, port) = split_host_port(host);
@@ -214,28 +214,6 @@ fn split_host_port(host: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn parse_cidr(entry: &str) -> Option<(IpAddr, u8)> {
-    let (addr, bits) = entry.split_once('/')?;
-    let addr: IpAddr = addr.parse().ok()?;
-    let bits: u8 = bits.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (bits <= max).then_some((addr, bits))
-}
-
-fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(ip), IpAddr::V4(net)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(ip) & mask == u32::from(net) & mask
-        }
-        (IpAddr::V6(ip), IpAddr::V6(net)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(ip) & mask == u128::from(net) & mask
-        }
-        _ => false,
-    }
-}
-
 fn valid_host(host: &str) -> bool {
     let (name, port) = split_host_port(host);
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
@@ -248,7 +226,7 @@ fn valid_host(host: &str) -> bool {
 }
 
 fn valid_insecure_entry(entry: &str) -> bool {
-    parse_cidr(entry).is_some() || valid_host(entry)
+    entry.parse::<ipnet::IpNet>().is_ok() || valid_host(entry)
 }
 
 /// A mirror entry: `host[:port]`, optionally with `http://` or `https://` and a trailing
@@ -297,6 +275,22 @@ mod tests {
         config.validate().unwrap();
         assert!(config.is_insecure("10.1.2.3:5000"));
         assert!(!config.is_insecure("11.1.2.3:5000"));
+        let v6 = RegistryConfig {
+            insecure: vec!["fd00::/8".into(), "192.168.1.7/16".into()],
+            ..RegistryConfig::default()
+        };
+        v6.validate().unwrap();
+        assert!(v6.is_insecure("[fd12::1]:5000"));
+        assert!(!v6.is_insecure("[fe80::1]:5000"));
+        assert!(v6.is_insecure("192.168.200.1"));
+        assert!(!v6.is_insecure("10.1.2.3"));
+        for bad in ["10.0.0.0/33", "fd00::/129"] {
+            let c = RegistryConfig {
+                insecure: vec![bad.into()],
+                ..RegistryConfig::default()
+            };
+            assert!(c.validate().is_err(), "{bad}");
+        }
         assert!(config.is_insecure("reg.lan:443"));
         assert!(config.is_insecure("other.lan:5000"));
         assert!(!config.is_insecure("other.lan:6000"));
