@@ -203,6 +203,9 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
             _ = &mut shutdown => {
                 // Containers keep running under their shims; a new daemon re-adopts them.
                 tracing::info!("shutting down; running jobs keep running");
+                if let Some(grid) = &state.grid {
+                    grid.stop().await;
+                }
                 state.jobs.all_detached().await;
                 let _ = std::fs::remove_file(&config.socket);
                 return Ok(());

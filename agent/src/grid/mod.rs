@@ -80,6 +80,10 @@ pub struct Grid {
     jobs: Arc<JobManager>,
     started_at: chrono::DateTime<chrono::Utc>,
     state_dir: PathBuf,
+    /// Every long-running task of the grid (joining, lease renewal, overlay and
+    /// service watches, the registry, job events, DNS): one owner, which
+    /// [`Grid::stop`] ends.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// What start-up needs besides the grid's own configuration.
@@ -123,12 +127,28 @@ impl Grid {
             jobs: boot.jobs.clone(),
             started_at: chrono::Utc::now(),
             state_dir: boot.state_dir.clone(),
+            tasks: Mutex::new(tokio::task::JoinSet::new()),
         });
         // Follow job events from now on, so no start or exit is missed meanwhile.
         let events = boot.events.subscribe();
         let g = grid.clone();
-        tokio::spawn(async move { g.boot(boot, events).await });
+        grid.spawn(async move { g.boot(boot, events).await });
         Ok(grid)
+    }
+
+    /// Runs `task` for as long as the grid lives (until [`Grid::stop`]).
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap what has finished, so the set holds only live tasks.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Stops every task of the grid (the daemon is shutting down): the lease is no
+    /// longer renewed and expires by itself, as a crashed host's would.
+    pub async fn stop(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        tasks.shutdown().await;
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -281,21 +301,21 @@ impl Grid {
 
         let g = self.clone();
         let e = etcd.clone();
-        tokio::spawn(async move { g.renew_loop(e, ocfg).await });
+        self.spawn(async move { g.renew_loop(e, ocfg).await });
         let g = self.clone();
         let e = etcd.clone();
-        tokio::spawn(async move { g.overlay_loop(e).await });
+        self.spawn(async move { g.overlay_loop(e).await });
         let g = self.clone();
         let e = etcd.clone();
-        tokio::spawn(async move { g.view_loop(e).await });
+        self.spawn(async move { g.view_loop(e).await });
         let reg = self.registry.clone();
         let e = etcd.clone();
         let rx = self.lease.subscribe();
-        tokio::spawn(async move { reg.run(e, rx).await });
+        self.spawn(async move { reg.run(e, rx).await });
         let g = self.clone();
-        tokio::spawn(async move { g.follow_jobs(events).await });
+        self.spawn(async move { g.follow_jobs(events).await });
         let g = self.clone();
-        tokio::spawn(async move { g.refresh_loop().await });
+        self.spawn(async move { g.refresh_loop().await });
         if self.cfg.discovery_dns {
             let upstream = if self.cfg.dns_upstream.is_empty() {
                 dns::upstreams_of(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
@@ -304,7 +324,7 @@ impl Grid {
             };
             let server = dns::DnsServer::new(self.view.clone(), upstream);
             let g = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 loop {
                     if let Err(e) = server.clone().serve(dns_addr).await {
                         g.error(&format!("serving DNS on {dns_addr}"), e);
