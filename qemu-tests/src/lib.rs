@@ -23,7 +23,7 @@ pub mod vm;
 pub use initramfs::Initramfs;
 pub use kernel::Kernel;
 pub use machine::{Appliance, Boot, Bus, Console, Disk, Firmware, Machine, Nic, Ready};
-pub use vm::{Vm, VmConfig};
+pub use vm::{Vm, VmConfig, console_tail};
 
 use std::path::PathBuf;
 

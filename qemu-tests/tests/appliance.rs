@@ -40,11 +40,12 @@ fn run(vm: &Appliance, args: &[&str]) -> String {
     let out = vm.cli(&cli(), args);
     assert!(
         out.status.success(),
-        "flynn-host {args:?}: {}\nstdout: {}\nstderr: {}\nconsole: {}",
+        "flynn-host {args:?}: {}\nstdout: {}\nstderr: {}\nconsole: {}; its end:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
-        vm.vm.log_path().display()
+        vm.vm.log_path().display(),
+        qemu_tests::console_tail(&vm.vm.console())
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
