@@ -4,14 +4,6 @@
 //! The agent composes the other crates: `image` gives a job its root
 //! filesystem, `runtime` runs it. It is the only crate that knows about both;
 //! they know nothing of each other or of HTTP.
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 pub mod api;
 pub mod cli;

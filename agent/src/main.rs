@@ -1,13 +1,5 @@
 //! `flynn-host`: the Flynn host agent. One binary: the daemon, the CLI that talks
 //! to it, and the per-container shim (`flynn-host shim JOB_DIR`).
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 use clap::{Parser, Subcommand};
 use flynn_host::{cli, daemon};

@@ -41,14 +41,6 @@
 //! **Watches** ([`watch::PrefixWatch`]) read a prefix, then follow it from the next
 //! revision; when the stream breaks (etcd restarted, compaction, partition) they read
 //! again and report the difference, so a watcher never misses the end state.
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 pub mod error;
 pub mod etcd;

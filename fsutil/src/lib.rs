@@ -6,14 +6,6 @@
 //! readers see the old content or the whole new one, never a partial write. What a
 //! crash of the *machine* leaves is the [`Durability`] the caller chose. A temp file
 //! is removed when the replace fails; a crash in the middle may leave one behind.
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -65,14 +65,6 @@
 //! - **Concurrency**: one mutex guards the metadata; imports pin the layers and blobs they
 //!   rely on so a concurrent removal cannot delete them; a per-layer lock makes two
 //!   imports sharing a layer unpack it once. A `flock` keeps a second process out.
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 pub mod archive;
 pub mod content;

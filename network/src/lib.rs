@@ -94,14 +94,6 @@
 //! Every method that touches the kernel is meant for the host's network namespace: the
 //! namespace of the calling thread is the one configured (tests rely on that to run in
 //! namespaces of their own).
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 mod config;
 mod endpoint;

@@ -6,14 +6,6 @@
 //! test (an init script it writes). It never touches the host's own networking:
 //! a VM's network is QEMU's user-mode stack (or, later, taps inside a network
 //! namespace the test creates).
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 pub mod initramfs;
 pub mod kernel;

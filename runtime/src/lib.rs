@@ -132,14 +132,6 @@
 //! libcontainer keeps its own state in `<state_root>/<id>/`, the compiled seccomp filters
 //! are in `<state_root>/seccomp/`; cgroups are `/flynn/<id>` in every hierarchy (cgroup v1
 //! on hybrid hosts, v2 on unified ones).
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 pub mod cgroup;
 pub mod config;

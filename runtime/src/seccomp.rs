@@ -537,8 +537,8 @@ mod tests {
     #[test]
     fn the_installed_filter_follows_the_oci_meaning() {
         let code = in_filtered_child(|| {
-            // SAFETY (whole closure): raw syscalls with integer arguments only; the clone
-            // without CLONE_VM makes a copy-on-write child that exits at once.
+            // SAFETY: raw syscalls with integer arguments only; the clone without
+            // CLONE_VM makes a copy-on-write child that exits at once.
             unsafe {
                 // A plain fork passes the MASKED_EQ rule...
                 let child =

@@ -20,14 +20,6 @@
 //! - Crashes back off per formation: 0 s, then 10 s, then 30 s between restarts.
 //! - A draining host gets no new jobs; its jobs are started elsewhere first and
 //!   stopped there once enough replacements run.
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 mod place;
 

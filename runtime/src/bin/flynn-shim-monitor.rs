@@ -3,14 +3,6 @@
 //! so that what supervises it for the rest of its life maps a small binary and none of
 //! libcontainer. It only ever runs `runtime::shim::monitor_main`, whose code reaches
 //! neither libcontainer, libseccomp nor tokio: the linker keeps none of them.
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 fn main() {
     std::process::exit(runtime::shim::monitor_main());

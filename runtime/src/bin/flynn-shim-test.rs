@@ -2,14 +2,6 @@
 //! `flynn-shim-test shim <JOB_DIR>` is the shim entry point (`flynn-host shim`), and
 //! `flynn-shim-test spawn <JOB_DIR>` plays a short-lived daemon that spawns and starts
 //! the shim described by `<JOB_DIR>/shim.json`, prints `started <pid>` and exits.
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::undocumented_unsafe_blocks
-    )
-)]
 
 use std::path::Path;
 

@@ -244,6 +244,7 @@ mod tests {
         check_master(&pty.master).unwrap();
         assert!(check_master(&pty.slave).is_err());
         set_window_size(&pty.master, 33, 101).unwrap();
+        // SAFETY: winsize is plain integers, for which all zeroes is a valid value.
         let mut size: libc::winsize = unsafe { std::mem::zeroed() };
         // SAFETY: TIOCGWINSZ writes one struct winsize to a valid pointer.
         let rc = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
