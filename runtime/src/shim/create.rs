@@ -13,6 +13,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
+use super::error::ShimSetupError;
 use super::monitor::{self, Handoff, Kind};
 use super::protocol::{self, Handshake};
 use super::stdio::{self, Pending};
@@ -87,7 +88,8 @@ fn create(job_dir: &Path) -> i32 {
     let files = JobFiles::new(&job_dir);
     let lock = match settle(&files) {
         Ok(lock) => lock,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             // Nothing here is ours to clean up: the job dir may belong to a live shim.
             diag(&msg);
             report(&Handshake::Error(msg));
@@ -97,7 +99,8 @@ fn create(job_dir: &Path) -> i32 {
     step("settled (log, lock, pid file)");
     let prepared = match prepare(&files) {
         Ok(p) => p,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             // Everything is cleaned up before the agent hears of the failure.
             diag(&msg);
             let _ = std::fs::remove_file(files.socket());
@@ -112,7 +115,7 @@ fn create(job_dir: &Path) -> i32 {
 /// Puts the detached process in a predictable state: cwd "/" (libcontainer needs a cwd
 /// that stays valid), umask 022, stderr to shim.log, `shim.lock` held (returned: it must
 /// stay open for the shim's whole life), and shim.pid written.
-pub(super) fn settle(files: &JobFiles) -> Result<OwnedFd, String> {
+pub(super) fn settle(files: &JobFiles) -> Result<OwnedFd, ShimSetupError> {
     let _ = std::env::set_current_dir("/");
     umask(Mode::from_bits_truncate(0o022));
     match OpenOptions::new()
@@ -150,25 +153,36 @@ struct Prepared {
 }
 
 /// Everything up to (not including) libcontainer's create. Errors are final messages.
-fn prepare(files: &JobFiles) -> Result<Prepared, String> {
+fn prepare(files: &JobFiles) -> Result<Prepared, ShimSetupError> {
     let cfg = read_config(files)?;
     cfg.container
         .validate()
-        .map_err(|e| format!("invalid container config: {e}"))?;
+        .map_err(|e| ShimSetupError::InvalidConfig {
+            what: "container",
+            source: e.into(),
+        })?;
     let listener = bind_control_socket(files)?;
 
-    spec::prepare_rootfs(&cfg.container).map_err(|e| e.to_string())?;
-    let mut oci = spec::build_spec(&cfg.container).map_err(|e| e.to_string())?;
+    spec::prepare_rootfs(&cfg.container).map_err(|e| ShimSetupError::Spec(e.into()))?;
+    let mut oci = spec::build_spec(&cfg.container).map_err(|e| ShimSetupError::Spec(e.into()))?;
     crate::host::adapt_spec(&mut oci);
     oci.save(files.spec())
-        .map_err(|e| format!("cannot write the OCI spec {:?}: {e}", files.spec()))?;
+        .map_err(|e| ShimSetupError::WriteSpec {
+            path: files.spec(),
+            source: e.into(),
+        })?;
     let seccomp = take_seccomp(&mut oci, &cfg)?;
     let bundle = files.bundle();
-    std::fs::create_dir_all(&bundle)
-        .map_err(|e| format!("cannot create the bundle directory {bundle:?}: {e}"))?;
+    std::fs::create_dir_all(&bundle).map_err(|source| ShimSetupError::Bundle {
+        path: bundle.clone(),
+        source,
+    })?;
     let bundle_spec = bundle.join("config.json");
     oci.save(&bundle_spec)
-        .map_err(|e| format!("cannot write the OCI spec {bundle_spec:?}: {e}"))?;
+        .map_err(|e| ShimSetupError::WriteSpec {
+            path: bundle_spec.clone(),
+            source: e.into(),
+        })?;
 
     let (container_io, io) = stdio::prepare(files, cfg.container.tty, cfg.container.stdin)?;
     Ok(Prepared {
@@ -182,7 +196,7 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
 
 /// Takes the seccomp profile out of the spec handed to libcontainer and returns it
 /// compiled (from the host's cache when possible), for our executor to install.
-fn take_seccomp(oci: &mut Spec, cfg: &ShimConfig) -> Result<Option<Filter>, String> {
+fn take_seccomp(oci: &mut Spec, cfg: &ShimConfig) -> Result<Option<Filter>, ShimSetupError> {
     let profile = oci
         .linux_mut()
         .as_mut()
@@ -196,7 +210,7 @@ pub(super) fn compile_seccomp(
     oci: &Spec,
     profile: Option<oci_spec::runtime::LinuxSeccomp>,
     cache: &Path,
-) -> Result<Option<Filter>, String> {
+) -> Result<Option<Filter>, ShimSetupError> {
     let Some(profile) = profile else {
         return Ok(None);
     };
@@ -204,14 +218,10 @@ pub(super) fn compile_seccomp(
     // allows (build_spec always sets it).
     let nnp = oci.process().as_ref().and_then(|p| p.no_new_privileges());
     if nnp != Some(true) {
-        return Err(
-            "a seccomp profile needs no_new_privileges in this runtime (a bug in the spec \
-             builder)"
-                .into(),
-        );
+        return Err(ShimSetupError::SeccompWithoutNoNewPrivileges);
     }
-    let (filter, source) = Filter::prepare(cache, &profile)
-        .map_err(|e| format!("cannot prepare the container's seccomp filter: {e}"))?;
+    let (filter, source) =
+        Filter::prepare(cache, &profile).map_err(|e| ShimSetupError::Seccomp(e.into()))?;
     if source == Source::Rebuilt {
         diag(&format!(
             "the cached seccomp filter in {cache:?} was corrupt; compiled and cached again"
@@ -220,19 +230,21 @@ pub(super) fn compile_seccomp(
     Ok(Some(filter))
 }
 
-pub(super) fn bind_control_socket(files: &JobFiles) -> Result<UnixListener, String> {
-    let path = files.check_socket_path().map_err(|e| e.to_string())?;
+pub(super) fn bind_control_socket(files: &JobFiles) -> Result<UnixListener, ShimSetupError> {
+    let path = files
+        .check_socket_path()
+        .map_err(|e| ShimSetupError::SocketPath(e.into()))?;
     if path.exists() {
         if UnixStream::connect(&path).is_ok() {
-            return Err(format!(
-                "another shim is already serving {path:?}: each job needs its own directory"
-            ));
+            return Err(ShimSetupError::SocketInUse { path });
         }
         // Left by a shim that died: nothing listens on it any more.
-        std::fs::remove_file(&path)
-            .map_err(|e| format!("cannot remove the stale control socket {path:?}: {e}"))?;
+        std::fs::remove_file(&path).map_err(|source| ShimSetupError::StaleSocket {
+            path: path.clone(),
+            source,
+        })?;
     }
-    UnixListener::bind(&path).map_err(|e| format!("cannot listen on {path:?}: {e}"))
+    UnixListener::bind(&path).map_err(|source| ShimSetupError::Listen { path, source })
 }
 
 fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
@@ -264,7 +276,8 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
     // Init sent the pty master (if any) while being created.
     let io = match p.io.complete() {
         Ok(io) => io,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             abort(files, &p.cfg, Some(init), &msg);
             report(&Handshake::Error(msg));
             return 1;

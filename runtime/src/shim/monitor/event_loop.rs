@@ -18,6 +18,7 @@ use super::handoff::{Handoff, Kind};
 use crate::cgroup;
 use crate::exit::{self, ExitStatus};
 use crate::logs::{LogWriter, Stream};
+use crate::shim::error::{ShimSetupError, Source as ErrorSource};
 use crate::shim::protocol::{self, Response};
 use crate::shim::{JobFiles, diag, read_config, sys};
 
@@ -145,8 +146,9 @@ pub(super) struct Monitor {
 }
 
 impl Monitor {
-    fn new(files: &JobFiles, h: Handoff) -> Result<Monitor, String> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    fn new(files: &JobFiles, h: Handoff) -> Result<Monitor, ShimSetupError> {
+        let fail =
+            |what: &'static str, source: ErrorSource| ShimSetupError::Monitor { what, source };
         let (container, log_path) = match h.kind {
             Kind::Container => {
                 let cfg = read_config(files)?;
@@ -159,19 +161,20 @@ impl Monitor {
         // Blocked so that SIGCHLD is only ever seen through the signalfd. The supervised
         // process is never cloned from here, so it cannot inherit this mask.
         mask.thread_block()
-            .map_err(|e| fail("cannot block SIGCHLD", &e))?;
+            .map_err(|e| fail("cannot block SIGCHLD", e.into()))?;
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| fail("cannot create a signalfd", &e))?;
+            .map_err(|e| fail("cannot create a signalfd", e.into()))?;
         for fd in [&h.stdout, &h.stderr, &h.terminal, &h.stdin]
             .into_iter()
             .flatten()
         {
-            sys::set_nonblocking(fd).map_err(|e| fail("cannot make a stream non-blocking", &e))?;
+            sys::set_nonblocking(fd)
+                .map_err(|e| fail("cannot make a stream non-blocking", e.into()))?;
         }
         let listener = UnixListener::from(h.listener);
         listener
             .set_nonblocking(true)
-            .map_err(|e| fail("cannot make the control socket non-blocking", &e))?;
+            .map_err(|e| fail("cannot make the control socket non-blocking", e.into()))?;
         let log = match LogWriter::open(&log_path) {
             Ok(w) => Some(w),
             Err(e) => {
