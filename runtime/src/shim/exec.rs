@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use oci_spec::runtime::Spec;
 
-use super::create::{bind_control_socket, close_stdio, compile_seccomp, report, settle};
+use super::common::{bind_control_socket, close_stdio, compile_seccomp, report, settle};
 use super::error::ShimSetupError;
 use super::monitor::{self, Handoff, Kind};
 use super::protocol::Handshake;

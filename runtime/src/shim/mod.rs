@@ -17,6 +17,7 @@
 //! its child across exec, and `shim.lock` stays locked.
 
 mod client;
+mod common;
 mod create;
 mod error;
 mod exec;
