@@ -8,12 +8,13 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
 
 /// Bytes available for `mount(2)` data: one page, including the final NUL.
 const LEGACY_DATA_MAX: usize = 4095;
@@ -85,20 +86,13 @@ fn mount_err(target: &Path, errno: Errno, detail: String) -> RootfsError {
     }
 }
 
+/// rustix's errno as nix's, which the rest of the crate matches on.
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
 fn fsconfig_string(fs: &OwnedFd, key: &str, value: &CString) -> Result<(), Errno> {
-    let key = CString::new(key).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: both strings are NUL-terminated and outlive the call; fs is an open fs context.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            libc::FSCONFIG_SET_STRING,
-            key.as_ptr(),
-            value.as_ptr(),
-            0,
-        )
-    };
-    Errno::result(rc).map(drop)
+    rustix::mount::fsconfig_set_string(fs, key, value.as_c_str()).map_err(errno)
 }
 
 /// The kernel's messages about a failed fs context, read from its fd ("e overlayfs: ...").
@@ -125,17 +119,11 @@ fn mount_fd_api(
     work: &Path,
     target: &Path,
 ) -> Result<Mounted, RootfsError> {
-    let name = c"overlay";
-    // SAFETY: `name` is a NUL-terminated string literal.
-    let fd = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), libc::FSOPEN_CLOEXEC) };
-    let fd = match Errno::result(fd) {
-        Ok(fd) => fd,
+    let fs = match rustix::mount::fsopen(c"overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno) {
+        Ok(fs) => fs,
         Err(Errno::ENOSYS) => return Ok(Mounted::Unsupported),
         Err(e) => return Err(mount_err(target, e, String::new())),
     };
-    let fd = i32::try_from(fd).map_err(|_| mount_err(target, Errno::EOVERFLOW, String::new()))?;
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    let fs = unsafe { OwnedFd::from_raw_fd(fd) };
 
     for (i, lower) in lowers.iter().rev().enumerate() {
         match fsconfig_string(&fs, "lowerdir+", &cpath(lower)?) {
@@ -151,44 +139,23 @@ fn mount_fd_api(
         .map_err(|e| mount_err(target, e, fs_log(&fs)))?;
     fsconfig_string(&fs, "workdir", &cpath(work)?)
         .map_err(|e| mount_err(target, e, fs_log(&fs)))?;
-    // SAFETY: plain syscall on an open fs context fd; the key and value must be NULL for CMD_CREATE.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            libc::FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    match Errno::result(rc) {
-        Ok(_) => {}
+    match rustix::mount::fsconfig_create(&fs).map_err(errno) {
+        Ok(()) => {}
         // Before 6.5 overlayfs has no fs_context of its own: the VFS collects every
         // key into legacy mount data, so `lowerdir+` is only refused here.
         Err(Errno::EINVAL) => return Ok(Mounted::Unsupported),
         Err(e) => return Err(mount_err(target, e, fs_log(&fs))),
     }
-    // SAFETY: plain syscall on an open, created fs context fd.
-    let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, 0) };
-    let mfd = Errno::result(mfd).map_err(|e| mount_err(target, e, fs_log(&fs)))?;
-    let mfd = i32::try_from(mfd).map_err(|_| mount_err(target, Errno::EOVERFLOW, String::new()))?;
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    let mnt = unsafe { OwnedFd::from_raw_fd(mfd) };
-    let target_c = cpath(target)?;
-    let empty = c"";
-    // SAFETY: both paths are NUL-terminated and outlive the call; mnt is a detached mount fd.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            target_c.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    Errno::result(rc).map_err(|e| mount_err(target, e, String::new()))?;
+    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+        .map_err(|e| mount_err(target, errno(e), fs_log(&fs)))?;
+    rustix::mount::move_mount(
+        &mnt,
+        c"",
+        rustix::fs::CWD,
+        cpath(target)?.as_c_str(),
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| mount_err(target, errno(e), String::new()))?;
     Ok(Mounted::Yes)
 }
 

@@ -1,4 +1,5 @@
-//! Thin wrappers over the syscalls nix 0.29 lacks or returns as raw fds.
+//! Thin wrappers over the syscalls nix 0.29 lacks or returns as raw fds (`openat2` is
+//! nix's, as in `runtime::rootfs`).
 //!
 //! Every `unsafe` block of the crate that is not a mount lives here or in `rootfs`.
 
@@ -6,7 +7,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
 
 fn cstring(bytes: &[u8]) -> Result<CString, Errno> {
@@ -44,23 +45,10 @@ pub(crate) fn open_in_root(
     path: &[u8],
     flags: OFlag,
 ) -> Result<OwnedFd, Errno> {
-    let path = cstring(path)?;
-    // SAFETY: open_how is plain data; all-zero is its documented "no options" value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | OFlag::O_CLOEXEC).bits() as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `path` and `how` are valid for the call and the size passed matches `how`.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            path.as_ptr(),
-            &mut how as *mut libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    let fd = Errno::result(fd)?;
-    let fd = i32::try_from(fd).map_err(|_| Errno::EOVERFLOW)?;
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root.as_raw_fd(), path, how)?;
     // SAFETY: the kernel just returned this fd to us and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -1,26 +1,24 @@
 //! The shim's first phase: detach, create the container, hand-shake with the agent, start.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use nix::sys::signal::{Signal, kill};
-use nix::sys::stat::{Mode, umask};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
+use super::common::{bind_control_socket, close_stdio, compile_seccomp, report, settle};
+use super::error::ShimSetupError;
 use super::monitor::{self, Handoff, Kind};
 use super::protocol::{self, Handshake};
 use super::stdio::{self, Pending};
-use super::{JobFiles, ShimConfig, diag, error_chain, lock, read_config, step, sys};
+use super::{JobFiles, ShimConfig, diag, error_chain, read_config, step, sys};
 use crate::container::{self, Io};
-use crate::seccomp::{Filter, Source};
+use crate::seccomp::Filter;
 use crate::spec;
-use flynn_fsutil::Durability;
 
 pub fn main(job_dir: &Path) -> i32 {
     if !begin() {
@@ -87,7 +85,8 @@ fn create(job_dir: &Path) -> i32 {
     let files = JobFiles::new(&job_dir);
     let lock = match settle(&files) {
         Ok(lock) => lock,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             // Nothing here is ours to clean up: the job dir may belong to a live shim.
             diag(&msg);
             report(&Handshake::Error(msg));
@@ -97,7 +96,8 @@ fn create(job_dir: &Path) -> i32 {
     step("settled (log, lock, pid file)");
     let prepared = match prepare(&files) {
         Ok(p) => p,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             // Everything is cleaned up before the agent hears of the failure.
             diag(&msg);
             let _ = std::fs::remove_file(files.socket());
@@ -107,37 +107,6 @@ fn create(job_dir: &Path) -> i32 {
     };
     step("prepared (spec, seccomp, stdio)");
     run(&files, prepared, lock)
-}
-
-/// Puts the detached process in a predictable state: cwd "/" (libcontainer needs a cwd
-/// that stays valid), umask 022, stderr to shim.log, `shim.lock` held (returned: it must
-/// stay open for the shim's whole life), and shim.pid written.
-pub(super) fn settle(files: &JobFiles) -> Result<OwnedFd, String> {
-    let _ = std::env::set_current_dir("/");
-    umask(Mode::from_bits_truncate(0o022));
-    match OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(files.shim_log())
-    {
-        Ok(log) => {
-            let _ = sys::redirect(2, &log);
-        }
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "cannot open shim log: {e}");
-        }
-    }
-    let lock = lock::acquire(files)?;
-    let pid = std::process::id().to_string();
-    // Visible only: shim.pid is read only while this boot's processes live (a crash of
-    // the host kills them anyway), so fsyncs would only add latency.
-    if let Err(e) =
-        flynn_fsutil::write_atomic(&files.shim_pid(), pid.as_bytes(), Durability::Visible)
-    {
-        diag(&format!("cannot write {:?}: {e}", files.shim_pid()));
-    }
-    Ok(lock)
 }
 
 struct Prepared {
@@ -150,25 +119,36 @@ struct Prepared {
 }
 
 /// Everything up to (not including) libcontainer's create. Errors are final messages.
-fn prepare(files: &JobFiles) -> Result<Prepared, String> {
+fn prepare(files: &JobFiles) -> Result<Prepared, ShimSetupError> {
     let cfg = read_config(files)?;
     cfg.container
         .validate()
-        .map_err(|e| format!("invalid container config: {e}"))?;
+        .map_err(|e| ShimSetupError::InvalidConfig {
+            what: "container",
+            source: e.into(),
+        })?;
     let listener = bind_control_socket(files)?;
 
-    spec::prepare_rootfs(&cfg.container).map_err(|e| e.to_string())?;
-    let mut oci = spec::build_spec(&cfg.container).map_err(|e| e.to_string())?;
+    spec::prepare_rootfs(&cfg.container).map_err(|e| ShimSetupError::Spec(e.into()))?;
+    let mut oci = spec::build_spec(&cfg.container).map_err(|e| ShimSetupError::Spec(e.into()))?;
     crate::host::adapt_spec(&mut oci);
     oci.save(files.spec())
-        .map_err(|e| format!("cannot write the OCI spec {:?}: {e}", files.spec()))?;
+        .map_err(|e| ShimSetupError::WriteSpec {
+            path: files.spec(),
+            source: e.into(),
+        })?;
     let seccomp = take_seccomp(&mut oci, &cfg)?;
     let bundle = files.bundle();
-    std::fs::create_dir_all(&bundle)
-        .map_err(|e| format!("cannot create the bundle directory {bundle:?}: {e}"))?;
+    std::fs::create_dir_all(&bundle).map_err(|source| ShimSetupError::Bundle {
+        path: bundle.clone(),
+        source,
+    })?;
     let bundle_spec = bundle.join("config.json");
     oci.save(&bundle_spec)
-        .map_err(|e| format!("cannot write the OCI spec {bundle_spec:?}: {e}"))?;
+        .map_err(|e| ShimSetupError::WriteSpec {
+            path: bundle_spec.clone(),
+            source: e.into(),
+        })?;
 
     let (container_io, io) = stdio::prepare(files, cfg.container.tty, cfg.container.stdin)?;
     Ok(Prepared {
@@ -182,57 +162,12 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
 
 /// Takes the seccomp profile out of the spec handed to libcontainer and returns it
 /// compiled (from the host's cache when possible), for our executor to install.
-fn take_seccomp(oci: &mut Spec, cfg: &ShimConfig) -> Result<Option<Filter>, String> {
+fn take_seccomp(oci: &mut Spec, cfg: &ShimConfig) -> Result<Option<Filter>, ShimSetupError> {
     let profile = oci
         .linux_mut()
         .as_mut()
         .and_then(|l| l.seccomp_mut().take());
     compile_seccomp(oci, profile, &cfg.seccomp_cache())
-}
-
-/// The compiled filter for the spec's seccomp profile, from the host's cache when
-/// possible.
-pub(super) fn compile_seccomp(
-    oci: &Spec,
-    profile: Option<oci_spec::runtime::LinuxSeccomp>,
-    cache: &Path,
-) -> Result<Option<Filter>, String> {
-    let Some(profile) = profile else {
-        return Ok(None);
-    };
-    // The filter goes in after the capabilities are dropped, which only no_new_privileges
-    // allows (build_spec always sets it).
-    let nnp = oci.process().as_ref().and_then(|p| p.no_new_privileges());
-    if nnp != Some(true) {
-        return Err(
-            "a seccomp profile needs no_new_privileges in this runtime (a bug in the spec \
-             builder)"
-                .into(),
-        );
-    }
-    let (filter, source) = Filter::prepare(cache, &profile)
-        .map_err(|e| format!("cannot prepare the container's seccomp filter: {e}"))?;
-    if source == Source::Rebuilt {
-        diag(&format!(
-            "the cached seccomp filter in {cache:?} was corrupt; compiled and cached again"
-        ));
-    }
-    Ok(Some(filter))
-}
-
-pub(super) fn bind_control_socket(files: &JobFiles) -> Result<UnixListener, String> {
-    let path = files.check_socket_path().map_err(|e| e.to_string())?;
-    if path.exists() {
-        if UnixStream::connect(&path).is_ok() {
-            return Err(format!(
-                "another shim is already serving {path:?}: each job needs its own directory"
-            ));
-        }
-        // Left by a shim that died: nothing listens on it any more.
-        std::fs::remove_file(&path)
-            .map_err(|e| format!("cannot remove the stale control socket {path:?}: {e}"))?;
-    }
-    UnixListener::bind(&path).map_err(|e| format!("cannot listen on {path:?}: {e}"))
 }
 
 fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
@@ -264,7 +199,8 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
     // Init sent the pty master (if any) while being created.
     let io = match p.io.complete() {
         Ok(io) => io,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             abort(files, &p.cfg, Some(init), &msg);
             report(&Handshake::Error(msg));
             return 1;
@@ -335,12 +271,6 @@ fn cfg_wants_loopback(cfg: &ShimConfig) -> bool {
     cfg.container.network == crate::config::NetworkMode::New
 }
 
-/// Writes one handshake line to the agent; false if the agent is gone.
-pub(super) fn report(msg: &Handshake) -> bool {
-    let mut out = std::io::stdout().lock();
-    out.write_all(&protocol::line(msg)).is_ok() && out.flush().is_ok()
-}
-
 /// Blocks until the agent says `start` (true) or goes away (false).
 fn wait_for_start() -> bool {
     let mut stdin = std::io::stdin().lock();
@@ -377,15 +307,4 @@ fn abort(files: &JobFiles, cfg: &ShimConfig, init: Option<Pid>, why: &str) {
     }
     let _ = std::fs::remove_file(files.socket());
     let _ = std::fs::remove_file(files.tty_socket());
-}
-
-/// The agent reads our stdout to EOF; after the handshake nothing more comes from us.
-pub(super) fn close_stdio() {
-    match File::options().read(true).write(true).open("/dev/null") {
-        Ok(null) => {
-            let _ = sys::redirect(0, &null);
-            let _ = sys::redirect(1, &null);
-        }
-        Err(e) => diag(&format!("cannot open /dev/null: {e}")),
-    }
 }

@@ -11,7 +11,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use oci_spec::runtime::Spec;
 
-use super::create::{bind_control_socket, close_stdio, compile_seccomp, report, settle};
+use super::common::{bind_control_socket, close_stdio, compile_seccomp, report, settle};
+use super::error::ShimSetupError;
 use super::monitor::{self, Handoff, Kind};
 use super::protocol::Handshake;
 use super::stdio::{self, Pending};
@@ -37,7 +38,8 @@ pub fn main(exec_dir: &Path) -> i32 {
     let files = JobFiles::new(&exec_dir);
     let lock = match settle(&files) {
         Ok(lock) => lock,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             diag(&msg);
             report(&Handshake::Error(msg));
             return 1;
@@ -45,7 +47,8 @@ pub fn main(exec_dir: &Path) -> i32 {
     };
     let prepared = match prepare(&files) {
         Ok(p) => p,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             diag(&msg);
             let _ = std::fs::remove_file(files.socket());
             let _ = std::fs::remove_file(files.tty_socket());
@@ -69,59 +72,65 @@ struct Prepared {
     seccomp: Option<Filter>,
 }
 
-fn read_exec_config(files: &JobFiles) -> Result<ExecShimConfig, String> {
+fn read_exec_config(files: &JobFiles) -> Result<ExecShimConfig, ShimSetupError> {
     let path = files.exec_config();
-    let data =
-        std::fs::read(&path).map_err(|e| format!("cannot read exec config {path:?}: {e}"))?;
-    serde_json::from_slice(&data).map_err(|e| format!("invalid exec config {path:?}: {e}"))
+    let data = std::fs::read(&path).map_err(|source| ShimSetupError::ReadConfig {
+        what: "exec",
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&data).map_err(|source| ShimSetupError::ParseConfig {
+        what: "exec",
+        path,
+        source,
+    })
 }
 
 /// `<job_dir>` from `<job_dir>/exec/<exec_id>`.
-fn job_dir_of(exec_dir: &Path) -> Result<&Path, String> {
+fn job_dir_of(exec_dir: &Path) -> Result<&Path, ShimSetupError> {
     exec_dir
         .parent()
         .filter(|p| p.file_name() == Some(super::EXECS.as_ref()))
         .and_then(Path::parent)
-        .ok_or_else(|| {
-            format!(
-                "{exec_dir:?} is not an exec directory (<job_dir>/{}/<exec_id>)",
-                super::EXECS
-            )
+        .ok_or_else(|| ShimSetupError::NotExecDir {
+            dir: exec_dir.to_owned(),
         })
 }
 
 /// Everything up to libcontainer's part. Errors are final messages.
-fn prepare(files: &JobFiles) -> Result<Prepared, String> {
+fn prepare(files: &JobFiles) -> Result<Prepared, ShimSetupError> {
     let cfg = read_exec_config(files)?;
     cfg.exec
         .validate()
-        .map_err(|e| format!("invalid exec config: {e}"))?;
+        .map_err(|e| ShimSetupError::InvalidConfig {
+            what: "exec",
+            source: e.into(),
+        })?;
     if files.dir().file_name() != Some(cfg.exec.exec_id.as_ref()) {
-        return Err(format!(
-            "exec directory {:?} does not match exec id {}",
-            files.dir(),
-            cfg.exec.exec_id
-        ));
+        return Err(ShimSetupError::ExecIdMismatch {
+            dir: files.dir().to_owned(),
+            exec_id: cfg.exec.exec_id.clone(),
+        });
     }
     let job_dir = job_dir_of(files.dir())?;
     let job = JobFiles::new(job_dir);
     let ShimConfig { container, .. } = read_config(&job)?;
     let id = container.id.clone();
     if job.exit_status().exists() || !cfg.state_root.join(&id).join("state.json").exists() {
-        return Err(format!(
-            "container {id} is not running: start the job before exec'ing into it"
-        ));
+        return Err(ShimSetupError::ContainerNotRunning { id });
     }
     // The spec the container runs with (seccomp profile included), as its shim wrote it.
-    let oci = Spec::load(job.spec())
-        .map_err(|e| format!("cannot read the container's spec {:?}: {e}", job.spec()))?;
+    let oci = Spec::load(job.spec()).map_err(|e| ShimSetupError::ReadSpec {
+        path: job.spec(),
+        source: e.into(),
+    })?;
     let base = oci
         .process()
         .as_ref()
-        .ok_or_else(|| format!("the container's spec {:?} has no process", job.spec()))?;
-    let process = spec::exec_process(&container, base, &cfg.exec).map_err(|e| e.to_string())?;
-    let data = serde_json::to_vec_pretty(&process)
-        .map_err(|e| format!("cannot encode the exec's process: {e}"))?;
+        .ok_or_else(|| ShimSetupError::SpecWithoutProcess { path: job.spec() })?;
+    let process = spec::exec_process(&container, base, &cfg.exec)
+        .map_err(|e| ShimSetupError::Spec(e.into()))?;
+    let data = serde_json::to_vec_pretty(&process).map_err(ShimSetupError::EncodeProcess)?;
     // Visible only: read while this boot's processes live (a crash of the host kills
     // them anyway), so fsyncs would only add latency.
     flynn_fsutil::write_atomic(
@@ -129,7 +138,10 @@ fn prepare(files: &JobFiles) -> Result<Prepared, String> {
         &data,
         flynn_fsutil::Durability::Visible,
     )
-    .map_err(|e| format!("cannot write {:?}: {e}", files.process_spec()))?;
+    .map_err(|source| ShimSetupError::WriteProcess {
+        path: files.process_spec(),
+        source,
+    })?;
 
     let profile = oci.linux().as_ref().and_then(|l| l.seccomp().clone());
     let seccomp = compile_seccomp(&oci, profile, &cfg.state_root.join("seccomp"))?;
@@ -185,7 +197,8 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
     };
     let io = match io.complete() {
         Ok(io) => io,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             diag(&format!("{msg}; killing the exec'd process"));
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);

@@ -22,6 +22,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::error::ShimSetupError;
 use super::{JobFiles, ShimError, sys};
 
 /// A whole-file write-lock request (or query) for `fcntl`.
@@ -45,7 +46,7 @@ const PREVIOUS_SHIM_WAIT: Duration = Duration::from_secs(5);
 /// Creates (if needed) and locks `shim.lock` for this process; the descriptor must stay
 /// open for the rest of its life. Waits a while for a previous shim of the job to finish;
 /// fails, naming the holder, if one still holds the lock after that.
-pub(super) fn acquire(files: &JobFiles) -> Result<OwnedFd, String> {
+pub(super) fn acquire(files: &JobFiles) -> Result<OwnedFd, ShimSetupError> {
     let path = files.shim_lock();
     let file = OpenOptions::new()
         .read(true)
@@ -54,7 +55,10 @@ pub(super) fn acquire(files: &JobFiles) -> Result<OwnedFd, String> {
         .truncate(false)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| format!("cannot open {path:?}: {e}"))?;
+        .map_err(|source| ShimSetupError::OpenLock {
+            path: path.clone(),
+            source,
+        })?;
     let deadline = Instant::now() + PREVIOUS_SHIM_WAIT;
     loop {
         match fcntl(
@@ -63,7 +67,7 @@ pub(super) fn acquire(files: &JobFiles) -> Result<OwnedFd, String> {
         ) {
             Ok(_) => return Ok(file.into()),
             Err(Errno::EAGAIN | Errno::EACCES) => {}
-            Err(e) => return Err(format!("cannot lock {path:?}: {e}")),
+            Err(source) => return Err(ShimSetupError::Lock { path, source }),
         }
         match wait_unlocked(&file, deadline) {
             Ok(Wait::Unlocked) => {}
@@ -73,14 +77,13 @@ pub(super) fn acquire(files: &JobFiles) -> Result<OwnedFd, String> {
                 } else {
                     "unknown".to_owned()
                 };
-                return Err(format!(
-                    "another shim (pid {pid}) is still running for {:?} after {:?}: each \
-                     job needs its own directory",
-                    files.dir(),
-                    PREVIOUS_SHIM_WAIT
-                ));
+                return Err(ShimSetupError::ShimRunning {
+                    pid,
+                    dir: files.dir().to_owned(),
+                    waited: PREVIOUS_SHIM_WAIT,
+                });
             }
-            Err(e) => return Err(format!("cannot query the lock on {path:?}: {e}")),
+            Err(source) => return Err(ShimSetupError::QueryLock { path, source }),
         }
     }
 }

@@ -17,7 +17,9 @@
 //! its child across exec, and `shim.lock` stays locked.
 
 mod client;
+mod common;
 mod create;
+mod error;
 mod exec;
 mod lock;
 mod monitor;
@@ -37,6 +39,7 @@ pub use sys::pidfd_open;
 
 use crate::config::ContainerConfig;
 pub use crate::config::ExecConfig;
+use error::ShimSetupError;
 
 /// Set (by the shim itself) when it re-executes into its monitoring phase.
 pub const MONITOR_ENV: &str = "FLYNN_SHIM_MONITOR";
@@ -164,11 +167,18 @@ impl JobFiles {
     }
 }
 
-fn read_config(files: &JobFiles) -> Result<ShimConfig, String> {
+fn read_config(files: &JobFiles) -> Result<ShimConfig, ShimSetupError> {
     let path = files.shim_config();
-    let data =
-        std::fs::read(&path).map_err(|e| format!("cannot read shim config {path:?}: {e}"))?;
-    serde_json::from_slice(&data).map_err(|e| format!("invalid shim config {path:?}: {e}"))
+    let data = std::fs::read(&path).map_err(|source| ShimSetupError::ReadConfig {
+        what: "shim",
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&data).map_err(|source| ShimSetupError::ParseConfig {
+        what: "shim",
+        path,
+        source,
+    })
 }
 
 /// The shim's entry point, for `flynn-host shim <DIR>`: a container shim for a job

@@ -18,6 +18,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::sys::stat::{SFlag, fstat, major, minor};
 
+use super::error::ShimSetupError;
 use super::{JobFiles, sys};
 use crate::container::{Io, Stdio};
 
@@ -54,20 +55,25 @@ pub(super) enum Pending {
 }
 
 /// Sets up the streams: returns libcontainer's side and the shim's.
-pub(super) fn prepare(files: &JobFiles, tty: bool, stdin: bool) -> Result<(Io, Pending), String> {
+pub(super) fn prepare(
+    files: &JobFiles,
+    tty: bool,
+    stdin: bool,
+) -> Result<(Io, Pending), ShimSetupError> {
     if tty {
         let path = files.tty_socket();
         // A leftover from a shim that died: nobody else uses this job dir's socket.
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(format!(
-                    "cannot remove the stale console socket {path:?}: {e}"
-                ));
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ShimSetupError::StaleConsoleSocket { path, source });
             }
             _ => {}
         }
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| format!("cannot listen on the console socket {path:?}: {e}"))?;
+        let listener =
+            UnixListener::bind(&path).map_err(|source| ShimSetupError::ConsoleListen {
+                path: path.clone(),
+                source,
+            })?;
         return Ok((
             Io::Terminal {
                 console_socket: path.clone(),
@@ -79,16 +85,15 @@ pub(super) fn prepare(files: &JobFiles, tty: bool, stdin: bool) -> Result<(Io, P
             },
         ));
     }
-    let (stdout, stdout_w) =
-        sys::pipe().map_err(|e| format!("cannot create the stdout pipe: {e}"))?;
-    let (stderr, stderr_w) =
-        sys::pipe().map_err(|e| format!("cannot create the stderr pipe: {e}"))?;
+    let pipe = |which| move |source| ShimSetupError::Pipe { which, source };
+    let (stdout, stdout_w) = sys::pipe().map_err(pipe("stdout"))?;
+    let (stderr, stderr_w) = sys::pipe().map_err(pipe("stderr"))?;
     let (process_stdin, shim_stdin) = if stdin {
-        let (r, w) = sys::pipe().map_err(|e| format!("cannot create the stdin pipe: {e}"))?;
+        let (r, w) = sys::pipe().map_err(pipe("stdin"))?;
         (r, Some(w))
     } else {
         let null: OwnedFd = File::open("/dev/null")
-            .map_err(|e| format!("cannot open /dev/null for stdin: {e}"))?
+            .map_err(ShimSetupError::DevNull)?
             .into();
         (null, None)
     };
@@ -110,7 +115,7 @@ pub(super) fn prepare(files: &JobFiles, tty: bool, stdin: bool) -> Result<(Io, P
 impl Pending {
     /// After the create: for a terminal, takes the pty master from the console socket
     /// (and removes the socket).
-    pub fn complete(self) -> Result<ShimIo, String> {
+    pub fn complete(self) -> Result<ShimIo, ShimSetupError> {
         match self {
             Pending::Ready(io) => Ok(io),
             Pending::Terminal {
@@ -126,7 +131,7 @@ impl Pending {
                     Some(
                         master
                             .try_clone()
-                            .map_err(|e| format!("cannot duplicate the pty master: {e}"))?,
+                            .map_err(ShimSetupError::DuplicateMaster)?,
                     )
                 } else {
                     None
@@ -150,20 +155,18 @@ impl Pending {
 
 /// Accepts the connection libcontainer made to the console socket and takes the pty
 /// master it sent.
-fn receive_master(listener: &UnixListener) -> Result<OwnedFd, String> {
+fn receive_master(listener: &UnixListener) -> Result<OwnedFd, ShimSetupError> {
     let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, PollTimeout::from(MASTER_TIMEOUT_MS)) {
         Ok(0) => {
-            return Err(format!(
-                "the container did not send its terminal within {MASTER_TIMEOUT_MS} ms"
-            ));
+            return Err(ShimSetupError::TerminalTimeout {
+                ms: MASTER_TIMEOUT_MS,
+            });
         }
         Ok(_) => {}
-        Err(e) => return Err(format!("cannot wait on the console socket: {e}")),
+        Err(e) => return Err(ShimSetupError::ConsoleWait(e)),
     }
-    let (conn, _) = listener
-        .accept()
-        .map_err(|e| format!("cannot accept on the console socket: {e}"))?;
+    let (conn, _) = listener.accept().map_err(ShimSetupError::ConsoleAccept)?;
     // libcontainer sends the name of the device as data ("/dev/ptmx"), the master as
     // SCM_RIGHTS; one descriptor's worth of control space is all it can use.
     let mut name = [0u8; 256];
@@ -180,12 +183,9 @@ fn receive_master(listener: &UnixListener) -> Result<OwnedFd, String> {
             other => break other,
         }
     }
-    .map_err(|e| format!("cannot receive the terminal from the container: {e}"))?;
+    .map_err(ShimSetupError::ConsoleReceive)?;
     let mut master = None;
-    for cmsg in msg
-        .cmsgs()
-        .map_err(|e| format!("cannot read the console socket message: {e}"))?
-    {
+    for cmsg in msg.cmsgs().map_err(ShimSetupError::ConsoleMessage)? {
         if let ControlMessageOwned::ScmRights(received) = cmsg {
             for raw in received {
                 // SAFETY: the kernel installed this descriptor in our table for this
@@ -197,25 +197,22 @@ fn receive_master(listener: &UnixListener) -> Result<OwnedFd, String> {
             }
         }
     }
-    let master =
-        master.ok_or("the container's console message carried no descriptor".to_owned())?;
+    let master = master.ok_or(ShimSetupError::NoTerminal)?;
     check_master(&master)?;
     Ok(master)
 }
 
 /// The descriptor must be a pty master: anything else would have the shim read or
 /// write something that is not the container's terminal.
-fn check_master(fd: &OwnedFd) -> Result<(), String> {
-    let st = fstat(fd.as_raw_fd()).map_err(|e| format!("cannot stat the pty master: {e}"))?;
+fn check_master(fd: &OwnedFd) -> Result<(), ShimSetupError> {
+    let st = fstat(fd.as_raw_fd()).map_err(ShimSetupError::StatMaster)?;
     let is_chr = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
     if !is_chr || (major(st.st_rdev), minor(st.st_rdev)) != PTMX {
-        return Err(format!(
-            "the container sent a descriptor that is not a pty master (mode {:o}, device \
-             {}:{})",
-            st.st_mode,
-            major(st.st_rdev),
-            minor(st.st_rdev)
-        ));
+        return Err(ShimSetupError::NotPtyMaster {
+            mode: st.st_mode,
+            major: major(st.st_rdev),
+            minor: minor(st.st_rdev),
+        });
     }
     Ok(())
 }

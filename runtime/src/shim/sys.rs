@@ -1,6 +1,6 @@
 //! The few process-level syscalls the shim needs, each kept small.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
@@ -31,11 +31,13 @@ pub fn set_sched_policy(policy: libc::c_int) -> Result<(), Errno> {
 
 /// A descriptor that becomes readable when process `pid` ends (Linux 5.3+).
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = Errno::result(fd)?;
-    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    // The kernel refuses a pid <= 0 with EINVAL too.
+    let pid = (pid > 0)
+        .then(|| rustix::process::Pid::from_raw(pid))
+        .flatten()
+        .ok_or(Errno::EINVAL)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
 pub fn pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
@@ -72,6 +74,8 @@ pub fn is_open(raw: i32) -> bool {
 /// O_CLOEXEC into the shim (it inherits them through fork/exec), and a shim that outlives
 /// the agent must not hold, say, the write end of one of the agent's pipes.
 pub fn close_inherited_fds() {
+    // A raw syscall: neither nix 0.29 nor rustix 1.1 (the version in the tree) has
+    // close_range.
     // SAFETY: close_range only closes descriptors; at this point (first thing in the
     // shim) no Rust object in this process owns a descriptor above 2.
     let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
