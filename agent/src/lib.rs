@@ -7,12 +7,11 @@
 
 pub mod api;
 pub mod cli;
-pub mod client;
+pub use flynn_client as client;
 pub mod daemon;
 pub mod failpoint;
 pub mod grid;
 pub mod host;
-pub mod init;
 pub mod jobs;
 pub mod model;
-pub mod random;
+pub use flynn_random as random;

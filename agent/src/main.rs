@@ -33,9 +33,9 @@ fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // PID 1 of the appliance: the kernel starts us as /init with its own arguments.
     if args.get(1).is_some_and(|a| a == "init")
-        || args.first().is_some_and(|a| flynn_host::init::wanted(a))
+        || args.first().is_some_and(|a| flynn_init::wanted(a))
     {
-        std::process::exit(flynn_host::init::main());
+        std::process::exit(flynn_init::main());
     }
     if args.get(1).is_some_and(|a| a == "shim") {
         let Some(job_dir) = args.get(2).filter(|_| args.len() == 3) else {

@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/flynn";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1113";
-pub const DEFAULT_SOCKET: &str = "/run/flynn/host.sock";
+pub use flynn_client::DEFAULT_SOCKET;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct DaemonArgs {
@@ -139,15 +139,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
 }
 
 /// Tokens travel in an HTTP header: printable ASCII, no spaces, long enough to guess hard.
-pub fn validate_token(token: &str) -> Result<()> {
-    if token.len() < 16 {
-        bail!("an API token must be at least 16 characters");
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        bail!("an API token may hold only printable ASCII characters without spaces");
-    }
-    Ok(())
-}
+pub use flynn_client::validate_token;
 
 #[cfg(test)]
 mod tests {

@@ -349,10 +349,7 @@ pub struct Event {
     pub job: Option<Job>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
+pub use flynn_client::ErrorBody;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Version {

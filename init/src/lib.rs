@@ -1,4 +1,4 @@
-//! `flynn-host init`: PID 1 of the appliance. The kernel starts the binary as
+//! `flynn-host init` (crate `flynn-init`): PID 1 of the appliance. The kernel starts the binary as
 //! `/init` (or `/sbin/init`); `main.rs` sends it here when it runs as PID 1 or
 //! under either name. It prepares the machine, starts the daemon, reaps every
 //! orphan, and stops the machine cleanly.
@@ -21,7 +21,8 @@
 //! A failure prints its reason. With `flynn.debug` on the command line the init
 //! then starts a shell on the console (busybox `sh`); otherwise it powers off
 //! after ten seconds, since an appliance with no shell has nothing else to offer.
-//! This module must not know about jobs or images beyond the daemon's API.
+//! This crate must not know about jobs or images beyond the daemon's API: it talks
+//! to the daemon only through `flynn-client`, as any client would.
 
 pub mod cmdline;
 pub mod datasource;
@@ -432,7 +433,7 @@ fn wait_for_random_pool(settings: &Settings) {
     let state = Path::new(STATE_DIR);
     let needs_secret = (settings.token.is_none() && !state.join("token").exists())
         || !state.join("host-id").exists();
-    if !needs_secret || crate::random::pool_ready() {
+    if !needs_secret || flynn_random::pool_ready() {
         return;
     }
     say(
@@ -441,7 +442,7 @@ fn wait_for_random_pool(settings: &Settings) {
     );
     let started = std::time::Instant::now();
     let mut byte = [0u8; 1];
-    match crate::random::fill(&mut byte, crate::random::Use::Secret) {
+    match flynn_random::fill(&mut byte, flynn_random::Use::Secret) {
         Ok(()) => say(format!(
             "random pool ready after {:.1} s",
             started.elapsed().as_secs_f64()
@@ -546,7 +547,7 @@ async fn run(ip: IpConfig, settings: &mut Settings) -> Result<()> {
     say(format!(
         "started flynn-host daemon (pid {daemon}), log {DAEMON_LOG}"
     ));
-    let client = crate::client::Client::from_options(Some(&format!("unix://{SOCKET}")), None)?;
+    let client = flynn_client::Client::from_options(Some(&format!("unix://{SOCKET}")), None)?;
     let mut ready = false;
     for _ in 0..600 {
         if client

@@ -1,4 +1,9 @@
-//! The CLI's HTTP client for the daemon's API.
+//! The HTTP client of the agent's API: `http://HOST:PORT` with the API token, or
+//! the root-only unix socket without one; and the rule API tokens follow. Used by
+//! the CLI, by the appliance's init (which starts the daemon and imports its
+//! baked images through it) and, later, by the platform's own services.
+//! Knows the wire only as JSON (`serde`): the request and response types are the
+//! agent's `model`.
 
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
@@ -15,8 +20,25 @@ use tokio::net::{TcpStream, UnixStream};
 
 use std::path::{Path, PathBuf};
 
-use crate::daemon::config::DEFAULT_SOCKET;
-use crate::model::ErrorBody;
+/// Where the daemon listens for root on the host itself.
+pub const DEFAULT_SOCKET: &str = "/run/flynn/host.sock";
+
+/// The body of every error the API returns.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// What an API token must be: long enough not to be guessed, and printable.
+pub fn validate_token(token: &str) -> Result<()> {
+    if token.len() < 16 {
+        anyhow::bail!("an API token must be at least 16 characters");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!("an API token may hold only printable ASCII characters without spaces");
+    }
+    Ok(())
+}
 
 pub type RequestBody = BoxBody<Bytes, std::io::Error>;
 

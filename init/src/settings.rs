@@ -119,7 +119,7 @@ impl Settings {
         };
         match key {
             "token" => {
-                crate::daemon::config::validate_token(value).map_err(|e| bad(&e.to_string()))?;
+                flynn_client::validate_token(value).map_err(|e| bad(&e.to_string()))?;
                 if self.token.is_none() {
                     self.token = Some((value.to_string(), source));
                 }

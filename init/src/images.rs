@@ -10,8 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::say;
-use crate::client::Client;
-use crate::model::ImportRequest;
+use flynn_client::Client;
 
 pub const BAKED_DIR: &str = "/usr/share/flynn/images";
 const RECORD: &str = "appliance-images.json";
@@ -42,10 +41,8 @@ pub async fn import_baked(client: &Client, state_dir: &Path) {
             let _ = std::fs::remove_file(&archive);
             continue;
         }
-        let request = ImportRequest {
-            path: archive.display().to_string(),
-            tag: None,
-        };
+        // POST /images/import's body (the agent's `model::ImportRequest`).
+        let request = serde_json::json!({ "path": archive.display().to_string(), "tag": null });
         let started = std::time::Instant::now();
         match client
             .call::<serde_json::Value>(hyper::Method::POST, "/images/import", Some(&request))
