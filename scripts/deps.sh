@@ -17,6 +17,7 @@ FLYNN_APT_PACKAGES=(
     debootstrap                           # the Debian benchmark image
     etcd-server                           # the grid's etcd: tests run it; fixtures make its image
     ethtool                               # grid tests: GRO on the test underlay, as real NICs have
+    curl nftables                         # grid tests: raw API calls; dropped traffic between test hosts
     # the appliance image (buildroot/assemble.sh) and booting it (qemu-tests, main.sh)
     kmod cpio zstd lz4 e2fsprogs dosfstools mtools fdisk xorriso isolinux syslinux-common
     syslinux                              # BIOS boot of the raw disk (installs on its FAT ESP)

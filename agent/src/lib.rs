@@ -14,4 +14,5 @@ pub mod grid;
 pub mod host;
 pub mod jobs;
 pub mod model;
+pub mod preflight;
 pub use flynn_random as random;

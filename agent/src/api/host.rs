@@ -22,7 +22,7 @@ pub fn status(state: &ApiState) -> Result<Response<Body>, ApiError> {
             jobs,
             promised,
             started_at: state.started_at,
-            cluster: state.grid.as_ref().map(|g| g.cluster_status()),
+            cluster: state.grid().map(|g| g.cluster_status()),
         },
     )
 }

@@ -32,7 +32,7 @@ pub async fn create(
 
 pub fn inspect(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {
     let mut job = state.jobs.get(id)?.snapshot();
-    if let Some(grid) = &state.grid {
+    if let Some(grid) = state.grid() {
         job.services = grid.instances_of(&job.id);
     }
     json(StatusCode::OK, &job)

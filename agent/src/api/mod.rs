@@ -3,6 +3,7 @@
 
 mod attach;
 mod auth;
+mod cluster;
 mod conns;
 mod error;
 mod events;
@@ -55,8 +56,8 @@ pub struct ApiState {
     /// Pulls from registries (shared, so concurrent pulls fetch each blob once).
     pub puller: Arc<image::Puller>,
     pub events: broadcast::Sender<Event>,
-    /// The grid, when the host is in a cluster.
-    pub grid: Option<Arc<crate::grid::Grid>>,
+    /// The cluster this host is in (its grid, once joined).
+    pub membership: Arc<crate::grid::membership::Membership>,
     /// Where uploaded archives are received before import.
     pub tmp_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -64,12 +65,19 @@ pub struct ApiState {
     /// Required (as a bearer token) on TCP; the unix socket admits root only instead.
     pub token: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The UDP probe listeners of `/host/probe/listen`.
+    pub probes: Arc<crate::preflight::Probes>,
     /// Turns true when this daemon hands over to a new one: streams end (clients
     /// reconnect to the successor) so that the connections can drain.
     pub draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl ApiState {
+    /// The grid, when the host is in a cluster.
+    pub fn grid(&self) -> Option<&Arc<crate::grid::Grid>> {
+        self.membership.grid()
+    }
+
     /// Resolves once this daemon is handing over; for streaming handlers.
     pub fn drained(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.draining.subscribe();
@@ -126,6 +134,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/discovery/services/{name}"),
     ("GET", "/discovery/services/{name}/leader"),
     ("GET", "/discovery/services/{name}/watch"),
+    ("GET", "/cluster"),
+    ("PUT", "/cluster/etcd"),
+    ("PUT", "/cluster/join"),
+    ("GET", "/host/preflight"),
+    ("POST", "/host/probe/listen"),
+    ("GET", "/host/probe/listen/{nonce}"),
+    ("POST", "/host/probe/send"),
 ];
 
 /// Serves the API on TCP (every request needs the token) and on the local unix
@@ -267,6 +282,13 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["discovery", "services", name], Method::GET) => grid::service(state, name).await,
         (["discovery", "services", name, "leader"], Method::GET) => grid::leader(state, name).await,
         (["discovery", "services", name, "watch"], Method::GET) => grid::watch(state, name),
+        (["cluster"], Method::GET) => cluster::info(state).await,
+        (["cluster", "etcd"], Method::PUT) => cluster::etcd(state, req).await,
+        (["cluster", "join"], Method::PUT) => cluster::join(state, req).await,
+        (["host", "preflight"], Method::GET) => cluster::preflight(state).await,
+        (["host", "probe", "listen"], Method::POST) => cluster::probe_listen(state, req).await,
+        (["host", "probe", "listen", nonce], Method::GET) => cluster::probe_heard(state, nonce),
+        (["host", "probe", "send"], Method::POST) => cluster::probe_send(req).await,
         (segments, _) => {
             let known = ROUTES
                 .iter()

@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, value_parser = crate::model::restart::parse, default_value = "no")]
     restart: RestartPolicy,
+    /// Bind-mount a host directory: HOST_PATH:JOB_PATH[:ro] (repeatable; the host
+    /// directory is created if missing).
+    #[arg(long = "volume", short = 'v', value_parser = crate::model::parse_volume)]
+    volumes: Vec<crate::model::Volume>,
     /// Override the image's entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
@@ -124,6 +128,7 @@ impl RunArgs {
             dns: self.dns.clone(),
             services: self.services.clone(),
             start,
+            volumes: self.volumes.clone(),
         }
     }
 }

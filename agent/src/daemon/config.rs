@@ -68,8 +68,9 @@ pub struct DaemonConfig {
     pub network: network::NetworkConfig,
     /// Registry mirrors and insecure registries, for pulls.
     pub registry: image::registry::RegistryConfig,
-    /// Set when the host is in a cluster.
-    pub grid: Option<crate::grid::config::GridConfig>,
+    /// The grid's settings (with etcd endpoints when the operator put the host in a
+    /// cluster; the bootstrap may join it later).
+    pub grid: crate::grid::config::GridConfig,
 }
 
 impl DaemonArgs {

@@ -72,34 +72,35 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     let live = crate::jobs::recorded_ids(&state_dir.join("jobs"));
     // In a cluster the bridge's subnet is leased from etcd: bridge jobs wait for it.
     // Standalone, the bridge and NAT are set up beside the API, not before it.
-    let (network, slot) = match &config.grid {
-        None => {
-            config
-                .network
-                .validate()
-                .map_err(|e| anyhow::anyhow!("the network configuration: {e}"))?;
-            let (setter, slot) = crate::jobs::NetSlot::pending("bridge and NAT rules");
-            let (cfg, live) = (config.network.clone(), live.clone());
-            tokio::spawn(async move {
-                match network::HostNetwork::open(cfg, &live).await {
-                    Ok(net) => {
-                        tracing::info!("host network ready");
-                        setter.set(Arc::new(net), false);
-                    }
-                    Err(e) => {
-                        let why = format!("setting up the host network (bridge, NAT): {e}");
-                        tracing::error!("{why}");
-                        setter.fail(why);
-                    }
-                }
-            });
-            (slot, None)
-        }
-        Some(_) => {
-            let (setter, slot) = crate::jobs::NetSlot::pending("subnet lease from the cluster");
-            (slot, Some(setter))
-        }
+    let cluster_file = crate::grid::membership::load(state_dir)?;
+    let standalone_wanted =
+        crate::grid::membership::Membership::standalone_wanted(&config.grid, &cluster_file);
+    let (setter, network) = if standalone_wanted {
+        config
+            .network
+            .validate()
+            .map_err(|e| anyhow::anyhow!("the network configuration: {e}"))?;
+        crate::jobs::NetSlot::pending("bridge and NAT rules")
+    } else {
+        crate::jobs::NetSlot::pending("subnet lease from the cluster")
     };
+    let standalone = standalone_wanted.then(|| {
+        let (cfg, live, setter) = (config.network.clone(), live.clone(), setter.clone());
+        tokio::spawn(async move {
+            match network::HostNetwork::open(cfg, &live).await {
+                Ok(net) => {
+                    tracing::info!("host network ready");
+                    setter.set(Arc::new(net), false);
+                }
+                Err(e) => {
+                    let why = format!("setting up the host network (bridge, NAT): {e}");
+                    tracing::error!("{why}");
+                    setter.fail(why);
+                }
+            }
+        })
+    });
+    let network_view = network.clone();
     let jobs = JobManager::open(
         Paths {
             jobs: state_dir.join("jobs"),
@@ -107,31 +108,29 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
             removed: state_dir.join("removed"),
         },
         images.clone(),
-        network,
+        network.clone(),
         exe.clone(),
         events.clone(),
     )
     .await
     .context("opening the job supervisor")?;
-    let grid = match (config.grid.clone(), slot) {
-        (Some(grid_cfg), Some(slot)) => Some(
-            crate::grid::Grid::start(
-                grid_cfg,
-                crate::grid::Boot {
-                    host_id: host_id.clone(),
-                    network: config.network.clone(),
-                    live: live.clone(),
-                    slot,
-                    jobs: jobs.clone(),
-                    events: events.clone(),
-                    state_dir: state_dir.clone(),
-                    listen: config.listen,
-                },
-            )
-            .await?,
-        ),
-        _ => None,
-    };
+    let membership = crate::grid::membership::Membership::start(
+        config.grid.clone(),
+        cluster_file,
+        crate::grid::membership::GridBoot {
+            host_id: host_id.clone(),
+            network: config.network.clone(),
+            jobs: jobs.clone(),
+            events: events.clone(),
+            state_dir: state_dir.clone(),
+            listen: config.listen,
+            slot: setter,
+            net: network_view,
+            live: live.clone(),
+        },
+        standalone,
+    )
+    .await?;
     write_pid_file(state_dir)?;
 
     tracing::info!(
@@ -148,7 +147,8 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
         images,
         puller,
         events,
-        grid,
+        membership,
+        probes: Default::default(),
         tmp_dir,
         state_dir: state_dir.clone(),
         host_id,
@@ -203,7 +203,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
             _ = &mut shutdown => {
                 // Containers keep running under their shims; a new daemon re-adopts them.
                 tracing::info!("shutting down; running jobs keep running");
-                if let Some(grid) = &state.grid {
+                if let Some(grid) = state.membership.grid() {
                     grid.stop().await;
                 }
                 state.jobs.all_detached().await;

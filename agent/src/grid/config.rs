@@ -93,7 +93,7 @@ impl GridArgs {
         &self,
         file: Option<GridFile>,
         state_dir: &std::path::Path,
-    ) -> Result<Option<GridConfig>> {
+    ) -> Result<GridConfig> {
         let file = file.unwrap_or_default();
         let run_etcd = self.run_etcd || file.run_etcd.unwrap_or(false);
         let mut etcd = if self.etcd.is_empty() {
@@ -107,17 +107,7 @@ impl GridArgs {
             // Our own etcd listens on loopback too.
             etcd.push(format!("http://127.0.0.1:{ETCD_CLIENT_PORT}"));
         }
-        if etcd.is_empty() {
-            return Ok(None);
-        }
-        for e in &etcd {
-            let rest = e
-                .strip_prefix("http://")
-                .with_context(|| format!("etcd endpoint {e:?}: give http://HOST:PORT"))?;
-            if rest.is_empty() || rest.contains('/') {
-                bail!("etcd endpoint {e:?}: give http://HOST:PORT");
-            }
-        }
+        check_endpoints(&etcd)?;
         let mut tags = file.tags;
         for t in &self.tags {
             let (k, v) = t
@@ -152,7 +142,7 @@ impl GridArgs {
             .iter()
             .map(|s| parse_upstream(s))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(GridConfig {
+        Ok(GridConfig {
             etcd,
             advertise,
             tags,
@@ -167,7 +157,27 @@ impl GridArgs {
                 .or(file.etcd_image)
                 .unwrap_or_else(|| DEFAULT_ETCD_IMAGE.to_string()),
             cache: state_dir.join("grid.json"),
-        }))
+        })
+    }
+}
+
+/// etcd client URLs as the agent accepts them: `http://HOST:PORT`.
+pub fn check_endpoints(etcd: &[String]) -> Result<()> {
+    for e in etcd {
+        let rest = e
+            .strip_prefix("http://")
+            .with_context(|| format!("etcd endpoint {e:?}: give http://HOST:PORT"))?;
+        if rest.is_empty() || rest.contains('/') {
+            bail!("etcd endpoint {e:?}: give http://HOST:PORT");
+        }
+    }
+    Ok(())
+}
+
+impl GridConfig {
+    /// Whether the host is in a cluster (it has etcd endpoints to join).
+    pub fn joined(&self) -> bool {
+        !self.etcd.is_empty()
     }
 }
 
@@ -189,7 +199,7 @@ mod tests {
     #[test]
     fn resolves() {
         let dir = std::path::Path::new("/tmp");
-        assert!(GridArgs::default().resolve(None, dir).unwrap().is_none());
+        assert!(!GridArgs::default().resolve(None, dir).unwrap().joined());
         let args = GridArgs {
             etcd: vec!["http://192.0.2.1:2379".into()],
             tags: vec!["zone=a".into()],
@@ -197,7 +207,7 @@ mod tests {
             dns_upstream: vec!["127.0.0.1:5353".into(), "192.0.2.53".into()],
             ..GridArgs::default()
         };
-        let c = args.resolve(None, dir).unwrap().unwrap();
+        let c = args.resolve(None, dir).unwrap();
         assert_eq!(c.ttl, Duration::from_secs(3));
         assert_eq!(c.tags.get("zone").map(String::as_str), Some("a"));
         assert_eq!(c.dns_upstream[1].port(), 53);
@@ -207,7 +217,7 @@ mod tests {
             ..GridArgs::default()
         };
         assert_eq!(
-            run.resolve(None, dir).unwrap().unwrap().etcd,
+            run.resolve(None, dir).unwrap().etcd,
             ["http://127.0.0.1:2379"]
         );
         for bad in [

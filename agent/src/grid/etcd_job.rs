@@ -1,18 +1,107 @@
-//! `--run-etcd`: this host runs etcd (Debian's, from the image the fixtures and the
-//! appliance build) as an ordinary job: `flynn-etcd`, on the host network (it must not
-//! need the overlay it coordinates), restarted always. Its data lives in the job's
-//! own writable layer, which is kept for as long as the job is (restarts of the job
-//! and of the agent included).
+//! This host's etcd (Debian's, from the image the fixtures and the appliance build) as
+//! an ordinary job: `flynn-etcd`, on the host network (it must not need the overlay it
+//! coordinates), restarted always. Two ways in: `--run-etcd` (a one-member cluster of
+//! its own, data in the job's writable layer, kept as long as the job is) and the
+//! bootstrap's `PUT /cluster/etcd` (a member of a static cluster, data in
+//! `<state>/etcd`, a volume: it outlives the job, so a re-created job is the same
+//! member).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::config::{ETCD_CLIENT_PORT, GridConfig};
 use crate::jobs::{JobError, JobManager};
-use crate::model::{JobRequest, JobState, NetworkMode, RestartPolicy, RestartPolicyName};
+use crate::model::{
+    EtcdMemberRequest, JobRequest, JobState, NetworkMode, RestartPolicy, RestartPolicyName, Volume,
+};
 
 pub const JOB_NAME: &str = "flynn-etcd";
 const PEER_PORT: u16 = 2380;
+/// Where a cluster member keeps its data, under the state dir.
+pub const DATA_DIR: &str = "etcd";
+
+/// Starts the job if it exists and is not running; `Ok(true)` when it did something.
+async fn start_existing(jobs: &Arc<JobManager>) -> Result<Option<bool>, JobError> {
+    match jobs.get(JOB_NAME) {
+        Ok(h) => {
+            let job = h.snapshot();
+            if job.state != JobState::Running && job.restart_at.is_none() {
+                tracing::info!(job = %job.id, "starting the etcd job");
+                jobs.start(&h).await?;
+                return Ok(Some(true));
+            }
+            Ok(Some(false))
+        }
+        Err(JobError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// This host's member of the cluster's etcd (`PUT /cluster/etcd`): created if
+/// missing, started if stopped. `Ok(true)` when it did either.
+pub async fn ensure_member(
+    jobs: &Arc<JobManager>,
+    image: &str,
+    state_dir: &std::path::Path,
+    req: &EtcdMemberRequest,
+) -> Result<bool, JobError> {
+    if let Some(changed) = start_existing(jobs).await? {
+        return Ok(changed);
+    }
+    let Some(me) = req.members.iter().find(|m| m.name == req.name) else {
+        return Err(JobError::BadRequest(format!(
+            "member {} is not in the member list",
+            req.name
+        )));
+    };
+    let initial: Vec<String> = req
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .collect();
+    let job = jobs
+        .create(JobRequest {
+            image: image.to_string(),
+            name: Some(JOB_NAME.to_string()),
+            cmd: Some(vec![
+                "etcd".into(),
+                "--name".into(),
+                me.name.clone(),
+                "--data-dir".into(),
+                "/var/lib/etcd".into(),
+                "--listen-client-urls".into(),
+                format!("{},http://127.0.0.1:{ETCD_CLIENT_PORT}", me.client_url),
+                "--advertise-client-urls".into(),
+                me.client_url.clone(),
+                "--listen-peer-urls".into(),
+                me.peer_url.clone(),
+                "--initial-advertise-peer-urls".into(),
+                me.peer_url.clone(),
+                "--initial-cluster".into(),
+                initial.join(","),
+                "--initial-cluster-token".into(),
+                req.cluster_id.clone(),
+                // Ignored once the data dir holds a member: a re-created job rejoins.
+                "--initial-cluster-state".into(),
+                "new".into(),
+            ]),
+            network: NetworkMode::Host,
+            restart: RestartPolicy {
+                policy: RestartPolicyName::Always,
+                max_retries: 0,
+            },
+            volumes: vec![Volume {
+                source: state_dir.join(DATA_DIR).to_string_lossy().into_owned(),
+                target: "/var/lib/etcd".into(),
+                read_only: false,
+            }],
+            start: true,
+            ..JobRequest::default()
+        })
+        .await?;
+    tracing::info!(job = %job.id, member = %me.name, members = req.members.len(), "this host runs a member of the cluster's etcd");
+    Ok(true)
+}
 
 /// Creates the etcd job if there is none, and starts it if it is not running.
 pub async fn ensure(
@@ -21,51 +110,41 @@ pub async fn ensure(
     address: Ipv4Addr,
     host_id: &str,
 ) -> Result<(), JobError> {
-    match jobs.get(JOB_NAME) {
-        Ok(h) => {
-            let job = h.snapshot();
-            if job.state != JobState::Running && job.restart_at.is_none() {
-                tracing::info!(job = %job.id, "starting the etcd job");
-                jobs.start(&h).await?;
-            }
-            Ok(())
-        }
-        Err(JobError::NotFound(_)) => {
-            let client = format!("http://{address}:{ETCD_CLIENT_PORT}");
-            let peer = format!("http://{address}:{PEER_PORT}");
-            let name = format!("etcd-{}", &host_id[..host_id.len().min(12)]);
-            let req = JobRequest {
-                image: cfg.etcd_image.clone(),
-                name: Some(JOB_NAME.to_string()),
-                cmd: Some(vec![
-                    "etcd".into(),
-                    "--name".into(),
-                    name.clone(),
-                    "--data-dir".into(),
-                    "/var/lib/etcd".into(),
-                    "--listen-client-urls".into(),
-                    format!("{client},http://127.0.0.1:{ETCD_CLIENT_PORT}"),
-                    "--advertise-client-urls".into(),
-                    client,
-                    "--listen-peer-urls".into(),
-                    peer.clone(),
-                    "--initial-advertise-peer-urls".into(),
-                    peer.clone(),
-                    "--initial-cluster".into(),
-                    format!("{name}={peer}"),
-                ]),
-                network: NetworkMode::Host,
-                restart: RestartPolicy {
-                    policy: RestartPolicyName::Always,
-                    max_retries: 0,
-                },
-                start: true,
-                ..JobRequest::default()
-            };
-            let job = jobs.create(req).await?;
-            tracing::info!(job = %job.id, image = %cfg.etcd_image, "etcd runs as a job on this host");
-            Ok(())
-        }
-        Err(e) => Err(e),
+    if start_existing(jobs).await?.is_some() {
+        return Ok(());
     }
+    let client = format!("http://{address}:{ETCD_CLIENT_PORT}");
+    let peer = format!("http://{address}:{PEER_PORT}");
+    let name = format!("etcd-{}", &host_id[..host_id.len().min(12)]);
+    let req = JobRequest {
+        image: cfg.etcd_image.clone(),
+        name: Some(JOB_NAME.to_string()),
+        cmd: Some(vec![
+            "etcd".into(),
+            "--name".into(),
+            name.clone(),
+            "--data-dir".into(),
+            "/var/lib/etcd".into(),
+            "--listen-client-urls".into(),
+            format!("{client},http://127.0.0.1:{ETCD_CLIENT_PORT}"),
+            "--advertise-client-urls".into(),
+            client,
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("{name}={peer}"),
+        ]),
+        network: NetworkMode::Host,
+        restart: RestartPolicy {
+            policy: RestartPolicyName::Always,
+            max_retries: 0,
+        },
+        start: true,
+        ..JobRequest::default()
+    };
+    let job = jobs.create(req).await?;
+    tracing::info!(job = %job.id, image = %cfg.etcd_image, "etcd runs as a job on this host");
+    Ok(())
 }

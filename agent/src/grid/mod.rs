@@ -18,6 +18,7 @@
 pub mod config;
 pub mod dns;
 mod etcd_job;
+pub mod membership;
 pub mod services;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, broadcast, watch};
 
 pub use config::GridConfig;
+pub use etcd_job::JOB_NAME as ETCD_JOB;
 
 use crate::jobs::{JobManager, NetSlotSetter};
 use crate::model::{
@@ -110,7 +112,13 @@ impl Grid {
                 .context("this host has no default route to take its cluster address from: give --advertise ADDRESS")?,
         };
         let (lease, _) = watch::channel(None);
-        let api = (!boot.listen.ip().is_loopback()).then(|| format!("http://{}", boot.listen));
+        // Other hosts (and the scheduler) reach the API at the address it listens on,
+        // or at the cluster address when it listens on every address.
+        let api = match boot.listen.ip() {
+            ip if ip.is_loopback() => None,
+            ip if ip.is_unspecified() => Some(format!("http://{address}:{}", boot.listen.port())),
+            _ => Some(format!("http://{}", boot.listen)),
+        };
         let grid = Arc::new(Grid {
             cfg,
             host_id: boot.host_id.clone(),

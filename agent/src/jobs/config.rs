@@ -6,7 +6,7 @@ use std::path::Path;
 use oci_spec::image::ImageConfiguration;
 
 use super::JobError;
-use crate::model::{Job, JobConfig, JobRequest, NetworkMode};
+use crate::model::{Job, JobConfig, JobRequest, NetworkMode, Volume};
 
 /// Docker's rule for container names.
 pub fn validate_name(name: &str) -> Result<(), JobError> {
@@ -92,6 +92,7 @@ pub fn resolve(
     validate_resources(req)?;
     crate::model::restart::validate(&req.restart, req.auto_remove).map_err(JobError::BadRequest)?;
     crate::model::services::validate(&req.services, req.network).map_err(JobError::BadRequest)?;
+    validate_volumes(&req.volumes)?;
     Ok(JobConfig {
         args,
         env,
@@ -107,7 +108,51 @@ pub fn resolve(
         ports: req.ports.clone(),
         dns: req.dns.clone(),
         services: req.services.clone(),
+        volumes: req.volumes.clone(),
     })
+}
+
+/// Both ends absolute and plain (no `..`, which would let a job's target climb out
+/// of its rootfs); not onto `/` itself.
+fn validate_volumes(volumes: &[Volume]) -> Result<(), JobError> {
+    for v in volumes {
+        for (what, path) in [("source", &v.source), ("target", &v.target)] {
+            let p = Path::new(path);
+            let plain = p.is_absolute()
+                && p.components()
+                    .all(|c| !matches!(c, std::path::Component::ParentDir));
+            if !plain {
+                return Err(JobError::BadRequest(format!(
+                    "volume {}:{}: the {what} must be an absolute path without '..'",
+                    v.source, v.target
+                )));
+            }
+        }
+        if Path::new(&v.target) == Path::new("/") {
+            return Err(JobError::BadRequest(format!(
+                "volume {}:/: a volume cannot replace the job's root; mount it on a directory",
+                v.source
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The job's volumes as bind mounts, their host directories created if missing (as
+/// Docker does for `-v`).
+pub fn volume_mounts(volumes: &[Volume]) -> Result<Vec<runtime::BindMount>, JobError> {
+    volumes
+        .iter()
+        .map(|v| {
+            std::fs::create_dir_all(&v.source)
+                .map_err(|e| JobError::BadRequest(format!("volume source {}: {e}", v.source)))?;
+            Ok(runtime::BindMount {
+                source: v.source.clone().into(),
+                destination: v.target.clone(),
+                readonly: v.read_only,
+            })
+        })
+        .collect()
 }
 
 fn validate_resources(req: &JobRequest) -> Result<(), JobError> {

@@ -483,13 +483,14 @@ impl JobManager {
             NetworkMode::Host | NetworkMode::None => None,
         };
         let started = async {
-            let mounts = etc::write(
+            let mut mounts = etc::write(
                 &dir,
                 job.config.network,
                 &job.config.hostname,
                 endpoint.as_ref().map(|e| e.ip),
                 &self.network.job_dns(&job.config.dns, endpoint.as_ref()),
             )?;
+            mounts.extend(config::volume_mounts(&job.config.volumes)?);
             let network_mode = match (&endpoint, job.config.network) {
                 (Some(endpoint), _) => runtime::NetworkMode::Path(endpoint.netns.clone()),
                 (None, NetworkMode::Host) => runtime::NetworkMode::Host,

@@ -24,7 +24,8 @@ struct Ready {
 
 /// Where the host network is.
 enum State {
-    Pending,
+    /// Waiting for what the string names (for a job's error message).
+    Pending(&'static str),
     Ready(Ready),
     Failed(String),
 }
@@ -32,12 +33,11 @@ enum State {
 #[derive(Clone)]
 pub struct NetSlot {
     rx: watch::Receiver<State>,
-    /// What a job waits for while the network is pending, for its error message.
-    awaiting: &'static str,
 }
 
-/// Fills a pending [`NetSlot`].
-pub struct NetSlotSetter(watch::Sender<State>);
+/// Fills a pending [`NetSlot`] (and empties it again when the host joins a cluster).
+#[derive(Clone)]
+pub struct NetSlotSetter(Arc<watch::Sender<State>>);
 
 impl NetSlotSetter {
     /// The network is up; `discovery_dns`: containers' resolv.conf names the bridge
@@ -45,6 +45,13 @@ impl NetSlotSetter {
     pub fn set(&self, net: Arc<HostNetwork>, discovery_dns: bool) {
         self.0
             .send_replace(State::Ready(Ready { net, discovery_dns }));
+    }
+
+    /// The network is being replaced (a standalone host joins a cluster): jobs wait
+    /// for `awaiting` again. The old network is dropped with its last reference.
+    pub fn reset(&self, awaiting: &'static str) {
+        self.0.send_replace(State::Pending(awaiting));
+        tracing::info!("the host network is being replaced; bridge jobs wait for the {awaiting}");
     }
 
     /// The network could not be set up: bridge jobs fail with `why`.
@@ -56,8 +63,8 @@ impl NetSlotSetter {
 impl NetSlot {
     /// `awaiting`: what the network waits for, as a job's error names it.
     pub fn pending(awaiting: &'static str) -> (NetSlotSetter, NetSlot) {
-        let (tx, rx) = watch::channel(State::Pending);
-        (NetSlotSetter(tx), NetSlot { rx, awaiting })
+        let (tx, rx) = watch::channel(State::Pending(awaiting));
+        (NetSlotSetter(Arc::new(tx)), NetSlot { rx })
     }
 
     /// The network, if it is up.
@@ -72,20 +79,26 @@ impl NetSlot {
         if let Some(n) = self.get() {
             return Ok(n);
         }
-        tracing::info!("waiting for the host network ({})", self.awaiting);
+        let awaiting = match &*self.rx.borrow() {
+            State::Pending(what) => *what,
+            _ => "host network",
+        };
+        tracing::info!("waiting for the host network ({awaiting})");
         let mut rx = self.rx.clone();
-        match tokio::time::timeout(READY_TIMEOUT, rx.wait_for(|s| !matches!(s, State::Pending)))
-            .await
+        match tokio::time::timeout(
+            READY_TIMEOUT,
+            rx.wait_for(|s| !matches!(s, State::Pending(_))),
+        )
+        .await
         {
             Ok(Ok(s)) => match &*s {
                 State::Ready(r) => Ok(r.net.clone()),
                 State::Failed(why) => Err(NetworkError::NotReady(why.clone())),
-                State::Pending => Err(NetworkError::NotReady("it went away".into())),
+                State::Pending(_) => Err(NetworkError::NotReady("it went away".into())),
             },
             Ok(Err(_)) => Err(NetworkError::NotReady("the daemon is stopping".into())),
             Err(_) => Err(NetworkError::NotReady(format!(
-                "no {} after {}s (see the daemon log)",
-                self.awaiting,
+                "no {awaiting} after {}s (see the daemon log)",
                 READY_TIMEOUT.as_secs()
             ))),
         }
@@ -96,7 +109,7 @@ impl NetSlot {
         match &*self.rx.borrow() {
             State::Ready(r) => r.net.check_ports(ports),
             State::Failed(why) => Err(NetworkError::NotReady(why.clone())),
-            State::Pending => Ok(()),
+            State::Pending(_) => Ok(()),
         }
     }
 

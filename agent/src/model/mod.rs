@@ -64,6 +64,47 @@ pub struct JobRequest {
     /// Start at once (the default); `false` only records the job, for `POST /jobs/{id}/start`.
     #[serde(default = "default_true")]
     pub start: bool,
+    /// Host directories bind-mounted into the job (Docker's `-v SRC:DST[:ro]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+}
+
+/// `HOST_PATH:JOB_PATH[:ro|:rw]`, the `-v` syntax (the daemon checks the paths).
+pub fn parse_volume(text: &str) -> Result<Volume, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let (source, target, read_only) = match parts.as_slice() {
+        [s, t] => (s, t, false),
+        [s, t, "ro"] => (s, t, true),
+        [s, t, "rw"] => (s, t, false),
+        _ => {
+            return Err(format!(
+                "volume {text:?}: give HOST_PATH:JOB_PATH or HOST_PATH:JOB_PATH:ro"
+            ));
+        }
+    };
+    if !source.starts_with('/') || !target.starts_with('/') {
+        return Err(format!(
+            "volume {text:?}: both paths must be absolute (named volumes are not supported)"
+        ));
+    }
+    Ok(Volume {
+        source: source.to_string(),
+        target: target.to_string(),
+        read_only,
+    })
+}
+
+/// A host directory mounted into a job; it outlives the job (data that a re-created
+/// job finds again, such as etcd's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Absolute path on the host (a directory, created if missing).
+    pub source: String,
+    /// Absolute path inside the job.
+    pub target: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 fn default_true() -> bool {
@@ -240,6 +281,8 @@ pub struct JobConfig {
     pub dns: Vec<std::net::IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceDecl>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
 }
 
 /// How a job is networked.
@@ -530,4 +573,117 @@ pub struct OverlayPeer {
     pub subnet: String,
     pub address: std::net::Ipv4Addr,
     pub vtep_mac: String,
+}
+
+/// `GET /cluster`: which cluster this host is in, as the bootstrap set it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMembership {
+    /// Set by the bootstrap (`PUT /cluster/etcd` or `PUT /cluster/join`); a host
+    /// answers to one cluster only.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    /// The etcd client URLs the agent joins (empty: standalone).
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// Whether the agent is in the grid (it has endpoints; see `/host/status` for
+    /// whether it is connected).
+    #[serde(default)]
+    pub joined: bool,
+    /// The etcd member this host runs, if any.
+    #[serde(default)]
+    pub etcd_member: Option<EtcdMemberRequest>,
+}
+
+/// `PUT /cluster/etcd`: run this host's member of a static etcd cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdMemberRequest {
+    pub cluster_id: String,
+    /// This host's member (one of `members`).
+    pub name: String,
+    /// Every member of the initial cluster.
+    pub members: Vec<EtcdMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdMember {
+    pub name: String,
+    /// `http://IP:2380`
+    pub peer_url: String,
+    /// `http://IP:2379`
+    pub client_url: String,
+}
+
+/// `PUT /cluster/join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub cluster_id: String,
+    /// etcd client URLs, `http://HOST:PORT`.
+    pub etcd: Vec<String>,
+}
+
+/// The answer of an idempotent `PUT`: whether anything was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    pub changed: bool,
+}
+
+/// `GET /host/preflight`: whether this host can take part in a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Preflight {
+    pub host_id: String,
+    pub checks: Vec<PreflightCheck>,
+    /// The host's clock (ms since the epoch), for the bootstrap's skew check.
+    pub time_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreflightCheck {
+    /// e.g. `kernel:vxlan`, `cgroup:memory`, `port:udp/4789`.
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    /// What to do when it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// `POST /host/probe/listen`: wait for a UDP datagram carrying `nonce`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeListen {
+    pub port: u16,
+    pub nonce: String,
+    /// How long to listen (at most 60 s).
+    pub timeout_ms: u64,
+}
+
+/// `GET /host/probe/listen/{nonce}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeHeard {
+    pub received: bool,
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Still listening (the time-out has not passed and nothing came yet).
+    pub listening: bool,
+}
+
+/// `POST /host/probe/send`: reach another host over TCP and UDP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSend {
+    pub address: std::net::IpAddr,
+    pub tcp_port: u16,
+    pub udp_port: u16,
+    pub nonce: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeSent {
+    pub tcp_ok: bool,
+    #[serde(default)]
+    pub tcp_error: Option<String>,
+    pub udp_sent: u32,
 }

@@ -159,7 +159,10 @@ pub struct Host {
     pub netns: String,
     pub ip: String,
     pub state: tempfile::TempDir,
+    /// Where the CLI reaches the API (inside the host's namespace).
     pub api: String,
+    /// The daemon's `--listen`.
+    pub listen: String,
     pub token: String,
     pub child: Option<Child>,
     pub extra: Vec<String>,
@@ -183,7 +186,7 @@ impl Host {
             .arg(BIN)
             .args(["daemon", "--state-dir"])
             .arg(self.state.path())
-            .args(["--listen", &self.api])
+            .args(["--listen", &self.listen])
             .arg("--socket")
             .arg(self.state.path().join("host.sock"))
             .args(["--advertise", &self.ip])
@@ -225,6 +228,38 @@ impl Host {
             .env("FLYNN_HOST", format!("http://{}", self.api))
             .env("FLYNN_TOKEN", &self.token);
         cmd
+    }
+
+    /// Calls the API in the host's namespace: (HTTP status, JSON body or null).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["--", "curl", "-sS", "-X", method, "-w", "\n%{http_code}"])
+            .args(["-H", &format!("Authorization: Bearer {}", self.token)]);
+        if let Some(b) = body {
+            cmd.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &b.to_string(),
+            ]);
+        }
+        let out = cmd
+            .arg(format!("http://{}{path}", self.api))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        let status = code.trim().parse().unwrap_or(0);
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
@@ -378,6 +413,9 @@ pub struct Cluster {
     pub switch: String,
     pub etcd: EtcdProc,
     pub hosts: Vec<Host>,
+    /// Hosts are started with `--etcd` (the test's etcd); otherwise they start
+    /// standalone, listening on every address at 1113, for a bootstrap to join them.
+    pub join_test_etcd: bool,
 }
 
 impl Cluster {
@@ -401,7 +439,20 @@ impl Cluster {
             switch,
             etcd,
             hosts: Vec::new(),
+            join_test_etcd: true,
         };
+        for i in 1..=n {
+            c.add_host(i, extra);
+        }
+        c
+    }
+
+    /// A switch and `n` standalone hosts (no etcd: the bootstrap makes it), each API
+    /// on 192.0.2.N:1113 (and 127.0.0.1:1113 inside its namespace).
+    pub fn bare(n: u8, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::start(0, &[]);
+        c.join_test_etcd = false;
+        c.etcd.kill();
         for i in 1..=n {
             c.add_host(i, extra);
         }
@@ -463,14 +514,21 @@ impl Cluster {
             .tempdir_in("/var/tmp")
             .expect("state dir");
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        extra.extend(["--etcd".into(), format!("http://{ETCD_IP}:2379")]);
+        let (api, listen) = if self.join_test_etcd {
+            extra.extend(["--etcd".into(), format!("http://{ETCD_IP}:2379")]);
+            let api = format!("127.0.0.1:{}", free_port());
+            (api.clone(), api)
+        } else {
+            ("127.0.0.1:1113".to_string(), "0.0.0.0:1113".to_string())
+        };
         let mut h = Host {
             n: i,
             netns,
             ip,
             log: state.path().join("daemon.log"),
             state,
-            api: format!("127.0.0.1:{}", free_port()),
+            api,
+            listen,
             token: String::new(),
             child: None,
             extra,

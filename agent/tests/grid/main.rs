@@ -9,6 +9,7 @@
 )]
 
 mod harness;
+mod membership;
 
 use std::time::{Duration, Instant};
 
@@ -349,6 +350,7 @@ fn etcd_runs_as_a_container_and_the_agent_joins_it() {
         netns,
         ip: "192.0.2.1".into(),
         api: "127.0.0.1:1113".into(),
+        listen: "127.0.0.1:1113".into(),
         token: String::new(),
         child: None,
         extra,

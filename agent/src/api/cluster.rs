@@ -1,0 +1,83 @@
+//! The bootstrap's routes: `GET /cluster`, `PUT /cluster/etcd`, `PUT /cluster/join`
+//! (this host's membership), `GET /host/preflight` and the `/host/probe` routes (whether
+//! it can take part, and whether two hosts reach each other).
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use super::{ApiError, ApiState, Body, json, read_json};
+use crate::model::{EtcdMemberRequest, JobState, JoinRequest, Preflight};
+use crate::preflight::ProbeError;
+
+impl From<ProbeError> for ApiError {
+    fn from(e: ProbeError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            ProbeError::BadRequest(_) => ApiError::BadRequest(message),
+            ProbeError::Busy { .. } => ApiError::Conflict(message),
+            ProbeError::NotFound(_) => ApiError::NotFound(message),
+        }
+    }
+}
+
+pub async fn info(state: &ApiState) -> Result<Response<Body>, ApiError> {
+    json(StatusCode::OK, &state.membership.info().await)
+}
+
+pub async fn etcd(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let request: EtcdMemberRequest = read_json(req).await?;
+    json(
+        StatusCode::OK,
+        &state.membership.etcd_member(request).await?,
+    )
+}
+
+pub async fn join(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let request: JoinRequest = read_json(req).await?;
+    json(StatusCode::OK, &state.membership.join(request).await?)
+}
+
+pub async fn preflight(state: &ApiState) -> Result<Response<Body>, ApiError> {
+    let etcd_running = state
+        .jobs
+        .get(crate::grid::ETCD_JOB)
+        .is_ok_and(|h| h.snapshot().state == JobState::Running);
+    let vxlan_up = std::path::Path::new("/sys/class/net")
+        .join(network::overlay::DEFAULT_DEVICE)
+        .exists();
+    let holders = crate::preflight::Holders {
+        etcd_running,
+        vxlan_up,
+    };
+    let checks = tokio::task::spawn_blocking(move || crate::preflight::checks(&holders))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the preflight task failed: {e}")))?;
+    json(
+        StatusCode::OK,
+        &Preflight {
+            host_id: state.host_id.clone(),
+            checks,
+            time_ms: chrono::Utc::now().timestamp_millis(),
+        },
+    )
+}
+
+pub async fn probe_listen(
+    state: &Arc<ApiState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let request = read_json(req).await?;
+    state.probes.listen(request).await?;
+    Ok(super::empty(StatusCode::NO_CONTENT))
+}
+
+pub fn probe_heard(state: &ApiState, nonce: &str) -> Result<Response<Body>, ApiError> {
+    json(StatusCode::OK, &state.probes.heard(nonce)?)
+}
+
+pub async fn probe_send(req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let request = read_json(req).await?;
+    json(StatusCode::OK, &crate::preflight::send(request).await?)
+}
