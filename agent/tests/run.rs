@@ -576,3 +576,56 @@ fn an_auto_removed_jobs_log_stays_readable_a_while_by_its_id() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"exit_code\":0"), "{body}");
 }
+
+#[test]
+fn volumes_bind_host_directories_read_write_and_read_only() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rw = format!("{}:/data", data.display());
+    // The host directory is created if missing, and the job's writes land in it.
+    let out = d.cli(&[
+        "run",
+        "--rm",
+        "-v",
+        &rw,
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(data.join("f")).unwrap(), "kept\n");
+    // A later job finds them; read-only refuses writes.
+    let ro = format!("{rw}:ro");
+    let out = d.cli(&[
+        "run",
+        "--rm",
+        "-v",
+        &ro,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/f; echo x > /data/g",
+    ]);
+    assert_eq!(stdout(&out), "kept\n");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.join("g").exists());
+    // Bad volumes are refused with what to type.
+    for (bad, says) in [
+        ("data:/data", "absolute"),
+        ("/tmp/x:/", "cannot replace the job's root"),
+        ("/tmp/x:/a/../../etc", "without '..'"),
+        ("/tmp/x:/data:rx", "HOST_PATH:JOB_PATH"),
+    ] {
+        let out = d.cli(&["run", "--rm", "-v", bad, "busybox", "true"]);
+        assert_ne!(out.status.code(), Some(0), "{bad}");
+        assert!(stderr(&out).contains(says), "{bad}: {}", stderr(&out));
+    }
+}
