@@ -16,6 +16,7 @@
 //! /flynn/overlay/config                       OverlayConfig (first writer wins, by CAS)
 //! /flynn/overlay/subnets/<a.b.c.d>-<len>      SubnetLease, on the holding host's lease
 //! /flynn/overlay/owners/<a.b.c.d>-<len>       host id of the last holder (no lease)
+//! /flynn/routes/<id>                          Route (HTTP or TCP), no lease
 //! ```
 //!
 //! **One lease per host.** Everything a host announces lives on its lease: when the
@@ -46,6 +47,7 @@ pub mod error;
 pub mod etcd;
 pub mod hosts;
 pub mod model;
+pub mod routes;
 pub mod schema;
 pub mod services;
 pub mod subnets;

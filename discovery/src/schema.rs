@@ -9,9 +9,14 @@ pub const SERVICES: &str = "/flynn/services/";
 pub const OVERLAY_CONFIG: &str = "/flynn/overlay/config";
 pub const SUBNETS: &str = "/flynn/overlay/subnets/";
 pub const OWNERS: &str = "/flynn/overlay/owners/";
+pub const ROUTES: &str = "/flynn/routes/";
 
 pub fn host(id: &str) -> String {
     format!("{HOSTS}{id}")
+}
+
+pub fn route(id: &str) -> String {
+    format!("{ROUTES}{id}")
 }
 
 /// The prefix of one service's instances (with the trailing `/`).

@@ -1,0 +1,502 @@
+//! The router against real HTTP backends on 127.0.0.1 (hyper servers in the test, each
+//! answering with its name and the forwarding headers it got, and echoing bytes after
+//! an upgrade), and with routes and backends from a real etcd (Debian's).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use discovery::routes::{Route, RouteKind};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use router::Router;
+use router::table::Table;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A backend: answers `name` and the forwarding headers; bridges an upgrade to an echo.
+async fn backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| async move {
+                    if req.headers().contains_key("upgrade") {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let mut io = TokioIo::new(on.await.unwrap());
+                            let mut buf = [0u8; 64];
+                            loop {
+                                let n = io.read(&mut buf).await.unwrap_or(0);
+                                if n == 0 {
+                                    return;
+                                }
+                                io.write_all(&buf[..n]).await.unwrap();
+                            }
+                        });
+                        return Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "echo")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        );
+                    }
+                    let h = |k: &str| {
+                        req.headers()
+                            .get(k)
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default()
+                    };
+                    let body = serde_json::json!({
+                        "name": name,
+                        "path": req.uri().to_string(),
+                        "host": h("host"),
+                        "xff": h("x-forwarded-for"),
+                        "proto": h("x-forwarded-proto"),
+                        "port": h("x-forwarded-port"),
+                        "rid": h("x-request-id"),
+                        "conn": h("connection"),
+                    });
+                    Ok(Response::new(Full::new(Bytes::from(body.to_string()))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn start_router() -> (Arc<Router>, SocketAddr) {
+    let r = Router::new(&[9u8; 32], LOCAL).unwrap();
+    let l = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(r.clone().serve_http(l));
+    (r, addr)
+}
+
+fn http_route(id: &str, domain: &str, path: Option<&str>, service: &str, sticky: bool) -> Route {
+    Route {
+        id: id.into(),
+        kind: RouteKind::Http,
+        service: service.into(),
+        domain: Some(domain.into()),
+        path: path.map(str::to_string),
+        sticky,
+        port: None,
+        app: None,
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, headers, body).
+async fn get(
+    router: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let s = TcpStream::connect(router).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut b = Request::get(path).header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = send
+        .send_request(b.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn name_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body).unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn routes_spread_forward_headers_and_say_what_is_wrong() {
+    let (r, addr) = start_router().await;
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    r.apply_routes(Table::new(&[
+        http_route("web", "demo.cluster.local", None, "web", false),
+        http_route("api", "demo.cluster.local", Some("/api"), "api", false),
+        http_route("empty", "down.cluster.local", None, "nobody", false),
+    ]));
+    r.proxy.backends.set("web", &[a, b, c]);
+    let api = backend("api").await;
+    r.proxy.backends.set("api", &[api]);
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..60 {
+        let (status, _, body) = get(addr, "demo.cluster.local", "/x?q=1", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        *seen.entry(name_of(&body)).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "every backend serves: {seen:?}");
+
+    let (_, _, body) = get(
+        addr,
+        "demo.cluster.local:80",
+        "/api/v1",
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+        ],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["name"], "api");
+    assert_eq!(v["path"], "/api/v1");
+    assert_eq!(v["host"], "demo.cluster.local:80");
+    assert_eq!(v["xff"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(v["proto"], "http");
+    assert_eq!(v["port"], addr.port().to_string());
+    assert_eq!(v["rid"].as_str().unwrap().len(), 32);
+    let (_, _, body) = get(addr, "demo.cluster.local", "/", &[("x-request-id", "mine")]).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["rid"],
+        "mine"
+    );
+
+    let (status, _, body) = get(addr, "nowhere.example", "/p", &[]).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no route for nowhere.example/p"), "{body}");
+    let (status, _, body) = get(addr, "down.cluster.local", "/", &[]).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no backend is up for nobody"), "{body}");
+
+    // A backend that refuses connections costs a retry, never a failed request.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    r.proxy.backends.set("web", &[a, closed]);
+    for _ in 0..20 {
+        let (status, _, body) = get(addr, "demo.cluster.local", "/", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(name_of(&body), "a");
+    }
+    r.proxy.backends.set("web", &[closed]);
+    let (status, _, body) = get(addr, "demo.cluster.local", "/", &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("accepted a connection"), "{body}");
+
+    // A backend dropped from discovery gets no new request.
+    r.proxy.backends.set("web", &[a, b]);
+    r.proxy.backends.set("web", &[b]);
+    for _ in 0..10 {
+        let (_, _, body) = get(addr, "demo.cluster.local", "/", &[]).await;
+        assert_eq!(name_of(&body), "b");
+    }
+
+    // Garbage gets a 400 and the router keeps serving.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    let (status, _, _) = get(addr, "demo.cluster.local", "/", &[]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn sticky_sessions_keep_a_client_on_its_backend() {
+    let (r, addr) = start_router().await;
+    let list = [backend("a").await, backend("b").await, backend("c").await];
+    r.apply_routes(Table::new(&[http_route(
+        "s",
+        "sticky.local",
+        None,
+        "web",
+        true,
+    )]));
+    r.proxy.backends.set("web", &list);
+    let (_, headers, body) = get(addr, "sticky.local", "/", &[]).await;
+    let first = name_of(&body);
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("_flynn_route="), "{cookie}");
+    for _ in 0..20 {
+        let (_, h, body) = get(addr, "sticky.local", "/", &[("cookie", &cookie)]).await;
+        assert_eq!(name_of(&body), first);
+        assert!(
+            !h.contains_key("set-cookie"),
+            "a pinned client is not re-pinned"
+        );
+    }
+    // A forged cookie is ignored (and replaced).
+    let (status, h, _) = get(
+        addr,
+        "sticky.local",
+        "/",
+        &[("cookie", "_flynn_route=00ff")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(h.contains_key("set-cookie"));
+}
+
+#[tokio::test]
+async fn upgrades_http2_and_tcp_routes_pass_through() {
+    let (r, addr) = start_router().await;
+    let a = backend("a").await;
+    // A TCP echo backend.
+    let echo = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let e = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = s.split();
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                });
+            }
+        });
+        e
+    };
+    let tcp_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    r.apply_routes(Table::new(&[
+        http_route("ws", "ws.local", None, "web", false),
+        Route {
+            id: "t".into(),
+            kind: RouteKind::Tcp,
+            service: "echo".into(),
+            domain: None,
+            path: None,
+            sticky: false,
+            port: Some(tcp_port),
+            app: None,
+        },
+    ]));
+    r.proxy.backends.set("web", &[a]);
+    r.proxy.backends.set("echo", &[echo]);
+
+    // An upgrade (as a websocket's) becomes a two-way byte stream.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.local\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 0];
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"ping through the router").await.unwrap();
+    let mut buf = [0u8; 23];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping through the router");
+
+    // HTTP/2 with prior knowledge.
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get("http://ws.local/h2")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["path"], "/h2");
+    assert_eq!(v["host"], "ws.local");
+
+    // The TCP route.
+    assert_eq!(r.tcp_ports(), vec![tcp_port]);
+    let mut s = TcpStream::connect((LOCAL, tcp_port)).await.unwrap();
+    s.write_all(b"tcp!").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"tcp!");
+    // Removing the route closes its listener.
+    r.apply_routes(Table::new(&[]));
+    assert!(r.tcp_ports().is_empty());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(TcpStream::connect((LOCAL, tcp_port)).await.is_err());
+}
+
+/// etcd on 127.0.0.1, on ports of its own, for as long as the value lives.
+struct TestEtcd {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl TestEtcd {
+    fn start() -> TestEtcd {
+        let port = |_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (c, p) = (port(0), port(1));
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://127.0.0.1:{c}");
+        let peer = format!("http://127.0.0.1:{p}");
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("d"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server) must be installed: scripts/deps.sh");
+        TestEtcd {
+            child,
+            _dir: dir,
+            url,
+        }
+    }
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn routes_and_backends_follow_etcd() {
+    let etcd_proc = TestEtcd::start();
+    let etcd = {
+        let mut tries = 0;
+        loop {
+            match discovery::Etcd::connect(
+                std::slice::from_ref(&etcd_proc.url),
+                Duration::from_secs(2),
+            )
+            .await
+            {
+                Ok(e) if e.ping().await.is_ok() => break e,
+                _ if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => panic!("etcd did not start"),
+            }
+        }
+    };
+    let (r, addr) = start_router().await;
+    tokio::spawn(r.clone().follow(etcd.clone()));
+    let a = backend("a").await;
+    discovery::routes::put(
+        &etcd,
+        &http_route("demo", "demo.cluster.local", None, "web", false),
+    )
+    .await
+    .unwrap();
+    let lease = etcd.grant(Duration::from_secs(30)).await.unwrap();
+    let inst = discovery::Instance {
+        service: "web".into(),
+        id: "j1-8080".into(),
+        addr: a,
+        host_id: "h1".into(),
+        job_id: Some("j1".into()),
+        meta: Default::default(),
+        registered_at: chrono::Utc::now(),
+    };
+    discovery::services::register(&etcd, lease, &inst)
+        .await
+        .unwrap();
+    let mut status = StatusCode::NOT_FOUND;
+    for _ in 0..50 {
+        status = get(addr, "demo.cluster.local", "/", &[]).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    // The instance leaves discovery: 503 at once, not a connection to a stopped job.
+    discovery::services::deregister(&etcd, "web", "j1-8080")
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        status = get(addr, "demo.cluster.local", "/", &[]).await.0;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 503);
+    discovery::routes::delete(&etcd, "demo").await.unwrap();
+    for _ in 0..50 {
+        status = get(addr, "demo.cluster.local", "/", &[]).await.0;
+        if status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 404);
+}
