@@ -22,6 +22,8 @@ struct Args {
 enum Command {
     /// Run the host daemon (API, job supervisor, image store).
     Daemon(daemon::DaemonArgs),
+    /// Run the cluster's HTTP and TCP router (a job of the platform).
+    Router(router::service::RouterArgs),
     // The client commands (`cli`).
     #[command(flatten)]
     Client(cli::Command),
@@ -65,7 +67,7 @@ fn main() {
 }
 
 fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyhow::Result<i32> {
-    let is_daemon = matches!(args.command, Command::Daemon(_));
+    let is_daemon = matches!(args.command, Command::Daemon(_) | Command::Router(_));
     let runtime = if is_daemon {
         tokio::runtime::Builder::new_multi_thread()
     } else {
@@ -79,6 +81,11 @@ fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyh
             Command::Daemon(daemon_args) => {
                 init_tracing();
                 daemon::run(daemon_args, inherited).await?;
+                Ok(0)
+            }
+            Command::Router(router_args) => {
+                init_tracing();
+                router::service::run(router_args).await?;
                 Ok(0)
             }
             Command::Client(command) => cli::run(args.connection, command).await,

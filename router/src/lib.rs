@@ -21,6 +21,7 @@
 
 pub mod backends;
 pub mod http;
+pub mod service;
 mod source;
 pub mod sticky;
 pub mod table;

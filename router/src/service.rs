@@ -1,0 +1,70 @@
+//! `flynn-host router`: the router as a process (an omni job of the platform, on the
+//! host network).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::{Router, RouterError};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RouterArgs {
+    /// Where HTTP is served.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub http: SocketAddr,
+    /// The address TCP routes listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub tcp_bind: IpAddr,
+    /// etcd endpoints (http://HOST:PORT, comma-separated).
+    #[arg(long, env = "FLYNN_ETCD", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// The cluster's sticky-session key: 64 hex digits, the same on every router
+    /// [default: a random key of this process: cookies work with this router only].
+    #[arg(long, env = "FLYNN_ROUTER_KEY", hide_env_values = true)]
+    pub sticky_key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    #[error("the sticky-session key must be 64 hex digits (32 bytes)")]
+    KeyFormat,
+}
+
+fn parse_key(hex: &str) -> Result<Vec<u8>, ServiceError> {
+    if hex.len() != 64 {
+        return Err(ServiceError::KeyFormat);
+    }
+    (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| ServiceError::KeyFormat))
+        .collect()
+}
+
+/// Serves until the process is stopped; etcd that is away is waited for (the router
+/// serves with what it has meanwhile: nothing at first, its last state later).
+pub async fn run(args: RouterArgs) -> Result<(), ServiceError> {
+    let key = match &args.sticky_key {
+        Some(k) => parse_key(k)?,
+        None => {
+            tracing::warn!("no --sticky-key: sticky cookies will only work with this router");
+            (0..32).map(|_| fastrand::u8(..)).collect()
+        }
+    };
+    let router = Router::new(&key, args.tcp_bind)?;
+    let listener = Router::bind(args.http).await?;
+    tracing::info!(http = %args.http, "router serving");
+    let serving = tokio::spawn(router.clone().serve_http(listener));
+    let etcd = loop {
+        match discovery::Etcd::connect(&args.etcd, Duration::from_secs(3)).await {
+            Ok(e) if e.ping().await.is_ok() => break e,
+            Ok(_) => tracing::warn!("etcd does not answer yet"),
+            Err(e) => tracing::warn!(error = %e, "connecting to etcd"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    tracing::info!(etcd = %etcd.endpoints(), "following routes and services");
+    router.follow(etcd).await;
+    serving.abort();
+    Ok(())
+}
