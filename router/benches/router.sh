@@ -28,6 +28,7 @@ cargo build --release -q -p flynn-host --bin flynn-host
 BIN=$PWD/target/release/flynn-host
 
 work=$(mktemp -d /tmp/router-bench.XXXXXX)
+chmod 755 "$work"   # nginx workers (www-data) read the backend's file
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
