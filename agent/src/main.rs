@@ -67,7 +67,9 @@ fn main() {
 }
 
 fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyhow::Result<i32> {
-    let is_daemon = matches!(args.command, Command::Daemon(_) | Command::Router(_));
+    // The router runs its own worker threads (one runtime each); its main runtime
+    // only follows etcd and serves as worker 0.
+    let is_daemon = matches!(args.command, Command::Daemon(_));
     let runtime = if is_daemon {
         tokio::runtime::Builder::new_multi_thread()
     } else {

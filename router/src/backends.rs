@@ -19,19 +19,36 @@ use hyper::client::conn::http1::SendRequest;
 pub struct Backend {
     pub addr: SocketAddr,
     inflight: AtomicUsize,
-    /// Idle HTTP/1.1 connections to it, reused across requests.
-    idle: Mutex<Vec<SendRequest<crate::http::ProxyBody>>>,
+    /// Idle HTTP/1.1 connections to it, reused across requests; one pool per worker
+    /// thread, since a connection's task runs on the thread that opened it (a
+    /// request sent from another thread would cross threads twice).
+    idle: Box<[Mutex<Vec<SendRequest<crate::http::ProxyBody>>>]>,
 }
 
-/// Most idle connections kept per backend.
+/// Most idle connections kept per backend and worker.
 const MAX_IDLE: usize = 256;
+/// Pools per backend (workers beyond this share them).
+const POOLS: usize = 16;
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Names the current thread's worker (its connection pools); set once per worker.
+pub fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n % POOLS));
+}
+
+fn pool_index() -> usize {
+    WORKER.with(|w| w.get())
+}
 
 impl Backend {
     pub fn new(addr: SocketAddr) -> Arc<Backend> {
         Arc::new(Backend {
             addr,
             inflight: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..POOLS).map(|_| Mutex::new(Vec::new())).collect(),
         })
     }
 
@@ -50,7 +67,9 @@ impl Backend {
 
     /// An idle connection that is still open, if any.
     pub fn take_idle(&self) -> Option<SendRequest<crate::http::ProxyBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle[pool_index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if !c.is_closed() && c.is_ready() {
                 return Some(c);
@@ -63,7 +82,9 @@ impl Backend {
         if conn.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle[pool_index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }

@@ -92,6 +92,22 @@ impl Router {
             .map_err(|source| RouterError::Listen { addr, source })
     }
 
+    /// Binds one of several listeners on the same address (`SO_REUSEPORT`: the kernel
+    /// spreads connections over them), for a worker of its own.
+    pub fn bind_shared(addr: SocketAddr) -> Result<TcpListener, RouterError> {
+        let err = |source| RouterError::Listen { addr, source };
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        socket.set_reuseport(true).map_err(err)?;
+        socket.bind(addr).map_err(err)?;
+        socket.listen(4096).map_err(err)
+    }
+
     /// Serves HTTP on `listener` until the task is dropped.
     pub async fn serve_http(self: Arc<Self>, listener: TcpListener) {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);

@@ -17,6 +17,10 @@ pub struct RouterArgs {
     /// etcd endpoints (http://HOST:PORT, comma-separated).
     #[arg(long, env = "FLYNN_ETCD", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
+    /// Worker threads serving HTTP, each with its own listener, connections and
+    /// backend pools, as nginx's workers [default: one per CPU].
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// The cluster's sticky-session key: 64 hex digits, the same on every router
     /// [default: a random key of this process: cookies work with this router only].
     #[arg(long, env = "FLYNN_ROUTER_KEY", hide_env_values = true)]
@@ -52,8 +56,31 @@ pub async fn run(args: RouterArgs) -> Result<(), ServiceError> {
         }
     };
     let router = Router::new(&key, args.tcp_bind)?;
-    let listener = Router::bind(args.http).await?;
-    tracing::info!(http = %args.http, "router serving");
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, 64);
+    // Worker 0 is this runtime's; the others are threads with a runtime each. A
+    // connection is served start to end on one thread: no hand-offs between threads
+    // per request, which cost the multi-threaded runtime a sixth of its throughput.
+    crate::backends::set_worker(0);
+    let listener = Router::bind_shared(args.http)?;
+    for n in 1..threads {
+        let (router, addr) = (router.clone(), args.http);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| RouterError::Listen { addr, source })?;
+        let l = rt.block_on(async { Router::bind_shared(addr) })?;
+        std::thread::Builder::new()
+            .name(format!("router-{n}"))
+            .spawn(move || {
+                crate::backends::set_worker(n);
+                rt.block_on(router.serve_http(l));
+            })
+            .map_err(|source| RouterError::Listen { addr, source })?;
+    }
+    tracing::info!(http = %args.http, threads, "router serving");
     let serving = tokio::spawn(router.clone().serve_http(listener));
     let etcd = loop {
         match discovery::Etcd::connect(&args.etcd, Duration::from_secs(3)).await {
