@@ -45,6 +45,8 @@ use crate::model::{
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a stopping job keeps running after its instances left etcd.
+const DRAIN_PAUSE: Duration = Duration::from_millis(300);
 /// How often the host record's resources are refreshed.
 const REFRESH: Duration = Duration::from_secs(10);
 
@@ -86,6 +88,23 @@ pub struct Grid {
     /// service watches, the registry, job events, DNS): one owner, which
     /// [`Grid::stop`] ends.
     tasks: Mutex<tokio::task::JoinSet<()>>,
+}
+
+/// The grid as the job supervisor's [`crate::jobs::Drain`] (weak: the supervisor
+/// outlives no grid, and must not keep one alive).
+struct Drainer(std::sync::Weak<Grid>);
+
+impl crate::jobs::Drain for Drainer {
+    fn drain<'a>(
+        &'a self,
+        job_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(g) = self.0.upgrade() {
+                g.drain_job(job_id).await;
+            }
+        })
+    }
 }
 
 /// What start-up needs besides the grid's own configuration.
@@ -139,6 +158,8 @@ impl Grid {
         });
         // Follow job events from now on, so no start or exit is missed meanwhile.
         let events = boot.events.subscribe();
+        boot.jobs
+            .set_drain(Arc::new(Drainer(Arc::downgrade(&grid))));
         let g = grid.clone();
         grid.spawn(async move { g.boot(boot, events).await });
         Ok(grid)
@@ -654,6 +675,19 @@ impl Grid {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(job.id.clone(), handles);
+    }
+
+    /// Takes a job's instances out of discovery and waits until etcd has it and
+    /// watchers (routers, DNS, clients) have had time to see it.
+    async fn drain_job(&self, job_id: &str) {
+        if !self.registry.has_job(job_id) {
+            return;
+        }
+        self.job_gone(job_id);
+        self.registry.removals_applied(Duration::from_secs(3)).await;
+        // Watchers hear of a delete within milliseconds; this covers a busy router.
+        tokio::time::sleep(DRAIN_PAUSE).await;
+        tracing::debug!(job = %job_id, "drained from discovery");
     }
 
     fn job_gone(&self, job_id: &str) {

@@ -30,6 +30,8 @@ pub struct Registry {
     /// Instances to delete from etcd (their job stopped).
     gone: Mutex<Vec<(String, String)>>,
     changed: Notify,
+    /// Told after every pass of the registrar.
+    applied: Notify,
 }
 
 impl Registry {
@@ -85,6 +87,30 @@ impl Registry {
         self.changed.notify_one();
     }
 
+    /// Whether job `job_id` has instances here.
+    pub fn has_job(&self, job_id: &str) -> bool {
+        self.lock().values().any(|e| e.job_id == job_id)
+    }
+
+    /// Waits until every removal so far is out of etcd (or `limit` passes).
+    pub async fn removals_applied(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let applied = self.applied.notified();
+            if self
+                .gone
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, applied).await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub fn jobs(&self) -> Vec<String> {
         let mut v: Vec<String> = self.lock().values().map(|e| e.job_id.clone()).collect();
         v.sort();
@@ -119,6 +145,7 @@ impl Registry {
                 Some(l) => self.apply(&etcd, l).await,
                 None => false,
             };
+            self.applied.notify_waiters();
             let retry = tokio::time::sleep(if failed {
                 Duration::from_millis(500)
             } else {

@@ -113,7 +113,22 @@ pub struct JobManager {
     /// Network teardowns under way, by job (see `release_network`).
     detaching: Arc<Mutex<HashMap<String, Teardown>>>,
     detach_seq: std::sync::atomic::AtomicU64,
+    /// Takes a job's services out of discovery before it is stopped (set in a cluster).
+    drain: std::sync::OnceLock<Arc<dyn Drain>>,
 }
+
+/// What a stop does first for a job that provides services: take them out of
+/// discovery, and wait until routers and clients have seen it, so the requests they
+/// send meanwhile still find the job running (a deploy or a scale-down fails none).
+pub trait Drain: Send + Sync {
+    fn drain<'a>(
+        &'a self,
+        job_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
+/// The longest a stop waits for a drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl JobManager {
     /// Loads the job records under `paths.jobs` and re-adopts running jobs.
@@ -139,6 +154,7 @@ impl JobManager {
             network,
             detaching: Arc::new(Mutex::new(HashMap::new())),
             detach_seq: std::sync::atomic::AtomicU64::new(0),
+            drain: std::sync::OnceLock::new(),
         });
         manager.recover().await;
         let removed = manager.paths.removed.clone();
@@ -150,6 +166,11 @@ impl JobManager {
             }
         });
         Ok(manager)
+    }
+
+    /// Installs the drain done before a service-providing job is stopped (once).
+    pub fn set_drain(&self, drain: Arc<dyn Drain>) {
+        let _ = self.drain.set(drain);
     }
 
     fn emit(&self, kind: &str, action: &str, id: &str, job: Option<Job>) {
@@ -623,6 +644,15 @@ impl JobManager {
             return Ok(handle.snapshot());
         }
         if !grace.is_zero() {
+            let has_services = !rx.borrow().config.services.is_empty();
+            if has_services && let Some(d) = self.drain.get() {
+                if tokio::time::timeout(DRAIN_TIMEOUT, d.drain(&handle.id))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(job = %handle.id, "draining took over {DRAIN_TIMEOUT:?}; stopping anyway");
+                }
+            }
             self.signal(handle, Signal::SIGTERM)
                 .await
                 .or_else(ignore_not_running)?;

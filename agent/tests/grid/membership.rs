@@ -162,3 +162,56 @@ fn a_standalone_host_joins_a_cluster_through_its_api_and_rejoins_after_a_restart
     assert_eq!(m["cluster_id"], "c-test", "{m}");
     assert_eq!(m["joined"], true, "{m}");
 }
+
+#[test]
+fn a_stopping_job_leaves_discovery_before_it_is_signalled() {
+    let c = crate::harness::Cluster::start(1, &["--cluster-ttl", "3"]);
+    c.wait_joined(1);
+    let h = c.host(1);
+    h.import("busybox-docker.tar");
+    let watch = h.watch("drained");
+    watch.until(
+        "current",
+        Duration::from_secs(10),
+        crate::harness::is_event("current", None),
+    );
+    // The job writes the time it got SIGTERM; it keeps serving until then.
+    let id = h.ok(&[
+        "run",
+        "-d",
+        "-s",
+        "drained:8080",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'date +%s%N > /tmp/term; exit 0' TERM; httpd -p 8080; while :; do sleep 0.05; done",
+    ]);
+    let id = id.trim();
+    watch.until(
+        "up",
+        Duration::from_secs(15),
+        crate::harness::is_event("up", None),
+    );
+    let stopper = {
+        let mut cmd = h.command();
+        cmd.args(["stop", id]).stdout(std::process::Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let (down_at, _) = watch.until(
+        "down",
+        Duration::from_secs(10),
+        crate::harness::is_event("down", None),
+    );
+    // When the watcher hears of it, the job is still running: it was not signalled yet.
+    let state = h.json(&["inspect", id])[0]["state"].clone();
+    assert_eq!(
+        state, "running",
+        "the job was stopped before it left discovery"
+    );
+    let out = stopper.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        down_at.elapsed() >= Duration::from_millis(100),
+        "the stop waited for watchers"
+    );
+}
