@@ -71,7 +71,12 @@ pub async fn run(args: RouterArgs) -> Result<(), ServiceError> {
             .enable_all()
             .build()
             .map_err(|source| RouterError::Listen { addr, source })?;
-        let l = rt.block_on(async { Router::bind_shared(addr) })?;
+        // The listener registers with the worker's runtime (entered, not blocked on:
+        // this function runs inside the main runtime).
+        let l = {
+            let _in = rt.enter();
+            Router::bind_shared(addr)?
+        };
         std::thread::Builder::new()
             .name(format!("router-{n}"))
             .spawn(move || {

@@ -500,3 +500,69 @@ async fn routes_and_backends_follow_etcd() {
     }
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn the_router_process_serves_from_every_worker() {
+    let etcd_proc = TestEtcd::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args = router::service::RouterArgs {
+        http: SocketAddr::new(LOCAL, port),
+        tcp_bind: LOCAL,
+        etcd: vec![etcd_proc.url.clone()],
+        threads: Some(3),
+        sticky_key: Some("ab".repeat(32)),
+    };
+    tokio::spawn(router::service::run(args));
+    let etcd = loop {
+        match discovery::Etcd::connect(std::slice::from_ref(&etcd_proc.url), Duration::from_secs(2))
+            .await
+        {
+            Ok(e) if e.ping().await.is_ok() => break e,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let a = backend("a").await;
+    discovery::routes::put(&etcd, &http_route("p", "p.local", None, "web", false))
+        .await
+        .unwrap();
+    let lease = etcd.grant(Duration::from_secs(30)).await.unwrap();
+    let inst = discovery::Instance {
+        service: "web".into(),
+        id: "j1-80".into(),
+        addr: a,
+        host_id: "h1".into(),
+        job_id: None,
+        meta: Default::default(),
+        registered_at: chrono::Utc::now(),
+    };
+    discovery::services::register(&etcd, lease, &inst)
+        .await
+        .unwrap();
+    let addr = SocketAddr::new(LOCAL, port);
+    let mut ok = 0;
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_ok() && get(addr, "p.local", "/", &[]).await.0 == 200 {
+            ok += 1;
+            if ok == 30 {
+                break;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // New connections land on any of the three workers' listeners: all serve.
+    assert_eq!(ok, 30);
+    let bad = router::service::RouterArgs {
+        http: SocketAddr::new(LOCAL, port),
+        tcp_bind: LOCAL,
+        etcd: vec![etcd_proc.url.clone()],
+        threads: Some(1),
+        sticky_key: Some("xyz".into()),
+    };
+    let err = router::service::run(bad).await.unwrap_err();
+    assert!(err.to_string().contains("64 hex digits"), "{err}");
+}

@@ -645,13 +645,13 @@ impl JobManager {
         }
         if !grace.is_zero() {
             let has_services = !rx.borrow().config.services.is_empty();
-            if has_services && let Some(d) = self.drain.get() {
-                if tokio::time::timeout(DRAIN_TIMEOUT, d.drain(&handle.id))
+            if has_services
+                && let Some(d) = self.drain.get()
+                && tokio::time::timeout(DRAIN_TIMEOUT, d.drain(&handle.id))
                     .await
                     .is_err()
-                {
-                    tracing::warn!(job = %handle.id, "draining took over {DRAIN_TIMEOUT:?}; stopping anyway");
-                }
+            {
+                tracing::warn!(job = %handle.id, "draining took over {DRAIN_TIMEOUT:?}; stopping anyway");
             }
             self.signal(handle, Signal::SIGTERM)
                 .await
