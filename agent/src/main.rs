@@ -24,6 +24,8 @@ enum Command {
     Daemon(daemon::DaemonArgs),
     /// Run the cluster's HTTP and TCP router (a job of the platform).
     Router(router::service::RouterArgs),
+    /// Run a log aggregator (a job of the platform).
+    Logaggregator(logagg::AggArgs),
     // The client commands (`cli`).
     #[command(flatten)]
     Client(cli::Command),
@@ -69,7 +71,7 @@ fn main() {
 fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyhow::Result<i32> {
     // The router runs its own worker threads (one runtime each); its main runtime
     // only follows etcd and serves as worker 0.
-    let is_daemon = matches!(args.command, Command::Daemon(_));
+    let is_daemon = matches!(args.command, Command::Daemon(_) | Command::Logaggregator(_));
     let runtime = if is_daemon {
         tokio::runtime::Builder::new_multi_thread()
     } else {
@@ -88,6 +90,11 @@ fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyh
             Command::Router(router_args) => {
                 init_tracing();
                 router::service::run(router_args).await?;
+                Ok(0)
+            }
+            Command::Logaggregator(agg_args) => {
+                init_tracing();
+                logagg::run(agg_args).await?;
                 Ok(0)
             }
             Command::Client(command) => cli::run(args.connection, command).await,

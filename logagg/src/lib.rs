@@ -1,0 +1,344 @@
+//! The log aggregator (`flynn-host logaggregator`, two instances of the platform): the
+//! agents ship every job's lines to every instance over TCP (`message.rs`: RFC 5424
+//! in RFC 6587 octet-counted frames), each instance keeps the last lines of each app
+//! (`buffer.rs`: bounded, each job's lines once, so a shipper that resends after a
+//! break duplicates nothing) and serves them over HTTP, following as they come.
+//! A new instance fills itself from a peer (`--peer`), so redeploying the aggregator
+//! loses no line (Flynn lost them there).
+//!
+//! HTTP: `GET /health`, `GET /apps`, `GET /logs/{app}?lines=N&follow=true&type=T&job=J`
+//! (NDJSON, one line object per line), `GET /snapshot` (NDJSON, every line: for peers).
+//! With a token, every route but `/health` wants `Authorization: Bearer TOKEN`.
+
+pub mod buffer;
+pub mod message;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use buffer::{Buffers, Filter};
+pub use message::LogLine;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AggError {
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("filling from peer {peer}: {reason}")]
+    Peer { peer: String, reason: String },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AggArgs {
+    /// Where agents ship lines (syslog over TCP, octet-counted).
+    #[arg(long, default_value = "0.0.0.0:5140")]
+    pub syslog: SocketAddr,
+    /// Where the HTTP API is served.
+    #[arg(long, default_value = "0.0.0.0:5141")]
+    pub http: SocketAddr,
+    /// Another instance to fill the buffers from at start (http://HOST:PORT).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Lines kept per app.
+    #[arg(long, default_value_t = buffer::DEFAULT_LINES_PER_APP)]
+    pub lines_per_app: usize,
+    /// The token readers must give (the cluster's API token).
+    #[arg(long, env = "FLYNN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+pub struct Aggregator {
+    pub buffers: Buffers,
+    token: Option<String>,
+}
+
+impl Aggregator {
+    pub fn new(lines_per_app: usize, token: Option<String>) -> Arc<Aggregator> {
+        Arc::new(Aggregator {
+            buffers: Buffers::new(lines_per_app),
+            token,
+        })
+    }
+
+    /// Takes lines from shippers until the task is dropped.
+    pub async fn serve_syslog(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((s, from)) => {
+                    let agg = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = agg.ingest(s).await {
+                            tracing::warn!(%from, error = %e, "closing a shipper's connection");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a shipper");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn ingest(&self, mut s: TcpStream) -> Result<(), String> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            for frame in message::take_frames(&mut buf).map_err(|e| e.to_string())? {
+                match LogLine::parse(&frame) {
+                    Ok(line) => {
+                        self.buffers.push(line);
+                    }
+                    // One bad message is skipped; the stream's framing is intact.
+                    Err(e) => tracing::warn!(error = %e, "skipping a message"),
+                }
+            }
+        }
+    }
+
+    /// Loads a peer's lines (those we have are skipped).
+    pub async fn fill_from(&self, peer: &str) -> Result<usize, AggError> {
+        let err = |reason: String| AggError::Peer {
+            peer: peer.to_string(),
+            reason,
+        };
+        let authority = peer
+            .strip_prefix("http://")
+            .ok_or_else(|| err("give http://HOST:PORT".into()))?
+            .trim_end_matches('/')
+            .to_string();
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&authority))
+            .await
+            .map_err(|_| err("connect timed out".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::get("/snapshot").header("host", authority.as_str());
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| err(e.to_string()))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if resp.status() != StatusCode::OK {
+            return Err(err(format!("it answered {}", resp.status())));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .to_bytes();
+        let mut n = 0;
+        for l in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Ok(line) = serde_json::from_slice::<LogLine>(l)
+                && self.buffers.push(line)
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Serves the HTTP API until the task is dropped.
+    pub async fn serve_http(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (s, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let agg = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let agg = agg.clone();
+                    async move { Ok::<_, Infallible>(agg.route(req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    }
+
+    fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().trim_matches('/').to_string();
+        if path == "health" {
+            return text(StatusCode::OK, "ok\n");
+        }
+        if let Some(t) = &self.token {
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(t.as_str()) {
+                return text(
+                    StatusCode::UNAUTHORIZED,
+                    "give the cluster's token: Authorization: Bearer TOKEN\n",
+                );
+            }
+        }
+        if req.method() != hyper::Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+        }
+        let query: Vec<(String, String)> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        match path.split('/').collect::<Vec<_>>().as_slice() {
+            ["apps"] => {
+                let apps: Vec<serde_json::Value> = self
+                    .buffers
+                    .apps()
+                    .into_iter()
+                    .map(|(app, lines)| serde_json::json!({"app": app, "lines": lines}))
+                    .collect();
+                json_response(&serde_json::Value::Array(apps))
+            }
+            ["snapshot"] => ndjson(self.buffers.snapshot(), None, Filter::default()),
+            ["logs", app] => {
+                let lines = match q("lines").map(|v| v.parse::<usize>()) {
+                    None => 100,
+                    Some(Ok(n)) => n,
+                    Some(Err(_)) => {
+                        return text(StatusCode::BAD_REQUEST, "lines must be a number\n");
+                    }
+                };
+                let follow = matches!(q("follow").as_deref(), Some("true" | "1"));
+                let filter = Filter {
+                    process_type: q("type"),
+                    job_id: q("job"),
+                };
+                let (past, rx) = self.buffers.read(app, &filter, lines);
+                ndjson(past, follow.then_some(rx), filter)
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                &format!("no such endpoint: /{path}\n"),
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Lines as NDJSON; with `follow`, then every new matching line until the client goes.
+fn ndjson(
+    past: Vec<LogLine>,
+    follow: Option<broadcast::Receiver<LogLine>>,
+    filter: Filter,
+) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        for l in past {
+            if tx.send(line_bytes(&l)).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut follow) = follow else { return };
+        loop {
+            match follow.recv().await {
+                Ok(l) if filter.matches(&l) => {
+                    if tx.send(line_bytes(&l)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "a follower fell behind");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+fn line_bytes(l: &LogLine) -> Bytes {
+    let mut v = serde_json::to_vec(l).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// `flynn-host logaggregator`: serves until the process is stopped.
+pub async fn run(args: AggArgs) -> Result<(), AggError> {
+    let agg = Aggregator::new(args.lines_per_app, args.token.clone());
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| AggError::Listen { addr, source })
+    };
+    let syslog = bind(args.syslog).await?;
+    let http = bind(args.http).await?;
+    if let Some(peer) = &args.peer {
+        match agg.fill_from(peer).await {
+            Ok(n) => tracing::info!(%peer, lines = n, "filled from a peer"),
+            // Alone is better than not at all: the shippers resend what they have.
+            Err(e) => tracing::warn!(error = %e, "starting without the peer's lines"),
+        }
+    }
+    tracing::info!(syslog = %args.syslog, http = %args.http, "log aggregator serving");
+    tokio::spawn(agg.clone().serve_syslog(syslog));
+    agg.serve_http(http).await;
+    Ok(())
+}
