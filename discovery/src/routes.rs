@@ -37,6 +37,16 @@ pub struct Route {
     /// The app the route belongs to (for listings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// HTTP: the route's own TLS certificate (else routers serve the cluster's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<RouteCertificate>,
+}
+
+/// A certificate chain and its private key, PEM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteCertificate {
+    pub cert: String,
+    pub key: String,
 }
 
 impl Route {
@@ -80,7 +90,11 @@ impl Route {
                 if self.port.is_none_or(|p| p == 0) {
                     return bad("a TCP route needs a port");
                 }
-                if self.domain.is_some() || self.path.is_some() || self.sticky {
+                if self.domain.is_some()
+                    || self.path.is_some()
+                    || self.sticky
+                    || self.certificate.is_some()
+                {
                     return bad("a TCP route has only a port and a service");
                 }
             }
@@ -151,6 +165,7 @@ mod tests {
             sticky: false,
             port: None,
             app: None,
+            certificate: None,
         }
     }
 

@@ -108,7 +108,7 @@ put() {
 }
 put /flynn/routes/bench '{"id":"bench","kind":"http","service":"bench","domain":"bench.local"}'
 put /flynn/services/bench/b1 "{\"service\":\"bench\",\"id\":\"b1\",\"addr\":\"127.0.0.1:$BACKEND\",\"host_id\":\"h\",\"registered_at\":\"2026-01-01T00:00:00Z\"}"
-FLYNN_LOG=warn "$BIN" router --http "127.0.0.1:$ROUTER" --etcd "http://127.0.0.1:$ETCD" \
+FLYNN_LOG=warn "$BIN" router --http "127.0.0.1:$ROUTER" --https off --etcd "http://127.0.0.1:$ETCD" \
     --sticky-key "$(printf '%064d' 0)" & pids+=($!)
 for _ in $(seq 100); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: bench.local' "http://127.0.0.1:$ROUTER/")" = 200 ] && break

@@ -26,6 +26,7 @@ mod source;
 pub mod sticky;
 pub mod table;
 pub mod tcp;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -51,11 +52,16 @@ pub enum RouterError {
     Key(#[from] sticky::BadKey),
     #[error(transparent)]
     Discovery(#[from] discovery::DiscoveryError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A router: the proxy, and the TCP listeners of its TCP routes.
 pub struct Router {
     pub proxy: Proxy,
+    /// The certificates HTTPS serves (the routes' and the cluster's).
+    pub certs: Arc<tls::Certs>,
+    tls: tokio_rustls::TlsAcceptor,
     tcp: Mutex<tcp::TcpRoutes>,
     /// The address TCP routes listen on.
     tcp_bind: std::net::IpAddr,
@@ -63,8 +69,11 @@ pub struct Router {
 
 impl Router {
     pub fn new(sticky_key: &[u8], tcp_bind: std::net::IpAddr) -> Result<Arc<Router>, RouterError> {
+        let certs = Arc::new(tls::Certs::default());
         Ok(Arc::new(Router {
             proxy: Proxy::new(StickyKey::new(sticky_key)?),
+            tls: tls::acceptor(certs.clone())?,
+            certs,
             tcp: Mutex::new(tcp::TcpRoutes::default()),
             tcp_bind,
         }))
@@ -72,6 +81,20 @@ impl Router {
 
     /// Takes a new route table: HTTP lookups use it at once, TCP listeners follow it.
     pub fn apply_routes(&self, table: Table) {
+        let certs = table
+            .certs
+            .iter()
+            .filter_map(|(id, domain, c)| {
+                match tls::load_pair(c.cert.as_bytes(), c.key.as_bytes()) {
+                    Ok(k) => Some((domain.clone(), k)),
+                    Err(e) => {
+                        tracing::warn!(route = %id, error = %e, "ignoring the route's certificate");
+                        None
+                    }
+                }
+            })
+            .collect();
+        self.certs.set_routes(certs);
         self.tcp.lock().unwrap_or_else(|p| p.into_inner()).sync(
             &table.tcp,
             &self.proxy.backends,
@@ -110,6 +133,15 @@ impl Router {
 
     /// Serves HTTP on `listener` until the task is dropped.
     pub async fn serve_http(self: Arc<Self>, listener: TcpListener) {
+        self.serve(listener, false).await
+    }
+
+    /// Serves HTTPS on `listener` until the task is dropped.
+    pub async fn serve_https(self: Arc<Self>, listener: TcpListener) {
+        self.serve(listener, true).await
+    }
+
+    async fn serve(self: Arc<Self>, listener: TcpListener, tls: bool) {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         loop {
             let (stream, client) = match listener.accept().await {
@@ -127,18 +159,34 @@ impl Router {
                 let from = Inbound {
                     client,
                     port,
-                    scheme: "http",
+                    scheme: if tls { "https" } else { "http" },
                 };
+                let acceptor = router.tls.clone();
                 let service = service_fn(move |req| {
                     let router = router.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(router.proxy.handle(req, from).await)
                     }
                 });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await
-                {
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let served = if tls {
+                    match acceptor.accept(stream).await {
+                        Ok(s) => {
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(s), service)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::debug!(%client, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    }
+                } else {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                };
+                if let Err(e) = served {
                     tracing::debug!(%client, error = %e, "client connection ended");
                 }
             });

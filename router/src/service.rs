@@ -11,6 +11,16 @@ pub struct RouterArgs {
     /// Where HTTP is served.
     #[arg(long, default_value = "0.0.0.0:80")]
     pub http: SocketAddr,
+    /// Where HTTPS is served ("off": not at all).
+    #[arg(long, default_value = "0.0.0.0:443")]
+    pub https: String,
+    /// The cluster's certificate chain (PEM), served to names without a route
+    /// certificate.
+    #[arg(long, env = "FLYNN_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The cluster certificate's key (PEM).
+    #[arg(long, env = "FLYNN_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// The address TCP routes listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub tcp_bind: IpAddr,
@@ -33,6 +43,18 @@ pub enum ServiceError {
     Router(#[from] RouterError),
     #[error("the sticky-session key must be 64 hex digits (32 bytes)")]
     KeyFormat,
+    #[error("--https {0:?}: give ADDRESS:PORT or off")]
+    HttpsAddr(String),
+    #[error("give both --tls-cert and --tls-key, or neither")]
+    HalfPair,
+    #[error("reading {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the cluster certificate: {0}")]
+    Cert(#[from] crate::tls::TlsError),
 }
 
 fn parse_key(hex: &str) -> Result<Vec<u8>, ServiceError> {
@@ -55,7 +77,29 @@ pub async fn run(args: RouterArgs) -> Result<(), ServiceError> {
             (0..32).map(|_| fastrand::u8(..)).collect()
         }
     };
+    let https: Option<SocketAddr> = match args.https.as_str() {
+        "off" => None,
+        a => Some(
+            a.parse()
+                .map_err(|_| ServiceError::HttpsAddr(a.to_string()))?,
+        ),
+    };
     let router = Router::new(&key, args.tcp_bind)?;
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => {
+            let read = |p: &std::path::PathBuf| {
+                std::fs::read(p).map_err(|source| ServiceError::Read {
+                    path: p.clone(),
+                    source,
+                })
+            };
+            router
+                .certs
+                .set_default(Some(crate::tls::load_pair(&read(c)?, &read(k)?)?));
+        }
+        (None, None) => {}
+        _ => return Err(ServiceError::HalfPair),
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -73,20 +117,34 @@ pub async fn run(args: RouterArgs) -> Result<(), ServiceError> {
             .map_err(|source| RouterError::Listen { addr, source })?;
         // The listener registers with the worker's runtime (entered, not blocked on:
         // this function runs inside the main runtime).
-        let l = {
+        let (l, tls_l) = {
             let _in = rt.enter();
-            Router::bind_shared(addr)?
+            (
+                Router::bind_shared(addr)?,
+                https.map(Router::bind_shared).transpose()?,
+            )
         };
         std::thread::Builder::new()
             .name(format!("router-{n}"))
             .spawn(move || {
                 crate::backends::set_worker(n);
-                rt.block_on(router.serve_http(l));
+                rt.block_on(async move {
+                    if let Some(t) = tls_l {
+                        tokio::spawn(router.clone().serve_https(t));
+                    }
+                    router.serve_http(l).await
+                });
             })
             .map_err(|source| RouterError::Listen { addr, source })?;
     }
     tracing::info!(http = %args.http, threads, "router serving");
     let serving = tokio::spawn(router.clone().serve_http(listener));
+    let serving_tls = match https {
+        Some(a) => Some(tokio::spawn(
+            router.clone().serve_https(Router::bind_shared(a)?),
+        )),
+        None => None,
+    };
     let etcd = loop {
         match discovery::Etcd::connect(&args.etcd, Duration::from_secs(3)).await {
             Ok(e) if e.ping().await.is_ok() => break e,
@@ -98,5 +156,8 @@ pub async fn run(args: RouterArgs) -> Result<(), ServiceError> {
     tracing::info!(etcd = %etcd.endpoints(), "following routes and services");
     router.follow(etcd).await;
     serving.abort();
+    if let Some(t) = serving_tls {
+        t.abort();
+    }
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct Table {
     wildcard: Vec<(String, Vec<Arc<HttpRoute>>)>,
     /// TCP port → service.
     pub tcp: HashMap<u16, String>,
+    /// Routes' own certificates: (route id, domain, certificate).
+    pub certs: Vec<(String, String, discovery::routes::RouteCertificate)>,
 }
 
 impl Table {
@@ -42,6 +44,9 @@ impl Table {
                 }
                 RouteKind::Http => {
                     let Some(domain) = &r.domain else { continue };
+                    if let Some(c) = &r.certificate {
+                        t.certs.push((r.id.clone(), domain.clone(), c.clone()));
+                    }
                     let route = Arc::new(HttpRoute {
                         id: r.id.clone(),
                         service: r.service.clone(),
@@ -135,6 +140,7 @@ mod tests {
             sticky: false,
             port: None,
             app: None,
+            certificate: None,
         }
     }
 

@@ -102,6 +102,7 @@ fn http_route(id: &str, domain: &str, path: Option<&str>, service: &str, sticky:
         sticky,
         port: None,
         app: None,
+        certificate: None,
     }
 }
 
@@ -308,6 +309,7 @@ async fn upgrades_http2_and_tcp_routes_pass_through() {
             sticky: false,
             port: Some(tcp_port),
             app: None,
+            certificate: None,
         },
     ]));
     r.proxy.backends.set("web", &[a]);
@@ -512,6 +514,9 @@ async fn the_router_process_serves_from_every_worker() {
     let args = router::service::RouterArgs {
         http: SocketAddr::new(LOCAL, port),
         tcp_bind: LOCAL,
+        https: "off".into(),
+        tls_cert: None,
+        tls_key: None,
         etcd: vec![etcd_proc.url.clone()],
         threads: Some(3),
         sticky_key: Some("ab".repeat(32)),
@@ -559,10 +564,117 @@ async fn the_router_process_serves_from_every_worker() {
     let bad = router::service::RouterArgs {
         http: SocketAddr::new(LOCAL, port),
         tcp_bind: LOCAL,
+        https: "off".into(),
+        tls_cert: None,
+        tls_key: None,
         etcd: vec![etcd_proc.url.clone()],
         threads: Some(1),
         sticky_key: Some("xyz".into()),
     };
     let err = router::service::run(bad).await.unwrap_err();
     assert!(err.to_string().contains("64 hex digits"), "{err}");
+}
+
+/// A self-signed certificate for `name` (openssl): (cert PEM, key PEM, cert path).
+fn self_signed(dir: &std::path::Path, name: &str) -> (String, String, std::path::PathBuf) {
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .arg("-keyout")
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .args([
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{name}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    (
+        std::fs::read_to_string(&c).unwrap(),
+        std::fs::read_to_string(&k).unwrap(),
+        c,
+    )
+}
+
+fn curl_https(port: u16, name: &str, ca: &std::path::Path) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args([
+            "--resolve",
+            &format!("{name}:{port}:127.0.0.1"),
+            &format!("https://{name}:{port}/t"),
+        ])
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_each_route_its_certificate_and_the_cluster_one_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, route_ca) = self_signed(dir.path(), "secure.local");
+    let (ccert, ckey, cluster_ca) = self_signed(dir.path(), "other.local");
+    let r = Router::new(&[9u8; 32], LOCAL).unwrap();
+    r.certs.set_default(Some(
+        router::tls::load_pair(ccert.as_bytes(), ckey.as_bytes()).unwrap(),
+    ));
+    let l = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(r.clone().serve_https(l));
+    let a = backend("a").await;
+    let mut secure = http_route("s", "secure.local", None, "web", false);
+    secure.certificate = Some(discovery::routes::RouteCertificate { cert, key });
+    let mut broken = http_route("b", "broken.local", None, "web", false);
+    broken.certificate = Some(discovery::routes::RouteCertificate {
+        cert: "junk".into(),
+        key: "junk".into(),
+    });
+    r.apply_routes(Table::new(&[
+        secure,
+        broken,
+        http_route("o", "other.local", None, "web", false),
+    ]));
+    r.proxy.backends.set("web", &[a]);
+    let (body, err) =
+        tokio::task::spawn_blocking(move || curl_https(port, "secure.local", &route_ca))
+            .await
+            .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body} {err}"));
+    assert_eq!(v["proto"], "https");
+    assert_eq!(v["name"], "a");
+    // Another name gets the cluster's certificate (a bad route certificate is ignored).
+    let ca = cluster_ca.clone();
+    let (body, err) = tokio::task::spawn_blocking(move || curl_https(port, "other.local", &ca))
+        .await
+        .unwrap();
+    assert!(body.contains("\"proto\":\"https\""), "{body} {err}");
+    // The cluster certificate does not name secure.local's CA: verification fails.
+    let (_, err) =
+        tokio::task::spawn_blocking(move || curl_https(port, "secure.local", &cluster_ca))
+            .await
+            .unwrap();
+    assert!(!err.is_empty());
 }
