@@ -26,6 +26,8 @@ enum Command {
     Router(router::service::RouterArgs),
     /// Run a log aggregator (a job of the platform).
     Logaggregator(logagg::AggArgs),
+    /// Run the controller (a job of the platform).
+    Controller(controller::ControllerArgs),
     // The client commands (`cli`).
     #[command(flatten)]
     Client(cli::Command),
@@ -71,7 +73,10 @@ fn main() {
 fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyhow::Result<i32> {
     // The router runs its own worker threads (one runtime each); its main runtime
     // only follows etcd and serves as worker 0.
-    let is_daemon = matches!(args.command, Command::Daemon(_) | Command::Logaggregator(_));
+    let is_daemon = matches!(
+        args.command,
+        Command::Daemon(_) | Command::Logaggregator(_) | Command::Controller(_)
+    );
     let runtime = if is_daemon {
         tokio::runtime::Builder::new_multi_thread()
     } else {
@@ -95,6 +100,11 @@ fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyh
             Command::Logaggregator(agg_args) => {
                 init_tracing();
                 logagg::run(agg_args).await?;
+                Ok(0)
+            }
+            Command::Controller(c_args) => {
+                init_tracing();
+                controller::run(c_args).await?;
                 Ok(0)
             }
             Command::Client(command) => cli::run(args.connection, command).await,

@@ -17,6 +17,8 @@
 //! /flynn/overlay/subnets/<a.b.c.d>-<len>      SubnetLease, on the holding host's lease
 //! /flynn/overlay/owners/<a.b.c.d>-<len>       host id of the last holder (no lease)
 //! /flynn/routes/<id>                          Route (HTTP or TCP), no lease
+//! /flynn/apps/<name>                          App (names its current release), no lease
+//! /flynn/releases/<app>/<id>                  Release (never changed once written)
 //! ```
 //!
 //! **One lease per host.** Everything a host announces lives on its lease: when the
@@ -43,6 +45,7 @@
 //! revision; when the stream breaks (etcd restarted, compaction, partition) they read
 //! again and report the difference, so a watcher never misses the end state.
 
+pub mod apps;
 pub mod error;
 pub mod etcd;
 pub mod hosts;
@@ -51,6 +54,8 @@ pub mod routes;
 pub mod schema;
 pub mod services;
 pub mod subnets;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod watch;
 
 pub use error::DiscoveryError;

@@ -10,9 +10,24 @@ pub const OVERLAY_CONFIG: &str = "/flynn/overlay/config";
 pub const SUBNETS: &str = "/flynn/overlay/subnets/";
 pub const OWNERS: &str = "/flynn/overlay/owners/";
 pub const ROUTES: &str = "/flynn/routes/";
+pub const APPS: &str = "/flynn/apps/";
+pub const RELEASES: &str = "/flynn/releases/";
 
 pub fn host(id: &str) -> String {
     format!("{HOSTS}{id}")
+}
+
+pub fn app(name: &str) -> String {
+    format!("{APPS}{name}")
+}
+
+/// The prefix of one app's releases (with the trailing `/`).
+pub fn releases(app: &str) -> String {
+    format!("{RELEASES}{app}/")
+}
+
+pub fn release(app: &str, id: &str) -> String {
+    format!("{RELEASES}{app}/{id}")
 }
 
 pub fn route(id: &str) -> String {

@@ -373,82 +373,12 @@ async fn upgrades_http2_and_tcp_routes_pass_through() {
     assert!(TcpStream::connect((LOCAL, tcp_port)).await.is_err());
 }
 
-/// etcd on 127.0.0.1, on ports of its own, for as long as the value lives.
-struct TestEtcd {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl TestEtcd {
-    fn start() -> TestEtcd {
-        let port = |_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (c, p) = (port(0), port(1));
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("http://127.0.0.1:{c}");
-        let peer = format!("http://127.0.0.1:{p}");
-        let child = std::process::Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("d"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("etcd (Debian's etcd-server) must be installed: scripts/deps.sh");
-        TestEtcd {
-            child,
-            _dir: dir,
-            url,
-        }
-    }
-}
-
-impl Drop for TestEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use discovery::testing::TestEtcd;
 
 #[tokio::test]
 async fn routes_and_backends_follow_etcd() {
-    let etcd_proc = TestEtcd::start();
-    let etcd = {
-        let mut tries = 0;
-        loop {
-            match discovery::Etcd::connect(
-                std::slice::from_ref(&etcd_proc.url),
-                Duration::from_secs(2),
-            )
-            .await
-            {
-                Ok(e) if e.ping().await.is_ok() => break e,
-                _ if tries < 50 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                _ => panic!("etcd did not start"),
-            }
-        }
-    };
+    let etcd_proc = TestEtcd::start().expect("etcd (Debian's etcd-server): scripts/deps.sh");
+    let etcd = etcd_proc.client().await.expect("etcd answers");
     let (r, addr) = start_router().await;
     tokio::spawn(r.clone().follow(etcd.clone()));
     let a = backend("a").await;
@@ -505,7 +435,7 @@ async fn routes_and_backends_follow_etcd() {
 
 #[tokio::test]
 async fn the_router_process_serves_from_every_worker() {
-    let etcd_proc = TestEtcd::start();
+    let etcd_proc = TestEtcd::start().expect("etcd (Debian's etcd-server): scripts/deps.sh");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
