@@ -43,6 +43,13 @@ fn main() {
     {
         std::process::exit(flynn_init::main());
     }
+    // `flynn`: the platform's CLI is this binary under that name (a symlink).
+    if args
+        .first()
+        .is_some_and(|a| std::path::Path::new(a).file_name() == Some(std::ffi::OsStr::new("flynn")))
+    {
+        std::process::exit(flynn_cli());
+    }
     if args.get(1).is_some_and(|a| a == "shim") {
         let Some(job_dir) = args.get(2).filter(|_| args.len() == 3) else {
             eprintln!("usage: flynn-host shim JOB_DIR (started by the daemon, not by hand)");
@@ -68,6 +75,28 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+fn flynn_cli() -> i32 {
+    use clap::Parser as _;
+    let args = controller::cli::Flynn::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flynn: error: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(controller::cli::main(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flynn: error: {e:#}");
+            1
+        }
+    }
 }
 
 fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyhow::Result<i32> {

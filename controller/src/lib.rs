@@ -12,6 +12,7 @@
 //! carried out through the scheduler's API, jobs and one-off jobs, logs.
 
 mod api;
+pub mod cli;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,493 @@
+//! `flynn`: the platform's CLI (the flynn-host binary called by that name, as busybox
+//! is). It talks to the controller with the key `flynn cluster add` saved in
+//! `~/.flynnrc` (JSON, mode 0600).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use flynn_client::Client;
+use hyper::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flynn",
+    version,
+    about = "Flynn: deploy and run apps on the cluster"
+)]
+pub struct Flynn {
+    /// The app (default: $FLYNN_APP).
+    #[arg(short = 'a', long = "app", env = "FLYNN_APP", global = true)]
+    app: Option<String>,
+    /// The cluster, by the name given to `cluster add` (default: the default one).
+    #[arg(short = 'c', long = "cluster", env = "FLYNN_CLUSTER", global = true)]
+    cluster: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Clusters this CLI knows.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Create an app (routed at <app>.<cluster domain>).
+    Create { name: String },
+    /// List apps.
+    Apps,
+    /// Show an app and its release.
+    Info,
+    /// Delete an app, its releases and routes.
+    Delete {
+        name: String,
+        /// Do not ask.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// Releases: add, show, list, rollback.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+    /// The app's environment (a change makes a new release).
+    Env {
+        #[command(subcommand)]
+        cmd: Option<EnvCmd>,
+    },
+    /// The app's routes.
+    Route {
+        #[command(subcommand)]
+        cmd: Option<RouteCmd>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Save a cluster: NAME URL KEY (the line the bootstrap prints).
+    Add {
+        name: String,
+        url: String,
+        key: String,
+        /// Make it the default.
+        #[arg(long)]
+        default: bool,
+    },
+    /// List the saved clusters.
+    List,
+    /// Forget a cluster.
+    Remove { name: String },
+    /// Make a cluster the default.
+    Default { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReleaseCmd {
+    /// A release of IMAGE with process types: --process web='httpd -f -p $PORT'.
+    Add {
+        image: String,
+        /// TYPE=COMMAND (run by sh -c; `web` gets $PORT=8080).
+        #[arg(long = "process", short = 'p')]
+        processes: Vec<String>,
+        /// KEY=VALUE.
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+    },
+    /// The current release.
+    Show,
+    /// Every release, oldest first.
+    List,
+    /// Deploy the release before the current one again.
+    Rollback,
+}
+
+#[derive(Subcommand, Debug)]
+enum EnvCmd {
+    /// KEY=VALUE...
+    Set { pairs: Vec<String> },
+    /// KEY...
+    Unset { keys: Vec<String> },
+    /// One variable's value.
+    Get { key: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum RouteCmd {
+    /// http DOMAIN [--path P] [--sticky] | tcp --port N
+    Add {
+        kind: String,
+        domain: Option<String>,
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long)]
+        sticky: bool,
+        #[arg(long)]
+        port: Option<u16>,
+        /// The process type served.
+        #[arg(long = "type", short = 't', default_value = "web")]
+        process_type: String,
+    },
+    /// Remove a route by id.
+    Remove { id: String },
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Rc {
+    #[serde(default)]
+    clusters: Vec<RcCluster>,
+    #[serde(default)]
+    default: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct RcCluster {
+    name: String,
+    url: String,
+    key: String,
+}
+
+fn rc_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("FLYNNRC") {
+        return Ok(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")
+        .context("HOME is not set: set FLYNNRC to the file to keep clusters in")?;
+    Ok(PathBuf::from(home).join(".flynnrc"))
+}
+
+fn load_rc() -> Result<Rc> {
+    let p = rc_path()?;
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b)
+            .with_context(|| format!("{} is not valid: fix or remove it", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Rc::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+fn save_rc(rc: &Rc) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = rc_path()?;
+    let tmp = p.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(rc)?)?;
+    std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+}
+
+pub async fn main(args: Flynn) -> Result<i32> {
+    if let Cmd::Cluster(c) = &args.command {
+        return cluster(c).await;
+    }
+    let rc = load_rc()?;
+    let name = args
+        .cluster
+        .clone()
+        .or(rc.default.clone())
+        .or_else(|| rc.clusters.first().map(|c| c.name.clone()));
+    let Some(cl) = name.and_then(|n| rc.clusters.iter().find(|c| c.name == n).cloned()) else {
+        bail!(
+            "no cluster: add one with `flynn cluster add NAME URL KEY` (the bootstrap prints the line)"
+        );
+    };
+    let client = Client::from_options(Some(&cl.url), Some(&cl.key))?;
+    let app = || {
+        args.app
+            .clone()
+            .context("which app? give -a APP (or set FLYNN_APP)")
+    };
+    match args.command {
+        Cmd::Cluster(_) => Ok(0),
+        Cmd::Create { name } => {
+            let a: Value = client
+                .call(Method::POST, "/apps", Some(&json!({"name": name})))
+                .await?;
+            println!("Created {}", a["name"].as_str().unwrap_or(&name));
+            Ok(0)
+        }
+        Cmd::Apps => {
+            let apps: Vec<Value> = client.call(Method::GET, "/apps", None::<&()>).await?;
+            println!("{:<24} {:<32} CREATED", "NAME", "RELEASE");
+            for a in apps {
+                println!(
+                    "{:<24} {:<32} {}",
+                    a["name"].as_str().unwrap_or(""),
+                    a["release"].as_str().unwrap_or("-"),
+                    a["created_at"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Info => {
+            let a = app()?;
+            let info: Value = client
+                .call(Method::GET, &format!("/apps/{a}"), None::<&()>)
+                .await?;
+            println!("=== {a}");
+            println!(
+                "release:  {}",
+                info["app"]["release"].as_str().unwrap_or("-")
+            );
+            if let Some(img) = info["release"]["image"].as_str() {
+                println!("image:    {img}");
+            }
+            if let Some(p) = info["release"]["processes"].as_object() {
+                for (ty, proc_) in p {
+                    println!("process:  {ty}: {}", proc_["cmd"]);
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Delete { name, yes } => {
+            if !yes {
+                bail!("deleting {name} removes its releases and routes: run again with --yes");
+            }
+            let _: Value = client
+                .call(Method::DELETE, &format!("/apps/{name}"), None::<&()>)
+                .await?;
+            println!("Deleted {name}");
+            Ok(0)
+        }
+        Cmd::Release(r) => release(&client, &app()?, r).await,
+        Cmd::Env { cmd } => env(&client, &app()?, cmd).await,
+        Cmd::Route { cmd } => route(&client, &app()?, cmd).await,
+    }
+}
+
+async fn cluster(c: &ClusterCmd) -> Result<i32> {
+    let mut rc = load_rc()?;
+    match c {
+        ClusterCmd::Add {
+            name,
+            url,
+            key,
+            default,
+        } => {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                bail!("the URL must start with http:// (as the bootstrap prints it)");
+            }
+            rc.clusters.retain(|c| c.name != *name);
+            rc.clusters.push(RcCluster {
+                name: name.clone(),
+                url: url.clone(),
+                key: key.clone(),
+            });
+            if *default || rc.default.is_none() {
+                rc.default = Some(name.clone());
+            }
+            save_rc(&rc)?;
+            println!("Cluster {name} added");
+        }
+        ClusterCmd::List => {
+            for c in &rc.clusters {
+                let mark = if rc.default.as_deref() == Some(c.name.as_str()) {
+                    " (default)"
+                } else {
+                    ""
+                };
+                println!("{:<16} {}{mark}", c.name, c.url);
+            }
+        }
+        ClusterCmd::Remove { name } => {
+            let before = rc.clusters.len();
+            rc.clusters.retain(|c| c.name != *name);
+            if rc.clusters.len() == before {
+                bail!("no cluster named {name} (flynn cluster list)");
+            }
+            if rc.default.as_deref() == Some(name.as_str()) {
+                rc.default = rc.clusters.first().map(|c| c.name.clone());
+            }
+            save_rc(&rc)?;
+        }
+        ClusterCmd::Default { name } => {
+            if !rc.clusters.iter().any(|c| c.name == *name) {
+                bail!("no cluster named {name} (flynn cluster list)");
+            }
+            rc.default = Some(name.clone());
+            save_rc(&rc)?;
+        }
+    }
+    Ok(0)
+}
+
+fn pairs(items: &[String]) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("{p:?}: give KEY=VALUE"))
+        })
+        .collect()
+}
+
+async fn release(client: &Client, app: &str, r: ReleaseCmd) -> Result<i32> {
+    match r {
+        ReleaseCmd::Add {
+            image,
+            processes,
+            env,
+        } => {
+            let mut procs = serde_json::Map::new();
+            for p in processes {
+                let (ty, cmd) = p
+                    .split_once('=')
+                    .with_context(|| format!("--process {p:?}: give TYPE=COMMAND"))?;
+                let mut v = json!({"cmd": ["sh", "-c", cmd]});
+                if ty == "web" {
+                    v["port"] = json!(8080);
+                }
+                procs.insert(ty.to_string(), v);
+            }
+            let body = json!({"image": image, "env": pairs(&env)?, "processes": procs});
+            let rel: Value = client
+                .call(Method::POST, &format!("/apps/{app}/releases"), Some(&body))
+                .await?;
+            println!("Created release {}", rel["id"].as_str().unwrap_or("?"));
+        }
+        ReleaseCmd::Show => {
+            let info: Value = client
+                .call(Method::GET, &format!("/apps/{app}"), None::<&()>)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&info["release"])?);
+        }
+        ReleaseCmd::List => {
+            let rels: Vec<Value> = client
+                .call(Method::GET, &format!("/apps/{app}/releases"), None::<&()>)
+                .await?;
+            println!("{:<32} {:<24} CREATED", "ID", "IMAGE");
+            for r in rels {
+                println!(
+                    "{:<32} {:<24} {}",
+                    r["id"].as_str().unwrap_or(""),
+                    r["image"].as_str().unwrap_or(""),
+                    r["created_at"].as_str().unwrap_or("")
+                );
+            }
+        }
+        ReleaseCmd::Rollback => {
+            let rel: Value = client
+                .call(Method::POST, &format!("/apps/{app}/rollback"), None::<&()>)
+                .await?;
+            println!(
+                "Rolled back to release {}",
+                rel["id"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(0)
+}
+
+async fn env(client: &Client, app: &str, cmd: Option<EnvCmd>) -> Result<i32> {
+    let current = || async {
+        let info: Value = client
+            .call(Method::GET, &format!("/apps/{app}"), None::<&()>)
+            .await?;
+        Ok::<_, anyhow::Error>(
+            info["release"]["env"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )
+    };
+    match cmd {
+        None => {
+            for (k, v) in current().await? {
+                println!("{k}={}", v.as_str().unwrap_or(""));
+            }
+        }
+        Some(EnvCmd::Get { key }) => match current().await?.get(&key) {
+            Some(v) => println!("{}", v.as_str().unwrap_or("")),
+            None => bail!("{key} is not set"),
+        },
+        Some(EnvCmd::Set { pairs: p }) => {
+            let rel: Value = client
+                .call(
+                    Method::POST,
+                    &format!("/apps/{app}/env"),
+                    Some(&json!({"set": pairs(&p)?})),
+                )
+                .await?;
+            println!("Created release {}", rel["id"].as_str().unwrap_or("?"));
+        }
+        Some(EnvCmd::Unset { keys }) => {
+            let rel: Value = client
+                .call(
+                    Method::POST,
+                    &format!("/apps/{app}/env"),
+                    Some(&json!({"unset": keys})),
+                )
+                .await?;
+            println!("Created release {}", rel["id"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(0)
+}
+
+async fn route(client: &Client, app: &str, cmd: Option<RouteCmd>) -> Result<i32> {
+    match cmd {
+        None => {
+            let routes: Vec<Value> = client
+                .call(Method::GET, &format!("/apps/{app}/routes"), None::<&()>)
+                .await?;
+            println!("{:<40} {:<5} {:<32} SERVICE", "ID", "KIND", "ROUTE");
+            for r in routes {
+                let what = match r["kind"].as_str() {
+                    Some("tcp") => format!(":{}", r["port"]),
+                    _ => format!(
+                        "{}{}",
+                        r["domain"].as_str().unwrap_or(""),
+                        r["path"].as_str().unwrap_or("")
+                    ),
+                };
+                println!(
+                    "{:<40} {:<5} {:<32} {}",
+                    r["id"].as_str().unwrap_or(""),
+                    r["kind"].as_str().unwrap_or(""),
+                    what,
+                    r["service"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Some(RouteCmd::Add {
+            kind,
+            domain,
+            path,
+            sticky,
+            port,
+            process_type,
+        }) => {
+            let body = match kind.as_str() {
+                "http" => {
+                    let d = domain.context("route add http DOMAIN: give the domain")?;
+                    json!({"kind": "http", "domain": d, "path": path, "sticky": sticky, "type": process_type})
+                }
+                "tcp" => {
+                    json!({"kind": "tcp", "port": port.context("route add tcp --port N: give the port")?, "type": process_type})
+                }
+                other => bail!("route kind {other:?}: give http or tcp"),
+            };
+            let r: Value = client
+                .call(Method::POST, &format!("/apps/{app}/routes"), Some(&body))
+                .await?;
+            println!("Created route {}", r["id"].as_str().unwrap_or("?"));
+        }
+        Some(RouteCmd::Remove { id }) => {
+            let _: Value = client
+                .call(
+                    Method::DELETE,
+                    &format!("/apps/{app}/routes/{id}"),
+                    None::<&()>,
+                )
+                .await?;
+            println!("Removed route {id}");
+        }
+    }
+    Ok(0)
+}
