@@ -115,10 +115,17 @@ where
         .open(&target.log)
         .await
         .map_err(|e| format!("opening {}: {e}", target.log.display()))?;
+    // The end is taken here, before any input is forwarded: output that the input
+    // causes comes after it (a reader task seeking to "the end" later could miss it).
     let start = if target.from_start {
         Start::Beginning
     } else {
-        Start::End
+        let end = file
+            .metadata()
+            .await
+            .map_err(|e| format!("reading {}: {e}", target.log.display()))?
+            .len();
+        Start::At(end)
     };
     let mut lines = tail::spawn(file, target.log.clone(), start, Some(target.exited), |_| {
         true

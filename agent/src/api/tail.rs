@@ -14,7 +14,10 @@ use tokio_stream::StreamExt;
 /// Where reading starts.
 pub enum Start {
     Beginning,
-    End,
+    /// At this offset: the end of the file when the caller looked, so that what a
+    /// caller does next (forwarding an attach's input, say) cannot be written
+    /// before the reader's start.
+    At(u64),
     /// The last N lines that `keep` accepts.
     LastLines(usize),
 }
@@ -69,10 +72,10 @@ async fn run(
     let mut pending = Vec::new();
     match start {
         Start::Beginning => {}
-        Start::End => {
+        Start::At(offset) => {
             // A line torn by a write in progress is dropped by the reader, whose
             // parse of the fragment fails.
-            file.seek(SeekFrom::End(0))
+            file.seek(SeekFrom::Start(offset))
                 .await
                 .map_err(|e| err("seeking in", e))?;
         }
