@@ -28,6 +28,8 @@ enum Command {
     Logaggregator(logagg::AggArgs),
     /// Run the controller (a job of the platform).
     Controller(controller::ControllerArgs),
+    /// Build a cluster from hosts that share a token: etcd, the grid (resumable).
+    Bootstrap(bootstrap::BootstrapArgs),
     // The client commands (`cli`).
     #[command(flatten)]
     Client(cli::Command),
@@ -136,6 +138,7 @@ fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyh
                 controller::run(c_args).await?;
                 Ok(0)
             }
+            Command::Bootstrap(b_args) => Ok(bootstrap::run(b_args).await),
             Command::Client(command) => cli::run(args.connection, command).await,
         }
     });

@@ -15,12 +15,12 @@ use std::time::Duration;
 use crate::model::{PreflightCheck, ProbeHeard, ProbeListen, ProbeSend, ProbeSent};
 
 /// Kernel modules (or built-ins) a cluster host needs.
-const MODULES: &[(&str, &str)] = &[
-    ("overlay", "container root file systems"),
-    ("vxlan", "the overlay network between hosts"),
-    ("bridge", "the host's container bridge"),
-    ("veth", "container network interfaces"),
-    ("nf_tables", "NAT and published ports"),
+const MODULES: &[(&str, &str, &str)] = &[
+    ("overlay", "OVERLAY_FS", "container root file systems"),
+    ("vxlan", "VXLAN", "the overlay network between hosts"),
+    ("bridge", "BRIDGE", "the host's container bridge"),
+    ("veth", "VETH", "container network interfaces"),
+    ("nf_tables", "NF_TABLES", "NAT and published ports"),
 ];
 const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 /// The longest a probe listens.
@@ -39,18 +39,28 @@ pub struct Holders {
 pub fn checks(holders: &Holders) -> Vec<PreflightCheck> {
     let mut out = Vec::new();
     let release = crate::host::kernel();
-    for (module, why) in MODULES {
-        let found = module_available(module, &release);
+    let config = kernel_config(&release);
+    for (module, symbol, why) in MODULES {
+        let (ok, detail) = match module_available(module, symbol, &release, config.as_deref()) {
+            Some(true) => (
+                true,
+                format!("{module} is loaded, built in or loadable ({why})"),
+            ),
+            Some(false) => (false, format!("no {module} in kernel {release} ({why})")),
+            // No module index, no kernel config: nothing says; the set-up will.
+            None => (
+                true,
+                format!(
+                    "{module} could not be checked (no module index or kernel config); assumed built in"
+                ),
+            ),
+        };
         out.push(PreflightCheck {
             name: format!("kernel:{module}"),
-            ok: found,
-            detail: if found {
-                format!("{module} is loaded, built in or loadable ({why})")
-            } else {
-                format!("no {module} module for kernel {release} ({why})")
-            },
-            fix: (!found).then(|| {
-                format!("install the kernel's modules (Debian: linux-image-{release}) or build {module} in")
+            ok,
+            detail,
+            fix: (!ok).then(|| {
+                format!("install the kernel's modules (Debian: linux-image-{release}) or build {module} in (CONFIG_{symbol})")
             }),
         });
     }
@@ -111,26 +121,49 @@ fn port_check(proto: &str, port: u16, ours: bool, free: bool, what: &str) -> Pre
     }
 }
 
-/// Loaded (`/sys/module`), built in, or loadable (depmod's index lists it).
-fn module_available(name: &str, release: &str) -> bool {
+/// The kernel's configuration: `/proc/config.gz`, else `/boot/config-<release>`.
+fn kernel_config(release: &str) -> Option<String> {
+    if let Ok(f) = std::fs::File::open("/proc/config.gz") {
+        let mut text = String::new();
+        if std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text).is_ok() {
+            return Some(text);
+        }
+    }
+    std::fs::read_to_string(format!("/boot/config-{release}")).ok()
+}
+
+/// Loaded (`/sys/module`), built in or loadable (depmod's index, or the kernel's
+/// config: `=y` or `=m`); `None` when nothing on this host can tell.
+fn module_available(name: &str, symbol: &str, release: &str, config: Option<&str>) -> Option<bool> {
     if Path::new("/sys/module").join(name).exists() {
-        return true;
+        return Some(true);
     }
     if name == "overlay"
         && std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("\toverlay"))
     {
-        return true;
+        return Some(true);
+    }
+    if let Some(config) = config {
+        let set = format!("CONFIG_{symbol}=");
+        return Some(
+            config
+                .lines()
+                .any(|l| l.strip_prefix(&set).is_some_and(|v| v == "y" || v == "m")),
+        );
     }
     let dir = Path::new("/lib/modules").join(release);
+    if !dir.exists() {
+        return None;
+    }
     let needle = format!("/{name}.ko");
-    ["modules.builtin", "modules.dep"].iter().any(|f| {
+    Some(["modules.builtin", "modules.dep"].iter().any(|f| {
         std::fs::read_to_string(dir.join(f)).is_ok_and(|text| {
             text.lines().any(|l| {
                 let path = l.split(':').next().unwrap_or_default();
                 path.ends_with(&needle) || path.contains(&format!("{needle}."))
             })
         })
-    })
+    }))
 }
 
 /// Controllers with `enabled` = 1 in `/proc/cgroups` (v1, hybrid and v2 alike).

@@ -17,6 +17,8 @@
 //! /flynn/overlay/subnets/<a.b.c.d>-<len>      SubnetLease, on the holding host's lease
 //! /flynn/overlay/owners/<a.b.c.d>-<len>       host id of the last holder (no lease)
 //! /flynn/routes/<id>                          Route (HTTP or TCP), no lease
+//! /flynn/cluster                             ClusterRecord (its id; made once)
+//! /flynn/bootstrap                           BootstrapRecord (steps done)
 //! /flynn/apps/<name>                          App (names its current release), no lease
 //! /flynn/releases/<app>/<id>                  Release (never changed once written)
 //! ```
@@ -46,6 +48,7 @@
 //! again and report the difference, so a watcher never misses the end state.
 
 pub mod apps;
+pub mod cluster;
 pub mod error;
 pub mod etcd;
 pub mod hosts;

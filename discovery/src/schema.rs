@@ -11,6 +11,8 @@ pub const SUBNETS: &str = "/flynn/overlay/subnets/";
 pub const OWNERS: &str = "/flynn/overlay/owners/";
 pub const ROUTES: &str = "/flynn/routes/";
 pub const APPS: &str = "/flynn/apps/";
+pub const CLUSTER: &str = "/flynn/cluster";
+pub const BOOTSTRAP: &str = "/flynn/bootstrap";
 pub const RELEASES: &str = "/flynn/releases/";
 
 pub fn host(id: &str) -> String {

@@ -197,11 +197,12 @@ impl Host {
         self.child = Some(cmd.spawn().expect("starting the daemon"));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            // A token given in the config file is not written to the state dir.
             if let Ok(t) = std::fs::read_to_string(self.state.path().join("token")) {
                 self.token = t.trim().to_string();
-                if self.cli(&["version"]).status.success() {
-                    return;
-                }
+            }
+            if !self.token.is_empty() && self.cli(&["version"]).status.success() {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -416,6 +417,8 @@ pub struct Cluster {
     /// Hosts are started with `--etcd` (the test's etcd); otherwise they start
     /// standalone, listening on every address at 1113, for a bootstrap to join them.
     pub join_test_etcd: bool,
+    /// The token every host is given in its config file, if any.
+    pub shared_token: Option<String>,
 }
 
 impl Cluster {
@@ -440,6 +443,7 @@ impl Cluster {
             etcd,
             hosts: Vec::new(),
             join_test_etcd: true,
+            shared_token: None,
         };
         for i in 1..=n {
             c.add_host(i, extra);
@@ -457,6 +461,28 @@ impl Cluster {
             c.add_host(i, extra);
         }
         c
+    }
+
+    /// Like [`Cluster::bare`], every host with the same API token (as a bootstrap
+    /// wants them), given in its config file.
+    pub fn bare_shared(n: u8, extra: &[&str], token: &str) -> Cluster {
+        let mut c = Cluster::start(0, &[]);
+        c.join_test_etcd = false;
+        c.etcd.kill();
+        c.shared_token = Some(token.to_string());
+        for i in 1..=n {
+            c.add_host(i, extra);
+        }
+        c
+    }
+
+    /// A command run in the switch's namespace (a machine that reaches every host).
+    pub fn on_switch(&self) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.switch))
+            .arg("--")
+            .arg(BIN);
+        cmd
     }
 
     pub fn add_host(&mut self, i: u8, extra: &[&str]) {
@@ -521,6 +547,13 @@ impl Cluster {
         } else {
             ("127.0.0.1:1113".to_string(), "0.0.0.0:1113".to_string())
         };
+        let mut token = String::new();
+        if let Some(t) = &self.shared_token {
+            let cfg = state.path().join("config.json");
+            std::fs::write(&cfg, serde_json::json!({ "token": t }).to_string()).expect("config");
+            extra.extend(["--config".into(), cfg.to_string_lossy().into_owned()]);
+            token = t.clone();
+        }
         let mut h = Host {
             n: i,
             netns,
@@ -529,7 +562,7 @@ impl Cluster {
             state,
             api,
             listen,
-            token: String::new(),
+            token,
             child: None,
             extra,
         };

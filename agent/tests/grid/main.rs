@@ -8,6 +8,7 @@
     clippy::undocumented_unsafe_blocks
 )]
 
+mod bootstrap;
 mod harness;
 mod membership;
 
