@@ -30,6 +30,8 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Build a cluster from hosts that share a token: etcd, the grid (resumable).
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Run a scheduler (a job of the platform).
+    Scheduler(scheduler_service::SchedulerArgs),
     // The client commands (`cli`).
     #[command(flatten)]
     Client(cli::Command),
@@ -106,7 +108,10 @@ fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyh
     // only follows etcd and serves as worker 0.
     let is_daemon = matches!(
         args.command,
-        Command::Daemon(_) | Command::Logaggregator(_) | Command::Controller(_)
+        Command::Daemon(_)
+            | Command::Logaggregator(_)
+            | Command::Controller(_)
+            | Command::Scheduler(_)
     );
     let runtime = if is_daemon {
         tokio::runtime::Builder::new_multi_thread()
@@ -139,6 +144,11 @@ fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyh
                 Ok(0)
             }
             Command::Bootstrap(b_args) => Ok(bootstrap::run(b_args).await),
+            Command::Scheduler(s_args) => {
+                init_tracing();
+                scheduler_service::run(s_args).await?;
+                Ok(0)
+            }
             Command::Client(command) => cli::run(args.connection, command).await,
         }
     });

@@ -7,7 +7,7 @@ use serde::Deserialize;
 pub const BUILT_IN: &str = include_str!("../manifest.json");
 
 /// What the executor knows how to do.
-pub const ACTIONS: &[&str] = &["online-hosts", "preflight", "etcd", "join"];
+pub const ACTIONS: &[&str] = &["online-hosts", "preflight", "etcd", "join", "scheduler"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +78,10 @@ mod tests {
     fn parses_and_refuses_what_cannot_run() {
         let m = Manifest::parse(BUILT_IN).unwrap();
         let ids: Vec<&str> = m.steps.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["online-hosts", "preflight", "etcd", "join"]);
+        assert_eq!(
+            ids,
+            ["online-hosts", "preflight", "etcd", "join", "scheduler"]
+        );
         assert!(matches!(Manifest::parse("{"), Err(ManifestError::Parse(_))));
         assert!(matches!(
             Manifest::parse(r#"{"steps":[{"id":"a","action":"fly"}]}"#),

@@ -17,6 +17,8 @@ use crate::manifest::Step;
 const VXLAN_PORT: u16 = 4789;
 const MAX_SKEW_MS: i64 = 2000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const SCHEDULER_JOB: &str = "flynn-scheduler";
+const SCHEDULER_PORT: u16 = 1114;
 
 pub enum Outcome {
     Done(Value),
@@ -144,6 +146,20 @@ impl Run {
                 self.etcd_step(members).await
             }
             "join" => self.join().await,
+            "scheduler" => {
+                let n = step
+                    .params
+                    .get("instances")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(2) as usize;
+                let image = step
+                    .params
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("flynn/host:{}", env!("CARGO_PKG_VERSION")));
+                self.scheduler(n, &image).await
+            }
             other => Err(format!("unknown action {other}")),
         }
     }
@@ -551,6 +567,72 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// The scheduler: `n` jobs `flynn-scheduler` on the hosts with the lowest addresses
+    /// (one per host), on the host network; then waits for a leader.
+    async fn scheduler(&mut self, n: usize, image: &str) -> Result<Outcome, String> {
+        if self.etcd_urls.is_empty() {
+            self.etcd_urls = self
+                .members(None)
+                .iter()
+                .map(|a| format!("http://{a}:2379"))
+                .collect();
+        }
+        let mut started = 0;
+        for h in self.hosts.iter().take(n.max(1)) {
+            match call::<Value>(
+                &h.client,
+                Method::GET,
+                &format!("/jobs/{SCHEDULER_JOB}"),
+                None,
+            )
+            .await
+            {
+                Ok(_) => continue,
+                Err(e) if e.contains("no such job") || e.contains("not found") => {}
+                Err(e) => return Err(format!("host {}: {e}", h.addr)),
+            }
+            let req = json!({
+                "image": image,
+                "name": SCHEDULER_JOB,
+                "cmd": ["scheduler", "--listen", format!("{}:{SCHEDULER_PORT}", h.addr)],
+                "env": [format!("FLYNN_ETCD={}", self.etcd_urls.join(",")), format!("FLYNN_TOKEN={}", self.token)],
+                "network": "host",
+                "restart": {"policy": "always"},
+                "labels": {"flynn.platform": "scheduler"},
+            });
+            call::<Value>(&h.client, Method::POST, "/jobs", Some(&req))
+                .await
+                .map_err(|e| format!("host {}: starting the scheduler: {e}", h.addr))?;
+            started += 1;
+        }
+        let deadline = Instant::now() + self.timeout;
+        let leader = loop {
+            match call::<Value>(
+                &self.hosts[0].client,
+                Method::GET,
+                "/discovery/services/flynn-scheduler/leader",
+                None,
+            )
+            .await
+            {
+                Ok(l) => break l,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "no scheduler leads after {}s ({e}): see `flynn-host logs {SCHEDULER_JOB}` on the first hosts",
+                        self.timeout.as_secs()
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        };
+        let data = json!({"leader": leader["addr"], "summary": format!("leader at {}", leader["addr"].as_str().unwrap_or("?"))});
+        Ok(if started > 0 {
+            Outcome::Done(data)
+        } else {
+            Outcome::Skipped(data)
+        })
     }
 
     async fn join(&mut self) -> Result<Outcome, String> {

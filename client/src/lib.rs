@@ -85,6 +85,11 @@ impl Client {
         Ok(Client { endpoint, token })
     }
 
+    /// The token this client sends (platform services use the cluster's).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     fn describe(&self) -> String {
         match &self.endpoint {
             Endpoint::Tcp(authority) => format!("http://{authority}"),

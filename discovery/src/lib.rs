@@ -19,6 +19,8 @@
 //! /flynn/routes/<id>                          Route (HTTP or TCP), no lease
 //! /flynn/cluster                             ClusterRecord (its id; made once)
 //! /flynn/bootstrap                           BootstrapRecord (steps done)
+//! /flynn/formations/<app>/<type>             FormationRecord (the scheduler's wanted state)
+//! /flynn/drain/<host-id>                      a host being drained
 //! /flynn/apps/<name>                          App (names its current release), no lease
 //! /flynn/releases/<app>/<id>                  Release (never changed once written)
 //! ```
@@ -51,6 +53,7 @@ pub mod apps;
 pub mod cluster;
 pub mod error;
 pub mod etcd;
+pub mod formations;
 pub mod hosts;
 pub mod model;
 pub mod routes;

@@ -12,6 +12,8 @@ pub const OWNERS: &str = "/flynn/overlay/owners/";
 pub const ROUTES: &str = "/flynn/routes/";
 pub const APPS: &str = "/flynn/apps/";
 pub const CLUSTER: &str = "/flynn/cluster";
+pub const FORMATIONS: &str = "/flynn/formations/";
+pub const DRAIN: &str = "/flynn/drain/";
 pub const BOOTSTRAP: &str = "/flynn/bootstrap";
 pub const RELEASES: &str = "/flynn/releases/";
 
@@ -30,6 +32,14 @@ pub fn releases(app: &str) -> String {
 
 pub fn release(app: &str, id: &str) -> String {
     format!("{RELEASES}{app}/{id}")
+}
+
+pub fn formation(app: &str, process_type: &str) -> String {
+    format!("{FORMATIONS}{app}/{process_type}")
+}
+
+pub fn drain(host: &str) -> String {
+    format!("{DRAIN}{host}")
 }
 
 pub fn route(id: &str) -> String {

@@ -127,10 +127,11 @@ fn timeline() -> String {
 
 /// Whether this process should act as init: PID 1, or started as `init`.
 pub fn wanted(argv0: &std::ffi::OsStr) -> bool {
-    std::process::id() == 1
-        || Path::new(argv0)
-            .file_name()
-            .is_some_and(|n| n == "init" || n == "linuxrc")
+    // By name, not by pid: in a container the platform's own services (the
+    // scheduler, the router) are flynn-host as PID 1 too, and must stay themselves.
+    Path::new(argv0)
+        .file_name()
+        .is_some_and(|n| n == "init" || n == "linuxrc")
 }
 
 pub fn main() -> i32 {

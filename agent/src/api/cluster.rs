@@ -44,9 +44,9 @@ pub async fn preflight(state: &ApiState) -> Result<Response<Body>, ApiError> {
         .jobs
         .get(crate::grid::ETCD_JOB)
         .is_ok_and(|h| h.snapshot().state == JobState::Running);
-    let vxlan_up = std::path::Path::new("/sys/class/net")
-        .join(network::overlay::DEFAULT_DEVICE)
-        .exists();
+    // In the grid, the overlay's VXLAN device holds the port (sysfs may show another
+    // network namespace than ours, so the grid says, not /sys/class/net).
+    let vxlan_up = state.grid().is_some();
     let holders = crate::preflight::Holders {
         etcd_running,
         vxlan_up,

@@ -17,8 +17,27 @@ use crate::model::{ErrorBody, JobRequest};
 const DEFAULT_STOP_GRACE: u64 = 10;
 
 pub async fn list(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let all = Query::of(&req).flag("all", false)?;
-    json(StatusCode::OK, &state.jobs.list(all))
+    let query = Query::of(&req);
+    let all = query.flag("all", false)?;
+    // label=KEY=VALUE (repeatable): jobs carrying every one.
+    let mut wanted = Vec::new();
+    for l in query.all("label") {
+        let (k, v) = l.split_once('=').ok_or_else(|| {
+            ApiError::BadRequest(format!("label filter {l:?}: give label=KEY=VALUE"))
+        })?;
+        wanted.push((k, v));
+    }
+    let jobs: Vec<_> = state
+        .jobs
+        .list(all)
+        .into_iter()
+        .filter(|j| {
+            wanted
+                .iter()
+                .all(|(k, v)| j.config.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    json(StatusCode::OK, &jobs)
 }
 
 pub async fn create(

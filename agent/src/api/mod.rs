@@ -419,6 +419,15 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value given for `key` (a repeated parameter).
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     pub fn flag(&self, key: &str, default: bool) -> Result<bool, ApiError> {
         match self.get(key) {
             None => Ok(default),

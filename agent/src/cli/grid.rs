@@ -15,6 +15,152 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run TYPE=N jobs of an app's process type across the cluster (the scheduler
+    /// keeps them running): scale web=5 --app demo --image busybox -- httpd -f -p 8080
+    Scale {
+        /// TYPE=COUNT (with --omni: COUNT per host), or TYPE with --omni.
+        formation: String,
+        #[arg(long)]
+        app: String,
+        /// The image [default: the formation's, when it exists].
+        #[arg(long)]
+        image: Option<String>,
+        /// On every host (COUNT jobs each, 1 if not given).
+        #[arg(long)]
+        omni: bool,
+        /// A service the jobs provide (as `run -s`).
+        #[arg(long = "service", short = 's', value_parser = crate::model::services::parse_decl)]
+        services: Vec<crate::model::ServiceDecl>,
+        /// Memory per job (e.g. 128m).
+        #[arg(long, short = 'm', value_parser = super::format::parse_size)]
+        memory: Option<i64>,
+        #[arg(long)]
+        cpus: Option<f64>,
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Host tags the jobs need, KEY=VALUE.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// host for platform jobs; bridge by default.
+        #[arg(long = "net")]
+        net: Option<String>,
+        /// The command (the image's when none).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Every formation: wanted, running, blocked and why.
+    Formations {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every job the scheduler runs: app, type, host, state.
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a host's jobs away (before maintenance); waits until it has none.
+    Drain {
+        /// The host's id (`cluster hosts`).
+        #[arg(value_name = "HOST")]
+        host_id: String,
+        /// Let the host take jobs again.
+        #[arg(long)]
+        undo: bool,
+        /// Seconds to wait for the host to empty.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+}
+
+/// The scheduler's leader, through the local agent's discovery.
+async fn scheduler(client: &Client) -> Result<Client> {
+    let leader: serde_json::Value = client
+        .call(
+            Method::GET,
+            "/discovery/services/flynn-scheduler/leader",
+            None::<&()>,
+        )
+        .await
+        .context("finding the scheduler (is the cluster bootstrapped?)")?;
+    let addr = leader["addr"]
+        .as_str()
+        .context("the scheduler's instance has no address")?;
+    Client::from_options(Some(&format!("http://{addr}")), client.token())
+}
+
+async fn scale(client: &Client, cmd: ClusterCommand) -> Result<i32> {
+    let ClusterCommand::Scale {
+        formation,
+        app,
+        image,
+        omni,
+        services,
+        memory,
+        cpus,
+        env,
+        tags,
+        net,
+        command,
+    } = cmd
+    else {
+        return Ok(2);
+    };
+    let (ty, count) = match formation.split_once('=') {
+        Some((t, n)) => (
+            t.to_string(),
+            n.parse::<u32>()
+                .with_context(|| format!("{formation:?}: give TYPE=COUNT"))?,
+        ),
+        None if omni => (formation.clone(), 1),
+        None => anyhow::bail!("{formation:?}: give TYPE=COUNT (or TYPE with --omni)"),
+    };
+    let sched = scheduler(client).await?;
+    let existing: Vec<serde_json::Value> =
+        sched.call(Method::GET, "/formations", None::<&()>).await?;
+    let old = existing
+        .iter()
+        .map(|f| &f["formation"])
+        .find(|f| f["app"] == app.as_str() && f["process_type"] == ty.as_str())
+        .cloned();
+    let image = match (image, &old) {
+        (Some(i), _) => i,
+        (None, Some(f)) => f["image"].as_str().unwrap_or_default().to_string(),
+        (None, None) => anyhow::bail!("{app}/{ty} is a new formation: give its --image"),
+    };
+    let mut tag_map = serde_json::Map::new();
+    for t in &tags {
+        let (k, v) = t
+            .split_once('=')
+            .with_context(|| format!("tag {t:?}: give KEY=VALUE"))?;
+        tag_map.insert(k.into(), v.into());
+    }
+    let keep = |field: &str, new: serde_json::Value, empty: bool| {
+        if empty {
+            old.as_ref()
+                .map(|f| f[field].clone())
+                .filter(|v| !v.is_null())
+                .unwrap_or(new)
+        } else {
+            new
+        }
+    };
+    let body = serde_json::json!({
+        "image": image,
+        "cmd": keep("cmd", serde_json::json!(command), command.is_empty()),
+        "env": keep("env", serde_json::json!(env), env.is_empty()),
+        "services": keep("services", serde_json::json!(services), services.is_empty()),
+        "memory": keep("memory", serde_json::json!(memory), memory.is_none()),
+        "cpus": keep("cpus", serde_json::json!(cpus), cpus.is_none()),
+        "count": count,
+        "omni": omni,
+        "tags": tag_map,
+        "network": keep("network", serde_json::json!(net), net.is_none()),
+    });
+    let _: serde_json::Value = sched
+        .call(Method::PUT, &format!("/formations/{app}/{ty}"), Some(&body))
+        .await?;
+    println!("{app}/{ty}: {count}{}", if omni { " per host" } else { "" });
+    Ok(0)
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,6 +182,96 @@ pub enum DiscoverCommand {
 
 pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
     match cmd {
+        cmd @ ClusterCommand::Scale { .. } => scale(client, cmd).await,
+        ClusterCommand::Formations { json } => {
+            let list: Vec<serde_json::Value> = scheduler(client)
+                .await?
+                .call(Method::GET, "/formations", None::<&()>)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(0);
+            }
+            println!(
+                "{:<16} {:<12} {:>6} {:>8}  BLOCKED",
+                "APP", "TYPE", "WANTED", "RUNNING"
+            );
+            for f in list {
+                let want = if f["formation"]["omni"] == true {
+                    format!("{}/host", f["formation"]["count"])
+                } else {
+                    f["formation"]["count"].to_string()
+                };
+                println!(
+                    "{:<16} {:<12} {:>6} {:>8}  {}",
+                    f["formation"]["app"].as_str().unwrap_or(""),
+                    f["formation"]["process_type"].as_str().unwrap_or(""),
+                    want,
+                    f["running"],
+                    f["blocked"]["reason"]
+                        .as_str()
+                        .map(|r| format!("{} missing: {r}", f["blocked"]["missing"]))
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(0)
+        }
+        ClusterCommand::Ps { json } => {
+            let jobs: Vec<serde_json::Value> = scheduler(client)
+                .await?
+                .call(Method::GET, "/jobs", None::<&()>)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                return Ok(0);
+            }
+            println!(
+                "{:<34} {:<16} {:<12} {:<34} STATE",
+                "JOB", "APP", "TYPE", "HOST"
+            );
+            for j in jobs {
+                println!(
+                    "{:<34} {:<16} {:<12} {:<34} {}",
+                    j["id"].as_str().unwrap_or(""),
+                    j["app"].as_str().unwrap_or(""),
+                    j["process_type"].as_str().unwrap_or(""),
+                    j["host"].as_str().unwrap_or(""),
+                    j["state"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        ClusterCommand::Drain {
+            host_id: host,
+            undo,
+            timeout,
+        } => {
+            let sched = scheduler(client).await?;
+            let method = if undo { Method::DELETE } else { Method::PUT };
+            let _: serde_json::Value = sched
+                .call(method, &format!("/hosts/{host}/drain"), None::<&()>)
+                .await?;
+            if undo {
+                println!("{host} takes jobs again");
+                return Ok(0);
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                let jobs: Vec<serde_json::Value> =
+                    sched.call(Method::GET, "/jobs", None::<&()>).await?;
+                let left = jobs.iter().filter(|j| j["host"] == host.as_str()).count();
+                if left == 0 {
+                    println!("{host} is drained");
+                    return Ok(0);
+                }
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "{host} still runs {left} scheduled jobs after {timeout}s: see `flynn-host cluster formations` for formations blocked elsewhere"
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
         ClusterCommand::Hosts { json } => {
             let hosts: Vec<HostRecord> = client
                 .call(Method::GET, "/cluster/hosts", None::<&()>)

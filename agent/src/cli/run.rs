@@ -74,6 +74,9 @@ pub struct RunArgs {
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, value_parser = crate::model::restart::parse, default_value = "no")]
     restart: RestartPolicy,
+    /// A label KEY=VALUE (repeatable).
+    #[arg(long = "label", short = 'l', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Bind-mount a host directory: HOST_PATH:JOB_PATH[:ro] (repeatable; the host
     /// directory is created if missing).
     #[arg(long = "volume", short = 'v', value_parser = crate::model::parse_volume)]
@@ -89,6 +92,13 @@ pub struct RunArgs {
     /// Command and arguments (replace the image's Cmd).
     #[arg(allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {text:?}: give KEY=VALUE")),
+    }
 }
 
 impl RunArgs {
@@ -129,6 +139,7 @@ impl RunArgs {
             services: self.services.clone(),
             start,
             volumes: self.volumes.clone(),
+            labels: self.labels.iter().cloned().collect(),
         }
     }
 }

@@ -60,6 +60,9 @@ pub fn resolve(
         env.retain(|e| e.split('=').next() != Some(key));
         env.push(entry.clone());
     }
+    // A job knows its id (platform services name themselves by it).
+    env.retain(|e| !e.starts_with("FLYNN_JOB_ID="));
+    env.push(format!("FLYNN_JOB_ID={id}"));
     let workdir = req
         .workdir
         .clone()
@@ -93,6 +96,11 @@ pub fn resolve(
     crate::model::restart::validate(&req.restart, req.auto_remove).map_err(JobError::BadRequest)?;
     crate::model::services::validate(&req.services, req.network).map_err(JobError::BadRequest)?;
     validate_volumes(&req.volumes)?;
+    if let Some(k) = req.labels.keys().find(|k| k.is_empty() || k.contains('=')) {
+        return Err(JobError::BadRequest(format!(
+            "label key {k:?}: give a non-empty key without '='"
+        )));
+    }
     Ok(JobConfig {
         args,
         env,
@@ -109,6 +117,7 @@ pub fn resolve(
         dns: req.dns.clone(),
         services: req.services.clone(),
         volumes: req.volumes.clone(),
+        labels: req.labels.clone(),
     })
 }
 

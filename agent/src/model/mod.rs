@@ -67,6 +67,9 @@ pub struct JobRequest {
     /// Host directories bind-mounted into the job (Docker's `-v SRC:DST[:ro]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Docker's labels: the scheduler marks its jobs' app, type and formation.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `HOST_PATH:JOB_PATH[:ro|:rw]`, the `-v` syntax (the daemon checks the paths).
@@ -283,6 +286,8 @@ pub struct JobConfig {
     pub services: Vec<ServiceDecl>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// How a job is networked.

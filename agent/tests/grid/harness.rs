@@ -36,6 +36,27 @@ pub fn fixtures() -> PathBuf {
     .clone()
 }
 
+/// The `flynn/host:<version>` image of the binary under test (built once per run).
+pub fn host_image() -> PathBuf {
+    static IMG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IMG.get_or_init(|| {
+        let dir = fixtures();
+        let out = dir.join("flynn-host-docker.tar");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new("bash")
+            .arg(root.join("fixtures/build-host-image.sh"))
+            .arg(BIN)
+            .arg(&out)
+            .arg(env!("CARGO_PKG_VERSION"))
+            .arg(&dir)
+            .status()
+            .expect("running fixtures/build-host-image.sh");
+        assert!(status.success(), "building the flynn/host image failed");
+        out
+    })
+    .clone()
+}
+
 /// Runs a command; panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])

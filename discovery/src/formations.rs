@@ -1,0 +1,127 @@
+//! What the scheduler keeps running: formations (`/flynn/formations/<app>/<type>`) and
+//! hosts being drained (`/flynn/drain/<host-id>`). No lease: they are wanted state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DiscoveryError;
+use crate::etcd::Etcd;
+use crate::schema;
+
+/// One process type of an app, and how many jobs of it to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormationRecord {
+    pub app: String,
+    pub process_type: String,
+    pub image: String,
+    /// The command (the image's when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Service declarations, as the agent's `JobRequest.services` takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<serde_json::Value>,
+    /// Memory promised to (and the limit of) each job, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Jobs wanted (on each matching host when `omni`).
+    pub count: u32,
+    #[serde(default)]
+    pub omni: bool,
+    /// Host tags every job's host must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// `host` for the platform's own jobs; bridge otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+impl FormationRecord {
+    pub fn validate(&self) -> Result<(), DiscoveryError> {
+        crate::apps::check_app(&self.app)?;
+        schema::check_service(&self.process_type)?;
+        if self.image.trim().is_empty() {
+            return Err(DiscoveryError::InvalidName {
+                what: "formation image",
+                value: String::new(),
+                reason: "a formation needs an image",
+            });
+        }
+        Ok(())
+    }
+}
+
+pub async fn put(etcd: &Etcd, f: &FormationRecord) -> Result<(), DiscoveryError> {
+    f.validate()?;
+    let key = schema::formation(&f.app, &f.process_type);
+    let value = serde_json::to_vec(f).map_err(|e| DiscoveryError::Decode {
+        key: key.clone(),
+        reason: e.to_string(),
+    })?;
+    etcd.client()
+        .put(key.as_str(), value, None)
+        .await
+        .map_err(DiscoveryError::etcd(format!(
+            "writing formation {}/{}",
+            f.app, f.process_type
+        )))?;
+    Ok(())
+}
+
+pub async fn delete(etcd: &Etcd, app: &str, process_type: &str) -> Result<bool, DiscoveryError> {
+    let resp = etcd
+        .client()
+        .delete(schema::formation(app, process_type), None)
+        .await
+        .map_err(DiscoveryError::etcd(format!(
+            "deleting formation {app}/{process_type}"
+        )))?;
+    Ok(resp.deleted() > 0)
+}
+
+pub async fn list(etcd: &Etcd) -> Result<Vec<FormationRecord>, DiscoveryError> {
+    let (kvs, _) = etcd.get_prefix(schema::FORMATIONS).await?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| match serde_json::from_slice::<FormationRecord>(kv.value()) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "skipping a formation that does not decode");
+                None
+            }
+        })
+        .collect())
+}
+
+pub async fn set_drain(etcd: &Etcd, host: &str, on: bool) -> Result<(), DiscoveryError> {
+    schema::check_id("host id", host)?;
+    let key = schema::drain(host);
+    let r = if on {
+        etcd.client()
+            .put(key.as_str(), b"{}".to_vec(), None)
+            .await
+            .map(|_| ())
+    } else {
+        etcd.client().delete(key.as_str(), None).await.map(|_| ())
+    };
+    r.map_err(DiscoveryError::etcd(format!(
+        "marking host {host} for draining"
+    )))
+}
+
+/// Hosts being drained.
+pub async fn draining(etcd: &Etcd) -> Result<Vec<String>, DiscoveryError> {
+    let (kvs, _) = etcd.get_prefix(schema::DRAIN).await?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| {
+            String::from_utf8_lossy(kv.key())
+                .strip_prefix(schema::DRAIN)
+                .map(str::to_string)
+        })
+        .collect())
+}

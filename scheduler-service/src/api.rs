@@ -1,0 +1,207 @@
+//! The scheduler's HTTP API (every instance serves it; formations and drains go to
+//! etcd, so a follower's answer is as good as the leader's): `GET /health`,
+//! `GET /formations` (wanted, running, blocked and why), `PUT|DELETE
+//! /formations/{app}/{type}`, `GET /jobs`, `GET /hosts`, `PUT|DELETE
+//! /hosts/{id}/drain`. The cluster's API token, as the agents want it.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use discovery::formations::FormationRecord;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::Service;
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
+    reply(status, &json!({ "error": msg.to_string() }))
+}
+
+/// `PUT /formations/{app}/{type}`: the formation but its key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormationBody {
+    image: String,
+    #[serde(default)]
+    cmd: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    services: Vec<Value>,
+    #[serde(default)]
+    memory: Option<u64>,
+    #[serde(default)]
+    cpus: Option<f64>,
+    count: u32,
+    #[serde(default)]
+    omni: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    network: Option<String>,
+}
+
+pub async fn serve(svc: Arc<Service>, listener: tokio::net::TcpListener, token: String) {
+    let token = Arc::new(token);
+    loop {
+        let (s, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (svc, token) = (svc.clone(), token.clone());
+        tokio::spawn(async move {
+            let handler = hyper::service::service_fn(move |req| {
+                let (svc, token) = (svc.clone(), token.clone());
+                async move { Ok::<_, Infallible>(route(&svc, &token, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), handler)
+                .await;
+        });
+    }
+}
+
+async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().trim_matches('/').to_string();
+    let segs: Vec<&str> = path.split('/').collect();
+    let method = req.method().clone();
+    if segs == ["health"] {
+        return reply(
+            StatusCode::OK,
+            &json!({ "ok": true, "leader": svc.is_leader() }),
+        );
+    }
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(token) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "give the cluster's API token: Authorization: Bearer TOKEN",
+        );
+    }
+    let snap = svc.snapshot();
+    match (segs.as_slice(), method) {
+        (["formations"], Method::GET) => {
+            let list: Vec<Value> = snap
+                .formations
+                .iter()
+                .map(|f| {
+                    let running = snap
+                        .jobs
+                        .iter()
+                        .filter(|j| j.app == f.app && j.process_type == f.process_type)
+                        .count();
+                    let blocked = snap
+                        .plan
+                        .blocked
+                        .iter()
+                        .find(|b| b.formation.app == f.app && b.formation.process_type == f.process_type);
+                    json!({
+                        "formation": f,
+                        "running": running,
+                        "blocked": blocked.map(|b| json!({"missing": b.missing, "reason": b.reason})),
+                    })
+                })
+                .collect();
+            reply(StatusCode::OK, &Value::Array(list))
+        }
+        (["formations", app, ty], Method::PUT) => {
+            let bytes = match Limited::new(req.into_body(), 1 << 20).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+            };
+            let b: FormationBody = match serde_json::from_slice(&bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("the formation is not valid: {e}"),
+                    );
+                }
+            };
+            let f = FormationRecord {
+                app: app.to_string(),
+                process_type: ty.to_string(),
+                image: b.image,
+                cmd: b.cmd,
+                env: b.env,
+                services: b.services,
+                memory: b.memory,
+                cpus: b.cpus,
+                count: b.count,
+                omni: b.omni,
+                tags: b.tags,
+                network: b.network,
+            };
+            match discovery::formations::put(&svc.etcd, &f).await {
+                Ok(()) => {
+                    svc.poke();
+                    reply(StatusCode::OK, &json!(f))
+                }
+                Err(e @ discovery::DiscoveryError::InvalidName { .. }) => {
+                    error(StatusCode::BAD_REQUEST, e)
+                }
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+            }
+        }
+        (["formations", app, ty], Method::DELETE) => {
+            match discovery::formations::delete(&svc.etcd, app, ty).await {
+                Ok(true) => {
+                    svc.poke();
+                    reply(StatusCode::OK, &json!({ "deleted": format!("{app}/{ty}") }))
+                }
+                Ok(false) => error(StatusCode::NOT_FOUND, format!("no formation {app}/{ty}")),
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+            }
+        }
+        (["jobs"], Method::GET) => reply(StatusCode::OK, &json!(snap.jobs)),
+        (["hosts"], Method::GET) => reply(StatusCode::OK, &json!(snap.hosts)),
+        (["hosts", id, "drain"], m @ (Method::PUT | Method::DELETE)) => {
+            if !snap.hosts.iter().any(|h| h.id == *id) && m == Method::PUT {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no live host {id} (flynn-host cluster hosts lists them)"),
+                );
+            }
+            match discovery::formations::set_drain(&svc.etcd, id, m == Method::PUT).await {
+                Ok(()) => {
+                    svc.poke();
+                    reply(
+                        StatusCode::OK,
+                        &json!({ "host": id, "draining": m == Method::PUT }),
+                    )
+                }
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+            }
+        }
+        (_, m) => error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {m} /{path}"),
+        ),
+    }
+}

@@ -1,0 +1,538 @@
+//! The scheduler as a service (`flynn-host scheduler`, two instances on different
+//! hosts): the I/O around the pure `scheduler` crate. It reads the wanted state
+//! (formations, drained hosts) and the live hosts from etcd, each host's jobs from its
+//! agent, asks `scheduler::rectify` for a plan, and carries it out through the agents'
+//! APIs. Only the leader acts; every instance serves the HTTP API (`api.rs`).
+//!
+//! - **Leader**: each instance registers itself in discovery (`flynn-scheduler`) on a
+//!   lease of its own (TTL 5 s); the leader is discovery's (the oldest instance). A
+//!   leader that dies loses its lease and the other leads within the TTL; it adopts
+//!   the running jobs as they are: the state is read from the agents, not remembered.
+//! - **When**: at once on any change of hosts, formations or drains (etcd watches),
+//!   and every second (job exits are seen there).
+//! - **Its jobs** carry the labels `flynn.scheduler=1`, `flynn.app`, `flynn.type` and
+//!   `flynn.formation`; an exited one counts as a crash of its formation (back-off),
+//!   is removed (bounded history), and replaced.
+//! - **Partial knowledge is no knowledge**: when a live host's agent does not answer,
+//!   the pass does nothing, so its jobs are never doubled while its lease lives.
+
+mod api;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use discovery::Etcd;
+use discovery::formations::FormationRecord;
+use flynn_client::Client;
+use hyper::Method;
+use scheduler::{Backoff, FormationKey, Plan, Resources};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+pub const SERVICE: &str = "flynn-scheduler";
+const LEASE_TTL: Duration = Duration::from_secs(5);
+const RESYNC: Duration = Duration::from_secs(1);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pass waits for a host's job list.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
+const MIB: u64 = 1024 * 1024;
+/// Jobs without a memory setting are promised this much (for placement).
+const DEFAULT_MEMORY: u64 = 64 * MIB;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SchedulerArgs {
+    /// Where the API is served (its address is what discovery announces).
+    #[arg(long, default_value = "127.0.0.1:1114")]
+    pub listen: SocketAddr,
+    /// etcd endpoints (http://HOST:PORT, comma-separated).
+    #[arg(long, env = "FLYNN_ETCD", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// The cluster's API token: for the agents, and asked of the API's clients.
+    #[arg(long, env = "FLYNN_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("announcing this scheduler: {0}")]
+    Announce(#[from] discovery::DiscoveryError),
+}
+
+/// A live host as the service sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    pub id: String,
+    pub address: String,
+    pub api: Option<String>,
+    pub draining: bool,
+    pub memory_mb: u64,
+    pub cpus: u32,
+}
+
+/// One of the scheduler's jobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub app: String,
+    pub process_type: String,
+    pub host: String,
+    pub state: String,
+    pub created_at: String,
+}
+
+/// What the last pass saw and decided (for the API).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub hosts: Vec<HostView>,
+    pub jobs: Vec<JobView>,
+    pub formations: Vec<FormationRecord>,
+    pub plan: Plan,
+    pub error: Option<String>,
+}
+
+pub struct Service {
+    etcd: Etcd,
+    token: String,
+    me: String,
+    last: Mutex<Snapshot>,
+    backoff: Mutex<HashMap<FormationKey, Backoff>>,
+    wake: tokio::sync::Notify,
+    leading: std::sync::atomic::AtomicBool,
+    started: std::time::Instant,
+}
+
+fn key(f: &FormationRecord) -> FormationKey {
+    FormationKey {
+        app: f.app.clone(),
+        process_type: f.process_type.clone(),
+    }
+}
+
+fn resources(f: &FormationRecord) -> Resources {
+    Resources {
+        memory_mb: f.memory.unwrap_or(DEFAULT_MEMORY) / MIB,
+        cpu_milli: f.cpus.map_or(0, |c| (c * 1000.0) as u64),
+    }
+}
+
+async fn call(
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, c.call::<Value>(method, path, body)).await {
+        Ok(r) => r.map_err(|e| format!("{e:#}")),
+        Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+    }
+}
+
+impl Service {
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn client(&self, api: &str) -> Result<Client, String> {
+        Client::from_options(Some(api), Some(&self.token)).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Hosts and their jobs as they are now; `Err` when some live host did not say.
+    async fn observe(&self) -> Result<(Vec<HostView>, Vec<(JobView, Value)>), String> {
+        let draining = discovery::formations::draining(&self.etcd)
+            .await
+            .map_err(|e| e.to_string())?;
+        let hosts: Vec<HostView> = discovery::hosts::list(&self.etcd)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|h| HostView {
+                draining: draining.contains(&h.id),
+                address: h.address.to_string(),
+                api: h.api.clone(),
+                memory_mb: h.resources.memory_total / MIB,
+                cpus: h.resources.cpus,
+                id: h.id,
+            })
+            .collect();
+        // Every host at once, each briefly: a host that went away must not hold up
+        // the pass that replaces its jobs once its lease ends.
+        let mut asks = tokio::task::JoinSet::new();
+        for h in &hosts {
+            let Some(api) = h.api.clone() else {
+                return Err(format!("host {} announces no API address", h.id));
+            };
+            let (client, id) = (self.client(&api)?, h.id.clone());
+            asks.spawn(async move {
+                let r = tokio::time::timeout(
+                    OBSERVE_TIMEOUT,
+                    client.call::<Value>(
+                        Method::GET,
+                        "/jobs?all=true&label=flynn.scheduler=1",
+                        None::<&()>,
+                    ),
+                )
+                .await;
+                (id, r)
+            });
+        }
+        let mut jobs = Vec::new();
+        while let Some(done) = asks.join_next().await {
+            let (host, r) = done.map_err(|e| format!("asking a host: {e}"))?;
+            let list = match r {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Err(format!("host {host}: {e:#}")),
+                Err(_) => {
+                    return Err(format!(
+                        "host {host}: no answer within {}s",
+                        OBSERVE_TIMEOUT.as_secs()
+                    ));
+                }
+            };
+            for j in list.as_array().cloned().unwrap_or_default() {
+                let label = |k: &str| {
+                    j["config"]["labels"][k]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                jobs.push((
+                    JobView {
+                        id: j["id"].as_str().unwrap_or_default().to_string(),
+                        app: label("flynn.app"),
+                        process_type: label("flynn.type"),
+                        host: host.clone(),
+                        state: j["state"].as_str().unwrap_or_default().to_string(),
+                        created_at: j["created_at"].as_str().unwrap_or_default().to_string(),
+                    },
+                    j,
+                ));
+            }
+        }
+        Ok((hosts, jobs))
+    }
+
+    /// One pass: observe, decide, act (when leading).
+    async fn pass(&self) {
+        let result = self.pass_inner().await;
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "scheduling pass");
+        }
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).error = result.err();
+    }
+
+    async fn pass_inner(&self) -> Result<(), String> {
+        let leader = discovery::services::leader(&self.etcd, SERVICE)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some_and(|i| i.id == self.me);
+        if leader != self.is_leader() {
+            tracing::info!(leader, "scheduler leadership");
+        }
+        self.leading
+            .store(leader, std::sync::atomic::Ordering::Relaxed);
+        let formations = discovery::formations::list(&self.etcd)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (hosts, jobs) = self.observe().await?;
+        let now = self.now_ms();
+        let by_key: HashMap<FormationKey, &FormationRecord> =
+            formations.iter().map(|f| (key(f), f)).collect();
+        let api_of: HashMap<&str, &str> = hosts
+            .iter()
+            .filter_map(|h| Some((h.id.as_str(), h.api.as_deref()?)))
+            .collect();
+
+        // Exited jobs: a crash of their formation; removed (history stays bounded).
+        let mut live_jobs = Vec::new();
+        for (j, raw) in &jobs {
+            if j.state == "exited" {
+                if leader {
+                    let k = FormationKey {
+                        app: j.app.clone(),
+                        process_type: j.process_type.clone(),
+                    };
+                    self.crashed(k, now);
+                    tracing::info!(job = %j.id, host = %j.host, code = %raw["exit"]["code"], "a scheduled job exited; it will be replaced");
+                    if let Some(api) = api_of.get(j.host.as_str()) {
+                        let _ = call(
+                            &self.client(api)?,
+                            Method::DELETE,
+                            &format!("/jobs/{}?force=true", j.id),
+                            None,
+                        )
+                        .await;
+                    }
+                }
+                continue;
+            }
+            if j.state == "removing" {
+                continue;
+            }
+            live_jobs.push(j.clone());
+        }
+        // A formation whole and calm for a minute forgets its crashes.
+        {
+            let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            b.retain(|_, v| now.saturating_sub(v.last_crash_ms) < 60_000);
+        }
+        let state = scheduler::State {
+            hosts: hosts
+                .iter()
+                .map(|h| scheduler::Host {
+                    id: h.id.clone(),
+                    tags: BTreeMap::new(),
+                    capacity: Resources {
+                        memory_mb: h.memory_mb,
+                        cpu_milli: u64::from(h.cpus) * 1000,
+                    },
+                    draining: h.draining,
+                })
+                .collect(),
+            formations: formations
+                .iter()
+                .map(|f| scheduler::Formation {
+                    key: key(f),
+                    count: f.count,
+                    omni: f.omni,
+                    tags: f.tags.clone(),
+                    resources: resources(f),
+                })
+                .collect(),
+            jobs: live_jobs
+                .iter()
+                .map(|j| {
+                    let k = FormationKey {
+                        app: j.app.clone(),
+                        process_type: j.process_type.clone(),
+                    };
+                    scheduler::Job {
+                        resources: by_key.get(&k).map(|f| resources(f)).unwrap_or_default(),
+                        id: j.id.clone(),
+                        formation: k,
+                        host: j.host.clone(),
+                        state: scheduler::JobState::Running,
+                        started_ms: chrono::DateTime::parse_from_rfc3339(&j.created_at)
+                            .map(|t| t.timestamp_millis().max(0) as u64)
+                            .unwrap_or(0),
+                    }
+                })
+                .collect(),
+            backoff: self
+                .backoff
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            now_ms: now,
+        };
+        let plan = scheduler::rectify(&state);
+        if leader {
+            for s in &plan.start {
+                let (Some(f), Some(api)) = (by_key.get(&s.formation), api_of.get(s.host.as_str()))
+                else {
+                    continue;
+                };
+                let req = job_request(f);
+                match call(&self.client(api)?, Method::POST, "/jobs", Some(&req)).await {
+                    Ok(job) => {
+                        tracing::info!(formation = %s.formation, host = %s.host, job = %job["id"], "started")
+                    }
+                    Err(e) => {
+                        // A start that fails is a crash too: it backs off, and is retried.
+                        tracing::warn!(formation = %s.formation, host = %s.host, error = %e, "starting a job");
+                        self.crashed(s.formation.clone(), now);
+                    }
+                }
+            }
+            for st in &plan.stop {
+                let Some(j) = live_jobs.iter().find(|j| j.id == st.job) else {
+                    continue;
+                };
+                let Some(api) = api_of.get(j.host.as_str()) else {
+                    continue;
+                };
+                let client = self.client(api)?;
+                let id = j.id.clone();
+                tracing::info!(job = %id, host = %j.host, reason = ?st.reason, "stopping");
+                // Stopped in the background (a stop drains, then waits for the exit).
+                tokio::spawn(async move {
+                    let _ = call(
+                        &client,
+                        Method::POST,
+                        &format!("/jobs/{id}/stop?t=10"),
+                        None,
+                    )
+                    .await;
+                    let _ = call(
+                        &client,
+                        Method::DELETE,
+                        &format!("/jobs/{id}?force=true"),
+                        None,
+                    )
+                    .await;
+                });
+            }
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+            hosts,
+            jobs: live_jobs,
+            formations,
+            plan,
+            error: None,
+        };
+        Ok(())
+    }
+
+    fn crashed(&self, k: FormationKey, now: u64) {
+        let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let e = b.entry(k).or_default();
+        e.crashes += 1;
+        e.last_crash_ms = now;
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The agent's `POST /jobs` body for one job of a formation.
+fn job_request(f: &FormationRecord) -> Value {
+    let mut req = json!({
+        "image": f.image,
+        "env": f.env,
+        "services": f.services,
+        "labels": {
+            "flynn.scheduler": "1",
+            "flynn.app": f.app,
+            "flynn.type": f.process_type,
+            "flynn.formation": format!("{}/{}", f.app, f.process_type),
+        },
+        "start": true,
+    });
+    if !f.cmd.is_empty() {
+        req["cmd"] = json!(f.cmd);
+    }
+    let mut res = serde_json::Map::new();
+    if let Some(m) = f.memory {
+        res.insert("memory".into(), json!(m));
+    }
+    if let Some(c) = f.cpus {
+        res.insert("cpus".into(), json!(c));
+    }
+    if !res.is_empty() {
+        req["resources"] = Value::Object(res);
+    }
+    if let Some(n) = &f.network {
+        req["network"] = json!(n);
+    }
+    req
+}
+
+/// Serves until the process is stopped.
+pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| SchedulerError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let etcd = loop {
+        match Etcd::connect(&args.etcd, Duration::from_secs(3)).await {
+            Ok(e) if e.ping().await.is_ok() => break e,
+            Ok(_) => tracing::warn!("etcd does not answer yet"),
+            Err(e) => tracing::warn!(error = %e, "connecting to etcd"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    // Unique per process: a restarted scheduler campaigns anew (as the newest), so
+    // a killed leader's place goes to the other instance once its lease ends.
+    let me = format!(
+        "sched-{}-{}",
+        args.listen,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    )
+    .replace([':', '.'], "-");
+    let svc = Arc::new(Service {
+        etcd: etcd.clone(),
+        token: args.token.clone(),
+        me: me.clone(),
+        last: Mutex::new(Snapshot::default()),
+        backoff: Mutex::new(HashMap::new()),
+        wake: tokio::sync::Notify::new(),
+        leading: std::sync::atomic::AtomicBool::new(false),
+        started: std::time::Instant::now(),
+    });
+    tokio::spawn(announce(etcd.clone(), me, args.listen));
+    for prefix in [
+        discovery::schema::HOSTS,
+        discovery::schema::FORMATIONS,
+        discovery::schema::DRAIN,
+        discovery::schema::SERVICES,
+    ] {
+        let (s, e) = (svc.clone(), etcd.clone());
+        tokio::spawn(async move {
+            let mut w = discovery::watch::PrefixWatch::new(e, prefix);
+            loop {
+                w.next().await;
+                s.poke();
+            }
+        });
+    }
+    let s = svc.clone();
+    tokio::spawn(async move {
+        loop {
+            s.pass().await;
+            let _ = tokio::time::timeout(RESYNC, s.wake.notified()).await;
+        }
+    });
+    tracing::info!(listen = %args.listen, "scheduler serving");
+    api::serve(svc, listener, args.token).await;
+    Ok(())
+}
+
+/// Keeps this instance in discovery on a lease of its own (re-registered on a new
+/// lease whenever the old one is lost).
+async fn announce(etcd: Etcd, me: String, addr: SocketAddr) {
+    loop {
+        let result: Result<(), discovery::DiscoveryError> = async {
+            let lease = etcd.grant(LEASE_TTL).await?;
+            let inst = discovery::Instance {
+                service: SERVICE.into(),
+                id: me.clone(),
+                addr,
+                host_id: addr.ip().to_string(),
+                job_id: std::env::var("FLYNN_JOB_ID").ok(),
+                meta: BTreeMap::new(),
+                registered_at: chrono::Utc::now(),
+            };
+            discovery::services::register(&etcd, lease, &inst).await?;
+            let mut keep = etcd.keep_alive(lease).await?;
+            loop {
+                tokio::time::sleep(LEASE_TTL / 3).await;
+                keep.renew().await?;
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "keeping this scheduler in discovery");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
