@@ -59,6 +59,25 @@ struct FormationBody {
     network: Option<String>,
 }
 
+/// Tries a write up to three times: with an etcd member down, the client's request may
+/// land on the dead member's endpoint once before it is taken out of rotation.
+async fn retry<T, F: std::future::Future<Output = Result<T, discovery::DiscoveryError>>>(
+    mut f: impl FnMut() -> F,
+) -> Result<T, discovery::DiscoveryError> {
+    let mut last = None;
+    for _ in 0..3 {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e @ discovery::DiscoveryError::InvalidName { .. }) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err(last.unwrap_or(discovery::DiscoveryError::Config(
+        "no attempt was made".into(),
+    )))
+}
+
 pub async fn serve(svc: Arc<Service>, listener: tokio::net::TcpListener, token: String) {
     let token = Arc::new(token);
     loop {
@@ -158,7 +177,7 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
                 tags: b.tags,
                 network: b.network,
             };
-            match discovery::formations::put(&svc.etcd, &f).await {
+            match retry(|| discovery::formations::put(&svc.etcd, &f)).await {
                 Ok(()) => {
                     svc.poke();
                     reply(StatusCode::OK, &json!(f))
@@ -182,13 +201,18 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
         (["jobs"], Method::GET) => reply(StatusCode::OK, &json!(snap.jobs)),
         (["hosts"], Method::GET) => reply(StatusCode::OK, &json!(snap.hosts)),
         (["hosts", id, "drain"], m @ (Method::PUT | Method::DELETE)) => {
-            if !snap.hosts.iter().any(|h| h.id == *id) && m == Method::PUT {
+            let live = match discovery::hosts::list(&svc.etcd).await {
+                Ok(hosts) => hosts.iter().any(|h| h.id == *id),
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+            };
+            if !live && m == Method::PUT {
                 return error(
                     StatusCode::NOT_FOUND,
                     format!("no live host {id} (flynn-host cluster hosts lists them)"),
                 );
             }
-            match discovery::formations::set_drain(&svc.etcd, id, m == Method::PUT).await {
+            match retry(|| discovery::formations::set_drain(&svc.etcd, id, m == Method::PUT)).await
+            {
                 Ok(()) => {
                     svc.poke();
                     reply(

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Cluster, sh, wait_for};
+use crate::harness::{Cluster, host_image, sh, wait_for};
 
 const TOKEN: &str = "bootstrap-test-token-0123456789";
 const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
@@ -18,6 +18,7 @@ fn cluster() -> Cluster {
     for h in &c.hosts {
         h.import("etcd-docker.tar");
         h.import("busybox-docker.tar");
+        h.ok(&["import", host_image().to_str().unwrap()]);
     }
     c
 }
@@ -92,7 +93,8 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
             "online-hosts:done",
             "preflight:done",
             "etcd:done",
-            "join:done"
+            "join:done",
+            "scheduler:done"
         ]
     );
     assert_up(&c);
@@ -104,7 +106,8 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
             "online-hosts:skipped",
             "preflight:skipped",
             "etcd:skipped",
-            "join:skipped"
+            "join:skipped",
+            "scheduler:skipped"
         ],
         "a re-run changes nothing"
     );
@@ -132,7 +135,7 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
 #[test]
 fn a_killed_bootstrap_is_finished_by_the_next_run() {
     let c = cluster();
-    for kill_in in ["etcd", "join"] {
+    for kill_in in ["etcd", "join", "scheduler"] {
         let mut child = bootstrap(&c, &["--json"])
             .stdout(Stdio::piped())
             .spawn()

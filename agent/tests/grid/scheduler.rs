@@ -201,7 +201,45 @@ fn the_scheduler_spreads_blocks_heals_fails_over_and_drains() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let p = placement(&c, 1, "demo", "web");
-    assert_eq!(total(&p), 5);
-    assert!(!p.contains_key(&h2), "{p:?}");
+    // (The scheduler's view lags its own starts by a pass: read until it has them.)
+    wait_for(
+        "5 web jobs, none on host 2",
+        Duration::from_secs(10),
+        || {
+            let p = placement(&c, 1, "demo", "web");
+            total(&p) == 5 && !p.contains_key(&h2)
+        },
+    );
+
+    // A job that crashes at once is replaced with back-off (0, 10, 30 s), not in a loop:
+    // count the jobs created on the live hosts while it crashes for 14 s.
+    let created = |c: &Cluster| -> usize {
+        [1u8, 2, 4]
+            .iter()
+            .map(|i| {
+                // Request lines (the log may hold colour codes between field and value).
+                c.host(*i)
+                    .log_text()
+                    .lines()
+                    .filter(|l| {
+                        l.contains("POST")
+                            && l.contains("/jobs")
+                            && !l.contains("/jobs/")
+                            && l.contains("201")
+                    })
+                    .count()
+            })
+            .sum()
+    };
+    let before = created(&c);
+    c.host(1).ok(&[
+        "cluster", "scale", "crash=1", "--app", "demo", "--image", "busybox", "--", "sh", "-c",
+        "exit 3",
+    ]);
+    std::thread::sleep(Duration::from_secs(14));
+    let starts = created(&c) - before;
+    assert!(
+        (2..=4).contains(&starts),
+        "in 14 s a crash-looping job is started 2-4 times (at 0 s, at once, after 10 s), not {starts}"
+    );
 }

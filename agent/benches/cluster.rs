@@ -1,0 +1,141 @@
+//! Benchmark of Layer 0 on three test hosts (namespaces on a switch, standalone agents
+//! sharing a token; tests/grid/harness.rs), not a test: it reports, it asserts nothing.
+//!
+//! 1. `flynn-host bootstrap` to Layer 0 ready (etcd of three members, every host in the
+//!    grid, the schedulers leading), and on to the first scheduled job running, against
+//!    the anchor measured in the same run: one bare etcd process started to healthy
+//!    on the same switch (the floor of any cluster's start).
+//! 2. Host loss to the formation whole again: a host's agent killed and its network cut
+//!    with 5 web jobs spread over three hosts, until 5 run on the other two. Target:
+//!    the lease TTL + 2 s, printed as the ratio to it.
+//!
+//! Run as root: `cargo bench -p flynn-host --bench cluster` (ROUNDS=3, TTL=3).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
+
+#[path = "../tests/grid/harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{Cluster, EtcdProc, host_image, new_netns, sh, wait_for};
+
+const TOKEN: &str = "cluster-bench-token-0123456789";
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn web_jobs(c: &Cluster, lost: Option<&str>) -> usize {
+    let out = c.host(1).cli(&["cluster", "ps", "--json"]);
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    jobs.iter()
+        .filter(|j| j["process_type"] == "web" && lost.is_none_or(|l| j["host"] != l))
+        .count()
+}
+
+fn main() {
+    let rounds = env("ROUNDS", 3) as usize;
+    let ttl = env("TTL", 3);
+    let (mut anchor, mut layer0, mut first_job, mut heal) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        // Anchor: a bare etcd on its own switch, started to healthy.
+        let sw = new_netns("flynn-bsw-");
+        sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        sh(&[
+            "ip",
+            "-n",
+            &sw,
+            "addr",
+            "add",
+            "192.0.2.254/24",
+            "dev",
+            "br0",
+        ]);
+        sh(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        let started = Instant::now();
+        let mut etcd = EtcdProc::start(&sw);
+        wait_for("the anchor etcd", Duration::from_secs(30), || {
+            std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{sw}"))
+                .args(["--", "curl", "-sf", "http://192.0.2.254:2379/health"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        anchor.push(started.elapsed().as_secs_f64());
+        etcd.kill();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &sw])
+            .status();
+
+        let c = Cluster::bare_shared(3, &["--cluster-ttl", &ttl.to_string()], TOKEN);
+        for h in &c.hosts {
+            h.import("etcd-docker.tar");
+            h.import("busybox-docker.tar");
+            h.ok(&["import", host_image().to_str().unwrap()]);
+        }
+        let started = Instant::now();
+        let out = c
+            .on_switch()
+            .args(["bootstrap", "--peers", "192.0.2.1,192.0.2.2,192.0.2.3"])
+            .env("FLYNN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        layer0.push(started.elapsed().as_secs_f64());
+        c.host(1).ok(&[
+            "cluster", "scale", "web=5", "--app", "bench", "--image", "busybox", "--", "sleep",
+            "1d",
+        ]);
+        wait_for("the first job", Duration::from_secs(60), || {
+            web_jobs(&c, None) >= 1
+        });
+        first_job.push(started.elapsed().as_secs_f64());
+        wait_for("5 jobs", Duration::from_secs(60), || {
+            web_jobs(&c, None) == 5
+        });
+
+        let mut c = c;
+        let lost = c.host(3).id();
+        c.host_mut(3).kill9();
+        sh(&["ip", "-n", &c.host(3).netns, "link", "set", "eth0", "down"]);
+        let cut = Instant::now();
+        wait_for("the formation whole again", Duration::from_secs(60), || {
+            web_jobs(&c, Some(&lost)) == 5
+        });
+        heal.push(cut.elapsed().as_secs_f64());
+    }
+    let (a, l, f, h) = (
+        median(anchor),
+        median(layer0),
+        median(first_job),
+        median(heal),
+    );
+    println!(
+        "bootstrap of 3 hosts to Layer 0 ready: {l:.2} s; to the first scheduled job: {f:.2} s"
+    );
+    println!(
+        "anchor (one bare etcd to healthy): {a:.2} s; ratio {:.1} (Layer 0) / {:.1} (first job)",
+        l / a,
+        f / a
+    );
+    println!(
+        "host loss to the formation whole: {h:.2} s; target TTL {ttl} s + 2 s: ratio {:.2}",
+        h / (ttl as f64 + 2.0)
+    );
+}
