@@ -388,6 +388,56 @@ async fn datasources(settings: &mut Settings) -> Option<String> {
     hostname
 }
 
+/// `flynn.peers=`: the host with the lowest address bootstraps the cluster (in the
+/// background, as `flynn-host bootstrap` would, retrying until it succeeds: the
+/// others may still be booting); the others wait to be joined.
+fn cluster_bootstrap(peers: Vec<Ipv4Addr>, address: Option<Ipv4Addr>, settings: &Settings) {
+    let Some((token, _)) = settings.token.clone() else {
+        say("flynn.peers needs flynn.token: the hosts of a cluster share a token; not bootstrapping".to_string());
+        return;
+    };
+    let lowest = peers[0];
+    if address != Some(lowest) {
+        say(format!(
+            "flynn.peers: {lowest} bootstraps the cluster of {} hosts; this host waits to be joined",
+            peers.len()
+        ));
+        return;
+    }
+    say(format!(
+        "flynn.peers: this host bootstraps the cluster of {} hosts once all answer",
+        peers.len()
+    ));
+    tokio::spawn(async move {
+        loop {
+            let code = bootstrap::run(bootstrap::BootstrapArgs {
+                peers: peers.clone(),
+                port: 1113,
+                token: token.clone(),
+                min_hosts: None,
+                timeout: 600,
+                json: false,
+                manifest: None,
+            })
+            .await;
+            match code {
+                0 => {
+                    say("flynn.peers: the cluster is up".to_string());
+                    return;
+                }
+                2 => return,
+                _ => {
+                    say(
+                        "flynn.peers: the bootstrap failed (above); trying again in 30 s"
+                            .to_string(),
+                    );
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
+        }
+    });
+}
+
 fn write_daemon_config(settings: &Settings) -> Result<()> {
     let mut config = serde_json::json!({
         "state_dir": STATE_DIR,
@@ -594,6 +644,10 @@ async fn run(ip: IpConfig, settings: &mut Settings) -> Result<()> {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "0.0.0.0".into())
     ));
+
+    if let Some(peers) = settings.peers.clone() {
+        cluster_bootstrap(peers, address, settings);
+    }
 
     let mut renewals = tokio::task::JoinSet::new();
     for l in leases {

@@ -7,7 +7,9 @@ use std::fmt;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SettingsError {
-    #[error("{from}: unknown key {key:?} (known: token, hostname, debug, log, datasource, state)")]
+    #[error(
+        "{from}: unknown key {key:?} (known: token, hostname, debug, log, datasource, state, peers)"
+    )]
     UnknownKey { from: Source, key: String },
     #[error("{from}: {key}={value:?}: {reason}")]
     BadValue {
@@ -74,6 +76,9 @@ pub struct Settings {
     pub log: Option<String>,
     pub datasource: Datasource,
     pub state: StateChoice,
+    /// `flynn.peers=IP,IP,...`: the hosts of the cluster this host is one of; the
+    /// lowest address bootstraps it once all of them answer.
+    pub peers: Option<Vec<std::net::Ipv4Addr>>,
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -123,6 +128,19 @@ impl Settings {
                 if self.token.is_none() {
                     self.token = Some((value.to_string(), source));
                 }
+            }
+            "peers" => {
+                let mut peers = value
+                    .split(',')
+                    .map(|p| p.trim().parse::<std::net::Ipv4Addr>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| bad("expected IPv4 addresses separated by commas"))?;
+                peers.sort();
+                peers.dedup();
+                if !(2..=64).contains(&peers.len()) {
+                    return Err(bad("a cluster has 2 to 64 peers"));
+                }
+                self.peers.get_or_insert(peers);
             }
             "hostname" => {
                 if !valid_hostname(value) {
@@ -244,6 +262,22 @@ mod tests {
         assert!(errs[3].to_string().contains("kernel command line"));
         assert!(s.debug);
         assert_eq!(s.token, None);
+        let mut p = Settings::default();
+        p.apply(Source::Cmdline, "peers", "10.0.0.12,10.0.0.11,10.0.0.11")
+            .unwrap();
+        assert_eq!(
+            p.peers,
+            Some(vec![
+                "10.0.0.11".parse().unwrap(),
+                "10.0.0.12".parse().unwrap()
+            ])
+        );
+        assert!(p.apply(Source::Cmdline, "peers", "10.0.0.1,x").is_err());
+        assert!(
+            Settings::default()
+                .apply(Source::Cmdline, "peers", "10.0.0.1")
+                .is_err()
+        );
     }
 
     #[test]
