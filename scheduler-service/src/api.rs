@@ -199,6 +199,20 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
             }
         }
         (["jobs"], Method::GET) => reply(StatusCode::OK, &json!(snap.jobs)),
+        (["jobs"], Method::POST) => {
+            let bytes = match Limited::new(req.into_body(), 1 << 20).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+            };
+            let body: Value = match serde_json::from_slice(&bytes) {
+                Ok(v) => v,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("not JSON: {e}")),
+            };
+            match svc.run_ephemeral(&body).await {
+                Ok(v) => reply(StatusCode::CREATED, &v),
+                Err((status, msg)) => error(status, msg),
+            }
+        }
         (["hosts"], Method::GET) => reply(StatusCode::OK, &json!(snap.hosts)),
         (["hosts", id, "drain"], m @ (Method::PUT | Method::DELETE)) => {
             let live = match discovery::hosts::list(&svc.etcd).await {

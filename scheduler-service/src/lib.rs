@@ -394,6 +394,73 @@ impl Service {
         Ok(())
     }
 
+    /// `POST /jobs`: an ephemeral job (`{app, request}`, `request` being the agent's
+    /// `JobRequest` with `start: false`) placed like a formation's, created on its host;
+    /// the caller attaches and starts it there. Not restarted, not counted.
+    pub async fn run_ephemeral(&self, body: &Value) -> Result<Value, (hyper::StatusCode, String)> {
+        use hyper::StatusCode;
+        let app = body["app"].as_str().unwrap_or("").to_string();
+        discovery::apps::check_app(&app).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+        let mut req = body["request"].clone();
+        if !req.is_object() || !req["image"].is_string() {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "give {app, request: {image, ...}} (the agent's job request)".into(),
+            ));
+        }
+        let snap = self.snapshot();
+        let res = Resources {
+            memory_mb: req["resources"]["memory"]
+                .as_u64()
+                .unwrap_or(DEFAULT_MEMORY)
+                / MIB,
+            cpu_milli: req["resources"]["cpus"]
+                .as_f64()
+                .map_or(0, |c| (c * 1000.0) as u64),
+        };
+        let hosts: Vec<scheduler::Host> = snap
+            .hosts
+            .iter()
+            .map(|h| scheduler::Host {
+                id: h.id.clone(),
+                tags: BTreeMap::new(),
+                capacity: Resources {
+                    memory_mb: h.memory_mb,
+                    cpu_milli: u64::from(h.cpus) * 1000,
+                },
+                draining: h.draining,
+            })
+            .collect();
+        let host = scheduler::place_one(&hosts, &[], &BTreeMap::new(), &res).map_err(|why| {
+            (
+                StatusCode::CONFLICT,
+                format!("no host can take the job: {why}"),
+            )
+        })?;
+        let Some(api) = snap
+            .hosts
+            .iter()
+            .find(|h| h.id == host)
+            .and_then(|h| h.api.clone())
+        else {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("host {host} has no API address"),
+            ));
+        };
+        req["start"] = json!(false);
+        req["labels"]["flynn.app"] = json!(app);
+        req["labels"]["flynn.type"] = json!("run");
+        req["labels"]["flynn.ephemeral"] = json!("1");
+        let client = self
+            .client(&api)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        let job = call(&client, Method::POST, "/jobs", Some(&req))
+            .await
+            .map_err(|e| (StatusCode::BAD_GATEWAY, format!("host {host}: {e}")))?;
+        Ok(json!({ "host_id": host, "host_api": api, "job": job }))
+    }
+
     fn crashed(&self, k: FormationKey, now: u64) {
         let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
         let e = b.entry(k).or_default();

@@ -48,6 +48,14 @@ pub enum ClusterCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// An ephemeral job placed by the scheduler on some host, then attached (-it) or
+    /// followed there, as `run` does: cluster run -it --app demo busybox sh
+    Run {
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        run: Box<super::run::RunArgs>,
+    },
     /// Every formation: wanted, running, blocked and why.
     Formations {
         #[arg(long)]
@@ -183,6 +191,25 @@ pub enum DiscoverCommand {
 pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
     match cmd {
         cmd @ ClusterCommand::Scale { .. } => scale(client, cmd).await,
+        ClusterCommand::Run { app, run } => {
+            if run.detach {
+                anyhow::bail!(
+                    "cluster run is for a job you follow; for one that keeps running, use cluster scale"
+                );
+            }
+            let body = serde_json::json!({ "app": app, "request": run.request(false) });
+            let placed: serde_json::Value = scheduler(client)
+                .await?
+                .call(Method::POST, "/jobs", Some(&body))
+                .await?;
+            let api = placed["host_api"]
+                .as_str()
+                .context("the scheduler named no host")?;
+            let job: crate::model::Job = serde_json::from_value(placed["job"].clone())
+                .context("the scheduler's answer is not a job")?;
+            let host = Client::from_options(Some(api), client.token())?;
+            super::run::run_created(&host, &run, &job).await
+        }
         ClusterCommand::Formations { json } => {
             let list: Vec<serde_json::Value> = scheduler(client)
                 .await?

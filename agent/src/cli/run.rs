@@ -28,7 +28,7 @@ pub struct RunArgs {
     rm: bool,
     /// Run in the background and print the job id.
     #[arg(long, short = 'd')]
-    detach: bool,
+    pub detach: bool,
     /// Keep stdin open and attached (send ours to the job).
     #[arg(long, short = 'i')]
     interactive: bool,
@@ -88,7 +88,7 @@ pub struct RunArgs {
     #[arg(long)]
     platform: Option<String>,
     /// Image reference or id.
-    image: String,
+    pub image: String,
     /// Command and arguments (replace the image's Cmd).
     #[arg(allow_hyphen_values = true)]
     command: Vec<String>,
@@ -102,7 +102,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 impl RunArgs {
-    fn request(&self, start: bool) -> JobRequest {
+    pub fn request(&self, start: bool) -> JobRequest {
         let env = self
             .env
             .iter()
@@ -190,12 +190,18 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         Ok(job) => job,
         Err(e) => return Ok(report_start_failure(&e)),
     };
+    run_created(client, &args, &job).await
+}
+
+/// A job created with `start: false` (here, or by the scheduler on another host):
+/// subscribe to its exit and output (or attach), start it, follow it to its end.
+pub async fn run_created(client: &Client, args: &RunArgs, job: &Job) -> Result<i32> {
     let id = job.id.clone();
     let condition = if args.rm { "removed" } else { "exited" };
     let wait_path = format!("/jobs/{id}/wait?condition={condition}");
     let wait = client.send_json(Method::GET, &wait_path, None::<&()>);
     if args.interactive || args.tty {
-        return interactive(client, &args, &id, condition, wait.await?.into_body()).await;
+        return interactive(client, args, &id, condition, wait.await?.into_body()).await;
     }
     // Both subscriptions at once: the start waits for the two answers, not one after
     // the other.

@@ -82,6 +82,30 @@ fn the_scheduler_spreads_blocks_heals_fails_over_and_drains() {
     let mut spread: Vec<usize> = placement(&c, 1, "demo", "web").into_values().collect();
     spread.sort();
     assert_eq!(spread, [1, 2, 2], "a formation of 5 spreads 2/2/1");
+    // An ephemeral job: placed by the scheduler, followed (or attached) where it runs.
+    let out = h1.ok(&[
+        "cluster",
+        "run",
+        "--rm",
+        "--app",
+        "demo",
+        "busybox",
+        "echo",
+        "hi-from-the-cluster",
+    ]);
+    assert_eq!(out, "hi-from-the-cluster\n");
+    let mut child = h1
+        .command()
+        .args([
+            "cluster", "run", "-i", "--rm", "--app", "demo", "busybox", "cat",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"through stdin\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
     // Omni: one on every host.
     h1.ok(&[
         "cluster", "scale", "agent", "--omni", "--app", "demo", "--image", "busybox", "--",
