@@ -16,7 +16,7 @@
 //! - **Partial knowledge is no knowledge**: when a live host's agent does not answer,
 //!   the pass does nothing, so its jobs are never doubled while its lease lives.
 
-mod api;
+pub mod api;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
