@@ -37,8 +37,6 @@ struct Membership {
     cluster_id: Option<String>,
     #[serde(default)]
     joined: bool,
-    #[serde(default)]
-    etcd_member: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -487,13 +485,12 @@ impl Run {
         self.etcd_urls = members.iter().map(|a| format!("http://{a}:2379")).collect();
         let mut changed = false;
         for (addr, entry) in members.iter().zip(&list) {
-            let Some((idx, m)) = self.host(*addr) else {
+            let Some((_, m)) = self.host(*addr) else {
                 continue;
             };
             let req = json!({"cluster_id": cluster_id, "name": entry["name"], "members": list});
-            if ms.get(idx).and_then(|x| x.etcd_member.as_ref()) == Some(&req) {
-                continue;
-            }
+            // Asked even when the host records this membership: the agent makes sure
+            // its job exists and runs (a run killed mid-step may have left it without).
             let r: Value = call(&m.client, Method::PUT, "/cluster/etcd", Some(&req))
                 .await
                 .map_err(|e| format!("host {addr}: running its etcd member: {e}"))?;

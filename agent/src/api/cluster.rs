@@ -26,17 +26,25 @@ pub async fn info(state: &ApiState) -> Result<Response<Body>, ApiError> {
     json(StatusCode::OK, &state.membership.info().await)
 }
 
+// Both run to their end in a task of their own: a client that goes away (a killed
+// bootstrap) must not cut a change between writing cluster.json and acting on it.
+
 pub async fn etcd(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let request: EtcdMemberRequest = read_json(req).await?;
-    json(
-        StatusCode::OK,
-        &state.membership.etcd_member(request).await?,
-    )
+    let m = state.membership.clone();
+    let done = tokio::spawn(async move { m.etcd_member(request).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the etcd member task failed: {e}")))?;
+    json(StatusCode::OK, &done?)
 }
 
 pub async fn join(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let request: JoinRequest = read_json(req).await?;
-    json(StatusCode::OK, &state.membership.join(request).await?)
+    let m = state.membership.clone();
+    let done = tokio::spawn(async move { m.join(request).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the join task failed: {e}")))?;
+    json(StatusCode::OK, &done?)
 }
 
 pub async fn preflight(state: &ApiState) -> Result<Response<Body>, ApiError> {
