@@ -35,6 +35,22 @@ pub async fn import_baked(client: &Client, state_dir: &Path) {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
+    // The platform's own image, made from this binary (see host_image.rs) unless this
+    // binary's was imported already.
+    let exe_size = std::fs::metadata("/proc/self/exe")
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let host_name = format!("flynn-host-{}-{exe_size}.tar", env!("CARGO_PKG_VERSION"));
+    if !done.iter().any(|k| k.starts_with(&format!("{host_name}:"))) {
+        let path = Path::new(BAKED_DIR).join(&host_name);
+        match crate::host_image::write(Path::new("/proc/self/exe"), &path) {
+            Ok(()) => archives.push(path),
+            Err(e) => say(format!(
+                "warning: making the {} image: {e}",
+                crate::host_image::tag()
+            )),
+        }
+    }
     for archive in archives {
         let Some(k) = key(&archive) else { continue };
         if done.contains(&k) {

@@ -28,6 +28,7 @@ pub mod cmdline;
 pub mod datasource;
 pub mod dhcp;
 pub mod disk;
+pub mod host_image;
 pub mod images;
 pub mod modules;
 pub mod mounts;

@@ -1,4 +1,4 @@
-//! The scheduler's HTTP API (every instance serves it; formations and drains go to
+//! The scheduler's HTTP API (described in `openapi.json`; every instance serves it; formations and drains go to
 //! etcd, so a follower's answer is as good as the leader's): `GET /health`,
 //! `GET /formations` (wanted, running, blocked and why), `PUT|DELETE
 //! /formations/{app}/{type}`, `GET /jobs`, `GET /hosts`, `PUT|DELETE
@@ -20,6 +20,19 @@ use serde_json::{Value, json};
 use crate::Service;
 
 type Resp = Response<Full<Bytes>>;
+
+/// Every route served, as (method, OpenAPI path): `openapi.json` lists the same.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/formations"),
+    ("PUT", "/formations/{app}/{type}"),
+    ("DELETE", "/formations/{app}/{type}"),
+    ("GET", "/jobs"),
+    ("POST", "/jobs"),
+    ("GET", "/hosts"),
+    ("PUT", "/hosts/{id}/drain"),
+    ("DELETE", "/hosts/{id}/drain"),
+];
 
 fn reply(status: StatusCode, v: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
@@ -241,5 +254,27 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {m} /{path}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_lists_the_routes_served() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../openapi.json")).unwrap_or_default();
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, ops) in doc["paths"].as_object().into_iter().flatten() {
+            for m in ops.as_object().into_iter().flatten().map(|(m, _)| m) {
+                documented.push((m.to_uppercase(), path.clone()));
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String)> = super::ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
     }
 }

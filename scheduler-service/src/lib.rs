@@ -16,7 +16,7 @@
 //! - **Partial knowledge is no knowledge**: when a live host's agent does not answer,
 //!   the pass does nothing, so its jobs are never doubled while its lease lives.
 
-mod api;
+pub mod api;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -75,6 +75,8 @@ pub struct HostView {
     pub draining: bool,
     pub memory_mb: u64,
     pub cpus: u32,
+    /// The host's labels (`--tags`), which formations' tags must match.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// One of the scheduler's jobs.
@@ -163,6 +165,7 @@ impl Service {
                 api: h.api.clone(),
                 memory_mb: h.resources.memory_total / MIB,
                 cpus: h.resources.cpus,
+                tags: h.tags.clone(),
                 id: h.id,
             })
             .collect();
@@ -292,7 +295,7 @@ impl Service {
                 .iter()
                 .map(|h| scheduler::Host {
                     id: h.id.clone(),
-                    tags: BTreeMap::new(),
+                    tags: h.tags.clone(),
                     capacity: Resources {
                         memory_mb: h.memory_mb,
                         cpu_milli: u64::from(h.cpus) * 1000,
@@ -423,7 +426,7 @@ impl Service {
             .iter()
             .map(|h| scheduler::Host {
                 id: h.id.clone(),
-                tags: BTreeMap::new(),
+                tags: h.tags.clone(),
                 capacity: Resources {
                     memory_mb: h.memory_mb,
                     cpu_milli: u64::from(h.cpus) * 1000,
