@@ -20,6 +20,9 @@ if [ "${1:-}" = "--fast" ]; then
 fi
 
 flynn_install_deps
+# A clean clone builds once: incremental caches would only double the disk it takes
+# (tens of GB for this workspace), which a CI machine may not have.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

@@ -49,6 +49,8 @@ fn main() {
     let rounds = env("ROUNDS", 3) as usize;
     let ttl = env("TTL", 3);
     let (mut anchor, mut layer0, mut first_job, mut heal) = (vec![], vec![], vec![], vec![]);
+    // Each step's time (from its events' timestamps), to show where the time goes.
+    let mut per_step: Vec<(String, Vec<f64>)> = Vec::new();
     for _ in 0..rounds {
         // Anchor: a bare etcd on its own switch, started to healthy.
         let sw = new_netns("flynn-bsw-");
@@ -88,7 +90,12 @@ fn main() {
         let started = Instant::now();
         let out = c
             .on_switch()
-            .args(["bootstrap", "--peers", "192.0.2.1,192.0.2.2,192.0.2.3"])
+            .args([
+                "bootstrap",
+                "--json",
+                "--peers",
+                "192.0.2.1,192.0.2.2,192.0.2.3",
+            ])
             .env("FLYNN_TOKEN", TOKEN)
             .output()
             .unwrap();
@@ -98,6 +105,21 @@ fn main() {
             String::from_utf8_lossy(&out.stdout)
         );
         layer0.push(started.elapsed().as_secs_f64());
+        let mut start_ts = None;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let e: serde_json::Value = serde_json::from_str(line).unwrap();
+            let ts = chrono::DateTime::parse_from_rfc3339(e["ts"].as_str().unwrap()).unwrap();
+            if e["state"] == "start" {
+                start_ts = Some(ts);
+                continue;
+            }
+            let step = e["step"].as_str().unwrap().to_string();
+            let secs = (ts - start_ts.unwrap()).num_milliseconds() as f64 / 1000.0;
+            match per_step.iter_mut().find(|(s, _)| *s == step) {
+                Some((_, v)) => v.push(secs),
+                None => per_step.push((step, vec![secs])),
+            }
+        }
         c.host(1).ok(&[
             "cluster", "scale", "web=5", "--app", "bench", "--image", "busybox", "--", "sleep",
             "1d",
@@ -133,6 +155,14 @@ fn main() {
         "anchor (one bare etcd to healthy): {a:.2} s; ratio {:.1} (Layer 0) / {:.1} (first job)",
         l / a,
         f / a
+    );
+    println!(
+        "  per step (medians): {}",
+        per_step
+            .into_iter()
+            .map(|(s, v)| format!("{s} {:.2} s", median(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "host loss to the formation whole: {h:.2} s; target TTL {ttl} s + 2 s: ratio {:.2}",

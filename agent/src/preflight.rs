@@ -34,6 +34,10 @@ pub struct Holders {
     pub etcd_running: bool,
     /// The host's VXLAN device exists (it holds the overlay's UDP port).
     pub vxlan_up: bool,
+    /// One of this agent's probe listeners holds the overlay's UDP port (for its
+    /// time-out at most): the listener of a bootstrap killed mid-preflight must not
+    /// fail the next run's checks.
+    pub probing_vxlan: bool,
 }
 
 pub fn checks(holders: &Holders) -> Vec<PreflightCheck> {
@@ -83,13 +87,22 @@ pub fn checks(holders: &Holders) -> Vec<PreflightCheck> {
     for (port, held) in [(2379, holders.etcd_running), (2380, holders.etcd_running)] {
         out.push(port_check("tcp", port, held, tcp_free(port), "etcd"));
     }
-    out.push(port_check(
-        "udp",
-        4789,
-        holders.vxlan_up,
-        udp_free(4789),
-        "the overlay (VXLAN)",
-    ));
+    if holders.probing_vxlan && !holders.vxlan_up {
+        out.push(PreflightCheck {
+            name: "port:udp/4789".into(),
+            ok: true,
+            detail: "udp 4789 is held for a few seconds by this host's own probe listener (a bootstrap's preflight)".into(),
+            fix: None,
+        });
+    } else {
+        out.push(port_check(
+            "udp",
+            4789,
+            holders.vxlan_up,
+            udp_free(4789),
+            "the overlay (VXLAN)",
+        ));
+    }
     out.push(port_check(
         "udp",
         53,
@@ -203,6 +216,7 @@ fn udp_wildcard_listener(port: u16) -> bool {
 struct Heard {
     from: Option<SocketAddr>,
     listening: bool,
+    port: u16,
 }
 
 /// The UDP probe listeners of this daemon, by nonce.
@@ -254,6 +268,7 @@ impl Probes {
         let heard = Arc::new(Mutex::new(Heard {
             from: None,
             listening: true,
+            port: req.port,
         }));
         {
             let mut map = self.by_nonce.lock().unwrap_or_else(|p| p.into_inner());
@@ -295,6 +310,18 @@ impl Probes {
                 .remove(&req.nonce);
         });
         Ok(())
+    }
+
+    /// Whether a listener of ours holds UDP `port` now.
+    pub fn listening_on(&self, port: u16) -> bool {
+        self.by_nonce
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|h| {
+                let h = h.lock().unwrap_or_else(|p| p.into_inner());
+                h.listening && h.port == port
+            })
     }
 
     pub fn heard(&self, nonce: &str) -> Result<ProbeHeard, ProbeError> {

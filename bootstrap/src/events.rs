@@ -15,16 +15,25 @@ pub enum State {
     Error,
 }
 
+/// One line of `--json`. Every field is always there (`data` and `error` may be
+/// null), so a script can read any event the same way.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub step: String,
     pub action: String,
     pub state: State,
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    /// What the step found or did (`summary` in a few words, and details); for an
+    /// error, the hosts involved.
     pub data: serde_json::Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub ts: chrono::DateTime<chrono::Utc>,
+}
+
+/// Where events go: the user's terminal or pipe ([`Reporter`]), or a test's list.
+pub trait Sink {
+    fn emit(&mut self, e: &Event);
+    /// The run's last words, for a human (nothing in `--json`: the events say it).
+    fn finish(&mut self, line: &str);
 }
 
 pub enum Reporter {
@@ -46,8 +55,19 @@ impl Reporter {
             }
         }
     }
+}
 
-    pub fn emit(&mut self, e: &Event) {
+impl Sink for Reporter {
+    fn finish(&mut self, line: &str) {
+        if let Reporter::Human { spinner, .. } = self {
+            if let Some(s) = spinner.take() {
+                s.finish_and_clear();
+            }
+            println!("{line}");
+        }
+    }
+
+    fn emit(&mut self, e: &Event) {
         match self {
             Reporter::Json => {
                 if let Ok(line) = serde_json::to_string(e) {
@@ -62,6 +82,8 @@ impl Reporter {
                 }
                 let what = format!("{} ({})", e.step, e.action);
                 match e.state {
+                    // The spinner is on stderr (indicatif's default) so stdout stays
+                    // the record of what happened.
                     State::Start if *tty => {
                         let s = indicatif::ProgressBar::new_spinner();
                         s.set_message(what);
@@ -96,4 +118,27 @@ fn summary(data: &serde_json::Value) -> String {
         .and_then(|s| s.as_str())
         .map(|s| format!(": {s}"))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_line_has_every_field() {
+        let e = Event {
+            step: "etcd".into(),
+            action: "etcd".into(),
+            state: State::Start,
+            data: serde_json::Value::Null,
+            error: None,
+            ts: chrono::Utc::now(),
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        for k in ["step", "action", "state", "data", "error", "ts"] {
+            assert!(v.get(k).is_some(), "{k} missing in {v}");
+        }
+        assert_eq!(v["state"], "start");
+        assert!(chrono::DateTime::parse_from_rfc3339(v["ts"].as_str().unwrap()).is_ok());
+    }
 }

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::manifest::Step;
+use crate::error::{CallError, MissingHost, PreflightFailure, StepError};
+use crate::manifest::{Action, Step};
+use crate::{Outcome, Runner};
 
 /// The overlay's UDP port (VXLAN) and the most clock skew a cluster tolerates.
 const VXLAN_PORT: u16 = 4789;
@@ -19,11 +21,8 @@ const MAX_SKEW_MS: i64 = 2000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const SCHEDULER_JOB: &str = "flynn-scheduler";
 const SCHEDULER_PORT: u16 = 1114;
-
-pub enum Outcome {
-    Done(Value),
-    Skipped(Value),
-}
+/// How long a probe listener waits for its datagram.
+const PROBE_LISTEN_MS: u64 = 3000;
 
 struct Peer {
     addr: Ipv4Addr,
@@ -53,6 +52,46 @@ struct Preflight {
     time_ms: i64,
 }
 
+/// `GET /host/status`: only who the host is.
+#[derive(Deserialize)]
+struct HostStatus {
+    id: String,
+}
+
+/// `POST /host/probe/send`.
+#[derive(Deserialize)]
+struct ProbeSent {
+    tcp_ok: bool,
+    #[serde(default)]
+    tcp_error: Option<String>,
+}
+
+/// `GET /host/probe/listen/{nonce}`.
+#[derive(Deserialize)]
+struct ProbeHeard {
+    received: bool,
+    #[serde(default)]
+    listening: bool,
+}
+
+/// `GET /cluster/hosts`: the members' ids.
+#[derive(Deserialize)]
+struct HostRecord {
+    id: String,
+}
+
+/// `GET /discovery/services/flynn-scheduler/leader`.
+#[derive(Deserialize)]
+struct Leader {
+    addr: String,
+}
+
+/// `PUT /cluster/etcd`, `PUT /cluster/join`.
+#[derive(Deserialize)]
+struct Changed {
+    changed: bool,
+}
+
 pub struct Run {
     peers: Vec<Ipv4Addr>,
     port: u16,
@@ -70,27 +109,138 @@ async fn call<T: DeserializeOwned>(
     method: Method,
     path: &str,
     body: Option<&Value>,
-) -> Result<T, String> {
+) -> Result<T, CallError> {
     match tokio::time::timeout(CALL_TIMEOUT, c.call::<T>(method, path, body)).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(match e.downcast_ref::<ApiFailure>() {
-            Some(f) if f.status == StatusCode::UNAUTHORIZED => {
-                "it refused the token: give every host the same token (flynn.token=, or the daemon's config) and pass it here".to_string()
-            }
-            Some(f)
-                if f.status == StatusCode::NOT_FOUND
-                    && (path.starts_with("/cluster") || path.starts_with("/host/p")) =>
-            {
-                format!("{} (is its flynn-host older than this one?)", f.message)
-            }
-            _ => format!("{e:#}"),
-        }),
-        Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(call_error(&e, path)),
+        Err(_) => Err(CallError::Timeout(CALL_TIMEOUT.as_secs())),
     }
 }
 
-fn random_id() -> Result<String, String> {
-    flynn_random::hex(8, flynn_random::Use::Unique).map_err(|e| format!("random bytes: {e}"))
+/// A request whose answer has no body (204).
+async fn call_empty(
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(), CallError> {
+    match tokio::time::timeout(CALL_TIMEOUT, c.send_json(method, path, body)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(call_error(&e, path)),
+        Err(_) => Err(CallError::Timeout(CALL_TIMEOUT.as_secs())),
+    }
+}
+
+fn call_error(e: &anyhow::Error, path: &str) -> CallError {
+    match e.downcast_ref::<ApiFailure>() {
+        Some(f) if f.status == StatusCode::UNAUTHORIZED => CallError::Token,
+        Some(f)
+            if f.status == StatusCode::NOT_FOUND
+                && (path == "/cluster"
+                    || path.starts_with("/cluster/")
+                    || path.starts_with("/host/p")) =>
+        {
+            CallError::Old(f.message.clone())
+        }
+        Some(f) => CallError::Status {
+            status: f.status.as_u16(),
+            message: f.message.clone(),
+        },
+        None => CallError::Transport(format!("{e:#}")),
+    }
+}
+
+/// A failed call on a host, as a step error.
+fn on(host: Ipv4Addr, doing: &'static str) -> impl FnOnce(CallError) -> StepError {
+    move |source| match source {
+        CallError::Token => StepError::Token { host, source },
+        source => StepError::Call {
+            host,
+            doing,
+            source,
+        },
+    }
+}
+
+fn random_id() -> Result<String, StepError> {
+    flynn_random::hex(8, flynn_random::Use::Unique).map_err(|e| StepError::Random(e.to_string()))
+}
+
+/// The etcd members for `hosts` hosts: 1, 3 or 5 (one when there are two hosts: a
+/// second member adds a failure, not safety); never more than there are hosts, and
+/// never an even count.
+pub(crate) fn member_count(hosts: usize, wanted: Option<usize>) -> usize {
+    let n = wanted.unwrap_or(match hosts {
+        0..=2 => 1,
+        3 | 4 => 3,
+        _ => 5,
+    });
+    [5, 3, 1]
+        .into_iter()
+        .find(|&m| m <= n && m <= hosts)
+        .unwrap_or(1)
+}
+
+fn addrs(list: &[Ipv4Addr]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Runner for Run {
+    async fn step(&mut self, step: &Step) -> Result<Outcome, StepError> {
+        // A manifest may start past online-hosts (or a step may be run alone): the
+        // hosts are found first either way.
+        if step.action != Action::OnlineHosts && self.hosts.is_empty() {
+            self.online().await?;
+        }
+        match step.action {
+            Action::OnlineHosts => self.online().await,
+            Action::Preflight => self.preflight().await,
+            Action::Etcd => {
+                let members = step.param_u64("members").map(|n| n as usize);
+                self.etcd_step(members).await
+            }
+            Action::Join => self.join().await,
+            Action::Scheduler => {
+                let n = step.param_u64("instances").unwrap_or(2) as usize;
+                let image = step
+                    .param_str("image")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("flynn/host:{}", env!("CARGO_PKG_VERSION")));
+                self.scheduler(n, &image).await
+            }
+        }
+    }
+
+    /// Notes a finished step in etcd (once etcd runs); best effort: the record is
+    /// what an operator reads (`/flynn/bootstrap`), the steps check the real state
+    /// themselves.
+    async fn record(&mut self, step: &Step) {
+        let Some(etcd) = &self.etcd else { return };
+        let mut rec = discovery::cluster::bootstrap_record(etcd)
+            .await
+            .unwrap_or_default();
+        if !rec.done.contains(&step.id) {
+            rec.done.push(step.id.clone());
+        }
+        rec.hosts = self.hosts.iter().map(|h| h.addr.to_string()).collect();
+        rec.updated_at = Some(chrono::Utc::now());
+        if let Err(e) = discovery::cluster::put_bootstrap_record(etcd, &rec).await {
+            tracing::warn!(error = %e, "recording the bootstrap's progress");
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "cluster {} of {} hosts ({}), etcd at {}",
+            self.cluster_id.as_deref().unwrap_or("?"),
+            self.hosts.len(),
+            addrs(&self.hosts.iter().map(|h| h.addr).collect::<Vec<_>>()),
+            self.etcd_urls.join(",")
+        )
+    }
 }
 
 impl Run {
@@ -114,72 +264,7 @@ impl Run {
         }
     }
 
-    pub fn summary(&self) -> String {
-        format!(
-            "cluster {} of {} hosts ({}), etcd at {}",
-            self.cluster_id.as_deref().unwrap_or("?"),
-            self.hosts.len(),
-            self.hosts
-                .iter()
-                .map(|h| h.addr.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.etcd_urls.join(",")
-        )
-    }
-
-    pub async fn step(&mut self, step: &Step) -> Result<Outcome, String> {
-        if step.action != "online-hosts" && self.hosts.is_empty() {
-            self.online().await?;
-        }
-        match step.action.as_str() {
-            "online-hosts" => self.online().await,
-            "preflight" => self.preflight().await,
-            "etcd" => {
-                let members = step
-                    .params
-                    .get("members")
-                    .and_then(Value::as_u64)
-                    .map(|n| n as usize);
-                self.etcd_step(members).await
-            }
-            "join" => self.join().await,
-            "scheduler" => {
-                let n = step
-                    .params
-                    .get("instances")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(2) as usize;
-                let image = step
-                    .params
-                    .get("image")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("flynn/host:{}", env!("CARGO_PKG_VERSION")));
-                self.scheduler(n, &image).await
-            }
-            other => Err(format!("unknown action {other}")),
-        }
-    }
-
-    /// Notes a finished step in etcd (once etcd runs); best effort: the record is a
-    /// convenience, the steps check the real state themselves.
-    pub async fn record(&self, step: &str) {
-        let Some(etcd) = &self.etcd else { return };
-        let mut rec = discovery::cluster::bootstrap_record(etcd)
-            .await
-            .unwrap_or_default();
-        if !rec.done.iter().any(|d| d == step) {
-            rec.done.push(step.to_string());
-        }
-        rec.hosts = self.hosts.iter().map(|h| h.addr.to_string()).collect();
-        rec.updated_at = Some(chrono::Utc::now());
-        if let Err(e) = discovery::cluster::put_bootstrap_record(etcd, &rec).await {
-            tracing::warn!(error = %e, "recording the bootstrap's progress");
-        }
-    }
-
-    async fn online(&mut self) -> Result<Outcome, String> {
+    async fn online(&mut self) -> Result<Outcome, StepError> {
         let want = self.min_hosts.unwrap_or(self.peers.len());
         let deadline = Instant::now() + self.timeout;
         let mut found: BTreeMap<Ipv4Addr, Peer> = BTreeMap::new();
@@ -189,28 +274,29 @@ impl Run {
                 if found.contains_key(addr) {
                     continue;
                 }
-                let client = Client::from_options(
-                    Some(&format!("http://{addr}:{}", self.port)),
-                    Some(&self.token),
-                )
-                .map_err(|e| format!("{e:#}"))?;
-                match call::<Value>(&client, Method::GET, "/host/status", None).await {
+                let url = format!("http://{addr}:{}", self.port);
+                let client = Client::from_options(Some(&url), Some(&self.token))
+                    .map_err(|e| StepError::Address(url.clone(), format!("{e:#}")))?;
+                match call::<HostStatus>(&client, Method::GET, "/host/status", None).await {
                     Ok(status) => {
-                        let id = status["id"].as_str().unwrap_or_default().to_string();
                         found.insert(
                             *addr,
                             Peer {
                                 addr: *addr,
-                                id,
+                                id: status.id,
                                 client,
                             },
                         );
                     }
-                    Err(e) if e.contains("refused the token") => {
-                        return Err(format!("host {addr}: {e}"));
+                    // A wrong token will not heal by waiting: say so at once.
+                    Err(source @ CallError::Token) => {
+                        return Err(StepError::Token {
+                            host: *addr,
+                            source,
+                        });
                     }
                     Err(e) => {
-                        last_error.insert(*addr, e);
+                        last_error.insert(*addr, e.to_string());
                     }
                 }
             }
@@ -218,24 +304,20 @@ impl Run {
                 break;
             }
             if Instant::now() >= deadline {
-                let missing: Vec<String> = self
-                    .peers
-                    .iter()
-                    .filter(|a| !found.contains_key(a))
-                    .map(|a| {
-                        format!(
-                            "{a} ({})",
-                            last_error.get(a).map(String::as_str).unwrap_or("no answer")
-                        )
-                    })
-                    .collect();
-                return Err(format!(
-                    "{} of {} hosts answered within {}s; still missing: {}",
-                    found.len(),
-                    self.peers.len(),
-                    self.timeout.as_secs(),
-                    missing.join("; ")
-                ));
+                return Err(StepError::Missing {
+                    answered: found.len(),
+                    total: self.peers.len(),
+                    secs: self.timeout.as_secs(),
+                    missing: self
+                        .peers
+                        .iter()
+                        .filter(|a| !found.contains_key(a))
+                        .map(|a| MissingHost {
+                            host: *a,
+                            last_error: last_error.get(a).cloned(),
+                        })
+                        .collect(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -262,46 +344,47 @@ impl Run {
         })))
     }
 
-    async fn memberships(&self) -> Result<Vec<Membership>, String> {
+    async fn memberships(&self) -> Result<Vec<Membership>, StepError> {
         let mut out = Vec::new();
         for h in &self.hosts {
             out.push(
                 call(&h.client, Method::GET, "/cluster", None)
                     .await
-                    .map_err(|e| format!("host {}: {e}", h.addr))?,
+                    .map_err(on(h.addr, "reading its membership"))?,
             );
         }
         Ok(out)
     }
 
     /// The cluster the hosts already belong to, if any; an error if they disagree.
-    fn known_cluster(&self, ms: &[Membership]) -> Result<Option<String>, String> {
-        let mut ids: Vec<(&Ipv4Addr, &String)> = self
+    fn known_cluster(&self, ms: &[Membership]) -> Result<Option<String>, StepError> {
+        let ids: Vec<(Ipv4Addr, String)> = self
             .hosts
             .iter()
             .zip(ms)
-            .filter_map(|(h, m)| m.cluster_id.as_ref().map(|id| (&h.addr, id)))
+            .filter_map(|(h, m)| m.cluster_id.clone().map(|id| (h.addr, id)))
             .collect();
-        ids.dedup_by(|a, b| a.1 == b.1);
-        match ids.as_slice() {
-            [] => Ok(None),
-            [(_, id)] => Ok(Some((*id).clone())),
-            _ => Err(format!(
-                "the hosts belong to different clusters ({}): a host answers to one cluster; bootstrap hosts of one cluster, or wipe the others' state",
-                ids.iter()
-                    .map(|(a, id)| format!("{a}: {id}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+        match ids.first() {
+            None => Ok(None),
+            Some((_, first)) if ids.iter().all(|(_, id)| id == first) => Ok(Some(first.clone())),
+            Some(_) => Err(StepError::Clusters(ids)),
         }
     }
 
-    async fn preflight(&mut self) -> Result<Outcome, String> {
+    /// Whether the hosts can make a cluster. A re-run re-checks what may have
+    /// changed since (a host added, a firewall rule, a clock): the checks of every
+    /// host, the clocks, and the probes of every pair whose receiving end is not yet
+    /// in the cluster; a host already in it holds UDP 4789 with its overlay (it proved
+    /// the port when it joined) and is probed over TCP only. Skipped only when every
+    /// host is in the cluster.
+    async fn preflight(&mut self) -> Result<Outcome, StepError> {
         let ms = self.memberships().await?;
         let known = self.known_cluster(&ms)?;
-        if known.is_some() && ms.iter().all(|m| m.joined) {
+        if let Some(id) = &known
+            && ms.iter().all(|m| m.joined)
+        {
             return Ok(Outcome::Skipped(json!({
-                "summary": format!("every host is already in cluster {}", known.unwrap_or_default()),
+                "summary": format!("every host is already in cluster {id}"),
             })));
         }
         let mut failures = Vec::new();
@@ -310,52 +393,48 @@ impl Run {
             let sent = Instant::now();
             let p: Preflight = call(&h.client, Method::GET, "/host/preflight", None)
                 .await
-                .map_err(|e| format!("host {}: {e}", h.addr))?;
+                .map_err(on(h.addr, "running its checks"))?;
+            // The host read its clock about half a round trip before we got it.
             let rtt = sent.elapsed().as_millis() as i64;
-            times.push((h.addr, p.time_ms - rtt / 2));
-            for c in p.checks.iter().filter(|c| !c.ok) {
-                failures.push(format!(
-                    "host {}: {}: {}{}",
-                    h.addr,
-                    c.name,
-                    c.detail,
-                    c.fix
-                        .as_ref()
-                        .map(|f| format!(" (fix: {f})"))
-                        .unwrap_or_default()
-                ));
+            times.push((h.addr, p.time_ms + rtt / 2, Instant::now()));
+            for c in p.checks.into_iter().filter(|c| !c.ok) {
+                failures.push(PreflightFailure::Check {
+                    host: h.addr,
+                    name: c.name,
+                    detail: c.detail,
+                    fix: c.fix,
+                });
             }
         }
-        let now = chrono::Utc::now().timestamp_millis();
-        for (addr, t) in &times {
-            // Each host against this machine's clock, all read within a moment.
-            let skew = (t - now).abs();
-            let others = times.iter().map(|(_, o)| (t - o).abs()).max().unwrap_or(0);
-            if others > MAX_SKEW_MS {
-                failures.push(format!(
-                    "host {addr}: its clock is {others} ms off another host's (at most {MAX_SKEW_MS} ms): run NTP (chrony) on every host"
-                ));
+        // Each host's clock brought to one instant (the hosts were read one after
+        // the other), then compared with every other's.
+        let end = Instant::now();
+        let at_end: Vec<(Ipv4Addr, i64)> = times
+            .iter()
+            .map(|(a, t, read)| (*a, t + end.duration_since(*read).as_millis() as i64))
+            .collect();
+        for (addr, t) in &at_end {
+            let off = at_end.iter().map(|(_, o)| (t - o).abs()).max().unwrap_or(0);
+            if off > MAX_SKEW_MS {
+                failures.push(PreflightFailure::Skew {
+                    host: *addr,
+                    off_ms: off,
+                    max_ms: MAX_SKEW_MS,
+                });
             }
-            tracing::debug!(%addr, skew, "clock");
         }
-        // Every ordered pair of hosts not yet in the cluster: TCP to the API, UDP to
-        // the overlay's port. The hosts in the cluster already hold 4789 (their VXLAN
-        // device): they proved it then.
-        let fresh: Vec<usize> = (0..self.hosts.len()).filter(|i| !ms[*i].joined).collect();
         let mut pairs = 0;
-        for &b in &fresh {
-            for &a in &fresh {
-                if a == b {
+        for b in 0..self.hosts.len() {
+            for a in 0..self.hosts.len() {
+                if a == b || (ms[a].joined && ms[b].joined) {
                     continue;
                 }
                 pairs += 1;
-                if let Err(e) = self.probe(a, b).await {
-                    failures.push(e);
-                }
+                failures.extend(self.probe(a, b, !ms[b].joined).await?);
             }
         }
         if !failures.is_empty() {
-            return Err(format!("nothing was started: {}", failures.join("; ")));
+            return Err(StepError::Preflight(failures));
         }
         Ok(Outcome::Done(json!({
             "summary": format!("{} hosts ready, {pairs} host pairs reach each other on TCP {} and UDP {VXLAN_PORT}", self.hosts.len(), self.port),
@@ -363,99 +442,119 @@ impl Run {
         })))
     }
 
-    async fn probe(&self, a: usize, b: usize) -> Result<(), String> {
+    /// Host `a` reaches host `b`: TCP to its API port, and (with `udp`) datagrams to
+    /// its overlay port, which `b` listens for with a nonce and reports.
+    async fn probe(
+        &self,
+        a: usize,
+        b: usize,
+        udp: bool,
+    ) -> Result<Vec<PreflightFailure>, StepError> {
         let (ha, hb) = (&self.hosts[a], &self.hosts[b]);
         let nonce = format!("bootstrap-{}", random_id()?);
-        let listen = json!({"port": VXLAN_PORT, "nonce": nonce, "timeout_ms": 3000});
-        // 204: no body; the client wants JSON, so use the raw request.
-        tokio::time::timeout(
-            CALL_TIMEOUT,
-            hb.client
-                .send_json(Method::POST, "/host/probe/listen", Some(&listen)),
-        )
-        .await
-        .map_err(|_| format!("host {}: no answer to the UDP probe set-up", hb.addr))?
-        .map_err(|e| {
-            format!(
-                "host {}: cannot listen on UDP {VXLAN_PORT}: {e:#} (is something else using it?)",
-                hb.addr
-            )
-        })?;
-        let send = json!({"address": hb.addr, "tcp_port": self.port, "udp_port": VXLAN_PORT, "nonce": nonce});
-        let sent: Value = call(&ha.client, Method::POST, "/host/probe/send", Some(&send))
-            .await
-            .map_err(|e| format!("host {}: {e}", ha.addr))?;
-        let mut problems = Vec::new();
-        if sent["tcp_ok"] != true {
-            problems.push(format!(
-                "TCP {} from {} to {} fails ({}): open TCP port {} between the hosts",
-                self.port,
-                ha.addr,
-                hb.addr,
-                sent["tcp_error"].as_str().unwrap_or("?"),
-                self.port
-            ));
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let mut heard = false;
-        loop {
-            let h: Value = call(
-                &hb.client,
-                Method::GET,
-                &format!("/host/probe/listen/{nonce}"),
-                None,
-            )
-            .await
-            .map_err(|e| format!("host {}: {e}", hb.addr))?;
-            if h["received"] == true {
-                heard = true;
-                break;
+        let mut failures = Vec::new();
+        let listening = if udp {
+            match self.listen(hb, &nonce).await? {
+                Ok(()) => true,
+                Err(f) => {
+                    failures.push(f);
+                    false
+                }
             }
-            if h["listening"] != true || Instant::now() >= deadline {
+        } else {
+            false
+        };
+        let send = json!({"address": hb.addr, "tcp_port": self.port, "udp_port": VXLAN_PORT, "nonce": nonce});
+        let sent: ProbeSent = call(&ha.client, Method::POST, "/host/probe/send", Some(&send))
+            .await
+            .map_err(on(ha.addr, "probing another host"))?;
+        if !sent.tcp_ok {
+            failures.push(PreflightFailure::Tcp {
+                from: ha.addr,
+                to: hb.addr,
+                port: self.port,
+                error: sent.tcp_error.unwrap_or_else(|| "?".into()),
+            });
+        }
+        if !listening {
+            return Ok(failures);
+        }
+        let path = format!("/host/probe/listen/{nonce}");
+        let deadline = Instant::now() + Duration::from_millis(PROBE_LISTEN_MS);
+        loop {
+            let h: ProbeHeard = call(&hb.client, Method::GET, &path, None)
+                .await
+                .map_err(on(hb.addr, "reading its probe"))?;
+            if h.received {
+                return Ok(failures);
+            }
+            if !h.listening || Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if !heard {
-            problems.push(format!(
-                "UDP {VXLAN_PORT} from {} to {} does not arrive: open UDP port {VXLAN_PORT} between the hosts (firewall, security group); the overlay needs it",
-                ha.addr, hb.addr
-            ));
-            // The listener holds the port until its time-out: wait it out.
-            for _ in 0..40 {
-                let h: Value = call(
-                    &hb.client,
-                    Method::GET,
-                    &format!("/host/probe/listen/{nonce}"),
-                    None,
-                )
-                .await
-                .unwrap_or(Value::Null);
-                if h["listening"] != true {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        failures.push(PreflightFailure::Udp {
+            from: ha.addr,
+            to: hb.addr,
+            port: VXLAN_PORT,
+        });
+        // The listener holds the port until its time-out: wait it out, so the next
+        // probe of this host can listen.
+        for _ in 0..40 {
+            let h: Option<ProbeHeard> = call(&hb.client, Method::GET, &path, None).await.ok();
+            if !h.is_some_and(|h| h.listening) {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
+        Ok(failures)
+    }
+
+    /// `b` listens on the overlay's UDP port for `nonce`. The port may be held for a
+    /// moment by the listener of a run that was killed mid-probe (it ends at its
+    /// time-out): that is waited out; anything holding it longer is a failure.
+    async fn listen(
+        &self,
+        hb: &Peer,
+        nonce: &str,
+    ) -> Result<Result<(), PreflightFailure>, StepError> {
+        let listen = json!({"port": VXLAN_PORT, "nonce": nonce, "timeout_ms": PROBE_LISTEN_MS});
+        let deadline = Instant::now() + Duration::from_millis(PROBE_LISTEN_MS + 2000);
+        loop {
+            match call_empty(
+                &hb.client,
+                Method::POST,
+                "/host/probe/listen",
+                Some(&listen),
+            )
+            .await
+            {
+                Ok(()) => return Ok(Ok(())),
+                Err(CallError::Status {
+                    status: 409,
+                    message,
+                }) => {
+                    if Instant::now() >= deadline {
+                        return Ok(Err(PreflightFailure::Probe {
+                            host: hb.addr,
+                            reason: format!(
+                                "{message}: free UDP port {VXLAN_PORT} on it (`ss -ulpn sport = :{VXLAN_PORT}` shows who holds it)"
+                            ),
+                        }));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(on(hb.addr, "listening for a UDP probe")(e)),
+            }
         }
     }
 
-    /// The etcd members: the hosts with the lowest addresses, 1, 3 or 5 of them (one
-    /// when there are two hosts: a second member adds a failure, not safety).
+    /// The etcd members: the hosts with the lowest addresses (`hosts` is in address
+    /// order), so every run picks the same ones.
     fn members(&self, wanted: Option<usize>) -> Vec<Ipv4Addr> {
-        let n = wanted.unwrap_or(match self.hosts.len() {
-            0..=2 => 1,
-            3 | 4 => 3,
-            _ => 5,
-        });
-        // `hosts` is in address order.
         self.hosts
             .iter()
-            .take(n.min(self.hosts.len()))
+            .take(member_count(self.hosts.len(), wanted))
             .map(|h| h.addr)
             .collect()
     }
@@ -464,8 +563,9 @@ impl Run {
         self.hosts.iter().enumerate().find(|(_, h)| h.addr == addr)
     }
 
-    async fn etcd_step(&mut self, wanted: Option<usize>) -> Result<Outcome, String> {
+    async fn etcd_step(&mut self, wanted: Option<usize>) -> Result<Outcome, StepError> {
         let ms = self.memberships().await?;
+        // Made once, by the first run; a re-run finds it on the hosts it reached.
         let cluster_id = match self.known_cluster(&ms)? {
             Some(id) => id,
             None => random_id()?,
@@ -491,10 +591,10 @@ impl Run {
             let req = json!({"cluster_id": cluster_id, "name": entry["name"], "members": list});
             // Asked even when the host records this membership: the agent makes sure
             // its job exists and runs (a run killed mid-step may have left it without).
-            let r: Value = call(&m.client, Method::PUT, "/cluster/etcd", Some(&req))
+            let r: Changed = call(&m.client, Method::PUT, "/cluster/etcd", Some(&req))
                 .await
-                .map_err(|e| format!("host {addr}: running its etcd member: {e}"))?;
-            changed |= r["changed"] == true;
+                .map_err(on(*addr, "running its etcd member"))?;
+            changed |= r.changed;
         }
         let etcd = self.wait_etcd().await?;
         let record = discovery::cluster::ensure(
@@ -502,22 +602,22 @@ impl Run {
             &discovery::cluster::ClusterRecord {
                 id: cluster_id.clone(),
                 created_at: chrono::Utc::now(),
+                hosts: self.hosts.iter().map(|h| h.addr.to_string()).collect(),
             },
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         if record.id != cluster_id {
-            return Err(format!(
-                "the etcd at {} belongs to cluster {}, not {cluster_id}: these hosts were bootstrapped with other hosts",
-                self.etcd_urls.join(","),
-                record.id
-            ));
+            return Err(StepError::OtherCluster {
+                urls: self.etcd_urls.join(","),
+                found: record.id,
+                ours: cluster_id,
+            });
         }
         self.etcd = Some(etcd);
         let data = json!({
             "cluster_id": cluster_id,
             "members": list,
-            "summary": format!("{} member(s) on {}, cluster {cluster_id}", members.len(), members.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")),
+            "summary": format!("{} member(s) on {}, cluster {cluster_id}", members.len(), addrs(&members)),
         });
         Ok(if changed {
             Outcome::Done(data)
@@ -528,7 +628,7 @@ impl Run {
 
     /// Waits until every member answers (a client of all of them then never lands on
     /// one still starting), then connects to all.
-    async fn wait_etcd(&self) -> Result<discovery::Etcd, String> {
+    async fn wait_etcd(&self) -> Result<discovery::Etcd, StepError> {
         let deadline = Instant::now() + self.timeout;
         loop {
             let mut silent = Vec::new();
@@ -552,23 +652,18 @@ impl Run {
                 return Ok(e);
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "etcd is not healthy after {}s; members not answering: {} (see `flynn-host logs flynn-etcd` on those hosts)",
-                    self.timeout.as_secs(),
-                    if silent.is_empty() {
-                        "none, but there is no quorum yet".to_string()
-                    } else {
-                        silent.join(", ")
-                    }
-                ));
+                return Err(StepError::EtcdUnhealthy {
+                    secs: self.timeout.as_secs(),
+                    silent,
+                });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
-    /// The scheduler: `n` jobs `flynn-scheduler` on the hosts with the lowest addresses
-    /// (one per host), on the host network; then waits for a leader.
-    async fn scheduler(&mut self, n: usize, image: &str) -> Result<Outcome, String> {
+    /// The etcd client URLs when the etcd step was not run in this process (a
+    /// manifest that starts later): the same members it would choose.
+    fn ensure_etcd_urls(&mut self) {
         if self.etcd_urls.is_empty() {
             self.etcd_urls = self
                 .members(None)
@@ -576,7 +671,14 @@ impl Run {
                 .map(|a| format!("http://{a}:2379"))
                 .collect();
         }
+    }
+
+    /// The scheduler: `n` jobs `flynn-scheduler` on the hosts with the lowest addresses
+    /// (one per host), on the host network; then waits for a leader.
+    async fn scheduler(&mut self, n: usize, image: &str) -> Result<Outcome, StepError> {
+        self.ensure_etcd_urls();
         let mut started = 0;
+        let on_hosts: Vec<Ipv4Addr> = self.hosts.iter().take(n.max(1)).map(|h| h.addr).collect();
         for h in self.hosts.iter().take(n.max(1)) {
             match call::<Value>(
                 &h.client,
@@ -587,8 +689,8 @@ impl Run {
             .await
             {
                 Ok(_) => continue,
-                Err(e) if e.contains("no such job") || e.contains("not found") => {}
-                Err(e) => return Err(format!("host {}: {e}", h.addr)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(on(h.addr, "looking for its scheduler")(e)),
             }
             let req = json!({
                 "image": image,
@@ -601,12 +703,12 @@ impl Run {
             });
             call::<Value>(&h.client, Method::POST, "/jobs", Some(&req))
                 .await
-                .map_err(|e| format!("host {}: starting the scheduler: {e}", h.addr))?;
+                .map_err(on(h.addr, "starting the scheduler"))?;
             started += 1;
         }
         let deadline = Instant::now() + self.timeout;
         let leader = loop {
-            match call::<Value>(
+            match call::<Leader>(
                 &self.hosts[0].client,
                 Method::GET,
                 "/discovery/services/flynn-scheduler/leader",
@@ -616,15 +718,16 @@ impl Run {
             {
                 Ok(l) => break l,
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "no scheduler leads after {}s ({e}): see `flynn-host logs {SCHEDULER_JOB}` on the first hosts",
-                        self.timeout.as_secs()
-                    ));
+                    return Err(StepError::NoLeader {
+                        secs: self.timeout.as_secs(),
+                        reason: e.to_string(),
+                        hosts: on_hosts,
+                    });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
         };
-        let data = json!({"leader": leader["addr"], "summary": format!("leader at {}", leader["addr"].as_str().unwrap_or("?"))});
+        let data = json!({"leader": leader.addr, "summary": format!("leader at {}", leader.addr)});
         Ok(if started > 0 {
             Outcome::Done(data)
         } else {
@@ -632,55 +735,50 @@ impl Run {
         })
     }
 
-    async fn join(&mut self) -> Result<Outcome, String> {
+    async fn join(&mut self) -> Result<Outcome, StepError> {
         let ms = self.memberships().await?;
         let Some(cluster_id) = self.cluster_id.clone().or(self.known_cluster(&ms)?) else {
-            return Err("no cluster to join: the etcd step must come first".into());
+            return Err(StepError::NoCluster);
         };
-        if self.etcd_urls.is_empty() {
-            self.etcd_urls = self
-                .members(None)
-                .iter()
-                .map(|a| format!("http://{a}:2379"))
-                .collect();
-        }
+        self.ensure_etcd_urls();
         let mut joined_now = 0;
         for (h, m) in self.hosts.iter().zip(&ms) {
             if m.joined && m.cluster_id.as_deref() == Some(cluster_id.as_str()) {
                 continue;
             }
             let req = json!({"cluster_id": cluster_id, "etcd": self.etcd_urls});
-            call::<Value>(&h.client, Method::PUT, "/cluster/join", Some(&req))
+            call::<Changed>(&h.client, Method::PUT, "/cluster/join", Some(&req))
                 .await
-                .map_err(|e| format!("host {}: joining: {e}", h.addr))?;
+                .map_err(on(h.addr, "joining"))?;
             joined_now += 1;
         }
         // Every host is in the membership (its lease and record are up).
         let deadline = Instant::now() + self.timeout;
-        let ids: Vec<&str> = self.hosts.iter().map(|h| h.id.as_str()).collect();
         loop {
-            let listed: Result<Vec<Value>, String> =
+            let listed: Result<Vec<HostRecord>, CallError> =
                 call(&self.hosts[0].client, Method::GET, "/cluster/hosts", None).await;
-            let missing: Vec<&str> = match &listed {
-                Ok(l) => ids
-                    .iter()
-                    .copied()
-                    .filter(|id| !l.iter().any(|r| r["id"] == *id))
-                    .collect(),
-                Err(_) => ids.clone(),
-            };
+            let missing: Vec<String> = self
+                .hosts
+                .iter()
+                .filter(|h| {
+                    listed
+                        .as_ref()
+                        .map_or(true, |l| !l.iter().any(|r| r.id == h.id))
+                })
+                .map(|h| format!("{} ({})", h.addr, h.id))
+                .collect();
             if missing.is_empty() {
                 break;
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "hosts not in the cluster after {}s: {} ({})",
-                    self.timeout.as_secs(),
-                    missing.join(", "),
-                    listed
-                        .err()
-                        .unwrap_or_else(|| "see their daemon logs: `flynn-host status`".into())
-                ));
+                return Err(StepError::NotJoined {
+                    secs: self.timeout.as_secs(),
+                    missing,
+                    reason: listed.err().map_or_else(
+                        || "see their daemon logs and `flynn-host status` there".into(),
+                        |e| e.to_string(),
+                    ),
+                });
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -695,5 +793,20 @@ impl Run {
         } else {
             Outcome::Skipped(data)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_has_one_three_or_five_members_never_more_than_hosts() {
+        let counts: Vec<usize> = (1..=8).map(|h| member_count(h, None)).collect();
+        assert_eq!(counts, [1, 1, 3, 3, 5, 5, 5, 5]);
+        assert_eq!(member_count(4, Some(5)), 3, "five asked, four hosts");
+        assert_eq!(member_count(2, Some(3)), 1);
+        assert_eq!(member_count(9, Some(1)), 1);
+        assert_eq!(member_count(9, Some(3)), 3);
     }
 }

@@ -14,6 +14,9 @@ use crate::schema;
 pub struct ClusterRecord {
     pub id: String,
     pub created_at: DateTime<Utc>,
+    /// The hosts' addresses the first bootstrap built it from.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

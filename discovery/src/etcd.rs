@@ -1,5 +1,7 @@
 //! The connection to etcd and the host's lease.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper};
@@ -12,7 +14,14 @@ use crate::error::DiscoveryError;
 pub struct Etcd {
     client: Client,
     endpoints: String,
+    /// Held by every clone: the endpoint follower ends when the last one goes.
+    _followed: Arc<()>,
 }
+
+/// How often the endpoints of a cluster of several members are checked.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// A member that does not accept a TCP connection within this is taken as down.
+const REACH_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// A granted lease: everything a host announces is put on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +47,18 @@ impl Etcd {
                 endpoints: joined.clone(),
                 source,
             })?;
+        let followed = Arc::new(());
+        if endpoints.len() > 1 {
+            tokio::spawn(follow_endpoints(
+                client.clone(),
+                endpoints.to_vec(),
+                Arc::downgrade(&followed),
+            ));
+        }
         Ok(Etcd {
             client,
             endpoints: joined,
+            _followed: followed,
         })
     }
 
@@ -173,4 +191,71 @@ pub(crate) fn is_not_found(e: &etcd_client::Error) -> bool {
         etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
         _ => false,
     }
+}
+
+/// Keeps the client's balanced channel to the members that accept connections.
+/// The channel itself keeps sending a share of requests to a member that is down
+/// (each fails with a connect error: etcd-client's balancer does not drop failed
+/// endpoints), so with one member of three down, reads and writes that the other
+/// two could serve failed at random. A member that refuses or does not answer a
+/// TCP connection is taken out of the channel, and put back once it accepts again;
+/// the last reachable ones are never taken out (with none, nothing could succeed
+/// anyway, and the channel's own reconnects find the first member back).
+async fn follow_endpoints(client: Client, endpoints: Vec<String>, alive: Weak<()>) {
+    let mut out: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(FOLLOW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if alive.strong_count() == 0 {
+            return;
+        }
+        let mut checks = tokio::task::JoinSet::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            let e = e.clone();
+            checks.spawn(async move { (i, reachable(&e).await) });
+        }
+        let mut up = vec![false; endpoints.len()];
+        while let Some(Ok((i, ok))) = checks.join_next().await {
+            up[i] = ok;
+        }
+        if !up.iter().any(|u| *u) {
+            continue;
+        }
+        for (e, ok) in endpoints.iter().zip(&up) {
+            if !ok && !out.contains(e) {
+                match client.remove_endpoint(e).await {
+                    Ok(()) => {
+                        tracing::info!(endpoint = %e, "etcd member unreachable: not sending it requests");
+                        out.insert(e.clone());
+                    }
+                    Err(err) => {
+                        tracing::debug!(endpoint = %e, error = %err, "removing an etcd endpoint")
+                    }
+                }
+            } else if *ok && out.contains(e) {
+                match client.add_endpoint(e).await {
+                    Ok(()) => {
+                        tracing::info!(endpoint = %e, "etcd member reachable again");
+                        out.remove(e);
+                    }
+                    Err(err) => {
+                        tracing::debug!(endpoint = %e, error = %err, "adding an etcd endpoint back")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `url` (`http://host:port`) accepts a TCP connection.
+async fn reachable(url: &str) -> bool {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/');
+    matches!(
+        tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(authority)).await,
+        Ok(Ok(_))
+    )
 }

@@ -58,6 +58,7 @@ pub async fn preflight(state: &ApiState) -> Result<Response<Body>, ApiError> {
     let holders = crate::preflight::Holders {
         etcd_running,
         vxlan_up,
+        probing_vxlan: state.probes.listening_on(4789),
     };
     let checks = tokio::task::spawn_blocking(move || crate::preflight::checks(&holders))
         .await

@@ -431,6 +431,55 @@ pub fn is_event(kind: &'static str, id: Option<&str>) -> impl Fn(&serde_json::Va
     }
 }
 
+/// How many clusters run at once. Each is several agents, an etcd and their jobs;
+/// on a 2-core machine more than two at a time only turns the tests' bounds (a
+/// lease's TTL, a heal within TTL + 5 s) into races with the load, and multiplies
+/// the disk each host's images take.
+const CLUSTER_SLOTS: u32 = 2;
+
+static SLOTS: (std::sync::Mutex<u32>, std::sync::Condvar) = (
+    std::sync::Mutex::new(CLUSTER_SLOTS),
+    std::sync::Condvar::new(),
+);
+
+thread_local! {
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Slots held until dropped.
+pub struct Slots(u32);
+
+fn take_slots(n: u32) -> Slots {
+    let (lock, cv) = &SLOTS;
+    let mut free = lock.lock().unwrap_or_else(|e| e.into_inner());
+    while *free < n {
+        free = cv.wait(free).unwrap_or_else(|e| e.into_inner());
+    }
+    *free -= n;
+    Slots(n)
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        let (lock, cv) = &SLOTS;
+        let mut free = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *free += self.0;
+        if self.0 == CLUSTER_SLOTS {
+            ALONE.with(|a| a.set(false));
+        }
+        cv.notify_all();
+    }
+}
+
+/// For a test that times what it sees against a bound: no other cluster runs
+/// while the returned guard lives (clusters this thread starts meanwhile take no
+/// slot of their own).
+pub fn alone() -> Slots {
+    let s = take_slots(CLUSTER_SLOTS);
+    ALONE.with(|a| a.set(true));
+    s
+}
+
 pub struct Cluster {
     pub switch: String,
     pub etcd: EtcdProc,
@@ -440,11 +489,13 @@ pub struct Cluster {
     pub join_test_etcd: bool,
     /// The token every host is given in its config file, if any.
     pub shared_token: Option<String>,
+    _slot: Option<Slots>,
 }
 
 impl Cluster {
     /// A switch, etcd on it, and `n` hosts with agents started with `extra` flags.
     pub fn start(n: u8, extra: &[&str]) -> Cluster {
+        let slot = (!ALONE.with(|a| a.get())).then(|| take_slots(1));
         let switch = new_netns("flynn-sw-");
         sh(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
         sh(&[
@@ -465,6 +516,7 @@ impl Cluster {
             hosts: Vec::new(),
             join_test_etcd: true,
             shared_token: None,
+            _slot: slot,
         };
         for i in 1..=n {
             c.add_host(i, extra);

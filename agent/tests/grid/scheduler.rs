@@ -54,6 +54,8 @@ fn total(m: &BTreeMap<String, usize>) -> usize {
 
 #[test]
 fn the_scheduler_spreads_blocks_heals_fails_over_and_drains() {
+    // It holds the heal to TTL + 5 s: no other cluster competes for the 2 cores.
+    let _alone = crate::harness::alone();
     let mut c = Cluster::bare_shared(3, &["--cluster-ttl", "3"], TOKEN);
     for i in 1..=3 {
         prepare(&c, i);
