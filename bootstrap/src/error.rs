@@ -233,6 +233,18 @@ pub enum StepError {
         reason: String,
         hosts: Vec<Ipv4Addr>,
     },
+    #[error(
+        "{service} has {} of {wanted} instances after {secs}s{}: see `flynn-host cluster formations` (why a job is blocked) and `flynn-host logs` of the {app} jobs on the hosts",
+        found.len(),
+        if found.is_empty() { String::new() } else { format!(" ({})", found.join(", ")) }
+    )]
+    PlatformNotUp {
+        service: &'static str,
+        app: &'static str,
+        wanted: usize,
+        found: Vec<String>,
+        secs: u64,
+    },
     #[error("random bytes for an id: {0}")]
     Random(String),
     #[error("the agent's address {0}: {1}")]

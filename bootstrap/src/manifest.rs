@@ -18,6 +18,10 @@ pub enum Action {
     Etcd,
     Join,
     Scheduler,
+    Controller,
+    Router,
+    LogAggregator,
+    Inception,
 }
 
 impl Action {
@@ -27,6 +31,10 @@ impl Action {
         (Action::Etcd, "etcd"),
         (Action::Join, "join"),
         (Action::Scheduler, "scheduler"),
+        (Action::Controller, "controller"),
+        (Action::Router, "router"),
+        (Action::LogAggregator, "logaggregator"),
+        (Action::Inception, "inception"),
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,8 +57,10 @@ impl Action {
     fn params(self) -> &'static [&'static str] {
         match self {
             Action::Etcd => &["members"],
-            Action::Scheduler => &["instances", "image"],
-            Action::OnlineHosts | Action::Preflight | Action::Join => &[],
+            Action::Scheduler | Action::LogAggregator => &["instances", "image"],
+            Action::Controller => &["instances", "image", "domain"],
+            Action::Router => &["image"],
+            Action::OnlineHosts | Action::Preflight | Action::Join | Action::Inception => &[],
         }
     }
 
@@ -190,12 +200,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_built_in_manifest_is_layer_0_in_order() {
+    fn the_built_in_manifest_is_layer_0_then_layer_1_in_order() {
         let m = Manifest::parse(BUILT_IN).unwrap();
         let ids: Vec<&str> = m.steps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(
             ids,
-            ["online-hosts", "preflight", "etcd", "join", "scheduler"]
+            [
+                "online-hosts",
+                "preflight",
+                "etcd",
+                "join",
+                "scheduler",
+                "controller",
+                "router",
+                "logaggregator",
+                "inception"
+            ]
         );
         for s in &m.steps {
             assert_eq!(s.action.name(), s.id);

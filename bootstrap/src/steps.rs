@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::error::{CallError, MissingHost, PreflightFailure, StepError};
+use crate::layer1::{Params, Service};
 use crate::manifest::{Action, Step};
 use crate::{Outcome, Runner};
 
@@ -102,6 +103,8 @@ pub struct Run {
     cluster_id: Option<String>,
     etcd_urls: Vec<String>,
     etcd: Option<discovery::Etcd>,
+    /// What the controller step found (its URL, key and `flynn cluster add` line).
+    controller: Option<Value>,
 }
 
 async fn call<T: DeserializeOwned>(
@@ -203,6 +206,20 @@ impl Runner for Run {
                 self.etcd_step(members).await
             }
             Action::Join => self.join().await,
+            Action::Controller | Action::Router | Action::LogAggregator => {
+                let svc = match step.action {
+                    Action::Controller => Service::Controller,
+                    Action::Router => Service::Router,
+                    _ => Service::LogAggregator,
+                };
+                let params = Params {
+                    instances: step.param_u64("instances").map(|n| n as usize),
+                    image: step.param_str("image").map(str::to_string),
+                    domain: step.param_str("domain").map(str::to_string),
+                };
+                self.platform(svc, params).await
+            }
+            Action::Inception => self.inception().await,
             Action::Scheduler => {
                 let n = step.param_u64("instances").unwrap_or(2) as usize;
                 let image = step
@@ -233,13 +250,21 @@ impl Runner for Run {
     }
 
     fn summary(&self) -> String {
-        format!(
+        let mut s = format!(
             "cluster {} of {} hosts ({}), etcd at {}",
             self.cluster_id.as_deref().unwrap_or("?"),
             self.hosts.len(),
             addrs(&self.hosts.iter().map(|h| h.addr).collect::<Vec<_>>()),
             self.etcd_urls.join(",")
-        )
+        );
+        if let Some(line) = self
+            .controller
+            .as_ref()
+            .and_then(|c| c["cluster_add"].as_str())
+        {
+            s.push_str(&format!("\nadd it to the flynn CLI with:\n  {line}"));
+        }
+        s
     }
 }
 
@@ -261,6 +286,7 @@ impl Run {
             cluster_id: None,
             etcd_urls: Vec::new(),
             etcd: None,
+            controller: None,
         }
     }
 
@@ -663,6 +689,38 @@ impl Run {
 
     /// The etcd client URLs when the etcd step was not run in this process (a
     /// manifest that starts later): the same members it would choose.
+    pub(crate) fn host_addrs(&self) -> Vec<Ipv4Addr> {
+        self.hosts.iter().map(|h| h.addr).collect()
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn etcd_urls(&self) -> &[String] {
+        &self.etcd_urls
+    }
+
+    pub(crate) fn set_controller(&mut self, data: Value) {
+        self.controller = Some(data);
+    }
+
+    /// A client of the cluster's etcd, connected once (a manifest may start after the
+    /// etcd step: then to the members that step would have chosen).
+    pub(crate) async fn cluster_etcd(&mut self) -> Result<discovery::Etcd, StepError> {
+        if let Some(e) = &self.etcd {
+            return Ok(e.clone());
+        }
+        self.ensure_etcd_urls();
+        let e = self.wait_etcd().await?;
+        self.etcd = Some(e.clone());
+        Ok(e)
+    }
+
     fn ensure_etcd_urls(&mut self) {
         if self.etcd_urls.is_empty() {
             self.etcd_urls = self

@@ -94,10 +94,24 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
             "preflight:done",
             "etcd:done",
             "join:done",
-            "scheduler:done"
+            "scheduler:done",
+            "controller:done",
+            "router:done",
+            "logaggregator:done",
+            "inception:done"
         ]
     );
     assert_up(&c);
+    let controller = events
+        .iter()
+        .find(|e| e["step"] == "controller" && e["state"] == "done")
+        .expect("a controller event");
+    let key = controller["data"]["key"].as_str().unwrap().to_string();
+    assert_eq!(
+        controller["data"]["cluster_add"],
+        format!("flynn cluster add default http://192.0.2.1:81 {key}")
+    );
+    assert_layer1(&c, &key);
     let (code, events) = run_json(&c);
     assert_eq!(code, Some(0));
     assert_eq!(
@@ -107,12 +121,122 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
             "preflight:skipped",
             "etcd:skipped",
             "join:skipped",
-            "scheduler:skipped"
+            "scheduler:skipped",
+            "controller:skipped",
+            "router:skipped",
+            "logaggregator:skipped",
+            "inception:skipped"
         ],
         "a re-run changes nothing"
     );
     let human = bootstrap(&c, &[]).output().unwrap();
-    assert!(String::from_utf8_lossy(&human.stdout).contains("already up: nothing was started"));
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("already up: nothing was started"), "{human}");
+    assert!(
+        human.contains(&format!(
+            "flynn cluster add default http://192.0.2.1:81 {key}"
+        )),
+        "{human}"
+    );
+}
+
+/// The `flynn` CLI (this binary under that name) run from the switch.
+struct Flynn {
+    dir: tempfile::TempDir,
+    switch: String,
+}
+
+impl Flynn {
+    fn new(c: &Cluster) -> Flynn {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(crate::harness::BIN, dir.path().join("flynn")).unwrap();
+        Flynn {
+            dir,
+            switch: c.switch.clone(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.switch))
+            .arg("--")
+            .arg(self.dir.path().join("flynn"))
+            .args(args)
+            .env("FLYNNRC", self.dir.path().join("flynnrc"))
+            .env_remove("FLYNN_APP")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "flynn {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Layer 1 after a bootstrap: the controller answers the CLI through every host's
+/// router (TCP route on 81), the platform's services are apps, the routers serve
+/// HTTP on every host, and the aggregators are in discovery.
+fn assert_layer1(c: &Cluster, key: &str) {
+    let f = Flynn::new(c);
+    for n in 1..=3 {
+        f.ok(&[
+            "cluster",
+            "add",
+            &format!("h{n}"),
+            &format!("http://192.0.2.{n}:81"),
+            key,
+        ]);
+        let apps = f.ok(&["-c", &format!("h{n}"), "apps"]);
+        for app in ["controller", "router", "logaggregator"] {
+            assert!(apps.contains(app), "through host {n}: {apps}");
+        }
+        // No route for this name: the router itself answers, naming it.
+        let out = sh(&[
+            "nsenter",
+            &format!("--net=/run/netns/{}", c.switch),
+            "--",
+            "curl",
+            "-sS",
+            "-H",
+            "Host: nothing.cluster.local",
+            &format!("http://192.0.2.{n}/"),
+        ]);
+        assert!(
+            out.contains("nothing.cluster.local"),
+            "router on host {n}: {out}"
+        );
+    }
+    let aggs = c
+        .host(1)
+        .api("GET", "/discovery/services/flynn-logaggregator", None)
+        .1;
+    assert_eq!(
+        aggs["instances"].as_array().map(Vec::len),
+        Some(2),
+        "{aggs}"
+    );
+    // A wrong key is refused with what to do.
+    f.ok(&[
+        "cluster",
+        "add",
+        "bad",
+        "http://192.0.2.2:81",
+        "not-the-key",
+    ]);
+    let out = f.run(&["-c", "bad", "apps"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Every process in a test host's namespace, killed at once: the agent, its shims
@@ -218,7 +342,16 @@ fn a_killed_bootstrap_is_finished_by_the_next_run() {
     // Killed in each step in turn; each run must get past the step the run before
     // it was killed in (a killed preflight leaves a probe listener holding UDP 4789
     // for its time-out; a killed etcd step leaves members half asked; ...).
-    let steps = ["online-hosts", "preflight", "etcd", "join", "scheduler"];
+    let steps = [
+        "online-hosts",
+        "preflight",
+        "etcd",
+        "join",
+        "scheduler",
+        "controller",
+        "router",
+        "inception",
+    ];
     let mut previous: Option<&str> = None;
     for kill_in in steps {
         let mut child = bootstrap(&c, &["--json"])

@@ -1,0 +1,347 @@
+//! Layer 1: the platform's services as formations the scheduler runs, like any app's
+//! (the platform runs on itself), then their app records (inception) and the line
+//! that gives the user the controller.
+//!
+//! Each service runs from the `flynn/host` image on the host network (they are the
+//! platform's own jobs, and the router must own ports 80 and 81 on every host):
+//!
+//! | app           | type | where         | ports                          | service              |
+//! |---------------|------|---------------|--------------------------------|----------------------|
+//! | controller    | web  | 2 hosts       | 1115 (API)                     | flynn-controller     |
+//! | router        | app  | every host    | 80 (HTTP), 81 (TCP → controller) | flynn-router       |
+//! | logaggregator | app  | 2 hosts       | 5140 (syslog), 5141 (HTTP)     | flynn-logaggregator  |
+//!
+//! Keys made here (the controller key, the routers' sticky-cookie key) live in the
+//! formations' environment: a re-run reads them back instead of making new ones, so
+//! it changes nothing and starts nothing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use discovery::Etcd;
+use discovery::apps::{App, Process, Release};
+use discovery::formations::FormationRecord;
+use discovery::routes::{Route, RouteKind};
+use serde_json::json;
+
+use crate::Outcome;
+use crate::error::StepError;
+use crate::steps::Run;
+
+pub(crate) const CONTROLLER_PORT: u16 = 1115;
+/// The routers' TCP route to the controllers: every host answers the CLI there.
+pub(crate) const CONTROLLER_ROUTE_PORT: u16 = 81;
+const ROUTER_HTTP_PORT: u16 = 80;
+const LOG_SYSLOG_PORT: u16 = 5140;
+const LOG_HTTP_PORT: u16 = 5141;
+const CONTROLLER_KEY_ENV: &str = "FLYNN_CONTROLLER_KEY";
+const ROUTER_KEY_ENV: &str = "FLYNN_ROUTER_KEY";
+const CONTROLLER_ROUTE_ID: &str = "flynn-controller-api";
+
+/// The platform services this module starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Service {
+    Controller,
+    Router,
+    LogAggregator,
+}
+
+impl Service {
+    const ALL: [Service; 3] = [Service::Controller, Service::Router, Service::LogAggregator];
+
+    fn app(self) -> &'static str {
+        match self {
+            Service::Controller => "controller",
+            Service::Router => "router",
+            Service::LogAggregator => "logaggregator",
+        }
+    }
+
+    fn process_type(self) -> &'static str {
+        match self {
+            Service::Controller => "web",
+            Service::Router | Service::LogAggregator => "app",
+        }
+    }
+
+    pub(crate) fn discovery_name(self) -> &'static str {
+        match self {
+            Service::Controller => "flynn-controller",
+            Service::Router => "flynn-router",
+            Service::LogAggregator => "flynn-logaggregator",
+        }
+    }
+
+    fn port(self) -> u16 {
+        match self {
+            Service::Controller => CONTROLLER_PORT,
+            Service::Router => ROUTER_HTTP_PORT,
+            Service::LogAggregator => LOG_SYSLOG_PORT,
+        }
+    }
+
+    fn cmd(self) -> Vec<String> {
+        let v: Vec<&str> = match self {
+            Service::Controller => vec!["controller", "--listen", "0.0.0.0:1115"],
+            // HTTPS waits for the cluster's certificate authority (made by the
+            // security work); until then the routers serve HTTP and TCP routes.
+            Service::Router => vec!["router", "--http", "0.0.0.0:80", "--https", "off"],
+            Service::LogAggregator => vec![
+                "logaggregator",
+                "--syslog",
+                "0.0.0.0:5140",
+                "--http",
+                "0.0.0.0:5141",
+            ],
+        };
+        v.into_iter().map(String::from).collect()
+    }
+
+    fn meta(self) -> BTreeMap<String, String> {
+        match self {
+            // Readers find the HTTP API beside the shippers' port.
+            Service::LogAggregator => {
+                BTreeMap::from([("http_port".to_string(), LOG_HTTP_PORT.to_string())])
+            }
+            _ => BTreeMap::new(),
+        }
+    }
+}
+
+/// A step's parameters, as the manifest gives them.
+pub(crate) struct Params {
+    /// Jobs wanted (never more than the hosts); ignored by the router (every host).
+    pub instances: Option<usize>,
+    pub image: Option<String>,
+    /// The controller's: the cluster's domain (apps at `<app>.<domain>`).
+    pub domain: Option<String>,
+}
+
+fn default_image() -> String {
+    format!("flynn/host:{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn secret(bytes: usize) -> Result<String, StepError> {
+    flynn_random::hex(bytes, flynn_random::Use::Secret)
+        .map_err(|e| StepError::Random(e.to_string()))
+}
+
+fn env_of(f: &FormationRecord, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    f.env
+        .iter()
+        .find_map(|e| e.strip_prefix(&prefix).map(str::to_string))
+}
+
+impl Run {
+    /// The formation of one platform service, started (or found as it is) and waited
+    /// for until every wanted instance is in discovery.
+    pub(crate) async fn platform(&mut self, svc: Service, p: Params) -> Result<Outcome, StepError> {
+        let etcd = self.cluster_etcd().await?;
+        let hosts = self.host_addrs();
+        let existing = discovery::formations::list(&etcd)
+            .await?
+            .into_iter()
+            .find(|f| f.app == svc.app() && f.process_type == svc.process_type());
+        let keep = |name: &str| existing.as_ref().and_then(|f| env_of(f, name));
+        let mut env = vec![
+            format!("FLYNN_ETCD={}", self.etcd_urls().join(",")),
+            format!("FLYNN_TOKEN={}", self.token()),
+            "FLYNN_HOST=http://127.0.0.1:1113".to_string(),
+        ];
+        let mut data = json!({});
+        match svc {
+            Service::Controller => {
+                let key = match keep(CONTROLLER_KEY_ENV) {
+                    Some(k) => k,
+                    None => secret(16)?,
+                };
+                let domain = p
+                    .domain
+                    .clone()
+                    .or_else(|| keep("FLYNN_DOMAIN"))
+                    .unwrap_or_else(|| "cluster.local".to_string());
+                env.push(format!("{CONTROLLER_KEY_ENV}={key}"));
+                env.push(format!("FLYNN_DOMAIN={domain}"));
+                let url = format!("http://{}:{CONTROLLER_ROUTE_PORT}", hosts[0]);
+                data = json!({
+                    "url": url,
+                    "key": key,
+                    "domain": domain,
+                    "cluster_add": format!("flynn cluster add default {url} {key}"),
+                });
+            }
+            Service::Router => {
+                let key = match keep(ROUTER_KEY_ENV) {
+                    Some(k) => k,
+                    None => secret(32)?,
+                };
+                env.push(format!("{ROUTER_KEY_ENV}={key}"));
+            }
+            Service::LogAggregator => {}
+        }
+        let omni = svc == Service::Router;
+        let count = if omni {
+            1
+        } else {
+            // One per host at most: they listen on fixed host ports.
+            p.instances.unwrap_or(2).clamp(1, hosts.len().max(1)) as u32
+        };
+        let wanted = FormationRecord {
+            app: svc.app().to_string(),
+            process_type: svc.process_type().to_string(),
+            image: p.image.clone().unwrap_or_else(default_image),
+            cmd: svc.cmd(),
+            env,
+            services: vec![json!({
+                "name": svc.discovery_name(),
+                "port": svc.port(),
+                "check": {"kind": "tcp", "interval_ms": 1000},
+                "meta": svc.meta(),
+            })],
+            memory: None,
+            cpus: None,
+            count,
+            omni,
+            tags: BTreeMap::new(),
+            network: Some("host".to_string()),
+        };
+        let changed = existing.as_ref() != Some(&wanted);
+        if changed {
+            discovery::formations::put(&etcd, &wanted).await?;
+        }
+        let mut route_changed = false;
+        if svc == Service::Router {
+            route_changed = ensure_controller_route(&etcd).await?;
+        }
+        let instances = if omni { hosts.len() } else { count as usize };
+        let found = self.wait_service(&etcd, svc, instances).await?;
+        data["instances"] = json!(found);
+        data["summary"] = json!(format!(
+            "{} instance(s) of {} at {}",
+            found.len(),
+            svc.discovery_name(),
+            found.join(", ")
+        ));
+        if svc == Service::Controller {
+            self.set_controller(data.clone());
+        }
+        Ok(if changed || route_changed {
+            Outcome::Done(data)
+        } else {
+            Outcome::Skipped(data)
+        })
+    }
+
+    /// Waits until `n` instances of the service are in discovery (they register only
+    /// once their health check passes).
+    async fn wait_service(
+        &self,
+        etcd: &Etcd,
+        svc: Service,
+        n: usize,
+    ) -> Result<Vec<String>, StepError> {
+        let deadline = Instant::now() + self.timeout();
+        loop {
+            let state = discovery::services::list(etcd, svc.discovery_name()).await?;
+            let addrs: Vec<String> = state.instances.iter().map(|i| i.addr.to_string()).collect();
+            if addrs.len() >= n {
+                return Ok(addrs);
+            }
+            if Instant::now() >= deadline {
+                return Err(StepError::PlatformNotUp {
+                    service: svc.discovery_name(),
+                    app: svc.app(),
+                    wanted: n,
+                    found: addrs,
+                    secs: self.timeout().as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Inception: the platform's services are apps too (`flynn apps` lists them),
+    /// each with a release made from its formation.
+    pub(crate) async fn inception(&mut self) -> Result<Outcome, StepError> {
+        let etcd = self.cluster_etcd().await?;
+        let formations = discovery::formations::list(&etcd).await?;
+        let mut made = Vec::new();
+        for svc in Service::ALL {
+            let Some(f) = formations
+                .iter()
+                .find(|f| f.app == svc.app() && f.process_type == svc.process_type())
+            else {
+                continue;
+            };
+            if discovery::apps::get(&etcd, svc.app()).await?.is_some() {
+                continue;
+            }
+            let now = chrono::Utc::now();
+            let app = App {
+                name: svc.app().to_string(),
+                created_at: now,
+                release: None,
+                previous_release: None,
+                meta: BTreeMap::from([("flynn-system-app".to_string(), "true".to_string())]),
+            };
+            discovery::apps::create(&etcd, &app).await?;
+            let release = Release {
+                id: format!("{}-{}", now.format("%Y%m%d%H%M%S"), svc.app()),
+                app: svc.app().to_string(),
+                image: f.image.clone(),
+                // The secrets stay in the formation: releases are listed to users.
+                env: BTreeMap::new(),
+                processes: BTreeMap::from([(
+                    svc.process_type().to_string(),
+                    Process {
+                        cmd: f.cmd.clone(),
+                        port: Some(svc.port()),
+                        memory: f.memory,
+                        cpus: f.cpus,
+                    },
+                )]),
+                created_at: now,
+            };
+            discovery::apps::deploy(&etcd, &app, &release).await?;
+            made.push(svc.app());
+        }
+        let data = json!({
+            "apps": Service::ALL.iter().map(|s| s.app()).collect::<Vec<_>>(),
+            "summary": if made.is_empty() {
+                "the platform's apps are recorded".to_string()
+            } else {
+                format!("recorded {}", made.join(", "))
+            },
+        });
+        Ok(if made.is_empty() {
+            Outcome::Skipped(data)
+        } else {
+            Outcome::Done(data)
+        })
+    }
+}
+
+/// `http://ANY-HOST:81` reaches a controller: a TCP route every router serves.
+async fn ensure_controller_route(etcd: &Etcd) -> Result<bool, StepError> {
+    let wanted = Route {
+        id: CONTROLLER_ROUTE_ID.to_string(),
+        kind: RouteKind::Tcp,
+        service: Service::Controller.discovery_name().to_string(),
+        domain: None,
+        path: None,
+        sticky: false,
+        port: Some(CONTROLLER_ROUTE_PORT),
+        app: Some(Service::Controller.app().to_string()),
+        certificate: None,
+    };
+    let have = discovery::routes::list(etcd)
+        .await?
+        .into_iter()
+        .find(|r| r.id == CONTROLLER_ROUTE_ID);
+    if have.as_ref() == Some(&wanted) {
+        return Ok(false);
+    }
+    discovery::routes::put(etcd, &wanted).await?;
+    Ok(true)
+}
