@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, host_image, sh, wait_for};
+use crate::harness::{Cluster, Flynn, host_image, sh, wait_for};
 
 const TOKEN: &str = "bootstrap-test-token-0123456789";
 const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
@@ -138,46 +138,6 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
         )),
         "{human}"
     );
-}
-
-/// The `flynn` CLI (this binary under that name) run from the switch.
-struct Flynn {
-    dir: tempfile::TempDir,
-    switch: String,
-}
-
-impl Flynn {
-    fn new(c: &Cluster) -> Flynn {
-        let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(crate::harness::BIN, dir.path().join("flynn")).unwrap();
-        Flynn {
-            dir,
-            switch: c.switch.clone(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.switch))
-            .arg("--")
-            .arg(self.dir.path().join("flynn"))
-            .args(args)
-            .env("FLYNNRC", self.dir.path().join("flynnrc"))
-            .env_remove("FLYNN_APP")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "flynn {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
 }
 
 /// Layer 1 after a bootstrap: the controller answers the CLI through every host's

@@ -766,3 +766,43 @@ pub fn check_schema(name: &str, body: &serde_json::Value) {
         "{name} does not match the document: {errors:?}\nbody: {body}"
     );
 }
+
+/// The `flynn` CLI (this binary under that name) run from the switch.
+pub struct Flynn {
+    dir: tempfile::TempDir,
+    switch: String,
+}
+
+impl Flynn {
+    pub fn new(c: &Cluster) -> Flynn {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(BIN, dir.path().join("flynn")).unwrap();
+        Flynn {
+            dir,
+            switch: c.switch.clone(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.switch))
+            .arg("--")
+            .arg(self.dir.path().join("flynn"))
+            .args(args)
+            .env("FLYNNRC", self.dir.path().join("flynnrc"))
+            .env_remove("FLYNN_APP")
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "flynn {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

@@ -11,6 +11,7 @@
 mod bootstrap;
 mod harness;
 mod membership;
+mod platform;
 mod scheduler;
 
 use std::time::{Duration, Instant};

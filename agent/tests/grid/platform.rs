@@ -1,0 +1,215 @@
+//! Layer 1 end to end on three netns hosts, everything real: the bootstrap builds
+//! Layer 0 and the platform, then, with the `flynn` CLI only (and curl as the
+//! user's browser), an app is served through every host's router, over a TCP route
+//! too; malformed requests get 4xx; a controller instance killed leaves the CLI
+//! working; a host lost outright leaves the app serving and its formation whole.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{Cluster, Flynn, host_image, sh, wait_for};
+
+const TOKEN: &str = "platform-test-token-0123456789";
+const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
+
+/// A web process that says which job answered (`/name`).
+const WEB: &str =
+    "mkdir -p /tmp/w && echo $FLYNN_JOB_ID > /tmp/w/name && exec httpd -f -p 8080 -h /tmp/w";
+
+fn cluster() -> Cluster {
+    let c = Cluster::bare_shared(3, &["--cluster-ttl", "3"], TOKEN);
+    for h in &c.hosts {
+        h.import("etcd-docker.tar");
+        h.import("busybox-docker.tar");
+        h.ok(&["import", host_image().to_str().unwrap()]);
+    }
+    c
+}
+
+/// Bootstraps with `--json`; the controller key.
+fn bootstrap(c: &Cluster) -> String {
+    let out = c
+        .on_switch()
+        .args(["bootstrap", "--peers", PEERS, "--timeout", "120", "--json"])
+        .env("FLYNN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["step"] == "controller" && e["data"]["key"].is_string())
+        .and_then(|e| e["data"]["key"].as_str().map(str::to_string))
+        .expect("the controller step's key")
+}
+
+/// curl from the switch: (HTTP status, body); status 0 when no answer came.
+fn curl(c: &Cluster, args: &[&str]) -> (u16, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", c.switch))
+        .args(["--", "curl", "-sS", "-m", "15", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn get_app(c: &Cluster, host: u8, path: &str) -> (u16, String) {
+    curl(
+        c,
+        &[
+            "-H",
+            "Host: demo.cluster.local",
+            &format!("http://192.0.2.{host}{path}"),
+        ],
+    )
+}
+
+/// Raw bytes to a host's port; the first line of the answer.
+fn raw(c: &Cluster, host: u8, port: u16, bytes: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/192.0.2.{host}/{port}; printf '{bytes}' >&3; timeout 5 head -1 <&3"
+    );
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", c.switch))
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Hosts (by test number) running a job of `app`/`ty`, as `cluster ps` says.
+fn hosts_running(c: &Cluster, via: u8, app: &str, ty: &str) -> Vec<(u8, String)> {
+    let ids: Vec<(u8, String)> = (1..=3)
+        .filter(|n| c.hosts[usize::from(*n) - 1].child.is_some())
+        .map(|n| (n, c.host(n).id()))
+        .collect();
+    let out = c.host(via).cli(&["cluster", "ps", "--json"]);
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    jobs.iter()
+        .filter(|j| j["app"] == app && j["process_type"] == ty && j["state"] == "running")
+        .filter_map(|j| {
+            let host = j["host"].as_str()?;
+            let n = ids.iter().find(|(_, id)| id == host)?.0;
+            Some((n, j["id"].as_str()?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
+    let mut c = cluster();
+    let key = bootstrap(&c);
+    let f = Flynn::new(&c);
+    f.ok(&["cluster", "add", "default", "http://192.0.2.1:81", &key]);
+    f.ok(&["create", "demo"]);
+    c.host(1).ok(&[
+        "cluster",
+        "scale",
+        "web=3",
+        "--app",
+        "demo",
+        "--image",
+        "busybox",
+        "-s",
+        "demo-web:8080",
+        "--",
+        "sh",
+        "-c",
+        WEB,
+    ]);
+
+    // Every host's router serves the app, spread over the three jobs.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for(
+        "the app through every router",
+        Duration::from_secs(90),
+        || {
+            for n in 1..=3 {
+                let (code, body) = get_app(&c, n, "/name");
+                if code != 200 {
+                    return false;
+                }
+                seen.insert(body.trim().to_string());
+            }
+            seen.len() == 3
+        },
+    );
+    for _ in 0..10 {
+        for n in 1..=3 {
+            let (code, body) = get_app(&c, n, "/name");
+            assert_eq!(code, 200, "router on host {n}: {body}");
+        }
+    }
+
+    // A TCP route, on every host.
+    f.ok(&["-a", "demo", "route", "add", "tcp", "--port", "3001"]);
+    wait_for("the TCP route", Duration::from_secs(30), || {
+        (1..=3).all(|n| curl(&c, &[&format!("http://192.0.2.{n}:3001/name")]).0 == 200)
+    });
+
+    // Malformed requests get 4xx, and everything keeps serving.
+    let line = raw(&c, 1, 80, "GARBAGE\\r\\n\\r\\n");
+    assert!(line.starts_with("HTTP/1.1 400"), "router: {line:?}");
+    let (code, body) = curl(
+        &c,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {key}"),
+            "-d",
+            "{not json",
+            "http://192.0.2.2:81/apps",
+        ],
+    );
+    assert_eq!(code, 400, "controller: {body}");
+    assert!(body.contains("error"), "{body}");
+    let (code, _) = curl(&c, &["http://192.0.2.2:81/apps"]);
+    assert_eq!(code, 401, "no key");
+    assert_eq!(get_app(&c, 2, "/name").0, 200);
+
+    // A controller instance killed: the CLI keeps working through the routers.
+    let controllers = hosts_running(&c, 1, "controller", "web");
+    assert_eq!(controllers.len(), 2, "{controllers:?}");
+    let (on, job) = &controllers[0];
+    c.host(*on).ok(&["kill", "-s", "KILL", job]);
+    for _ in 0..10 {
+        let apps = f.ok(&["apps"]);
+        assert!(apps.contains("demo"), "{apps}");
+    }
+
+    // Host 3 lost outright: its link cut and every process of it killed.
+    let lost = c.host(3).id();
+    sh(&["ip", "-n", &c.switch, "link", "set", "p3", "down"]);
+    c.host_mut(3).kill9();
+    for pid in sh(&["ip", "netns", "pids", &c.host(3).netns]).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    // Requests through the routers left keep succeeding (a backend that does not
+    // answer is retried elsewhere) while discovery drops host 3's jobs...
+    for _ in 0..10 {
+        for n in 1..=2 {
+            let (code, body) = get_app(&c, n, "/name");
+            assert_eq!(code, 200, "router on host {n} after the loss: {body}");
+        }
+    }
+    // ...and the formation is whole again on the others.
+    wait_for(
+        "3 web jobs on hosts 1 and 2",
+        Duration::from_secs(60),
+        || {
+            let on = hosts_running(&c, 1, "demo", "web");
+            on.len() == 3 && on.iter().all(|(n, _)| *n != 3)
+        },
+    );
+    assert!(!c.host(1).hosts().iter().any(|h| h["id"] == lost.as_str()));
+    for _ in 0..10 {
+        for n in 1..=2 {
+            assert_eq!(get_app(&c, n, "/name").0, 200);
+        }
+    }
+    assert!(f.ok(&["apps"]).contains("demo"));
+}
