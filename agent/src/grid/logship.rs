@@ -110,6 +110,8 @@ pub struct Shipper {
     /// Bumped whenever a log may have grown or a job came.
     changed: watch::Sender<u64>,
     watches: Mutex<Option<inotify::Watches>>,
+    /// The instances shipped to now (a removed log is let go once all have it).
+    instances: Mutex<Vec<String>>,
 }
 
 impl Shipper {
@@ -120,6 +122,7 @@ impl Shipper {
             logs: Mutex::new(HashMap::new()),
             changed: watch::Sender::new(0),
             watches: Mutex::new(None),
+            instances: Mutex::new(Vec::new()),
         })
     }
 
@@ -234,6 +237,7 @@ impl Shipper {
 
     /// Forgets removed jobs every instance has all of, or held too long.
     fn let_go(&self) {
+        let instances = lock(&self.instances).clone();
         let mut logs = lock(&self.logs);
         let mut removed: Vec<(Instant, String)> = Vec::new();
         logs.retain(|id, log| {
@@ -245,7 +249,11 @@ impl Shipper {
                 .and_then(|f| f.metadata().ok())
                 .map_or(0, |m| m.len());
             let shipped = lock(&log.shipped);
-            let done = !shipped.is_empty() && shipped.values().all(|c| *c >= len);
+            // With no instance at all, the next one to come needs it.
+            let done = !instances.is_empty()
+                && instances
+                    .iter()
+                    .all(|i| shipped.get(i).is_some_and(|c| *c >= len));
             let keep = !done && at.elapsed() < KEEP_REMOVED;
             if keep {
                 removed.push((at, id.clone()));
@@ -312,12 +320,14 @@ impl Shipper {
                     let i = inst.clone();
                     let task = tokio::spawn(async move { s.ship_to(i).await });
                     senders.insert(inst.id.clone(), (inst, task));
+                    *lock(&self.instances) = senders.keys().cloned().collect();
                 }
                 ServiceEventKind::Down => {
                     if let Some((_, task)) = senders.remove(&inst.id) {
                         tracing::info!(instance = %inst.id, "an aggregator left");
                         task.abort();
                     }
+                    *lock(&self.instances) = senders.keys().cloned().collect();
                     for log in lock(&self.logs).values() {
                         lock(&log.shipped).remove(&inst.id);
                     }
