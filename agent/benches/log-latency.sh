@@ -10,7 +10,7 @@
 #   FLYNN_BIN=target/debug/flynn-host bash agent/benches/log-latency.sh
 #
 # Runs everything (etcd, daemon, aggregator, controller) in a network namespace
-# of its own, on a dummy interface; needs root and Debian's etcd-server.
+# of its own, on a veth pair of its own; needs root and Debian's etcd-server.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LINES=${LINES:-300}
@@ -37,9 +37,10 @@ trap stop EXIT
 ip netns add "$netns"
 in_ns() { nsenter --net="/run/netns/$netns" -- "$@"; }
 ip -n "$netns" link set lo up
-ip -n "$netns" link add d0 type dummy
+ip -n "$netns" link add d0 type veth peer name d1
 ip -n "$netns" addr add 10.99.0.1/24 dev d0
 ip -n "$netns" link set d0 up
+ip -n "$netns" link set d1 up
 ip -n "$netns" route add default dev d0
 ip=10.99.0.1
 etcd_url="http://$ip:2379"
