@@ -22,6 +22,8 @@ pub struct Controller {
     etcd: Etcd,
     key: String,
     domain: String,
+    /// The token the log aggregators want (`crate::logs`).
+    pub(crate) logagg_token: Option<String>,
 }
 
 #[derive(Debug)]
@@ -33,6 +35,15 @@ enum Error {
     Unavailable(String),
 }
 
+impl From<crate::logs::LogError> for Error {
+    fn from(e: crate::logs::LogError) -> Error {
+        match e {
+            crate::logs::LogError::BadQuery(m) => Error::BadRequest(m),
+            crate::logs::LogError::Unavailable(_) => Error::Unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<DiscoveryError> for Error {
     fn from(e: DiscoveryError) -> Error {
         match e {
@@ -42,11 +53,11 @@ impl From<DiscoveryError> for Error {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<crate::logs::Body>;
 
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Resp {
     let body = serde_json::to_vec(v).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -135,7 +146,12 @@ fn new_id() -> String {
 
 impl Controller {
     pub fn new(etcd: Etcd, key: String, domain: String) -> Controller {
-        Controller { etcd, key, domain }
+        Controller {
+            etcd,
+            key,
+            domain,
+            logagg_token: None,
+        }
     }
 
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
@@ -218,6 +234,13 @@ impl Controller {
                     .await
             }
             (["apps", app, "rollback"], Method::POST) => self.rollback(app).await,
+            (["apps", app, "log"], Method::GET) => {
+                self.app(app).await?;
+                let token = self.logagg_token.clone();
+                crate::logs::serve(self.etcd.clone(), token, app, req.uri().query())
+                    .await
+                    .map_err(Error::from)
+            }
             (["apps", app, "routes"], Method::GET) => {
                 self.app(app).await?;
                 let routes: Vec<Route> = discovery::routes::list(&self.etcd)

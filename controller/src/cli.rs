@@ -60,6 +60,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<RouteCmd>,
     },
+    /// The app's log: TIME APP[TYPE.JOB]: line, in time order.
+    Log {
+        /// Keep following new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// The last N lines (default: the aggregator's, 100).
+        #[arg(short = 'n', long)]
+        lines: Option<usize>,
+        /// Only this process type.
+        #[arg(short = 't', long = "type")]
+        process_type: Option<String>,
+        /// Only this job.
+        #[arg(short = 'j', long)]
+        job: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +271,12 @@ pub async fn main(args: Flynn) -> Result<i32> {
         Cmd::Release(r) => release(&client, &app()?, r).await,
         Cmd::Env { cmd } => env(&client, &app()?, cmd).await,
         Cmd::Route { cmd } => route(&client, &app()?, cmd).await,
+        Cmd::Log {
+            follow,
+            lines,
+            process_type,
+            job,
+        } => crate::logs::cli(&client, &app()?, follow, lines, process_type, job).await,
     }
 }
 

@@ -8,11 +8,14 @@
 //! - A release is immutable; `env` and `rollback` make or name another one, and the
 //!   deploy is one etcd transaction that fails if another deploy won meanwhile.
 //!
+//! - An app's log (`logs.rs`) is read from a log aggregator found in discovery.
+//!
 //! Not yet here (next increments of the Layer 1 issue): formations and deploys
-//! carried out through the scheduler's API, jobs and one-off jobs, logs.
+//! carried out through the scheduler's API, jobs and one-off jobs.
 
 mod api;
 pub mod cli;
+pub mod logs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +37,9 @@ pub struct ControllerArgs {
     /// The cluster's domain: apps are routed at `<app>.<domain>`.
     #[arg(long, env = "FLYNN_DOMAIN", default_value = "cluster.local")]
     pub domain: String,
+    /// The token the log aggregators want (the cluster's token they were given).
+    #[arg(long, env = "FLYNN_LOGAGG_TOKEN", hide_env_values = true)]
+    pub logagg_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +74,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     tracing::info!(listen = %args.listen, "controller serving");
-    Arc::new(Controller::new(etcd, args.key, args.domain))
-        .serve(listener)
-        .await;
+    let mut controller = Controller::new(etcd, args.key, args.domain);
+    controller.logagg_token = args.logagg_token;
+    Arc::new(controller).serve(listener).await;
     Ok(())
 }

@@ -16,8 +16,9 @@ const FOLLOW_BACKLOG: usize = 4096;
 
 struct AppLog {
     lines: VecDeque<LogLine>,
-    /// Highest seq per job (for deduplication).
-    seen: HashMap<String, u64>,
+    /// Highest seq per job (for deduplication), and the job's host (for
+    /// [`Buffers::cursors`]).
+    seen: HashMap<String, (u64, String)>,
     tx: broadcast::Sender<LogLine>,
 }
 
@@ -62,11 +63,14 @@ impl Buffers {
             seen: HashMap::new(),
             tx: broadcast::channel(FOLLOW_BACKLOG).0,
         });
-        let high = app.seen.entry(line.job_id.clone()).or_insert(0);
-        if line.seq <= *high {
+        let high = app
+            .seen
+            .entry(line.job_id.clone())
+            .or_insert_with(|| (0, line.host_id.clone()));
+        if line.seq <= high.0 {
             return false;
         }
-        *high = line.seq;
+        high.0 = line.seq;
         if app.lines.len() >= self.per_app {
             app.lines.pop_front();
         }
@@ -106,6 +110,18 @@ impl Buffers {
         self.lock()
             .values()
             .flat_map(|a| a.lines.iter().cloned())
+            .collect()
+    }
+
+    /// The highest seq held of every job of `host`: where that host's shipper
+    /// resumes after a break (every lower seq of the job is here too, or was before
+    /// the buffer let it go: a job's lines arrive in order on one connection).
+    pub fn cursors(&self, host: &str) -> HashMap<String, u64> {
+        self.lock()
+            .values()
+            .flat_map(|a| a.seen.iter())
+            .filter(|(_, (_, h))| h == host)
+            .map(|(job, (seq, _))| (job.clone(), *seq))
             .collect()
     }
 
@@ -157,6 +173,8 @@ mod tests {
         assert_eq!(b.read("a", &web, 1).0[0].msg, "j1 3");
         assert_eq!(b.apps(), [("a".to_string(), 3), ("b".to_string(), 1)]);
         assert_eq!(b.snapshot().len(), 4);
+        assert_eq!(b.cursors("h").get("j1"), Some(&3));
+        assert!(b.cursors("other").is_empty());
         let (_, mut rx) = b.read("a", &Filter::default(), 0);
         b.push(l("a", "j1", 4));
         assert_eq!(rx.try_recv().unwrap().seq, 4);

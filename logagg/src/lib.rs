@@ -7,8 +7,16 @@
 //! loses no line (Flynn lost them there).
 //!
 //! HTTP: `GET /health`, `GET /apps`, `GET /logs/{app}?lines=N&follow=true&type=T&job=J`
-//! (NDJSON, one line object per line), `GET /snapshot` (NDJSON, every line: for peers).
-//! With a token, every route but `/health` wants `Authorization: Bearer TOKEN`.
+//! (NDJSON, one line object per line), `GET /snapshot` (NDJSON, every line: for peers),
+//! `GET /cursors?host=H` (`{job: highest seq}` of that host's jobs: where its shipper
+//! resumes, as Flynn's did). With a token, every route but `/health` and `/cursors`
+//! wants `Authorization: Bearer TOKEN`: the shippers (agents) hold no aggregator
+//! token, and cursors carry job ids and numbers, never a line.
+//!
+//! With `--etcd`, an instance registers itself in discovery (service
+//! [`SERVICE`], its syslog address, the HTTP port in the metadata [`META_HTTP`]) on a
+//! lease of its own, and without `--peer` fills itself from another instance it
+//! finds there.
 
 pub mod buffer;
 pub mod message;
@@ -33,6 +41,13 @@ use tokio_stream::wrappers::ReceiverStream;
 pub use buffer::{Buffers, Filter};
 pub use message::LogLine;
 
+/// The discovery service the instances register as (and shippers follow).
+pub const SERVICE: &str = "flynn-logaggregator";
+/// The instance metadata key that holds the HTTP API's port.
+pub const META_HTTP: &str = "http";
+/// The lease of an instance's registration: a killed instance leaves within it.
+const LEASE_TTL: Duration = Duration::from_secs(5);
+
 type Body = BoxBody<Bytes, Infallible>;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +60,10 @@ pub enum AggError {
     },
     #[error("filling from peer {peer}: {reason}")]
     Peer { peer: String, reason: String },
+    #[error(
+        "registering in discovery needs the address other hosts reach this instance at: give --advertise IP"
+    )]
+    NoAdvertise,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -64,6 +83,14 @@ pub struct AggArgs {
     /// The token readers must give (the cluster's API token).
     #[arg(long, env = "FLYNN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// etcd endpoints (http://HOST:PORT, comma-separated): register in discovery,
+    /// and find a peer there when --peer is not given.
+    #[arg(long, env = "FLYNN_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The address registered in discovery (default: the --syslog address, when it
+    /// is not 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 pub struct Aggregator {
@@ -199,6 +226,16 @@ impl Aggregator {
         if path == "health" {
             return text(StatusCode::OK, "ok\n");
         }
+        if path == "cursors" {
+            let host = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("host="))
+                .unwrap_or("");
+            return json_response(&serde_json::json!(self.buffers.cursors(host)));
+        }
         if let Some(t) = &self.token {
             let given = req
                 .headers()
@@ -330,15 +367,113 @@ pub async fn run(args: AggArgs) -> Result<(), AggError> {
     };
     let syslog = bind(args.syslog).await?;
     let http = bind(args.http).await?;
-    if let Some(peer) = &args.peer {
+    let advertise = match (args.advertise, args.syslog.ip()) {
+        (Some(ip), _) => Some(ip),
+        (None, ip) if !ip.is_unspecified() => Some(ip),
+        (None, _) => None,
+    };
+    let etcd = if args.etcd.is_empty() {
+        None
+    } else {
+        if advertise.is_none() {
+            return Err(AggError::NoAdvertise);
+        }
+        Some(connect_etcd(&args.etcd).await)
+    };
+    let me = advertise.map(|ip| instance_id(SocketAddr::new(ip, args.syslog.port())));
+    let mut peers: Vec<String> = args.peer.iter().cloned().collect();
+    if peers.is_empty()
+        && let Some(etcd) = &etcd
+    {
+        peers = discovered_peers(etcd, me.as_deref()).await;
+    }
+    for peer in &peers {
         match agg.fill_from(peer).await {
-            Ok(n) => tracing::info!(%peer, lines = n, "filled from a peer"),
+            Ok(n) => {
+                tracing::info!(%peer, lines = n, "filled from a peer");
+                break;
+            }
             // Alone is better than not at all: the shippers resend what they have.
-            Err(e) => tracing::warn!(error = %e, "starting without the peer's lines"),
+            Err(e) => tracing::warn!(error = %e, "not filled from this peer"),
         }
     }
     tracing::info!(syslog = %args.syslog, http = %args.http, "log aggregator serving");
     tokio::spawn(agg.clone().serve_syslog(syslog));
+    if let (Some(etcd), Some(ip), Some(id)) = (etcd, advertise, me) {
+        let inst = discovery::Instance {
+            service: SERVICE.into(),
+            id,
+            addr: SocketAddr::new(ip, args.syslog.port()),
+            host_id: ip.to_string(),
+            job_id: std::env::var("FLYNN_JOB_ID").ok(),
+            meta: [(META_HTTP.to_string(), args.http.port().to_string())]
+                .into_iter()
+                .collect(),
+            registered_at: chrono::Utc::now(),
+        };
+        tokio::spawn(announce(etcd, inst));
+    }
     agg.serve_http(http).await;
     Ok(())
+}
+
+/// An instance's id in discovery: one per syslog address, so a restarted instance
+/// takes its predecessor's place rather than sitting beside it until the lease ends.
+fn instance_id(addr: SocketAddr) -> String {
+    format!("logagg-{}", addr.to_string().replace(['[', ']'], ""))
+}
+
+async fn connect_etcd(endpoints: &[String]) -> discovery::Etcd {
+    loop {
+        match discovery::Etcd::connect(endpoints, Duration::from_secs(3)).await {
+            Ok(e) if e.ping().await.is_ok() => return e,
+            Ok(_) => tracing::warn!("etcd does not answer yet"),
+            Err(e) => tracing::warn!(error = %e, "connecting to etcd"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The HTTP addresses of the other registered instances.
+async fn discovered_peers(etcd: &discovery::Etcd, me: Option<&str>) -> Vec<String> {
+    match discovery::services::list(etcd, SERVICE).await {
+        Ok(state) => state
+            .instances
+            .iter()
+            .filter(|i| Some(i.id.as_str()) != me)
+            .filter_map(|i| {
+                let port = i.meta.get(META_HTTP)?;
+                Some(format!(
+                    "http://{}",
+                    SocketAddr::new(i.addr.ip(), port.parse().ok()?)
+                ))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for a peer in discovery");
+            Vec::new()
+        }
+    }
+}
+
+/// Keeps this instance in discovery on a lease of its own (registered again on a new
+/// lease whenever the old one is lost).
+async fn announce(etcd: discovery::Etcd, inst: discovery::Instance) {
+    loop {
+        let result: Result<(), discovery::DiscoveryError> = async {
+            let lease = etcd.grant(LEASE_TTL).await?;
+            discovery::services::register(&etcd, lease, &inst).await?;
+            tracing::info!(id = %inst.id, addr = %inst.addr, "registered in discovery");
+            let mut keep = etcd.keep_alive(lease).await?;
+            loop {
+                tokio::time::sleep(LEASE_TTL / 3).await;
+                keep.renew().await?;
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "keeping this aggregator in discovery");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

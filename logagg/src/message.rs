@@ -6,8 +6,10 @@
 //! <14>1 2026-12-05T10:00:00.123456789Z HOST APP JOB stdout [flynn@0 type="web" seq="42"] text
 //! ```
 //! PRI 14 (user, info) for stdout, 11 (user, err) for stderr; HOSTNAME the host id,
-//! APP-NAME the app, PROCID the job id, MSGID the stream. `seq` numbers a job's lines
-//! from 1, so a shipper that resends after a break is deduplicated.
+//! APP-NAME the app, PROCID the job id, MSGID the stream. `seq` grows with each line of
+//! a job (not by one: the agent's shipper sends the line's byte offset in the job's log
+//! file + 1, which names where to resume), so a shipper that resends after a break is
+//! deduplicated.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,7 +26,7 @@ pub struct LogLine {
     /// `stdout` or `stderr`.
     pub stream: String,
     pub time: DateTime<Utc>,
-    /// The job's line number, from 1.
+    /// Grows with each line of the job, from 1 (the agent: byte offset in the log + 1).
     pub seq: u64,
     pub msg: String,
 }

@@ -13,11 +13,13 @@
 //! partition longer than the TTL, is replaced and everything re-announced on the new
 //! one), the overlay follower (subnet leases → kernel entries), the service view (for
 //! DNS), the registrar (wanted instances → etcd), the job follower (job events →
-//! wanted instances), the DNS server and the host record refresher.
+//! wanted instances), the log shipper (`logship.rs`: every app job's lines to every
+//! log aggregator), the DNS server and the host record refresher.
 
 pub mod config;
 pub mod dns;
 mod etcd_job;
+pub mod logship;
 pub mod membership;
 pub mod services;
 
@@ -158,10 +160,11 @@ impl Grid {
         });
         // Follow job events from now on, so no start or exit is missed meanwhile.
         let events = boot.events.subscribe();
+        let ship_events = boot.events.subscribe();
         boot.jobs
             .set_drain(Arc::new(Drainer(Arc::downgrade(&grid))));
         let g = grid.clone();
-        grid.spawn(async move { g.boot(boot, events).await });
+        grid.spawn(async move { g.boot(boot, events, ship_events).await });
         Ok(grid)
     }
 
@@ -209,7 +212,12 @@ impl Grid {
         }
     }
 
-    async fn boot(self: Arc<Self>, boot: Boot, events: broadcast::Receiver<Event>) {
+    async fn boot(
+        self: Arc<Self>,
+        boot: Boot,
+        events: broadcast::Receiver<Event>,
+        ship_events: broadcast::Receiver<Event>,
+    ) {
         if self.cfg.run_etcd {
             self.retry("running etcd as a job", Duration::from_secs(2), || {
                 etcd_job::ensure(&self.jobs, &self.cfg, self.address, &self.host_id)
@@ -343,6 +351,9 @@ impl Grid {
         self.spawn(async move { reg.run(e, rx).await });
         let g = self.clone();
         self.spawn(async move { g.follow_jobs(events).await });
+        let shipper = logship::Shipper::new(self.host_id.clone(), self.jobs.clone());
+        let e = etcd.clone();
+        self.spawn(async move { shipper.run(e, ship_events).await });
         let g = self.clone();
         self.spawn(async move { g.refresh_loop().await });
         if self.cfg.discovery_dns {

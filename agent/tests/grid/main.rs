@@ -10,6 +10,7 @@
 
 mod bootstrap;
 mod harness;
+mod logs;
 mod membership;
 mod platform;
 mod scheduler;
