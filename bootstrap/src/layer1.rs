@@ -99,9 +99,9 @@ impl Service {
 
     fn meta(self) -> BTreeMap<String, String> {
         match self {
-            // Readers find the HTTP API beside the shippers' port.
+            // Readers find the HTTP API beside the shippers' port (logagg::META_HTTP).
             Service::LogAggregator => {
-                BTreeMap::from([("http_port".to_string(), LOG_HTTP_PORT.to_string())])
+                BTreeMap::from([("http".to_string(), LOG_HTTP_PORT.to_string())])
             }
             _ => BTreeMap::new(),
         }
@@ -163,6 +163,8 @@ impl Run {
                     .unwrap_or_else(|| "cluster.local".to_string());
                 env.push(format!("{CONTROLLER_KEY_ENV}={key}"));
                 env.push(format!("FLYNN_DOMAIN={domain}"));
+                // The aggregators ask readers for the cluster token.
+                env.push(format!("FLYNN_LOGAGG_TOKEN={}", self.token()));
                 let url = format!("http://{}:{CONTROLLER_ROUTE_PORT}", hosts[0]);
                 data = json!({
                     "url": url,

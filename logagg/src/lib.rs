@@ -60,10 +60,6 @@ pub enum AggError {
     },
     #[error("filling from peer {peer}: {reason}")]
     Peer { peer: String, reason: String },
-    #[error(
-        "registering in discovery needs the address other hosts reach this instance at: give --advertise IP"
-    )]
-    NoAdvertise,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -83,12 +79,13 @@ pub struct AggArgs {
     /// The token readers must give (the cluster's API token).
     #[arg(long, env = "FLYNN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// etcd endpoints (http://HOST:PORT, comma-separated): register in discovery,
-    /// and find a peer there when --peer is not given.
+    /// etcd endpoints (http://HOST:PORT, comma-separated): find a peer there when
+    /// --peer is not given, and register in discovery when there is an address to
+    /// advertise (as a platform job, the agent registers it instead).
     #[arg(long, env = "FLYNN_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// The address registered in discovery (default: the --syslog address, when it
-    /// is not 0.0.0.0).
+    /// is not 0.0.0.0; with neither, this process does not register itself).
     #[arg(long)]
     pub advertise: Option<std::net::IpAddr>,
 }
@@ -372,12 +369,12 @@ pub async fn run(args: AggArgs) -> Result<(), AggError> {
         (None, ip) if !ip.is_unspecified() => Some(ip),
         (None, _) => None,
     };
+    // Without an address to advertise (a job on the host network listening on
+    // 0.0.0.0), etcd only finds peers: the agent registers the job's declared
+    // service itself, on its host's lease, once its health check passes.
     let etcd = if args.etcd.is_empty() {
         None
     } else {
-        if advertise.is_none() {
-            return Err(AggError::NoAdvertise);
-        }
         Some(connect_etcd(&args.etcd).await)
     };
     let me = advertise.map(|ip| instance_id(SocketAddr::new(ip, args.syslog.port())));
