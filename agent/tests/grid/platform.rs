@@ -13,8 +13,7 @@ const TOKEN: &str = "platform-test-token-0123456789";
 const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
 
 /// A web process that says which job answered (`/name`).
-const WEB: &str =
-    "mkdir -p /tmp/w && echo $FLYNN_JOB_ID > /tmp/w/name && exec httpd -f -p 8080 -h /tmp/w";
+const WEB: &str = "mkdir -p /tmp/w && echo $FLYNN_JOB_ID > /tmp/w/name && echo serving as $FLYNN_JOB_ID && exec httpd -f -p 8080 -h /tmp/w";
 
 fn cluster() -> Cluster {
     let c = Cluster::bare_shared(3, &["--cluster-ttl", "3"], TOKEN);
@@ -144,6 +143,50 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
         }
     }
 
+    // Their logs, from the three hosts, through the controller and the aggregators.
+    let web_jobs: Vec<String> = hosts_running(&c, 1, "demo", "web")
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(web_jobs.len(), 3);
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let out = f.run(&["-a", "demo", "log", "-t", "web"]);
+        text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if web_jobs
+            .iter()
+            .all(|j| text.contains(&format!("serving as {j}")))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for j in &web_jobs {
+        assert!(
+            text.contains(&format!("serving as {j}")),
+            "job {j} not in flynn log:\n{text}\nagent 1 log:\n{}\naggregators:\n{}",
+            c.host(1)
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("logship") || l.contains("aggregator") || l.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            hosts_running(&c, 1, "logaggregator", "app")
+                .iter()
+                .map(
+                    |(n, id)| String::from_utf8_lossy(&c.host(*n).cli(&["logs", id]).stdout)
+                        .into_owned()
+                )
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+    }
+
     // A TCP route, on every host.
     f.ok(&["-a", "demo", "route", "add", "tcp", "--port", "3001"]);
     wait_for("the TCP route", Duration::from_secs(30), || {
@@ -212,4 +255,22 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
         }
     }
     assert!(f.ok(&["apps"]).contains("demo"));
+    // The logs are still there (an aggregator may have been on host 3), and the
+    // replacement job's too.
+    let now: Vec<String> = hosts_running(&c, 1, "demo", "web")
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    wait_for(
+        "every line in flynn log after the loss",
+        Duration::from_secs(60),
+        || {
+            let out = f.run(&["-a", "demo", "log"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            web_jobs
+                .iter()
+                .chain(&now)
+                .all(|j| text.contains(&format!("serving as {j}")))
+        },
+    );
 }
