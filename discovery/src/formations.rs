@@ -38,6 +38,10 @@ pub struct FormationRecord {
     /// `host` for the platform's own jobs; bridge otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The release its jobs run (label `flynn.release`): when it changes, the
+    /// scheduler replaces the jobs of the old one by a rolling deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 impl FormationRecord {

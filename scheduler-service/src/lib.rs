@@ -88,6 +88,12 @@ pub struct JobView {
     pub host: String,
     pub state: String,
     pub created_at: String,
+    /// Its `flynn.release` label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Up: running, and every service it declares registered in discovery (its
+    /// health check passed). What a rolling deploy waits for.
+    pub healthy: bool,
 }
 
 /// What the last pass saw and decided (for the API).
@@ -210,13 +216,18 @@ impl Service {
                         .unwrap_or_default()
                         .to_string()
                 };
+                let state = j["state"].as_str().unwrap_or_default().to_string();
                 jobs.push((
                     JobView {
+                        release: j["config"]["labels"]["flynn.release"]
+                            .as_str()
+                            .map(str::to_string),
+                        healthy: state == "running" && services_up(&j),
                         id: j["id"].as_str().unwrap_or_default().to_string(),
                         app: label("flynn.app"),
                         process_type: label("flynn.type"),
                         host: host.clone(),
-                        state: j["state"].as_str().unwrap_or_default().to_string(),
+                        state,
                         created_at: j["created_at"].as_str().unwrap_or_default().to_string(),
                     },
                     j,
@@ -311,6 +322,7 @@ impl Service {
                     omni: f.omni,
                     tags: f.tags.clone(),
                     resources: resources(f),
+                    release: f.release.clone(),
                 })
                 .collect(),
             jobs: live_jobs
@@ -326,6 +338,8 @@ impl Service {
                         formation: k,
                         host: j.host.clone(),
                         state: scheduler::JobState::Running,
+                        release: j.release.clone(),
+                        healthy: j.healthy,
                         started_ms: chrono::DateTime::parse_from_rfc3339(&j.created_at)
                             .map(|t| t.timestamp_millis().max(0) as u64)
                             .unwrap_or(0),
@@ -480,6 +494,16 @@ impl Service {
     }
 }
 
+/// Whether every service a job declares (`config.services`) has its instance in
+/// discovery (`services[].registered`: the agent registers one once its check passes).
+fn services_up(job: &Value) -> bool {
+    let declared = job["config"]["services"].as_array().map_or(0, Vec::len);
+    let registered = job["services"]
+        .as_array()
+        .map_or(0, |v| v.iter().filter(|i| i["registered"] == true).count());
+    registered >= declared
+}
+
 /// The agent's `POST /jobs` body for one job of a formation.
 fn job_request(f: &FormationRecord) -> Value {
     let mut req = json!({
@@ -509,6 +533,9 @@ fn job_request(f: &FormationRecord) -> Value {
     }
     if let Some(n) = &f.network {
         req["network"] = json!(n);
+    }
+    if let Some(r) = &f.release {
+        req["labels"]["flynn.release"] = json!(r);
     }
     req
 }
