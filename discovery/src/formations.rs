@@ -101,6 +101,16 @@ pub async fn list(etcd: &Etcd) -> Result<Vec<FormationRecord>, DiscoveryError> {
         .collect())
 }
 
+/// One app's formations.
+pub async fn of_app(etcd: &Etcd, app: &str) -> Result<Vec<FormationRecord>, DiscoveryError> {
+    crate::apps::check_app(app)?;
+    let (kvs, _) = etcd.get_prefix(&schema::formations_of(app)).await?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<FormationRecord>(kv.value()).ok())
+        .collect())
+}
+
 pub async fn set_drain(etcd: &Etcd, host: &str, on: bool) -> Result<(), DiscoveryError> {
     schema::check_id("host id", host)?;
     let key = schema::drain(host);
