@@ -65,9 +65,7 @@ pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 pub(crate) type Resp = Response<Body>;
 
 pub(crate) fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Resp {
@@ -294,8 +292,7 @@ impl Controller {
             }
             (["apps", app, "releases"], Method::POST) => {
                 let r: NewRelease = body(req).await?;
-                self.deploy(app, r.image, r.env, r.processes, timeout)
-                    .await
+                self.deploy(app, r.image, r.env, r.processes, timeout).await
             }
             (["apps", app, "env"], Method::POST) => {
                 let change: EnvChange = body(req).await?;
@@ -545,7 +542,11 @@ impl Controller {
                 return Err(Error::BadRequest(format!(
                     "release {} of {name} has no process type {ty} (it has: {}): add one with flynn -a {name} release add IMAGE --process {ty}=COMMAND",
                     release.id,
-                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
                 )));
             };
             // The formation keeps the release it runs (a deploy may be under way).
@@ -592,7 +593,9 @@ impl Controller {
                 Some(&json!({"app": name, "request": req})),
             )
             .await
-            .map_err(|e| Error::Unavailable(format!("the scheduler did not place the job: {e:#}")))?;
+            .map_err(|e| {
+                Error::Unavailable(format!("the scheduler did not place the job: {e:#}"))
+            })?;
         Ok(json(
             StatusCode::CREATED,
             &json!({"host_id": placed["host_id"], "job": placed["job"]}),

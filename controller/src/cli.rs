@@ -419,7 +419,13 @@ fn with_timeout(path: String, o: DeployOpts) -> String {
 
 /// Prints what the release made, then (unless told not to) waits for its deploy:
 /// exit 0 when it completed, 1 when it failed (and was rolled back).
-async fn deployed(client: &Client, app: &str, rel: &Value, verb: &str, o: DeployOpts) -> Result<i32> {
+async fn deployed(
+    client: &Client,
+    app: &str,
+    rel: &Value,
+    verb: &str,
+    o: DeployOpts,
+) -> Result<i32> {
     let id = rel["id"].as_str().unwrap_or("?");
     println!("{verb} release {id}");
     let Some(deploy) = rel["deploy"]["id"].as_str() else {

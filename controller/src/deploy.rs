@@ -53,7 +53,12 @@ pub fn service_name(app: &str, process_type: &str) -> String {
 }
 
 /// The formation of one process type of a release, with `count` jobs.
-pub fn formation(release: &Release, process_type: &str, p: &Process, count: u32) -> FormationRecord {
+pub fn formation(
+    release: &Release,
+    process_type: &str,
+    p: &Process,
+    count: u32,
+) -> FormationRecord {
     let mut env: Vec<String> = release
         .env
         .iter()
@@ -88,7 +93,10 @@ pub fn formation(release: &Release, process_type: &str, p: &Process, count: u32)
 
 /// Makes the app's formations those of `release`, keeping each type's count (a new
 /// type starts at 0); types the release does not have are removed.
-pub async fn write_formations(etcd: &Etcd, release: &Release) -> Result<(), discovery::DiscoveryError> {
+pub async fn write_formations(
+    etcd: &Etcd,
+    release: &Release,
+) -> Result<(), discovery::DiscoveryError> {
     let now = discovery::formations::of_app(etcd, &release.app).await?;
     let counts: BTreeMap<&str, u32> = now
         .iter()
@@ -155,13 +163,21 @@ impl Deployer {
             if current.as_deref() != Some(d.release.as_str()) {
                 let by = current.unwrap_or_else(|| "none (the app is gone)".into());
                 return self
-                    .finish(&mut now, DeployState::Failed, format!("superseded: the app's release is now {by}"))
+                    .finish(
+                        &mut now,
+                        DeployState::Failed,
+                        format!("superseded: the app's release is now {by}"),
+                    )
                     .await;
             }
             let view = match self.progress(&d).await {
                 Ok(None) => {
                     return self
-                        .finish(&mut now, DeployState::Complete, "every job runs the new release".into())
+                        .finish(
+                            &mut now,
+                            DeployState::Complete,
+                            "every job runs the new release".into(),
+                        )
                         .await;
                 }
                 Ok(Some(view)) => view,
@@ -230,21 +246,45 @@ impl Deployer {
         let why = format!("not healthy within {} s ({view})", d.timeout_secs);
         let Some(prev) = d.previous.clone() else {
             return self
-                .finish(d, DeployState::Failed, format!("{why}; there is no earlier release to roll back to"))
+                .finish(
+                    d,
+                    DeployState::Failed,
+                    format!("{why}; there is no earlier release to roll back to"),
+                )
                 .await;
         };
         let Some(rel) = discovery::apps::release(&self.etcd, &d.app, &prev).await? else {
             return self
-                .finish(d, DeployState::Failed, format!("{why}; release {prev} to roll back to is missing"))
+                .finish(
+                    d,
+                    DeployState::Failed,
+                    format!("{why}; release {prev} to roll back to is missing"),
+                )
                 .await;
         };
-        if !discovery::apps::revert(&self.etcd, &d.app, &d.release, &prev, d.previous_previous.clone()).await? {
+        if !discovery::apps::revert(
+            &self.etcd,
+            &d.app,
+            &d.release,
+            &prev,
+            d.previous_previous.clone(),
+        )
+        .await?
+        {
             return self
-                .finish(d, DeployState::Failed, format!("{why}; not rolled back: another deploy came since"))
+                .finish(
+                    d,
+                    DeployState::Failed,
+                    format!("{why}; not rolled back: another deploy came since"),
+                )
                 .await;
         }
         write_formations(&self.etcd, &rel).await?;
-        self.finish(d, DeployState::Failed, format!("{why}; rolled back to release {prev}"))
-            .await
+        self.finish(
+            d,
+            DeployState::Failed,
+            format!("{why}; rolled back to release {prev}"),
+        )
+        .await
     }
 }

@@ -236,7 +236,10 @@ async fn deploys_follow_formations_and_roll_back_when_not_healthy() {
     assert!(e["error"].as_str().unwrap().contains("release add"), "{e}");
     let (s, e) = call_key(addr, "GET", "/apps/demo/jobs", None).await;
     assert_eq!(s, 503, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("flynn-scheduler"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("flynn-scheduler"),
+        "{e}"
+    );
 
     // A new release whose jobs are never seen healthy: rolled back by itself.
     let (s, r2) = call_key(
@@ -248,7 +251,10 @@ async fn deploys_follow_formations_and_roll_back_when_not_healthy() {
     .await;
     assert_eq!(s, 201, "{r2}");
     let formation = discovery::formations::of_app(&etcd, "demo").await.unwrap();
-    assert_eq!(formation[0].release.as_ref(), r2["id"].as_str().map(String::from).as_ref());
+    assert_eq!(
+        formation[0].release.as_ref(),
+        r2["id"].as_str().map(String::from).as_ref()
+    );
     assert_eq!(formation[0].count, 2, "a deploy keeps the counts");
     let d2 = deploy_of(addr, &r2).await;
     assert_eq!(d2["state"], "failed", "{d2}");
@@ -267,6 +273,12 @@ async fn deploys_follow_formations_and_roll_back_when_not_healthy() {
     assert_eq!(list.as_array().unwrap().len(), 2);
     let (s, e) = call_key(addr, "GET", "/apps/demo/deploys/nope", None).await;
     assert_eq!(s, 404, "{e}");
-    let (s, e) = call_key(addr, "POST", "/apps/demo/releases?timeout=x", Some(json!({}))).await;
+    let (s, e) = call_key(
+        addr,
+        "POST",
+        "/apps/demo/releases?timeout=x",
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(s, 400, "{e}");
 }

@@ -112,6 +112,9 @@ pub struct Service {
     me: String,
     last: Mutex<Snapshot>,
     backoff: Mutex<HashMap<FormationKey, Backoff>>,
+    /// Jobs this scheduler is stopping (id → when, ms): their exit is not a crash,
+    /// and they no longer count toward their formation.
+    stopping: Mutex<HashMap<String, u64>>,
     wake: tokio::sync::Notify,
     leading: std::sync::atomic::AtomicBool,
     started: std::time::Instant,
@@ -268,7 +271,14 @@ impl Service {
             .filter_map(|h| Some((h.id.as_str(), h.api.as_deref()?)))
             .collect();
 
-        // Exited jobs: a crash of their formation; removed (history stays bounded).
+        let stopping: HashMap<String, u64> = {
+            let mut st = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+            // A stop takes 10 s at most, then the job is removed: older marks are stale.
+            st.retain(|_, at| now.saturating_sub(*at) < 120_000);
+            st.clone()
+        };
+        // Exited jobs: a crash of their formation (unless we stopped them); removed
+        // (history stays bounded).
         let mut live_jobs = Vec::new();
         for (j, raw) in &jobs {
             if j.state == "exited" {
@@ -277,8 +287,10 @@ impl Service {
                         app: j.app.clone(),
                         process_type: j.process_type.clone(),
                     };
-                    self.crashed(k, now);
-                    tracing::info!(job = %j.id, host = %j.host, code = %raw["exit"]["code"], "a scheduled job exited; it will be replaced");
+                    if !stopping.contains_key(&j.id) {
+                        self.crashed(k, now);
+                        tracing::info!(job = %j.id, host = %j.host, code = %raw["exit"]["code"], "a scheduled job exited; it will be replaced");
+                    }
                     if let Some(api) = api_of.get(j.host.as_str()) {
                         let _ = call(
                             &self.client(api)?,
@@ -294,7 +306,12 @@ impl Service {
             if j.state == "removing" {
                 continue;
             }
-            live_jobs.push(j.clone());
+            let mut j = j.clone();
+            if stopping.contains_key(&j.id) {
+                j.state = "stopping".into();
+                j.healthy = false;
+            }
+            live_jobs.push(j);
         }
         // A formation whole and calm for a minute forgets its crashes.
         {
@@ -337,7 +354,11 @@ impl Service {
                         id: j.id.clone(),
                         formation: k,
                         host: j.host.clone(),
-                        state: scheduler::JobState::Running,
+                        state: if j.state == "stopping" {
+                            scheduler::JobState::Stopping
+                        } else {
+                            scheduler::JobState::Running
+                        },
                         release: j.release.clone(),
                         healthy: j.healthy,
                         started_ms: chrono::DateTime::parse_from_rfc3339(&j.created_at)
@@ -382,6 +403,10 @@ impl Service {
                 let client = self.client(api)?;
                 let id = j.id.clone();
                 tracing::info!(job = %id, host = %j.host, reason = ?st.reason, "stopping");
+                self.stopping
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), now);
                 // Stopped in the background (a stop drains, then waits for the exit).
                 tokio::spawn(async move {
                     let _ = call(
@@ -572,6 +597,7 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         me: me.clone(),
         last: Mutex::new(Snapshot::default()),
         backoff: Mutex::new(HashMap::new()),
+        stopping: Mutex::new(HashMap::new()),
         wake: tokio::sync::Notify::new(),
         leading: std::sync::atomic::AtomicBool::new(false),
         started: std::time::Instant::now(),
