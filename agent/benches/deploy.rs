@@ -64,11 +64,21 @@ fn main() {
         .env("FLYNN_TOKEN", TOKEN)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p = Platform::start(&c, TOKEN, &[]);
     p.ok(&["create", "bench"]);
     p.ok(&[
-        "-a", "bench", "release", "add", "busybox", "--process", &format!("web={CMD}"),
+        "-a",
+        "bench",
+        "release",
+        "add",
+        "busybox",
+        "--process",
+        &format!("web={CMD}"),
     ]);
     p.ok(&["-a", "bench", "scale", "web=3"]);
     wait_for("3 healthy jobs", Duration::from_secs(120), || {
@@ -82,16 +92,34 @@ fn main() {
         let app = format!("anchor{round}");
         let started = Instant::now();
         c.host(1).ok(&[
-            "cluster", "scale", "web=3", "--app", &app, "--image", "busybox", "-s",
-            &format!("{app}-web:8080,check=tcp,interval=500"), "-e", "PORT=8080", "--", "sh",
-            "-c", CMD,
+            "cluster",
+            "scale",
+            "web=3",
+            "--app",
+            &app,
+            "--image",
+            "busybox",
+            "-s",
+            &format!("{app}-web:8080,check=tcp,interval=500"),
+            "-e",
+            "PORT=8080",
+            "--",
+            "sh",
+            "-c",
+            CMD,
         ]);
-        wait_for("the anchor's 3 jobs serving", Duration::from_secs(120), || {
-            let j = jobs(&c, &app);
-            j.len() == 3 && j.iter().all(|j| j.1)
-        });
+        wait_for(
+            "the anchor's 3 jobs serving",
+            Duration::from_secs(120),
+            || {
+                let j = jobs(&c, &app);
+                j.len() == 3 && j.iter().all(|j| j.1)
+            },
+        );
         anchor.push(started.elapsed().as_secs_f64());
-        c.host(1).ok(&["cluster", "scale", "web=0", "--app", &app, "--image", "busybox"]);
+        c.host(1).ok(&[
+            "cluster", "scale", "web=0", "--app", &app, "--image", "busybox",
+        ]);
         wait_for("the anchor gone", Duration::from_secs(60), || {
             jobs(&c, &app).is_empty()
         });
@@ -99,8 +127,16 @@ fn main() {
         // A new release of the running app, to every new job serving.
         let started = Instant::now();
         let out = p.ok(&[
-            "-a", "bench", "release", "add", "busybox", "--no-wait", "--env",
-            &format!("ROUND={round}"), "--process", &format!("web={CMD}"),
+            "-a",
+            "bench",
+            "release",
+            "add",
+            "busybox",
+            "--no-wait",
+            "--env",
+            &format!("ROUND={round}"),
+            "--process",
+            &format!("web={CMD}"),
         ]);
         let rel = out
             .split_whitespace()
@@ -122,7 +158,9 @@ fn main() {
     }
     let (a, d, k) = (median(anchor), median(deploy), median(complete));
     println!("rolling deploy of web=3 (3 netns hosts), medians of {rounds} rounds:");
-    println!("  release add to every new job serving: {d:.2} s; to the deploy marked complete: {k:.2} s");
+    println!(
+        "  release add to every new job serving: {d:.2} s; to the deploy marked complete: {k:.2} s"
+    );
     println!(
         "  anchor (3 fresh jobs to serving, cluster scale): {a:.2} s; ratio {:.2}",
         d / a

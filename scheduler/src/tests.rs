@@ -453,15 +453,71 @@ fn a_rollout_starts_new_jobs_before_it_stops_old_ones() {
     // Not up yet: nothing more happens.
     let plan = rectify(&s);
     assert!(plan.start.is_empty() && plan.stop.is_empty(), "{plan:?}");
-    // Up: one old job stops and the next new one starts in the same pass.
+    // Up: one old job stops; the next new one starts once it is gone.
     for j in &mut s.jobs {
         j.healthy = true;
     }
     let plan = rectify(&s);
     assert_eq!(plan.stop.len(), 1);
+    assert!(plan.start.is_empty(), "{plan:?}");
+    let stopped = plan.stop[0].job.clone();
+    assert_eq!(
+        s.jobs
+            .iter()
+            .find(|j| j.id == stopped)
+            .unwrap()
+            .release
+            .as_deref(),
+        Some("r1")
+    );
+    // Still stopping: it holds its place.
+    s.jobs.iter_mut().find(|j| j.id == stopped).unwrap().state = JobState::Stopping;
+    let plan = rectify(&s);
+    assert!(plan.start.is_empty() && plan.stop.is_empty(), "{plan:?}");
+    s.jobs.retain(|j| j.id != stopped);
+    let plan = rectify(&s);
     assert_eq!(plan.start.len(), 1);
-    let stopped = s.jobs.iter().find(|j| j.id == plan.stop[0].job).unwrap();
-    assert_eq!(stopped.release.as_deref(), Some("r1"));
+}
+
+/// Carries a plan out slowly: stopped jobs linger as `Stopping` for one pass, new
+/// ones start unhealthy and get up by the next pass.
+#[test]
+fn with_slow_stops_the_formation_never_has_more_than_count_plus_surge() {
+    let mut s = deployed(3, "r1");
+    s.formations[0].release = Some("r2".into());
+    for _ in 0..40 {
+        s.jobs.retain(|j| j.state != JobState::Stopping);
+        for j in &mut s.jobs {
+            j.healthy = true;
+        }
+        let plan = rectify(&s);
+        let stopped: std::collections::HashSet<&str> =
+            plan.stop.iter().map(|p| p.job.as_str()).collect();
+        for j in &mut s.jobs {
+            if stopped.contains(j.id.as_str()) {
+                j.state = JobState::Stopping;
+            }
+        }
+        let n = s.jobs.len();
+        let mut next = s.clone();
+        next.jobs.clear();
+        apply_unhealthy(&mut next, &plan);
+        s.jobs.extend(next.jobs);
+        assert!(
+            s.jobs.len() <= 3 + SURGE,
+            "{} jobs after {plan:?} (had {n})",
+            s.jobs.len()
+        );
+        let up = s
+            .jobs
+            .iter()
+            .filter(|j| j.healthy && j.state != JobState::Stopping)
+            .count();
+        assert!(up >= 3, "{up} up");
+        s.now_ms += 1;
+    }
+    s.jobs.retain(|j| j.state != JobState::Stopping);
+    assert_eq!(of_release(&s, "r2"), 3, "{:?}", s.jobs);
 }
 
 #[test]
@@ -508,16 +564,18 @@ fn the_rollout_step_holds_its_bounds() {
         for new in 0..=want + 1 {
             for healthy in 0..=new {
                 for old in 0..=want + 1 {
-                    let (starts, stops) = rollout_step(want, new, healthy, old);
-                    assert!(stops <= old);
-                    // Never fewer up than wanted (when that many were up before).
-                    if healthy + old >= want {
-                        assert!(healthy + old - stops >= want);
-                    }
-                    // Never more than want + surge jobs because of starts.
-                    if starts > 0 {
-                        assert!(new + old - stops + starts <= want + SURGE);
-                        assert!(new + starts <= want);
+                    for stopping in 0..3 {
+                        let (starts, stops) = rollout_step(want, new, healthy, old, stopping);
+                        assert!(stops <= old);
+                        // Never fewer up than wanted (when that many were up before).
+                        if healthy + old >= want {
+                            assert!(healthy + old - stops >= want);
+                        }
+                        // Never more than want + surge jobs, those stopping included.
+                        if starts > 0 {
+                            assert!(new + old + stopping + starts <= want + SURGE);
+                            assert!(new + starts <= want);
+                        }
                     }
                 }
             }

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, Platform, wait_for};
+use crate::harness::{Cluster, Platform};
 use crate::scheduler::{bootstrap_with, prepare};
 
 const TOKEN: &str = "deploy-test-token-0123456789";
@@ -29,6 +29,46 @@ fn release_of(p: &Platform, app: &str) -> String {
         .to_string()
 }
 
+/// What the cluster shows, for a failure's message.
+fn dump(c: &Cluster, p: &Platform) -> String {
+    let mut out = String::new();
+    out += &format!(
+        "cluster ps:\n{}\n",
+        String::from_utf8_lossy(&c.host(1).cli(&["cluster", "ps", "--json"]).stdout)
+    );
+    out += &format!(
+        "cluster formations:\n{}\n",
+        String::from_utf8_lossy(&c.host(1).cli(&["cluster", "formations"]).stdout)
+    );
+    for h in &c.hosts {
+        out += &format!(
+            "host {} jobs:\n{}\nlog tail:\n{}\n",
+            h.n,
+            String::from_utf8_lossy(&h.cli(&["ps", "-a"]).stdout),
+            crate::harness::tail(&h.log_text(), 15)
+        );
+    }
+    out += &format!(
+        "controller log tail:\n{}\n",
+        crate::harness::tail(&p.log_text(), 30)
+    );
+    out
+}
+
+/// `wait_for` that shows the cluster when it times out.
+fn wait(c: &Cluster, p: &Platform, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                dump(c, p)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn deploys_roll_out_roll_back_and_flynn_runs_jobs() {
     let c = Cluster::bare_shared(3, &["--cluster-ttl", "5"], TOKEN);
@@ -45,9 +85,13 @@ fn deploys_roll_out_roll_back_and_flynn_runs_jobs() {
     let r1 = release_of(&p, "demo");
     assert_eq!(p.ok(&["-a", "demo", "scale"]).trim(), "web=0");
     assert_eq!(p.ok(&["-a", "demo", "scale", "web=3"]).trim(), "web=3");
-    wait_for("3 healthy web jobs", Duration::from_secs(90), || {
-        up(&p.ps("demo"), Some(&r1)) == 3
-    });
+    wait(
+        &c,
+        &p,
+        "3 healthy web jobs",
+        Duration::from_secs(90),
+        || up(&p.ps("demo"), Some(&r1)) == 3,
+    );
 
     // An env change is a new release, rolled out with 3 up at every poll.
     let mut deploy = p
@@ -105,7 +149,9 @@ fn deploys_roll_out_roll_back_and_flynn_runs_jobs() {
         most <= 5,
         "at most count + surge (+ one stopping), saw {most}"
     );
-    wait_for(
+    wait(
+        &c,
+        &p,
         "3 jobs, all of the new release",
         Duration::from_secs(30),
         || {
@@ -171,16 +217,24 @@ fn deploys_roll_out_roll_back_and_flynn_runs_jobs() {
     let deploys = p.ok(&["-a", "demo", "release", "deploys"]);
     assert!(deploys.contains("failed"), "{deploys}");
     // The stuck new job goes; the old ones stay.
-    wait_for("the 3 old jobs alone", Duration::from_secs(30), || {
-        let ids: BTreeSet<String> = p.ps("demo").into_iter().map(|r| r.0).collect();
-        ids == r2_jobs
-    });
+    wait(
+        &c,
+        &p,
+        "the 3 old jobs alone",
+        Duration::from_secs(30),
+        || {
+            let ids: BTreeSet<String> = p.ps("demo").into_iter().map(|r| r.0).collect();
+            ids == r2_jobs
+        },
+    );
 
     // A rollback is a deploy too (back to the first release).
     let out = p.ok(&["-a", "demo", "release", "rollback", "--timeout", "120"]);
     assert!(out.contains("Deployed release"), "{out}");
     assert_eq!(release_of(&p, "demo"), r1);
-    wait_for(
+    wait(
+        &c,
+        &p,
         "3 jobs of the first release",
         Duration::from_secs(30),
         || {
