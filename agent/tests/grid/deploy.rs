@@ -144,10 +144,9 @@ fn deploys_roll_out_roll_back_and_flynn_runs_jobs() {
         fewest >= 3,
         "at least 3 jobs up at every poll, saw {fewest}"
     );
-    // One beyond the count, and the old jobs that are stopping still listed.
     assert!(
-        most <= 5,
-        "at most count + surge (+ one stopping), saw {most}"
+        most <= 4,
+        "at most count + surge (those stopping included), saw {most}"
     );
     wait(
         &c,
