@@ -383,13 +383,38 @@ pub fn rollout_step(
 }
 
 /// Which old jobs go first: those not up, then the oldest (ties by id).
-fn old_order(jobs: &mut [&Job]) {
-    jobs.sort_by(|a, b| {
-        a.healthy
-            .cmp(&b.healthy)
-            .then(a.started_ms.cmp(&b.started_ms))
-            .then(a.id.cmp(&b.id))
-    });
+/// The `n` old jobs to stop: those not up first, then those on the host with the
+/// most jobs of the formation (`new` and `old` together), so the formation ends up
+/// spread as a fresh one would be, then the oldest (ties by id).
+fn pick_old<'a>(old: &[&'a Job], new: &[&Job], n: usize) -> Vec<&'a Job> {
+    let mut on_host: HashMap<&str, usize> = HashMap::new();
+    for j in new.iter().chain(old.iter()) {
+        *on_host.entry(j.host.as_str()).or_default() += 1;
+    }
+    let mut left: Vec<&Job> = old.to_vec();
+    let mut picked = Vec::new();
+    for _ in 0..n {
+        let best = left.iter().enumerate().min_by(|(_, a), (_, b)| {
+            let (ca, cb) = (
+                on_host.get(a.host.as_str()).copied().unwrap_or(0),
+                on_host.get(b.host.as_str()).copied().unwrap_or(0),
+            );
+            a.healthy
+                .cmp(&b.healthy)
+                .then(cb.cmp(&ca))
+                .then(a.started_ms.cmp(&b.started_ms))
+                .then(a.id.cmp(&b.id))
+        });
+        let Some((i, _)) = best else {
+            break;
+        };
+        let j = left.swap_remove(i);
+        if let Some(c) = on_host.get_mut(j.host.as_str()) {
+            *c = c.saturating_sub(1);
+        }
+        picked.push(j);
+    }
+    picked
 }
 
 /// Surplus new jobs (the count went down during a deploy): those not up first,
@@ -425,16 +450,14 @@ fn rollout(
     may_start: bool,
     plan: &mut Plan,
 ) {
-    let (mut new, mut old): (Vec<&Job>, Vec<&Job>) =
-        jobs.iter().copied().partition(|j| j.current(f));
+    let (mut new, old): (Vec<&Job>, Vec<&Job>) = jobs.iter().copied().partition(|j| j.current(f));
     let want = f.count as usize;
     let before = new.len();
     surplus_new(&mut new, want, placer, plan);
     let stopping = stopping + before - new.len();
     let healthy = new.iter().filter(|j| j.healthy).count();
     let (starts, stops) = rollout_step(want, new.len(), healthy, old.len(), stopping);
-    old_order(&mut old);
-    for j in &old[..stops] {
+    for j in pick_old(&old, &new, stops) {
         plan.stop.push(Stop {
             job: j.id.clone(),
             reason: StopReason::Replaced,
@@ -452,12 +475,19 @@ fn rollout(
         });
         return;
     }
+    let mut new_on: HashMap<String, u32> = HashMap::new();
+    for j in &new {
+        *new_on.entry(j.host.clone()).or_default() += 1;
+    }
     for placed in 0..starts {
-        match placer.place(&f.key, &f.tags, &f.resources) {
-            Ok(host) => plan.start.push(Start {
-                formation: f.key.clone(),
-                host,
-            }),
+        match placer.place_spread_by(&f.key, &f.tags, &f.resources, &new_on) {
+            Ok(host) => {
+                *new_on.entry(host.clone()).or_default() += 1;
+                plan.start.push(Start {
+                    formation: f.key.clone(),
+                    host,
+                });
+            }
             Err(reason) => {
                 plan.blocked.push(Blocked {
                     formation: f.key.clone(),
@@ -498,7 +528,7 @@ fn omni(
             want
         };
         if wanted_here > 0 && here.iter().any(|j| !j.current(f)) {
-            let (mut new, mut old): (Vec<&Job>, Vec<&Job>) =
+            let (mut new, old): (Vec<&Job>, Vec<&Job>) =
                 here.iter().copied().partition(|j| j.current(f));
             let before = new.len();
             surplus_new(&mut new, wanted_here, placer, plan);
@@ -507,8 +537,7 @@ fn omni(
             let healthy = new.iter().filter(|j| j.healthy).count();
             let (starts, stops) =
                 rollout_step(wanted_here, new.len(), healthy, old.len(), stopping_here);
-            old_order(&mut old);
-            for j in &old[..stops] {
+            for j in pick_old(&old, &new, stops) {
                 plan.stop.push(Stop {
                     job: j.id.clone(),
                     reason: StopReason::Replaced,

@@ -604,3 +604,25 @@ fn an_omni_formation_rolls_out_host_by_host() {
     assert_eq!(of_release(&s, "r2"), 3);
     assert_eq!(per_host(&s, "web").len(), 3);
 }
+
+#[test]
+fn a_rollout_ends_spread_like_a_fresh_formation() {
+    for count in [3u32, 5, 6] {
+        let mut s = deployed(count, "r1");
+        s.formations[0].release = Some("r2".into());
+        for _ in 0..(4 * count) {
+            let plan = rectify(&s);
+            apply(&mut s, &plan);
+        }
+        assert_eq!(of_release(&s, "r2"), count as usize);
+        let mut spread: Vec<usize> = per_host(&s, "web").into_values().collect();
+        spread.sort();
+        let fresh: Vec<usize> = {
+            let f = deployed(count, "x");
+            let mut v: Vec<usize> = per_host(&f, "web").into_values().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(spread, fresh, "count {count}");
+    }
+}
