@@ -225,13 +225,6 @@ pub fn rectify(state: &State) -> Plan {
             by_formation.entry(&job.formation).or_default().push(job);
         }
     }
-    // Jobs on their way out, which a rollout's surge counts until they are gone.
-    let mut stopping_of: HashMap<&FormationKey, Vec<&Job>> = HashMap::new();
-    for job in &state.jobs {
-        if live.contains_key(job.host.as_str()) && job.state == JobState::Stopping {
-            stopping_of.entry(&job.formation).or_default().push(job);
-        }
-    }
     let known: std::collections::HashSet<&FormationKey> =
         state.formations.iter().map(|f| &f.key).collect();
     let mut removed: Vec<&Job> = by_formation
@@ -263,11 +256,9 @@ pub fn rectify(state: &State) -> Plan {
                 .is_none_or(|h| !tags_match(&f.tags, h))
         };
         if f.omni {
-            let stopping = stopping_of.get(&f.key).map(Vec::as_slice).unwrap_or(&[]);
-            omni(f, jobs, stopping, state, &mut placer, may_start, &mut plan);
+            omni(f, jobs, state, &mut placer, may_start, &mut plan);
         } else if jobs.iter().any(|j| !j.current(f)) {
-            let stopping = stopping_of.get(&f.key).map_or(0, Vec::len);
-            rollout(f, jobs, stopping, &mut placer, may_start, &mut plan);
+            rollout(f, jobs, &mut placer, may_start, &mut plan);
         } else {
             spread(
                 f,
@@ -361,24 +352,20 @@ fn spread(
 }
 
 /// A rolling deploy's next step for `want` jobs: how many jobs of the new release
-/// to start and how many of the old ones to stop, given `stopping` jobs of the
-/// formation still on their way out. An old job stops only while the healthy new
-/// jobs and the old ones left are at least `want` (the old ones served before the
-/// deploy, so they count as serving); a new job starts only while the formation has
-/// fewer than `want + SURGE` jobs on the hosts, those being stopped included (a job
-/// stopped in this step is there until it is gone).
-pub fn rollout_step(
-    want: usize,
-    new: usize,
-    new_healthy: usize,
-    old: usize,
-    stopping: usize,
-) -> (usize, usize) {
+/// to start and how many of the old ones to stop. An old job stops only while the
+/// healthy new jobs and the old ones left are at least `want` (the old ones served
+/// before the deploy, so they count as serving); a new job starts only while the
+/// formation has fewer than `want + SURGE` jobs that are not being stopped. A job
+/// being stopped no longer serves and is gone within its stop's grace period (its
+/// resources stay promised until then: the placer counts them), so it does not hold
+/// the rollout up: an app that ignores SIGTERM (a busybox httpd as PID 1) would
+/// otherwise make each step last the whole grace period.
+pub fn rollout_step(want: usize, new: usize, new_healthy: usize, old: usize) -> (usize, usize) {
     let stops = (new_healthy + old).saturating_sub(want).min(old);
-    let present = new + old + stopping;
+    let left = new + old - stops;
     let starts = want
         .saturating_sub(new)
-        .min((want + SURGE).saturating_sub(present));
+        .min((want + SURGE).saturating_sub(left));
     (starts, stops)
 }
 
@@ -442,21 +429,12 @@ fn surplus_new(jobs: &mut Vec<&Job>, want: usize, placer: &mut Placer, plan: &mu
 /// replaced by the formation's, [`rollout_step`] at a time. Draining hosts get no
 /// new jobs (the placer skips them); their old jobs are among the first to stop
 /// because they are the oldest or not up, and the rest is the next passes' work.
-fn rollout(
-    f: &Formation,
-    jobs: &[&Job],
-    stopping: usize,
-    placer: &mut Placer,
-    may_start: bool,
-    plan: &mut Plan,
-) {
+fn rollout(f: &Formation, jobs: &[&Job], placer: &mut Placer, may_start: bool, plan: &mut Plan) {
     let (mut new, old): (Vec<&Job>, Vec<&Job>) = jobs.iter().copied().partition(|j| j.current(f));
     let want = f.count as usize;
-    let before = new.len();
     surplus_new(&mut new, want, placer, plan);
-    let stopping = stopping + before - new.len();
     let healthy = new.iter().filter(|j| j.healthy).count();
-    let (starts, stops) = rollout_step(want, new.len(), healthy, old.len(), stopping);
+    let (starts, stops) = rollout_step(want, new.len(), healthy, old.len());
     for j in pick_old(&old, &new, stops) {
         plan.stop.push(Stop {
             job: j.id.clone(),
@@ -501,11 +479,9 @@ fn rollout(
 }
 
 /// An omni formation: `count` jobs on every matching host that is not draining.
-#[allow(clippy::too_many_arguments)]
 fn omni(
     f: &Formation,
     jobs: &[&Job],
-    stopping: &[&Job],
     state: &State,
     placer: &mut Placer,
     may_start: bool,
@@ -530,13 +506,9 @@ fn omni(
         if wanted_here > 0 && here.iter().any(|j| !j.current(f)) {
             let (mut new, old): (Vec<&Job>, Vec<&Job>) =
                 here.iter().copied().partition(|j| j.current(f));
-            let before = new.len();
             surplus_new(&mut new, wanted_here, placer, plan);
-            let stopping_here =
-                stopping.iter().filter(|j| j.host == h.id).count() + before - new.len();
             let healthy = new.iter().filter(|j| j.healthy).count();
-            let (starts, stops) =
-                rollout_step(wanted_here, new.len(), healthy, old.len(), stopping_here);
+            let (starts, stops) = rollout_step(wanted_here, new.len(), healthy, old.len());
             for j in pick_old(&old, &new, stops) {
                 plan.stop.push(Stop {
                     job: j.id.clone(),
