@@ -81,6 +81,22 @@ fn main() {
     std::process::exit(code);
 }
 
+/// `flynn run`'s follower: `run`'s own, through the controller's relay of the
+/// job's host.
+fn flynn_attach(
+    host: flynn_host::client::Client,
+    job: serde_json::Value,
+    interactive: bool,
+    tty: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<i32>>>> {
+    Box::pin(async move {
+        let job: flynn_host::model::Job = serde_json::from_value(job)
+            .map_err(|e| anyhow::anyhow!("the controller's answer is not a job: {e}"))?;
+        let args = flynn_host::cli::run::RunArgs::follow_only(interactive, tty, true)?;
+        flynn_host::cli::run::run_created(&host, &args, &job).await
+    })
+}
+
 fn flynn_cli() -> i32 {
     use clap::Parser as _;
     let args = controller::cli::Flynn::parse();
@@ -94,7 +110,7 @@ fn flynn_cli() -> i32 {
             return 1;
         }
     };
-    match rt.block_on(controller::cli::main(args)) {
+    match rt.block_on(controller::cli::main(args, flynn_attach)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flynn: error: {e:#}");

@@ -207,6 +207,9 @@ impl Run {
             omni,
             tags: BTreeMap::new(),
             network: Some("host".to_string()),
+            // The platform's own formations follow no app release: the bootstrap
+            // (and a later upgrade) writes them whole.
+            release: None,
         };
         let changed = existing.as_ref() != Some(&wanted);
         if changed {

@@ -61,6 +61,9 @@ pub enum Endpoint {
 pub struct Client {
     endpoint: Endpoint,
     token: Option<String>,
+    /// Put before every path: a service that relays an agent's job routes under a
+    /// path of its own (the controller's `/apps/{app}/hosts/{host}`).
+    prefix: String,
 }
 
 const DEFAULT_TCP: &str = "127.0.0.1:1113";
@@ -82,7 +85,17 @@ impl Client {
                 .ok()
                 .map(|t| t.trim().to_string()),
         };
-        Ok(Client { endpoint, token })
+        Ok(Client {
+            endpoint,
+            token,
+            prefix: String::new(),
+        })
+    }
+
+    /// The same client with `prefix` put before every path it requests.
+    pub fn with_prefix(mut self, prefix: &str) -> Client {
+        self.prefix = prefix.trim_end_matches('/').to_string();
+        self
     }
 
     /// The token this client sends (platform services use the cluster's).
@@ -136,7 +149,7 @@ impl Client {
         };
         let mut builder = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(format!("{}{path}", self.prefix))
             .header(HOST, host);
         if let (Endpoint::Tcp(_), Some(token)) = (&self.endpoint, &self.token) {
             builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));

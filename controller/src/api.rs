@@ -7,16 +7,24 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use discovery::apps::{App, Process, Release};
+use discovery::deploys::{Deploy, DeployState};
 use discovery::routes::{Route, RouteKind};
 use discovery::{DiscoveryError, Etcd};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::deploy::{Deployer, JobsError};
 
 const MAX_BODY: usize = 1 << 20;
+/// How long a deploy's new jobs have to get healthy, unless the app (meta
+/// `deploy_timeout`) or the request (`?timeout=SECS`) says otherwise.
+pub const DEFAULT_DEPLOY_TIMEOUT: u64 = 60;
 
 pub struct Controller {
     etcd: Etcd,
@@ -24,10 +32,12 @@ pub struct Controller {
     domain: String,
     /// The token the log aggregators want (`crate::logs`).
     pub(crate) logagg_token: Option<String>,
+    deployer: Deployer,
+    deploy_timeout: u64,
 }
 
 #[derive(Debug)]
-enum Error {
+pub(crate) enum Error {
     BadRequest(String),
     Unauthorized,
     NotFound(String),
@@ -44,6 +54,15 @@ impl From<crate::logs::LogError> for Error {
     }
 }
 
+impl From<JobsError> for Error {
+    fn from(e: JobsError) -> Error {
+        match e {
+            JobsError::Discovery(d) => d.into(),
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+}
+
 impl From<DiscoveryError> for Error {
     fn from(e: DiscoveryError) -> Error {
         match e {
@@ -53,11 +72,16 @@ impl From<DiscoveryError> for Error {
     }
 }
 
-type Resp = Response<crate::logs::Body>;
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Resp = Response<Body>;
+
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
 
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Resp {
     let body = serde_json::to_vec(v).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -118,6 +142,31 @@ struct EnvChange {
     unset: Vec<String>,
 }
 
+/// `PUT /apps/{app}/formation`: jobs wanted per process type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scale {
+    processes: BTreeMap<String, u32>,
+}
+
+/// `POST /apps/{app}/jobs`: a one-off job of the current release.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneOff {
+    /// The command (the image's when empty).
+    #[serde(default)]
+    cmd: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    tty: bool,
+    #[serde(default)]
+    stdin: bool,
+    /// Kept after it exits (not removed), for a detached job.
+    #[serde(default)]
+    keep: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewRoute {
@@ -147,10 +196,35 @@ fn new_id() -> String {
 impl Controller {
     pub fn new(etcd: Etcd, key: String, domain: String) -> Controller {
         Controller {
+            deployer: Deployer {
+                etcd: etcd.clone(),
+                token: None,
+            },
             etcd,
             key,
             domain,
             logagg_token: None,
+            deploy_timeout: DEFAULT_DEPLOY_TIMEOUT,
+        }
+    }
+
+    /// With the cluster's API token: deploys are followed through the scheduler,
+    /// jobs are listed and run. Without it, only the records are kept.
+    pub fn with_cluster(mut self, token: Option<String>, deploy_timeout: u64) -> Controller {
+        self.deployer.token = token;
+        self.deploy_timeout = deploy_timeout;
+        self
+    }
+
+    /// Takes up the deploys a controller that went away left pending.
+    pub async fn resume_deploys(&self) {
+        match discovery::deploys::pending(&self.etcd).await {
+            Ok(list) => {
+                for d in list {
+                    self.deployer.follow(d);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading pending deploys"),
         }
     }
 
@@ -174,6 +248,7 @@ impl Controller {
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -183,6 +258,20 @@ impl Controller {
         let path = req.uri().path().trim_matches('/').to_string();
         let segs: Vec<&str> = path.split('/').collect();
         let method = req.method().clone();
+        let query: BTreeMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let timeout = match query.get("timeout") {
+            Some(t) => Some(t.parse::<u64>().map_err(|_| {
+                Error::BadRequest(format!("timeout={t}: give the seconds a deploy may take"))
+            })?),
+            None => None,
+        };
         if segs == ["health"] {
             return Ok(json(StatusCode::OK, &serde_json::json!({"ok": true})));
         }
@@ -215,7 +304,7 @@ impl Controller {
             }
             (["apps", app, "releases"], Method::POST) => {
                 let r: NewRelease = body(req).await?;
-                self.deploy(app, r.image, r.env, r.processes).await
+                self.deploy(app, r.image, r.env, r.processes, timeout).await
             }
             (["apps", app, "env"], Method::POST) => {
                 let change: EnvChange = body(req).await?;
@@ -230,16 +319,66 @@ impl Controller {
                     }
                     env.insert(k, v);
                 }
-                self.deploy(app, current.image, env, current.processes)
+                self.deploy(app, current.image, env, current.processes, timeout)
                     .await
             }
-            (["apps", app, "rollback"], Method::POST) => self.rollback(app).await,
+            (["apps", app, "rollback"], Method::POST) => self.rollback(app, timeout).await,
             (["apps", app, "log"], Method::GET) => {
                 self.app(app).await?;
                 let token = self.logagg_token.clone();
-                crate::logs::serve(self.etcd.clone(), token, app, req.uri().query())
-                    .await
-                    .map_err(Error::from)
+                let r =
+                    crate::logs::serve(self.etcd.clone(), token, app, req.uri().query()).await?;
+                Ok(r.map(|b| b.map_err(|never| match never {}).boxed()))
+            }
+            (["apps", app, "deploys"], Method::GET) => {
+                self.app(app).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &discovery::deploys::of_app(&self.etcd, app).await?,
+                ))
+            }
+            (["apps", app, "deploys", id], Method::GET) => {
+                self.app(app).await?;
+                match discovery::deploys::get(&self.etcd, app, id).await? {
+                    Some(d) => Ok(json(StatusCode::OK, &d)),
+                    None => Err(Error::NotFound(format!(
+                        "app {app} has no deploy {id} (GET /apps/{app}/deploys lists them)"
+                    ))),
+                }
+            }
+            (["apps", app, "formation"], Method::GET) => {
+                self.app(app).await?;
+                self.formation(app).await
+            }
+            (["apps", app, "formation"], Method::PUT) => {
+                let s: Scale = body(req).await?;
+                self.scale(app, s).await
+            }
+            (["apps", app, "jobs"], Method::GET) => {
+                self.app(app).await?;
+                let jobs: Vec<Value> = self
+                    .deployer
+                    .jobs(app)
+                    .await?
+                    .into_iter()
+                    .map(|j| {
+                        json!({
+                            "id": j["id"], "type": j["process_type"], "host": j["host"],
+                            "state": j["state"], "release": j["release"],
+                            "healthy": j["healthy"], "created_at": j["created_at"],
+                        })
+                    })
+                    .collect();
+                Ok(json(StatusCode::OK, &jobs))
+            }
+            (["apps", app, "jobs"], Method::POST) => {
+                let o: OneOff = body(req).await?;
+                self.one_off(app, o).await
+            }
+            (["apps", app, "hosts", host, "jobs", id, rest @ ..], _) => {
+                self.app(app).await?;
+                let token = self.deployer.token.clone().ok_or(JobsError::NoToken)?;
+                crate::proxy::job_route(&self.etcd, &token, req, app, host, id, rest).await
             }
             (["apps", app, "routes"], Method::GET) => {
                 self.app(app).await?;
@@ -350,6 +489,7 @@ impl Controller {
         image: String,
         env: BTreeMap<String, String>,
         processes: BTreeMap<String, Process>,
+        timeout: Option<u64>,
     ) -> Result<Resp, Error> {
         let app = self.app(name).await?;
         if image.trim().is_empty() {
@@ -372,10 +512,116 @@ impl Controller {
                 "app {name} changed while this release was made (another deploy?): try again"
             )));
         }
-        Ok(json(StatusCode::CREATED, &release))
+        let d = self.start_deploy(&app, &release, timeout).await?;
+        Ok(json(StatusCode::CREATED, &with_deploy(&release, &d)))
     }
 
-    async fn rollback(&self, name: &str) -> Result<Resp, Error> {
+    /// The app now runs `release`: its formations follow, and the rollout is followed.
+    async fn start_deploy(
+        &self,
+        app: &App,
+        release: &Release,
+        timeout: Option<u64>,
+    ) -> Result<Deploy, Error> {
+        let timeout_secs = timeout
+            .or_else(|| app.meta.get("deploy_timeout").and_then(|t| t.parse().ok()))
+            .unwrap_or(self.deploy_timeout);
+        let d = Deploy {
+            id: new_id(),
+            app: app.name.clone(),
+            release: release.id.clone(),
+            previous: app.release.clone(),
+            previous_previous: app.previous_release.clone(),
+            state: DeployState::Pending,
+            reason: None,
+            timeout_secs,
+            created_at: chrono::Utc::now(),
+            finished_at: None,
+        };
+        discovery::deploys::put(&self.etcd, &d).await?;
+        crate::deploy::write_formations(&self.etcd, release).await?;
+        self.deployer.follow(d.clone());
+        Ok(d)
+    }
+
+    async fn formation(&self, name: &str) -> Result<Resp, Error> {
+        let list: Vec<Value> = discovery::formations::of_app(&self.etcd, name)
+            .await?
+            .iter()
+            .map(|f| json!({"type": f.process_type, "count": f.count, "release": f.release}))
+            .collect();
+        Ok(json(StatusCode::OK, &list))
+    }
+
+    async fn scale(&self, name: &str, s: Scale) -> Result<Resp, Error> {
+        let (_, release) = self.current(name).await?;
+        for (ty, count) in &s.processes {
+            let Some(p) = release.processes.get(ty) else {
+                let have: Vec<&str> = release.processes.keys().map(String::as_str).collect();
+                return Err(Error::BadRequest(format!(
+                    "release {} of {name} has no process type {ty} (it has: {}): add one with flynn -a {name} release add IMAGE --process {ty}=COMMAND",
+                    release.id,
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
+                )));
+            };
+            // The formation keeps the release it runs (a deploy may be under way).
+            let mut f = discovery::formations::of_app(&self.etcd, name)
+                .await?
+                .into_iter()
+                .find(|f| f.process_type == *ty)
+                .unwrap_or_else(|| crate::deploy::formation(&release, ty, p, 0));
+            f.count = *count;
+            discovery::formations::put(&self.etcd, &f).await?;
+        }
+        self.formation(name).await
+    }
+
+    async fn one_off(&self, name: &str, o: OneOff) -> Result<Resp, Error> {
+        let (_, release) = self.current(name).await?;
+        let mut env: Vec<String> = release
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for (k, v) in &o.env {
+            if k.is_empty() || k.contains('=') {
+                return Err(Error::BadRequest(format!("{k:?} is not a variable name")));
+            }
+            env.push(format!("{k}={v}"));
+        }
+        let mut req = json!({
+            "image": release.image,
+            "env": env,
+            "tty": o.tty,
+            "stdin": o.stdin,
+            "auto_remove": !o.keep,
+            "labels": {"flynn.release": release.id},
+        });
+        if !o.cmd.is_empty() {
+            req["cmd"] = json!(o.cmd);
+        }
+        let s = self.deployer.scheduler().await?;
+        let placed: Value = s
+            .call(
+                Method::POST,
+                "/jobs",
+                Some(&json!({"app": name, "request": req})),
+            )
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!("the scheduler did not place the job: {e:#}"))
+            })?;
+        Ok(json(
+            StatusCode::CREATED,
+            &json!({"host_id": placed["host_id"], "job": placed["job"]}),
+        ))
+    }
+
+    async fn rollback(&self, name: &str, timeout: Option<u64>) -> Result<Resp, Error> {
         let app = self.app(name).await?;
         let prev = app.previous_release.clone().ok_or_else(|| {
             Error::Conflict(format!("app {name} has no earlier release to roll back to"))
@@ -390,6 +636,14 @@ impl Controller {
                 "app {name} changed meanwhile: try again"
             )));
         }
-        Ok(json(StatusCode::OK, &rel))
+        let d = self.start_deploy(&app, &rel, timeout).await?;
+        Ok(json(StatusCode::OK, &with_deploy(&rel, &d)))
     }
+}
+
+/// A release as the API answers it after a deploy: with the deploy to follow.
+fn with_deploy(release: &Release, d: &Deploy) -> Value {
+    let mut v = serde_json::to_value(release).unwrap_or_default();
+    v["deploy"] = serde_json::to_value(d).unwrap_or_default();
+    v
 }

@@ -75,6 +75,41 @@ enum Cmd {
         #[arg(short = 'j', long)]
         job: Option<String>,
     },
+    /// Jobs wanted per process type: scale web=3 worker=1 (without any: print them).
+    Scale { counts: Vec<String> },
+    /// The app's jobs across the cluster: id, type, host, state, release.
+    Ps,
+    /// A one-off job of the current release anywhere in the cluster: run [-it] [-d] CMD...
+    #[command(trailing_var_arg = true)]
+    Run {
+        /// Keep stdin open and attached.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Give the job a terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Start it and print its id (it is kept after it exits).
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// KEY=VALUE, beside the release's environment.
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// The command and its arguments (the image's when none).
+        #[arg(allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+/// How a deploy is waited for (release add, env set/unset, rollback).
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct DeployOpts {
+    /// Return once the release is made; do not wait for the deploy.
+    #[arg(long)]
+    no_wait: bool,
+    /// Seconds the new jobs have to get healthy before the deploy is rolled back
+    /// (default: the app's or the controller's, 60).
+    #[arg(long)]
+    timeout: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,21 +142,36 @@ enum ReleaseCmd {
         /// KEY=VALUE.
         #[arg(long = "env", short = 'e')]
         env: Vec<String>,
+        #[command(flatten)]
+        deploy: DeployOpts,
     },
     /// The current release.
     Show,
     /// Every release, oldest first.
     List,
     /// Deploy the release before the current one again.
-    Rollback,
+    Rollback {
+        #[command(flatten)]
+        deploy: DeployOpts,
+    },
+    /// The app's deploys, oldest first: state and why.
+    Deploys,
 }
 
 #[derive(Subcommand, Debug)]
 enum EnvCmd {
     /// KEY=VALUE...
-    Set { pairs: Vec<String> },
+    Set {
+        pairs: Vec<String>,
+        #[command(flatten)]
+        deploy: DeployOpts,
+    },
     /// KEY...
-    Unset { keys: Vec<String> },
+    Unset {
+        keys: Vec<String>,
+        #[command(flatten)]
+        deploy: DeployOpts,
+    },
     /// One variable's value.
     Get { key: String },
 }
@@ -195,7 +245,18 @@ fn save_rc(rc: &Rc) -> Result<()> {
     std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
 }
 
-pub async fn main(args: Flynn) -> Result<i32> {
+/// A one-off job the scheduler placed, to be followed to its end through the
+/// controller's relay of its host's job routes: the client (already prefixed with
+/// `/apps/{app}/hosts/{host}`), the job (the agent's JSON), `interactive`, `tty`.
+/// The `flynn-host` binary gives its `run`'s follower (this crate cannot depend on it).
+pub type Attach = fn(
+    Client,
+    Value,
+    bool,
+    bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<i32>>>>;
+
+pub async fn main(args: Flynn, attach: Attach) -> Result<i32> {
     if let Cmd::Cluster(c) = &args.command {
         return cluster(c).await;
     }
@@ -277,6 +338,154 @@ pub async fn main(args: Flynn) -> Result<i32> {
             process_type,
             job,
         } => crate::logs::cli(&client, &app()?, follow, lines, process_type, job).await,
+        Cmd::Scale { counts } => scale(&client, &app()?, &counts).await,
+        Cmd::Ps => ps(&client, &app()?).await,
+        Cmd::Run {
+            interactive,
+            tty,
+            detach,
+            env,
+            command,
+        } => {
+            let a = app()?;
+            let body = json!({
+                "cmd": command, "env": pairs(&env)?, "tty": tty,
+                "stdin": interactive, "keep": detach,
+            });
+            let placed: Value = client
+                .call(Method::POST, &format!("/apps/{a}/jobs"), Some(&body))
+                .await?;
+            let host = placed["host_id"]
+                .as_str()
+                .context("the controller named no host")?;
+            let id = placed["job"]["id"]
+                .as_str()
+                .context("the controller's answer has no job id")?
+                .to_string();
+            let on_host = Client::from_options(Some(&cl.url), Some(&cl.key))?
+                .with_prefix(&format!("/apps/{a}/hosts/{host}"));
+            if detach {
+                let _: Value = on_host
+                    .call(Method::POST, &format!("/jobs/{id}/start"), None::<&()>)
+                    .await?;
+                println!("{id}");
+                return Ok(0);
+            }
+            attach(on_host, placed["job"].clone(), interactive, tty).await
+        }
+    }
+}
+
+async fn scale(client: &Client, app: &str, counts: &[String]) -> Result<i32> {
+    let list: Vec<Value> = if counts.is_empty() {
+        client
+            .call(Method::GET, &format!("/apps/{app}/formation"), None::<&()>)
+            .await?
+    } else {
+        let mut processes = BTreeMap::new();
+        for (ty, n) in pairs(counts)? {
+            let n: u32 = n
+                .parse()
+                .with_context(|| format!("{ty}={n}: give TYPE=COUNT (a whole number)"))?;
+            processes.insert(ty, n);
+        }
+        client
+            .call(
+                Method::PUT,
+                &format!("/apps/{app}/formation"),
+                Some(&json!({ "processes": processes })),
+            )
+            .await?
+    };
+    let line: Vec<String> = list
+        .iter()
+        .map(|f| format!("{}={}", f["type"].as_str().unwrap_or("?"), f["count"]))
+        .collect();
+    println!("{}", line.join(" "));
+    Ok(0)
+}
+
+async fn ps(client: &Client, app: &str) -> Result<i32> {
+    let jobs: Vec<Value> = client
+        .call(Method::GET, &format!("/apps/{app}/jobs"), None::<&()>)
+        .await?;
+    println!(
+        "{:<34} {:<10} {:<34} {:<10} RELEASE",
+        "ID", "TYPE", "HOST", "STATE"
+    );
+    for j in jobs {
+        let state = match (j["state"].as_str().unwrap_or(""), j["healthy"] == true) {
+            ("running", false) => "starting".to_string(),
+            (s, _) => s.to_string(),
+        };
+        println!(
+            "{:<34} {:<10} {:<34} {:<10} {}",
+            j["id"].as_str().unwrap_or(""),
+            j["type"].as_str().unwrap_or(""),
+            j["host"].as_str().unwrap_or(""),
+            state,
+            j["release"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(0)
+}
+
+/// Path with the deploy's time-out, if one was given.
+fn with_timeout(path: String, o: DeployOpts) -> String {
+    match o.timeout {
+        Some(t) => format!("{path}?timeout={t}"),
+        None => path,
+    }
+}
+
+/// Prints what the release made, then (unless told not to) waits for its deploy:
+/// exit 0 when it completed, 1 when it failed (and was rolled back).
+async fn deployed(
+    client: &Client,
+    app: &str,
+    rel: &Value,
+    verb: &str,
+    o: DeployOpts,
+) -> Result<i32> {
+    let id = rel["id"].as_str().unwrap_or("?");
+    println!("{verb} release {id}");
+    let Some(deploy) = rel["deploy"]["id"].as_str() else {
+        return Ok(0);
+    };
+    if o.no_wait {
+        println!("Deploying (flynn -a {app} release deploys follows it)");
+        return Ok(0);
+    }
+    let budget = rel["deploy"]["timeout_secs"].as_u64().unwrap_or(60) + 30;
+    let started = std::time::Instant::now();
+    loop {
+        let d: Value = client
+            .call(
+                Method::GET,
+                &format!("/apps/{app}/deploys/{deploy}"),
+                None::<&()>,
+            )
+            .await?;
+        match d["state"].as_str() {
+            Some("complete") => {
+                println!("Deployed release {id}");
+                return Ok(0);
+            }
+            Some("failed") => {
+                eprintln!(
+                    "Deploy of release {id} failed: {}",
+                    d["reason"].as_str().unwrap_or("no reason given")
+                );
+                return Ok(1);
+            }
+            _ => {}
+        }
+        if started.elapsed().as_secs() > budget {
+            bail!(
+                "deploy {deploy} is still pending after {budget} s: see flynn -a {app} release deploys"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
@@ -354,6 +563,7 @@ async fn release(client: &Client, app: &str, r: ReleaseCmd) -> Result<i32> {
             image,
             processes,
             env,
+            deploy,
         } => {
             let mut procs = serde_json::Map::new();
             for p in processes {
@@ -368,9 +578,13 @@ async fn release(client: &Client, app: &str, r: ReleaseCmd) -> Result<i32> {
             }
             let body = json!({"image": image, "env": pairs(&env)?, "processes": procs});
             let rel: Value = client
-                .call(Method::POST, &format!("/apps/{app}/releases"), Some(&body))
+                .call(
+                    Method::POST,
+                    &with_timeout(format!("/apps/{app}/releases"), deploy),
+                    Some(&body),
+                )
                 .await?;
-            println!("Created release {}", rel["id"].as_str().unwrap_or("?"));
+            return deployed(client, app, &rel, "Created", deploy).await;
         }
         ReleaseCmd::Show => {
             let info: Value = client
@@ -392,14 +606,30 @@ async fn release(client: &Client, app: &str, r: ReleaseCmd) -> Result<i32> {
                 );
             }
         }
-        ReleaseCmd::Rollback => {
+        ReleaseCmd::Rollback { deploy } => {
             let rel: Value = client
-                .call(Method::POST, &format!("/apps/{app}/rollback"), None::<&()>)
+                .call(
+                    Method::POST,
+                    &with_timeout(format!("/apps/{app}/rollback"), deploy),
+                    None::<&()>,
+                )
                 .await?;
-            println!(
-                "Rolled back to release {}",
-                rel["id"].as_str().unwrap_or("?")
-            );
+            return deployed(client, app, &rel, "Rolled back to", deploy).await;
+        }
+        ReleaseCmd::Deploys => {
+            let list: Vec<Value> = client
+                .call(Method::GET, &format!("/apps/{app}/deploys"), None::<&()>)
+                .await?;
+            println!("{:<26} {:<26} {:<9} REASON", "DEPLOY", "RELEASE", "STATE");
+            for d in list {
+                println!(
+                    "{:<26} {:<26} {:<9} {}",
+                    d["id"].as_str().unwrap_or(""),
+                    d["release"].as_str().unwrap_or(""),
+                    d["state"].as_str().unwrap_or(""),
+                    d["reason"].as_str().unwrap_or("")
+                );
+            }
         }
     }
     Ok(0)
@@ -427,25 +657,25 @@ async fn env(client: &Client, app: &str, cmd: Option<EnvCmd>) -> Result<i32> {
             Some(v) => println!("{}", v.as_str().unwrap_or("")),
             None => bail!("{key} is not set"),
         },
-        Some(EnvCmd::Set { pairs: p }) => {
+        Some(EnvCmd::Set { pairs: p, deploy }) => {
             let rel: Value = client
                 .call(
                     Method::POST,
-                    &format!("/apps/{app}/env"),
+                    &with_timeout(format!("/apps/{app}/env"), deploy),
                     Some(&json!({"set": pairs(&p)?})),
                 )
                 .await?;
-            println!("Created release {}", rel["id"].as_str().unwrap_or("?"));
+            return deployed(client, app, &rel, "Created", deploy).await;
         }
-        Some(EnvCmd::Unset { keys }) => {
+        Some(EnvCmd::Unset { keys, deploy }) => {
             let rel: Value = client
                 .call(
                     Method::POST,
-                    &format!("/apps/{app}/env"),
+                    &with_timeout(format!("/apps/{app}/env"), deploy),
                     Some(&json!({"unset": keys})),
                 )
                 .await?;
-            println!("Created release {}", rel["id"].as_str().unwrap_or("?"));
+            return deployed(client, app, &rel, "Created", deploy).await;
         }
     }
     Ok(0)

@@ -9,13 +9,18 @@
 //!   deploy is one etcd transaction that fails if another deploy won meanwhile.
 //!
 //! - An app's log (`logs.rs`) is read from a log aggregator found in discovery.
-//!
-//! Not yet here (next increments of the Layer 1 issue): formations and deploys
-//! carried out through the scheduler's API, jobs and one-off jobs.
+//! - A new current release (release add, env, rollback) is a deploy (`deploy.rs`):
+//!   the app's formations get the release, the scheduler rolls the jobs over, and
+//!   the deploy is followed to complete, or failed and rolled back after its
+//!   time-out. Counts are set with `PUT /apps/{app}/formation`; jobs are read from
+//!   the scheduler and one-off jobs placed by it, their job routes relayed to their
+//!   host's agent (`proxy.rs`).
 
 mod api;
 pub mod cli;
+mod deploy;
 pub mod logs;
+mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +45,14 @@ pub struct ControllerArgs {
     /// The token the log aggregators want (the cluster's token they were given).
     #[arg(long, env = "FLYNN_LOGAGG_TOKEN", hide_env_values = true)]
     pub logagg_token: Option<String>,
+    /// The cluster's API token (for the scheduler and the agents): without it, deploys
+    /// only write records and jobs cannot be listed or run.
+    #[arg(long, env = "FLYNN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seconds a deploy's new jobs have to get healthy before it is rolled back (an
+    /// app's meta `deploy_timeout` or a request's `?timeout=` override it).
+    #[arg(long, default_value_t = api::DEFAULT_DEPLOY_TIMEOUT)]
+    pub deploy_timeout: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +87,11 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     tracing::info!(listen = %args.listen, "controller serving");
-    let mut controller = Controller::new(etcd, args.key, args.domain);
+    let mut controller =
+        Controller::new(etcd, args.key, args.domain).with_cluster(args.token, args.deploy_timeout);
     controller.logagg_token = args.logagg_token;
-    Arc::new(controller).serve(listener).await;
+    let c = Arc::new(controller);
+    c.resume_deploys().await;
+    c.serve(listener).await;
     Ok(())
 }

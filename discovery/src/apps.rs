@@ -158,6 +158,46 @@ pub async fn deploy(etcd: &Etcd, app: &App, release: &Release) -> Result<bool, D
     Ok(resp.succeeded())
 }
 
+/// Puts an app back on release `to` (with `previous` before it) after the deploy of
+/// `failed` did not get healthy; `Ok(false)` when the app no longer runs `failed`
+/// (another deploy came since: that one is left alone).
+pub async fn revert(
+    etcd: &Etcd,
+    name: &str,
+    failed: &str,
+    to: &str,
+    previous: Option<String>,
+) -> Result<bool, DiscoveryError> {
+    let key = schema::app(name);
+    let current = etcd
+        .client()
+        .get(key.as_str(), None)
+        .await
+        .map_err(DiscoveryError::etcd(format!("reading app {name}")))?;
+    let Some(kv) = current.kvs().first() else {
+        return Ok(false);
+    };
+    let mut app: App = decode(&key, kv.value())?;
+    if app.release.as_deref() != Some(failed) {
+        return Ok(false);
+    }
+    app.release = Some(to.to_string());
+    app.previous_release = previous;
+    let txn = Txn::new()
+        .when(vec![Compare::mod_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            kv.mod_revision(),
+        )])
+        .and_then(vec![TxnOp::put(key.as_str(), encode(&key, &app)?, None)]);
+    let resp = etcd
+        .client()
+        .txn(txn)
+        .await
+        .map_err(DiscoveryError::etcd(format!("rolling {name} back")))?;
+    Ok(resp.succeeded())
+}
+
 pub async fn release(etcd: &Etcd, app: &str, id: &str) -> Result<Option<Release>, DiscoveryError> {
     let key = schema::release(app, id);
     let resp = etcd
@@ -182,7 +222,7 @@ pub async fn releases(etcd: &Etcd, app: &str) -> Result<Vec<Release>, DiscoveryE
     Ok(v)
 }
 
-/// Removes an app, its releases and its routes.
+/// Removes an app, its releases, deploys, formations (its jobs stop) and routes.
 pub async fn delete(etcd: &Etcd, name: &str) -> Result<(), DiscoveryError> {
     check_app(name)?;
     let routes = crate::routes::list(etcd).await?;
@@ -190,6 +230,14 @@ pub async fn delete(etcd: &Etcd, name: &str) -> Result<(), DiscoveryError> {
         TxnOp::delete(schema::app(name), None),
         TxnOp::delete(
             schema::releases(name),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        ),
+        TxnOp::delete(
+            schema::deploys(name),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        ),
+        TxnOp::delete(
+            schema::formations_of(name),
             Some(etcd_client::DeleteOptions::new().with_prefix()),
         ),
     ];

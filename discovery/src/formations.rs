@@ -38,6 +38,10 @@ pub struct FormationRecord {
     /// `host` for the platform's own jobs; bridge otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The release its jobs run (label `flynn.release`): when it changes, the
+    /// scheduler replaces the jobs of the old one by a rolling deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 impl FormationRecord {
@@ -94,6 +98,16 @@ pub async fn list(etcd: &Etcd) -> Result<Vec<FormationRecord>, DiscoveryError> {
                 None
             }
         })
+        .collect())
+}
+
+/// One app's formations.
+pub async fn of_app(etcd: &Etcd, app: &str) -> Result<Vec<FormationRecord>, DiscoveryError> {
+    crate::apps::check_app(app)?;
+    let (kvs, _) = etcd.get_prefix(&schema::formations_of(app)).await?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<FormationRecord>(kv.value()).ok())
         .collect())
 }
 

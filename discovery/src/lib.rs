@@ -51,6 +51,7 @@
 
 pub mod apps;
 pub mod cluster;
+pub mod deploys;
 pub mod error;
 pub mod etcd;
 pub mod formations;

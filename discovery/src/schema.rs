@@ -16,6 +16,7 @@ pub const FORMATIONS: &str = "/flynn/formations/";
 pub const DRAIN: &str = "/flynn/drain/";
 pub const BOOTSTRAP: &str = "/flynn/bootstrap";
 pub const RELEASES: &str = "/flynn/releases/";
+pub const DEPLOYS: &str = "/flynn/deploys/";
 
 pub fn host(id: &str) -> String {
     format!("{HOSTS}{id}")
@@ -32,6 +33,20 @@ pub fn releases(app: &str) -> String {
 
 pub fn release(app: &str, id: &str) -> String {
     format!("{RELEASES}{app}/{id}")
+}
+
+/// The prefix of one app's deploys (with the trailing `/`).
+pub fn deploys(app: &str) -> String {
+    format!("{DEPLOYS}{app}/")
+}
+
+pub fn deploy(app: &str, id: &str) -> String {
+    format!("{DEPLOYS}{app}/{id}")
+}
+
+/// The prefix of one app's formations (with the trailing `/`).
+pub fn formations_of(app: &str) -> String {
+    format!("{FORMATIONS}{app}/")
 }
 
 pub fn formation(app: &str, process_type: &str) -> String {

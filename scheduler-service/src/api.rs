@@ -70,6 +70,8 @@ struct FormationBody {
     tags: BTreeMap<String, String>,
     #[serde(default)]
     network: Option<String>,
+    #[serde(default)]
+    release: Option<String>,
 }
 
 /// Tries a write up to three times: with an etcd member down, the client's request may
@@ -189,6 +191,7 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
                 omni: b.omni,
                 tags: b.tags,
                 network: b.network,
+                release: b.release,
             };
             match retry(|| discovery::formations::put(&svc.etcd, &f)).await {
                 Ok(()) => {

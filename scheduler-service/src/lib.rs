@@ -88,6 +88,12 @@ pub struct JobView {
     pub host: String,
     pub state: String,
     pub created_at: String,
+    /// Its `flynn.release` label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Up: running, and every service it declares registered in discovery (its
+    /// health check passed). What a rolling deploy waits for.
+    pub healthy: bool,
 }
 
 /// What the last pass saw and decided (for the API).
@@ -106,6 +112,9 @@ pub struct Service {
     me: String,
     last: Mutex<Snapshot>,
     backoff: Mutex<HashMap<FormationKey, Backoff>>,
+    /// Jobs this scheduler is stopping (id → when, ms): their exit is not a crash,
+    /// and they no longer count toward their formation.
+    stopping: Mutex<HashMap<String, u64>>,
     wake: tokio::sync::Notify,
     leading: std::sync::atomic::AtomicBool,
     started: std::time::Instant,
@@ -210,13 +219,18 @@ impl Service {
                         .unwrap_or_default()
                         .to_string()
                 };
+                let state = j["state"].as_str().unwrap_or_default().to_string();
                 jobs.push((
                     JobView {
+                        release: j["config"]["labels"]["flynn.release"]
+                            .as_str()
+                            .map(str::to_string),
+                        healthy: state == "running" && services_up(&j),
                         id: j["id"].as_str().unwrap_or_default().to_string(),
                         app: label("flynn.app"),
                         process_type: label("flynn.type"),
                         host: host.clone(),
-                        state: j["state"].as_str().unwrap_or_default().to_string(),
+                        state,
                         created_at: j["created_at"].as_str().unwrap_or_default().to_string(),
                     },
                     j,
@@ -257,7 +271,14 @@ impl Service {
             .filter_map(|h| Some((h.id.as_str(), h.api.as_deref()?)))
             .collect();
 
-        // Exited jobs: a crash of their formation; removed (history stays bounded).
+        let stopping: HashMap<String, u64> = {
+            let mut st = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+            // A stop takes 10 s at most, then the job is removed: older marks are stale.
+            st.retain(|_, at| now.saturating_sub(*at) < 120_000);
+            st.clone()
+        };
+        // Exited jobs: a crash of their formation (unless we stopped them); removed
+        // (history stays bounded).
         let mut live_jobs = Vec::new();
         for (j, raw) in &jobs {
             if j.state == "exited" {
@@ -266,8 +287,10 @@ impl Service {
                         app: j.app.clone(),
                         process_type: j.process_type.clone(),
                     };
-                    self.crashed(k, now);
-                    tracing::info!(job = %j.id, host = %j.host, code = %raw["exit"]["code"], "a scheduled job exited; it will be replaced");
+                    if !stopping.contains_key(&j.id) {
+                        self.crashed(k, now);
+                        tracing::info!(job = %j.id, host = %j.host, code = %raw["exit"]["code"], "a scheduled job exited; it will be replaced");
+                    }
                     if let Some(api) = api_of.get(j.host.as_str()) {
                         let _ = call(
                             &self.client(api)?,
@@ -283,7 +306,12 @@ impl Service {
             if j.state == "removing" {
                 continue;
             }
-            live_jobs.push(j.clone());
+            let mut j = j.clone();
+            if stopping.contains_key(&j.id) {
+                j.state = "stopping".into();
+                j.healthy = false;
+            }
+            live_jobs.push(j);
         }
         // A formation whole and calm for a minute forgets its crashes.
         {
@@ -311,6 +339,7 @@ impl Service {
                     omni: f.omni,
                     tags: f.tags.clone(),
                     resources: resources(f),
+                    release: f.release.clone(),
                 })
                 .collect(),
             jobs: live_jobs
@@ -325,7 +354,13 @@ impl Service {
                         id: j.id.clone(),
                         formation: k,
                         host: j.host.clone(),
-                        state: scheduler::JobState::Running,
+                        state: if j.state == "stopping" {
+                            scheduler::JobState::Stopping
+                        } else {
+                            scheduler::JobState::Running
+                        },
+                        release: j.release.clone(),
+                        healthy: j.healthy,
                         started_ms: chrono::DateTime::parse_from_rfc3339(&j.created_at)
                             .map(|t| t.timestamp_millis().max(0) as u64)
                             .unwrap_or(0),
@@ -368,6 +403,10 @@ impl Service {
                 let client = self.client(api)?;
                 let id = j.id.clone();
                 tracing::info!(job = %id, host = %j.host, reason = ?st.reason, "stopping");
+                self.stopping
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), now);
                 // Stopped in the background (a stop drains, then waits for the exit).
                 tokio::spawn(async move {
                     let _ = call(
@@ -480,6 +519,16 @@ impl Service {
     }
 }
 
+/// Whether every service a job declares (`config.services`) has its instance in
+/// discovery (`services[].registered`: the agent registers one once its check passes).
+fn services_up(job: &Value) -> bool {
+    let declared = job["config"]["services"].as_array().map_or(0, Vec::len);
+    let registered = job["services"]
+        .as_array()
+        .map_or(0, |v| v.iter().filter(|i| i["registered"] == true).count());
+    registered >= declared
+}
+
 /// The agent's `POST /jobs` body for one job of a formation.
 fn job_request(f: &FormationRecord) -> Value {
     let mut req = json!({
@@ -509,6 +558,9 @@ fn job_request(f: &FormationRecord) -> Value {
     }
     if let Some(n) = &f.network {
         req["network"] = json!(n);
+    }
+    if let Some(r) = &f.release {
+        req["labels"]["flynn.release"] = json!(r);
     }
     req
 }
@@ -545,6 +597,7 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         me: me.clone(),
         last: Mutex::new(Snapshot::default()),
         backoff: Mutex::new(HashMap::new()),
+        stopping: Mutex::new(HashMap::new()),
         wake: tokio::sync::Notify::new(),
         leading: std::sync::atomic::AtomicBool::new(false),
         started: std::time::Instant::now(),

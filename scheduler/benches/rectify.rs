@@ -35,6 +35,7 @@ fn cluster(hosts: usize, jobs: usize) -> State {
                 },
                 count: per_formation as u32,
                 omni: false,
+                release: None,
                 tags: if i % 10 == 0 {
                     BTreeMap::from([("zone".to_string(), "z1".to_string())])
                 } else {
@@ -105,6 +106,8 @@ fn main() {
                         memory_mb: 256,
                         cpu_milli: 100,
                     },
+                    release: None,
+                    healthy: true,
                 })
                 .collect();
             after.hosts.remove(0);

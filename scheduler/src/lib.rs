@@ -20,6 +20,11 @@
 //! - Crashes back off per formation: 0 s, then 10 s, then 30 s between restarts.
 //! - A draining host gets no new jobs; its jobs are started elsewhere first and
 //!   stopped there once enough replacements run.
+//! - A formation's release changing is a rolling deploy: jobs of the new release
+//!   start at most [`SURGE`] beyond the count at a time, and a job of an older
+//!   release stops only once a new one is healthy, so the healthy jobs never drop
+//!   below the count. A new release that never gets healthy leaves the old jobs
+//!   running (the caller's deploy times out and rolls the formation back).
 
 mod place;
 
@@ -28,6 +33,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 pub use place::{Placer, place_one};
+
+/// Jobs a rolling deploy may run beyond the count: one, so a deploy needs room
+/// for one more job of the formation and replaces the jobs one at a time.
+pub const SURGE: usize = 1;
 
 /// Memory (MiB) and CPU (thousandths of a core).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,6 +93,10 @@ pub struct Formation {
     pub tags: BTreeMap<String, String>,
     /// What each job is promised.
     pub resources: Resources,
+    /// The release its jobs run; jobs of another release are replaced by a
+    /// rolling deploy. `None`: any job counts (formations made without releases).
+    #[serde(default)]
+    pub release: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +119,21 @@ pub struct Job {
     pub started_ms: u64,
     /// What it was promised when it started (it holds them until it is gone).
     pub resources: Resources,
+    /// The release it runs.
+    #[serde(default)]
+    pub release: Option<String>,
+    /// Up: running, and registered in discovery when it declares a service. A
+    /// rolling deploy stops an old job only for a healthy new one.
+    #[serde(default)]
+    pub healthy: bool,
+}
+
+impl Job {
+    /// Whether it runs the formation's release (any job does when the formation
+    /// names none).
+    fn current(&self, f: &Formation) -> bool {
+        f.release.is_none() || self.release == f.release
+    }
 }
 
 /// A formation's recent crashes, kept by the caller.
@@ -159,6 +187,8 @@ pub enum StopReason {
     Drained,
     /// Its host no longer matches the formation's tags.
     Mismatch,
+    /// It runs an older release and a job of the formation's release is up.
+    Replaced,
 }
 
 /// Jobs of a formation that cannot be placed now, and why.
@@ -227,6 +257,8 @@ pub fn rectify(state: &State) -> Plan {
         };
         if f.omni {
             omni(f, jobs, state, &mut placer, may_start, &mut plan);
+        } else if jobs.iter().any(|j| !j.current(f)) {
+            rollout(f, jobs, &mut placer, may_start, &mut plan);
         } else {
             spread(
                 f,
@@ -319,6 +351,133 @@ fn spread(
     }
 }
 
+/// A rolling deploy's next step for `want` jobs: how many jobs of the new release
+/// to start and how many of the old ones to stop. An old job stops only while the
+/// healthy new jobs and the old ones left are at least `want` (the old ones served
+/// before the deploy, so they count as serving); a new job starts only while the
+/// formation has fewer than `want + SURGE` jobs that are not being stopped. A job
+/// being stopped no longer serves and is gone within its stop's grace period (its
+/// resources stay promised until then: the placer counts them), so it does not hold
+/// the rollout up: an app that ignores SIGTERM (a busybox httpd as PID 1) would
+/// otherwise make each step last the whole grace period.
+pub fn rollout_step(want: usize, new: usize, new_healthy: usize, old: usize) -> (usize, usize) {
+    let stops = (new_healthy + old).saturating_sub(want).min(old);
+    let left = new + old - stops;
+    let starts = want
+        .saturating_sub(new)
+        .min((want + SURGE).saturating_sub(left));
+    (starts, stops)
+}
+
+/// Which old jobs go first: those not up, then the oldest (ties by id).
+/// The `n` old jobs to stop: those not up first, then those on the host with the
+/// most jobs of the formation (`new` and `old` together), so the formation ends up
+/// spread as a fresh one would be, then the oldest (ties by id).
+fn pick_old<'a>(old: &[&'a Job], new: &[&Job], n: usize) -> Vec<&'a Job> {
+    let mut on_host: HashMap<&str, usize> = HashMap::new();
+    for j in new.iter().chain(old.iter()) {
+        *on_host.entry(j.host.as_str()).or_default() += 1;
+    }
+    let mut left: Vec<&Job> = old.to_vec();
+    let mut picked = Vec::new();
+    for _ in 0..n {
+        let best = left.iter().enumerate().min_by(|(_, a), (_, b)| {
+            let (ca, cb) = (
+                on_host.get(a.host.as_str()).copied().unwrap_or(0),
+                on_host.get(b.host.as_str()).copied().unwrap_or(0),
+            );
+            a.healthy
+                .cmp(&b.healthy)
+                .then(cb.cmp(&ca))
+                .then(a.started_ms.cmp(&b.started_ms))
+                .then(a.id.cmp(&b.id))
+        });
+        let Some((i, _)) = best else {
+            break;
+        };
+        let j = left.swap_remove(i);
+        if let Some(c) = on_host.get_mut(j.host.as_str()) {
+            *c = c.saturating_sub(1);
+        }
+        picked.push(j);
+    }
+    picked
+}
+
+/// Surplus new jobs (the count went down during a deploy): those not up first,
+/// then the newest.
+fn surplus_new(jobs: &mut Vec<&Job>, want: usize, placer: &mut Placer, plan: &mut Plan) {
+    if jobs.len() <= want {
+        return;
+    }
+    jobs.sort_by(|a, b| {
+        b.healthy
+            .cmp(&a.healthy)
+            .then(a.started_ms.cmp(&b.started_ms))
+            .then(a.id.cmp(&b.id))
+    });
+    for j in jobs.drain(want..) {
+        plan.stop.push(Stop {
+            job: j.id.clone(),
+            reason: StopReason::Surplus,
+        });
+        placer.release(j);
+    }
+}
+
+/// A formation whose jobs run more than one release: the old release's jobs are
+/// replaced by the formation's, [`rollout_step`] at a time. Draining hosts get no
+/// new jobs (the placer skips them); their old jobs are among the first to stop
+/// because they are the oldest or not up, and the rest is the next passes' work.
+fn rollout(f: &Formation, jobs: &[&Job], placer: &mut Placer, may_start: bool, plan: &mut Plan) {
+    let (mut new, old): (Vec<&Job>, Vec<&Job>) = jobs.iter().copied().partition(|j| j.current(f));
+    let want = f.count as usize;
+    surplus_new(&mut new, want, placer, plan);
+    let healthy = new.iter().filter(|j| j.healthy).count();
+    let (starts, stops) = rollout_step(want, new.len(), healthy, old.len());
+    for j in pick_old(&old, &new, stops) {
+        plan.stop.push(Stop {
+            job: j.id.clone(),
+            reason: StopReason::Replaced,
+        });
+        placer.release(j);
+    }
+    if starts == 0 {
+        return;
+    }
+    if !may_start {
+        plan.blocked.push(Blocked {
+            formation: f.key.clone(),
+            missing: starts as u32,
+            reason: "restarting after crashes: backing off".into(),
+        });
+        return;
+    }
+    let mut new_on: HashMap<String, u32> = HashMap::new();
+    for j in &new {
+        *new_on.entry(j.host.clone()).or_default() += 1;
+    }
+    for placed in 0..starts {
+        match placer.place_spread_by(&f.key, &f.tags, &f.resources, &new_on) {
+            Ok(host) => {
+                *new_on.entry(host.clone()).or_default() += 1;
+                plan.start.push(Start {
+                    formation: f.key.clone(),
+                    host,
+                });
+            }
+            Err(reason) => {
+                plan.blocked.push(Blocked {
+                    formation: f.key.clone(),
+                    missing: (starts - placed) as u32,
+                    reason: format!("deploying release: {reason}"),
+                });
+                return;
+            }
+        }
+    }
+}
+
 /// An omni formation: `count` jobs on every matching host that is not draining.
 fn omni(
     f: &Formation,
@@ -344,6 +503,39 @@ fn omni(
         } else {
             want
         };
+        if wanted_here > 0 && here.iter().any(|j| !j.current(f)) {
+            let (mut new, old): (Vec<&Job>, Vec<&Job>) =
+                here.iter().copied().partition(|j| j.current(f));
+            surplus_new(&mut new, wanted_here, placer, plan);
+            let healthy = new.iter().filter(|j| j.healthy).count();
+            let (starts, stops) = rollout_step(wanted_here, new.len(), healthy, old.len());
+            for j in pick_old(&old, &new, stops) {
+                plan.stop.push(Stop {
+                    job: j.id.clone(),
+                    reason: StopReason::Replaced,
+                });
+                placer.release(j);
+            }
+            for _ in 0..starts {
+                if !may_start {
+                    missing_total += 1;
+                    first_reason
+                        .get_or_insert_with(|| "restarting after crashes: backing off".into());
+                    continue;
+                }
+                match placer.place_on(&h.id, &f.key, &f.resources) {
+                    Ok(()) => plan.start.push(Start {
+                        formation: f.key.clone(),
+                        host: h.id.clone(),
+                    }),
+                    Err(reason) => {
+                        missing_total += 1;
+                        first_reason.get_or_insert(reason);
+                    }
+                }
+            }
+            continue;
+        }
         if here.len() > wanted_here {
             here.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(b.id.cmp(&a.id)));
             let reason = if h.draining {

@@ -129,6 +129,38 @@ impl<'a> Placer<'a> {
         }
     }
 
+    /// Places one job of `key` ranking hosts first by `first` (a rollout's jobs of
+    /// the new release per host, so they spread as a fresh formation would), then as
+    /// [`Placer::place`] does. O(hosts): rollouts are rare.
+    pub fn place_spread_by(
+        &mut self,
+        key: &FormationKey,
+        tags: &BTreeMap<String, String>,
+        res: &Resources,
+        first: &HashMap<String, u32>,
+    ) -> Result<String, String> {
+        let best = (0..self.hosts.len())
+            .filter(|&i| {
+                !self.hosts[i].draining
+                    && tags_match(tags, self.hosts[i])
+                    && res.fits_in(&self.free[i])
+            })
+            .min_by_key(|&i| {
+                (
+                    first.get(&self.hosts[i].id).copied().unwrap_or(0),
+                    self.count(key, i),
+                    self.total[i],
+                    i,
+                )
+            });
+        let Some(i) = best else {
+            return Err(self.why_not(tags, res));
+        };
+        self.take(i, key, res);
+        self.heap = None;
+        Ok(self.hosts[i].id.clone())
+    }
+
     fn push(&mut self, rank: Rank) {
         if let Some((_, h)) = self.heap.as_mut() {
             h.push(rank);

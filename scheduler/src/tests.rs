@@ -29,6 +29,7 @@ fn web(count: u32) -> Formation {
             memory_mb: 100,
             cpu_milli: 100,
         },
+        release: None,
     }
 }
 
@@ -43,6 +44,8 @@ fn job(id: &str, t: &str, host: &str, state: JobState, started_ms: u64) -> Job {
             memory_mb: 100,
             cpu_milli: 100,
         },
+        release: None,
+        healthy: true,
     }
 }
 
@@ -64,6 +67,8 @@ fn apply(state: &mut State, plan: &Plan) {
             state: JobState::Running,
             started_ms: state.now_ms,
             resources: f.resources,
+            release: f.release.clone(),
+            healthy: true,
         });
     }
     state.now_ms += 1;
@@ -369,5 +374,243 @@ fn small_clusters_converge_in_one_pass() {
                 }
             }
         }
+    }
+}
+
+/// A formation of `count` web jobs of release `rel` running on three hosts.
+fn deployed(count: u32, rel: &str) -> State {
+    let mut s = three_hosts();
+    s.formations = vec![Formation {
+        release: Some(rel.into()),
+        ..web(count)
+    }];
+    let plan = rectify(&s);
+    apply(&mut s, &plan);
+    s
+}
+
+fn of_release(s: &State, rel: &str) -> usize {
+    s.jobs
+        .iter()
+        .filter(|j| j.release.as_deref() == Some(rel))
+        .count()
+}
+
+/// Carries a plan out with the new jobs not yet up (starting).
+fn apply_unhealthy(state: &mut State, plan: &Plan) {
+    let before: std::collections::HashSet<String> =
+        state.jobs.iter().map(|j| j.id.clone()).collect();
+    apply(state, plan);
+    for j in &mut state.jobs {
+        if !before.contains(&j.id) {
+            j.healthy = false;
+        }
+    }
+}
+
+#[test]
+fn a_rollout_replaces_every_job_one_at_a_time_never_below_the_count() {
+    for count in 1..=5u32 {
+        let mut s = deployed(count, "r1");
+        assert_eq!(of_release(&s, "r1"), count as usize);
+        s.formations[0].release = Some("r2".into());
+        let mut passes = 0;
+        while of_release(&s, "r2") < count as usize || of_release(&s, "r1") > 0 {
+            passes += 1;
+            assert!(passes < 4 * count as usize + 4, "the rollout ends");
+            let plan = rectify(&s);
+            // New jobs start unhealthy, and an old job may stop only for a healthy new one.
+            apply_unhealthy(&mut s, &plan);
+            let up = s.jobs.iter().filter(|j| j.healthy).count();
+            assert!(up >= count as usize, "{up} up of {count} after {plan:?}");
+            assert!(
+                s.jobs.len() <= count as usize + SURGE,
+                "{} jobs, count {count}",
+                s.jobs.len()
+            );
+            for p in &plan.stop {
+                assert_eq!(p.reason, StopReason::Replaced);
+            }
+            // The new jobs come up.
+            for j in &mut s.jobs {
+                j.healthy = true;
+            }
+        }
+        assert_eq!(of_release(&s, "r2"), count as usize);
+        let again = rectify(&s);
+        assert!(again.start.is_empty() && again.stop.is_empty(), "{again:?}");
+    }
+}
+
+#[test]
+fn a_rollout_starts_new_jobs_before_it_stops_old_ones() {
+    let mut s = deployed(3, "r1");
+    s.formations[0].release = Some("r2".into());
+    let plan = rectify(&s);
+    assert_eq!(plan.start.len(), 1, "one job beyond the count");
+    assert!(plan.stop.is_empty(), "nothing stops before a new job is up");
+    apply_unhealthy(&mut s, &plan);
+    // Not up yet: nothing more happens.
+    let plan = rectify(&s);
+    assert!(plan.start.is_empty() && plan.stop.is_empty(), "{plan:?}");
+    // Up: one old job stops and the next new one starts in the same pass.
+    for j in &mut s.jobs {
+        j.healthy = true;
+    }
+    let plan = rectify(&s);
+    assert_eq!(plan.stop.len(), 1);
+    assert_eq!(plan.start.len(), 1);
+    let stopped = s.jobs.iter().find(|j| j.id == plan.stop[0].job).unwrap();
+    assert_eq!(stopped.release.as_deref(), Some("r1"));
+}
+
+/// Carries a plan out slowly: stopped jobs linger as `Stopping` for one pass, new
+/// ones start unhealthy and get up by the next pass. Those being stopped are out of
+/// the surge (they serve no more), not out of the resources.
+#[test]
+fn with_slow_stops_the_formation_never_has_more_than_count_plus_surge() {
+    let mut s = deployed(3, "r1");
+    s.formations[0].release = Some("r2".into());
+    for _ in 0..40 {
+        s.jobs.retain(|j| j.state != JobState::Stopping);
+        for j in &mut s.jobs {
+            j.healthy = true;
+        }
+        let plan = rectify(&s);
+        let stopped: std::collections::HashSet<&str> =
+            plan.stop.iter().map(|p| p.job.as_str()).collect();
+        for j in &mut s.jobs {
+            if stopped.contains(j.id.as_str()) {
+                j.state = JobState::Stopping;
+            }
+        }
+        let n = s.jobs.len();
+        let mut next = s.clone();
+        next.jobs.clear();
+        apply_unhealthy(&mut next, &plan);
+        s.jobs.extend(next.jobs);
+        let serving = s
+            .jobs
+            .iter()
+            .filter(|j| j.state != JobState::Stopping)
+            .count();
+        assert!(
+            serving <= 3 + SURGE,
+            "{serving} jobs after {plan:?} (had {n})"
+        );
+        let up = s
+            .jobs
+            .iter()
+            .filter(|j| j.healthy && j.state != JobState::Stopping)
+            .count();
+        assert!(up >= 3, "{up} up");
+        s.now_ms += 1;
+    }
+    s.jobs.retain(|j| j.state != JobState::Stopping);
+    assert_eq!(of_release(&s, "r2"), 3, "{:?}", s.jobs);
+}
+
+#[test]
+fn a_new_release_that_never_gets_up_leaves_the_old_jobs_running() {
+    let mut s = deployed(3, "r1");
+    s.formations[0].release = Some("bad".into());
+    for _ in 0..10 {
+        let plan = rectify(&s);
+        assert!(plan.stop.is_empty(), "no old job stops: {plan:?}");
+        apply_unhealthy(&mut s, &plan);
+        assert!(s.jobs.len() <= 4);
+    }
+    assert_eq!(of_release(&s, "r1"), 3);
+    // Rolled back: the stuck new job goes, the old ones stay.
+    s.formations[0].release = Some("r1".into());
+    let plan = rectify(&s);
+    assert!(plan.start.is_empty(), "{plan:?}");
+    assert_eq!(plan.stop.len(), 1);
+    apply(&mut s, &plan);
+    assert_eq!(of_release(&s, "r1"), 3);
+    assert_eq!(s.jobs.len(), 3);
+}
+
+#[test]
+fn the_old_jobs_not_up_go_first_and_a_lost_old_job_is_replaced_by_a_new_one() {
+    let mut s = deployed(3, "r1");
+    s.jobs[1].healthy = false;
+    let sick = s.jobs[1].id.clone();
+    s.formations[0].release = Some("r2".into());
+    let plan = rectify(&s);
+    apply(&mut s, &plan);
+    let plan = rectify(&s);
+    assert_eq!(plan.stop[0].job, sick);
+    // An old job lost (its host or a crash): two new ones may start (count + surge).
+    let mut s = deployed(3, "r1");
+    s.jobs.pop();
+    s.formations[0].release = Some("r2".into());
+    assert_eq!(rectify(&s).start.len(), 2);
+}
+
+#[test]
+fn the_rollout_step_holds_its_bounds() {
+    for want in 0..8usize {
+        for new in 0..=want + 1 {
+            for healthy in 0..=new {
+                for old in 0..=want + 1 {
+                    let (starts, stops) = rollout_step(want, new, healthy, old);
+                    assert!(stops <= old);
+                    // Never fewer up than wanted (when that many were up before).
+                    if healthy + old >= want {
+                        assert!(healthy + old - stops >= want);
+                    }
+                    // Never more than want + surge jobs not being stopped.
+                    if starts > 0 {
+                        assert!(new + old - stops + starts <= want + SURGE);
+                        assert!(new + starts <= want);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_omni_formation_rolls_out_host_by_host() {
+    let mut s = three_hosts();
+    s.formations = vec![Formation {
+        omni: true,
+        release: Some("r1".into()),
+        ..web(1)
+    }];
+    let plan = rectify(&s);
+    apply(&mut s, &plan);
+    s.formations[0].release = Some("r2".into());
+    let plan = rectify(&s);
+    assert_eq!(plan.start.len(), 3, "one new job beside each old one");
+    assert!(plan.stop.is_empty());
+    apply(&mut s, &plan);
+    let plan = rectify(&s);
+    assert_eq!(plan.stop.len(), 3);
+    apply(&mut s, &plan);
+    assert_eq!(of_release(&s, "r2"), 3);
+    assert_eq!(per_host(&s, "web").len(), 3);
+}
+
+#[test]
+fn a_rollout_ends_spread_like_a_fresh_formation() {
+    for count in [3u32, 5, 6] {
+        let mut s = deployed(count, "r1");
+        s.formations[0].release = Some("r2".into());
+        for _ in 0..(4 * count) {
+            let plan = rectify(&s);
+            apply(&mut s, &plan);
+        }
+        assert_eq!(of_release(&s, "r2"), count as usize);
+        let mut spread: Vec<usize> = per_host(&s, "web").into_values().collect();
+        spread.sort();
+        let fresh: Vec<usize> = {
+            let f = deployed(count, "x");
+            let mut v: Vec<usize> = per_host(&f, "web").into_values().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(spread, fresh, "count {count}");
     }
 }

@@ -27,7 +27,7 @@ pub async fn list(state: &ApiState, req: Request<Incoming>) -> Result<Response<B
         })?;
         wanted.push((k, v));
     }
-    let jobs: Vec<_> = state
+    let mut jobs: Vec<_> = state
         .jobs
         .list(all)
         .into_iter()
@@ -37,6 +37,12 @@ pub async fn list(state: &ApiState, req: Request<Incoming>) -> Result<Response<B
                 .all(|(k, v)| j.config.labels.get(*k).map(String::as_str) == Some(*v))
         })
         .collect();
+    // Each job's instances too: the scheduler reads a rolling deploy's health here.
+    if let Some(grid) = state.grid() {
+        for job in &mut jobs {
+            job.services = grid.instances_of(&job.id);
+        }
+    }
     json(StatusCode::OK, &jobs)
 }
 

@@ -9,7 +9,7 @@ mod host;
 mod images;
 mod jobs;
 mod pull;
-mod run;
+pub mod run;
 mod stream;
 mod tty;
 

@@ -101,7 +101,28 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `RunArgs` alone, for [`RunArgs::follow_only`].
+#[derive(clap::Parser)]
+struct Only {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 impl RunArgs {
+    /// The options of a job made elsewhere (the platform's one-off jobs) that
+    /// [`run_created`] follows: whether stdin is attached, a terminal, and whether
+    /// the job is removed when it exits. (The rest is the request's, already made.)
+    pub fn follow_only(interactive: bool, tty: bool, rm: bool) -> Result<RunArgs> {
+        use clap::Parser as _;
+        let mut argv = vec!["run"];
+        argv.extend(interactive.then_some("-i"));
+        argv.extend(tty.then_some("-t"));
+        argv.extend(rm.then_some("--rm"));
+        // The image is the request's; this is only the parser's required argument.
+        argv.push("-");
+        Ok(Only::try_parse_from(argv)?.run)
+    }
+
     pub fn request(&self, start: bool) -> JobRequest {
         let env = self
             .env

@@ -806,3 +806,117 @@ impl Flynn {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// The platform's controller, a process on the switch (a machine that reaches every
+/// host and etcd), and the `flynn` CLI (this binary by that name) pointed at it.
+pub struct Platform {
+    pub dir: tempfile::TempDir,
+    pub switch: String,
+    pub url: String,
+    child: Child,
+}
+
+pub const CONTROLLER_KEY: &str = "deploy-test-controller-key-0123";
+
+impl Platform {
+    /// A controller on the cluster's etcd (members on hosts 1-3) with its token.
+    pub fn start(c: &Cluster, token: &str, extra: &[&str]) -> Platform {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(BIN, dir.path().join("flynn")).unwrap();
+        let listen = format!("{ETCD_IP}:8181");
+        let etcd: Vec<String> = c
+            .hosts
+            .iter()
+            .take(3)
+            .map(|h| format!("http://{}:2379", h.ip))
+            .collect();
+        let child = c
+            .on_switch()
+            .args(["controller", "--listen", &listen, "--etcd", &etcd.join(",")])
+            .args(extra)
+            .env("FLYNN_TOKEN", token)
+            .env("FLYNN_CONTROLLER_KEY", CONTROLLER_KEY)
+            .env("FLYNN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let p = Platform {
+            dir,
+            switch: c.switch.clone(),
+            url: format!("http://{listen}"),
+            child,
+        };
+        wait_for("the controller", Duration::from_secs(30), || {
+            p.command()
+                .args(["cluster", "add", "default", &p.url, CONTROLLER_KEY])
+                .output()
+                .is_ok_and(|o| o.status.success())
+                && p.command()
+                    .arg("apps")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+        });
+        p
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+    }
+
+    /// `flynn` in the switch's namespace.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.switch))
+            .arg("--")
+            .arg(self.dir.path().join("flynn"))
+            .env("FLYNNRC", self.dir.path().join("flynnrc"))
+            .env_remove("FLYNN_APP")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn flynn(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("running flynn")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.flynn(args);
+        assert!(
+            out.status.success(),
+            "flynn {args:?} failed ({:?})\nstdout: {}\nstderr: {}\ncontroller log tail:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log_text(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `flynn -a APP ps` as (id, type, state, release) rows.
+    pub fn ps(&self, app: &str) -> Vec<(String, String, String, String)> {
+        let out = self.flynn(&["-a", app, "ps"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 5).then(|| {
+                    (
+                        f[0].to_string(),
+                        f[1].to_string(),
+                        f[3].to_string(),
+                        f[4].to_string(),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -9,6 +9,7 @@
 )]
 
 mod bootstrap;
+mod deploy;
 mod harness;
 mod logs;
 mod membership;

@@ -11,11 +11,11 @@ use crate::harness::{Cluster, host_image, wait_for};
 
 const TOKEN: &str = "scheduler-test-token-0123456789";
 
-fn bootstrap(c: &Cluster, peers: &str) {
+pub(crate) fn bootstrap_with(c: &Cluster, peers: &str, token: &str) {
     let out = c
         .on_switch()
         .args(["bootstrap", "--peers", peers, "--timeout", "90"])
-        .env("FLYNN_TOKEN", TOKEN)
+        .env("FLYNN_TOKEN", token)
         .output()
         .unwrap();
     assert!(
@@ -26,7 +26,11 @@ fn bootstrap(c: &Cluster, peers: &str) {
     );
 }
 
-fn prepare(c: &Cluster, i: u8) {
+fn bootstrap(c: &Cluster, peers: &str) {
+    bootstrap_with(c, peers, TOKEN);
+}
+
+pub(crate) fn prepare(c: &Cluster, i: u8) {
     let h = c.host(i);
     h.import("etcd-docker.tar");
     h.import("busybox-docker.tar");
