@@ -66,7 +66,8 @@ fn main() {
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     let p = Platform::start(&c, TOKEN, &[]);
