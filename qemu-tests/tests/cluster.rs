@@ -68,6 +68,36 @@ struct Env {
 }
 
 impl Env {
+    fn new(n: usize, work: &std::path::Path) -> Env {
+        let out = appliance_out().unwrap_or_else(|e| panic!("{e}"));
+        let cli = static_flynn_host().unwrap_or_else(|e| panic!("{e}"));
+        let flynn = work.join("flynn");
+        std::os::unix::fs::symlink(&cli, &flynn).unwrap();
+        let c = Cluster::new(
+            if n == 1 { "fc1" } else { "fc" },
+            n,
+            &out.join("flynn-x86_64.iso"),
+            work,
+            TOKEN,
+            memory_mb(),
+        )
+        .unwrap();
+        Env {
+            c,
+            cli,
+            flynn,
+            flynnrc: work.join("flynnrc"),
+        }
+    }
+
+    fn add_clusters(&self, key: &str) {
+        for (i, node) in self.c.nodes.iter().enumerate() {
+            let url = format!("http://{}:81", node.address);
+            let out = self.flynn(&["cluster", "add", &format!("node{}", i + 1), &url, key]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+    }
+
     fn host_cli(&self, node: usize, args: &[&str]) -> Output {
         self.c
             .command_for(node, &self.cli)
@@ -171,26 +201,8 @@ fn controller_key(console: &str) -> String {
 #[test]
 #[ignore = "boots three appliances from the ISO under QEMU (root, minutes): scripts/test.sh runs it"]
 fn three_appliances_bootstrap_survive_a_killed_vm_and_a_full_restart() {
-    let out = appliance_out().unwrap_or_else(|e| panic!("{e}"));
-    let cli = static_flynn_host().unwrap_or_else(|e| panic!("{e}"));
     let work = tempfile::tempdir().unwrap();
-    let flynn = work.path().join("flynn");
-    std::os::unix::fs::symlink(&cli, &flynn).unwrap();
-    let c = Cluster::new(
-        "fc",
-        3,
-        &out.join("flynn-x86_64.iso"),
-        work.path(),
-        TOKEN,
-        memory_mb(),
-    )
-    .unwrap();
-    let mut env = Env {
-        c,
-        cli,
-        flynn,
-        flynnrc: work.path().join("flynnrc"),
-    };
+    let mut env = Env::new(3, work.path());
     let all = [0, 1, 2];
 
     // 1. Three appliances boot from the seeds alone and bootstrap themselves.
@@ -220,11 +232,7 @@ fn three_appliances_bootstrap_survive_a_killed_vm_and_a_full_restart() {
         }
     });
     eprintln!("hosts: {hosts:?}");
-    for i in all {
-        let url = format!("http://{}:81", env.c.nodes[i].address);
-        let out = env.flynn(&["cluster", "add", &format!("node{}", i + 1), &url, &key]);
-        assert!(out.status.success(), "{}", text(&out));
-    }
+    env.add_clusters(&key);
     env.all_serve(&all, SERVE);
 
     // 2. SIGKILL node3's QEMU: the others keep serving.
@@ -320,4 +328,47 @@ fn three_appliances_bootstrap_survive_a_killed_vm_and_a_full_restart() {
             );
         }
     }
+}
+
+/// The baseline for the benchmark: one appliance, bootstrapped from the namespace
+/// with `flynn-host bootstrap --peers ADDRESS` (a seed's `peers` needs two), then
+/// killed and booted again, then powered off and booted again.
+#[test]
+#[ignore = "boots an appliance from the ISO under QEMU (root, minutes): scripts/test.sh runs it"]
+fn one_appliance_baseline_bootstrap_kill_and_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let mut env = Env::new(1, work.path());
+    let t0 = Instant::now();
+    env.c.start(0).unwrap();
+    env.wait_ready(&[0]);
+    let address = env.c.nodes[0].address.to_string();
+    let out = env.host_cli(0, &["bootstrap", "--peers", &address, "--timeout", "1500"]);
+    assert!(out.status.success(), "bootstrap: {}", text(&out));
+    eprintln!(
+        "BENCH 1 VM bootstrapped (Layer 0 + Layer 1) {:.1} s after the VM started",
+        t0.elapsed().as_secs_f64()
+    );
+    let key = controller_key(&String::from_utf8_lossy(&out.stdout));
+    env.add_clusters(&key);
+    env.all_serve(&[0], SERVE);
+
+    env.c.kill(0).unwrap();
+    let t_kill = Instant::now();
+    env.c.start(0).unwrap();
+    env.wait_ready(&[0]);
+    env.all_serve(&[0], SERVE);
+    eprintln!(
+        "BENCH 1 VM killed and booted again: serving {:.1} s after the SIGKILL",
+        t_kill.elapsed().as_secs_f64()
+    );
+
+    env.c.power_off(0, STOP).unwrap();
+    let t_restart = Instant::now();
+    env.c.start(0).unwrap();
+    env.wait_ready(&[0]);
+    env.all_serve(&[0], SERVE);
+    eprintln!(
+        "BENCH 1 VM after a power-off: serving {:.1} s after the VM started",
+        t_restart.elapsed().as_secs_f64()
+    );
 }
