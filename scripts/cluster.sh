@@ -107,9 +107,11 @@ done
 
 # 127.0.0.1 ports into the namespace (socat enters it for each connection).
 stop_forwards
+# $1: the port on 127.0.0.1; $2: ADDRESS:PORT in the namespace (socat's EXEC
+# splits on unescaped colons, so the inner address's colons are escaped).
 forward() {
     setsid socat "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr,fork" \
-        "EXEC:ip netns exec $ns socat STDIO TCP\:$2" </dev/null >/dev/null 2>&1 &
+        "EXEC:ip netns exec $ns socat STDIO TCP\:${2/:/\\:}" </dev/null >/dev/null 2>&1 &
     echo $! >>"$dir/forwards.pids"
 }
 for i in $(seq 1 "$n"); do forward "$((12110 + i))" "$(addr "$i"):1113"; done
