@@ -84,15 +84,6 @@ pub async fn ensure_member(
                 // Ignored once the data dir holds a member: a re-created job rejoins.
                 "--initial-cluster-state".into(),
                 "new".into(),
-                // etcd's defaults (100 ms, 1 s) assume members that are never paused
-                // for long; appliances on a busy or emulated host (QEMU under TCG,
-                // three VMs on two cores) missed heartbeats all the time and the
-                // members held elections without end after a full restart. 5 s more
-                // before a dead leader is replaced is what this costs.
-                "--heartbeat-interval".into(),
-                "500".into(),
-                "--election-timeout".into(),
-                "5000".into(),
             ]),
             network: NetworkMode::Host,
             restart: RestartPolicy {
