@@ -4,8 +4,16 @@
 # that persists across runs), waits until its agent answers, runs a first
 # container through it, and leaves it running. Idempotent: a running appliance
 # is reused. `bash scripts/main.sh stop` presses its power button.
+# `bash scripts/main.sh --nodes N` boots N appliances instead, on a network of
+# their own, which bootstrap themselves into a cluster (scripts/cluster.sh);
+# `stop` powers those off too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+nodes=
+if [ "${1:-}" = --nodes ]; then
+    nodes=${2:?--nodes takes a number}
+    shift 2
+fi
 out=$PWD/out
 pidfile=$out/appliance.pid
 console=$out/appliance-console.log
@@ -16,8 +24,9 @@ api=http://127.0.0.1:$port
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 if [ "${1:-}" = stop ]; then
+    bash scripts/cluster.sh stop
     if ! running; then
-        echo "no appliance is running"
+        echo "no single appliance is running"
         exit 0
     fi
     pid=$(cat "$pidfile")
@@ -39,6 +48,12 @@ flynn_install_deps
 bash scripts/build-static.sh
 bin=$PWD/target/x86_64-unknown-linux-gnu/appliance/flynn-host
 bash fixtures/build-images.sh "$PWD/target/fixtures"
+if [ -n "$nodes" ]; then
+    # Nodes that run keep their images; the ISO is rebuilt only when none does.
+    compgen -G "out/cluster/node*.pid" >/dev/null ||
+        FLYNN_FIXTURES="$PWD/target/fixtures" bash buildroot/assemble.sh "$out"
+    exec bash scripts/cluster.sh start "$nodes"
+fi
 if running; then
     echo "an appliance is running (pid $(cat "$pidfile")): keeping it and its images"
 else

@@ -18,6 +18,10 @@ fn entry(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> io::Result<t
     h.set_path(path)?;
     h.set_size(size);
     h.set_mode(mode);
+    // Every numeric field written: a new GNU header leaves uid and gid all NUL,
+    // which strict readers (our image store's unpack) refuse as unreadable.
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_entry_type(kind);
     h.set_mtime(0);
     h.set_cksum();
@@ -98,6 +102,11 @@ mod tests {
         let mut a = tar::Archive::new(std::fs::File::open(&out).unwrap());
         for e in a.entries().unwrap() {
             let mut e = e.unwrap();
+            let h = e.header();
+            assert_eq!(
+                (h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap()),
+                (0, 0, 0)
+            );
             let name = e.path().unwrap().to_string_lossy().into_owned();
             if name == "manifest.json" {
                 io::Read::read_to_string(&mut e, &mut manifest).unwrap();
@@ -107,6 +116,26 @@ mod tests {
         assert_eq!(names.len(), 3);
         assert!(manifest.contains(&tag()), "{manifest}");
         assert!(names[2].ends_with("/layer.tar"));
+        // The layer's entries too (the image store's unpack reads these fields).
+        let mut outer = tar::Archive::new(std::fs::File::open(&out).unwrap());
+        let mut layer = Vec::new();
+        for e in outer.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().to_string_lossy().ends_with("/layer.tar") {
+                io::Read::read_to_end(&mut e, &mut layer).unwrap();
+            }
+        }
+        let mut inner = tar::Archive::new(layer.as_slice());
+        for e in inner.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            assert_eq!(
+                (h.uid().unwrap(), h.gid().unwrap()),
+                (0, 0),
+                "{:?}",
+                e.path()
+            );
+        }
         // A real reader of docker archives takes it (skopeo is in the test packages).
         if let Ok(out) = std::process::Command::new("skopeo")
             .args([

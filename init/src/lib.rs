@@ -8,9 +8,10 @@
 //! cgroup2; read the command line ([`cmdline`], [`settings`]); load the kernel
 //! modules of the boot list and the present devices' drivers, job networking's
 //! in the background ([`modules`]); find, format if blank, and mount
-//! the state disk, or fall back to tmpfs ([`disk`]); bring up the network (DHCP
-//! by default, [`dhcp`]; static from `ip=`; [`net`]); read a NoCloud seed or EC2
-//! user data ([`datasource`]); set the host name; start `flynn-host daemon`
+//! the state disk, or fall back to tmpfs ([`disk`]); read a NoCloud seed
+//! ([`datasource`]); bring up the network (DHCP by default, [`dhcp`]; static from
+//! the command line's `ip=`, else the seed's; [`net`]); read EC2 user data when
+//! there is no seed; set the host name; start `flynn-host daemon`
 //! (API on 0.0.0.0:1113); import the image archives baked into the image at first
 //! boot ([`images`]); print the API address and token. Then it supervises: a
 //! daemon that dies is started again (a daemon that upgraded itself in place is
@@ -227,7 +228,12 @@ fn boot(cmdline: &Cmdline, settings: &mut Settings) -> Result<()> {
     for dir in ["/run/flynn", "/var/log/flynn", "/etc"] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
     }
-    let ip = cmdline::parse_ip(cmdline.get("ip")).context("the kernel command line")?;
+    // The kernel's `ip=` wins; without it, user data's `ip=` (a seed's) or DHCP.
+    let ip = cmdline
+        .get("ip")
+        .map(|v| cmdline::parse_ip(Some(v)))
+        .transpose()
+        .context("the kernel command line")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -347,46 +353,65 @@ async fn apply_lease(
     Ok(())
 }
 
-async fn datasources(settings: &mut Settings) -> Option<String> {
-    let mut hostname = None;
-    let mut found = None;
-    if matches!(settings.datasource, Datasource::Auto | Datasource::NoCloud) {
-        match tokio::task::spawn_blocking(datasource::nocloud).await {
-            Ok(Ok(Some(f))) => found = Some((f, Source::Seed)),
-            Ok(Ok(None)) if settings.datasource == Datasource::NoCloud => {
-                say("warning: flynn.datasource=nocloud but no cidata seed was found")
+/// The NoCloud seed, read before the network comes up (it needs none, and its
+/// user data may hold the host's static `ip=`). Returns whether one was found and
+/// its meta-data's host name.
+async fn seed_datasource(settings: &mut Settings) -> (bool, Option<String>) {
+    if !matches!(settings.datasource, Datasource::Auto | Datasource::NoCloud) {
+        return (false, None);
+    }
+    match tokio::task::spawn_blocking(datasource::nocloud).await {
+        Ok(Ok(Some(f))) => (true, apply_found(settings, f, Source::Seed)),
+        Ok(Ok(None)) => {
+            if settings.datasource == Datasource::NoCloud {
+                say("warning: flynn.datasource=nocloud but no cidata seed was found");
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => say(format!("warning: {e}")),
-            Err(e) => say(format!("warning: reading the seed: {e}")),
+            (false, None)
+        }
+        Ok(Err(e)) => {
+            say(format!("warning: {e}"));
+            (false, None)
+        }
+        Err(e) => {
+            say(format!("warning: reading the seed: {e}"));
+            (false, None)
         }
     }
+}
+
+/// EC2's user data (after the network: it is an HTTP service), when no seed was
+/// found and this is EC2 or the command line asks for it.
+async fn ec2_datasource(settings: &mut Settings, seed_found: bool) -> Option<String> {
     let ec2 = settings.datasource == Datasource::Ec2
-        || (settings.datasource == Datasource::Auto && found.is_none() && datasource::on_ec2());
-    if ec2 {
-        match datasource::ec2(Duration::from_secs(20)).await {
-            Ok(f) => found = Some((f, Source::Ec2)),
-            Err(e) => say(format!("warning: {e}")),
+        || (settings.datasource == Datasource::Auto && !seed_found && datasource::on_ec2());
+    if !ec2 {
+        return None;
+    }
+    match datasource::ec2(Duration::from_secs(20)).await {
+        Ok(f) => apply_found(settings, f, Source::Ec2),
+        Err(e) => {
+            say(format!("warning: {e}"));
+            None
         }
     }
-    if let Some((f, source)) = found {
-        say(format!(
-            "configuration from the {}{}",
-            f.source,
-            if f.user_data.is_some() {
-                " (user data)"
-            } else {
-                " (no user data)"
-            }
-        ));
-        if let Some(text) = &f.user_data {
-            for e in settings.apply_user_data(source, text) {
-                say(format!("warning: {e}"));
-            }
+}
+
+fn apply_found(settings: &mut Settings, f: datasource::Found, source: Source) -> Option<String> {
+    say(format!(
+        "configuration from the {}{}",
+        f.source,
+        if f.user_data.is_some() {
+            " (user data)"
+        } else {
+            " (no user data)"
         }
-        hostname = f.hostname;
+    ));
+    if let Some(text) = &f.user_data {
+        for e in settings.apply_user_data(source, text) {
+            say(format!("warning: {e}"));
+        }
     }
-    hostname
+    f.hostname
 }
 
 /// `flynn.peers=`: the host with the lowest address bootstraps the cluster (in the
@@ -557,7 +582,7 @@ fn daemon_successor(old: Pid) -> Option<Pid> {
     (pid != old && nix::sys::signal::kill(pid, None).is_ok()).then_some(pid)
 }
 
-async fn run(ip: IpConfig, settings: &mut Settings) -> Result<()> {
+async fn run(ip: Option<IpConfig>, settings: &mut Settings) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // Signals are caught before anything else runs, so none is lost to the
     // default action (which for PID 1 is to ignore it).
@@ -573,10 +598,19 @@ async fn run(ip: IpConfig, settings: &mut Settings) -> Result<()> {
         );
     }
 
+    let (seed_found, seed_hostname) = seed_datasource(settings).await;
+    let ip = match (ip, &settings.ip) {
+        (Some(ip), _) => ip,
+        (None, Some((ip, source))) => {
+            say(format!("network: ip= from {source}"));
+            ip.clone()
+        }
+        (None, None) => IpConfig::Dhcp,
+    };
     let (leases, address) = network(&ip, settings).await?;
     mark("network");
     let dhcp_hostname = leases.iter().find_map(|l| l.lease.hostname.clone());
-    let meta_hostname = datasources(settings).await;
+    let meta_hostname = seed_hostname.or(ec2_datasource(settings, seed_found).await);
     let ip_hostname = match &ip {
         IpConfig::Static(s) => s.hostname.clone(),
         _ => None,

@@ -8,7 +8,7 @@ use std::fmt;
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SettingsError {
     #[error(
-        "{from}: unknown key {key:?} (known: token, hostname, debug, log, datasource, state, peers)"
+        "{from}: unknown key {key:?} (known: token, hostname, ip, debug, log, datasource, state, peers)"
     )]
     UnknownKey { from: Source, key: String },
     #[error("{from}: {key}={value:?}: {reason}")]
@@ -79,6 +79,10 @@ pub struct Settings {
     /// `flynn.peers=IP,IP,...`: the hosts of the cluster this host is one of; the
     /// lowest address bootstraps it once all of them answer.
     pub peers: Option<Vec<std::net::Ipv4Addr>>,
+    /// `ip=` in user data (the kernel's `ip=` syntax, [`crate::cmdline::parse_ip`]):
+    /// a NoCloud seed can give each host its static address. The kernel command
+    /// line's own `ip=` wins over it.
+    pub ip: Option<(crate::cmdline::IpConfig, Source)>,
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -141,6 +145,14 @@ impl Settings {
                     return Err(bad("a cluster has 2 to 64 peers"));
                 }
                 self.peers.get_or_insert(peers);
+            }
+            "ip" => {
+                let config = crate::cmdline::parse_ip(Some(value)).map_err(|e| match e {
+                    crate::cmdline::CmdlineError::Ip(_, reason) => bad(&reason),
+                })?;
+                if self.ip.is_none() {
+                    self.ip = Some((config, source));
+                }
             }
             "hostname" => {
                 if !valid_hostname(value) {
@@ -292,6 +304,37 @@ mod tests {
         assert!(s.apply(Source::Cmdline, "hostname", "-bad").is_err());
         assert!(s.apply(Source::Cmdline, "state", "/tmp").is_err());
         assert!(s.apply(Source::Cmdline, "debug", "maybe").is_err());
+    }
+
+    #[test]
+    fn ip_from_user_data() {
+        use crate::cmdline::IpConfig;
+        let mut s = Settings::default();
+        let errs = s.apply_user_data(
+            Source::Seed,
+            "flynn.ip=10.90.0.11/24:::::eth0:off\nip=10.90.0.99\n",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let Some((IpConfig::Static(ip), Source::Seed)) = &s.ip else {
+            panic!("{:?}", s.ip)
+        };
+        assert_eq!(ip.address.to_string(), "10.90.0.11");
+        assert_eq!(ip.prefix_len, 24);
+        assert_eq!(ip.device.as_deref(), Some("eth0"));
+        let mut d = Settings::default();
+        assert!(d.apply_user_data(Source::Seed, "ip=dhcp").is_empty());
+        assert_eq!(d.ip, Some((IpConfig::Dhcp, Source::Seed)));
+        let errs = Settings::default().apply_user_data(Source::Seed, "ip=10.90.0.300/24\n");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(
+            errs[0].to_string(),
+            "the NoCloud seed's user-data: ip=\"10.90.0.300/24\": client address \"10.90.0.300\" is not an IPv4 address"
+        );
+        let errs = Settings::default().apply_user_data(Source::Seed, "ip=10.0.0.1:::255.0.255.0\n");
+        assert!(
+            errs[0].to_string().contains("netmask is not contiguous"),
+            "{errs:?}"
+        );
     }
 
     #[test]

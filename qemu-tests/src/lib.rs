@@ -4,14 +4,16 @@
 //!
 //! This crate only builds and drives VMs; what runs inside is decided by each
 //! test (an init script it writes). It never touches the host's own networking:
-//! a VM's network is QEMU's user-mode stack (or, later, taps inside a network
-//! namespace the test creates).
+//! a VM's network is QEMU's user-mode stack, or taps on a bridge inside a
+//! network namespace the test creates ([`cluster`]).
 
+pub mod cluster;
 pub mod initramfs;
 pub mod kernel;
 pub mod machine;
 pub mod vm;
 
+pub use cluster::{Cluster, ClusterError, Netns};
 pub use initramfs::Initramfs;
 pub use kernel::Kernel;
 pub use machine::{Appliance, Boot, Bus, Console, Disk, Firmware, Machine, Nic, Ready};

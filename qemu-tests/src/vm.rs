@@ -191,6 +191,17 @@ impl Vm {
         &self.log_path
     }
 
+    /// SIGKILL to QEMU (the machine stops at once, as on a power cut) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether QEMU is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
