@@ -1,7 +1,10 @@
 //! Layer 1 end to end on three netns hosts, everything real: the bootstrap builds
 //! Layer 0 and the platform, then, with the `flynn` CLI only (and curl as the
-//! user's browser), an app is served through every host's router, over a TCP route
-//! too; malformed requests get 4xx; a controller instance killed leaves the CLI
+//! user's browser), an app deployed from busybox with web=3 is served through every
+//! host's router, spread over its jobs; a new release rolls out under a request
+//! loop with no request failed; scaled to 0 the routers say 503, back to 3 they
+//! serve; its lines from the three hosts are in `flynn log`; a TCP route works;
+//! malformed requests get 4xx; a controller instance killed leaves the CLI
 //! working; a host lost outright leaves the app serving and its formation whole.
 
 use std::process::Command;
@@ -12,8 +15,8 @@ use crate::harness::{Cluster, Flynn, host_image, sh, wait_for};
 const TOKEN: &str = "platform-test-token-0123456789";
 const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
 
-/// A web process that says which job answered (`/name`).
-const WEB: &str = "mkdir -p /tmp/w && echo $FLYNN_JOB_ID > /tmp/w/name && echo serving as $FLYNN_JOB_ID && exec httpd -f -p 8080 -h /tmp/w";
+/// A web process that says which job answered (`/name`) and its release's greeting.
+const WEB: &str = "web=mkdir -p /tmp/w && echo $FLYNN_JOB_ID > /tmp/w/name && echo ${GREETING:-hello} > /tmp/w/greeting && echo serving as $FLYNN_JOB_ID && exec httpd -f -p $PORT -h /tmp/w";
 
 fn cluster() -> Cluster {
     let c = Cluster::bare_shared(3, &["--cluster-ttl", "3"], TOKEN);
@@ -44,8 +47,12 @@ fn bootstrap(c: &Cluster) -> String {
 
 /// curl from the switch: (HTTP status, body); status 0 when no answer came.
 fn curl(c: &Cluster, args: &[&str]) -> (u16, String) {
+    curl_in(&c.switch, args)
+}
+
+fn curl_in(switch: &str, args: &[&str]) -> (u16, String) {
     let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", c.switch))
+        .arg(format!("--net=/run/netns/{switch}"))
         .args(["--", "curl", "-sS", "-m", "15", "-w", "\n%{http_code}"])
         .args(args)
         .output()
@@ -104,21 +111,8 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
     let f = Flynn::new(&c);
     f.ok(&["cluster", "add", "default", "http://192.0.2.1:81", &key]);
     f.ok(&["create", "demo"]);
-    c.host(1).ok(&[
-        "cluster",
-        "scale",
-        "web=3",
-        "--app",
-        "demo",
-        "--image",
-        "busybox",
-        "-s",
-        "demo-web:8080",
-        "--",
-        "sh",
-        "-c",
-        WEB,
-    ]);
+    f.ok(&["-a", "demo", "release", "add", "busybox", "--process", WEB]);
+    f.ok(&["-a", "demo", "scale", "web=3"]);
 
     // Every host's router serves the app, spread over the three jobs.
     let mut seen = std::collections::BTreeSet::new();
@@ -186,6 +180,62 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
                 .join("\n---\n")
         );
     }
+
+    // A new release (env set) rolled out under a request loop through a router:
+    // no request fails, and at the end every answer is the new release's.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = c.switch.clone();
+    let looping = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (code, body) = curl_in(
+                    &switch,
+                    &[
+                        "-H",
+                        "Host: demo.cluster.local",
+                        "http://192.0.2.2/greeting",
+                    ],
+                );
+                if code == 200 {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{code} {body}"));
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let out = f.ok(&[
+        "-a",
+        "demo",
+        "env",
+        "set",
+        "GREETING=hi",
+        "--timeout",
+        "180",
+    ]);
+    assert!(out.contains("Deployed release"), "{out}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = looping.join().unwrap();
+    assert!(ok > 10, "{ok} requests during the deploy");
+    assert!(failed.is_empty(), "failed during the deploy: {failed:?}");
+    for _ in 0..10 {
+        for n in 1..=3 {
+            assert_eq!(get_app(&c, n, "/greeting"), (200, "hi\n".to_string()));
+        }
+    }
+
+    // Scaled to 0 the routers say 503; back to 3, they serve again.
+    f.ok(&["-a", "demo", "scale", "web=0"]);
+    wait_for("503 with no web job", Duration::from_secs(60), || {
+        get_app(&c, 1, "/greeting").0 == 503
+    });
+    f.ok(&["-a", "demo", "scale", "web=3"]);
+    wait_for("the app back", Duration::from_secs(90), || {
+        (1..=3).all(|n| get_app(&c, n, "/greeting").0 == 200)
+    });
 
     // A TCP route, on every host.
     f.ok(&["-a", "demo", "route", "add", "tcp", "--port", "3001"]);
