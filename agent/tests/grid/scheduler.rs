@@ -44,7 +44,7 @@ fn placement(c: &Cluster, via: u8, app: &str, ty: &str) -> BTreeMap<String, usiz
     let mut m = BTreeMap::new();
     for j in jobs
         .iter()
-        .filter(|j| j["app"] == app && j["process_type"] == ty)
+        .filter(|j| j["app"] == app && j["process_type"] == ty && j["state"] != "stopping")
     {
         *m.entry(j["host"].as_str().unwrap().to_string())
             .or_default() += 1;
