@@ -21,7 +21,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::{Cluster, EtcdProc, host_image, new_netns, sh, wait_for};
+use harness::{Cluster, EtcdProc, new_netns, sh, wait_for};
 
 const TOKEN: &str = "cluster-bench-token-0123456789";
 
@@ -83,9 +83,7 @@ fn main() {
 
         let c = Cluster::bare_shared(3, &["--cluster-ttl", &ttl.to_string()], TOKEN);
         for h in &c.hosts {
-            h.import("etcd-docker.tar");
-            h.import("busybox-docker.tar");
-            h.ok(&["import", host_image().to_str().unwrap()]);
+            h.import_platform_images();
         }
         let started = Instant::now();
         let out = c

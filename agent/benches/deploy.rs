@@ -21,7 +21,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::{Cluster, Platform, host_image, wait_for};
+use harness::{Cluster, Platform, wait_for};
 
 const TOKEN: &str = "deploy-bench-token-0123456789";
 const CMD: &str = "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p $PORT -h /www";
@@ -54,9 +54,7 @@ fn main() {
         .unwrap_or(3);
     let c = Cluster::bare_shared(3, &["--cluster-ttl", "5"], TOKEN);
     for h in &c.hosts {
-        h.import("etcd-docker.tar");
-        h.import("busybox-docker.tar");
-        h.ok(&["import", host_image().to_str().unwrap()]);
+        h.import_platform_images();
     }
     let out = c
         .on_switch()

@@ -12,6 +12,29 @@ use crate::model::{Instance, ServiceEvent, ServiceEventKind, ServiceState};
 use crate::schema;
 use crate::watch::{Change, Entry, PrefixWatch};
 
+/// Keeps `instance` in discovery on a lease of its own (`ttl`), for a process that
+/// is not a job of an agent (whose instances live on the host's lease): registered
+/// again on a new lease whenever the old one is lost. Runs until dropped.
+pub async fn announce(etcd: Etcd, instance: Instance, ttl: std::time::Duration) {
+    loop {
+        let result: Result<(), DiscoveryError> = async {
+            let lease = etcd.grant(ttl).await?;
+            register(&etcd, lease, &instance).await?;
+            tracing::info!(service = %instance.service, id = %instance.id, addr = %instance.addr, "registered in discovery");
+            let mut keep = etcd.keep_alive(lease).await?;
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                keep.renew().await?;
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(service = %instance.service, error = %e, "keeping this instance in discovery");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// Puts `instance` on `lease`. Registering again (same service and id) updates it in
 /// place, keeping its place in the leader election.
 pub async fn register(

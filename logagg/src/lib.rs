@@ -408,7 +408,7 @@ pub async fn run(args: AggArgs) -> Result<(), AggError> {
                 .collect(),
             registered_at: chrono::Utc::now(),
         };
-        tokio::spawn(announce(etcd, inst));
+        tokio::spawn(discovery::services::announce(etcd, inst, LEASE_TTL));
     }
     agg.serve_http(http).await;
     Ok(())
@@ -450,27 +450,5 @@ async fn discovered_peers(etcd: &discovery::Etcd, me: Option<&str>) -> Vec<Strin
             tracing::warn!(error = %e, "looking for a peer in discovery");
             Vec::new()
         }
-    }
-}
-
-/// Keeps this instance in discovery on a lease of its own (registered again on a new
-/// lease whenever the old one is lost).
-async fn announce(etcd: discovery::Etcd, inst: discovery::Instance) {
-    loop {
-        let result: Result<(), discovery::DiscoveryError> = async {
-            let lease = etcd.grant(LEASE_TTL).await?;
-            discovery::services::register(&etcd, lease, &inst).await?;
-            tracing::info!(id = %inst.id, addr = %inst.addr, "registered in discovery");
-            let mut keep = etcd.keep_alive(lease).await?;
-            loop {
-                tokio::time::sleep(LEASE_TTL / 3).await;
-                keep.renew().await?;
-            }
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "keeping this aggregator in discovery");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

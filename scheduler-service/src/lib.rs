@@ -602,7 +602,17 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         leading: std::sync::atomic::AtomicBool::new(false),
         started: std::time::Instant::now(),
     });
-    tokio::spawn(announce(etcd.clone(), me, args.listen));
+    let addr = args.listen;
+    let inst = discovery::Instance {
+        service: SERVICE.into(),
+        id: me,
+        addr,
+        host_id: addr.ip().to_string(),
+        job_id: std::env::var("FLYNN_JOB_ID").ok(),
+        meta: BTreeMap::new(),
+        registered_at: chrono::Utc::now(),
+    };
+    tokio::spawn(discovery::services::announce(etcd.clone(), inst, LEASE_TTL));
     for prefix in [
         discovery::schema::HOSTS,
         discovery::schema::FORMATIONS,
@@ -628,34 +638,4 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
     tracing::info!(listen = %args.listen, "scheduler serving");
     api::serve(svc, listener, args.token).await;
     Ok(())
-}
-
-/// Keeps this instance in discovery on a lease of its own (re-registered on a new
-/// lease whenever the old one is lost).
-async fn announce(etcd: Etcd, me: String, addr: SocketAddr) {
-    loop {
-        let result: Result<(), discovery::DiscoveryError> = async {
-            let lease = etcd.grant(LEASE_TTL).await?;
-            let inst = discovery::Instance {
-                service: SERVICE.into(),
-                id: me.clone(),
-                addr,
-                host_id: addr.ip().to_string(),
-                job_id: std::env::var("FLYNN_JOB_ID").ok(),
-                meta: BTreeMap::new(),
-                registered_at: chrono::Utc::now(),
-            };
-            discovery::services::register(&etcd, lease, &inst).await?;
-            let mut keep = etcd.keep_alive(lease).await?;
-            loop {
-                tokio::time::sleep(LEASE_TTL / 3).await;
-                keep.renew().await?;
-            }
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "keeping this scheduler in discovery");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }

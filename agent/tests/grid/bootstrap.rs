@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, Flynn, host_image, sh, wait_for};
+use crate::harness::{Cluster, Flynn, sh, wait_for};
 
 const TOKEN: &str = "bootstrap-test-token-0123456789";
 const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
@@ -16,9 +16,7 @@ const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
 fn cluster() -> Cluster {
     let c = Cluster::bare_shared(3, &["--cluster-ttl", "3"], TOKEN);
     for h in &c.hosts {
-        h.import("etcd-docker.tar");
-        h.import("busybox-docker.tar");
-        h.ok(&["import", host_image().to_str().unwrap()]);
+        h.import_platform_images();
     }
     c
 }

@@ -354,6 +354,14 @@ impl Host {
         self.ok(&["import", p.to_str().expect("utf-8 path")]);
     }
 
+    /// What a bootstrap runs on a host, as the appliance bakes it: etcd, the test
+    /// image and `flynn/host` of the binary under test.
+    pub fn import_platform_images(&self) {
+        self.import("etcd-docker.tar");
+        self.import("busybox-docker.tar");
+        self.ok(&["import", host_image().to_str().expect("utf-8 path")]);
+    }
+
     /// A running job's bridge address.
     pub fn ip_of(&self, job: &str) -> String {
         let v: Vec<serde_json::Value> =

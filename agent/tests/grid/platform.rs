@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Cluster, Flynn, host_image, sh, wait_for};
+use crate::harness::{Cluster, Flynn, sh, wait_for};
 
 const TOKEN: &str = "platform-test-token-0123456789";
 const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
@@ -21,9 +21,7 @@ const WEB: &str = "web=mkdir -p /tmp/w && echo $FLYNN_JOB_ID > /tmp/w/name && ec
 fn cluster() -> Cluster {
     let c = Cluster::bare_shared(3, &["--cluster-ttl", "3"], TOKEN);
     for h in &c.hosts {
-        h.import("etcd-docker.tar");
-        h.import("busybox-docker.tar");
-        h.ok(&["import", host_image().to_str().unwrap()]);
+        h.import_platform_images();
     }
     c
 }

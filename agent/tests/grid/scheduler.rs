@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, host_image, wait_for};
+use crate::harness::{Cluster, wait_for};
 
 const TOKEN: &str = "scheduler-test-token-0123456789";
 
@@ -31,10 +31,7 @@ fn bootstrap(c: &Cluster, peers: &str) {
 }
 
 pub(crate) fn prepare(c: &Cluster, i: u8) {
-    let h = c.host(i);
-    h.import("etcd-docker.tar");
-    h.import("busybox-docker.tar");
-    h.ok(&["import", host_image().to_str().unwrap()]);
+    c.host(i).import_platform_images();
 }
 
 /// Jobs of `app`/`ty` per host id, as `cluster ps` shows them.
