@@ -45,5 +45,11 @@ fn two_builds_are_byte_identical() {
     let iso = std::fs::metadata(a.path().join("flynn-x86_64.iso"))
         .unwrap()
         .len();
-    assert!(iso < 40 << 20, "the ISO is {iso} bytes, over 40 MiB");
+    // A guard against accidental growth (a second copy of the binary, an
+    // uncompressed segment), not a budget for features: with Layer 1 (controller,
+    // router, log aggregator, scheduler) in the one binary the ISO reached 40 MiB.
+    // Fat LTO with one codegen unit takes the binary from 37 to 30 MB (3 MB less
+    // in the ISO) but costs about ten minutes a link on two cores, three links a
+    // build; see ARCHITECTURE.md, Decisions.
+    assert!(iso < 48 << 20, "the ISO is {iso} bytes, over 48 MiB");
 }
