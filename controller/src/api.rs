@@ -304,7 +304,15 @@ impl Controller {
             }
             (["apps", app, "releases"], Method::POST) => {
                 let r: NewRelease = body(req).await?;
-                self.deploy(app, r.image, r.env, r.processes, timeout).await
+                // Records only (no cluster): nothing to ask for the digest.
+                let image = match &self.deployer.token {
+                    Some(token) if !r.image.trim().is_empty() => {
+                        self.app(app).await?;
+                        crate::pin::pin(&self.etcd, token, &r.image).await?
+                    }
+                    _ => r.image,
+                };
+                self.deploy(app, image, r.env, r.processes, timeout).await
             }
             (["apps", app, "env"], Method::POST) => {
                 let change: EnvChange = body(req).await?;

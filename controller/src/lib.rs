@@ -20,6 +20,7 @@ mod api;
 pub mod cli;
 mod deploy;
 pub mod logs;
+mod pin;
 mod proxy;
 
 use std::net::SocketAddr;

@@ -83,6 +83,44 @@ fn deploys_roll_out_roll_back_and_flynn_runs_jobs() {
     let out = p.ok(&["-a", "demo", "release", "add", "busybox", "--process", WEB]);
     assert!(out.contains("Deployed release"), "{out}");
     let r1 = release_of(&p, "demo");
+    // The release names busybox by the digest the hosts hold.
+    let held: Vec<serde_json::Value> =
+        serde_json::from_str(&c.host(1).ok(&["images", "--json"])).unwrap();
+    let digest = held
+        .iter()
+        .find(|i| i["names"].to_string().contains("library/busybox:latest"))
+        .and_then(|i| i["manifest_digest"].as_str())
+        .unwrap()
+        .to_string();
+    let info = p.ok(&["-a", "demo", "info"]);
+    assert!(
+        info.contains(&format!("docker.io/library/busybox:latest@{digest}")),
+        "{info}"
+    );
+    // Hosts that hold different images under one name: the release is refused.
+    let fx = crate::harness::fixtures();
+    let (etcd, busybox) = (fx.join("etcd-docker.tar"), fx.join("busybox-docker.tar"));
+    c.host(1)
+        .ok(&["import", etcd.to_str().unwrap(), "--tag", "twin:1"]);
+    c.host(2)
+        .ok(&["import", busybox.to_str().unwrap(), "--tag", "twin:1"]);
+    let out = p.flynn(&["-a", "demo", "release", "add", "twin:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("different images named docker.io/library/twin:1"),
+        "{err}"
+    );
+    let out = p.flynn(&["-a", "demo", "release", "add", "nosuch:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no host has the image"),
+        "{err}"
+    );
+    assert_eq!(
+        release_of(&p, "demo"),
+        r1,
+        "a refused release changes nothing"
+    );
     assert_eq!(p.ok(&["-a", "demo", "scale"]).trim(), "web=0");
     assert_eq!(p.ok(&["-a", "demo", "scale", "web=3"]).trim(), "web=3");
     wait(
