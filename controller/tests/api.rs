@@ -198,8 +198,10 @@ async fn deploys_follow_formations_and_roll_back_when_not_healthy() {
         .serve(l),
     );
     call_key(addr, "POST", "/apps", Some(json!({"name": "demo"}))).await;
-    let rel =
-        json!({"image": "busybox", "processes": {"web": {"cmd": ["httpd", "-f"], "port": 8080}}});
+    // Named by digest: a controller with a cluster asks its hosts for the digest of a
+    // bare name, and this test has no hosts to ask.
+    let image = format!("busybox@sha256:{}", "ab".repeat(32));
+    let rel = json!({"image": image, "processes": {"web": {"cmd": ["httpd", "-f"], "port": 8080}}});
     let (s, r1) = call_key(addr, "POST", "/apps/demo/releases?timeout=1", Some(rel)).await;
     assert_eq!(s, 201, "{r1}");
     assert_eq!(r1["deploy"]["state"], "pending");

@@ -37,6 +37,14 @@ const RESYNC: Duration = Duration::from_secs(1);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a pass waits for a host's job list.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a host that vanished from discovery is still asked for its jobs. A host's
+/// lease can lapse while the host lives (a busy machine late with its keep-alive, an
+/// etcd election); its jobs must not be replaced while it still answers, or the
+/// formation runs surplus jobs that are stopped again when the host comes back.
+const LAPSE_GRACE: Duration = Duration::from_secs(15);
+/// How long a lapsed host gets to answer: a host that was really lost must not slow
+/// the pass that replaces its jobs.
+const LAPSE_PROBE: Duration = Duration::from_secs(1);
 const MIB: u64 = 1024 * 1024;
 /// Jobs without a memory setting are promised this much (for placement).
 const DEFAULT_MEMORY: u64 = 64 * MIB;
@@ -115,6 +123,9 @@ pub struct Service {
     /// Jobs this scheduler is stopping (id → when, ms): their exit is not a crash,
     /// and they no longer count toward their formation.
     stopping: Mutex<HashMap<String, u64>>,
+    /// Hosts seen in discovery (id → the host, when last seen, ms): those that vanish
+    /// are probed for `LAPSE_GRACE` before their jobs count as lost.
+    recent: Mutex<HashMap<String, (HostView, u64)>>,
     wake: tokio::sync::Notify,
     leading: std::sync::atomic::AtomicBool,
     started: std::time::Instant,
@@ -159,12 +170,24 @@ impl Service {
         Client::from_options(Some(api), Some(&self.token)).map_err(|e| format!("{e:#}"))
     }
 
+    /// Hosts seen lately that discovery no longer lists (and remembers `hosts`).
+    fn lapsed(&self, hosts: &[HostView]) -> Vec<HostView> {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        lapsed(
+            &mut recent,
+            hosts,
+            self.now_ms(),
+            LAPSE_GRACE.as_millis() as u64,
+        )
+    }
+
     /// Hosts and their jobs as they are now; `Err` when some live host did not say.
+    /// A host whose lease lapsed lately but that still answers counts as live.
     async fn observe(&self) -> Result<(Vec<HostView>, Vec<(JobView, Value)>), String> {
         let draining = discovery::formations::draining(&self.etcd)
             .await
             .map_err(|e| e.to_string())?;
-        let hosts: Vec<HostView> = discovery::hosts::list(&self.etcd)
+        let mut hosts: Vec<HostView> = discovery::hosts::list(&self.etcd)
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
@@ -180,15 +203,24 @@ impl Service {
             .collect();
         // Every host at once, each briefly: a host that went away must not hold up
         // the pass that replaces its jobs once its lease ends.
+        let lapsed = self.lapsed(&hosts);
         let mut asks = tokio::task::JoinSet::new();
-        for h in &hosts {
+        for (h, probe) in hosts
+            .iter()
+            .map(|h| (h, false))
+            .chain(lapsed.iter().map(|h| (h, true)))
+        {
             let Some(api) = h.api.clone() else {
+                if probe {
+                    continue;
+                }
                 return Err(format!("host {} announces no API address", h.id));
             };
             let (client, id) = (self.client(&api)?, h.id.clone());
+            let wait = if probe { LAPSE_PROBE } else { OBSERVE_TIMEOUT };
             asks.spawn(async move {
                 let r = tokio::time::timeout(
-                    OBSERVE_TIMEOUT,
+                    wait,
                     client.call::<Value>(
                         Method::GET,
                         "/jobs?all=true&label=flynn.scheduler=1",
@@ -202,6 +234,15 @@ impl Service {
         let mut jobs = Vec::new();
         while let Some(done) = asks.join_next().await {
             let (host, r) = done.map_err(|e| format!("asking a host: {e}"))?;
+            if let Some(h) = lapsed.iter().find(|h| h.id == host) {
+                match &r {
+                    Ok(Ok(_)) => {
+                        tracing::info!(host = %host, "host's lease lapsed but it answers: its jobs still count");
+                        hosts.push(h.clone());
+                    }
+                    _ => continue,
+                }
+            }
             let list = match r {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => return Err(format!("host {host}: {e:#}")),
@@ -521,6 +562,27 @@ impl Service {
 
 /// Whether every service a job declares (`config.services`) has its instance in
 /// discovery (`services[].registered`: the agent registers one once its check passes).
+/// Records `hosts` as seen at `now` (ms) in `recent`, forgets hosts unseen for longer
+/// than `grace`, and returns the remembered hosts that `hosts` lacks.
+fn lapsed(
+    recent: &mut HashMap<String, (HostView, u64)>,
+    hosts: &[HostView],
+    now: u64,
+    grace: u64,
+) -> Vec<HostView> {
+    for h in hosts {
+        recent.insert(h.id.clone(), (h.clone(), now));
+    }
+    recent.retain(|_, (_, seen)| now.saturating_sub(*seen) <= grace);
+    let mut gone: Vec<HostView> = recent
+        .values()
+        .filter(|(h, _)| !hosts.iter().any(|l| l.id == h.id))
+        .map(|(h, _)| h.clone())
+        .collect();
+    gone.sort_by(|a, b| a.id.cmp(&b.id));
+    gone
+}
+
 fn services_up(job: &Value) -> bool {
     let declared = job["config"]["services"].as_array().map_or(0, Vec::len);
     let registered = job["services"]
@@ -601,6 +663,7 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         wake: tokio::sync::Notify::new(),
         leading: std::sync::atomic::AtomicBool::new(false),
         started: std::time::Instant::now(),
+        recent: Mutex::default(),
     });
     let addr = args.listen;
     let inst = discovery::Instance {
@@ -638,4 +701,35 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
     tracing::info!(listen = %args.listen, "scheduler serving");
     api::serve(svc, listener, args.token).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str) -> HostView {
+        HostView {
+            id: id.into(),
+            address: "10.0.0.1".into(),
+            api: Some("http://10.0.0.1:1113".into()),
+            draining: false,
+            memory_mb: 1024,
+            cpus: 2,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_vanished_host_is_probed_for_the_grace_then_forgotten() {
+        let mut recent = HashMap::new();
+        assert!(lapsed(&mut recent, &[host("a"), host("b")], 0, 15_000).is_empty());
+        let gone = lapsed(&mut recent, &[host("a")], 1_000, 15_000);
+        assert_eq!(gone.iter().map(|h| &h.id[..]).collect::<Vec<_>>(), ["b"]);
+        // Back in discovery: no longer lapsed.
+        assert!(lapsed(&mut recent, &[host("a"), host("b")], 2_000, 15_000).is_empty());
+        assert_eq!(lapsed(&mut recent, &[host("a")], 17_000, 15_000).len(), 1);
+        // Unseen for longer than the grace: lost, not probed any more.
+        assert!(lapsed(&mut recent, &[host("a")], 17_001, 15_000).is_empty());
+        assert!(!recent.contains_key("b"));
+    }
 }
