@@ -9,102 +9,45 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
+use apidoc::Document;
 use common::{Daemon, fixtures};
 use serde_json::{Value, json};
 
-fn document() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"))
-        .expect("reading openapi.json");
-    serde_json::from_str(&text).expect("openapi.json is JSON")
-}
-
-/// Follows a `#/...` reference inside the document.
-fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
-    match value.get("$ref").and_then(Value::as_str) {
-        Some(reference) => {
-            let pointer = reference.trim_start_matches('#');
-            resolve(
-                doc,
-                doc.pointer(pointer)
-                    .unwrap_or_else(|| panic!("dangling $ref {reference}")),
-            )
-        }
-        None => value,
-    }
-}
-
+/// The daemon's document, checked whole as it loads (apidoc).
 struct Spec {
-    doc: Value,
+    doc: Document,
 }
 
 impl Spec {
-    /// The schema of a documented response; panics if the status is not documented.
-    fn schema(
-        &self,
-        method: &str,
-        template: &str,
-        status: u16,
-        content_type: &str,
-    ) -> Option<Value> {
-        let operation = self.doc["paths"][template][method.to_ascii_lowercase()].clone();
-        assert!(
-            operation.is_object(),
-            "{method} {template} is not documented"
-        );
-        let response = operation["responses"]
-            .get(status.to_string())
-            .unwrap_or_else(|| {
-                panic!("{method} {template} answered {status}, which is not documented")
-            });
-        let response = resolve(&self.doc, response);
-        let schema = response
-            .get("content")?
-            .get(content_type)?
-            .get("schema")?
-            .clone();
-        let mut schema = match schema {
-            Value::Object(map) => map,
-            other => panic!("schema is not an object: {other}"),
-        };
-        // Inline schemas refer to #/components/...: carry the components along so
-        // the refs resolve against this root.
-        schema.insert("components".into(), self.doc["components"].clone());
-        Some(Value::Object(schema))
+    fn load() -> Spec {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        Spec {
+            doc: Document::load(path).unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    /// Panics unless `status` is documented for the route.
+    fn schema(&self, method: &str, template: &str, status: u16, content_type: &str) {
+        self.doc
+            .response_schema(method, template, status, content_type)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn check(&self, method: &str, template: &str, status: u16, content_type: &str, body: &Value) {
-        let Some(schema) = self.schema(method, template, status, content_type) else {
-            return;
-        };
-        let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-        let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
-        assert!(
-            errors.is_empty(),
-            "{method} {template} -> {status}: response does not match the document: {errors:?}\nbody: {body}"
-        );
+        self.doc
+            .check(method, template, status, content_type, body)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
 #[test]
 fn every_route_is_documented_and_nothing_else() {
-    let doc = document();
-    let mut documented = BTreeSet::new();
-    for (path, item) in doc["paths"].as_object().expect("paths") {
-        for method in ["get", "post", "put", "delete", "patch"] {
-            if item.get(method).is_some() {
-                documented.insert((method.to_ascii_uppercase(), path.clone()));
-            }
-        }
-    }
-    let served: BTreeSet<(String, String)> = flynn_host::api::ROUTES
-        .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
-        .collect();
-    assert_eq!(documented, served);
+    let served = flynn_host::api::ROUTES.iter().map(|(m, p)| (*m, *p, None));
+    let differences = Spec::load().doc.differences(served);
+    assert!(differences.is_empty(), "{differences:#?}");
 }
 
 /// Sends a request and checks the answer against the document; returns (status, JSON body).
@@ -134,7 +77,7 @@ fn call(
 
 #[test]
 fn responses_match_the_document() {
-    let spec = Spec { doc: document() };
+    let spec = Spec::load();
     let d = Daemon::start();
     let fx = fixtures();
 

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::deploy::{Deployer, JobsError};
+use crate::routes::{self, Lookup, Op};
 
 const MAX_BODY: usize = 1 << 20;
 /// How long a deploy's new jobs have to get healthy, unless the app (meta
@@ -41,6 +42,11 @@ pub(crate) enum Error {
     BadRequest(String),
     Unauthorized,
     NotFound(String),
+    /// The path is served, with other methods: `allow` lists them.
+    MethodNotAllowed {
+        allow: String,
+        msg: String,
+    },
     Conflict(String),
     Unavailable(String),
 }
@@ -92,6 +98,7 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Resp {
 
 impl Error {
     fn response(self) -> Resp {
+        let mut allow = None;
         let (status, msg) = match self {
             Error::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             Error::Unauthorized => (
@@ -100,10 +107,18 @@ impl Error {
                     .into(),
             ),
             Error::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            Error::MethodNotAllowed { allow: a, msg } => {
+                allow = Some(a);
+                (StatusCode::METHOD_NOT_ALLOWED, msg)
+            }
             Error::Conflict(m) => (StatusCode::CONFLICT, m),
             Error::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
         };
-        json(status, &serde_json::json!({ "error": msg }))
+        let mut r = json(status, &serde_json::json!({ "error": msg }));
+        if let Some(v) = allow.and_then(|a| hyper::header::HeaderValue::from_str(&a).ok()) {
+            r.headers_mut().insert(hyper::header::ALLOW, v);
+        }
+        r
     }
 }
 
@@ -255,54 +270,65 @@ impl Controller {
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Resp, Error> {
-        let path = req.uri().path().trim_matches('/').to_string();
-        let segs: Vec<&str> = path.split('/').collect();
-        let method = req.method().clone();
-        let query: BTreeMap<String, String> = req
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let timeout = match query.get("timeout") {
-            Some(t) => Some(t.parse::<u64>().map_err(|_| {
+        let path = req.uri().path().to_string();
+        if !routes::is_public(&path) {
+            let given = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(self.key.as_str()) {
+                return Err(Error::Unauthorized);
+            }
+        }
+        let (route, params) = match routes::lookup(req.method().as_str(), &path) {
+            Lookup::Found(route, params) => (route, params),
+            Lookup::WrongMethod(allowed) => {
+                return Err(Error::MethodNotAllowed {
+                    allow: allowed.join(", "),
+                    msg: format!(
+                        "{} is not served on {path}: use {}",
+                        req.method(),
+                        allowed.join(" or ")
+                    ),
+                });
+            }
+            Lookup::NotFound => {
+                return Err(Error::NotFound(format!(
+                    "no such endpoint: {} {path} (controller/openapi.json lists them)",
+                    req.method()
+                )));
+            }
+        };
+        let query = routes::query(route, req.uri().query()).map_err(Error::BadRequest)?;
+        let timeout = match query.iter().find(|(k, _)| k == "timeout") {
+            Some((_, t)) => Some(t.parse::<u64>().map_err(|_| {
                 Error::BadRequest(format!("timeout={t}: give the seconds a deploy may take"))
             })?),
             None => None,
         };
-        if segs == ["health"] {
-            return Ok(json(StatusCode::OK, &serde_json::json!({"ok": true})));
-        }
-        let given = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(self.key.as_str()) {
-            return Err(Error::Unauthorized);
-        }
-        match (segs.as_slice(), method) {
-            (["apps"], Method::GET) => Ok(json(
+        let app = params.get("app");
+        match route.op {
+            Op::Health => Ok(json(StatusCode::OK, &serde_json::json!({"ok": true}))),
+            Op::ListApps => Ok(json(
                 StatusCode::OK,
                 &discovery::apps::list(&self.etcd).await?,
             )),
-            (["apps"], Method::POST) => self.create_app(body(req).await?).await,
-            (["apps", app], Method::GET) => self.app_info(app).await,
-            (["apps", app], Method::DELETE) => {
+            Op::CreateApp => self.create_app(body(req).await?).await,
+            Op::AppInfo => self.app_info(app).await,
+            Op::DeleteApp => {
                 self.app(app).await?;
                 discovery::apps::delete(&self.etcd, app).await?;
                 Ok(json(StatusCode::OK, &serde_json::json!({"deleted": app})))
             }
-            (["apps", app, "releases"], Method::GET) => {
+            Op::ListReleases => {
                 self.app(app).await?;
                 Ok(json(
                     StatusCode::OK,
                     &discovery::apps::releases(&self.etcd, app).await?,
                 ))
             }
-            (["apps", app, "releases"], Method::POST) => {
+            Op::AddRelease => {
                 let r: NewRelease = body(req).await?;
                 // Records only (no cluster): nothing to ask for the digest.
                 let image = match &self.deployer.token {
@@ -314,7 +340,7 @@ impl Controller {
                 };
                 self.deploy(app, image, r.env, r.processes, timeout).await
             }
-            (["apps", app, "env"], Method::POST) => {
+            Op::SetEnv => {
                 let change: EnvChange = body(req).await?;
                 let (_, current) = self.current(app).await?;
                 let mut env = current.env.clone();
@@ -330,23 +356,24 @@ impl Controller {
                 self.deploy(app, current.image, env, current.processes, timeout)
                     .await
             }
-            (["apps", app, "rollback"], Method::POST) => self.rollback(app, timeout).await,
-            (["apps", app, "log"], Method::GET) => {
+            Op::Rollback => self.rollback(app, timeout).await,
+            Op::Log => {
                 self.app(app).await?;
                 let token = self.logagg_token.clone();
                 let r =
                     crate::logs::serve(self.etcd.clone(), token, app, req.uri().query()).await?;
                 Ok(r.map(|b| b.map_err(|never| match never {}).boxed()))
             }
-            (["apps", app, "deploys"], Method::GET) => {
+            Op::ListDeploys => {
                 self.app(app).await?;
                 Ok(json(
                     StatusCode::OK,
                     &discovery::deploys::of_app(&self.etcd, app).await?,
                 ))
             }
-            (["apps", app, "deploys", id], Method::GET) => {
+            Op::GetDeploy => {
                 self.app(app).await?;
+                let id = params.get("id");
                 match discovery::deploys::get(&self.etcd, app, id).await? {
                     Some(d) => Ok(json(StatusCode::OK, &d)),
                     None => Err(Error::NotFound(format!(
@@ -354,15 +381,15 @@ impl Controller {
                     ))),
                 }
             }
-            (["apps", app, "formation"], Method::GET) => {
+            Op::GetFormation => {
                 self.app(app).await?;
                 self.formation(app).await
             }
-            (["apps", app, "formation"], Method::PUT) => {
+            Op::PutFormation => {
                 let s: Scale = body(req).await?;
                 self.scale(app, s).await
             }
-            (["apps", app, "jobs"], Method::GET) => {
+            Op::ListJobs => {
                 self.app(app).await?;
                 let jobs: Vec<Value> = self
                     .deployer
@@ -379,25 +406,31 @@ impl Controller {
                     .collect();
                 Ok(json(StatusCode::OK, &jobs))
             }
-            (["apps", app, "jobs"], Method::POST) => {
+            Op::RunJob => {
                 let o: OneOff = body(req).await?;
                 self.one_off(app, o).await
             }
-            (["apps", app, "hosts", host, "jobs", id, rest @ ..], _) => {
+            Op::Relay => {
                 self.app(app).await?;
                 let token = self.deployer.token.clone().ok_or(JobsError::NoToken)?;
-                crate::proxy::job_route(&self.etcd, &token, req, app, host, id, rest).await
+                let to = crate::proxy::Relay {
+                    app,
+                    host: params.get("host"),
+                    job: params.get("id"),
+                    path: routes::agent_path(route, &params, req.uri().query()),
+                };
+                crate::proxy::job_route(&self.etcd, &token, req, to).await
             }
-            (["apps", app, "routes"], Method::GET) => {
+            Op::ListRoutes => {
                 self.app(app).await?;
                 let routes: Vec<Route> = discovery::routes::list(&self.etcd)
                     .await?
                     .into_iter()
-                    .filter(|r| r.app.as_deref() == Some(*app))
+                    .filter(|r| r.app.as_deref() == Some(app))
                     .collect();
                 Ok(json(StatusCode::OK, &routes))
             }
-            (["apps", app, "routes"], Method::POST) => {
+            Op::AddRoute => {
                 self.app(app).await?;
                 let r: NewRoute = body(req).await?;
                 let ty = r.process_type.unwrap_or_else(|| "web".into());
@@ -416,18 +449,18 @@ impl Controller {
                 discovery::routes::put(&self.etcd, &route).await?;
                 Ok(json(StatusCode::CREATED, &route))
             }
-            (["apps", app, "routes", id], Method::DELETE) => {
+            Op::DeleteRoute => {
+                let id = params.get("id");
                 let owned = discovery::routes::list(&self.etcd)
                     .await?
                     .into_iter()
-                    .any(|r| r.id == *id && r.app.as_deref() == Some(*app));
+                    .any(|r| r.id == id && r.app.as_deref() == Some(app));
                 if !owned {
                     return Err(Error::NotFound(format!("app {app} has no route {id}")));
                 }
                 discovery::routes::delete(&self.etcd, id).await?;
                 Ok(json(StatusCode::OK, &serde_json::json!({"deleted": id})))
             }
-            (_, m) => Err(Error::NotFound(format!("no such endpoint: {m} /{path}"))),
         }
     }
 

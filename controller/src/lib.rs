@@ -22,12 +22,14 @@ mod deploy;
 pub mod logs;
 mod pin;
 mod proxy;
+pub mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::Controller;
+pub use routes::{Endpoint, ROUTES};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {

@@ -2,7 +2,10 @@
 //! on: `/apps/{app}/hosts/{host}/jobs/{id}[/...]` → that agent's `/jobs/{id}[/...]`
 //! with the cluster's token, bodies streamed both ways and an upgrade (attach)
 //! spliced into a raw byte stream. So `flynn run` needs the controller key only,
-//! never the cluster's token, and reaches only jobs of the app it names.
+//! never the cluster's token, and reaches only jobs of the app it names, and of
+//! their routes only those `routes::ROUTES` relays (what a `run` follows a job
+//! with: inspect, start, attach, resize, logs, wait, kill, remove) with their own
+//! query parameters: the cluster's token is never lent for anything else.
 
 use bytes::Bytes;
 use discovery::Etcd;
@@ -15,15 +18,27 @@ use serde_json::Value;
 
 use crate::api::{Body, Error, Resp};
 
+/// Where a relayed request goes.
+pub(crate) struct Relay<'a> {
+    pub app: &'a str,
+    pub host: &'a str,
+    pub job: &'a str,
+    /// The agent's path and query (`/jobs/{id}/...?...`), from the route table.
+    pub path: String,
+}
+
 pub(crate) async fn job_route(
     etcd: &Etcd,
     token: &str,
     mut req: Request<Incoming>,
-    app: &str,
-    host: &str,
-    id: &str,
-    rest: &[&str],
+    to: Relay<'_>,
 ) -> Result<Resp, Error> {
+    let Relay {
+        app,
+        host,
+        job: id,
+        path,
+    } = to;
     discovery::schema::check_id("job id", id)?;
     let api = discovery::hosts::list(etcd)
         .await?
@@ -49,15 +64,6 @@ pub(crate) async fn job_route(
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let mut path = format!("/jobs/{id}");
-    for r in rest {
-        path.push('/');
-        path.push_str(r);
-    }
-    if let Some(q) = req.uri().query() {
-        path.push('?');
-        path.push_str(q);
-    }
     let stream = tokio::net::TcpStream::connect(&authority)
         .await
         .map_err(|e| Error::Unavailable(format!("host {host} ({authority}): {e}")))?;

@@ -198,8 +198,19 @@ async fn deploys_follow_formations_and_roll_back_when_not_healthy() {
         .serve(l),
     );
     call_key(addr, "POST", "/apps", Some(json!({"name": "demo"}))).await;
-    // Named by digest: a controller with a cluster asks its hosts for the digest of a
-    // bare name, and this test has no hosts to ask.
+    // No host here to ask for a digest: a name with one is kept as given.
+    let (s, e) = call_key(
+        addr,
+        "POST",
+        "/apps/demo/releases",
+        Some(json!({"image": "busybox"})),
+    )
+    .await;
+    assert_eq!(s, 503, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("no host answered"),
+        "{e}"
+    );
     let image = format!("busybox@sha256:{}", "ab".repeat(32));
     let rel = json!({"image": image, "processes": {"web": {"cmd": ["httpd", "-f"], "port": 8080}}});
     let (s, r1) = call_key(addr, "POST", "/apps/demo/releases?timeout=1", Some(rel)).await;

@@ -373,6 +373,152 @@ async fn upgrades_http2_and_tcp_routes_pass_through() {
     assert!(TcpStream::connect((LOCAL, tcp_port)).await.is_err());
 }
 
+/// The RFC 6455 (section 1.3) example: the accept a server answers this key with.
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A client's text frame: masked, as RFC 6455 wants from clients.
+fn client_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A server's text frame: unmasked.
+fn server_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81, payload.len() as u8];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads up to the end of an HTTP head.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// A websocket backend written on raw TCP (no HTTP library to smooth anything
+/// over): it wants the handshake's headers as the client sent them, answers the 101
+/// and a greeting frame in one write, then unmasks each frame and echoes it.
+async fn websocket_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await.to_ascii_lowercase();
+                let ok = head.contains("upgrade: websocket\r\n")
+                    && head.contains(&format!(
+                        "sec-websocket-key: {}\r\n",
+                        WS_KEY.to_ascii_lowercase()
+                    ))
+                    && head.contains("sec-websocket-version: 13\r\n")
+                    && head
+                        .lines()
+                        .any(|l| l.starts_with("connection:") && l.contains("upgrade"));
+                if !ok {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let mut out = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
+                )
+                .into_bytes();
+                out.extend(server_frame(b"hello"));
+                s.write_all(&out).await.unwrap();
+                loop {
+                    let mut h = [0u8; 2];
+                    if s.read_exact(&mut h).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(h[1] & 127);
+                    let mut mask = [0u8; 4];
+                    s.read_exact(&mut mask).await.unwrap();
+                    let mut p = vec![0u8; len];
+                    s.read_exact(&mut p).await.unwrap();
+                    for (i, b) in p.iter_mut().enumerate() {
+                        *b ^= mask[i % 4];
+                    }
+                    s.write_all(&server_frame(&p)).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A websocket through the router: the handshake's headers reach the backend, its
+/// accept reaches the client, bytes each side sent along with its head (the
+/// client's first frame, the server's greeting) are not lost, and frames go both
+/// ways, on several sockets at once.
+#[tokio::test]
+async fn a_websocket_passes_through_with_its_handshake_and_frames() {
+    let (r, addr) = start_router().await;
+    let ws = websocket_backend().await;
+    r.apply_routes(Table::new(&[http_route(
+        "ws", "ws.local", None, "ws", false,
+    )]));
+    r.proxy.backends.set("ws", &[ws]);
+    let mut clients = Vec::new();
+    for n in 0..4u8 {
+        clients.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut hello = format!(
+                "GET /chat HTTP/1.1\r\nHost: ws.local\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .into_bytes();
+            // The first frame in the same write as the handshake.
+            hello.extend(client_frame(format!("first {n}").as_bytes(), [1, 2, 3, n]));
+            s.write_all(&hello).await.unwrap();
+            let head = read_head(&mut s).await;
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            // (Header names are case-insensitive: the router writes them lowercase.)
+            assert!(
+                head.to_ascii_lowercase().contains(&format!(
+                    "sec-websocket-accept: {}\r\n",
+                    WS_ACCEPT.to_ascii_lowercase()
+                )),
+                "{head}"
+            );
+            let want = [server_frame(b"hello"), server_frame(format!("first {n}").as_bytes())].concat();
+            let mut got = vec![0u8; want.len()];
+            s.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, want);
+            for i in 0..20u8 {
+                let msg = format!("message {i} on socket {n}: \u{0}\u{7f}");
+                s.write_all(&client_frame(msg.as_bytes(), [i, n, 0xff, 0x55]))
+                    .await
+                    .unwrap();
+                let want = server_frame(msg.as_bytes());
+                let mut got = vec![0u8; want.len()];
+                s.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, want);
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    // A backend that refuses the upgrade: its answer is the client's, and the
+    // connection is not left half-upgraded.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: ws.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
 use discovery::testing::TestEtcd;
 
 #[tokio::test]

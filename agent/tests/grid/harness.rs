@@ -760,19 +760,9 @@ pub fn fake_upstream(netns: &str) {
 
 /// Checks `body` against the schema `name` of agent/openapi.json.
 pub fn check_schema(name: &str, body: &serde_json::Value) {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"))
-        .expect("reading openapi.json");
-    let doc: serde_json::Value = serde_json::from_str(&text).expect("openapi.json is JSON");
-    let schema = serde_json::json!({
-        "$ref": format!("#/components/schemas/{name}"),
-        "components": doc["components"].clone(),
-    });
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
-    assert!(
-        errors.is_empty(),
-        "{name} does not match the document: {errors:?}\nbody: {body}"
-    );
+    apidoc::Document::load(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"))
+        .and_then(|doc| doc.check_schema(name, body))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The `flynn` CLI (this binary under that name) run from the switch.

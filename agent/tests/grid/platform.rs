@@ -3,12 +3,15 @@
 //! user's browser), an app deployed from busybox with web=3 is served through every
 //! host's router, spread over its jobs; a new release rolls out under a request
 //! loop with no request failed; scaled to 0 the routers say 503, back to 3 they
-//! serve; its lines from the three hosts are in `flynn log`; a TCP route works;
-//! malformed requests get 4xx; a controller instance killed leaves the CLI
+//! serve; its lines from the three hosts are in `flynn log`; a TCP route works; a
+//! websocket app (busybox nc running a shell echo server) answers its handshake and
+//! echoes frames through every host's router; malformed requests get 4xx; a controller instance killed leaves the CLI
 //! working; a host lost outright leaves the app serving and its formation whole.
 
 use std::process::Command;
 use std::time::Duration;
+
+use base64::Engine;
 
 use crate::harness::{Cluster, Flynn, sh, wait_for};
 
@@ -100,6 +103,59 @@ fn hosts_running(c: &Cluster, via: u8, app: &str, ty: &str) -> Vec<(u8, String)>
             Some((n, j["id"].as_str()?.to_string()))
         })
         .collect()
+}
+
+/// A websocket echo server in busybox: `nc -ll -e` runs `ws.sh` per connection; the
+/// script comes in base64 through the environment (a release has no files).
+const WS: &str =
+    "web=echo \"$WS_SH\" | base64 -d > /tmp/ws.sh && exec nc -ll -p $PORT -e sh /tmp/ws.sh";
+
+/// RFC 6455's example key and the accept a server must answer it with.
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A websocket client on the switch (bash's /dev/tcp): the handshake through host
+/// `host`'s router as `ws.cluster.local`, then one masked text frame `msg`; what
+/// is wrong, if the 101, the accept or the echoed (unmasked) frame is not right.
+fn websocket_echo(c: &Cluster, host: u8, msg: &str) -> Result<(), String> {
+    let mask = [0x5a, host, 0xc3, msg.len() as u8];
+    let mut frame = vec![0x81u8, 0x80 | msg.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let escaped: String = frame.iter().map(|b| format!("\\x{b:02x}")).collect();
+    let mut want = vec![0x81u8, msg.len() as u8];
+    want.extend_from_slice(msg.as_bytes());
+    let want: String = want.iter().map(|b| format!("{b:02x}")).collect();
+    let script = format!(
+        "exec 3<>/dev/tcp/192.0.2.{host}/80 || exit 1
+printf 'GET /chat HTTP/1.1\\r\\nHost: ws.cluster.local\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\nSec-WebSocket-Key: {WS_KEY}\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n' >&3
+while IFS= read -r -t 10 line <&3; do line=${{line%$'\\r'}}; printf '%s\\n' \"$line\"; [ -z \"$line\" ] && break; done
+printf '{escaped}' >&3
+printf 'echo: %s\\n' \"$(timeout 10 head -c {} <&3 | od -An -tx1 | tr -d ' \\n')\"",
+        msg.len() + 2
+    );
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", c.switch))
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lower = text.to_ascii_lowercase();
+    if !text.starts_with("HTTP/1.1 101") {
+        return Err(format!("no 101 from router {host}: {text}"));
+    }
+    if !lower.contains(&format!(
+        "sec-websocket-accept: {}\n",
+        WS_ACCEPT.to_ascii_lowercase()
+    )) {
+        return Err(format!("router {host}: not the accept for the key: {text}"));
+    }
+    if !text.contains(&format!("echo: {want}\n")) {
+        return Err(format!(
+            "router {host}: not the frame back ({want}): {text}"
+        ));
+    }
+    Ok(())
 }
 
 #[test]
@@ -240,6 +296,36 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
     wait_for("the TCP route", Duration::from_secs(30), || {
         (1..=3).all(|n| curl(&c, &[&format!("http://192.0.2.{n}:3001/name")]).0 == 200)
     });
+
+    // A websocket app: the handshake and frames both ways through every router.
+    let script = base64::engine::general_purpose::STANDARD.encode(include_str!("ws.sh"));
+    f.ok(&["create", "ws"]);
+    f.ok(&[
+        "-a",
+        "ws",
+        "release",
+        "add",
+        "busybox",
+        "--env",
+        &format!("WS_SH={script}"),
+        "--process",
+        WS,
+    ]);
+    f.ok(&["-a", "ws", "scale", "web=2"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while let Err(e) = (1..=3).try_for_each(|n| websocket_echo(&c, n, "ready?")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the websocket app through every router, after 90 s: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for round in 0..3 {
+        for n in 1..=3 {
+            let msg = format!("hello {round} through router {n}");
+            websocket_echo(&c, n, &msg).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
 
     // Malformed requests get 4xx, and everything keeps serving.
     let line = raw(&c, 1, 80, "GARBAGE\\r\\n\\r\\n");
