@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
@@ -116,12 +115,11 @@ async fn receive(state: &ApiState, req: Request<Incoming>) -> Result<Upload, Api
     };
     let mut file = tokio::fs::File::create(&upload.0).await.map_err(storage)?;
     let mut body = req.into_body();
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::BadRequest(format!("reading the uploaded archive: {e}")))?;
-        if let Some(chunk) = frame.data_ref() {
-            file.write_all(chunk).await.map_err(storage)?;
-        }
+    while let Some(chunk) =
+        super::limits::next_chunk(&mut body, super::limits::UPLOAD_IDLE, "the uploaded archive")
+            .await?
+    {
+        file.write_all(&chunk).await.map_err(storage)?;
     }
     file.flush().await.map_err(storage)?;
     Ok(upload)
