@@ -60,8 +60,15 @@ fn a_slowloris_client_cannot_hold_the_api() {
             })
             .collect()
     });
-    println!("slowloris: {} connections held with half-sent headers", held.len());
-    assert!(held.len() >= 1100, "the kernel took only {} connections", held.len());
+    println!(
+        "slowloris: {} connections held with half-sent headers",
+        held.len()
+    );
+    assert!(
+        held.len() >= 1100,
+        "the kernel took only {} connections",
+        held.len()
+    );
     // A byte more on some of them, as a slowloris client does.
     for s in held.iter().take(100) {
         let _ = (&*s).write_all(b"X");
@@ -76,7 +83,8 @@ fn a_slowloris_client_cannot_hold_the_api() {
     std::thread::sleep(Duration::from_secs(12));
     let mut closed = 0;
     for mut s in held {
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut buf = [0u8; 256];
         match s.read(&mut buf) {
             Ok(_) => closed += 1,
@@ -117,14 +125,25 @@ fn a_thousand_concurrent_calls_are_all_answered() {
                 s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
                 let mut line = String::new();
                 BufReader::new(s).read_line(&mut line).unwrap();
-                line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+                line.split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0)
             })
             .collect();
         (statuses, started.elapsed())
     });
     let ok = statuses.iter().filter(|s| **s == 200).count();
-    println!("concurrency: {ok} of {} calls answered 200 in {took:?}", statuses.len());
-    assert_eq!(ok, 1000, "{:?}", statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>());
+    println!(
+        "concurrency: {ok} of {} calls answered 200 in {took:?}",
+        statuses.len()
+    );
+    assert_eq!(
+        ok,
+        1000,
+        "{:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -172,7 +191,9 @@ fn pids_current(d: &Daemon, id: &str) -> Option<u64> {
         let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
         let file = match ctrl {
             "" => format!("/sys/fs/cgroup{path}/pids.current"),
-            c if c.split(',').any(|c| c == "pids") => format!("/sys/fs/cgroup/pids{path}/pids.current"),
+            c if c.split(',').any(|c| c == "pids") => {
+                format!("/sys/fs/cgroup/pids{path}/pids.current")
+            }
             _ => continue,
         };
         if let Ok(text) = std::fs::read_to_string(&file) {
@@ -230,7 +251,9 @@ fn job_logs_rotate_by_max_size_and_max_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max-size") && err.contains("10m"), "{err}");
 
-    // A follower goes on reading across a rotation.
+    // A follower goes on reading across rotations (a file every ~1000 lines; the
+    // writer pauses now and then, as a follower that falls two files behind loses
+    // the one between, as with Docker).
     let id = d.run_detached(&[
         "--log-opt",
         "max-size=64k",
@@ -239,7 +262,7 @@ fn job_logs_rotate_by_max_size_and_max_file() {
         "busybox",
         "sh",
         "-c",
-        "sleep 1; i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done; echo follow-end",
+        "sleep 1; i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); [ $((i % 200)) -eq 0 ] && sleep 0.2; done; echo follow-end",
     ]);
     let out = d.ok(&["logs", "-f", &id]);
     assert!(out.contains("follow-end"), "{}", common::tail(&out, 3));
@@ -258,7 +281,10 @@ fn a_full_state_disk_gives_clear_errors_and_leaves_the_store_whole() {
     );
     println!("full disk: import answered {status}: {body}");
     assert_eq!(status, 507, "{body}");
-    assert!(body.contains("space") || body.contains("No space"), "{body}");
+    assert!(
+        body.contains("No space") && body.contains("free space"),
+        "{body}"
+    );
     // Nothing half-imported is listed, and the store takes a fitting image after.
     let images = d.ok(&["images"]);
     assert!(!images.contains("big"), "{images}");
@@ -273,15 +299,33 @@ fn a_full_state_disk_gives_clear_errors_and_leaves_the_store_whole() {
         "-c",
         "yes 0123456789012345678901234567890123456789 | head -c 40000000; echo done",
     ]);
-    d.wait_until(&id, "the job's exit", |j| j["state"] == "exited");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = d.cli(&["inspect", &id]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("\"exited\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not exit: {text}\n{}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            common::tail(&d.log_text(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(d.inspect(&id)["exit"]["exit_code"], 0);
     let (took, status) = timed_version(&d);
     println!("full disk: the API answered in {took:?} with the disk full");
     assert_eq!(status, 200);
-    let shim_log = std::fs::read_to_string(d.state_dir().join("jobs").join(&id).join("shim.log"))
-        .unwrap_or_default();
-    assert!(shim_log.contains("cannot write the log"), "{shim_log}");
-    // Removing the job frees its log; a new job logs again.
+    // Its log is readable (what fitted), and removing the job frees it, however
+    // full the disk is; a new job logs again.
+    let out = d.cli(&["logs", "--tail", "1", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d.ok(&["rm", "-f", &id]);
     let out = d.ok(&["run", "--rm", "busybox", "echo", "after"]);
     assert!(out.contains("after"), "{out}");

@@ -459,7 +459,8 @@ mod tests {
         )
         .unwrap();
         for i in 0..500 {
-            w.write(Stream::Stdout, format!("l{i}\n").as_bytes()).unwrap();
+            w.write(Stream::Stdout, format!("l{i}\n").as_bytes())
+                .unwrap();
         }
         assert!(std::fs::metadata(&one).unwrap().len() <= 1000);
         assert!(!rotated_path(&one, 1).exists());

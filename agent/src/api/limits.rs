@@ -143,7 +143,10 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let mut open = self.limit.lock();
         // It may already be gone (evicted): only remove our own entry.
-        if open.get(&self.id).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
+        if open
+            .get(&self.id)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+        {
             open.remove(&self.id);
         }
     }
@@ -157,7 +160,10 @@ impl Drop for InFlight {
 }
 
 /// Keeps `in_flight` until the response's body is finished or dropped.
-pub fn hold_until_sent(response: hyper::Response<Body>, in_flight: InFlight) -> hyper::Response<Body> {
+pub fn hold_until_sent(
+    response: hyper::Response<Body>,
+    in_flight: InFlight,
+) -> hyper::Response<Body> {
     use http_body_util::BodyExt;
     response.map(|body| {
         body.map_frame(move |frame| {
@@ -249,6 +255,10 @@ mod tests {
         drop(busy_b);
         let _d = limit.admit().unwrap();
         drop(a);
-        assert_eq!(limit.open(), 2, "an evicted connection frees no other's place");
+        assert_eq!(
+            limit.open(),
+            2,
+            "an evicted connection frees no other's place"
+        );
     }
 }

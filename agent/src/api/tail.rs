@@ -119,8 +119,18 @@ async fn run(
             _ = changes.next() => {}
             _ = tick.tick() => {}
             _ = &mut until => {
-                // Everything the process wrote is in the file by now.
-                return read_available(&mut file, &mut pending, keep, tx).await;
+                // Everything the process wrote is in the file by now (or in the
+                // one that replaced it).
+                loop {
+                    read_available(&mut file, &mut pending, keep, tx).await?;
+                    match reopened(&file, &path).await {
+                        Some(new) => {
+                            file = new;
+                            pending.clear();
+                        }
+                        None => return Ok(()),
+                    }
+                }
             }
             _ = tx.closed() => return Ok(()),
         }

@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn etcd_members_are_peers_too() {
         let p = etcd_peers(
-            &["http://192.0.2.254:2379".into(), "http://127.0.0.1:2379".into()],
+            &[
+                "http://192.0.2.254:2379".into(),
+                "http://127.0.0.1:2379".into(),
+            ],
             &[2380],
         );
         assert_eq!(p, vec![("192.0.2.254".parse().unwrap(), vec![2379, 2380])]);

@@ -136,7 +136,9 @@ pub fn refuse_state_volumes(volumes: &[Volume], state: &Path) -> Result<(), JobE
     let state = state.canonicalize().unwrap_or_else(|_| state.to_path_buf());
     for v in volumes {
         let source = Path::new(&v.source);
-        let source = source.canonicalize().unwrap_or_else(|_| source.to_path_buf());
+        let source = source
+            .canonicalize()
+            .unwrap_or_else(|_| source.to_path_buf());
         if source.starts_with(&state) {
             return Err(JobError::BadRequest(format!(
                 "volume source {} is inside the daemon's state directory {}: jobs may not mount it; mount a directory of their own",

@@ -129,6 +129,22 @@ pub trait Drain: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 }
 
+/// Empties a job's log files (`log.json` and its rotated files).
+fn empty_logs(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(record::LOG_FILE)
+            && let Ok(f) = std::fs::OpenOptions::new().write(true).open(e.path())
+        {
+            let _ = f.set_len(0);
+        }
+    }
+}
+
 /// The longest a stop waits for a drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -708,10 +724,22 @@ impl JobManager {
         }
         // The network is released below, in the background; a daemon that dies
         // meanwhile finishes the removal, which releases it again (by id).
-        let job = self.update(handle, |j| {
+        let mark = |j: &mut Job| {
             j.state = JobState::Removing;
             j.network = None;
-        })?;
+        };
+        let job = match self.update(handle, mark) {
+            // A full disk must not keep a job (and the space it holds) from going:
+            // its logs, about to be deleted, make room for the mark.
+            Err(JobError::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                tracing::warn!(job = %handle.id, "the disk is full: emptying the log of a job being removed");
+                empty_logs(&self.paths.job_dir(&handle.id));
+                self.update(handle, mark)?
+            }
+            other => other?,
+        };
         crate::failpoint::hit("rm.marked");
         if let Some(exit) = &job.exit {
             record::write_tombstone(&self.paths.removed, &job.id, exit);

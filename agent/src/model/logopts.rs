@@ -68,7 +68,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 pub fn parse_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("--log-opt {text:?}: give KEY=VALUE, e.g. max-size=10m")),
+        _ => Err(format!(
+            "--log-opt {text:?}: give KEY=VALUE, e.g. max-size=10m"
+        )),
     }
 }
 
@@ -101,7 +103,10 @@ mod tests {
             })
         );
         assert_eq!(
-            rotation(&opts(&[("max-size", "1m")])).unwrap().unwrap().max_files,
+            rotation(&opts(&[("max-size", "1m")]))
+                .unwrap()
+                .unwrap()
+                .max_files,
             1
         );
         let e = rotation(&opts(&[("max-file", "3")])).unwrap_err();

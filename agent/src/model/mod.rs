@@ -70,7 +70,8 @@ pub struct JobRequest {
     pub volumes: Vec<Volume>,
     /// Docker's labels: the scheduler marks its jobs' app, type and formation.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub labels: std::collections::BTreeMap<String, String>,    /// Docker's json-file log options (`--log-opt max-size=10m --log-opt max-file=3`);
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Docker's json-file log options (`--log-opt max-size=10m --log-opt max-file=3`);
     /// none: the daemon's `log_opts`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub log_opts: std::collections::BTreeMap<String, String>,

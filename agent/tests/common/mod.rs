@@ -99,7 +99,13 @@ impl Daemon {
             .expect("creating a state dir");
         if let Some(size) = tmpfs {
             let ok = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0711"), "flynn-small"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0711"),
+                    "flynn-small",
+                ])
                 .arg(state.path())
                 .status()
                 .expect("mount");
@@ -110,7 +116,11 @@ impl Daemon {
             child: None,
             bin: bin.to_path_buf(),
             netns,
-            log: state.path().join("daemon.log"),
+            // Beside a small disk, not on it: the test fills it.
+            log: match tmpfs {
+                Some(_) => state.path().with_extension("log"),
+                None => state.path().join("daemon.log"),
+            },
             state,
             addr,
             token: String::new(),
@@ -349,6 +359,9 @@ impl Drop for Daemon {
             }
         }
         self.kill9();
+        if !self.log.starts_with(self.state.path()) {
+            let _ = std::fs::remove_file(&self.log);
+        }
         for mount in mounts_under(self.state.path()) {
             let _ = Command::new("umount").arg("-l").arg(&mount).status();
         }

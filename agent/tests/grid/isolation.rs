@@ -72,9 +72,9 @@ fn a_job_cannot_reach_another_hosts_api_or_etcd() {
             .output()
             .unwrap();
         let rules = String::from_utf8_lossy(&out.stdout).into_owned();
-        rules
-            .lines()
-            .any(|l| l.contains(&h2.ip) && l.contains(&format!("dport {api2}")) && l.contains("drop"))
+        rules.lines().any(|l| {
+            l.contains(&h2.ip) && l.contains(&format!("dport {api2}")) && l.contains("drop")
+        })
     });
     println!("isolation: host 1 closed host 2's API to jobs {peers_closed:?} after the test asked");
 
@@ -86,7 +86,10 @@ fn a_job_cannot_reach_another_hosts_api_or_etcd() {
         format!("{} 2379", h2.ip),
     ];
     let open = [
-        (format!("{} {OPEN_PORT}", h2.ip), format!("open {OPEN_PORT}")),
+        (
+            format!("{} {OPEN_PORT}", h2.ip),
+            format!("open {OPEN_PORT}"),
+        ),
         (format!("{web_ip} 8080"), "HTTP/1.".to_string()),
     ];
     let mut script: Vec<String> = closed
@@ -98,7 +101,9 @@ fn a_job_cannot_reach_another_hosts_api_or_etcd() {
             )
         })
         .collect();
-    script.push(format!("echo \"== dns\"; nslookup example.com {gw1} 2>&1 | head -c 200"));
+    script.push(format!(
+        "echo \"== dns\"; nslookup example.com {gw1} 2>&1 | head -c 200"
+    ));
     let out = h1.cli(&["run", "--rm", "busybox", "sh", "-c", &script.join("; ")]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let answer = |t: &str| {

@@ -148,6 +148,9 @@ mod tests {
 
     #[test]
     fn ports_are_deduplicated_and_zero_is_dropped() {
-        assert_eq!(distinct(&[2380, 0, 1113, 2379, 1113]), vec![1113, 2379, 2380]);
+        assert_eq!(
+            distinct(&[2380, 0, 1113, 2379, 1113]),
+            vec![1113, 2379, 2380]
+        );
     }
 }
