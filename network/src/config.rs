@@ -127,6 +127,11 @@ pub struct NetworkConfig {
     /// between it and `subnet` is neither masqueraded nor dropped on its way in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<Ipv4Net>,
+    /// TCP ports of the control plane on this host (the agent's API, etcd...): jobs on
+    /// the bridge, and jobs of other hosts over the overlay, cannot open them on any of
+    /// this host's addresses. The host itself (and host-network jobs) still can.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_ports: Vec<u16>,
 }
 
 pub const DEFAULT_BRIDGE: &str = "flynnbr0";
@@ -140,6 +145,7 @@ impl Default for NetworkConfig {
             state_dir: PathBuf::from("/var/lib/flynn/network"),
             netns_dir: PathBuf::from("/run/flynn/netns"),
             cluster: None,
+            control_ports: Vec::new(),
         }
     }
 }

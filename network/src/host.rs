@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     /// by job: `detach` and the next `attach` of the job join them before touching its
     /// namespace file, which such a thread may still be creating.
     pub(crate) orphans: HashMap<String, std::thread::JoinHandle<()>>,
+    /// Other hosts' control ports, closed to jobs (see [`HostNetwork::set_control_peers`]).
+    pub(crate) control_peers: Vec<(std::net::Ipv4Addr, Vec<u16>)>,
 }
 
 const SYSCTL_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -344,8 +346,37 @@ impl HostNetwork {
             subnet: self.cfg.subnet,
             cluster: self.cfg.cluster,
             published,
+            control: nft::ControlPlane {
+                ports: self.cfg.control_ports.clone(),
+                peers: inner.control_peers.clone(),
+            },
         };
         (inner.generation, rs)
+    }
+
+    /// Closes the control ports of other hosts (address, TCP ports) to this host's
+    /// jobs, in place of the list given before; the table is rebuilt only if the list
+    /// changed. The grid calls it with the hosts it learns from discovery.
+    pub async fn set_control_peers(
+        &self,
+        mut peers: Vec<(std::net::Ipv4Addr, Vec<u16>)>,
+    ) -> Result<(), NetworkError> {
+        peers.sort();
+        {
+            let mut inner = self.lock();
+            if inner.control_peers == peers {
+                return Ok(());
+            }
+            inner.control_peers = peers;
+        }
+        tokio::task::spawn_blocking(self.table_job())
+            .await
+            .map_err(background)?
+    }
+
+    /// The other hosts' control ports closed to jobs now.
+    pub fn control_peers(&self) -> Vec<(std::net::Ipv4Addr, Vec<u16>)> {
+        self.lock().control_peers.clone()
     }
 
     /// The work that rewrites the published-port rules from a snapshot taken now (the

@@ -68,6 +68,7 @@ fn job(base: &Path, rootfs: &Path, args: &[&str]) -> Job {
     Job {
         cfg: ShimConfig {
             log_path: dir.join("log.json"),
+            log_rotation: None,
             state_root: base.join("containers"),
             container: c,
         },

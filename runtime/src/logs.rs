@@ -172,33 +172,92 @@ fn char_boundary_before(bytes: &[u8], max: usize) -> usize {
     }
 }
 
+/// Docker's json-file `max-size` and `max-file`: when the log would grow past
+/// `max_size` bytes it is renamed `<log>.1` (`.1` becomes `.2`, and so on), and a new
+/// log is begun; at most `max_files` files are kept, the current one included (with
+/// one, the log is emptied instead). So a job's output takes at most about
+/// `max_size * max_files` bytes of disk.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+/// The path of rotated log number `n` (1 is the newest): `log.json.1`.
+pub fn rotated_path(path: &Path, n: u32) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    std::path::PathBuf::from(name)
+}
+
 /// Appends container output to a json-file log. Entries are written with one `write`
 /// per read from the container (O_APPEND, no fsync: logs are not worth an fsync per line).
 #[derive(Debug)]
 pub struct LogWriter {
     file: File,
+    path: std::path::PathBuf,
     stdout: Splitter,
     stderr: Splitter,
     buf: Vec<u8>,
+    rotation: Option<Rotation>,
+    /// Bytes in the current file (counted, not asked of the file system).
+    size: u64,
+}
+
+fn open_append(path: &Path) -> Result<File, LogError> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|source| LogError::Open {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 impl LogWriter {
     pub fn open(path: &Path) -> Result<LogWriter, LogError> {
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .open(path)
-            .map_err(|source| LogError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        LogWriter::open_rotating(path, None)
+    }
+
+    /// A writer that rotates the log by `rotation` (none: the log only grows).
+    pub fn open_rotating(path: &Path, rotation: Option<Rotation>) -> Result<LogWriter, LogError> {
+        let file = open_append(path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(LogWriter {
             file,
+            path: path.to_owned(),
             stdout: Splitter::new(Stream::Stdout),
             stderr: Splitter::new(Stream::Stderr),
             buf: Vec::new(),
+            rotation,
+            size,
         })
+    }
+
+    /// Moves the current log aside (or empties it, with one file) and begins anew.
+    fn rotate(&mut self, r: Rotation) -> std::io::Result<()> {
+        if r.max_files <= 1 {
+            self.file.set_len(0)?;
+            self.size = 0;
+            return Ok(());
+        }
+        // The oldest goes; each other moves one place: .1 → .2, ..., log → .1.
+        let _ = std::fs::remove_file(rotated_path(&self.path, r.max_files - 1));
+        for n in (1..r.max_files - 1).rev() {
+            let from = rotated_path(&self.path, n);
+            if from.exists() {
+                std::fs::rename(&from, rotated_path(&self.path, n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
+        self.file = open_append(&self.path).map_err(|e| match e {
+            LogError::Open { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        self.size = 0;
+        Ok(())
     }
 
     /// Logs bytes read from one of the container's streams.
@@ -228,7 +287,20 @@ impl LogWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.buf);
+        let len = self.buf.len() as u64;
+        let mut result = Ok(());
+        if let Some(r) = self.rotation
+            && self.size > 0
+            && self.size + len > r.max_size
+        {
+            result = self.rotate(r);
+        }
+        if result.is_ok() {
+            result = self.file.write_all(&self.buf);
+        }
+        if result.is_ok() {
+            self.size += len;
+        }
         // Whatever happened, these entries are done: a full disk must not make the shim
         // hold the container's output in memory.
         self.buf.clear();
@@ -345,6 +417,53 @@ mod tests {
         assert!(out.iter().all(|(_, b)| b.len() <= MAX_ENTRY_BYTES));
         assert!(out.iter().all(|(_, b)| std::str::from_utf8(b).is_ok()));
         assert_eq!(texts(&out).concat(), text);
+    }
+
+    #[test]
+    fn rotation_keeps_max_files_of_about_max_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.json");
+        let rotation = Rotation {
+            max_size: 10_000,
+            max_files: 3,
+        };
+        let mut w = LogWriter::open_rotating(&path, Some(rotation)).unwrap();
+        for i in 0..2000 {
+            w.write(Stream::Stdout, format!("line {i}\n").as_bytes())
+                .unwrap();
+        }
+        let mut total = 0;
+        for p in [path.clone(), rotated_path(&path, 1), rotated_path(&path, 2)] {
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!(len <= 10_000, "{p:?}: {len}");
+            total += len;
+        }
+        assert!(!rotated_path(&path, 3).exists());
+        assert!(total > 20_000, "{total}");
+        let last = read_all(&path).unwrap();
+        assert_eq!(last.last().unwrap().log, "line 1999\n");
+        // Reopened (a restarted monitor), it goes on counting from the file's size.
+        drop(w);
+        let mut w = LogWriter::open_rotating(&path, Some(rotation)).unwrap();
+        w.write(Stream::Stdout, &[b'x'; 9_000]).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() <= 10_000);
+
+        // One file: emptied in place.
+        let one = dir.path().join("one.json");
+        let mut w = LogWriter::open_rotating(
+            &one,
+            Some(Rotation {
+                max_size: 1000,
+                max_files: 1,
+            }),
+        )
+        .unwrap();
+        for i in 0..500 {
+            w.write(Stream::Stdout, format!("l{i}\n").as_bytes())
+                .unwrap();
+        }
+        assert!(std::fs::metadata(&one).unwrap().len() <= 1000);
+        assert!(!rotated_path(&one, 1).exists());
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
@@ -57,7 +56,7 @@ pub async fn import(state: &ApiState, req: Request<Incoming>) -> Result<Response
 fn import_error(e: image::ImportError) -> ApiError {
     let message = format!("import failed: {e}");
     if caused_by_no_space(&e) {
-        return ApiError::InsufficientStorage(message);
+        return ApiError::InsufficientStorage(format!("{message}; {NO_SPACE_HINT}"));
     }
     match &e {
         image::ImportError::Io { source, .. }
@@ -73,9 +72,12 @@ fn import_error(e: image::ImportError) -> ApiError {
     }
 }
 
+/// What to do when the state disk is full (nothing half-imported is kept).
+pub const NO_SPACE_HINT: &str = "the daemon's state disk is full: nothing of this image was kept; free space (flynn-host rm old jobs, rmi unused images) or grow the disk, then retry";
+
 /// Whether a full disk (or quota) is somewhere in the error's causes, however
 /// deep the store wrapped it (ingest, unpack, metadata).
-fn caused_by_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+pub fn caused_by_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(e);
     while let Some(err) = current {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
@@ -116,12 +118,14 @@ async fn receive(state: &ApiState, req: Request<Incoming>) -> Result<Upload, Api
     };
     let mut file = tokio::fs::File::create(&upload.0).await.map_err(storage)?;
     let mut body = req.into_body();
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::BadRequest(format!("reading the uploaded archive: {e}")))?;
-        if let Some(chunk) = frame.data_ref() {
-            file.write_all(chunk).await.map_err(storage)?;
-        }
+    while let Some(chunk) = super::limits::next_chunk(
+        &mut body,
+        super::limits::UPLOAD_IDLE,
+        "the uploaded archive",
+    )
+    .await?
+    {
+        file.write_all(&chunk).await.map_err(storage)?;
     }
     file.flush().await.map_err(storage)?;
     Ok(upload)

@@ -12,6 +12,7 @@ mod grid;
 mod host;
 mod images;
 mod jobs;
+pub mod limits;
 mod logs;
 mod pull;
 pub mod tail;
@@ -27,7 +28,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -153,6 +153,10 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Connections {
     let connections = Connections::default();
+    let (tcp_limit, unix_limit) = (
+        limits::ConnLimit::new(limits::MAX_TCP),
+        limits::ConnLimit::new(limits::MAX_UNIX),
+    );
     loop {
         tokio::select! {
             changed = stop.changed() => {
@@ -164,15 +168,19 @@ pub async fn serve(
             accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(stream, Peer::Tcp(peer), state.clone(), connections.track());
+                    match tcp_limit.admit() {
+                        Some(place) => spawn_connection(stream, Peer::Tcp(peer), state.clone(), connections.track(), place),
+                        None => { tokio::spawn(limits::refuse(stream, limits::MAX_TCP)); }
+                    }
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = unix.accept() => match accepted {
                 Ok((stream, _)) => match stream.peer_cred() {
-                    Ok(cred) if cred.uid() == 0 => {
-                        spawn_connection(stream, Peer::LocalRoot, state.clone(), connections.track());
-                    }
+                    Ok(cred) if cred.uid() == 0 => match unix_limit.admit() {
+                        Some(place) => spawn_connection(stream, Peer::LocalRoot, state.clone(), connections.track(), place),
+                        None => { tokio::spawn(limits::refuse(stream, limits::MAX_UNIX)); }
+                    },
                     Ok(cred) => {
                         tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a non-root client on the unix socket");
                     }
@@ -190,21 +198,36 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
-fn spawn_connection<S>(stream: S, peer: Peer, state: Arc<ApiState>, mut tracked: conns::Tracked)
-where
+fn spawn_connection<S>(
+    stream: S,
+    peer: Peer,
+    state: Arc<ApiState>,
+    mut tracked: conns::Tracked,
+    place: limits::Admitted,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
+        let place = Arc::new(place);
+        let in_service = place.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+            let in_flight = in_service.request();
+            async move {
+                let response = handle(state, req, peer).await;
+                Ok::<_, Infallible>(limits::hold_until_sent(response, in_flight))
+            }
         });
-        let conn = http1::Builder::new()
+        let conn = limits::http1_builder()
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,
+            _ = place.evicted() => {
+                tracing::debug!(%peer, "closing an idle connection to make room for a new one");
+                return;
+            }
             _ = tracked.closing() => {
                 // Finish the request in flight (if any), then close.
                 conn.as_mut().graceful_shutdown();
@@ -384,17 +407,15 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let mut body = req.into_body();
     let mut data = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
-        if let Some(chunk) = frame.data_ref() {
-            if data.len() + chunk.len() > limit {
-                return Err(ApiError::TooLarge(format!(
-                    "request body is larger than {limit} bytes"
-                )));
-            }
-            data.extend_from_slice(chunk);
+    while let Some(chunk) =
+        limits::next_chunk(&mut body, limits::BODY_IDLE, "the request body").await?
+    {
+        if data.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(format!(
+                "request body is larger than {limit} bytes"
+            )));
         }
+        data.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(data))
 }

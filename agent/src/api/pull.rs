@@ -74,7 +74,11 @@ pub async fn pull(
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "pull failed");
-                Some(e.to_string())
+                if super::images::caused_by_no_space(&e) {
+                    Some(format!("{e}; {}", super::images::NO_SPACE_HINT))
+                } else {
+                    Some(e.to_string())
+                }
             }
             Err(e) => Some(format!("the pull task failed: {e}")),
         };

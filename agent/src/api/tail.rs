@@ -104,17 +104,48 @@ async fn run(
     let Some(changes) = changes.as_mut() else {
         return Ok(());
     };
+    // A log rotated by the shim (`--log-opt max-size`) is renamed away and begun
+    // anew: once the old file is read to its end, the follow goes on in the new one.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         read_available(&mut file, &mut pending, keep, tx).await?;
+        if let Some(new) = reopened(&file, &path).await {
+            file = new;
+            pending.clear();
+            let _ = changes.watches().add(&path, inotify::WatchMask::MODIFY);
+            continue;
+        }
         tokio::select! {
             _ = changes.next() => {}
+            _ = tick.tick() => {}
             _ = &mut until => {
-                // Everything the process wrote is in the file by now.
-                return read_available(&mut file, &mut pending, keep, tx).await;
+                // Everything the process wrote is in the file by now (or in the
+                // one that replaced it).
+                loop {
+                    read_available(&mut file, &mut pending, keep, tx).await?;
+                    match reopened(&file, &path).await {
+                        Some(new) => {
+                            file = new;
+                            pending.clear();
+                        }
+                        None => return Ok(()),
+                    }
+                }
             }
             _ = tx.closed() => return Ok(()),
         }
     }
+}
+
+/// The file now at `path`, when it is not `file` any more (the log was rotated).
+async fn reopened(file: &tokio::fs::File, path: &std::path::Path) -> Option<tokio::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata().await.ok()?;
+    let now = tokio::fs::metadata(path).await.ok()?;
+    if (held.dev(), held.ino()) == (now.dev(), now.ino()) {
+        return None;
+    }
+    tokio::fs::File::open(path).await.ok()
 }
 
 /// Sends every complete line from the current position; keeps a torn tail.

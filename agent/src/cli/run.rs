@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// A label KEY=VALUE (repeatable).
     #[arg(long = "label", short = 'l', value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// A json-file log option KEY=VALUE (repeatable), Docker's: max-size=10m (rotate
+    /// the log past this size), max-file=3 (files kept, the current one included).
+    #[arg(long = "log-opt", value_parser = crate::model::logopts::parse_pair)]
+    log_opts: Vec<(String, String)>,
     /// Bind-mount a host directory: HOST_PATH:JOB_PATH[:ro] (repeatable; the host
     /// directory is created if missing).
     #[arg(long = "volume", short = 'v', value_parser = crate::model::parse_volume)]
@@ -161,6 +165,7 @@ impl RunArgs {
             start,
             volumes: self.volumes.clone(),
             labels: self.labels.iter().cloned().collect(),
+            log_opts: self.log_opts.iter().cloned().collect(),
         }
     }
 }

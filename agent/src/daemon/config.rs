@@ -16,6 +16,8 @@ pub use flynn_client::DEFAULT_SOCKET;
 #[derive(Args, Debug, Clone, Default)]
 pub struct DaemonArgs {
     /// A JSON file with any of: state_dir, listen, socket, token, bridge, subnet, mtu,
+    /// control_ports (TCP ports jobs may not open, beside the API's and etcd's),
+    /// log_opts (jobs' default json-file options: {"max-size": "10m", "max-file": "3"}),
     /// registry ({"mirrors": {"docker.io": ["host:port"]}, "insecure": ["host:port", "CIDR"]}),
     /// grid (an object with the grid flags' settings).
     #[arg(long)]
@@ -52,6 +54,13 @@ struct FileConfig {
     bridge: Option<String>,
     subnet: Option<String>,
     mtu: Option<u32>,
+    /// More TCP ports jobs may not open on this host or on other hosts (see
+    /// [`control_ports`]).
+    #[serde(default)]
+    control_ports: Vec<u16>,
+    /// Log options of jobs that give none: `{"max-size": "10m", "max-file": "3"}`.
+    #[serde(default)]
+    log_opts: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     registry: image::registry::RegistryConfig,
     grid: Option<crate::grid::config::GridFile>,
@@ -68,6 +77,8 @@ pub struct DaemonConfig {
     pub network: network::NetworkConfig,
     /// Registry mirrors and insecure registries, for pulls.
     pub registry: image::registry::RegistryConfig,
+    /// Log options of jobs that give none (Docker's `log-opts` of daemon.json).
+    pub log_opts: std::collections::BTreeMap<String, String>,
     /// The grid's settings (with etcd endpoints when the operator put the host in a
     /// cluster; the bootstrap may join it later).
     pub grid: crate::grid::config::GridConfig,
@@ -114,9 +125,13 @@ impl DaemonArgs {
             state_dir: state_dir.join("network"),
             netns_dir: state_dir.join("netns"),
             cluster: None,
+            control_ports: control_ports(listen, &file.control_ports),
         };
         let grid = self.grid.resolve(file.grid, &state_dir)?;
+        crate::model::logopts::rotation(&file.log_opts)
+            .map_err(|e| anyhow::anyhow!("log_opts in the config file: {e}"))?;
         Ok(DaemonConfig {
+            log_opts: file.log_opts,
             grid,
             state_dir,
             listen,
@@ -130,6 +145,22 @@ impl DaemonArgs {
             registry: file.registry,
         })
     }
+}
+
+/// The control plane's TCP ports that jobs on the bridge may not open, on this host
+/// or another: etcd's client and peer ports, and the platform's services that run on
+/// the host network at fixed ports (the scheduler's API, the log aggregator's syslog
+/// and HTTP ports: see `bootstrap/src/layer1.rs` and `steps.rs`).
+pub const PLATFORM_CONTROL_PORTS: &[u16] = &[2379, 2380, 1114, 5140, 5141];
+
+/// This host's control ports: the API's, the platform's, and the config file's.
+pub fn control_ports(listen: SocketAddr, extra: &[u16]) -> Vec<u16> {
+    let mut ports = vec![listen.port()];
+    ports.extend_from_slice(PLATFORM_CONTROL_PORTS);
+    ports.extend_from_slice(extra);
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {

@@ -28,6 +28,7 @@ const STORE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2
 
 pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Result<()> {
     let config = args.resolve()?;
+    crate::api::limits::raise_nofile();
     let state_dir = &config.state_dir;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
@@ -114,6 +115,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     )
     .await
     .context("opening the job supervisor")?;
+    jobs.set_log_defaults(config.log_opts.clone());
     let membership = crate::grid::membership::Membership::start(
         config.grid.clone(),
         cluster_file,

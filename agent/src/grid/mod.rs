@@ -19,6 +19,7 @@
 pub mod config;
 pub mod dns;
 mod etcd_job;
+pub mod guard;
 pub mod logship;
 pub mod membership;
 pub mod services;
@@ -325,6 +326,8 @@ impl Grid {
             )
             .await;
         let net = Arc::new(net);
+        let (e, n, me) = (etcd.clone(), net.clone(), self.host_id.clone());
+        self.spawn(guard::run(e, n, me, self.cfg.etcd.clone()));
         let dns_addr = SocketAddr::new(subnet_net.gateway().into(), 53);
         boot.slot.set(net, self.cfg.discovery_dns);
         {

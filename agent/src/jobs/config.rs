@@ -96,6 +96,12 @@ pub fn resolve(
     crate::model::restart::validate(&req.restart, req.auto_remove).map_err(JobError::BadRequest)?;
     crate::model::services::validate(&req.services, req.network).map_err(JobError::BadRequest)?;
     validate_volumes(&req.volumes)?;
+    crate::model::logopts::rotation(&req.log_opts).map_err(JobError::BadRequest)?;
+    if !req.log_opts.is_empty() && req.labels.contains_key(SHIPPED_LABEL) {
+        return Err(JobError::BadRequest(format!(
+            "log options cannot be given to a job labelled {SHIPPED_LABEL}: its log is the log shipper's queue, read by byte offset, and the log aggregator bounds what it keeps"
+        )));
+    }
     if let Some(k) = req.labels.keys().find(|k| k.is_empty() || k.contains('=')) {
         return Err(JobError::BadRequest(format!(
             "label key {k:?}: give a non-empty key without '='"
@@ -117,8 +123,50 @@ pub fn resolve(
         dns: req.dns.clone(),
         services: req.services.clone(),
         volumes: req.volumes.clone(),
-        labels: req.labels.clone(),
+        labels: labels(req),
+        log_opts: req.log_opts.clone(),
     })
+}
+
+/// A bridge job may not mount the daemon's state (its token, images, other jobs'
+/// logs and namespaces, the network's state) or any part of it: that would carry it
+/// past the wall around the control plane. The platform's own jobs, on the host
+/// network, may (etcd keeps its data in `<state>/etcd`).
+pub fn refuse_state_volumes(volumes: &[Volume], state: &Path) -> Result<(), JobError> {
+    let state = state.canonicalize().unwrap_or_else(|_| state.to_path_buf());
+    for v in volumes {
+        let source = Path::new(&v.source);
+        let source = source
+            .canonicalize()
+            .unwrap_or_else(|_| source.to_path_buf());
+        if source.starts_with(&state) {
+            return Err(JobError::BadRequest(format!(
+                "volume source {} is inside the daemon's state directory {}: jobs may not mount it; mount a directory of their own",
+                v.source,
+                state.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Jobs with this label have their log shipped to the log aggregator
+/// (`grid/logship.rs`): their log is never rotated.
+pub const SHIPPED_LABEL: &str = "flynn.app";
+
+/// The label every host-network job carries: such a job shares the host's network
+/// namespace, so the wall between jobs and the control plane (the agent's API, etcd)
+/// does not stand around it. The platform's own services (etcd, the scheduler, the
+/// router...) are the jobs meant to run so; `ps --filter label=flynn.platform` lists them.
+pub const HOST_NETWORK_LABEL: (&str, &str) = ("flynn.platform", "host-network");
+
+fn labels(req: &JobRequest) -> std::collections::BTreeMap<String, String> {
+    let mut labels = req.labels.clone();
+    if req.network == NetworkMode::Host {
+        let (k, v) = HOST_NETWORK_LABEL;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    labels
 }
 
 /// Both ends absolute and plain (no `..`, which would let a job's target climb out

@@ -115,6 +115,8 @@ pub struct JobManager {
     detach_seq: std::sync::atomic::AtomicU64,
     /// Takes a job's services out of discovery before it is stopped (set in a cluster).
     drain: std::sync::OnceLock<Arc<dyn Drain>>,
+    /// The daemon's `log_opts`, for jobs that give none (see [`JobManager::set_log_defaults`]).
+    log_defaults: std::sync::OnceLock<std::collections::BTreeMap<String, String>>,
 }
 
 /// What a stop does first for a job that provides services: take them out of
@@ -125,6 +127,22 @@ pub trait Drain: Send + Sync {
         &'a self,
         job_id: &'a str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
+/// Empties a job's log files (`log.json` and its rotated files).
+fn empty_logs(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(record::LOG_FILE)
+            && let Ok(f) = std::fs::OpenOptions::new().write(true).open(e.path())
+        {
+            let _ = f.set_len(0);
+        }
+    }
 }
 
 /// The longest a stop waits for a drain.
@@ -155,6 +173,7 @@ impl JobManager {
             detaching: Arc::new(Mutex::new(HashMap::new())),
             detach_seq: std::sync::atomic::AtomicU64::new(0),
             drain: std::sync::OnceLock::new(),
+            log_defaults: std::sync::OnceLock::new(),
         });
         manager.recover().await;
         let removed = manager.paths.removed.clone();
@@ -171,6 +190,12 @@ impl JobManager {
     /// Installs the drain done before a service-providing job is stopped (once).
     pub fn set_drain(&self, drain: Arc<dyn Drain>) {
         let _ = self.drain.set(drain);
+    }
+
+    /// The log options of jobs that give none (the daemon's `log_opts`); jobs whose
+    /// log is shipped (label `flynn.app`) keep theirs unrotated.
+    pub fn set_log_defaults(&self, opts: std::collections::BTreeMap<String, String>) {
+        let _ = self.log_defaults.set(opts);
     }
 
     fn emit(&self, kind: &str, action: &str, id: &str, job: Option<Job>) {
@@ -289,9 +314,20 @@ impl JobManager {
     }
 
     /// Records a job and, unless `req.start` is false, starts it.
-    pub async fn create(self: &Arc<Self>, req: JobRequest) -> Result<Job, JobError> {
+    pub async fn create(self: &Arc<Self>, mut req: JobRequest) -> Result<Job, JobError> {
+        if req.log_opts.is_empty()
+            && !req.labels.contains_key(config::SHIPPED_LABEL)
+            && let Some(defaults) = self.log_defaults.get()
+        {
+            req.log_opts = defaults.clone();
+        }
         if let Some(name) = &req.name {
             config::validate_name(name)?;
+        }
+        if req.network != NetworkMode::Host
+            && let Some(state) = self.paths.jobs.parent()
+        {
+            config::refuse_state_volumes(&req.volumes, state)?;
         }
         // A port that cannot be had is refused before anything is created. A job just
         // removed may still hold its ports for the moment its teardown takes.
@@ -521,6 +557,8 @@ impl JobManager {
                 container: config::container_config(job, &rootfs, network_mode, mounts),
                 state_root: self.paths.containers.clone(),
                 log_path: dir.join(record::LOG_FILE),
+                log_rotation: crate::model::logopts::rotation(&job.config.log_opts)
+                    .map_err(JobError::BadRequest)?,
             };
             step.done("config written");
             let created = self.spares.spawn(&dir, &shim_config).await?;
@@ -686,10 +724,22 @@ impl JobManager {
         }
         // The network is released below, in the background; a daemon that dies
         // meanwhile finishes the removal, which releases it again (by id).
-        let job = self.update(handle, |j| {
+        let mark = |j: &mut Job| {
             j.state = JobState::Removing;
             j.network = None;
-        })?;
+        };
+        let job = match self.update(handle, mark) {
+            // A full disk must not keep a job (and the space it holds) from going:
+            // its logs, about to be deleted, make room for the mark.
+            Err(JobError::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                tracing::warn!(job = %handle.id, "the disk is full: emptying the log of a job being removed");
+                empty_logs(&self.paths.job_dir(&handle.id));
+                self.update(handle, mark)?
+            }
+            other => other?,
+        };
         crate::failpoint::hit("rm.marked");
         if let Some(exit) = &job.exit {
             record::write_tombstone(&self.paths.removed, &job.id, exit);

@@ -5,6 +5,7 @@
 //! `services` and `restart` parse the CLI's forms of some of them and check them
 //! (the CLI and the daemon both need that).
 
+pub mod logopts;
 pub mod restart;
 pub mod services;
 
@@ -70,6 +71,10 @@ pub struct JobRequest {
     /// Docker's labels: the scheduler marks its jobs' app, type and formation.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Docker's json-file log options (`--log-opt max-size=10m --log-opt max-file=3`);
+    /// none: the daemon's `log_opts`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub log_opts: std::collections::BTreeMap<String, String>,
 }
 
 /// `HOST_PATH:JOB_PATH[:ro|:rw]`, the `-v` syntax (the daemon checks the paths).
@@ -288,6 +293,9 @@ pub struct JobConfig {
     pub volumes: Vec<Volume>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The log options in force (the request's, or the daemon's default).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub log_opts: std::collections::BTreeMap<String, String>,
 }
 
 /// How a job is networked.

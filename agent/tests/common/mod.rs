@@ -70,17 +70,57 @@ impl Daemon {
 
     /// Starts a daemon with more flags and environment (kept across restarts).
     pub fn start_with(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_listening(bin, "127.0.0.1", args, env)
+    }
+
+    /// `start_with`, the API listening on `ip` (e.g. 0.0.0.0: every address of the
+    /// daemon's namespace, the jobs' bridge included); clients still use loopback.
+    pub fn start_listening(bin: &Path, ip: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_full(bin, ip, None, args, env)
+    }
+
+    /// A daemon whose state dir is a tmpfs of `size` (e.g. "24m"): a small disk
+    /// to fill. Unmounted with the rest when the daemon is dropped.
+    pub fn start_on_small_disk(size: &str) -> Daemon {
+        Daemon::start_full(Path::new(BIN), "127.0.0.1", Some(size), &[], &[])
+    }
+
+    fn start_full(
+        bin: &Path,
+        ip: &str,
+        tmpfs: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let netns = new_netns();
         let state = tempfile::Builder::new()
             .prefix("flynn-test-")
             .tempdir_in("/var/tmp")
             .expect("creating a state dir");
-        let addr = format!("127.0.0.1:{}", free_port());
+        if let Some(size) = tmpfs {
+            let ok = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0711"),
+                    "flynn-small",
+                ])
+                .arg(state.path())
+                .status()
+                .expect("mount");
+            assert!(ok.success(), "mounting a tmpfs on the state dir");
+        }
+        let addr = format!("{ip}:{}", free_port());
         let mut daemon = Daemon {
             child: None,
             bin: bin.to_path_buf(),
             netns,
-            log: state.path().join("daemon.log"),
+            // Beside a small disk, not on it: the test fills it.
+            log: match tmpfs {
+                Some(_) => state.path().with_extension("log"),
+                None => state.path().join("daemon.log"),
+            },
             state,
             addr,
             token: String::new(),
@@ -319,6 +359,9 @@ impl Drop for Daemon {
             }
         }
         self.kill9();
+        if !self.log.starts_with(self.state.path()) {
+            let _ = std::fs::remove_file(&self.log);
+        }
         for mount in mounts_under(self.state.path()) {
             let _ = Command::new("umount").arg("-l").arg(&mount).status();
         }

@@ -11,6 +11,7 @@
 mod bootstrap;
 mod deploy;
 mod harness;
+mod isolation;
 mod logs;
 mod membership;
 mod platform;

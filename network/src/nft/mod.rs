@@ -20,6 +20,9 @@
 //!     oifname BRIDGE drop }                                           # no unpublished inbound
 //! ```
 //!
+//! The `input` chain and the first rules of `forward` keep jobs off the control plane
+//! (`guard.rs`).
+//!
 //! And one that keeps job-to-job traffic out of conntrack (NET: the cluster network
 //! when there is one, else the host's subnet):
 //!
@@ -31,10 +34,12 @@
 //! A published-port rule is
 //! `meta l4proto P th dport HOSTPORT [ip daddr HOSTIP] dnat to IP:PORT`.
 
+mod guard;
 mod wire;
 
 use std::net::Ipv4Addr;
 
+pub use guard::ControlPlane;
 pub use wire::NftError;
 use wire::*;
 
@@ -48,6 +53,7 @@ pub const CHAIN_PUBLISHED: &str = "published";
 pub const CHAIN_UNTRACKED: &str = "untracked";
 
 const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_FORWARD: u32 = 2;
 const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
@@ -434,6 +440,8 @@ pub struct Ruleset {
     pub cluster: Option<Ipv4Net>,
     /// `(port, endpoint address, job id)`.
     pub published: Vec<(PortMapping, Ipv4Addr, String)>,
+    /// What jobs must not reach (see `guard.rs`).
+    pub control: ControlPlane,
 }
 
 impl Ruleset {
@@ -494,6 +502,14 @@ impl Ruleset {
         }
 
         let br = self.bridge.as_str();
+        guard::add_input(
+            &mut b,
+            br,
+            self.cluster.unwrap_or(self.subnet),
+            &self.control,
+        );
+        // Before the forward chain's accepts: they would let a job through to a peer.
+        guard::add_forward(&mut b, br, &self.control);
         let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or(self.subnet);
         // Job-to-job traffic (on this bridge, or across the overlay) needs no NAT and
         // no state: untracked, it skips conntrack (which hosts with br_netfilter loaded

@@ -63,6 +63,9 @@ pub struct ShimConfig {
     pub state_root: PathBuf,
     /// Where the container's output goes, in Docker's json-file format.
     pub log_path: PathBuf,
+    /// Rotation of that log (`--log-opt max-size/max-file`); none: it only grows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_rotation: Option<crate::logs::Rotation>,
 }
 
 impl ShimConfig {

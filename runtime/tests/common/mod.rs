@@ -101,6 +101,7 @@ impl Fixture {
             container,
             state_root: self.state_root.clone(),
             log_path: self.log_path.clone(),
+            log_rotation: None,
         }
     }
 

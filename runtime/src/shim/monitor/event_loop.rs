@@ -149,12 +149,16 @@ impl Monitor {
     fn new(files: &JobFiles, h: Handoff) -> Result<Monitor, ShimSetupError> {
         let fail =
             |what: &'static str, source: ErrorSource| ShimSetupError::Monitor { what, source };
-        let (container, log_path) = match h.kind {
+        let (container, log_path, rotation) = match h.kind {
             Kind::Container => {
                 let cfg = read_config(files)?;
-                (Some((cfg.container.id, cfg.state_root)), cfg.log_path)
+                (
+                    Some((cfg.container.id, cfg.state_root)),
+                    cfg.log_path,
+                    cfg.log_rotation,
+                )
             }
-            Kind::Exec => (None, files.log()),
+            Kind::Exec => (None, files.log(), None),
         };
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -175,7 +179,7 @@ impl Monitor {
         listener
             .set_nonblocking(true)
             .map_err(|e| fail("cannot make the control socket non-blocking", e.into()))?;
-        let log = match LogWriter::open(&log_path) {
+        let log = match LogWriter::open_rotating(&log_path, rotation) {
             Ok(w) => Some(w),
             Err(e) => {
                 // The process still runs; its output is read and dropped so that it

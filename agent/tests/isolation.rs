@@ -1,0 +1,203 @@
+//! No job reaches the control plane, on one host: from inside a bridge job, the
+//! agent's API (listening on every address), etcd's ports and a port named in the
+//! config's `control_ports` are closed on every address of the host (the bridge's
+//! gateway, the host's own address), while an ordinary port of the host, a
+//! published port of another job and the job next door stay open. Host-network jobs
+//! carry the platform's mark. Each listener answers the host itself, so a closed
+//! port is the wall, not a missing server. Needs root; the daemon runs in a network
+//! namespace of the test's own.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BIN, Daemon};
+
+/// Another address of the host (on loopback in the daemon's namespace).
+const HOST_IP: &str = "10.201.0.1";
+const GATEWAY: &str = "10.88.0.1";
+/// A port the config file closes to jobs.
+const EXTRA_CONTROL: u16 = 7777;
+/// An ordinary port of the host, which jobs may reach.
+const OPEN_PORT: u16 = 8888;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A listener on every address of `netns` that answers `open <port>` and closes.
+fn banner(netns: &str, port: u16) {
+    let path = format!("/run/netns/{netns}");
+    let listener = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        TcpListener::bind(("0.0.0.0", port)).unwrap()
+    })
+    .join()
+    .unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = writeln!(conn, "open {port}");
+        }
+    });
+}
+
+/// What the host itself gets from `addr` (a banner, or the API's answer).
+fn from_host(d: &Daemon, addr: &str) -> String {
+    let mut s =
+        common::connect_in(&d.netns, addr).unwrap_or_else(|| panic!("the host reaches {addr}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /version HTTP/1.0\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn bridge_jobs_cannot_reach_the_control_plane_but_reach_what_they_should() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let config = dir.path().join("daemon.json");
+    std::fs::write(
+        &config,
+        format!(r#"{{"control_ports": [{EXTRA_CONTROL}]}}"#),
+    )
+    .unwrap();
+    let d = Daemon::start_listening(
+        Path::new(BIN),
+        "0.0.0.0",
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let api_port: u16 = d.addr.rsplit(':').next().unwrap().parse().unwrap();
+    ip(&[
+        "-n",
+        &d.netns,
+        "addr",
+        "add",
+        &format!("{HOST_IP}/32"),
+        "dev",
+        "lo",
+    ]);
+    // Stand-ins for etcd's client and peer ports, the configured port, and an
+    // ordinary service of the host.
+    for port in [2379, 2380, EXTRA_CONTROL, OPEN_PORT] {
+        banner(&d.netns, port);
+    }
+    d.import_busybox();
+    let web = d.run_detached(&[
+        "--name", "web", "-p", "8080:80", "busybox", "httpd", "-f", "-p", "80", "-h", "/",
+    ]);
+    let web_ip = d.inspect(&web)["network"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let web_port = 80;
+
+    // The host itself reaches all of them.
+    for addr in [GATEWAY, HOST_IP] {
+        for port in [2379, 2380, EXTRA_CONTROL, OPEN_PORT] {
+            assert!(
+                from_host(&d, &format!("{addr}:{port}")).contains(&format!("open {port}")),
+                "the host reaches {addr}:{port}"
+            );
+        }
+        assert!(
+            from_host(&d, &format!("{addr}:{api_port}")).starts_with("HTTP/1."),
+            "the host reaches its API on {addr}"
+        );
+    }
+
+    // From a job: one connection attempt per target, 2 s each; a line per answer.
+    let mut targets = Vec::new();
+    for addr in [GATEWAY, HOST_IP] {
+        for port in [api_port, 2379, 2380, EXTRA_CONTROL, OPEN_PORT, 8080] {
+            targets.push(format!("{addr} {port}"));
+        }
+    }
+    targets.push(format!("{web_ip} {web_port}"));
+    let script = targets
+        .iter()
+        .map(|t| {
+            format!(
+                "echo \"== {t}\"; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {t} 2>&1 | head -c 40; echo"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = d.cli(&["run", "--rm", "busybox", "sh", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let answers: Vec<(String, String)> = text
+        .split("== ")
+        .skip(1)
+        .map(|chunk| {
+            let (target, answer) = chunk.split_once('\n').unwrap_or((chunk, ""));
+            (target.trim().to_string(), answer.trim().to_string())
+        })
+        .collect();
+    assert_eq!(answers.len(), targets.len(), "{text}");
+    let answer = |t: &str| {
+        answers
+            .iter()
+            .find(|(target, _)| target == t)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| panic!("no answer for {t}: {text}"))
+    };
+    for addr in [GATEWAY, HOST_IP] {
+        for port in [api_port, 2379, 2380, EXTRA_CONTROL] {
+            let a = answer(&format!("{addr} {port}"));
+            assert!(
+                !a.contains("open") && !a.contains("HTTP/"),
+                "a job reached the control port {addr}:{port}: {a:?}"
+            );
+        }
+        assert!(
+            answer(&format!("{addr} {OPEN_PORT}")).contains(&format!("open {OPEN_PORT}")),
+            "a job reaches an ordinary port of the host at {addr}: {text}"
+        );
+        assert!(
+            answer(&format!("{addr} 8080")).contains("HTTP/1."),
+            "a job reaches another job's published port at {addr}: {text}"
+        );
+    }
+    assert!(
+        answer(&format!("{web_ip} {web_port}")).contains("HTTP/1."),
+        "a job reaches the job next door: {text}"
+    );
+
+    // The daemon's state is not for bridge jobs to mount.
+    let state = d.state_dir().join("images");
+    let out = d.cli(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/x", state.display()),
+        "busybox",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("state directory"), "{err}");
+
+    // Host-network jobs are the platform's, and say so.
+    let host_job = d.run_detached(&["--net", "host", "busybox", "sleep", "60"]);
+    let labels = &d.inspect(&host_job)["config"]["labels"];
+    assert_eq!(labels["flynn.platform"], "host-network", "{labels}");
+    // A bridge job does not carry the mark.
+    assert!(d.inspect(&web)["config"]["labels"]["flynn.platform"].is_null());
+    d.ok(&["rm", "-f", &host_job, &web]);
+}
