@@ -15,6 +15,7 @@ mod jobs;
 mod logs;
 mod pull;
 pub mod tail;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -70,6 +71,9 @@ pub struct ApiState {
     /// Turns true when this daemon hands over to a new one: streams end (clients
     /// reconnect to the successor) so that the connections can drain.
     pub draining: tokio::sync::watch::Sender<bool>,
+    /// HTTPS for connections off the host's loopback (None: plain everywhere,
+    /// `--plain-http`).
+    pub tls: Option<Arc<tls::ApiTls>>,
 }
 
 impl ApiState {
@@ -141,6 +145,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/host/probe/listen"),
     ("GET", "/host/probe/listen/{nonce}"),
     ("POST", "/host/probe/send"),
+    ("GET", "/cluster/tls/ca"),
+    ("PUT", "/cluster/tls"),
 ];
 
 /// Serves the API on TCP (every request needs the token) and on the local unix
@@ -164,7 +170,7 @@ pub async fn serve(
             accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(stream, Peer::Tcp(peer), state.clone(), connections.track());
+                    tls::serve_tcp(stream, Peer::Tcp(peer), state.clone(), connections.track());
                 }
                 Err(e) => accept_failed(e).await,
             },
@@ -221,9 +227,11 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, peer: Peer) -> Res
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
+    // The CA certificate is public: a client fetches it to compare its pin.
+    let public = method == Method::GET && path == "/cluster/tls/ca";
     let authorized = match peer {
         Peer::LocalRoot => true,
-        Peer::Tcp(_) => auth::has_token(&req, &state.token),
+        Peer::Tcp(_) => public || auth::has_token(&req, &state.token),
     };
     let response = if authorized {
         route(&state, req)
@@ -289,6 +297,8 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["host", "probe", "listen"], Method::POST) => cluster::probe_listen(state, req).await,
         (["host", "probe", "listen", nonce], Method::GET) => cluster::probe_heard(state, nonce),
         (["host", "probe", "send"], Method::POST) => cluster::probe_send(req).await,
+        (["cluster", "tls", "ca"], Method::GET) => cluster::tls_ca(state),
+        (["cluster", "tls"], Method::PUT) => cluster::tls_install(state, req).await,
         (segments, _) => {
             let known = ROUTES
                 .iter()
