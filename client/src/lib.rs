@@ -200,7 +200,8 @@ impl Client {
             .method(method)
             .uri(format!("{}{path}", self.prefix))
             .header(HOST, host);
-        if let (Endpoint::Tcp(_) | Endpoint::Https(_), Some(token)) = (&self.endpoint, &self.token) {
+        if let (Endpoint::Tcp(_) | Endpoint::Https(_), Some(token)) = (&self.endpoint, &self.token)
+        {
             builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
         }
         if let Some(ct) = content_type {

@@ -31,7 +31,11 @@ pub struct TlsOptions {
 impl TlsOptions {
     /// `FLYNN_TLS_CA` and `FLYNN_TLS_PIN` (empty is unset).
     pub fn from_env() -> TlsOptions {
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+        let var = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
         TlsOptions {
             ca: var(TLS_CA_ENV).map(PathBuf::from),
             pin: var(TLS_PIN_ENV),

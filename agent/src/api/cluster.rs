@@ -94,7 +94,8 @@ pub async fn probe_send(req: Request<Incoming>) -> Result<Response<Body>, ApiErr
 fn tls_of(state: &ApiState) -> Result<&Arc<super::tls::ApiTls>, ApiError> {
     state.tls.as_ref().ok_or_else(|| {
         ApiError::Conflict(
-            "this daemon serves plain HTTP on every address (--plain-http): it has no TLS CA".into(),
+            "this daemon serves plain HTTP on every address (--plain-http): it has no TLS CA"
+                .into(),
         )
     })
 }
@@ -119,7 +120,10 @@ pub fn tls_ca(state: &ApiState) -> Result<Response<Body>, ApiError> {
 }
 
 /// `PUT /cluster/tls`: the bootstrap hands the host the cluster's CA.
-pub async fn tls_install(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn tls_install(
+    state: &ApiState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let request: crate::model::TlsInstall = read_json(req).await?;
     let tls = tls_of(state)?.clone();
     let ca = flynn_tls::Ca::from_pem(&request.ca_cert, &request.ca_key)

@@ -34,7 +34,8 @@ impl ApiTls {
     pub fn open(state_dir: &Path, host_id: &str) -> Result<ApiTls> {
         let dir = flynn_tls::TlsDir::open(&state_dir.join("tls"), host_id, &host_names())
             .with_context(|| format!("setting up the API's TLS in {}/tls", state_dir.display()))?;
-        let config = flynn_tls::server_config(dir.resolver()).context("the API's TLS configuration")?;
+        let config =
+            flynn_tls::server_config(dir.resolver()).context("the API's TLS configuration")?;
         Ok(ApiTls {
             dir: Arc::new(dir),
             acceptor: TlsAcceptor::from(config),
@@ -65,7 +66,8 @@ pub fn host_names() -> Vec<String> {
             } else {
                 continue;
             };
-            let link_local_v6 = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+            let link_local_v6 =
+                matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
             if !ip.is_loopback() && !link_local_v6 {
                 addrs.push(ip);
             }
@@ -88,7 +90,12 @@ fn wants_tls(local: Option<IpAddr>) -> bool {
 }
 
 /// Serves one accepted TCP connection: TLS unless it came in on loopback.
-pub(super) fn serve_tcp(stream: TcpStream, peer: Peer, state: Arc<ApiState>, tracked: conns::Tracked) {
+pub(super) fn serve_tcp(
+    stream: TcpStream,
+    peer: Peer,
+    state: Arc<ApiState>,
+    tracked: conns::Tracked,
+) {
     let Some(tls) = state.tls.clone() else {
         return spawn_connection(stream, peer, state, tracked);
     };

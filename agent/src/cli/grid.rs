@@ -93,7 +93,11 @@ async fn scheduler(client: &Client) -> Result<Client> {
     let addr = leader["addr"]
         .as_str()
         .context("the scheduler's instance has no address")?;
-    Client::from_options_tls(Some(&format!("http://{addr}")), client.token(), client.tls_options())
+    Client::from_options_tls(
+        Some(&format!("http://{addr}")),
+        client.token(),
+        client.tls_options(),
+    )
 }
 
 async fn scale(client: &Client, cmd: ClusterCommand) -> Result<i32> {

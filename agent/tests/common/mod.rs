@@ -70,12 +70,23 @@ impl Daemon {
 
     /// Starts a daemon with more flags and environment (kept across restarts).
     pub fn start_with(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let netns = new_netns();
+        let addr = format!("127.0.0.1:{}", free_port());
+        Daemon::start_in(new_netns(), addr, bin, args, env)
+    }
+
+    /// Starts a daemon listening on `addr` in `netns` (made by [`new_netns`],
+    /// then given what the test needs, e.g. an address off loopback).
+    pub fn start_in(
+        netns: String,
+        addr: String,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let state = tempfile::Builder::new()
             .prefix("flynn-test-")
             .tempdir_in("/var/tmp")
             .expect("creating a state dir");
-        let addr = format!("127.0.0.1:{}", free_port());
         let mut daemon = Daemon {
             child: None,
             bin: bin.to_path_buf(),
