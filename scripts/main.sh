@@ -91,7 +91,10 @@ done
 line=$(grep -E "$ready" "$console" | tail -n 1) ||
     { echo "the appliance did not get ready within 300 s; console: $console" >&2; exit 1; }
 token=$(echo "$line" | sed -n 's/.* token \([^ ]*\).*/\1/p')
-export FLYNN_HOST=$api FLYNN_TOKEN=$token
+# A single appliance serves HTTPS off its loopback; the line ends with its CA's pin.
+pin=$(echo "$line" | sed -n 's/.* tls-pin \([^ ]*\).*/\1/p')
+if [ -n "$pin" ]; then api=${api/http:/https:}; fi
+export FLYNN_HOST=$api FLYNN_TOKEN=$token FLYNN_TLS_PIN=$pin
 grep '^flynn-init:' "$console" | sed 's/ token [^ ]*/ token (see below)/'
 "$bin" version
 "$bin" run --rm busybox echo "hello from a container on the Flynn appliance"
@@ -99,7 +102,7 @@ cat <<MSG
 
 The Flynn appliance is running under QEMU (state disk out/appliance-state.qcow2,
 console $console). Reach its agent with:
-  export FLYNN_HOST=$api FLYNN_TOKEN=$token
+  export FLYNN_HOST=$api FLYNN_TOKEN=$token FLYNN_TLS_PIN=$pin
   $bin run --rm busybox uname -a
   $bin run -d --name web -m 64M busybox httpd -f -p 8080
   $bin ps; $bin logs web; $bin rm -f web

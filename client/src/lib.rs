@@ -1,5 +1,6 @@
-//! The HTTP client of the agent's API: `http://HOST:PORT` with the API token, or
-//! the root-only unix socket without one; and the rule API tokens follow. Used by
+//! The HTTP client of the agent's API: `https://HOST:PORT` (verified by a CA
+//! file or a pin, see `tls.rs`) or `http://HOST:PORT` (the host's loopback) with
+//! the API token, or the root-only unix socket without one; and the rule API tokens follow. Used by
 //! the CLI, by the appliance's init (which starts the daemon and imports its
 //! baked images through it) and, later, by the platform's own services.
 //! Knows the wire only as JSON (`serde`): the request and response types are the
@@ -19,6 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod tls;
+pub use tls::{TLS_CA_ENV, TLS_PIN_ENV, TlsOptions};
 
 /// Where the daemon listens for root on the host itself.
 pub const DEFAULT_SOCKET: &str = "/run/flynn/host.sock";
@@ -53,13 +58,19 @@ pub struct ApiFailure {
 /// Where the daemon is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
-    /// `host:port`.
+    /// `host:port`, plain HTTP.
     Tcp(String),
+    /// `host:port`, HTTPS.
+    Https(String),
     Unix(PathBuf),
 }
 
 pub struct Client {
     endpoint: Endpoint,
+    /// For `Https`: the TLS client configuration (built once per process).
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// What HTTPS trusts, for clients made from this one (other hosts).
+    trust: TlsOptions,
     token: Option<String>,
     /// Put before every path: a service that relays an agent's job routes under a
     /// path of its own (the controller's `/apps/{app}/hosts/{host}`).
@@ -70,10 +81,21 @@ const DEFAULT_TCP: &str = "127.0.0.1:1113";
 const DEFAULT_TOKEN_FILE: &str = "/var/lib/flynn/token";
 
 impl Client {
-    /// `host` is `http://HOST[:PORT]` or `unix:///PATH`; without one, the local root
-    /// socket if it exists, else TCP on 127.0.0.1:1113. `token` is sent on TCP;
-    /// without one, root on the daemon's host finds it in the default state dir.
+    /// `host` is `https://HOST[:PORT]`, `http://HOST[:PORT]` or `unix:///PATH`;
+    /// without one, the local root socket if it exists, else TCP on
+    /// 127.0.0.1:1113. `token` is sent on TCP; without one, root on the daemon's
+    /// host finds it in the default state dir. HTTPS trusts what
+    /// `FLYNN_TLS_PIN` / `FLYNN_TLS_CA` say, else the host's own CA file.
     pub fn from_options(host: Option<&str>, token: Option<&str>) -> Result<Client> {
+        Client::from_options_tls(host, token, &TlsOptions::from_env())
+    }
+
+    /// As [`Client::from_options`], trusting what `tls` says for HTTPS.
+    pub fn from_options_tls(
+        host: Option<&str>,
+        token: Option<&str>,
+        tls_options: &TlsOptions,
+    ) -> Result<Client> {
         let endpoint = match host {
             Some(url) => parse_endpoint(url)?,
             None if Path::new(DEFAULT_SOCKET).exists() => Endpoint::Unix(DEFAULT_SOCKET.into()),
@@ -85,8 +107,14 @@ impl Client {
                 .ok()
                 .map(|t| t.trim().to_string()),
         };
+        let tls = match &endpoint {
+            Endpoint::Https(_) => Some(tls_options.client_config()?),
+            _ => None,
+        };
         Ok(Client {
             endpoint,
+            tls,
+            trust: tls_options.clone(),
             token,
             prefix: String::new(),
         })
@@ -98,6 +126,12 @@ impl Client {
         self
     }
 
+    /// What this client trusts for HTTPS (a client for another host of the
+    /// cluster trusts the same).
+    pub fn tls_options(&self) -> &TlsOptions {
+        &self.trust
+    }
+
     /// The token this client sends (platform services use the cluster's).
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
@@ -106,6 +140,7 @@ impl Client {
     fn describe(&self) -> String {
         match &self.endpoint {
             Endpoint::Tcp(authority) => format!("http://{authority}"),
+            Endpoint::Https(authority) => format!("https://{authority}"),
             Endpoint::Unix(path) => format!("unix://{}", path.display()),
         }
     }
@@ -142,6 +177,20 @@ impl Client {
                 let _ = stream.set_nodelay(true);
                 (handshake(stream).await?, authority.as_str())
             }
+            Endpoint::Https(authority) => {
+                let stream = TcpStream::connect(authority)
+                    .await
+                    .with_context(unreachable)?;
+                // Without it, the handshake's small writes meet Nagle and the
+                // peer's delayed ACK: tens of milliseconds per call.
+                let _ = stream.set_nodelay(true);
+                let config = self
+                    .tls
+                    .clone()
+                    .ok_or_else(|| anyhow!("no TLS configuration for {}", self.describe()))?;
+                let stream = tls::connect(config, authority, stream).await?;
+                (handshake(stream).await?, authority.as_str())
+            }
             Endpoint::Unix(path) => {
                 let stream = UnixStream::connect(path).await.with_context(unreachable)?;
                 (handshake(stream).await?, "localhost")
@@ -151,7 +200,8 @@ impl Client {
             .method(method)
             .uri(format!("{}{path}", self.prefix))
             .header(HOST, host);
-        if let (Endpoint::Tcp(_), Some(token)) = (&self.endpoint, &self.token) {
+        if let (Endpoint::Tcp(_) | Endpoint::Https(_), Some(token)) = (&self.endpoint, &self.token)
+        {
             builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
         }
         if let Some(ct) = content_type {
@@ -245,10 +295,13 @@ fn parse_endpoint(url: &str) -> Result<Endpoint> {
         }
         return Ok(Endpoint::Unix(PathBuf::from(path)));
     }
-    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (https, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://").unwrap_or(url)),
+    };
     if rest.contains("://") {
         return Err(anyhow!(
-            "unsupported daemon address {url:?}: use http://HOST:PORT or unix:///PATH"
+            "unsupported daemon address {url:?}: use https://HOST:PORT, http://HOST:PORT or unix:///PATH"
         ));
     }
     let authority = rest.trim_end_matches('/');
@@ -260,11 +313,16 @@ fn parse_endpoint(url: &str) -> Result<Endpoint> {
     let has_port = authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
-    Ok(Endpoint::Tcp(if has_port {
+    let authority = if has_port {
         authority.to_string()
     } else {
         format!("{authority}:1113")
-    }))
+    };
+    Ok(if https {
+        Endpoint::Https(authority)
+    } else {
+        Endpoint::Tcp(authority)
+    })
 }
 
 pub fn full(data: Vec<u8>) -> RequestBody {
@@ -316,7 +374,11 @@ mod tests {
             parse_endpoint("unix:///run/flynn/host.sock").unwrap(),
             Endpoint::Unix("/run/flynn/host.sock".into())
         );
-        assert!(parse_endpoint("https://x").is_err());
+        assert_eq!(
+            parse_endpoint("https://10.0.0.5").unwrap(),
+            Endpoint::Https("10.0.0.5:1113".into())
+        );
+        assert!(parse_endpoint("ftp://x").is_err());
         assert!(parse_endpoint("unix://relative").is_err());
         assert!(parse_endpoint("http://host/path").is_err());
     }

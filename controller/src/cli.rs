@@ -122,6 +122,10 @@ enum ClusterCmd {
         /// Make it the default.
         #[arg(long)]
         default: bool,
+        /// For an https:// URL: the pin of the cluster's TLS CA (base64 SHA-256
+        /// of its certificate; `flynn-host tls pin` on a host prints it).
+        #[arg(long, short = 'p')]
+        tls_pin: Option<String>,
     },
     /// List the saved clusters.
     List,
@@ -209,6 +213,22 @@ struct RcCluster {
     name: String,
     url: String,
     key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_pin: Option<String>,
+}
+
+impl RcCluster {
+    /// A client of this cluster's controller (or of a path it relays).
+    fn client(&self) -> Result<Client> {
+        let tls = match &self.tls_pin {
+            Some(pin) => flynn_client::TlsOptions {
+                ca: None,
+                pin: Some(pin.clone()),
+            },
+            None => flynn_client::TlsOptions::from_env(),
+        };
+        Client::from_options_tls(Some(&self.url), Some(&self.key), &tls)
+    }
 }
 
 fn rc_path() -> Result<PathBuf> {
@@ -271,7 +291,7 @@ pub async fn main(args: Flynn, attach: Attach) -> Result<i32> {
             "no cluster: add one with `flynn cluster add NAME URL KEY` (the bootstrap prints the line)"
         );
     };
-    let client = Client::from_options(Some(&cl.url), Some(&cl.key))?;
+    let client = cl.client()?;
     let app = || {
         args.app
             .clone()
@@ -362,7 +382,8 @@ pub async fn main(args: Flynn, attach: Attach) -> Result<i32> {
                 .as_str()
                 .context("the controller's answer has no job id")?
                 .to_string();
-            let on_host = Client::from_options(Some(&cl.url), Some(&cl.key))?
+            let on_host = cl
+                .client()?
                 .with_prefix(&format!("/apps/{a}/hosts/{host}"));
             if detach {
                 let _: Value = on_host
@@ -497,16 +518,29 @@ async fn cluster(c: &ClusterCmd) -> Result<i32> {
             url,
             key,
             default,
+            tls_pin,
         } => {
             if !url.starts_with("http://") && !url.starts_with("https://") {
                 bail!("the URL must start with http:// (as the bootstrap prints it)");
             }
-            rc.clusters.retain(|c| c.name != *name);
-            rc.clusters.push(RcCluster {
+            let entry = RcCluster {
                 name: name.clone(),
                 url: url.clone(),
                 key: key.clone(),
-            });
+                tls_pin: tls_pin.clone(),
+            };
+            if let Some(pin) = tls_pin {
+                // Checked now, not at the first call: a typo is found while the
+                // line the bootstrap printed is still at hand.
+                flynn_client::TlsOptions {
+                    ca: None,
+                    pin: Some(pin.clone()),
+                }
+                .client_config()
+                .context("the TLS pin (-p)")?;
+            }
+            rc.clusters.retain(|c| c.name != *name);
+            rc.clusters.push(entry);
             if *default || rc.default.is_none() {
                 rc.default = Some(name.clone());
             }

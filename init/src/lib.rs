@@ -473,6 +473,12 @@ fn write_daemon_config(settings: &Settings) -> Result<()> {
     if let Some((token, _)) = &settings.token {
         config["token"] = serde_json::Value::String(token.clone());
     }
+    // A cluster's hosts call each other's APIs (bootstrap, scheduler, controller)
+    // by plain HTTP until the bootstrap hands them one CA; a single host serves
+    // HTTPS off loopback with the CA it makes at its first start.
+    if settings.peers.is_some() {
+        config["tls"] = serde_json::Value::Bool(false);
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -673,8 +679,17 @@ async fn run(ip: Option<IpConfig>, settings: &mut Settings) -> Result<()> {
         "boot timeline (s since the kernel started): {}",
         timeline()
     ));
+    // The pin goes last: what reads this line finds the token after "token".
+    let pin = std::fs::read_to_string(Path::new(STATE_DIR).join("tls/ca.pem"))
+        .ok()
+        .filter(|_| settings.peers.is_none())
+        .and_then(|pem| flynn_tls::pin_of_pem(&pem).ok());
+    let (scheme, pin) = match pin {
+        Some(pin) => ("https", format!(" tls-pin {pin}")),
+        None => ("http", String::new()),
+    };
     say(format!(
-        "ready: API http://{}:1113 token {token}",
+        "ready: API {scheme}://{}:1113 token {token}{pin}",
         address
             .map(|a| a.to_string())
             .unwrap_or_else(|| "0.0.0.0".into())

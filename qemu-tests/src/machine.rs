@@ -329,6 +329,7 @@ impl Machine {
             qmp,
             api,
             token: None,
+            pin: None,
             started,
             screen: (self.console == Console::Vga)
                 .then(|| work.join(format!("{}.screen", self.name))),
@@ -357,6 +358,9 @@ pub struct Appliance {
     pub api: Option<String>,
     /// The API token, from the console's `ready:` line.
     pub token: Option<String>,
+    /// The pin of the host's TLS CA, from the `ready:` line: the API is then
+    /// HTTPS off the guest's loopback (the forwarded port included).
+    pub pin: Option<String>,
     pub started: Instant,
     /// Where the VGA text screen is dumped ([`Console::Vga`] machines).
     screen: Option<PathBuf>,
@@ -367,6 +371,8 @@ pub struct Appliance {
 pub struct Ready {
     pub address: String,
     pub token: String,
+    /// `tls-pin PIN`, when the API is HTTPS.
+    pub pin: Option<String>,
     pub console: String,
     /// From QEMU's start.
     pub after: Duration,
@@ -451,9 +457,16 @@ impl Appliance {
             .ok_or_else(|| MachineError::NotReady(self.vm.log_path().display().to_string()))?
             .to_string();
         self.token = Some(token.clone());
+        let pin = line
+            .split_whitespace()
+            .skip_while(|w| *w != "tls-pin")
+            .nth(1)
+            .map(str::to_string);
+        self.pin = pin.clone();
         Ok(Ready {
             address,
             token,
+            pin,
             console,
             after,
         })
@@ -519,7 +532,15 @@ impl Appliance {
     pub fn cli(&self, bin: &Path, args: &[&str]) -> std::process::Output {
         let mut cmd = std::process::Command::new(bin);
         if let Some(api) = &self.api {
-            cmd.env("FLYNN_HOST", api);
+            match &self.pin {
+                Some(pin) => {
+                    cmd.env("FLYNN_HOST", api.replacen("http://", "https://", 1));
+                    cmd.env("FLYNN_TLS_PIN", pin);
+                }
+                None => {
+                    cmd.env("FLYNN_HOST", api);
+                }
+            }
         }
         if let Some(token) = &self.token {
             cmd.env("FLYNN_TOKEN", token);

@@ -352,7 +352,9 @@ fn command_line_and_nocloud_seed_configure_the_host() {
     assert!(c.contains("unknown key \"colour\""), "{c}");
     assert!(c.contains("host name: seed-host"), "{c}");
     assert!(c.contains("no FLYNN_STATE file system"), "{c}");
-    assert_eq!(ready.address, "http://10.0.2.77:1113");
+    // A single host serves its API over HTTPS off loopback, and says its pin.
+    assert_eq!(ready.address, "https://10.0.2.77:1113");
+    assert!(ready.pin.as_deref().is_some_and(|p| p.len() == 44), "{c}");
     assert_eq!(ready.token, token);
     let name = run(
         &vm,
@@ -364,6 +366,26 @@ fn command_line_and_nocloud_seed_configure_the_host() {
     let refused = vm.cli(&cli(), &["ps"]);
     assert!(!refused.status.success());
     vm.token = Some(token.into());
+    // A wrong pin is refused before the token goes out; plain HTTP to the
+    // forwarded port gets a 400 that says to use HTTPS.
+    let pin = vm.pin.take();
+    vm.pin = Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into());
+    let wrong = vm.cli(&cli(), &["ps"]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("TLS"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    vm.pin = None;
+    let plain = vm.cli(&cli(), &["ps"]);
+    assert!(!plain.status.success());
+    assert!(
+        String::from_utf8_lossy(&plain.stderr).contains("HTTPS"),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    vm.pin = pin;
     let console = power_off(&mut vm);
     assert_no_failure(&console);
 }

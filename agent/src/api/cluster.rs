@@ -90,3 +90,49 @@ pub async fn probe_send(req: Request<Incoming>) -> Result<Response<Body>, ApiErr
     let request = read_json(req).await?;
     json(StatusCode::OK, &crate::preflight::send(request).await?)
 }
+
+fn tls_of(state: &ApiState) -> Result<&Arc<super::tls::ApiTls>, ApiError> {
+    state.tls.as_ref().ok_or_else(|| {
+        ApiError::Conflict(
+            "this daemon serves plain HTTP on every address (--plain-http): it has no TLS CA"
+                .into(),
+        )
+    })
+}
+
+fn tls_info(tls: &super::tls::ApiTls) -> Result<crate::model::TlsInfo, ApiError> {
+    let host = tls.dir.host();
+    Ok(crate::model::TlsInfo {
+        ca: tls.dir.ca_pem(),
+        pin: tls
+            .dir
+            .pin()
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .to_string(),
+        names: host.names,
+        not_after: host.not_after.into(),
+    })
+}
+
+/// `GET /cluster/tls/ca`, public: what a client compares its pin with.
+pub fn tls_ca(state: &ApiState) -> Result<Response<Body>, ApiError> {
+    json(StatusCode::OK, &tls_info(tls_of(state)?)?)
+}
+
+/// `PUT /cluster/tls`: the bootstrap hands the host the cluster's CA.
+pub async fn tls_install(
+    state: &ApiState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let request: crate::model::TlsInstall = read_json(req).await?;
+    let tls = tls_of(state)?.clone();
+    let ca = flynn_tls::Ca::from_pem(&request.ca_cert, &request.ca_key)
+        .map_err(|e| ApiError::BadRequest(format!("the cluster CA: {e}")))?;
+    let names = super::tls::host_names();
+    let dir = tls.dir.clone();
+    tokio::task::spawn_blocking(move || dir.install_ca(ca, &names))
+        .await
+        .map_err(|e| ApiError::Internal(format!("installing the cluster CA: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("installing the cluster CA: {e}")))?;
+    json(StatusCode::OK, &tls_info(&tls)?)
+}

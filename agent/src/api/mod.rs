@@ -16,6 +16,7 @@ pub mod limits;
 mod logs;
 mod pull;
 pub mod tail;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -70,6 +71,9 @@ pub struct ApiState {
     /// Turns true when this daemon hands over to a new one: streams end (clients
     /// reconnect to the successor) so that the connections can drain.
     pub draining: tokio::sync::watch::Sender<bool>,
+    /// HTTPS for connections off the host's loopback (None: plain everywhere,
+    /// `--plain-http`).
+    pub tls: Option<Arc<tls::ApiTls>>,
 }
 
 impl ApiState {
@@ -141,6 +145,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/host/probe/listen"),
     ("GET", "/host/probe/listen/{nonce}"),
     ("POST", "/host/probe/send"),
+    ("GET", "/cluster/tls/ca"),
+    ("PUT", "/cluster/tls"),
 ];
 
 /// Serves the API on TCP (every request needs the token) and on the local unix
@@ -169,7 +175,7 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     match tcp_limit.admit() {
-                        Some(place) => spawn_connection(stream, Peer::Tcp(peer), state.clone(), connections.track(), place),
+                        Some(place) => tls::serve_tcp(stream, Peer::Tcp(peer), state.clone(), connections.track(), place),
                         None => { tokio::spawn(limits::refuse(stream, limits::MAX_TCP)); }
                     }
                 }
@@ -244,9 +250,11 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, peer: Peer) -> Res
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
+    // The CA certificate is public: a client fetches it to compare its pin.
+    let public = method == Method::GET && path == "/cluster/tls/ca";
     let authorized = match peer {
         Peer::LocalRoot => true,
-        Peer::Tcp(_) => auth::has_token(&req, &state.token),
+        Peer::Tcp(_) => public || auth::has_token(&req, &state.token),
     };
     let response = if authorized {
         route(&state, req)
@@ -312,6 +320,8 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["host", "probe", "listen"], Method::POST) => cluster::probe_listen(state, req).await,
         (["host", "probe", "listen", nonce], Method::GET) => cluster::probe_heard(state, nonce),
         (["host", "probe", "send"], Method::POST) => cluster::probe_send(req).await,
+        (["cluster", "tls", "ca"], Method::GET) => cluster::tls_ca(state),
+        (["cluster", "tls"], Method::PUT) => cluster::tls_install(state, req).await,
         (segments, _) => {
             let known = ROUTES
                 .iter()

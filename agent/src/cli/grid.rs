@@ -93,7 +93,11 @@ async fn scheduler(client: &Client) -> Result<Client> {
     let addr = leader["addr"]
         .as_str()
         .context("the scheduler's instance has no address")?;
-    Client::from_options(Some(&format!("http://{addr}")), client.token())
+    Client::from_options_tls(
+        Some(&format!("http://{addr}")),
+        client.token(),
+        client.tls_options(),
+    )
 }
 
 async fn scale(client: &Client, cmd: ClusterCommand) -> Result<i32> {
@@ -207,7 +211,7 @@ pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
                 .context("the scheduler named no host")?;
             let job: crate::model::Job = serde_json::from_value(placed["job"].clone())
                 .context("the scheduler's answer is not a job")?;
-            let host = Client::from_options(Some(api), client.token())?;
+            let host = Client::from_options_tls(Some(api), client.token(), client.tls_options())?;
             super::run::run_created(&host, &run, &job).await
         }
         ClusterCommand::Formations { json } => {

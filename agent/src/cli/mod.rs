@@ -11,6 +11,7 @@ mod jobs;
 mod pull;
 pub mod run;
 mod stream;
+mod tls;
 mod tty;
 
 use std::path::PathBuf;
@@ -23,13 +24,21 @@ use crate::client::Client;
 /// Where the daemon is and how to reach it: the client commands' global options.
 #[derive(Args, Debug)]
 pub struct Connection {
-    /// The daemon: http://HOST:PORT or unix:///PATH [default: the local unix socket
-    /// /run/flynn/host.sock when it exists, else http://127.0.0.1:1113].
+    /// The daemon: https://HOST:PORT, http://HOST:PORT (loopback) or unix:///PATH
+    /// [default: the local unix socket /run/flynn/host.sock when it exists, else
+    /// http://127.0.0.1:1113].
     #[arg(long, global = true, env = "FLYNN_HOST")]
     pub host: Option<String>,
     /// API token for TCP [default: read from /var/lib/flynn/token when readable].
     #[arg(long, global = true, env = "FLYNN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For https://: the CA file the daemon's certificate must chain to
+    /// [default: /var/lib/flynn/tls/ca.pem when readable].
+    #[arg(long, global = true, env = "FLYNN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// For https://: the pin of the cluster's CA (`flynn-host tls pin` on a host).
+    #[arg(long, global = true, env = "FLYNN_TLS_PIN")]
+    pub tls_pin: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +150,9 @@ pub enum Command {
     /// Service discovery.
     #[command(subcommand)]
     Discover(grid::DiscoverCommand),
+    /// The API's TLS: the CA, its pin, the host certificate.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
 }
 
 #[derive(Args, Debug)]
@@ -155,7 +167,15 @@ pub struct ListArgs {
 
 /// Runs a client command; returns the process exit code.
 pub async fn run(connection: Connection, command: Command) -> Result<i32> {
-    let client = Client::from_options(connection.host.as_deref(), connection.token.as_deref())?;
+    let trust = flynn_client::TlsOptions {
+        ca: connection.tls_ca.clone(),
+        pin: connection.tls_pin.clone(),
+    };
+    let client = Client::from_options_tls(
+        connection.host.as_deref(),
+        connection.token.as_deref(),
+        &trust,
+    )?;
     match command {
         Command::Import { path, tag } => images::import(&client, &path, tag.as_deref()).await,
         Command::Pull {
@@ -184,6 +204,7 @@ pub async fn run(connection: Connection, command: Command) -> Result<i32> {
         Command::Version => jobs::version(&client).await,
         Command::Cluster(cmd) => grid::cluster(&client, cmd).await,
         Command::Discover(cmd) => grid::discover(&client, cmd).await,
+        Command::Tls(cmd) => tls::tls(&client, cmd).await,
     }
 }
 

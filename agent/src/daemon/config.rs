@@ -40,6 +40,10 @@ pub struct DaemonArgs {
     /// MTU of the bridge and the jobs' interfaces [default: the default route's].
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Serve plain HTTP on every address, not HTTPS off loopback (tests, and a
+    /// cluster bootstrapped before its hosts had TLS).
+    #[arg(long)]
+    pub plain_http: bool,
     #[command(flatten)]
     pub grid: crate::grid::config::GridArgs,
 }
@@ -61,6 +65,8 @@ struct FileConfig {
     /// Log options of jobs that give none: `{"max-size": "10m", "max-file": "3"}`.
     #[serde(default)]
     log_opts: std::collections::BTreeMap<String, String>,
+    /// false: plain HTTP on every address (as `--plain-http`).
+    tls: Option<bool>,
     #[serde(default)]
     registry: image::registry::RegistryConfig,
     grid: Option<crate::grid::config::GridFile>,
@@ -74,6 +80,8 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// The API token from the config file; otherwise it is `<state_dir>/token`.
     pub token: Option<String>,
+    /// HTTPS for API connections that are not on loopback (`<state>/tls`).
+    pub tls: bool,
     pub network: network::NetworkConfig,
     /// Registry mirrors and insecure registries, for pulls.
     pub registry: image::registry::RegistryConfig,
@@ -141,6 +149,7 @@ impl DaemonArgs {
                 .or(file.socket)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             token: file.token,
+            tls: !self.plain_http && file.tls.unwrap_or(true),
             network,
             registry: file.registry,
         })

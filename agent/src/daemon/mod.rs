@@ -143,8 +143,17 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
         pid = std::process::id(),
         "flynn-host daemon ready"
     );
+    let tls = if config.tls {
+        let tls = api::tls::ApiTls::open(state_dir, &host_id)?;
+        tls.spawn_renewal();
+        tracing::info!(pin = %tls.dir.pin().map(|p| p.to_string()).unwrap_or_default(), "the API is HTTPS off loopback");
+        Some(Arc::new(tls))
+    } else {
+        None
+    };
     let (draining, _) = tokio::sync::watch::channel(false);
     let state = Arc::new(ApiState {
+        tls,
         jobs,
         images,
         puller,

@@ -700,3 +700,28 @@ pub struct ProbeSent {
     pub tcp_error: Option<String>,
     pub udp_sent: u32,
 }
+
+/// `GET /cluster/tls/ca` (public) and `PUT /cluster/tls`: the CA this host's API
+/// certificate is signed by, and that certificate's names and expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// The CA certificate, PEM (what `--tls-ca FILE` takes).
+    pub ca: String,
+    /// Its pin: base64 of the SHA-256 of its DER (what `--tls-pin` takes).
+    pub pin: String,
+    /// The names (host name, addresses) the host's certificate carries.
+    pub names: Vec<String>,
+    /// When the host's certificate expires (it is renewed after 2/3 of its life).
+    pub not_after: chrono::DateTime<chrono::Utc>,
+}
+
+/// `PUT /cluster/tls`: the cluster CA, handed to every host by the bootstrap;
+/// the host keeps it on its state disk and re-issues its certificate under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsInstall {
+    /// The CA certificate, PEM.
+    pub ca_cert: String,
+    /// Its private key, PEM.
+    pub ca_key: String,
+}

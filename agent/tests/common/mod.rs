@@ -76,23 +76,37 @@ impl Daemon {
     /// `start_with`, the API listening on `ip` (e.g. 0.0.0.0: every address of the
     /// daemon's namespace, the jobs' bridge included); clients still use loopback.
     pub fn start_listening(bin: &Path, ip: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_full(bin, ip, None, args, env)
+        let addr = format!("{ip}:{}", free_port());
+        Daemon::start_full(new_netns(), addr, bin, None, args, env)
     }
 
     /// A daemon whose state dir is a tmpfs of `size` (e.g. "24m"): a small disk
     /// to fill. Unmounted with the rest when the daemon is dropped.
     pub fn start_on_small_disk(size: &str) -> Daemon {
-        Daemon::start_full(Path::new(BIN), "127.0.0.1", Some(size), &[], &[])
+        let addr = format!("127.0.0.1:{}", free_port());
+        Daemon::start_full(new_netns(), addr, Path::new(BIN), Some(size), &[], &[])
+    }
+
+    /// Starts a daemon listening on `addr` in `netns` (made by [`new_netns`],
+    /// then given what the test needs, e.g. an address off loopback).
+    pub fn start_in(
+        netns: String,
+        addr: String,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        Daemon::start_full(netns, addr, bin, None, args, env)
     }
 
     fn start_full(
+        netns: String,
+        addr: String,
         bin: &Path,
-        ip: &str,
         tmpfs: Option<&str>,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        let netns = new_netns();
         let state = tempfile::Builder::new()
             .prefix("flynn-test-")
             .tempdir_in("/var/tmp")
@@ -111,7 +125,6 @@ impl Daemon {
                 .expect("mount");
             assert!(ok.success(), "mounting a tmpfs on the state dir");
         }
-        let addr = format!("{ip}:{}", free_port());
         let mut daemon = Daemon {
             child: None,
             bin: bin.to_path_buf(),

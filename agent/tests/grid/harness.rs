@@ -211,6 +211,9 @@ impl Host {
             .arg("--socket")
             .arg(self.state.path().join("host.sock"))
             .args(["--advertise", &self.ip])
+            // A cluster's hosts call each other by plain HTTP until the bootstrap
+            // hands them one CA (as the appliance's init does for `flynn.peers`).
+            .arg("--plain-http")
             .args(&self.extra)
             .env("FLYNN_LOG", "info,flynn_host=debug")
             .stdout(log.try_clone().expect("log"))

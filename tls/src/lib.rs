@@ -1,0 +1,33 @@
+//! The cluster's TLS, as the agent and its clients use it: the cluster CA (made at
+//! the first start of a host, or handed to every host by the bootstrap), host
+//! certificates naming the host's addresses, the pin that identifies a CA (what
+//! `flynn-host --tls-pin` and `flynn cluster add -p` take), rustls configs that
+//! verify a server by CA file or by pin, and a server certificate that renews
+//! itself before it expires, swapped under running listeners.
+//!
+//! It owns files only under the directory it is given (`<state>/tls`), and never
+//! opens a socket: the agent and the client put these configs on their streams.
+//!
+//! **The pin** is the base64 (standard alphabet, padded) of the SHA-256 of the CA
+//! certificate's DER, as Flynn's `cluster add -p PIN` was. The DER (not the SPKI)
+//! is pinned so that a pin names one certificate: a CA re-issued with the same key
+//! has another pin.
+
+mod ca;
+mod error;
+mod pin;
+mod resolver;
+mod store;
+mod verify;
+
+pub use ca::{Ca, HostCert, host_names};
+pub use error::TlsError;
+pub use pin::{Pin, pin_of_pem};
+pub use resolver::HostCertResolver;
+pub use store::{CERT_LIFETIME_ENV, TlsDir, cert_lifetime, spawn_renewal};
+pub use verify::{Trust, client_config, server_config};
+
+/// The one crypto provider everything here uses (the one the router already links).
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
