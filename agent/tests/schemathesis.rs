@@ -162,5 +162,25 @@ fn findings_stay_fixed() {
         );
         assert_eq!(status, 400, "{path}: {text}");
     }
+    // A join this host cannot make (here: no default route to take its cluster address
+    // from, in the test's namespace) is refused before anything changes: it was a 500
+    // that left the host half in cluster c1, refusing any other.
+    let (status, text) = d.http(
+        "PUT",
+        "/cluster/join",
+        Some(r#"{"cluster_id": "c1", "etcd": ["http://127.0.0.1:1"]}"#),
+    );
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("--advertise"), "{text}");
+    let (_, info) = d.http("GET", "/cluster", None);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["cluster_id"], serde_json::Value::Null, "{info}");
+    let (status, text) = d.http(
+        "PUT",
+        "/cluster/join",
+        Some(r#"{"cluster_id": "c2", "etcd": ["http://127.0.0.1:1"]}"#),
+    );
+    assert_eq!(status, 409, "{text}");
+    assert!(!text.contains("this host is in cluster"), "{text}");
     assert!(!d.log_text().contains("panicked"));
 }
