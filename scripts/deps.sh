@@ -18,6 +18,7 @@ FLYNN_APT_PACKAGES=(
     etcd-server                           # the grid's etcd: tests run it; fixtures make its image
     ethtool                               # grid tests: GRO on the test underlay, as real NICs have
     curl nftables                         # grid tests: raw API calls; dropped traffic between test hosts
+    python3-venv                          # schemathesis's venv (flynn_install_schemathesis)
     # the appliance image (buildroot/assemble.sh) and booting it (qemu-tests, main.sh)
     kmod cpio zstd lz4 e2fsprogs dosfstools mtools fdisk xorriso isolinux syslinux-common
     syslinux                              # BIOS boot of the raw disk (installs on its FAT ESP)
@@ -52,7 +53,20 @@ flynn_install_deps() {
         [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
     fi
     command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+    flynn_install_schemathesis
     rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+}
+
+# schemathesis (PyPI), for agent/tests/schemathesis.rs: in a venv of its own, pinned, so
+# the test runs the same checks everywhere. Idempotent.
+FLYNN_VENV="${FLYNN_VENV:-/var/tmp/flynn-venv}"
+FLYNN_SCHEMATHESIS_VERSION=4.32.5
+flynn_install_schemathesis() {
+    if "$FLYNN_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$FLYNN_SCHEMATHESIS_VERSION"; then
+        return
+    fi
+    python3 -m venv "$FLYNN_VENV"
+    "$FLYNN_VENV/bin/pip" install -q "schemathesis==$FLYNN_SCHEMATHESIS_VERSION"
 }
 
 # As a user other than root: says what is missing (and how to get it) instead of

@@ -10,6 +10,8 @@ pub mod cli;
 pub use flynn_client as client;
 pub mod daemon;
 pub mod failpoint;
+#[cfg(test)]
+mod fuzz;
 pub mod grid;
 pub mod host;
 pub mod jobs;

@@ -235,6 +235,17 @@ pub enum ProbeError {
     NotFound(String),
 }
 
+/// Port 0 names no port: binding it would listen on one the kernel picks (which the
+/// prober does not know), and sending to it reaches nothing.
+fn check_port(what: &str, port: u16) -> Result<(), ProbeError> {
+    if port == 0 {
+        return Err(ProbeError::BadRequest(format!(
+            "{what} 0 is not a port: give 1 to 65535"
+        )));
+    }
+    Ok(())
+}
+
 fn check_nonce(nonce: &str) -> Result<(), ProbeError> {
     let ok = (8..=64).contains(&nonce.len())
         && nonce
@@ -253,6 +264,7 @@ impl Probes {
     /// Listens on UDP `port` until a datagram carrying the nonce arrives or the time-out.
     pub async fn listen(self: &Arc<Self>, req: ProbeListen) -> Result<(), ProbeError> {
         check_nonce(&req.nonce)?;
+        check_port("port", req.port)?;
         let timeout = Duration::from_millis(req.timeout_ms).min(MAX_LISTEN);
         let socket = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, req.port))
             .await
@@ -341,6 +353,8 @@ impl Probes {
 /// Connects over TCP and sends the nonce over UDP (a few times: UDP may drop one).
 pub async fn send(req: ProbeSend) -> Result<ProbeSent, ProbeError> {
     check_nonce(&req.nonce)?;
+    check_port("tcp_port", req.tcp_port)?;
+    check_port("udp_port", req.udp_port)?;
     tokio::task::spawn_blocking(move || {
         let tcp = TcpStream::connect_timeout(
             &SocketAddr::new(req.address, req.tcp_port),

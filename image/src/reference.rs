@@ -115,6 +115,15 @@ impl Reference {
         if self.domain == DEFAULT_DOMAIN {
             match self.path.strip_prefix(OFFICIAL_REPO_PREFIX) {
                 Some(rest) if !rest.contains('/') => rest.to_owned(),
+                // `docker.io/0.0/a` shortened to `0.0/a` would name the registry `0.0`:
+                // a first component that reads as a domain keeps the domain in front.
+                _ if self
+                    .path
+                    .split_once('/')
+                    .is_some_and(|(first, _)| looks_like_domain(first)) =>
+                {
+                    self.repository()
+                }
                 _ => self.path.clone(),
             }
         } else {
@@ -255,15 +264,15 @@ fn parse(input: &str) -> Result<Reference, ReferenceError> {
 /// Docker's rule: the first component is a registry only if it looks like a host.
 fn split_domain(name: &str) -> (&str, &str) {
     match name.split_once('/') {
-        Some((first, rest))
-            if first.contains(['.', ':'])
-                || first == "localhost"
-                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
-        {
-            (first, rest)
-        }
+        Some((first, rest)) if looks_like_domain(first) => (first, rest),
         _ => (DEFAULT_DOMAIN, name),
     }
+}
+
+fn looks_like_domain(first: &str) -> bool {
+    first.contains(['.', ':'])
+        || first == "localhost"
+        || first.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 fn is_valid_domain(domain: &str) -> bool {
@@ -406,6 +415,9 @@ mod tests {
         assert_eq!(f("me/tool:1.0"), "me/tool:1.0");
         assert_eq!(f("docker.io/library/a/b"), "library/a/b:latest");
         assert_eq!(f("localhost:5000/x:1"), "localhost:5000/x:1");
+        // Shortened, these would name another registry (found by tests/fuzz.rs).
+        assert_eq!(f("docker.io/0.0/a"), "docker.io/0.0/a:latest");
+        assert_eq!(f("docker.io/localhost/a:1"), "docker.io/localhost/a:1");
         assert_eq!(
             f(&format!("busybox@sha256:{HEX}")),
             format!("busybox@sha256:{HEX}")

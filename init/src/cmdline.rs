@@ -96,10 +96,21 @@ pub struct StaticIp {
     pub dns: Vec<Ipv4Addr>,
 }
 
-fn mask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
+pub(crate) fn mask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
     let bits = u32::from(mask);
     let ones = bits.leading_ones();
     (bits.checked_shl(ones).unwrap_or(0) == 0).then_some(ones as u8)
+}
+
+/// What the kernel accepts as a network interface name (`dev_valid_name`).
+fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
 /// The kernel's `ip=` (Documentation/admin-guide/nfs/nfsroot.rst):
@@ -152,7 +163,31 @@ pub fn parse_ip(value: Option<&str>) -> Result<IpConfig, CmdlineError> {
         };
         prefix_len = Some(len);
     }
+    if address.is_unspecified() || address.is_multicast() || address.is_broadcast() {
+        return Err(err("the client address must be a unicast address"));
+    }
+    if !matches!(autoconf, "" | "off" | "none") {
+        // The kernel would run DHCP (or BOOTP, RARP) for a given address too; we do not
+        // mix the two: an address given is static.
+        return Err(err(
+            "a static address takes autoconf off (or empty); use ip=dhcp for DHCP",
+        ));
+    }
     let gateway = field(2).map(|g| parse_addr(g, "gateway")).transpose()?;
+    if let Some(h) = field(4)
+        && !crate::settings::valid_hostname(h)
+    {
+        return Err(err(&format!(
+            "host name {h:?} is not valid (letters, digits, '-' and '.', at most 64)"
+        )));
+    }
+    if let Some(d) = field(5)
+        && !valid_interface_name(d)
+    {
+        return Err(err(&format!(
+            "device {d:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+        )));
+    }
     let mut dns = Vec::new();
     for i in [7, 8] {
         if let Some(d) = field(i) {
@@ -218,5 +253,23 @@ mod tests {
         assert!(parse_ip(Some("10.0.0.300")).is_err());
         assert!(parse_ip(Some("10.0.0.3:::255.0.255.0")).is_err());
         assert!(parse_ip(Some(":::::eth0:bogus")).is_err());
+    }
+
+    #[test]
+    fn ip_fields_are_validated() {
+        // Each of these was accepted, and reached sethostname, /etc/hosts or rtnetlink.
+        for bad in [
+            "10.0.0.5::::bad_host!:eth0:off",
+            "10.0.0.5::::node1:eth0/x:off",
+            "10.0.0.5::::node1:averyveryverylongname:off",
+            "10.0.0.5::::node1:eth0:bogus",
+            "10.0.0.5::::node1:eth0:dhcp",
+            "0.0.0.0::::node1:eth0:off",
+            "255.255.255.255/24",
+            "224.0.0.1",
+        ] {
+            assert!(parse_ip(Some(bad)).is_err(), "{bad} was accepted");
+        }
+        assert!(parse_ip(Some("10.0.0.5::::node-1.lan:eth0:none")).is_ok());
     }
 }

@@ -163,7 +163,7 @@ async fn exchange(
                     });
                 }
                 Ok(Ok((n, _))) => {
-                    let Ok(reply) = v4::Message::decode(&mut Decoder::new(&buf[..n])) else {
+                    let Some(reply) = decode(&buf[..n]) else {
                         continue;
                     };
                     if reply.xid() != msg.xid() || reply.opcode() != v4::Opcode::BootReply {
@@ -188,10 +188,59 @@ async fn exchange(
     }
 }
 
-fn lease_from(ack: &v4::Message, server_hint: Ipv4Addr) -> Lease {
+/// Decodes a datagram from the network; None when it is not a DHCP message.
+///
+/// Anyone on the link can send one, and this runs in PID 1, whose panic is the kernel's.
+/// `dhcproto` asserts on some option lengths it does not check (found by `fuzz.rs`:
+/// option 80 with data, 94 not 3 bytes long, 81 under 3, 151 empty, 152 to 155 not 4),
+/// subtracting past zero where it does not assert; such options are refused here, and
+/// any other panic in the decoder is caught and the datagram dropped.
+pub(crate) fn decode(bytes: &[u8]) -> Option<v4::Message> {
+    if !options_are_sane(bytes.get(240..)?) {
+        return None;
+    }
+    std::panic::catch_unwind(|| v4::Message::decode(&mut Decoder::new(bytes)).ok())
+        .ok()
+        .flatten()
+}
+
+/// Walks the options (code, length, data) and checks the lengths `dhcproto` takes on
+/// trust. Options that overrun the datagram are left to the decoder, which refuses them.
+fn options_are_sane(mut opts: &[u8]) -> bool {
+    while let Some((&code, rest)) = opts.split_first() {
+        match code {
+            0 => {
+                opts = rest;
+                continue;
+            }
+            255 => return true,
+            _ => {}
+        }
+        let Some((&len, rest)) = rest.split_first() else {
+            return true;
+        };
+        let len = usize::from(len);
+        let fits = match code {
+            80 => len == 0,
+            94 => len == 3,
+            81 => len >= 3,
+            151 => len >= 1,
+            152..=155 => len == 4,
+            _ => true,
+        };
+        if !fits {
+            return false;
+        }
+        opts = rest.get(len..).unwrap_or_default();
+    }
+    true
+}
+
+pub(crate) fn lease_from(ack: &v4::Message, server_hint: Ipv4Addr) -> Lease {
     let opts = ack.opts();
     let prefix_len = match opts.get(OptionCode::SubnetMask) {
-        Some(DhcpOption::SubnetMask(m)) => u32::from(*m).leading_ones() as u8,
+        // A mask with holes (255.0.255.0) is no prefix: take the common /24.
+        Some(DhcpOption::SubnetMask(m)) => crate::cmdline::mask_to_prefix(*m).unwrap_or(24),
         _ => 24,
     };
     let router = match opts.get(OptionCode::Router) {
@@ -202,14 +251,18 @@ fn lease_from(ack: &v4::Message, server_hint: Ipv4Addr) -> Lease {
         Some(DhcpOption::DomainNameServer(d)) => d.clone(),
         _ => Vec::new(),
     };
+    // Both come from whoever answers on the network and end up in files (resolv.conf,
+    // /etc/hosts) and the kernel's host name: only well-formed names are kept.
     let domain = match opts.get(OptionCode::DomainName) {
         Some(DhcpOption::DomainName(d)) => Some(d.clone()),
         _ => None,
-    };
+    }
+    .filter(|d| crate::settings::valid_domain(d));
     let hostname = match opts.get(OptionCode::Hostname) {
         Some(DhcpOption::Hostname(h)) => Some(h.clone()),
         _ => None,
-    };
+    }
+    .filter(|h| crate::settings::valid_hostname(h));
     let server = match opts.get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(s)) => *s,
         _ => server_hint,
@@ -333,5 +386,46 @@ mod tests {
         assert_eq!(lease.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(lease.dns, vec![Ipv4Addr::new(10, 0, 2, 3)]);
         assert_eq!(lease.renew_secs, 43200);
+    }
+
+    #[test]
+    fn malformed_options_are_dropped_not_panicked_on() {
+        let mut ack = request_message(&[2, 0, 0, 0, 0, 9], 1, MessageType::Ack);
+        ack.set_opcode(v4::Opcode::BootReply);
+        let good = encode(&ack).unwrap();
+        assert!(decode(&good).is_some());
+        // Each of these options made dhcproto's decoder panic (assert or overflow).
+        for option in [
+            &[80u8, 1, 0][..],
+            &[94, 2, 1, 2],
+            &[81, 0],
+            &[81, 2, 0, 0],
+            &[151, 0],
+            &[152, 1, 0],
+        ] {
+            let mut bad = good[..240].to_vec();
+            bad.extend_from_slice(option);
+            bad.push(255);
+            assert!(decode(&bad).is_none(), "{option:?}");
+        }
+    }
+
+    #[test]
+    fn names_from_the_network_are_checked() {
+        let mut ack = request_message(&[2, 0, 0, 0, 0, 9], 1, MessageType::Ack);
+        ack.set_opcode(v4::Opcode::BootReply);
+        let o = ack.opts_mut();
+        o.insert(DhcpOption::DomainName("lan\nnameserver 6.6.6.6".into()));
+        o.insert(DhcpOption::Hostname("evil host".into()));
+        o.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 0, 255, 0)));
+        let lease = lease_from(&ack, Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!((lease.domain, lease.hostname), (None, None));
+        assert_eq!(lease.prefix_len, 24);
+        ack.opts_mut()
+            .insert(DhcpOption::DomainName("corp.example.".into()));
+        ack.opts_mut().insert(DhcpOption::Hostname("node-1".into()));
+        let lease = lease_from(&ack, Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!(lease.domain.as_deref(), Some("corp.example."));
+        assert_eq!(lease.hostname.as_deref(), Some("node-1"));
     }
 }

@@ -29,6 +29,8 @@ pub mod cmdline;
 pub mod datasource;
 pub mod dhcp;
 pub mod disk;
+#[cfg(test)]
+mod fuzz;
 pub mod host_image;
 pub mod images;
 pub mod modules;

@@ -174,17 +174,24 @@ pub fn write_resolv_conf(dns: &[Ipv4Addr], domain: Option<&str>) -> Result<(), N
     if dns.is_empty() {
         return Ok(());
     }
+    std::fs::write("/etc/resolv.conf", resolv_conf(dns, domain)).map_err(|e| NetError::Write {
+        path: "/etc/resolv.conf".into(),
+        source: e,
+    })
+}
+
+/// resolv.conf's text: a search domain (only a valid one: it comes from the network, and
+/// a newline in it would add a nameserver of the sender's choosing) and up to three
+/// nameservers, which is all the C library reads.
+pub fn resolv_conf(dns: &[Ipv4Addr], domain: Option<&str>) -> String {
     let mut text = String::new();
-    if let Some(d) = domain {
+    if let Some(d) = domain.filter(|d| crate::settings::valid_domain(d)) {
         text.push_str(&format!("search {d}\n"));
     }
     for s in dns.iter().take(3) {
         text.push_str(&format!("nameserver {s}\n"));
     }
-    std::fs::write("/etc/resolv.conf", text).map_err(|e| NetError::Write {
-        path: "/etc/resolv.conf".into(),
-        source: e,
-    })
+    text
 }
 
 /// Sets the kernel's host name and writes /etc/hostname and /etc/hosts.
@@ -208,6 +215,24 @@ pub fn set_hostname(name: &str) -> Result<(), NetError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resolv_conf_takes_no_lines_from_the_network() {
+        let dns = ["10.0.2.3".parse().unwrap()];
+        assert_eq!(
+            super::resolv_conf(&dns, Some("corp.example")),
+            "search corp.example\nnameserver 10.0.2.3\n"
+        );
+        // A DHCP server's domain with a newline would have added its own nameserver.
+        assert_eq!(
+            super::resolv_conf(&dns, Some("x\nnameserver 6.6.6.6")),
+            "nameserver 10.0.2.3\n"
+        );
+        assert_eq!(
+            super::resolv_conf(&dns, Some("a b")),
+            "nameserver 10.0.2.3\n"
+        );
+    }
+
     #[test]
     fn macs() {
         assert_eq!(

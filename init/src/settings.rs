@@ -108,6 +108,24 @@ pub fn valid_hostname(name: &str) -> bool {
         })
 }
 
+/// A DNS domain a resolver may search (RFC 1123 labels, at most 253 bytes, an optional
+/// final dot). What a DHCP server sends as its domain goes into resolv.conf only if it is
+/// one: a newline in it would add lines of the server's choosing (another nameserver).
+pub fn valid_domain(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 impl Settings {
     /// Applies one key unless a higher source already set it.
     pub fn apply(&mut self, source: Source, key: &str, value: &str) -> Result<(), SettingsError> {

@@ -29,6 +29,14 @@ pub async fn import(state: &ApiState, req: Request<Incoming>) -> Result<Response
         .is_some_and(|v| v.starts_with("application/json"));
     let (path, tag, upload) = if is_json {
         let request: ImportRequest = read_json(req).await?;
+        // A path the kernel cannot take (a NUL byte) or that depends on the daemon's
+        // working directory is the caller's mistake, not the daemon's failure.
+        if request.path.contains('\0') || !request.path.starts_with('/') {
+            return Err(ApiError::BadRequest(format!(
+                "path {:?}: give an absolute path on the daemon's host, without NUL bytes",
+                request.path
+            )));
+        }
         (PathBuf::from(request.path), request.tag, None)
     } else {
         let tag = Query::of(&req).get("tag").map(str::to_string);

@@ -307,7 +307,11 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["images"], Method::GET) => images::list(state).await,
         (["images", "import"], Method::POST) => images::import(state, req).await,
         (["images", "pull"], Method::POST) => pull::pull(state, req).await,
-        (["images", name], Method::DELETE) => images::remove(state, name).await,
+        // `/images/import` and `/images/pull` are routes of their own, not images named
+        // so (as in the document, where concrete paths come before templated ones).
+        (["images", name], Method::DELETE) if !matches!(*name, "import" | "pull") => {
+            images::remove(state, name).await
+        }
         (["cluster", "hosts"], Method::GET) => grid::hosts(state).await,
         (["discovery", "services"], Method::GET) => grid::services(state).await,
         (["discovery", "services", name], Method::GET) => grid::service(state, name).await,
@@ -323,14 +327,29 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["cluster", "tls", "ca"], Method::GET) => cluster::tls_ca(state),
         (["cluster", "tls"], Method::PUT) => cluster::tls_install(state, req).await,
         (segments, _) => {
-            let known = ROUTES
+            let matching: Vec<&(&str, &str)> = ROUTES
                 .iter()
-                .any(|(_, template)| template_matches(template, segments));
-            if known {
-                Err(ApiError::MethodNotAllowed(format!(
-                    "{} is not allowed on {path}",
+                .filter(|(_, template)| template_matches(template, segments))
+                .collect();
+            // A concrete path hides a templated one that also matches it.
+            let concrete = matching.iter().any(|(_, t)| !t.contains('{'));
+            let allowed: Vec<&str> = matching
+                .iter()
+                .filter(|(_, t)| !concrete || !t.contains('{'))
+                .map(|(method, _)| *method)
+                .collect();
+            if !allowed.is_empty() {
+                // RFC 9110 §15.5.6: a 405 names the methods the resource has.
+                let allow = allowed.join(", ");
+                let mut response = ApiError::MethodNotAllowed(format!(
+                    "{} is not allowed on {path} (use {allow})",
                     req.method()
-                )))
+                ))
+                .into_response();
+                if let Ok(value) = HeaderValue::from_str(&allow) {
+                    response.headers_mut().insert(hyper::header::ALLOW, value);
+                }
+                Ok(response)
             } else {
                 Err(ApiError::NotFound(format!("no such endpoint: {path}")))
             }
@@ -410,8 +429,41 @@ pub fn streaming(content_type: &'static str) -> (StreamTx, Response<Body>) {
 /// Reads and parses a JSON body, refusing bodies over `MAX_JSON_BODY`.
 pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
     let bytes = read_body(req, MAX_JSON_BODY).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON request body: {e}")))
+    parse_json(&bytes)
+}
+
+/// Parses a request body. JSON (and the document's JSON Schema) has one number type:
+/// `8080.0` is the integer 8080, as clients that hold every number as a float (and
+/// schemathesis) send it. So integral floats are made integers before the typed parse;
+/// a fraction where an integer is wanted is still refused.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bad =
+        |e: serde_json::Error| ApiError::BadRequest(format!("invalid JSON request body: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(bad)?;
+    integral_floats_to_integers(&mut value);
+    serde_json::from_value(value).map_err(bad)
+}
+
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+            {
+                // Exact conversions only: within ±2^63 (and 2^64 unsigned) every integral
+                // f64 is an integer the cast keeps.
+                if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
+                    *n = serde_json::Number::from(f as i64);
+                } else if (0.0..1.844_674_407_370_955_2e19).contains(&f) {
+                    *n = serde_json::Number::from(f as u64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
@@ -462,8 +514,9 @@ impl Query {
     pub fn flag(&self, key: &str, default: bool) -> Result<bool, ApiError> {
         match self.get(key) {
             None => Ok(default),
-            Some("" | "1" | "true" | "yes") => Ok(true),
-            Some("0" | "false" | "no") => Ok(false),
+            // The document says boolean: exactly true or false, nothing taken for one.
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
             Some(other) => Err(ApiError::BadRequest(format!(
                 "invalid value {other:?} for {key}: use true or false"
             ))),

@@ -228,6 +228,26 @@ impl Membership {
             }
             return Ok(Changed { changed: false });
         }
+        // What can make the grid refuse to start is checked before anything changes: a
+        // join that failed after writing cluster.json left the host half in a cluster it
+        // never reached, refusing every other (found by schemathesis).
+        if self.settings.advertise.is_none() {
+            match network::overlay::default_address().await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(ApiError::Conflict(
+                        "this host has no default route to take its cluster address from: \
+                         start the daemon with --advertise ADDRESS, then join"
+                            .into(),
+                    ));
+                }
+                Err(e) => {
+                    return Err(ApiError::Internal(format!(
+                        "finding this host's cluster address: {e}"
+                    )));
+                }
+            }
+        }
         // The standalone network must be set up (or have failed) before it is replaced.
         let task = self
             .standalone
@@ -246,6 +266,7 @@ impl Membership {
                 )));
             }
         }
+        let previous = file.clone();
         let mut next = file.clone();
         next.cluster_id = Some(req.cluster_id.clone());
         next.etcd = req.etcd.clone();
@@ -258,9 +279,13 @@ impl Membership {
             etcd: req.etcd,
             ..self.settings.clone()
         };
-        self.start_grid(cfg, Vec::new())
-            .await
-            .map_err(|e| ApiError::Internal(format!("joining the grid: {e:#}")))?;
+        if let Err(e) = self.start_grid(cfg, Vec::new()).await {
+            // Not in the cluster after all: forget it, so that a join can be tried again
+            // (to this cluster or another).
+            self.save(&previous)?;
+            *file = previous;
+            return Err(ApiError::Internal(format!("joining the grid: {e:#}")));
+        }
         tracing::info!(cluster = %req.cluster_id, "joined the cluster");
         Ok(Changed { changed: true })
     }

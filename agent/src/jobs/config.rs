@@ -87,6 +87,7 @@ pub fn resolve(
             .unwrap_or_else(|_| id[..12].to_string()),
         (None, _) => id[..12].to_string(),
     };
+    validate_ports(req)?;
     if !req.ports.is_empty() && req.network != NetworkMode::Bridge {
         return Err(JobError::BadRequest(
             "published ports need the bridge network (not --net host or none)".to_string(),
@@ -169,6 +170,18 @@ fn labels(req: &JobRequest) -> std::collections::BTreeMap<String, String> {
     labels
 }
 
+/// A published port goes to a real port of the job (the host side may be 0: the host
+/// picks one).
+pub fn validate_ports(req: &JobRequest) -> Result<(), JobError> {
+    match req.ports.iter().find(|p| p.container_port == 0) {
+        Some(p) => Err(JobError::BadRequest(format!(
+            "published port {}:0/{:?}: the job's port must be 1 to 65535",
+            p.host_port, p.protocol
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Both ends absolute and plain (no `..`, which would let a job's target climb out
 /// of its rootfs); not onto `/` itself.
 fn validate_volumes(volumes: &[Volume]) -> Result<(), JobError> {
@@ -222,10 +235,11 @@ fn validate_resources(req: &JobRequest) -> Result<(), JobError> {
         )));
     }
     if let Some(c) = r.cpus
-        && (!c.is_finite() || c <= 0.0 || c > 1024.0)
+        && (!c.is_finite() || !(0.01..=1024.0).contains(&c))
     {
+        // Below 0.01 the CFS quota (cpus x 100 ms) is under the kernel's 1 ms minimum.
         return Err(JobError::BadRequest(format!(
-            "invalid cpus {c}: give a positive number of CPUs such as 0.5"
+            "invalid cpus {c}: give 0.01 to 1024 CPUs, such as 0.5"
         )));
     }
     if let Some(p) = r.pids_limit

@@ -5,7 +5,7 @@
 //! of truth that handlers read, that `wait` and log followers subscribe to, and
 //! that is written to `jobs/<id>/job.json` after every change.
 
-mod config;
+pub(crate) mod config;
 mod error;
 mod etc;
 mod exec;
@@ -331,6 +331,7 @@ impl JobManager {
         }
         // A port that cannot be had is refused before anything is created. A job just
         // removed may still hold its ports for the moment its teardown takes.
+        config::validate_ports(&req)?;
         if !req.ports.is_empty() {
             self.all_detached().await;
             self.network.check_ports(&req.ports)?;

@@ -285,3 +285,135 @@ mod tests {
         ));
     }
 }
+
+/// Structure-aware fuzzing: documents shaped like indexes and manifests, with fields of
+/// every JSON type, hostile digests, sizes and media types. `PROPTEST_CASES` sets the
+/// number of cases (256 by default; `scripts/fuzz.sh` runs more).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::from),
+        ]
+    }
+
+    fn media_type() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            prop::sample::select(
+                [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST]
+                    .iter()
+                    .chain(LAYER_TYPES)
+                    .chain(CONFIG_TYPES)
+                    .chain(DOCKER_SCHEMA1)
+                    .map(|s| Value::from(*s))
+                    .collect::<Vec<_>>()
+            ),
+            scalar(),
+        ]
+    }
+
+    fn digest() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            "sha256:[0-9a-f]{64}".prop_map(Value::from),
+            "sha(256|512):[0-9a-fA-F]{0,70}".prop_map(Value::from),
+            "[a-z0-9+._-]{1,10}:[a-zA-Z0-9=_-]{1,40}".prop_map(Value::from),
+            scalar(),
+        ]
+    }
+
+    fn size() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<u64>().prop_map(Value::from),
+            Just(json!(-1)),
+            Just(json!(1.5)),
+            Just(json!(1e300)),
+            scalar(),
+        ]
+    }
+
+    fn descriptor() -> impl Strategy<Value = Value> {
+        (
+            media_type(),
+            digest(),
+            size(),
+            prop::option::of((".{0,8}", ".{0,8}", prop::option::of(".{0,4}"))),
+            any::<bool>(),
+        )
+            .prop_map(|(m, d, s, platform, drop_digest)| {
+                let mut v = json!({"mediaType": m, "digest": d, "size": s});
+                if let Some((os, arch, variant)) = platform {
+                    v["platform"] = json!({"os": os, "architecture": arch});
+                    if let Some(variant) = variant {
+                        v["platform"]["variant"] = json!(variant);
+                    }
+                }
+                if drop_digest {
+                    v.as_object_mut().map(|o| o.remove("digest"));
+                }
+                v
+            })
+    }
+
+    fn document() -> impl Strategy<Value = Value> {
+        let schema = prop_oneof![Just(json!(2)), Just(json!(1)), scalar()];
+        (
+            schema,
+            prop::option::of(media_type()),
+            prop::option::of(descriptor()),
+            prop::option::of(prop::collection::vec(descriptor(), 0..4)),
+            prop::option::of(prop::collection::vec(descriptor(), 0..4)),
+        )
+            .prop_map(|(schema, media, config, layers, manifests)| {
+                let mut v = json!({"schemaVersion": schema});
+                if let Some(m) = media {
+                    v["mediaType"] = m;
+                }
+                if let Some(c) = config {
+                    v["config"] = c;
+                }
+                if let Some(l) = layers {
+                    v["layers"] = Value::Array(l);
+                }
+                if let Some(m) = manifests {
+                    v["manifests"] = Value::Array(m);
+                }
+                v
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn manifests_and_indexes(doc in document()) {
+            let bytes = serde_json::to_vec(&doc).unwrap();
+            match parse(&bytes, "fuzz") {
+                Ok(Document::Index(entries)) => {
+                    let listed = doc.get("manifests").and_then(Value::as_array).map_or(0, Vec::len);
+                    prop_assert_eq!(entries.len(), listed);
+                    let _ = select(&entries, &Platform::host(), "fuzz");
+                }
+                Ok(Document::Manifest { config, layers, .. }) => {
+                    prop_assert!(CONFIG_TYPES.contains(&config.media_type.as_str()));
+                    for l in &layers {
+                        prop_assert!(LAYER_TYPES.contains(&l.media_type.as_str()));
+                        prop_assert_eq!(l.digest.to_string().len(), "sha256:".len() + 64);
+                    }
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn manifest_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&bytes, "fuzz");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 use tar::EntryType;
@@ -471,13 +471,19 @@ impl<'a> Applier<'a> {
         )
         .map_err(|e| self.entry_err(raw_name, "changing ownership", e))?;
         if chmod {
-            nix::sys::stat::fchmodat(
-                Some(raw(dir)),
+            // A fifo (the only caller that changes the mode) opens without blocking, and
+            // O_NOFOLLOW refuses a symlink swapped in. fchmodat's "no follow" flag is no
+            // good here: before Linux 6.6 glibc emulates it through /proc, which a jail (or
+            // an early boot) does not have, and the unpack failed there.
+            let fifo = sys::openat(
+                dir,
                 name,
-                Mode::from_bits_truncate(meta.mode),
-                FchmodatFlags::NoFollowSymlink,
+                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW,
+                Mode::empty(),
             )
-            .map_err(|e| self.entry_err(raw_name, "changing the mode", e))?;
+            .map_err(|e| self.entry_err(raw_name, "opening the fifo", e))?;
+            nix::sys::stat::fchmod(raw(fifo.as_fd()), Mode::from_bits_truncate(meta.mode))
+                .map_err(|e| self.entry_err(raw_name, "changing the mode", e))?;
         }
         for (key, value) in &meta.xattrs {
             if self.skip_xattr(raw_name, key) {

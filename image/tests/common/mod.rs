@@ -606,3 +606,4 @@ impl Sandbox {
         self.dir.path()
     }
 }
+pub mod nest;
