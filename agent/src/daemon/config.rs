@@ -16,6 +16,8 @@ pub use flynn_client::DEFAULT_SOCKET;
 #[derive(Args, Debug, Clone, Default)]
 pub struct DaemonArgs {
     /// A JSON file with any of: state_dir, listen, socket, token, bridge, subnet, mtu,
+    /// userns (true: jobs run in user namespaces unless they ask --userns=host),
+    /// pids_limit (jobs' default; 0: none),
     /// registry ({"mirrors": {"docker.io": ["host:port"]}, "insecure": ["host:port", "CIDR"]}),
     /// grid (an object with the grid flags' settings).
     #[arg(long)]
@@ -38,6 +40,13 @@ pub struct DaemonArgs {
     /// MTU of the bridge and the jobs' interfaces [default: the default route's].
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Run jobs in user namespaces of their own unless they ask --userns=host
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub userns: Option<bool>,
+    /// The pids limit of a job that sets none; 0: unlimited [default: 4096].
+    #[arg(long)]
+    pub default_pids_limit: Option<i64>,
     #[command(flatten)]
     pub grid: crate::grid::config::GridArgs,
 }
@@ -52,6 +61,8 @@ struct FileConfig {
     bridge: Option<String>,
     subnet: Option<String>,
     mtu: Option<u32>,
+    userns: Option<bool>,
+    pids_limit: Option<i64>,
     #[serde(default)]
     registry: image::registry::RegistryConfig,
     grid: Option<crate::grid::config::GridFile>,
@@ -71,6 +82,8 @@ pub struct DaemonConfig {
     /// The grid's settings (with etcd endpoints when the operator put the host in a
     /// cluster; the bootstrap may join it later).
     pub grid: crate::grid::config::GridConfig,
+    /// What jobs get when their request leaves it unsaid.
+    pub jobs: crate::jobs::Defaults,
 }
 
 impl DaemonArgs {
@@ -116,7 +129,15 @@ impl DaemonArgs {
             cluster: None,
         };
         let grid = self.grid.resolve(file.grid, &state_dir)?;
+        let jobs = crate::jobs::Defaults {
+            userns: self.userns.or(file.userns).unwrap_or(false),
+            pids_limit: self
+                .default_pids_limit
+                .or(file.pids_limit)
+                .unwrap_or(crate::jobs::DEFAULT_PIDS_LIMIT),
+        };
         Ok(DaemonConfig {
+            jobs,
             grid,
             state_dir,
             listen,

@@ -111,6 +111,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
         network.clone(),
         exe.clone(),
         events.clone(),
+        config.jobs,
     )
     .await
     .context("opening the job supervisor")?;
