@@ -33,6 +33,7 @@ pub const SLICE: u32 = 65536;
 pub const FIRST_HOST_ID: u32 = 0x7000_0000;
 /// Slices up to 0x7FFE0000 (systemd's foreign range starts there).
 pub const SLICES: u32 = (0x7FFE_0000 - FIRST_HOST_ID) / SLICE;
+const _: () = assert!(FIRST_HOST_ID + SLICES * SLICE <= 0x7FFE_0000);
 
 /// Set to use the chowned copy even where idmapped mounts work (tests, benchmarks).
 pub const NO_IDMAP_ENV: &str = "FLYNN_USERNS_NO_IDMAP";
@@ -238,6 +239,5 @@ mod tests {
         assert_eq!(allocate([r(1)].into_iter()).unwrap(), r(0));
         let all = (0..SLICES).map(r);
         assert!(allocate(all).is_err());
-        assert!(FIRST_HOST_ID + SLICES * SLICE <= 0x7FFE_0000);
     }
 }
