@@ -53,6 +53,7 @@ fn container(rootfs: &Path, args: &[&str]) -> ContainerConfig {
         stdin: false,
         network: NetworkMode::New,
         mounts: Vec::new(),
+        security: Default::default(),
     }
 }
 

@@ -51,6 +51,56 @@ pub struct ContainerConfig {
     /// mounts (the agent's /etc/hosts, /etc/hostname and /etc/resolv.conf).
     #[serde(default)]
     pub mounts: Vec<BindMount>,
+    /// What confines the container beyond Docker's defaults, or loosens them.
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// The container's confinement: user namespace, root filesystem, capabilities,
+/// seccomp, no_new_privileges. The default is Docker's (no user namespace, a writable
+/// root, Docker's 14 capabilities and seccomp profile), but with no_new_privileges on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Security {
+    /// Run in a user namespace of its own, its ids mapped to this range of the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<IdRange>,
+    /// Mount the root filesystem read-only (Docker's `--read-only`; no tmpfs is added).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Capabilities added to Docker's default set: names as Docker takes them
+    /// (`NET_ADMIN`, `CAP_NET_ADMIN`, any case) or `ALL`.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the set, after the additions; `ALL` removes every one.
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+    /// Let the process gain privileges on exec (setuid binaries, file capabilities).
+    /// Off by default: stricter than Docker, whose default leaves it allowed.
+    #[serde(default)]
+    pub allow_new_privileges: bool,
+}
+
+/// Which seccomp filter the container runs under.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// Docker's default profile, rendered against the container's capabilities.
+    #[default]
+    Default,
+    /// No filter at all (Docker's `seccomp=unconfined`).
+    Unconfined,
+    /// A profile in Docker's JSON format (the text of the file given to `--security-opt
+    /// seccomp=FILE`), rendered against the container's capabilities and architecture.
+    Docker(String),
+}
+
+/// Container ids `0..size` are host ids `host..host+size` (uids and gids alike).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    pub host: u32,
+    pub size: u32,
 }
 
 /// A host path bind-mounted into the container.
@@ -277,6 +327,7 @@ mod tests {
             stdin: false,
             network: NetworkMode::New,
             mounts: Vec::new(),
+            security: Default::default(),
         }
     }
 

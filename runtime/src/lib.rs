@@ -138,6 +138,7 @@ pub mod config;
 pub mod container;
 pub mod exit;
 pub mod host;
+pub mod idmap;
 pub mod logs;
 pub mod loopback;
 pub mod rootfs;
@@ -147,7 +148,9 @@ pub mod spec;
 pub mod teardown;
 pub mod user;
 
-pub use config::{BindMount, ContainerConfig, ExecConfig, NetworkMode, Resources};
+pub use config::{
+    BindMount, ContainerConfig, ExecConfig, IdRange, NetworkMode, Resources, SeccompMode, Security,
+};
 pub use container::RuntimeError;
 pub use exit::ExitStatus;
 pub use spec::{SpecError, build_spec};

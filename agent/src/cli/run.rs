@@ -44,8 +44,8 @@ pub struct RunArgs {
     /// CPU limit in CPUs, e.g. 0.5.
     #[arg(long)]
     cpus: Option<f64>,
-    /// Maximum number of processes.
-    #[arg(long)]
+    /// Maximum number of processes; 0 or -1: unlimited [default: the daemon's, 4096].
+    #[arg(long, allow_negative_numbers = true)]
     pids_limit: Option<i64>,
     /// Set an environment variable (KEY=VALUE, or KEY to pass the client's value).
     #[arg(long, short = 'e')]
@@ -91,11 +91,51 @@ pub struct RunArgs {
     /// When the image must be pulled: which image of an index, os/arch[/variant].
     #[arg(long)]
     platform: Option<String>,
+    // Security (grouped: `security_request` turns them into the request's fields).
+    /// A user namespace: `--userns` maps the job's root to ids of its own (no one on
+    /// the host), `--userns=host` shares the host's [default: the daemon's setting].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "private",
+          value_parser = parse_userns)]
+    userns: Option<bool>,
+    /// Mount the job's root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Add a Linux capability (NET_ADMIN, CAP_SYS_TIME, ALL; repeatable).
+    #[arg(long)]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability (NET_RAW, ALL; repeatable).
+    #[arg(long)]
+    cap_drop: Vec<String>,
+    /// seccomp=unconfined, seccomp=PROFILE.json (Docker's format), no-new-privileges[:true|false] (repeatable).
+    #[arg(long, value_parser = parse_security_opt)]
+    security_opt: Vec<String>,
     /// Image reference or id.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
     #[arg(allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+fn parse_userns(text: &str) -> Result<bool, String> {
+    match text {
+        "private" | "auto" | "" => Ok(true),
+        "host" => Ok(false),
+        other => Err(format!(
+            "--userns={other}: give --userns (a range of ids of its own) or --userns=host"
+        )),
+    }
+}
+
+/// `seccomp=FILE` becomes `seccomp=` and the file's content, as Docker's CLI sends it
+/// (the file is the client's; the daemon may run elsewhere).
+fn parse_security_opt(text: &str) -> Result<String, String> {
+    match text.split_once(['=', ':']) {
+        Some(("seccomp", "unconfined")) => Ok(text.to_string()),
+        Some(("seccomp", file)) => std::fs::read_to_string(file)
+            .map(|profile| format!("seccomp={profile}"))
+            .map_err(|e| format!("seccomp profile {file}: {e}")),
+        _ => Ok(text.to_string()),
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -166,6 +206,11 @@ impl RunArgs {
             volumes: self.volumes.clone(),
             labels: self.labels.iter().cloned().collect(),
             log_opts: self.log_opts.iter().cloned().collect(),
+            userns: self.userns,
+            read_only: self.read_only,
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            security_opt: self.security_opt.clone(),
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct DaemonArgs {
     /// A JSON file with any of: state_dir, listen, socket, token, bridge, subnet, mtu,
     /// control_ports (TCP ports jobs may not open, beside the API's and etcd's),
     /// log_opts (jobs' default json-file options: {"max-size": "10m", "max-file": "3"}),
+    /// userns (true: jobs run in user namespaces unless they ask --userns=host),
+    /// pids_limit (jobs' default; 0: none),
     /// registry ({"mirrors": {"docker.io": ["host:port"]}, "insecure": ["host:port", "CIDR"]}),
     /// grid (an object with the grid flags' settings).
     #[arg(long)]
@@ -44,6 +46,13 @@ pub struct DaemonArgs {
     /// cluster bootstrapped before its hosts had TLS).
     #[arg(long)]
     pub plain_http: bool,
+    /// Run jobs in user namespaces of their own unless they ask --userns=host
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub userns: Option<bool>,
+    /// The pids limit of a job that sets none; 0: unlimited [default: 4096].
+    #[arg(long)]
+    pub default_pids_limit: Option<i64>,
     #[command(flatten)]
     pub grid: crate::grid::config::GridArgs,
 }
@@ -67,6 +76,8 @@ struct FileConfig {
     log_opts: std::collections::BTreeMap<String, String>,
     /// false: plain HTTP on every address (as `--plain-http`).
     tls: Option<bool>,
+    userns: Option<bool>,
+    pids_limit: Option<i64>,
     #[serde(default)]
     registry: image::registry::RegistryConfig,
     grid: Option<crate::grid::config::GridFile>,
@@ -90,6 +101,8 @@ pub struct DaemonConfig {
     /// The grid's settings (with etcd endpoints when the operator put the host in a
     /// cluster; the bootstrap may join it later).
     pub grid: crate::grid::config::GridConfig,
+    /// What jobs get when their request leaves it unsaid.
+    pub jobs: crate::jobs::Defaults,
 }
 
 impl DaemonArgs {
@@ -138,7 +151,15 @@ impl DaemonArgs {
         let grid = self.grid.resolve(file.grid, &state_dir)?;
         crate::model::logopts::rotation(&file.log_opts)
             .map_err(|e| anyhow::anyhow!("log_opts in the config file: {e}"))?;
+        let jobs = crate::jobs::Defaults {
+            userns: self.userns.or(file.userns).unwrap_or(false),
+            pids_limit: self
+                .default_pids_limit
+                .or(file.pids_limit)
+                .unwrap_or(crate::jobs::DEFAULT_PIDS_LIMIT),
+        };
         Ok(DaemonConfig {
+            jobs,
             log_opts: file.log_opts,
             grid,
             state_dir,

@@ -112,6 +112,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
         network.clone(),
         exe.clone(),
         events.clone(),
+        config.jobs,
     )
     .await
     .context("opening the job supervisor")?;

@@ -95,6 +95,8 @@ pub async fn ensure_member(
                 target: "/var/lib/etcd".into(),
                 read_only: false,
             }],
+            // The platform's own job: its data volume belongs to the host's root.
+            userns: Some(false),
             start: true,
             ..JobRequest::default()
         })
@@ -141,6 +143,8 @@ pub async fn ensure(
             policy: RestartPolicyName::Always,
             max_retries: 0,
         },
+        // The platform's own job: its data volume belongs to the host's root.
+        userns: Some(false),
         start: true,
         ..JobRequest::default()
     };

@@ -22,11 +22,35 @@ pub fn validate_name(name: &str) -> Result<(), JobError> {
     }
 }
 
+/// What the daemon applies when a request leaves it unsaid (`userns`, `pids_limit`
+/// in the daemon's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    /// Jobs run in a user namespace unless they ask for `--userns=host`.
+    pub userns: bool,
+    /// The pids limit of a job that gives none; 0: unlimited.
+    pub pids_limit: i64,
+}
+
+/// Podman's default (containers.conf `pids_limit` is 2048); twice that leaves room for
+/// thread-heavy servers while a fork bomb still stops long before the host's limit.
+pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            userns: false,
+            pids_limit: DEFAULT_PIDS_LIMIT,
+        }
+    }
+}
+
 /// Merges the image config with the request's overrides.
 pub fn resolve(
     req: &JobRequest,
     image: &ImageConfiguration,
     id: &str,
+    defaults: Defaults,
 ) -> Result<JobConfig, JobError> {
     let cfg = image.config().as_ref();
     let image_entrypoint = cfg.and_then(|c| c.entrypoint().clone()).unwrap_or_default();
@@ -108,13 +132,17 @@ pub fn resolve(
             "label key {k:?}: give a non-empty key without '='"
         )));
     }
-    Ok(JobConfig {
+    let mut resources = req.resources.clone();
+    if resources.pids_limit.is_none() && defaults.pids_limit > 0 {
+        resources.pids_limit = Some(defaults.pids_limit);
+    }
+    let config = JobConfig {
         args,
         env,
         workdir,
         user,
         hostname,
-        resources: req.resources.clone(),
+        resources,
         auto_remove: req.auto_remove,
         restart: req.restart.clone(),
         tty: req.tty,
@@ -126,7 +154,90 @@ pub fn resolve(
         volumes: req.volumes.clone(),
         labels: labels(req),
         log_opts: req.log_opts.clone(),
-    })
+        // The range is the manager's to allocate (see `JobManager::create`).
+        userns: None,
+        read_only: req.read_only,
+        cap_add: req.cap_add.clone(),
+        cap_drop: req.cap_drop.clone(),
+        security_opt: req.security_opt.iter().map(|o| normalize_opt(o)).collect(),
+    };
+    // Refuses unknown capabilities, options and bad seccomp profiles now, not at start.
+    let security = security(&config)?;
+    if let Some(profile) = runtime::spec::seccomp_profile(&security).map_err(bad_security)?
+        && matches!(security.seccomp, runtime::SeccompMode::Docker(_))
+    {
+        runtime::seccomp::compile(&profile).map_err(|e| {
+            JobError::BadRequest(format!("the seccomp profile cannot be used: {e}"))
+        })?;
+    }
+    Ok(config)
+}
+
+fn bad_security(e: runtime::SpecError) -> JobError {
+    JobError::BadRequest(e.to_string())
+}
+
+/// `seccomp:x` and `no-new-privileges=x` as Docker also takes them, in one form.
+fn normalize_opt(opt: &str) -> String {
+    match opt.split_once([':', '=']) {
+        Some((key @ ("seccomp" | "no-new-privileges"), value)) => format!("{key}={value}"),
+        _ => opt.to_string(),
+    }
+}
+
+/// The job's confinement as the runtime takes it (the user namespace's range aside).
+pub fn security(c: &JobConfig) -> Result<runtime::Security, JobError> {
+    let mut out = runtime::Security {
+        userns: c.userns.map(|r| runtime::IdRange {
+            host: r.host,
+            size: r.size,
+        }),
+        read_only: c.read_only,
+        cap_add: c.cap_add.clone(),
+        cap_drop: c.cap_drop.clone(),
+        ..runtime::Security::default()
+    };
+    for opt in &c.security_opt {
+        match opt.split_once('=').unwrap_or((opt.as_str(), "")) {
+            ("seccomp", "unconfined") => out.seccomp = runtime::SeccompMode::Unconfined,
+            ("seccomp", "") => {
+                return Err(JobError::BadRequest(
+                    "security option seccomp: give seccomp=unconfined or seccomp=PROFILE (the \
+                     profile's JSON)"
+                        .to_string(),
+                ));
+            }
+            ("seccomp", profile) => {
+                out.seccomp = runtime::SeccompMode::Docker(profile.to_string());
+            }
+            ("no-new-privileges", "" | "true") => out.allow_new_privileges = false,
+            ("no-new-privileges", "false") => out.allow_new_privileges = true,
+            ("label" | "apparmor", _) => {
+                return Err(JobError::BadRequest(format!(
+                    "security option {opt:?}: this host has no SELinux or AppArmor; use seccomp= \
+                     or no-new-privileges"
+                )));
+            }
+            _ => {
+                return Err(JobError::BadRequest(format!(
+                    "unknown security option {opt:?}: give seccomp=unconfined, \
+                     seccomp=PROFILE.json or no-new-privileges[:true|false]"
+                )));
+            }
+        }
+    }
+    if out.allow_new_privileges && out.seccomp != runtime::SeccompMode::Unconfined {
+        // The shim installs the seccomp filter after capabilities are dropped, which the
+        // kernel allows only with no_new_privileges.
+        return Err(JobError::BadRequest(
+            "no-new-privileges:false needs seccomp=unconfined too (this runtime installs \
+             the seccomp filter after dropping capabilities, which only no_new_privileges \
+             allows)"
+                .to_string(),
+        ));
+    }
+    runtime::spec::capabilities_of(&out).map_err(bad_security)?;
+    Ok(out)
 }
 
 /// A bridge job may not mount the daemon's state (its token, images, other jobs'
@@ -242,13 +353,7 @@ fn validate_resources(req: &JobRequest) -> Result<(), JobError> {
             "invalid cpus {c}: give 0.01 to 1024 CPUs, such as 0.5"
         )));
     }
-    if let Some(p) = r.pids_limit
-        && p < 1
-    {
-        return Err(JobError::BadRequest(format!(
-            "invalid pids limit {p}: it must be at least 1"
-        )));
-    }
+    // A pids limit of 0 or less means none (Docker's rule); it overrides the default.
     Ok(())
 }
 
@@ -258,9 +363,9 @@ pub fn container_config(
     rootfs: &Path,
     network: runtime::NetworkMode,
     mounts: Vec<runtime::BindMount>,
-) -> runtime::ContainerConfig {
+) -> Result<runtime::ContainerConfig, JobError> {
     let c = &job.config;
-    runtime::ContainerConfig {
+    Ok(runtime::ContainerConfig {
         id: job.id.clone(),
         rootfs: rootfs.to_path_buf(),
         args: c.args.clone(),
@@ -277,5 +382,6 @@ pub fn container_config(
         stdin: c.stdin,
         network,
         mounts,
-    }
+        security: security(c)?,
+    })
 }

@@ -14,6 +14,9 @@ mod record;
 mod recover;
 mod release;
 mod restart;
+mod userns;
+
+pub use config::{DEFAULT_PIDS_LIMIT, Defaults};
 
 pub use exec::exit_of;
 pub use netslot::{NetSlot, NetSlotSetter};
@@ -117,6 +120,8 @@ pub struct JobManager {
     drain: std::sync::OnceLock<Arc<dyn Drain>>,
     /// The daemon's `log_opts`, for jobs that give none (see [`JobManager::set_log_defaults`]).
     log_defaults: std::sync::OnceLock<std::collections::BTreeMap<String, String>>,
+    /// What a request leaves to the daemon (user namespace, pids limit).
+    defaults: config::Defaults,
 }
 
 /// What a stop does first for a job that provides services: take them out of
@@ -156,6 +161,7 @@ impl JobManager {
         network: NetSlot,
         exe: PathBuf,
         events: broadcast::Sender<Event>,
+        defaults: config::Defaults,
     ) -> Result<Arc<JobManager>, JobError> {
         std::fs::create_dir_all(&paths.jobs).map_err(|e| JobError::io(&paths.jobs, e))?;
         std::fs::create_dir_all(&paths.containers)
@@ -174,6 +180,7 @@ impl JobManager {
             detach_seq: std::sync::atomic::AtomicU64::new(0),
             drain: std::sync::OnceLock::new(),
             log_defaults: std::sync::OnceLock::new(),
+            defaults,
         });
         manager.recover().await;
         let removed = manager.paths.removed.clone();
@@ -348,8 +355,9 @@ impl JobManager {
             .await
             .map_err(JobError::join)??;
             let id = record::new_id()?;
-            let config = config::resolve(&req, &image_config, &id)?;
-            let job = Job {
+            let config = config::resolve(&req, &image_config, &id, self.defaults)?;
+            let userns = req.userns.unwrap_or(self.defaults.userns);
+            let mut job = Job {
                 id: id.clone(),
                 name: req.name.clone(),
                 image: req.image.clone(),
@@ -367,8 +375,7 @@ impl JobManager {
                 services: Vec::new(),
                 config,
             };
-            let handle = JobHandle::new(job.clone());
-            {
+            let handle = {
                 let mut jobs = self.lock_jobs();
                 if let Some(name) = &req.name
                     && jobs
@@ -377,8 +384,17 @@ impl JobManager {
                 {
                     return Err(JobError::NameInUse(name.clone()));
                 }
+                if userns {
+                    // Under the jobs' lock: two creates never take the same range.
+                    let taken = jobs
+                        .values()
+                        .filter_map(|h| h.record.borrow().config.userns);
+                    job.config.userns = Some(userns::allocate(taken)?);
+                }
+                let handle = JobHandle::new(job.clone());
                 jobs.insert(id.clone(), handle.clone());
-            }
+                handle
+            };
             let dir = self.paths.job_dir(&id);
             if let Err(e) = record::create_dir(&dir, &job) {
                 self.lock_jobs().remove(&id);
@@ -513,10 +529,21 @@ impl JobManager {
         let image_id = job.image_id.clone();
         let mount_dir = dir.clone();
         let step = StartStep::new(&job.id);
+        let userns = job.config.userns;
+        let traverse = [
+            self.paths.jobs.parent().map(PathBuf::from),
+            Some(self.paths.jobs.clone()),
+            Some(dir.clone()),
+        ];
         tokio::task::spawn_blocking(move || {
+            if userns.is_some() {
+                let dirs: Vec<&std::path::Path> =
+                    traverse.iter().flatten().map(|p| p.as_path()).collect();
+                userns::make_traversable(&dirs)?;
+            }
             let image = store.resolve(&image_id)?;
             let lowers = store.layer_dirs(&image)?;
-            record::mount_rootfs(&mount_dir, &lowers)
+            record::mount_rootfs(&mount_dir, &lowers, userns)
         })
         .await
         .map_err(JobError::join)??;
@@ -548,6 +575,9 @@ impl JobManager {
                 endpoint.as_ref().map(|e| e.ip),
                 &self.network.job_dns(&job.config.dns, endpoint.as_ref()),
             )?;
+            if let Some(range) = job.config.userns {
+                userns::chown_files(&mounts, range)?;
+            }
             mounts.extend(config::volume_mounts(&job.config.volumes)?);
             let network_mode = match (&endpoint, job.config.network) {
                 (Some(endpoint), _) => runtime::NetworkMode::Path(endpoint.netns.clone()),
@@ -555,7 +585,7 @@ impl JobManager {
                 (None, _) => runtime::NetworkMode::New,
             };
             let shim_config = runtime::shim::ShimConfig {
-                container: config::container_config(job, &rootfs, network_mode, mounts),
+                container: config::container_config(job, &rootfs, network_mode, mounts)?,
                 state_root: self.paths.containers.clone(),
                 log_path: dir.join(record::LOG_FILE),
                 log_rotation: crate::model::logopts::rotation(&job.config.log_opts)

@@ -93,15 +93,23 @@ fn rootfs_dirs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (dir.join("rootfs"), dir.join("upper"), dir.join("work"))
 }
 
-/// Mounts the job's overlay: the image's layers below, the job's own upper dir on top.
-pub fn mount_rootfs(dir: &Path, lowers: &[PathBuf]) -> Result<(), JobError> {
+/// Mounts the job's overlay: the image's layers below, the job's own upper dir on top
+/// (for a job in a user namespace, see `userns`).
+pub fn mount_rootfs(
+    dir: &Path,
+    lowers: &[PathBuf],
+    userns: Option<crate::model::IdRange>,
+) -> Result<(), JobError> {
     let (rootfs, upper, work) = rootfs_dirs(dir);
     for d in [&rootfs, &upper, &work] {
         fs::create_dir_all(d).map_err(|e| JobError::io(d, e))?;
     }
     // A previous run's mount may survive a daemon crash; never stack a second one.
     image::rootfs::unmount(&rootfs)?;
-    image::rootfs::mount_overlay(lowers, &upper, &work, &rootfs)?;
+    match userns {
+        None => image::rootfs::mount_overlay(lowers, &upper, &work, &rootfs)?,
+        Some(range) => super::userns::mount_rootfs(dir, lowers, &upper, &work, &rootfs, range)?,
+    }
     Ok(())
 }
 

@@ -75,6 +75,25 @@ pub struct JobRequest {
     /// none: the daemon's `log_opts`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub log_opts: std::collections::BTreeMap<String, String>,
+    /// A user namespace (`--userns`): true maps the job's ids to a range of the host's
+    /// of its own (its root is no one on the host), false shares the host's
+    /// (`--userns=host`); absent, the daemon's default (`userns` in its config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<bool>,
+    /// Mount the job's root filesystem read-only (Docker's `--read-only`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// Capabilities added to Docker's default set (`NET_ADMIN`, `CAP_NET_ADMIN`, `ALL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from it (`ALL` removes every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Docker's `--security-opt` entries: `seccomp=unconfined`, `seccomp=PROFILE` (the
+    /// profile's JSON text, in Docker's format: the CLI reads the file),
+    /// `no-new-privileges[:true|false]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
 }
 
 /// `HOST_PATH:JOB_PATH[:ro|:rw]`, the `-v` syntax (the daemon checks the paths).
@@ -296,6 +315,24 @@ pub struct JobConfig {
     /// The log options in force (the request's, or the daemon's default).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub log_opts: std::collections::BTreeMap<String, String>,
+    /// The host ids the job's ids are mapped to, when it runs in a user namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<IdRange>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+}
+
+/// Ids `0..size` inside a job are the host's `host..host+size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub host: u32,
+    pub size: u32,
 }
 
 /// How a job is networked.

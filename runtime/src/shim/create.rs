@@ -137,6 +137,7 @@ fn prepare(files: &JobFiles) -> Result<Prepared, ShimSetupError> {
             path: files.spec(),
             source: e.into(),
         })?;
+    join_network_first(&cfg.container, &mut oci)?;
     let seccomp = take_seccomp(&mut oci, &cfg)?;
     let bundle = files.bundle();
     std::fs::create_dir_all(&bundle).map_err(|source| ShimSetupError::Bundle {
@@ -158,6 +159,34 @@ fn prepare(files: &JobFiles) -> Result<Prepared, ShimSetupError> {
         io,
         seccomp,
     })
+}
+
+/// A job in a user namespace of its own that joins a network namespace the host made
+/// (a bridge job's): libcontainer would join it from inside the new user namespace,
+/// which has no rights over it (EPERM). The shim joins it first, while it is still
+/// the host's root (as runc does), and the container inherits it: the spec handed to
+/// libcontainer names no network namespace.
+fn join_network_first(
+    c: &crate::config::ContainerConfig,
+    oci: &mut Spec,
+) -> Result<(), ShimSetupError> {
+    let (Some(_), crate::config::NetworkMode::Path(path)) = (&c.security.userns, &c.network) else {
+        return Ok(());
+    };
+    let err = |source: std::io::Error| ShimSetupError::JoinNetwork {
+        path: path.clone(),
+        source,
+    };
+    let ns = std::fs::File::open(path).map_err(err)?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| err(e.into()))?;
+    if let Some(list) = oci
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    {
+        list.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network);
+    }
+    Ok(())
 }
 
 /// Takes the seccomp profile out of the spec handed to libcontainer and returns it

@@ -75,6 +75,11 @@ pub enum ShimSetupError {
     Spec(Source),
     #[error("cannot write the OCI spec {path:?}: {source}")]
     WriteSpec { path: PathBuf, source: Source },
+    #[error("cannot join the job's network namespace {path:?}: {source}")]
+    JoinNetwork {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create the bundle directory {path:?}: {source}")]
     Bundle {
         path: PathBuf,

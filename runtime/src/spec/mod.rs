@@ -3,17 +3,20 @@
 pub mod caps;
 pub mod mounts;
 pub mod seccomp;
+pub mod seccomp_file;
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources,
-    LinuxResourcesBuilder, PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder,
-    RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, LinuxSeccomp, PosixRlimitBuilder,
+    PosixRlimitType, Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::cgroup;
-use crate::config::{self, ConfigError, ContainerConfig, ExecConfig, NetworkMode, Resources};
+use crate::config::{
+    self, ConfigError, ContainerConfig, ExecConfig, NetworkMode, Resources, SeccompMode, Security,
+};
 use crate::rootfs::{RootDir, RootfsError};
 use crate::user::{self, UserError};
 
@@ -34,6 +37,26 @@ pub enum SpecError {
     Rootfs(#[from] RootfsError),
     #[error("internal error assembling the OCI spec (a bug in flynn-runtime): {0}")]
     Oci(#[from] OciSpecError),
+    #[error(transparent)]
+    Capability(#[from] caps::UnknownCapability),
+    #[error(transparent)]
+    SeccompProfile(#[from] seccomp_file::ProfileError),
+}
+
+/// The capabilities `security` leaves the container (Docker's rules for add and drop).
+pub fn capabilities_of(security: &Security) -> Result<Vec<Capability>, SpecError> {
+    Ok(caps::effective(&security.cap_add, &security.cap_drop)?)
+}
+
+/// The seccomp profile the container runs under (`None`: unconfined), rendered
+/// against its capabilities. The agent calls it to refuse a bad profile at create.
+pub fn seccomp_profile(security: &Security) -> Result<Option<LinuxSeccomp>, SpecError> {
+    let caps = capabilities_of(security)?;
+    Ok(match &security.seccomp {
+        SeccompMode::Default => Some(seccomp::default_profile(&caps)?),
+        SeccompMode::Unconfined => None,
+        SeccompMode::Docker(json) => Some(seccomp_file::render(json, &caps)?),
+    })
 }
 
 /// Builds the OCI spec for `cfg`. Reads the rootfs's /etc/passwd and /etc/group (safely,
@@ -61,7 +84,7 @@ pub fn build_spec(cfg: &ContainerConfig) -> Result<Spec, SpecError> {
             cfg.tty,
         ))
         .cwd(cwd(cfg))
-        .capabilities(caps::capabilities(caps::DEFAULT_CAPABILITIES))
+        .capabilities(caps::capabilities(&capabilities_of(&cfg.security)?))
         .rlimits(vec![
             PosixRlimitBuilder::default()
                 .typ(PosixRlimitType::RlimitNofile)
@@ -69,32 +92,49 @@ pub fn build_spec(cfg: &ContainerConfig) -> Result<Spec, SpecError> {
                 .hard(NOFILE_HARD)
                 .build()?,
         ])
-        .no_new_privileges(true)
+        .no_new_privileges(!cfg.security.allow_new_privileges)
         // Explicit, as Docker does: otherwise init inherits the agent's adjustment (an
         // agent that protects itself from the OOM killer would protect its containers).
         .oom_score_adj(0)
         .build()?;
 
-    let linux = LinuxBuilder::default()
-        .namespaces(namespaces(&cfg.network)?)
+    let userns = cfg.security.userns;
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces(&cfg.network, userns.is_some())?)
         .cgroups_path(cgroup::cgroup_path(&cfg.id))
         .resources(resources(&cfg.resources)?)
         .devices(Vec::new())
         .masked_paths(to_strings(mounts::MASKED_PATHS))
         .readonly_paths(to_strings(mounts::READONLY_PATHS))
-        .seccomp(seccomp::default_profile(caps::DEFAULT_CAPABILITIES)?)
         .build()?;
+    linux.set_seccomp(seccomp_profile(&cfg.security)?);
+    if let Some(range) = userns {
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(range.host)
+            .size(range.size)
+            .build()?;
+        linux.set_uid_mappings(Some(vec![map]));
+        linux.set_gid_mappings(Some(vec![map]));
+    }
+    let mut default_mounts = mounts::default_mounts()?;
+    if userns.is_some() && cfg.network != NetworkMode::New {
+        // sysfs can only be mounted by the user namespace that owns the network
+        // namespace; the job's was made by the host (or is the host's): the host's
+        // /sys is bound instead, read-only, as runc does in that case.
+        mounts::bind_host_sysfs(&mut default_mounts)?;
+    }
 
     Ok(SpecBuilder::default()
         .version("1.2.0")
         .root(
             RootBuilder::default()
                 .path(&cfg.rootfs)
-                .readonly(false)
+                .readonly(cfg.security.read_only)
                 .build()?,
         )
         .hostname(hostname)
-        .mounts(mounts::with_binds(mounts::default_mounts()?, &cfg.mounts)?)
+        .mounts(mounts::with_binds(default_mounts, &cfg.mounts)?)
         .process(process)
         .linux(linux)
         .build()?)
@@ -202,8 +242,15 @@ pub fn exec_process(
     Ok(process)
 }
 
-fn namespaces(network: &NetworkMode) -> Result<Vec<LinuxNamespace>, OciSpecError> {
+fn namespaces(network: &NetworkMode, userns: bool) -> Result<Vec<LinuxNamespace>, OciSpecError> {
     let mut list = Vec::new();
+    if userns {
+        list.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()?,
+        );
+    }
     for typ in [
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Pid,
@@ -300,6 +347,7 @@ mod tests {
             stdin: false,
             network: NetworkMode::New,
             mounts: Vec::new(),
+            security: Default::default(),
         }
     }
 

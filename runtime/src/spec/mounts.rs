@@ -60,6 +60,22 @@ pub fn with_binds(
     Ok(mounts)
 }
 
+/// Replaces the sysfs mount by a read-only recursive bind of the host's /sys (for a
+/// user namespace that does not own the job's network namespace).
+pub fn bind_host_sysfs(mounts: &mut [Mount]) -> Result<(), OciSpecError> {
+    for m in mounts.iter_mut() {
+        if m.typ().as_deref() == Some("sysfs") {
+            *m = mount(
+                "/sys",
+                "bind",
+                "/sys",
+                &["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,

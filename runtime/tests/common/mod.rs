@@ -93,6 +93,7 @@ impl Fixture {
             stdin: false,
             network: NetworkMode::New,
             mounts: Vec::new(),
+            security: Default::default(),
         }
     }
 

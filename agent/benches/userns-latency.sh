@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Benchmark: start-to-exit latency of `flynn-host run --rm --net none busybox true`
+# with a user namespace (`--userns`: a slice of the host's ids, the image's layers
+# mounted idmapped) against the same run without (`--userns=host`), interleaved in
+# the same hyperfine run; and the chowned-copy fallback (a daemon started with
+# FLYNN_USERNS_NO_IDMAP=1), which copies the image per job. Prints medians and
+# ratios. Not a test: it asserts nothing, it reports.
+# Usage: agent/benches/userns-latency.sh [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${1:-50}
+. scripts/deps.sh
+flynn_install_deps hyperfine jq
+
+. agent/benches/lib.sh
+bench_start userns
+
+measure() { # OUT.json
+    hyperfine ${HYPERFINE_ARGS:-} --warmup 5 --runs "$runs" -N --export-json "$1" \
+        --command-name host "$bin run --rm --net none --userns=host busybox true" \
+        --command-name userns "$bin run --rm --net none --userns busybox true" >/dev/null
+}
+median() { jq ".results[] | select(.command==\"$2\") | .median" "$1"; }
+
+measure "$work/idmap.json"
+
+# The fallback: the same daemon, restarted with idmapped mounts turned off.
+kill "$daemon"; wait "$daemon" 2>/dev/null || true
+FLYNN_USERNS_NO_IDMAP=1 nsenter --net="/run/netns/$netns" -- "$bin" daemon --state-dir "$work/state" \
+    --listen 127.0.0.1:1113 --socket "$work/host.sock" 2>>"$work/daemon.log" &
+daemon=$!
+for _ in $(seq 1 100); do "$bin" version >/dev/null 2>&1 && break; sleep 0.05; done
+measure "$work/copy.json"
+
+awk -v h="$(median "$work/idmap.json" host)" -v u="$(median "$work/idmap.json" userns)" \
+    -v h2="$(median "$work/copy.json" host)" -v c="$(median "$work/copy.json" userns)" \
+    -v n="$runs" 'BEGIN {
+    printf "run latency, median of %d (busybox true, --net none, start to exit, removed):\n", n
+    printf "  --userns=host                  : %7.2f ms\n", h * 1000
+    printf "  --userns (idmapped layers)     : %7.2f ms   ratio %.2f\n", u * 1000, u / h
+    printf "  --userns=host (second daemon)  : %7.2f ms\n", h2 * 1000
+    printf "  --userns (chowned copy)        : %7.2f ms   ratio %.2f\n", c * 1000, c / h2
+}'
