@@ -5,8 +5,10 @@
 //! loop with no request failed; scaled to 0 the routers say 503, back to 3 they
 //! serve; its lines from the three hosts are in `flynn log`; a TCP route works; a
 //! websocket app (busybox nc running a shell echo server) answers its handshake and
-//! echoes frames through every host's router; malformed requests get 4xx; a controller instance killed leaves the CLI
-//! working; a host lost outright leaves the app serving and its formation whole.
+//! echoes frames through every host's router; the controller's answers (jobs,
+//! logs...) match controller/openapi.json; malformed requests get 4xx; a controller
+//! instance killed leaves the CLI working; a host lost outright leaves the app
+//! serving and its formation whole.
 
 use std::process::Command;
 use std::time::Duration;
@@ -233,6 +235,51 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
                 .collect::<Vec<_>>()
                 .join("\n---\n")
         );
+    }
+
+    // The controller's answers with a real cluster behind it (jobs from the
+    // scheduler, lines from the aggregators) are as controller/openapi.json says.
+    let doc = apidoc::Document::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../controller/openapi.json"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let auth = format!("Authorization: Bearer {key}");
+    for (template, path) in [
+        ("/apps/{app}", "/apps/demo"),
+        ("/apps/{app}/releases", "/apps/demo/releases"),
+        ("/apps/{app}/deploys", "/apps/demo/deploys"),
+        ("/apps/{app}/formation", "/apps/demo/formation"),
+        ("/apps/{app}/jobs", "/apps/demo/jobs"),
+        ("/apps/{app}/routes", "/apps/demo/routes"),
+        ("/apps", "/apps"),
+    ] {
+        let (code, body) = curl(&c, &["-H", &auth, &format!("http://192.0.2.1:81{path}")]);
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
+        doc.check("GET", template, code, "application/json", &v)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(code, 200, "GET {path}: {body}");
+        if template == "/apps/{app}/jobs" {
+            let healthy = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|j| j["type"] == "web" && j["healthy"] == true)
+                .count();
+            assert_eq!(healthy, 3, "{v}");
+        }
+    }
+    let (code, body) = curl(
+        &c,
+        &["-H", &auth, "http://192.0.2.1:81/apps/demo/log?lines=20"],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.lines().count() > 0);
+    for line in body.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        doc.check("GET", "/apps/{app}/log", 200, "application/x-ndjson", &v)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     // A new release (env set) rolled out under a request loop through a router:
