@@ -240,7 +240,7 @@ proptest! {
         if let Some(req) = round_trip::<JobRequest>(&bytes)? {
             // The checks a create runs before touching anything.
             let image = oci_spec::image::ImageConfiguration::default();
-            if let Ok(config) = crate::jobs::config::resolve(&req, &image, JOB_ID) {
+            if let Ok(config) = crate::jobs::config::resolve(&req, &image, JOB_ID, Default::default()) {
                 if let Some(c) = config.resources.cpus {
                     prop_assert!((0.01..=1024.0).contains(&c), "cpus {} accepted", c);
                 }

@@ -427,6 +427,14 @@ impl Controller {
                     .await?
                     .into_iter()
                     .filter(|r| r.app.as_deref() == Some(app))
+                    .map(|mut r| {
+                        // A route's private key goes to the routers (through etcd),
+                        // never back out of the API: a listing shows the chain only.
+                        if let Some(c) = &mut r.certificate {
+                            c.key.clear();
+                        }
+                        r
+                    })
                     .collect();
                 Ok(json(StatusCode::OK, &routes))
             }
