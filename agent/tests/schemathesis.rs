@@ -69,6 +69,8 @@ fn schemathesis_finds_nothing() {
         .arg("junit")
         .arg("--report-dir")
         .arg(&report)
+        // Its cache goes where the daemon's state goes, not into the source tree.
+        .current_dir(d.state_dir())
         .env("SCHEMATHESIS_HOOKS", "")
         .env("NO_COLOR", "1")
         .output()
