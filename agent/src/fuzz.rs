@@ -69,9 +69,12 @@ fn value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A field of a request type: its name and a strategy for values of its own shape.
+type Field = (&'static str, fn() -> BoxedStrategy<Value>);
+
 /// An object with some of `keys` (each a value of any shape, often of the right one) and
 /// now and then a key the type does not have.
-fn shaped(keys: &'static [(&'static str, fn() -> BoxedStrategy<Value>)]) -> BoxedStrategy<Value> {
+fn shaped(keys: &'static [Field]) -> BoxedStrategy<Value> {
     let fields: Vec<BoxedStrategy<Option<(String, Value)>>> = keys
         .iter()
         .map(|(k, typed)| {
@@ -189,7 +192,7 @@ fn labels() -> BoxedStrategy<Value> {
         .boxed()
 }
 
-const JOB: &[(&str, fn() -> BoxedStrategy<Value>)] = &[
+const JOB: &[Field] = &[
     ("image", s),
     ("name", s),
     ("cmd", strings),
