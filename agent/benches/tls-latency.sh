@@ -35,6 +35,7 @@ in_ns() { nsenter --net="/run/netns/$netns" -- "$@"; }
 in_ns "$bin" daemon --state-dir "$work/state" --listen 0.0.0.0:1113 --socket "$work/host.sock" 2>"$work/daemon.log" &
 daemon=$!
 trap stop EXIT
+trap 'exit 1' INT TERM
 export FLYNN_TOKEN
 for _ in $(seq 1 200); do
     [ -f "$work/state/token" ] && FLYNN_TOKEN=$(cat "$work/state/token") &&

@@ -100,6 +100,18 @@ fn responses_match_the_document() {
     }
 
     call(&d, &spec, "GET", "/version", "/version", None);
+    let (status, tls) = call(&d, &spec, "GET", "/cluster/tls/ca", "/cluster/tls/ca", None);
+    assert_eq!(status, 200, "{tls}");
+    // A CA that is not valid PEM: a 400 the document describes.
+    let (status, _) = call(
+        &d,
+        &spec,
+        "PUT",
+        "/cluster/tls",
+        "/cluster/tls",
+        Some(serde_json::json!({"ca_cert": "junk", "ca_key": "junk"})),
+    );
+    assert_eq!(status, 400);
     let (status, host) = call(&d, &spec, "GET", "/host/status", "/host/status", None);
     assert_eq!(status, 200, "{host}");
     // Without the token, every route answers 401 with a documented error.

@@ -382,9 +382,7 @@ pub async fn main(args: Flynn, attach: Attach) -> Result<i32> {
                 .as_str()
                 .context("the controller's answer has no job id")?
                 .to_string();
-            let on_host = cl
-                .client()?
-                .with_prefix(&format!("/apps/{a}/hosts/{host}"));
+            let on_host = cl.client()?.with_prefix(&format!("/apps/{a}/hosts/{host}"));
             if detach {
                 let _: Value = on_host
                     .call(Method::POST, &format!("/jobs/{id}/start"), None::<&()>)

@@ -58,7 +58,7 @@ anchor() {
 # guest listens, QEMU's port forward accepts the connection and the request
 # would otherwise hang in it.
 boot_to_api() {
-    local p t0 t1 pid token=
+    local p t0 t1 pid token= pin=
     p=$(port)
     rm -f "$work/vm.log" "$work/qmp"
     t0=$(now)
@@ -71,15 +71,21 @@ boot_to_api() {
         if [ -z "$token" ] && [ -f "$work/vm.log" ]; then
             token=$(sed -n 's/.*flynn-init: ready: API [^ ]* token \([0-9a-zA-Z_-]*\) (.*/\1/p' "$work/vm.log" | head -1)
         fi
-        # Known before the ready line once the state disk kept the token.
+        # The API is HTTPS off the guest's loopback: the ready line ends with its pin.
+        if [ -z "$pin" ] && [ -f "$work/vm.log" ]; then
+            pin=$(sed -n 's/.*flynn-init: ready: API .* tls-pin \([^ ]*\).*/\1/p' "$work/vm.log" | head -1)
+        fi
+        # Known before the ready line once the state disk kept them.
         if [ -z "$token" ] && [ -f "$work/token" ]; then token=$(cat "$work/token"); fi
-        if [ -n "$token" ] && FLYNN_HOST=http://127.0.0.1:$p FLYNN_TOKEN=$token timeout 0.5 "$bin" version >/dev/null 2>&1; then
+        if [ -z "$pin" ] && [ -f "$work/pin" ]; then pin=$(cat "$work/pin"); fi
+        if [ -n "$token" ] && [ -n "$pin" ] && FLYNN_HOST=https://127.0.0.1:$p FLYNN_TOKEN=$token FLYNN_TLS_PIN=$pin timeout 0.5 "$bin" version >/dev/null 2>&1; then
             break
         fi
         sleep 0.05
     done
     t1=$(now)
     [ -n "$token" ] && echo "$token" >"$work/token"
+    [ -n "$pin" ] && echo "$pin" >"$work/pin"
     printf '{"execute":"qmp_capabilities"}\n{"execute":"system_powerdown"}\n' | socat -t 2 - "UNIX-CONNECT:$work/qmp" >/dev/null || kill "$pid"
     wait "$pid" || true
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
