@@ -14,6 +14,9 @@ flynn_install_deps hyperfine jq
 
 . agent/benches/lib.sh
 bench_start userns
+# A job in a user namespace walks to its rootfs without the host's privileges:
+# the scratch dir (mktemp's 0700) must be searchable by others.
+chmod 711 "$work"
 
 measure() { # OUT.json
     hyperfine ${HYPERFINE_ARGS:-} --warmup 5 --runs "$runs" -N --export-json "$1" \

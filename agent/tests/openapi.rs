@@ -185,6 +185,34 @@ fn responses_match_the_document() {
     );
     assert_eq!(status, 409);
 
+    // The confinement fields, as the document describes them in a request and a record.
+    let (status, secure) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs",
+        "/jobs",
+        Some(
+            json!({"image": "busybox", "cmd": ["true"], "start": false, "userns": true,
+            "read_only": true, "cap_add": ["NET_ADMIN"], "cap_drop": ["NET_RAW"],
+            "security_opt": ["seccomp=unconfined"], "resources": {"pids_limit": -1}}),
+        ),
+    );
+    assert_eq!(status, 201, "{secure}");
+    assert!(secure["config"]["userns"]["host"].is_u64(), "{secure}");
+    let secure_path = format!("/jobs/{}", secure["id"].as_str().unwrap());
+    let (status, _) = call(&d, &spec, "DELETE", "/jobs/{id}", &secure_path, None);
+    assert_eq!(status, 204);
+    let (status, _) = call(
+        &d,
+        &spec,
+        "POST",
+        "/jobs",
+        "/jobs",
+        Some(json!({"image": "busybox", "cap_add": ["NET_FLY"]})),
+    );
+    assert_eq!(status, 400);
+
     let (status, _) = call(
         &d,
         &spec,

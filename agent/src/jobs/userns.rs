@@ -78,6 +78,8 @@ fn chown(path: &Path, r: IdRange) -> Result<(), JobError> {
 /// none of the host's privileges: the state dir and the job's directories need the
 /// search bit for others (the state dir becomes 0711 at most, as Docker's does with
 /// user namespaces; nothing in it becomes readable).
+/// The state dir's own ancestors are the host's to set: one that others cannot search
+/// is an error that says so (never changed behind the operator's back).
 pub fn make_traversable(dirs: &[&Path]) -> Result<(), JobError> {
     for dir in dirs {
         let meta = fs::metadata(dir).map_err(|e| JobError::io(dir, e))?;
@@ -85,6 +87,30 @@ pub fn make_traversable(dirs: &[&Path]) -> Result<(), JobError> {
         if mode & 0o001 == 0 {
             fs::set_permissions(dir, fs::Permissions::from_mode((mode | 0o001) & 0o7777))
                 .map_err(|e| JobError::io(dir, e))?;
+        }
+    }
+    let Some(top) = dirs.first() else {
+        return Ok(());
+    };
+    for dir in top.ancestors().skip(1) {
+        let Ok(meta) = fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(JobError::io(
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "others cannot search this directory (mode {:04o}), and a job in a user \
+                         namespace reaches its root filesystem through it without the host's \
+                         privileges: chmod o+x it, or keep the daemon's state dir under \
+                         directories others can search",
+                        mode & 0o7777
+                    ),
+                ),
+            ));
         }
     }
     Ok(())
