@@ -3,7 +3,7 @@
 //! hostile strings and numbers) and DNS messages from jobs. `PROPTEST_CASES` sets the
 //! number of cases (256 by default; `scripts/fuzz.sh N` runs more).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde::Serialize;
@@ -339,30 +339,16 @@ fn dns_query() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn dns_server() -> Arc<super::grid::dns::DnsServer> {
-    use discovery::Instance;
-    use discovery::services::ServiceView;
-    use discovery::watch::{Change, Entry};
-    let mut view = ServiceView::default();
-    for (id, addr, rev) in [("a", "100.100.1.5:80", 5), ("b", "[fd00::5]:80", 6)] {
-        let inst = Instance {
-            service: "web".into(),
-            id: id.into(),
-            addr: addr.parse().unwrap_or_else(|_| ([127, 0, 0, 1], 80).into()),
-            host_id: "h".into(),
-            job_id: None,
-            meta: Default::default(),
-            registered_at: chrono::DateTime::UNIX_EPOCH,
-        };
-        view.apply(Change::Put(Entry {
-            key: discovery::schema::instance("web", id),
-            value: serde_json::to_vec(&inst).unwrap_or_default(),
-            create_revision: rev,
-            mod_revision: rev,
-            lease: 1,
-        }));
-    }
-    // No upstream: a forwarded name is answered SERVFAIL here, without any traffic.
-    super::grid::dns::DnsServer::new(Arc::new(RwLock::new(view)), vec![])
+    super::grid::dns::server_with_web(&[
+        ("a", ([100, 100, 1, 5], 80).into(), 5),
+        (
+            "b",
+            "[fd00::5]:80"
+                .parse()
+                .unwrap_or_else(|_| ([127, 0, 0, 1], 80).into()),
+            6,
+        ),
+    ])
 }
 
 /// The answer to `query` (if any) is a response with the query's id, and answers for the

@@ -13,14 +13,15 @@
 )]
 
 mod common;
+#[path = "support/netns.rs"]
+mod netns;
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{BIN, Daemon};
+use netns::{banner, ip};
 
 /// Another address of the host (on loopback in the daemon's namespace).
 const HOST_IP: &str = "10.201.0.1";
@@ -29,33 +30,6 @@ const GATEWAY: &str = "10.88.0.1";
 const EXTRA_CONTROL: u16 = 7777;
 /// An ordinary port of the host, which jobs may reach.
 const OPEN_PORT: u16 = 8888;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A listener on every address of `netns` that answers `open <port>` and closes.
-fn banner(netns: &str, port: u16) {
-    let path = format!("/run/netns/{netns}");
-    let listener = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        TcpListener::bind(("0.0.0.0", port)).unwrap()
-    })
-    .join()
-    .unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = writeln!(conn, "open {port}");
-        }
-    });
-}
 
 /// What the host itself gets from `addr` (a banner, or the API's answer).
 fn from_host(d: &Daemon, addr: &str) -> String {

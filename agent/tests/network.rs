@@ -9,6 +9,8 @@
 )]
 
 mod common;
+#[path = "support/netns.rs"]
+mod netns;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -16,19 +18,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, new_netns, tail};
+use netns::ip;
 
 /// The daemon's host address on the link to the other host, and the other host's.
 const HOST_IP: &str = "10.200.0.1";
 const PEER_IP: &str = "10.200.0.2";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn ip_out(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("running ip");

@@ -229,11 +229,38 @@ async fn forward_tcp(up: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(a)
 }
 
+/// A server whose view holds the service `web` with these instances (id, address,
+/// etcd revision) and no upstream (a forwarded name gets SERVFAIL, sending nothing):
+/// for the tests and the fuzzer.
+#[cfg(test)]
+pub(crate) fn server_with_web(instances: &[(&str, std::net::SocketAddr, i64)]) -> Arc<DnsServer> {
+    use discovery::Instance;
+    use discovery::watch::{Change, Entry};
+    let mut view = ServiceView::default();
+    for &(id, addr, rev) in instances {
+        let inst = Instance {
+            service: "web".into(),
+            id: id.into(),
+            addr,
+            host_id: "h".into(),
+            job_id: None,
+            meta: Default::default(),
+            registered_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        view.apply(Change::Put(Entry {
+            key: discovery::schema::instance("web", id),
+            value: serde_json::to_vec(&inst).unwrap_or_default(),
+            create_revision: rev,
+            mod_revision: rev,
+            lease: 1,
+        }));
+    }
+    DnsServer::new(Arc::new(RwLock::new(view)), vec![])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use discovery::Instance;
-    use discovery::watch::{Change, Entry};
     use hickory_proto::op::Query;
     use hickory_proto::rr::Name;
 
@@ -246,26 +273,10 @@ mod tests {
 
     #[tokio::test]
     async fn answers_services_and_leaders() {
-        let mut view = ServiceView::default();
-        for (id, ip, rev) in [("b", "100.100.2.5", 7), ("a", "100.100.1.5", 5)] {
-            let inst = Instance {
-                service: "web".into(),
-                id: id.into(),
-                addr: format!("{ip}:80").parse().unwrap(),
-                host_id: "h".into(),
-                job_id: None,
-                meta: Default::default(),
-                registered_at: chrono::DateTime::UNIX_EPOCH,
-            };
-            view.apply(Change::Put(Entry {
-                key: discovery::schema::instance("web", id),
-                value: serde_json::to_vec(&inst).unwrap(),
-                create_revision: rev,
-                mod_revision: rev,
-                lease: 1,
-            }));
-        }
-        let s = DnsServer::new(Arc::new(RwLock::new(view)), vec![]);
+        let s = server_with_web(&[
+            ("b", "100.100.2.5:80".parse().unwrap(), 7),
+            ("a", "100.100.1.5:80".parse().unwrap(), 5),
+        ]);
         let a = Message::from_vec(
             &s.answer(&query("web.discoverd.", RecordType::A), false)
                 .await

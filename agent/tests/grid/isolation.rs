@@ -4,31 +4,13 @@
 //! ports; it still reaches a job of host 2 over the overlay, an ordinary port of host
 //! 2, and the DNS service on its own bridge address.
 
-use std::io::Write;
-use std::net::TcpListener;
 use std::time::Duration;
 
 use crate::harness::{Cluster, ETCD_IP, fake_upstream, wait_for};
+use crate::netns::banner;
 
 /// An ordinary port of host 2, which jobs may reach.
 const OPEN_PORT: u16 = 8888;
-
-fn banner(netns: &str, port: u16) {
-    let path = format!("/run/netns/{netns}");
-    let listener = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        TcpListener::bind(("0.0.0.0", port)).unwrap()
-    })
-    .join()
-    .unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = writeln!(conn, "open {port}");
-        }
-    });
-}
 
 fn gateway(subnet: &str) -> String {
     let base = subnet.split('/').next().unwrap();

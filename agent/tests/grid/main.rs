@@ -14,6 +14,8 @@ mod harness;
 mod isolation;
 mod logs;
 mod membership;
+#[path = "../support/netns.rs"]
+mod netns;
 mod platform;
 mod scheduler;
 

@@ -35,44 +35,7 @@ pub struct ControlPlane {
 const IPPROTO_TCP: u8 = libc::IPPROTO_TCP as u8;
 
 fn tcp_dport(port: u16) -> [Expr; 4] {
-    [
-        Expr::Meta {
-            key: NFT_META_L4PROTO,
-            dreg: NFT_REG_1,
-        },
-        Expr::Cmp {
-            sreg: NFT_REG_1,
-            op: NFT_CMP_EQ,
-            data: vec![IPPROTO_TCP],
-        },
-        Expr::Payload {
-            base: NFT_PAYLOAD_TRANSPORT_HEADER,
-            offset: 2,
-            len: 2,
-            dreg: NFT_REG_1,
-        },
-        Expr::Cmp {
-            sreg: NFT_REG_1,
-            op: NFT_CMP_EQ,
-            data: port.to_be_bytes().to_vec(),
-        },
-    ]
-}
-
-fn daddr_is(addr: Ipv4Addr) -> [Expr; 2] {
-    [
-        Expr::Payload {
-            base: NFT_PAYLOAD_NETWORK_HEADER,
-            offset: 16,
-            len: 4,
-            dreg: NFT_REG_1,
-        },
-        Expr::Cmp {
-            sreg: NFT_REG_1,
-            op: NFT_CMP_EQ,
-            data: addr.octets().to_vec(),
-        },
-    ]
+    l4_dport(IPPROTO_TCP, port)
 }
 
 /// Sorted, without duplicates, without port 0 (which no listener has).

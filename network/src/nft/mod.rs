@@ -324,17 +324,9 @@ fn fib_daddr_local() -> [Expr; 2] {
     ]
 }
 
-fn verdict(code: i32) -> Expr {
-    Expr::Verdict { code, chain: None }
-}
-
-/// The DNAT rule of one published port of an endpoint at `ip`.
-fn dnat_rule(p: &PortMapping, ip: Ipv4Addr) -> Vec<Expr> {
-    let proto = match p.protocol {
-        Protocol::Tcp => libc::IPPROTO_TCP as u8,
-        Protocol::Udp => libc::IPPROTO_UDP as u8,
-    };
-    let mut r = vec![
+/// Matches the layer-4 protocol `proto` and destination port `port`.
+fn l4_dport(proto: u8, port: u16) -> [Expr; 4] {
+    [
         Expr::Meta {
             key: NFT_META_L4PROTO,
             dreg: NFT_REG_1,
@@ -353,21 +345,41 @@ fn dnat_rule(p: &PortMapping, ip: Ipv4Addr) -> Vec<Expr> {
         Expr::Cmp {
             sreg: NFT_REG_1,
             op: NFT_CMP_EQ,
-            data: p.host_port.to_be_bytes().to_vec(),
+            data: port.to_be_bytes().to_vec(),
         },
-    ];
-    if let Some(host_ip) = p.host_ip.filter(|a| !a.is_unspecified()) {
-        r.push(Expr::Payload {
+    ]
+}
+
+/// Matches the IPv4 destination address `addr`.
+fn daddr_is(addr: Ipv4Addr) -> [Expr; 2] {
+    [
+        Expr::Payload {
             base: NFT_PAYLOAD_NETWORK_HEADER,
             offset: 16,
             len: 4,
             dreg: NFT_REG_1,
-        });
-        r.push(Expr::Cmp {
+        },
+        Expr::Cmp {
             sreg: NFT_REG_1,
             op: NFT_CMP_EQ,
-            data: host_ip.octets().to_vec(),
-        });
+            data: addr.octets().to_vec(),
+        },
+    ]
+}
+
+fn verdict(code: i32) -> Expr {
+    Expr::Verdict { code, chain: None }
+}
+
+/// The DNAT rule of one published port of an endpoint at `ip`.
+fn dnat_rule(p: &PortMapping, ip: Ipv4Addr) -> Vec<Expr> {
+    let proto = match p.protocol {
+        Protocol::Tcp => libc::IPPROTO_TCP as u8,
+        Protocol::Udp => libc::IPPROTO_UDP as u8,
+    };
+    let mut r = l4_dport(proto, p.host_port).to_vec();
+    if let Some(host_ip) = p.host_ip.filter(|a| !a.is_unspecified()) {
+        r.extend(daddr_is(host_ip));
     }
     r.push(Expr::Immediate {
         dreg: NFT_REG_1,
