@@ -1,7 +1,8 @@
 //! HTTPS: the certificate for each connection chosen by the name the client asks for
 //! (SNI): a route's own certificate (exact name, then the longest `*.` suffix), else
 //! the cluster's (`--tls-cert`/`--tls-key`, made at bootstrap). rustls, with the
-//! aws-lc-rs provider the rest of the tree already uses.
+//! ring provider the rest of the tree uses (see `flynn_tls::provider` for why not
+//! aws-lc).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -27,7 +28,7 @@ pub enum TlsError {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A certificate chain and its key, from PEM.

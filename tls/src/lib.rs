@@ -27,7 +27,12 @@ pub use resolver::HostCertResolver;
 pub use store::{CERT_LIFETIME_ENV, TlsDir, cert_lifetime, spawn_renewal};
 pub use verify::{Trust, client_config, server_config};
 
-/// The one crypto provider everything here uses (the one the router already links).
+/// The one crypto provider everything here uses: ring's. aws-lc's was the first
+/// choice, but its random generator seeds itself from CPU jitter once per process
+/// (`tree_jitter_initialize_once`: about 35 ms of CPU in an optimized build, before
+/// the first ClientHello), which every CLI call over HTTPS paid; ring takes the
+/// kernel's getrandom. The price: no post-quantum key share (the client did not
+/// offer one with aws-lc either).
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
