@@ -36,4 +36,5 @@ echo "== appliance images (out/)"
 FLYNN_FIXTURES="$PWD/target/fixtures" bash buildroot/assemble.sh
 echo "== cargo test"
 # --include-ignored: the unit tests that need root are ignored in the fast tier only.
-FLYNN_FIXTURES="$PWD/target/fixtures" cargo test --workspace --locked -- --include-ignored "$@"
+# --no-fail-fast: one failing test file does not hide how the others fare.
+FLYNN_FIXTURES="$PWD/target/fixtures" cargo test --workspace --locked --no-fail-fast -- --include-ignored "$@"
