@@ -32,7 +32,10 @@ ip -n "$netns" link set d1 up
 ip -n "$netns" addr add 10.251.0.1/24 dev d0
 ip -n "$netns" link set d0 up
 in_ns() { nsenter --net="/run/netns/$netns" -- "$@"; }
-in_ns "$bin" daemon --state-dir "$work/state" --listen 0.0.0.0:1113 --socket "$work/host.sock" 2>"$work/daemon.log" &
+# nsenter execs the daemon, so $! is the daemon (a shell function here would put a
+# subshell in between, and the kill at the end would miss the daemon).
+nsenter --net="/run/netns/$netns" -- "$bin" daemon --state-dir "$work/state" --listen 0.0.0.0:1113 \
+    --socket "$work/host.sock" 2>"$work/daemon.log" &
 daemon=$!
 trap stop EXIT
 trap 'exit 1' INT TERM
