@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
 
@@ -17,7 +17,8 @@ pub fn ip(args: &[&str]) {
     );
 }
 
-/// A listener on every address of `netns` that answers `open <port>` and closes.
+/// A listener on every address of `netns` that answers `open <port>`, reads what the
+/// client sends until it closes, and closes.
 pub fn banner(netns: &str, port: u16) {
     let path = format!("/run/netns/{netns}");
     let listener = std::thread::spawn(move || {
@@ -30,7 +31,16 @@ pub fn banner(netns: &str, port: u16) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let _ = writeln!(conn, "open {port}");
+            std::thread::spawn(move || {
+                let _ = writeln!(conn, "open {port}");
+                // Read what the client sent before closing: a socket closed with
+                // unread data sends a reset, which can overtake the banner and leave
+                // the client with nothing to read.
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let mut sink = [0u8; 1024];
+                while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+            });
         }
     });
 }
