@@ -682,6 +682,10 @@ impl Drop for Cluster {
                 }
             }
             h.kill9();
+            // Shims outlive their agent by design: those of a host a test killed
+            // (and of jobs `rm -f` did not end) would keep their containers running
+            // after the state dir is gone.
+            kill_processes_of(h.state.path());
             for m in mounts_under(h.state.path()) {
                 let _ = Command::new("umount").arg("-l").arg(&m).status();
             }
@@ -711,6 +715,51 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> D
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// SIGKILLs every process whose command line names `dir` (a host's shims) and
+/// everything below them (their containers).
+pub fn kill_processes_of(dir: &Path) {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut parent: Vec<(i32, i32)> = Vec::new();
+    let mut roots: Vec<i32> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&dir) {
+            roots.push(pid);
+        }
+        // The parent is the 4th field of stat, after the command in parentheses.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if let Some(ppid) = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        {
+            parent.push((pid, ppid));
+        }
+    }
+    let mut doomed = roots.clone();
+    while let Some(p) = roots.pop() {
+        for &(child, _) in parent.iter().filter(|(_, pp)| *pp == p) {
+            if !doomed.contains(&child) {
+                doomed.push(child);
+                roots.push(child);
+            }
+        }
+    }
+    for pid in doomed {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 pub fn mounts_under(dir: &Path) -> Vec<String> {
