@@ -95,26 +95,21 @@ fn parse_bool(v: &str) -> Option<bool> {
 
 /// A valid hostname label sequence (RFC 1123), at most 64 bytes as the kernel allows.
 pub fn valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+    valid_labels(name, 64, false)
 }
 
 /// A DNS domain a resolver may search (RFC 1123 labels, at most 253 bytes, an optional
 /// final dot). What a DHCP server sends as its domain goes into resolv.conf only if it is
 /// one: a newline in it would add lines of the server's choosing (another nameserver).
 pub fn valid_domain(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
+    valid_labels(name.strip_suffix('.').unwrap_or(name), 253, true)
+}
+
+/// Dot-separated labels of 1 to 63 letters, digits and hyphens (and underscores when
+/// `underscore`), none starting or ending with a hyphen, `max` bytes in all.
+fn valid_labels(name: &str, max: usize, underscore: bool) -> bool {
     !name.is_empty()
-        && name.len() <= 253
+        && name.len() <= max
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -122,7 +117,7 @@ pub fn valid_domain(name: &str) -> bool {
                 && !label.ends_with('-')
                 && label
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (underscore && b == b'_'))
         })
 }
 
