@@ -139,12 +139,15 @@ grep -aq 'flynn.peers: the cluster is up' "$dir/node1-console.log" ||
 # The key from the bootstrap's last line (on the first boot; a later boot's
 # bootstrap finds the controller running and prints the same line).
 key=$(grep -a 'flynn cluster add default ' "$dir/node1-console.log" | tail -n 1 | awk '{for(i=1;i<=NF;i++) if($i=="add") print $(i+3)}')
+# The cluster's CA is node1's (the bootstrap adopts the lowest address's), so
+# its ready line's pin verifies every node once the cluster is up.
+pin=$(grep -aE "$ready" "$dir/node1-console.log" | tail -n 1 | awk '{for(i=1;i<=NF;i++) if($i=="tls-pin") print $(i+1)}')
 bin=$PWD/target/x86_64-unknown-linux-gnu/appliance/flynn-host
 ln -sf "$bin" "$dir/flynn"
 echo
 echo "The cluster of $n appliances is up (token $token). Each node's API, from this host:"
 for i in $(seq 1 "$n"); do
-    echo "  node$i: export FLYNN_HOST=http://127.0.0.1:$((12110 + i)) FLYNN_TOKEN=$token   # $(addr "$i"):1113"
+    echo "  node$i: export FLYNN_HOST=https://127.0.0.1:$((12110 + i)) FLYNN_TOKEN=$token FLYNN_TLS_PIN=$pin   # $(addr "$i"):1113"
 done
 cat <<MSG
   $bin cluster hosts; $bin cluster ps

@@ -245,8 +245,19 @@ pub enum StepError {
         found: Vec<String>,
         secs: u64,
     },
+    #[error(
+        "the hosts hold different cluster CAs ({}): they were bootstrapped into different clusters; bootstrap hosts of one cluster, or wipe the others' state",
+        .0.iter().map(|(a, pin)| format!("{a}: {pin}")).collect::<Vec<_>>().join(", ")
+    )]
+    TwoCas(Vec<(Ipv4Addr, String)>),
+    #[error(
+        "host {host}: its TLS is not trusted: {reason}. Give every host the same token; a host whose answer cannot be verified is not contacted with it"
+    )]
+    Untrusted { host: Ipv4Addr, reason: String },
     #[error("random bytes for an id: {0}")]
     Random(String),
+    #[error("the cluster's TLS: {0}")]
+    Tls(String),
     #[error("the agent's address {0}: {1}")]
     Address(String, String),
 }
@@ -255,7 +266,9 @@ impl StepError {
     /// What a `--json` user gets beside the message: the hosts involved.
     pub fn data(&self) -> Value {
         match self {
-            StepError::Call { host, .. } | StepError::Token { host, .. } => json!({"host": host}),
+            StepError::Call { host, .. }
+            | StepError::Token { host, .. }
+            | StepError::Untrusted { host, .. } => json!({"host": host}),
             StepError::Missing { missing, .. } => json!({
                 "missing": missing.iter().map(|m| json!({"host": m.host, "error": m.last_error})).collect::<Vec<_>>(),
             }),

@@ -36,6 +36,15 @@ const LOG_SYSLOG_PORT: u16 = 5140;
 const LOG_HTTP_PORT: u16 = 5141;
 const CONTROLLER_KEY_ENV: &str = "FLYNN_CONTROLLER_KEY";
 const ROUTER_KEY_ENV: &str = "FLYNN_ROUTER_KEY";
+/// The routers' default certificate (for `*.<domain>`, of the cluster's CA) and
+/// its key, as PEM in their environment (`router::service`'s).
+const ROUTER_CERT_ENV: &str = "FLYNN_ROUTER_TLS_CERT";
+const ROUTER_CERT_KEY_ENV: &str = "FLYNN_ROUTER_TLS_KEY";
+const ROUTER_HTTPS_PORT: u16 = 443;
+/// The routers' default certificate lives a year; a re-run keeps it (its
+/// renewal is not automatic yet).
+const ROUTER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+const DEFAULT_DOMAIN: &str = "cluster.local";
 const CONTROLLER_ROUTE_ID: &str = "flynn-controller-api";
 
 /// The platform services this module starts.
@@ -83,9 +92,9 @@ impl Service {
     fn cmd(self) -> Vec<String> {
         let v: Vec<&str> = match self {
             Service::Controller => vec!["controller", "--listen", "0.0.0.0:1115"],
-            // HTTPS waits for the cluster's certificate authority (made by the
-            // security work); until then the routers serve HTTP and TCP routes.
-            Service::Router => vec!["router", "--http", "0.0.0.0:80", "--https", "off"],
+            // HTTPS with a route's certificate, else the cluster's (`*.<domain>`,
+            // of the cluster's CA, in the formation's environment).
+            Service::Router => vec!["router", "--http", "0.0.0.0:80", "--https", "0.0.0.0:443"],
             Service::LogAggregator => vec![
                 "logaggregator",
                 "--syslog",
@@ -144,10 +153,14 @@ impl Run {
             .into_iter()
             .find(|f| f.app == svc.app() && f.process_type == svc.process_type());
         let keep = |name: &str| existing.as_ref().and_then(|f| env_of(f, name));
+        let pin = self.cluster_pin().await?;
         let mut env = vec![
             format!("FLYNN_ETCD={}", self.etcd_urls().join(",")),
             format!("FLYNN_TOKEN={}", self.token()),
             "FLYNN_HOST=http://127.0.0.1:1113".to_string(),
+            // Other hosts' agents (the controller's relay, its image pins) are
+            // verified against the cluster's CA.
+            format!("FLYNN_TLS_PIN={pin}"),
         ];
         let mut data = json!({});
         match svc {
@@ -160,7 +173,7 @@ impl Run {
                     .domain
                     .clone()
                     .or_else(|| keep("FLYNN_DOMAIN"))
-                    .unwrap_or_else(|| "cluster.local".to_string());
+                    .unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
                 env.push(format!("{CONTROLLER_KEY_ENV}={key}"));
                 env.push(format!("FLYNN_DOMAIN={domain}"));
                 // The aggregators ask readers for the cluster token.
@@ -179,6 +192,26 @@ impl Run {
                     None => secret(32)?,
                 };
                 env.push(format!("{ROUTER_KEY_ENV}={key}"));
+                let (cert, cert_key) = match (keep(ROUTER_CERT_ENV), keep(ROUTER_CERT_KEY_ENV)) {
+                    (Some(c), Some(k)) => (c, k),
+                    _ => {
+                        let domain = cluster_domain(&etcd).await?;
+                        let ca = self.cluster_ca().await?;
+                        let issued = ca
+                            .issue(
+                                &format!("flynn router *.{domain}"),
+                                &[format!("*.{domain}"), domain.clone()],
+                                ROUTER_CERT_LIFETIME,
+                            )
+                            .map_err(|e| {
+                                StepError::Tls(format!("the routers' certificate: {e}"))
+                            })?;
+                        (issued.chain_pem, issued.key_pem)
+                    }
+                };
+                env.push(format!("{ROUTER_CERT_ENV}={cert}"));
+                env.push(format!("{ROUTER_CERT_KEY_ENV}={cert_key}"));
+                data = json!({"https_port": ROUTER_HTTPS_PORT});
             }
             Service::LogAggregator => {}
         }
@@ -325,6 +358,17 @@ impl Run {
             Outcome::Done(data)
         })
     }
+}
+
+/// The cluster's domain: the controller formation's (`FLYNN_DOMAIN`), else the
+/// default the controller step uses.
+async fn cluster_domain(etcd: &Etcd) -> Result<String, StepError> {
+    Ok(discovery::formations::list(etcd)
+        .await?
+        .into_iter()
+        .find(|f| f.app == Service::Controller.app())
+        .and_then(|f| env_of(&f, "FLYNN_DOMAIN"))
+        .unwrap_or_else(|| DEFAULT_DOMAIN.to_string()))
 }
 
 /// `http://ANY-HOST:81` reaches a controller: a TCP route every router serves.

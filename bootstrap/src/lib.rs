@@ -265,6 +265,8 @@ mod tests {
             [
                 "online-hosts:start",
                 "online-hosts:done",
+                "tls:start",
+                "tls:done",
                 "preflight:start",
                 "preflight:done",
                 "etcd:start",

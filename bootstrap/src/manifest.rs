@@ -14,6 +14,7 @@ pub const BUILT_IN: &str = include_str!("../manifest.json");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     OnlineHosts,
+    Tls,
     Preflight,
     Etcd,
     Join,
@@ -27,6 +28,7 @@ pub enum Action {
 impl Action {
     pub const ALL: &[(Action, &str)] = &[
         (Action::OnlineHosts, "online-hosts"),
+        (Action::Tls, "tls"),
         (Action::Preflight, "preflight"),
         (Action::Etcd, "etcd"),
         (Action::Join, "join"),
@@ -60,7 +62,11 @@ impl Action {
             Action::Scheduler | Action::LogAggregator => &["instances", "image"],
             Action::Controller => &["instances", "image", "domain"],
             Action::Router => &["image"],
-            Action::OnlineHosts | Action::Preflight | Action::Join | Action::Inception => &[],
+            Action::OnlineHosts
+            | Action::Tls
+            | Action::Preflight
+            | Action::Join
+            | Action::Inception => &[],
         }
     }
 

@@ -28,7 +28,17 @@ const PROBE_LISTEN_MS: u64 = 3000;
 struct Peer {
     addr: Ipv4Addr,
     id: String,
+    /// Verified against this CA's pin: the host's own at first contact, the
+    /// cluster's once the tls step has run.
     client: Client,
+}
+
+/// `GET /cluster/tls/ca` as the bootstrap reads it.
+#[derive(Deserialize)]
+struct TlsCa {
+    pin: String,
+    #[serde(default)]
+    cluster: bool,
 }
 
 /// `GET /cluster` as the bootstrap reads it.
@@ -105,6 +115,12 @@ pub struct Run {
     etcd: Option<discovery::Etcd>,
     /// What the controller step found (its URL, key and `flynn cluster add` line).
     controller: Option<Value>,
+    /// The pin of the cluster's CA (the tls step's, or read from the first host).
+    cluster_pin: Option<String>,
+    /// This run's client certificate for etcd's mutual TLS.
+    etcd_tls: Option<discovery::EtcdTls>,
+    /// The cluster's CA (with its key), once read.
+    cluster_ca: Option<flynn_tls::Ca>,
 }
 
 async fn call<T: DeserializeOwned>(
@@ -200,6 +216,7 @@ impl Runner for Run {
         }
         match step.action {
             Action::OnlineHosts => self.online().await,
+            Action::Tls => self.tls().await,
             Action::Preflight => self.preflight().await,
             Action::Etcd => {
                 let members = step.param_u64("members").map(|n| n as usize);
@@ -264,6 +281,13 @@ impl Runner for Run {
         {
             s.push_str(&format!("\nadd it to the flynn CLI with:\n  {line}"));
         }
+        if let Some(pin) = &self.cluster_pin {
+            s.push_str(&format!(
+                "\nthe hosts' APIs are HTTPS under the cluster's CA: flynn-host --tls-pin {pin} --host https://{}:{}",
+                self.hosts.first().map_or_else(|| "HOST".to_string(), |h| h.addr.to_string()),
+                self.port
+            ));
+        }
         s
     }
 }
@@ -287,7 +311,169 @@ impl Run {
             etcd_urls: Vec::new(),
             etcd: None,
             controller: None,
+            cluster_pin: None,
+            etcd_tls: None,
+            cluster_ca: None,
         }
+    }
+
+    /// The cluster's CA with its key, read once from the first host (`GET
+    /// /cluster/tls`, over HTTPS verified against the cluster's CA).
+    pub(crate) async fn cluster_ca(&mut self) -> Result<flynn_tls::Ca, StepError> {
+        if let Some(ca) = &self.cluster_ca {
+            return Ok(ca.clone());
+        }
+        #[derive(Deserialize)]
+        struct CaPair {
+            ca_cert: String,
+            ca_key: String,
+        }
+        let h = &self.hosts[0];
+        let pair: CaPair = call(&h.client, Method::GET, "/cluster/tls", None)
+            .await
+            .map_err(on(h.addr, "reading the cluster's CA"))?;
+        let ca = flynn_tls::Ca::from_pem(&pair.ca_cert, &pair.ca_key)
+            .map_err(|e| StepError::Tls(format!("the CA host {} gave: {e}", h.addr)))?;
+        self.cluster_ca = Some(ca.clone());
+        Ok(ca)
+    }
+
+    /// A client certificate for etcd (which requires one of the cluster's CA),
+    /// issued by this run for itself, for a day.
+    async fn etcd_tls(&mut self) -> Result<discovery::EtcdTls, StepError> {
+        if let Some(t) = &self.etcd_tls {
+            return Ok(t.clone());
+        }
+        let ca = self.cluster_ca().await?;
+        let cert = ca
+            .issue(
+                "flynn bootstrap",
+                &["localhost".to_string()],
+                Duration::from_secs(24 * 3600),
+            )
+            .map_err(|e| StepError::Tls(format!("issuing etcd's client certificate: {e}")))?;
+        let tls = discovery::EtcdTls {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: cert.chain_pem,
+            key_pem: cert.key_pem,
+        };
+        self.etcd_tls = Some(tls.clone());
+        Ok(tls)
+    }
+
+    /// A client of a host's API over HTTPS, verifying its certificate against `pin`.
+    fn client_for(&self, addr: Ipv4Addr, pin: &str) -> Result<Client, StepError> {
+        let url = format!("https://{addr}:{}", self.port);
+        Client::from_options_tls(
+            Some(&url),
+            Some(&self.token),
+            &flynn_client::TlsOptions::pinned(pin),
+        )
+        .map_err(|e| StepError::Address(url, format!("{e:#}")))
+    }
+
+    /// The first contact with a host: its pin, verified by the token's proof
+    /// (`flynn_client::first_contact`), before the token is ever sent to it.
+    /// `Ok(Err(reason))`: not reached yet, worth waiting for.
+    async fn first_contact(&self, addr: Ipv4Addr) -> Result<Result<String, String>, StepError> {
+        use flynn_client::FirstContactFailure as F;
+        let authority = format!("{addr}:{}", self.port);
+        let nonce = random_id()?;
+        let asked = tokio::time::timeout(
+            CALL_TIMEOUT,
+            flynn_client::first_contact(&authority, &self.token, &nonce),
+        )
+        .await;
+        match asked {
+            Ok(Ok(pin)) => Ok(Ok(pin)),
+            Ok(Err(F::Unreachable(e))) => Ok(Err(e)),
+            Ok(Err(F::Token(_))) => Err(StepError::Token {
+                host: addr,
+                source: CallError::Token,
+            }),
+            Ok(Err(F::Untrusted(reason))) => Err(StepError::Untrusted { host: addr, reason }),
+            Err(_) => Ok(Err(CallError::Timeout(CALL_TIMEOUT.as_secs()).to_string())),
+        }
+    }
+
+    /// The pin of the cluster's CA: the tls step's, or the first host's (a
+    /// manifest without that step, on hosts given the cluster's CA before).
+    pub(crate) async fn cluster_pin(&mut self) -> Result<String, StepError> {
+        if let Some(pin) = &self.cluster_pin {
+            return Ok(pin.clone());
+        }
+        let h = &self.hosts[0];
+        let info: TlsCa = call(&h.client, Method::GET, "/cluster/tls/ca", None)
+            .await
+            .map_err(on(h.addr, "reading its TLS CA"))?;
+        self.cluster_pin = Some(info.pin.clone());
+        Ok(info.pin)
+    }
+
+    /// One CA for the cluster: the CA of the first host (in address order) that
+    /// holds the cluster's already (a re-run, a host added), else the first
+    /// host's own, which becomes the cluster's. Every host that lacks it gets it
+    /// (`PUT /cluster/tls`: the host re-issues its certificate under it), and
+    /// from then on every call verifies the hosts against it.
+    async fn tls(&mut self) -> Result<Outcome, StepError> {
+        let mut infos = Vec::new();
+        for h in &self.hosts {
+            let info: TlsCa = call(&h.client, Method::GET, "/cluster/tls/ca", None)
+                .await
+                .map_err(on(h.addr, "reading its TLS CA"))?;
+            infos.push(info);
+        }
+        let cluster_cas: Vec<(Ipv4Addr, &str)> = self
+            .hosts
+            .iter()
+            .zip(&infos)
+            .filter(|(_, i)| i.cluster)
+            .map(|(h, i)| (h.addr, i.pin.as_str()))
+            .collect();
+        if cluster_cas.iter().any(|(_, p)| *p != cluster_cas[0].1) {
+            return Err(StepError::TwoCas(
+                cluster_cas
+                    .iter()
+                    .map(|(a, p)| (*a, p.to_string()))
+                    .collect(),
+            ));
+        }
+        let source = infos.iter().position(|i| i.cluster).unwrap_or(0);
+        let pin = infos[source].pin.clone();
+        let mut installed = Vec::new();
+        if !infos.iter().all(|i| i.cluster && i.pin == pin) {
+            let s = &self.hosts[source];
+            let ca: Value = call(&s.client, Method::GET, "/cluster/tls", None)
+                .await
+                .map_err(on(s.addr, "reading its CA"))?;
+            for (h, i) in self.hosts.iter().zip(&infos) {
+                if i.cluster && i.pin == pin {
+                    continue;
+                }
+                let _: Value = call(&h.client, Method::PUT, "/cluster/tls", Some(&ca))
+                    .await
+                    .map_err(on(h.addr, "installing the cluster's CA"))?;
+                installed.push(h.addr);
+            }
+        }
+        for i in 0..self.hosts.len() {
+            self.hosts[i].client = self.client_for(self.hosts[i].addr, &pin)?;
+        }
+        self.cluster_pin = Some(pin.clone());
+        let data = json!({
+            "pin": pin,
+            "installed": installed,
+            "summary": if installed.is_empty() {
+                format!("every host has the cluster's CA, pin {pin}")
+            } else {
+                format!("the cluster's CA (pin {pin}) given to {}", addrs(&installed))
+            },
+        });
+        Ok(if installed.is_empty() {
+            Outcome::Skipped(data)
+        } else {
+            Outcome::Done(data)
+        })
     }
 
     async fn online(&mut self) -> Result<Outcome, StepError> {
@@ -300,9 +486,14 @@ impl Run {
                 if found.contains_key(addr) {
                     continue;
                 }
-                let url = format!("http://{addr}:{}", self.port);
-                let client = Client::from_options(Some(&url), Some(&self.token))
-                    .map_err(|e| StepError::Address(url.clone(), format!("{e:#}")))?;
+                let pin = match self.first_contact(*addr).await? {
+                    Ok(pin) => pin,
+                    Err(e) => {
+                        last_error.insert(*addr, e);
+                        continue;
+                    }
+                };
+                let client = self.client_for(*addr, &pin)?;
                 match call::<HostStatus>(&client, Method::GET, "/host/status", None).await {
                     Ok(status) => {
                         found.insert(
@@ -603,12 +794,15 @@ impl Run {
             .map(|addr| {
                 json!({
                     "name": format!("m-{}", addr.to_string().replace('.', "-")),
-                    "peer_url": format!("http://{addr}:2380"),
-                    "client_url": format!("http://{addr}:2379"),
+                    "peer_url": format!("https://{addr}:2380"),
+                    "client_url": format!("https://{addr}:2379"),
                 })
             })
             .collect();
-        self.etcd_urls = members.iter().map(|a| format!("http://{a}:2379")).collect();
+        self.etcd_urls = members
+            .iter()
+            .map(|a| format!("https://{a}:2379"))
+            .collect();
         let mut changed = false;
         for (addr, entry) in members.iter().zip(&list) {
             let Some((_, m)) = self.host(*addr) else {
@@ -654,25 +848,30 @@ impl Run {
 
     /// Waits until every member answers (a client of all of them then never lands on
     /// one still starting), then connects to all.
-    async fn wait_etcd(&self) -> Result<discovery::Etcd, StepError> {
+    async fn wait_etcd(&mut self) -> Result<discovery::Etcd, StepError> {
+        let tls = self.etcd_tls().await?;
+        let tls = Some(&tls);
         let deadline = Instant::now() + self.timeout;
         loop {
             let mut silent = Vec::new();
             for u in &self.etcd_urls {
-                let ok =
-                    match discovery::Etcd::connect(std::slice::from_ref(u), Duration::from_secs(2))
-                        .await
-                    {
-                        Ok(e) => e.ping().await.is_ok(),
-                        Err(_) => false,
-                    };
+                let ok = match discovery::Etcd::connect_tls(
+                    std::slice::from_ref(u),
+                    Duration::from_secs(2),
+                    tls,
+                )
+                .await
+                {
+                    Ok(e) => e.ping().await.is_ok(),
+                    Err(_) => false,
+                };
                 if !ok {
                     silent.push(u.clone());
                 }
             }
             if silent.is_empty()
                 && let Ok(e) =
-                    discovery::Etcd::connect(&self.etcd_urls, Duration::from_secs(2)).await
+                    discovery::Etcd::connect_tls(&self.etcd_urls, Duration::from_secs(2), tls).await
                 && e.ping().await.is_ok()
             {
                 return Ok(e);
@@ -726,7 +925,7 @@ impl Run {
             self.etcd_urls = self
                 .members(None)
                 .iter()
-                .map(|a| format!("http://{a}:2379"))
+                .map(|a| format!("https://{a}:2379"))
                 .collect();
         }
     }
@@ -735,6 +934,7 @@ impl Run {
     /// (one per host), on the host network; then waits for a leader.
     async fn scheduler(&mut self, n: usize, image: &str) -> Result<Outcome, StepError> {
         self.ensure_etcd_urls();
+        let pin = self.cluster_pin().await?;
         let mut started = 0;
         let on_hosts: Vec<Ipv4Addr> = self.hosts.iter().take(n.max(1)).map(|h| h.addr).collect();
         for h in self.hosts.iter().take(n.max(1)) {
@@ -754,7 +954,12 @@ impl Run {
                 "image": image,
                 "name": SCHEDULER_JOB,
                 "cmd": ["scheduler", "--listen", format!("{}:{SCHEDULER_PORT}", h.addr)],
-                "env": [format!("FLYNN_ETCD={}", self.etcd_urls.join(",")), format!("FLYNN_TOKEN={}", self.token)],
+                "env": [
+                format!("FLYNN_ETCD={}", self.etcd_urls.join(",")),
+                format!("FLYNN_TOKEN={}", self.token),
+                // The agents it calls are verified against the cluster's CA.
+                format!("FLYNN_TLS_PIN={pin}"),
+            ],
                 "network": "host",
                 "restart": {"policy": "always"},
                 "labels": {"flynn.platform": "scheduler"},
@@ -841,9 +1046,11 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         if self.etcd.is_none() {
-            self.etcd = discovery::Etcd::connect(&self.etcd_urls, Duration::from_secs(3))
-                .await
-                .ok();
+            let tls = self.etcd_tls().await?;
+            self.etcd =
+                discovery::Etcd::connect_tls(&self.etcd_urls, Duration::from_secs(3), Some(&tls))
+                    .await
+                    .ok();
         }
         let data = json!({"summary": format!("{} hosts in cluster {cluster_id}", self.hosts.len()), "joined": joined_now});
         Ok(if joined_now > 0 {

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod tls;
-pub use tls::{TLS_CA_ENV, TLS_PIN_ENV, TlsOptions};
+pub use tls::{FirstContactFailure, TLS_CA_ENV, TLS_PIN_ENV, TlsOptions, first_contact};
 
 /// Where the daemon listens for root on the host itself.
 pub const DEFAULT_SOCKET: &str = "/run/flynn/host.sock";
@@ -155,27 +155,24 @@ impl Client {
         self.send(method, path, content_type, body, false).await
     }
 
-    async fn send(
+    /// A connection to the daemon (TCP, TLS or the unix socket) and the `Host`
+    /// its requests carry.
+    async fn connect(
         &self,
-        method: Method,
-        path: &str,
-        content_type: Option<&str>,
-        body: RequestBody,
-        upgrade: bool,
-    ) -> Result<Response<Incoming>> {
+    ) -> Result<(hyper::client::conn::http1::SendRequest<RequestBody>, String)> {
         let unreachable = || {
             format!(
                 "cannot reach the flynn-host daemon at {}: is it running? (set --host or FLYNN_HOST)",
                 self.describe()
             )
         };
-        let (mut sender, host) = match &self.endpoint {
+        Ok(match &self.endpoint {
             Endpoint::Tcp(authority) => {
                 let stream = TcpStream::connect(authority)
                     .await
                     .with_context(unreachable)?;
                 let _ = stream.set_nodelay(true);
-                (handshake(stream).await?, authority.as_str())
+                (handshake(stream).await?, authority.clone())
             }
             Endpoint::Https(authority) => {
                 let stream = TcpStream::connect(authority)
@@ -189,17 +186,62 @@ impl Client {
                     .clone()
                     .ok_or_else(|| anyhow!("no TLS configuration for {}", self.describe()))?;
                 let stream = tls::connect(config, authority, stream).await?;
-                (handshake(stream).await?, authority.as_str())
+                (handshake(stream).await?, authority.clone())
             }
             Endpoint::Unix(path) => {
                 let stream = UnixStream::connect(path).await.with_context(unreachable)?;
-                (handshake(stream).await?, "localhost")
+                (handshake(stream).await?, "localhost".to_string())
             }
-        };
+        })
+    }
+
+    /// Sends a request made elsewhere (a relay's: its method, path, headers and
+    /// body) with this client's `Host`, token and path prefix; any status is an
+    /// answer, and an upgrade can follow (`hyper::upgrade::on`).
+    pub async fn forward(&self, request: Request<RequestBody>) -> Result<Response<Incoming>> {
+        let (mut sender, host) = self.connect().await?;
+        let (mut parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        parts.uri = format!("{}{path}", self.prefix)
+            .parse()
+            .context("the relayed request's path")?;
+        parts.headers.insert(
+            HOST,
+            host.parse()
+                .context("the daemon's address as a Host header")?,
+        );
+        if let (Endpoint::Tcp(_) | Endpoint::Https(_), Some(token)) = (&self.endpoint, &self.token)
+        {
+            parts.headers.insert(
+                AUTHORIZATION,
+                format!("Bearer {token}")
+                    .parse()
+                    .context("the token as a header")?,
+            );
+        }
+        sender
+            .send_request(Request::from_parts(parts, body))
+            .await
+            .context("the daemon closed the connection")
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: RequestBody,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>> {
+        let (mut sender, host) = self.connect().await?;
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.prefix))
-            .header(HOST, host);
+            .header(HOST, host.as_str());
         if let (Endpoint::Tcp(_) | Endpoint::Https(_), Some(token)) = (&self.endpoint, &self.token)
         {
             builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));

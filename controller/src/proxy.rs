@@ -11,12 +11,12 @@ use bytes::Bytes;
 use discovery::Etcd;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use crate::api::{Body, Error, Resp};
+use crate::api::{Error, Resp};
 
 /// Where a relayed request goes.
 pub(crate) struct Relay<'a> {
@@ -60,23 +60,7 @@ pub(crate) async fn job_route(
     if job["config"]["labels"]["flynn.app"] != app {
         return Err(Error::NotFound(format!("app {app} has no job {id}")));
     }
-    let authority = api
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let stream = tokio::net::TcpStream::connect(&authority)
-        .await
-        .map_err(|e| Error::Unavailable(format!("host {host} ({authority}): {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
-        .await
-        .map_err(|e| Error::Unavailable(format!("host {host}: {e}")))?;
-    tokio::spawn(conn.with_upgrades());
-    let mut out = Request::builder()
-        .method(req.method().clone())
-        .uri(&path)
-        .header(HOST, &authority)
-        .header(AUTHORIZATION, format!("Bearer {token}"));
+    let mut out = Request::builder().method(req.method().clone()).uri(&path);
     for h in [CONTENT_TYPE, CONNECTION, UPGRADE] {
         if let Some(v) = req.headers().get(&h) {
             out = out.header(h, v.clone());
@@ -84,20 +68,22 @@ pub(crate) async fn job_route(
     }
     let upgrade = req.headers().contains_key(UPGRADE);
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let body: Body = if upgrade {
+    let body: flynn_client::RequestBody = if upgrade {
         Empty::<Bytes>::new()
             .map_err(|never| match never {})
             .boxed()
     } else {
-        req.into_body().boxed()
+        req.into_body().map_err(std::io::Error::other).boxed()
     };
     let out = out
         .body(body)
         .map_err(|e| Error::BadRequest(format!("relaying the request: {e}")))?;
-    let mut resp = send
-        .send_request(out)
+    // Through the client: HTTPS verified against the cluster's CA (FLYNN_TLS_PIN
+    // or FLYNN_TLS_CA), with the cluster's token.
+    let mut resp = agent
+        .forward(out)
         .await
-        .map_err(|e| Error::Unavailable(format!("host {host}: {e}")))?;
+        .map_err(|e| Error::Unavailable(format!("host {host}: {e:#}")))?;
     if let Some(client_side) = client_side
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
     {

@@ -29,6 +29,16 @@ pub enum DiscoveryError {
     SubnetsExhausted { network: String, len: u8 },
     #[error("invalid overlay configuration: {0}")]
     Config(String),
+    #[error("etcd's TLS: reading {path}: {source}")]
+    TlsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "etcd at {0} is HTTPS: a client certificate of the cluster's CA is needed (the agent gives the platform's host-network jobs one in the directory ${1}; elsewhere set {1} to a directory holding ca.pem, cert.pem and key.pem)"
+    )]
+    NoTls(String, &'static str),
     #[error("gave up claiming a subnet after {0} attempts (other hosts kept taking them)")]
     Contention(u32),
 }

@@ -4,7 +4,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, LeaseKeepAliveStream, LeaseKeeper,
+    TlsOptions,
+};
 
 use crate::error::DiscoveryError;
 
@@ -30,17 +33,93 @@ pub struct Lease {
     pub ttl: Duration,
 }
 
+/// Where a client finds its etcd TLS files when it is not given them: a
+/// directory with `ca.pem` (the cluster's CA), `cert.pem` (a certificate of that
+/// CA, then the CA) and `key.pem`. The agent sets it for the platform's
+/// host-network jobs, with that directory mounted read-only.
+pub const TLS_DIR_ENV: &str = "FLYNN_ETCD_TLS";
+
+/// The client side of etcd's mutual TLS: the CA the members' certificates are
+/// verified against, and the client certificate presented to them (etcd runs
+/// with `--client-cert-auth`: no certificate, no connection).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    /// The client certificate, then its CA (PEM).
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never goes to a log.
+        f.debug_struct("EtcdTls").finish_non_exhaustive()
+    }
+}
+
+impl EtcdTls {
+    /// The files of `dir` (see [`TLS_DIR_ENV`]).
+    pub fn from_dir(dir: &std::path::Path) -> Result<EtcdTls, DiscoveryError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| DiscoveryError::TlsFile {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        Ok(EtcdTls {
+            ca_pem: read("ca.pem")?,
+            cert_pem: read("cert.pem")?,
+            key_pem: read("key.pem")?,
+        })
+    }
+
+    /// The directory named by [`TLS_DIR_ENV`], if it is set.
+    pub fn from_env() -> Result<Option<EtcdTls>, DiscoveryError> {
+        match std::env::var_os(TLS_DIR_ENV) {
+            Some(dir) if !dir.is_empty() => EtcdTls::from_dir(std::path::Path::new(&dir)).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn options(&self) -> TlsOptions {
+        TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+}
+
 impl Etcd {
-    /// Connects to `endpoints` (`http://host:port` each). Fails when none answers within
-    /// `timeout`.
+    /// Connects to `endpoints` (`http://host:port` or `https://host:port` each),
+    /// with the TLS files [`TLS_DIR_ENV`] names for HTTPS. Fails when none answers
+    /// within `timeout`.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Etcd, DiscoveryError> {
+        let tls = if endpoints.iter().any(|e| e.starts_with("https://")) {
+            EtcdTls::from_env()?
+        } else {
+            None
+        };
+        Etcd::connect_tls(endpoints, timeout, tls.as_ref()).await
+    }
+
+    /// As [`Etcd::connect`], with `tls` for HTTPS endpoints (all or none of them
+    /// must be HTTPS).
+    pub async fn connect_tls(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Etcd, DiscoveryError> {
         let joined = endpoints.join(",");
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             // HTTP/2 pings find a dead or partitioned server even on an idle watch.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
+        if endpoints.iter().any(|e| e.starts_with("https://")) {
+            let tls = tls.ok_or_else(|| DiscoveryError::NoTls(joined.clone(), TLS_DIR_ENV))?;
+            opts = opts.with_tls(tls.options());
+        }
         let client = Client::connect(endpoints, Some(opts))
             .await
             .map_err(|source| DiscoveryError::Connect {

@@ -66,7 +66,7 @@ pub mod testing;
 pub mod watch;
 
 pub use error::DiscoveryError;
-pub use etcd::{Etcd, KeepAlive, Lease};
+pub use etcd::{Etcd, EtcdTls, KeepAlive, Lease, TLS_DIR_ENV};
 pub use model::{
     HostRecord, HostResources, Instance, OverlayConfig, ServiceEvent, ServiceEventKind,
     ServiceState, SubnetLease,

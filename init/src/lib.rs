@@ -475,12 +475,9 @@ fn write_daemon_config(settings: &Settings) -> Result<()> {
     if let Some((token, _)) = &settings.token {
         config["token"] = serde_json::Value::String(token.clone());
     }
-    // A cluster's hosts call each other's APIs (bootstrap, scheduler, controller)
-    // by plain HTTP until the bootstrap hands them one CA; a single host serves
-    // HTTPS off loopback with the CA it makes at its first start.
-    if settings.peers.is_some() {
-        config["tls"] = serde_json::Value::Bool(false);
-    }
+    // Every host serves HTTPS off loopback, a cluster's too: the bootstrap
+    // verifies each host by the token's proof of its CA, then hands them all the
+    // cluster's CA.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -684,7 +681,6 @@ async fn run(ip: Option<IpConfig>, settings: &mut Settings) -> Result<()> {
     // The pin goes last: what reads this line finds the token after "token".
     let pin = std::fs::read_to_string(Path::new(STATE_DIR).join("tls/ca.pem"))
         .ok()
-        .filter(|_| settings.peers.is_none())
         .and_then(|pem| flynn_tls::pin_of_pem(&pem).ok());
     let (scheme, pin) = match pin {
         Some(pin) => ("https", format!(" tls-pin {pin}")),

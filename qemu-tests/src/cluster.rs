@@ -318,12 +318,29 @@ impl Cluster {
         Ok(console)
     }
 
-    /// A command run inside the namespace with `FLYNN_HOST` and `FLYNN_TOKEN`
-    /// naming node `i`'s API.
+    /// A command run inside the namespace with `FLYNN_HOST`, `FLYNN_TOKEN` and
+    /// `FLYNN_TLS_PIN` naming node `i`'s API (HTTPS). The pin is node 0's: the
+    /// bootstrap adopts the CA of the host with the lowest address as the
+    /// cluster's, so once it has run every node is verified by that pin (before
+    /// it, only node 0 is).
     pub fn command_for(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = self.netns.command(program);
         if let Some(node) = self.nodes.get(i) {
-            c.env("FLYNN_HOST", format!("http://{}:1113", node.address));
+            c.env("FLYNN_HOST", format!("https://{}:1113", node.address));
+        }
+        let pin = self
+            .nodes
+            .first()
+            .and_then(|n| n.vm.as_ref())
+            .and_then(|vm| vm.pin.clone())
+            .or_else(|| {
+                self.nodes
+                    .get(i)
+                    .and_then(|n| n.vm.as_ref())
+                    .and_then(|vm| vm.pin.clone())
+            });
+        if let Some(pin) = pin {
+            c.env("FLYNN_TLS_PIN", pin);
         }
         c.env("FLYNN_TOKEN", &self.token);
         c

@@ -21,6 +21,24 @@ pub struct RouterArgs {
     /// The cluster certificate's key (PEM).
     #[arg(long, env = "FLYNN_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// The cluster's certificate chain as PEM text rather than a file (what the
+    /// bootstrap gives the router formation: a job's environment is what the
+    /// scheduler carries to every host).
+    #[arg(
+        long,
+        env = "FLYNN_ROUTER_TLS_CERT",
+        hide_env_values = true,
+        conflicts_with = "tls_cert"
+    )]
+    pub tls_cert_pem: Option<String>,
+    /// Its key as PEM text.
+    #[arg(
+        long,
+        env = "FLYNN_ROUTER_TLS_KEY",
+        hide_env_values = true,
+        conflicts_with = "tls_key"
+    )]
+    pub tls_key_pem: Option<String>,
     /// The address TCP routes listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub tcp_bind: IpAddr,
@@ -45,7 +63,9 @@ pub enum ServiceError {
     KeyFormat,
     #[error("--https {0:?}: give ADDRESS:PORT or off")]
     HttpsAddr(String),
-    #[error("give both --tls-cert and --tls-key, or neither")]
+    #[error(
+        "give both the certificate and its key (--tls-cert and --tls-key, or FLYNN_ROUTER_TLS_CERT and FLYNN_ROUTER_TLS_KEY), or neither"
+    )]
     HalfPair,
     #[error("reading {path}: {source}")]
     Read {
@@ -85,17 +105,27 @@ pub async fn run(args: RouterArgs) -> Result<(), ServiceError> {
         ),
     };
     let router = Router::new(&key, args.tcp_bind)?;
-    match (&args.tls_cert, &args.tls_key) {
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).map_err(|source| ServiceError::Read {
+            path: p.clone(),
+            source,
+        })
+    };
+    let cert = match (&args.tls_cert, &args.tls_cert_pem) {
+        (Some(path), _) => Some(read(path)?),
+        (None, Some(pem)) => Some(pem.clone().into_bytes()),
+        (None, None) => None,
+    };
+    let key = match (&args.tls_key, &args.tls_key_pem) {
+        (Some(path), _) => Some(read(path)?),
+        (None, Some(pem)) => Some(pem.clone().into_bytes()),
+        (None, None) => None,
+    };
+    match (cert, key) {
         (Some(c), Some(k)) => {
-            let read = |p: &std::path::PathBuf| {
-                std::fs::read(p).map_err(|source| ServiceError::Read {
-                    path: p.clone(),
-                    source,
-                })
-            };
             router
                 .certs
-                .set_default(Some(crate::tls::load_pair(&read(c)?, &read(k)?)?));
+                .set_default(Some(crate::tls::load_pair(&c, &k)?));
         }
         (None, None) => {}
         _ => return Err(ServiceError::HalfPair),

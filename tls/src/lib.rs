@@ -15,6 +15,7 @@
 
 mod ca;
 mod error;
+mod first;
 mod pin;
 mod resolver;
 mod store;
@@ -22,6 +23,7 @@ mod verify;
 
 pub use ca::{Ca, HostCert, host_names};
 pub use error::TlsError;
+pub use first::{Captured, FirstContactError, capture_config, check_first_contact, proof};
 pub use pin::{Pin, pin_of_pem};
 pub use resolver::HostCertResolver;
 pub use store::{CERT_LIFETIME_ENV, TlsDir, cert_lifetime, spawn_renewal};

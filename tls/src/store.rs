@@ -5,6 +5,10 @@
 //! ca.key    its key (0600): every host holds it, so each renews its own certificate
 //! host.pem  this host's certificate, then the CA's (the chain it presents)
 //! host.key  its key (0600)
+//! cluster   present once the CA is the cluster's (installed by `PUT /cluster/tls`)
+//! platform/ ca.pem, cert.pem (= host.pem), key.pem (= host.key), and no CA key:
+//!           what the host's etcd member and the platform's host-network jobs
+//!           get (a read-only volume), kept in step with every re-issue
 //! ```
 //!
 //! Files are replaced atomically (key first, then the certificate), so a crash
@@ -68,6 +72,24 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), TlsError> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     }
     Ok(())
+}
+
+/// The directory of what platform jobs get (no CA key).
+const PLATFORM: &str = "platform";
+
+/// Writes `<dir>/platform`: a certificate holder replaces its files one by one
+/// (key first), each atomically, so a reader sees an old or a new file whole; a
+/// key and certificate read across a re-issue may not match for a moment, which
+/// the next handshake's read corrects.
+fn write_platform(dir: &Path, ca: &Ca, host: &HostCert) -> Result<(), TlsError> {
+    let platform = dir.join(PLATFORM);
+    std::fs::create_dir_all(&platform).map_err(|source| TlsError::Write {
+        path: platform.clone(),
+        source,
+    })?;
+    write(&platform.join("key.pem"), &host.key_pem, true)?;
+    write(&platform.join("cert.pem"), &host.chain_pem, false)?;
+    write(&platform.join("ca.pem"), &ca.cert_pem, false)
 }
 
 /// The validity and names of a certificate this crate wrote (the first in the chain).
@@ -150,6 +172,9 @@ impl TlsDir {
             Some(h)
                 if h.names == wanted && renew_at(&h) > SystemTime::now() && ca_pem_matches(&h) =>
             {
+                if !dir.join(PLATFORM).join("key.pem").exists() {
+                    write_platform(dir, &ca, &h)?;
+                }
                 h
             }
             _ => Self::issue(dir, &ca, label, &wanted, lifetime)?,
@@ -174,7 +199,14 @@ impl TlsDir {
         let host = ca.issue(&format!("flynn host {label}"), names, lifetime)?;
         write(&dir.join("host.key"), &host.key_pem, true)?;
         write(&dir.join("host.pem"), &host.chain_pem, false)?;
+        write_platform(dir, ca, &host)?;
         Ok(host)
+    }
+
+    /// `<dir>/platform`: the CA certificate, this host's certificate and key,
+    /// without the CA's key (see the module's notes).
+    pub fn platform_dir(&self) -> PathBuf {
+        self.dir.join(PLATFORM)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Ca, HostCert)> {
@@ -225,17 +257,37 @@ impl TlsDir {
     }
 
     /// Replaces the CA (the bootstrap hands every host the cluster's) and
-    /// re-issues this host's certificate under it at once.
-    pub fn install_ca(&self, ca: Ca, names: &[String]) -> Result<(), TlsError> {
+    /// re-issues this host's certificate under it at once; marks it the
+    /// cluster's. Returns whether anything changed: the same CA, already marked,
+    /// is left as it is (a re-run of the bootstrap re-issues nothing).
+    pub fn install_ca(&self, ca: Ca, names: &[String]) -> Result<bool, TlsError> {
         let mut wanted = names.to_vec();
         wanted.sort();
         let mut state = self.lock();
+        let marker = self.dir.join("cluster");
+        if state.0.cert_pem == ca.cert_pem && marker.exists() {
+            return Ok(false);
+        }
         write(&self.dir.join("ca.key"), &ca.key_pem, true)?;
         write(&self.dir.join("ca.pem"), &ca.cert_pem, false)?;
         let host = Self::issue(&self.dir, &ca, &self.label, &wanted, self.lifetime)?;
         self.resolver.set(&host)?;
         *state = (ca, host);
-        Ok(())
+        // Last: a crash before it leaves the CA in place, unmarked, and the next
+        // bootstrap marks it.
+        write(&marker, "", false)?;
+        Ok(true)
+    }
+
+    /// Whether the CA is the cluster's (installed by the bootstrap) rather than
+    /// the one this host made at its first start.
+    pub fn is_cluster_ca(&self) -> bool {
+        self.dir.join("cluster").exists()
+    }
+
+    /// The directory (`<state>/tls`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// How long until the current certificate is due.
@@ -292,8 +344,25 @@ mod tests {
         // A new CA: a new pin and a certificate under it.
         let ca = Ca::generate("cluster").unwrap();
         let pin = ca.pin().unwrap();
-        second.install_ca(ca, &moved).unwrap();
+        assert!(!second.is_cluster_ca());
+        assert!(second.install_ca(ca.clone(), &moved).unwrap());
         assert_eq!(second.pin().unwrap(), pin);
+        assert!(second.is_cluster_ca());
+        // The same CA again changes nothing.
+        let chain = second.host().chain_pem;
+        assert!(!second.install_ca(ca, &moved).unwrap());
+        assert_eq!(second.host().chain_pem, chain);
+        // What platform jobs get: the CA's certificate and the host's, no CA key.
+        let platform = second.platform_dir();
+        assert_eq!(
+            std::fs::read_to_string(platform.join("cert.pem")).unwrap(),
+            second.host().chain_pem
+        );
+        assert_eq!(
+            std::fs::read_to_string(platform.join("ca.pem")).unwrap(),
+            second.ca_pem()
+        );
+        assert!(!platform.join("ca.key").exists());
         let reopened = TlsDir::open(&dir.path().join("tls"), "h", &moved).unwrap();
         assert_eq!(reopened.pin().unwrap(), pin);
         assert_eq!(reopened.host().chain_pem, second.host().chain_pem);

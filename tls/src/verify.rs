@@ -88,20 +88,25 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, TlsError> {
         }
         Trust::Pin(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                pin: pin.clone(),
-                verified: Mutex::new(None),
-            }))
+            .with_custom_certificate_verifier(Arc::new(pin_verifier(pin)))
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
+/// The verifier of a pin (also used alone by the first contact's check).
+pub(crate) fn pin_verifier(pin: &Pin) -> PinVerifier {
+    PinVerifier {
+        pin: pin.clone(),
+        verified: Mutex::new(None),
+    }
+}
+
 /// Verifies by pin: finds the pinned CA in the chain the server sent, then
 /// verifies the chain and name against it as a root, as a CA file would.
 #[derive(Debug)]
-struct PinVerifier {
+pub(crate) struct PinVerifier {
     pin: Pin,
     /// The verifier built for the pinned CA (same pin, same CA: built once).
     verified: Mutex<Option<Arc<WebPkiServerVerifier>>>,

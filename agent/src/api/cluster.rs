@@ -111,12 +111,54 @@ fn tls_info(tls: &super::tls::ApiTls) -> Result<crate::model::TlsInfo, ApiError>
             .to_string(),
         names: host.names,
         not_after: host.not_after.into(),
+        cluster: tls.dir.is_cluster_ca(),
+        proof: None,
     })
 }
 
-/// `GET /cluster/tls/ca`, public: what a client compares its pin with.
-pub fn tls_ca(state: &ApiState) -> Result<Response<Body>, ApiError> {
-    json(StatusCode::OK, &tls_info(tls_of(state)?)?)
+/// The longest nonce `?proof=` takes.
+const MAX_NONCE: usize = 128;
+
+/// `GET /cluster/tls/ca`, public: what a client compares its pin with; with
+/// `?proof=NONCE`, the token's proof of the pin (see `flynn_tls::proof`), so a
+/// client sharing the token trusts the pin before it sends the token.
+pub fn tls_ca(state: &ApiState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let tls = tls_of(state)?;
+    let mut info = tls_info(tls)?;
+    let query = super::Query::of(req);
+    if let Some(nonce) = query.get("proof") {
+        if nonce.is_empty()
+            || nonce.len() > MAX_NONCE
+            || !nonce
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ApiError::BadRequest(format!(
+                "proof: a nonce is 1 to {MAX_NONCE} letters, digits or '-'"
+            )));
+        }
+        let pin = tls
+            .dir
+            .pin()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        info.proof = Some(flynn_tls::proof(&state.token, &pin, nonce));
+    }
+    json(StatusCode::OK, &info)
+}
+
+/// `GET /cluster/tls` (with the token): the host's CA with its key, for the
+/// bootstrap to hand the cluster's CA to hosts that lack it. Every host holds
+/// the key anyway (each renews its own certificate), and the token already
+/// lets its holder run anything on the host.
+pub fn tls_export(state: &ApiState) -> Result<Response<Body>, ApiError> {
+    let ca = tls_of(state)?.dir.ca();
+    json(
+        StatusCode::OK,
+        &crate::model::TlsInstall {
+            ca_cert: ca.cert_pem,
+            ca_key: ca.key_pem,
+        },
+    )
 }
 
 /// `PUT /cluster/tls`: the bootstrap hands the host the cluster's CA.
@@ -130,9 +172,12 @@ pub async fn tls_install(
         .map_err(|e| ApiError::BadRequest(format!("the cluster CA: {e}")))?;
     let names = super::tls::host_names();
     let dir = tls.dir.clone();
-    tokio::task::spawn_blocking(move || dir.install_ca(ca, &names))
+    let changed = tokio::task::spawn_blocking(move || dir.install_ca(ca, &names))
         .await
         .map_err(|e| ApiError::Internal(format!("installing the cluster CA: {e}")))?
         .map_err(|e| ApiError::Internal(format!("installing the cluster CA: {e}")))?;
+    if changed {
+        tracing::info!(pin = %tls.dir.pin().map(|p| p.to_string()).unwrap_or_default(), "installed the cluster's CA");
+    }
     json(StatusCode::OK, &tls_info(&tls)?)
 }

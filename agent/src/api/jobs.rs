@@ -50,9 +50,41 @@ pub async fn create(
     state: &Arc<ApiState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let request: JobRequest = read_json(req).await?;
+    let mut request: JobRequest = read_json(req).await?;
+    give_platform_tls(state, &mut request);
     let job = state.jobs.create(request).await?;
     json(StatusCode::CREATED, &job)
+}
+
+/// In a cluster, a host-network job is one of the platform's (scheduler,
+/// controller, router, aggregators: the wall keeps bridge jobs off the control
+/// plane, host-network jobs are outside it), and gets what it needs to reach
+/// etcd's mutual TLS: the host's certificate, key and the cluster's CA, as a
+/// read-only volume (`<state>/tls/platform`, no CA key), named by
+/// `FLYNN_ETCD_TLS`. A job that mounts something there itself is left alone.
+fn give_platform_tls(state: &ApiState, request: &mut JobRequest) {
+    use crate::grid::etcd_job::TLS_MOUNT;
+    let (Some(tls), Some(_)) = (&state.tls, state.grid()) else {
+        return;
+    };
+    if request.network != crate::model::NetworkMode::Host
+        || request.volumes.iter().any(|v| v.target == TLS_MOUNT)
+    {
+        return;
+    }
+    request.volumes.push(crate::model::Volume {
+        source: tls.dir.platform_dir().to_string_lossy().into_owned(),
+        target: TLS_MOUNT.into(),
+        read_only: true,
+    });
+    let env = format!("{}={TLS_MOUNT}", discovery::TLS_DIR_ENV);
+    if !request
+        .env
+        .iter()
+        .any(|e| e.starts_with(&format!("{}=", discovery::TLS_DIR_ENV)))
+    {
+        request.env.push(env);
+    }
 }
 
 pub fn inspect(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {

@@ -146,6 +146,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/host/probe/listen/{nonce}"),
     ("POST", "/host/probe/send"),
     ("GET", "/cluster/tls/ca"),
+    ("GET", "/cluster/tls"),
     ("PUT", "/cluster/tls"),
 ];
 
@@ -324,7 +325,8 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["host", "probe", "listen"], Method::POST) => cluster::probe_listen(state, req).await,
         (["host", "probe", "listen", nonce], Method::GET) => cluster::probe_heard(state, nonce),
         (["host", "probe", "send"], Method::POST) => cluster::probe_send(req).await,
-        (["cluster", "tls", "ca"], Method::GET) => cluster::tls_ca(state),
+        (["cluster", "tls", "ca"], Method::GET) => cluster::tls_ca(state, &req),
+        (["cluster", "tls"], Method::GET) => cluster::tls_export(state),
         (["cluster", "tls"], Method::PUT) => cluster::tls_install(state, req).await,
         (segments, _) => {
             let matching: Vec<&(&str, &str)> = ROUTES

@@ -192,6 +192,20 @@ pub enum DiscoverCommand {
     },
 }
 
+/// What another host's API is verified against: what the user said, else the
+/// CA of the host this CLI talks to (the cluster's, once bootstrapped), asked of
+/// it over the connection already trusted.
+async fn cluster_trust(client: &Client) -> Result<flynn_client::TlsOptions> {
+    if client.tls_options().is_set() {
+        return Ok(client.tls_options().clone());
+    }
+    let info: crate::model::TlsInfo = client
+        .call(Method::GET, "/cluster/tls/ca", None::<&()>)
+        .await
+        .context("reading the cluster's CA from this host (give --tls-pin to skip it)")?;
+    Ok(flynn_client::TlsOptions::pinned(&info.pin))
+}
+
 pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
     match cmd {
         cmd @ ClusterCommand::Scale { .. } => scale(client, cmd).await,
@@ -211,7 +225,8 @@ pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
                 .context("the scheduler named no host")?;
             let job: crate::model::Job = serde_json::from_value(placed["job"].clone())
                 .context("the scheduler's answer is not a job")?;
-            let host = Client::from_options_tls(Some(api), client.token(), client.tls_options())?;
+            let trust = cluster_trust(client).await?;
+            let host = Client::from_options_tls(Some(api), client.token(), &trust)?;
             super::run::run_created(&host, &run, &job).await
         }
         ClusterCommand::Formations { json } => {

@@ -32,6 +32,14 @@ pub async fn tls(client: &Client, cmd: TlsCommand) -> Result<i32> {
             println!("pin:       {}", info.pin);
             println!("expires:   {}", info.not_after.to_rfc3339());
             println!("names:     {}", info.names.join(", "));
+            println!(
+                "CA:        {}",
+                if info.cluster {
+                    "the cluster's (installed by the bootstrap)"
+                } else {
+                    "this host's own (made at its first start)"
+                }
+            );
         }
         TlsCommand::Pin => println!("{}", info.pin),
         TlsCommand::Ca => print!("{}", info.ca),

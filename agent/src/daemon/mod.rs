@@ -117,6 +117,15 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     .await
     .context("opening the job supervisor")?;
     jobs.set_log_defaults(config.log_opts.clone());
+    // Before the grid: in a cluster its platform jobs get certificates of this CA.
+    let tls = if config.tls {
+        let tls = api::tls::ApiTls::open(state_dir, &host_id)?;
+        tls.spawn_renewal();
+        tracing::info!(pin = %tls.dir.pin().map(|p| p.to_string()).unwrap_or_default(), "the API is HTTPS off loopback");
+        Some(Arc::new(tls))
+    } else {
+        None
+    };
     let membership = crate::grid::membership::Membership::start(
         config.grid.clone(),
         cluster_file,
@@ -127,6 +136,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
             events: events.clone(),
             state_dir: state_dir.clone(),
             listen: config.listen,
+            tls: tls.as_ref().map(|t| t.dir.clone()),
             slot: setter,
             net: network_view,
             live: live.clone(),
@@ -144,14 +154,6 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
         pid = std::process::id(),
         "flynn-host daemon ready"
     );
-    let tls = if config.tls {
-        let tls = api::tls::ApiTls::open(state_dir, &host_id)?;
-        tls.spawn_renewal();
-        tracing::info!(pin = %tls.dir.pin().map(|p| p.to_string()).unwrap_or_default(), "the API is HTTPS off loopback");
-        Some(Arc::new(tls))
-    } else {
-        None
-    };
     let (draining, _) = tokio::sync::watch::channel(false);
     let state = Arc::new(ApiState {
         tls,

@@ -166,9 +166,12 @@ pub fn check_endpoints(etcd: &[String]) -> Result<()> {
     for e in etcd {
         let rest = e
             .strip_prefix("http://")
-            .with_context(|| format!("etcd endpoint {e:?}: give http://HOST:PORT"))?;
+            .or_else(|| e.strip_prefix("https://"))
+            .with_context(|| {
+                format!("etcd endpoint {e:?}: give http://HOST:PORT or https://HOST:PORT")
+            })?;
         if rest.is_empty() || rest.contains('/') {
-            bail!("etcd endpoint {e:?}: give http://HOST:PORT");
+            bail!("etcd endpoint {e:?}: give http://HOST:PORT or https://HOST:PORT");
         }
     }
     Ok(())

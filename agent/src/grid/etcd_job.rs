@@ -16,6 +16,9 @@ use crate::model::{
 };
 
 pub const JOB_NAME: &str = "flynn-etcd";
+/// Where platform jobs (etcd among them) find the host's TLS files: the
+/// read-only volume of `<state>/tls/platform` (`flynn_tls::TlsDir::platform_dir`).
+pub const TLS_MOUNT: &str = "/run/flynn/tls";
 const PEER_PORT: u16 = 2380;
 /// Where a cluster member keeps its data, under the state dir.
 pub const DATA_DIR: &str = "etcd";
@@ -39,10 +42,18 @@ async fn start_existing(jobs: &Arc<JobManager>) -> Result<Option<bool>, JobError
 
 /// This host's member of the cluster's etcd (`PUT /cluster/etcd`): created if
 /// missing, started if stopped. `Ok(true)` when it did either.
+///
+/// With `https://` member URLs the member serves clients and peers over TLS with
+/// this host's certificate (`tls`: the platform directory of the host's TLS,
+/// mounted read-only), verifies both against the cluster's CA and requires
+/// their certificates (`--client-cert-auth`, `--peer-client-cert-auth`): only
+/// agents and the platform's jobs, which the agents give a certificate, get in.
+/// etcd reads the files at each handshake, so the host's renewals reach it.
 pub async fn ensure_member(
     jobs: &Arc<JobManager>,
     image: &str,
     state_dir: &std::path::Path,
+    tls: Option<&std::path::Path>,
     req: &EtcdMemberRequest,
 ) -> Result<bool, JobError> {
     if let Some(changed) = start_existing(jobs).await? {
@@ -59,42 +70,74 @@ pub async fn ensure_member(
         .iter()
         .map(|m| format!("{}={}", m.name, m.peer_url))
         .collect();
+    let https = me.client_url.starts_with("https://");
+    let mut volumes = vec![Volume {
+        source: state_dir.join(DATA_DIR).to_string_lossy().into_owned(),
+        target: "/var/lib/etcd".into(),
+        read_only: false,
+    }];
+    let mut tls_flags: Vec<String> = Vec::new();
+    if https {
+        let Some(dir) = tls else {
+            return Err(JobError::BadRequest(
+                "this daemon serves plain HTTP (--plain-http): it has no certificate for an https:// etcd member".into(),
+            ));
+        };
+        volumes.push(Volume {
+            source: dir.to_string_lossy().into_owned(),
+            target: TLS_MOUNT.into(),
+            read_only: true,
+        });
+        let file = |name: &str| format!("{TLS_MOUNT}/{name}");
+        for (flag, value) in [
+            ("--cert-file", file("cert.pem")),
+            ("--key-file", file("key.pem")),
+            ("--trusted-ca-file", file("ca.pem")),
+            ("--peer-cert-file", file("cert.pem")),
+            ("--peer-key-file", file("key.pem")),
+            ("--peer-trusted-ca-file", file("ca.pem")),
+        ] {
+            tls_flags.push(flag.into());
+            tls_flags.push(value);
+        }
+        tls_flags.push("--client-cert-auth".into());
+        tls_flags.push("--peer-client-cert-auth".into());
+    }
+    let scheme = if https { "https" } else { "http" };
+    let mut cmd: Vec<String> = vec![
+        "etcd".into(),
+        "--name".into(),
+        me.name.clone(),
+        "--data-dir".into(),
+        "/var/lib/etcd".into(),
+        "--listen-client-urls".into(),
+        format!("{},{scheme}://127.0.0.1:{ETCD_CLIENT_PORT}", me.client_url),
+        "--advertise-client-urls".into(),
+        me.client_url.clone(),
+        "--listen-peer-urls".into(),
+        me.peer_url.clone(),
+        "--initial-advertise-peer-urls".into(),
+        me.peer_url.clone(),
+        "--initial-cluster".into(),
+        initial.join(","),
+        "--initial-cluster-token".into(),
+        req.cluster_id.clone(),
+        // Ignored once the data dir holds a member: a re-created job rejoins.
+        "--initial-cluster-state".into(),
+        "new".into(),
+    ];
+    cmd.extend(tls_flags);
     let job = jobs
         .create(JobRequest {
             image: image.to_string(),
             name: Some(JOB_NAME.to_string()),
-            cmd: Some(vec![
-                "etcd".into(),
-                "--name".into(),
-                me.name.clone(),
-                "--data-dir".into(),
-                "/var/lib/etcd".into(),
-                "--listen-client-urls".into(),
-                format!("{},http://127.0.0.1:{ETCD_CLIENT_PORT}", me.client_url),
-                "--advertise-client-urls".into(),
-                me.client_url.clone(),
-                "--listen-peer-urls".into(),
-                me.peer_url.clone(),
-                "--initial-advertise-peer-urls".into(),
-                me.peer_url.clone(),
-                "--initial-cluster".into(),
-                initial.join(","),
-                "--initial-cluster-token".into(),
-                req.cluster_id.clone(),
-                // Ignored once the data dir holds a member: a re-created job rejoins.
-                "--initial-cluster-state".into(),
-                "new".into(),
-            ]),
+            cmd: Some(cmd),
             network: NetworkMode::Host,
             restart: RestartPolicy {
                 policy: RestartPolicyName::Always,
                 max_retries: 0,
             },
-            volumes: vec![Volume {
-                source: state_dir.join(DATA_DIR).to_string_lossy().into_owned(),
-                target: "/var/lib/etcd".into(),
-                read_only: false,
-            }],
+            volumes,
             // The platform's own job: its data volume belongs to the host's root.
             userns: Some(false),
             start: true,

@@ -38,6 +38,9 @@ pub struct GridBoot {
     pub events: broadcast::Sender<Event>,
     pub state_dir: PathBuf,
     pub listen: std::net::SocketAddr,
+    /// The API's TLS (`None` with `--plain-http`): other hosts then reach the API
+    /// over HTTPS.
+    pub tls: Option<Arc<flynn_tls::TlsDir>>,
     pub slot: NetSlotSetter,
     /// The jobs' view of the network (to see whether bridge jobs hold addresses).
     pub net: NetSlot,
@@ -123,6 +126,7 @@ impl Membership {
                 events: b.events.clone(),
                 state_dir: b.state_dir.clone(),
                 listen: b.listen,
+                tls: b.tls.clone(),
             },
         )
         .await?;
@@ -164,6 +168,7 @@ impl Membership {
     /// `PUT /cluster/etcd`.
     pub async fn etcd_member(&self, req: EtcdMemberRequest) -> Result<Changed, ApiError> {
         check_member_request(&req)?;
+        let platform = self.boot.tls.as_ref().map(|t| t.platform_dir());
         let mut file = self.file.lock().await;
         Self::same_cluster(&file, &req.cluster_id)?;
         match &file.etcd_member {
@@ -172,6 +177,7 @@ impl Membership {
                     &self.boot.jobs,
                     &self.settings.etcd_image,
                     &self.boot.state_dir,
+                    platform.as_deref(),
                     &req,
                 )
                 .await?;
@@ -201,6 +207,7 @@ impl Membership {
             &self.boot.jobs,
             &self.settings.etcd_image,
             &self.boot.state_dir,
+            platform.as_deref(),
             &req,
         )
         .await?;
@@ -318,7 +325,8 @@ fn check_member_request(req: &EtcdMemberRequest) -> Result<(), ApiError> {
     if let Some(me) = req.members.iter().find(|m| m.name == req.name) {
         let host = me
             .peer_url
-            .strip_prefix("http://")
+            .split_once("://")
+            .map(|(_, r)| r)
             .and_then(|r| r.rsplit_once(':'))
             .map(|(h, _)| h)
             .unwrap_or_default();

@@ -18,7 +18,7 @@
 
 pub mod config;
 pub mod dns;
-mod etcd_job;
+pub(crate) mod etcd_job;
 pub mod guard;
 pub mod logship;
 pub mod membership;
@@ -121,6 +121,8 @@ pub struct Boot {
     pub events: broadcast::Sender<Event>,
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The API's TLS, if it serves HTTPS off loopback.
+    pub tls: Option<Arc<flynn_tls::TlsDir>>,
 }
 
 impl Grid {
@@ -136,10 +138,15 @@ impl Grid {
         let (lease, _) = watch::channel(None);
         // Other hosts (and the scheduler) reach the API at the address it listens on,
         // or at the cluster address when it listens on every address.
+        // HTTPS when the API serves it off loopback: the cluster's clients verify
+        // it against the cluster's CA.
+        let scheme = if boot.tls.is_some() { "https" } else { "http" };
         let api = match boot.listen.ip() {
             ip if ip.is_loopback() => None,
-            ip if ip.is_unspecified() => Some(format!("http://{address}:{}", boot.listen.port())),
-            _ => Some(format!("http://{}", boot.listen)),
+            ip if ip.is_unspecified() => {
+                Some(format!("{scheme}://{address}:{}", boot.listen.port()))
+            }
+            _ => Some(format!("{scheme}://{}", boot.listen)),
         };
         let grid = Arc::new(Grid {
             cfg,
@@ -228,7 +235,17 @@ impl Grid {
         let endpoints = self.cfg.etcd.clone();
         let etcd = self
             .retry("connecting to etcd", Duration::from_secs(1), || async {
-                let e = Etcd::connect(&endpoints, CONNECT_TIMEOUT).await?;
+                // An HTTPS etcd (the bootstrap's) is reached with this host's
+                // certificate, read afresh at each attempt (it may just have been
+                // re-issued under the cluster's CA).
+                let tls = match (
+                    &boot.tls,
+                    endpoints.iter().any(|e| e.starts_with("https://")),
+                ) {
+                    (Some(t), true) => Some(discovery::EtcdTls::from_dir(&t.platform_dir())?),
+                    _ => None,
+                };
+                let e = Etcd::connect_tls(&endpoints, CONNECT_TIMEOUT, tls.as_ref()).await?;
                 e.ping().await?;
                 Ok::<_, discovery::DiscoveryError>(e)
             })

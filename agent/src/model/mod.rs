@@ -750,10 +750,21 @@ pub struct TlsInfo {
     pub names: Vec<String>,
     /// When the host's certificate expires (it is renewed after 2/3 of its life).
     pub not_after: chrono::DateTime<chrono::Utc>,
+    /// Whether the CA is the cluster's (installed by the bootstrap), not the one
+    /// the host made at its first start.
+    #[serde(default)]
+    pub cluster: bool,
+    /// With `?proof=NONCE`: HMAC-SHA256 keyed by the API token over the pin and
+    /// the nonce (hex), by which a client that shares the token verifies the pin
+    /// before it sends the token (`flynn_tls::check_first_contact`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// `PUT /cluster/tls`: the cluster CA, handed to every host by the bootstrap;
 /// the host keeps it on its state disk and re-issues its certificate under it.
+/// `GET /cluster/tls` answers the host's CA in the same form (the bootstrap
+/// adopts the cluster's CA from a host that has it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsInstall {

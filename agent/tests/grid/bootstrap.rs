@@ -53,8 +53,75 @@ fn states(events: &[serde_json::Value]) -> Vec<String> {
         .collect()
 }
 
+/// `GET /health` of host `n`'s etcd member from the switch, over HTTPS verified
+/// against the cluster's CA, with `cert_of`'s certificate (the platform files of
+/// that host's TLS) or with none: the body, or curl's error.
+fn etcd_health(
+    c: &Cluster,
+    n: u8,
+    cert_of: Option<&crate::harness::Host>,
+) -> Result<String, String> {
+    let ca = c.host(1).state.path().join("tls/platform/ca.pem");
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", c.switch))
+        .args(["--", "curl", "-sS", "--fail", "--max-time", "5", "--cacert"])
+        .arg(&ca);
+    if let Some(h) = cert_of {
+        let dir = h.state.path().join("tls/platform");
+        cmd.arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--key")
+            .arg(dir.join("key.pem"));
+    }
+    let out = cmd
+        .arg(format!("https://192.0.2.{n}:2379/health"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 fn assert_up(c: &Cluster) {
     c.wait_joined(3);
+    // One CA for the cluster: every host's API presents a certificate of it.
+    let pins: Vec<String> = c
+        .hosts
+        .iter()
+        .map(|h| h.ok(&["tls", "pin"]).trim().to_string())
+        .collect();
+    assert!(pins.iter().all(|p| *p == pins[0]), "{pins:?}");
+    // etcd speaks TLS and wants a client certificate of the cluster's CA: a
+    // client with none is refused, one with a host's certificate is served.
+    let refused = etcd_health(c, 1, None);
+    assert!(
+        refused.is_err(),
+        "etcd served a client without a certificate: {refused:?}"
+    );
+    let served = etcd_health(c, 1, Some(c.host(3)));
+    assert!(
+        served.as_ref().is_ok_and(|b| b.contains("true")),
+        "etcd with the cluster's certificate: {served:?}"
+    );
+    let plain = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", c.switch))
+        .args([
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://192.0.2.1:2379/health",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("true"),
+        "etcd answered plain HTTP: {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
     let ids: Vec<serde_json::Value> = c
         .hosts
         .iter()
@@ -89,6 +156,7 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
         states(&events),
         [
             "online-hosts:done",
+            "tls:done",
             "preflight:done",
             "etcd:done",
             "join:done",
@@ -116,6 +184,7 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
         states(&events),
         [
             "online-hosts:skipped",
+            "tls:skipped",
             "preflight:skipped",
             "etcd:skipped",
             "join:skipped",
@@ -169,6 +238,25 @@ fn assert_layer1(c: &Cluster, key: &str) {
         assert!(
             out.contains("nothing.cluster.local"),
             "router on host {n}: {out}"
+        );
+        // HTTPS on 443 with the cluster's certificate (`*.cluster.local`, of the
+        // cluster's CA), verified by curl against that CA for the name asked.
+        let ca = c.host(1).state.path().join("tls/platform/ca.pem");
+        let out = sh(&[
+            "nsenter",
+            &format!("--net=/run/netns/{}", c.switch),
+            "--",
+            "curl",
+            "-sS",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &format!("nothing.cluster.local:443:192.0.2.{n}"),
+            "https://nothing.cluster.local/",
+        ]);
+        assert!(
+            out.contains("nothing.cluster.local"),
+            "router on host {n} over HTTPS: {out}"
         );
     }
     let aggs = c
@@ -274,15 +362,7 @@ fn an_etcd_members_host_restarting_keeps_the_cluster_serving() {
     wait_for(
         "host 2's etcd member healthy",
         Duration::from_secs(60),
-        || {
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", c.switch))
-                .args(["--", "curl", "-sf", "http://192.0.2.2:2379/health"])
-                .output()
-                .is_ok_and(|o| {
-                    o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true")
-                })
-        },
+        || etcd_health(&c, 2, Some(c.host(1))).is_ok_and(|body| body.contains("true")),
     );
     c.wait_joined(3);
     // And a re-run of the bootstrap finds everything in place.
@@ -302,6 +382,7 @@ fn a_killed_bootstrap_is_finished_by_the_next_run() {
     // for its time-out; a killed etcd step leaves members half asked; ...).
     let steps = [
         "online-hosts",
+        "tls",
         "preflight",
         "etcd",
         "join",

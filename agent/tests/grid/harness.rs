@@ -211,9 +211,8 @@ impl Host {
             .arg("--socket")
             .arg(self.state.path().join("host.sock"))
             .args(["--advertise", &self.ip])
-            // A cluster's hosts call each other by plain HTTP until the bootstrap
-            // hands them one CA (as the appliance's init does for `flynn.peers`).
-            .arg("--plain-http")
+            // HTTPS off loopback, as on the appliance: the CLI here uses loopback,
+            // hosts and the bootstrap verify each other against the cluster's CA.
             .args(&self.extra)
             .env("FLYNN_LOG", "info,flynn_host=debug")
             .stdout(log.try_clone().expect("log"))
@@ -869,8 +868,11 @@ pub struct Platform {
 pub const CONTROLLER_KEY: &str = "deploy-test-controller-key-0123";
 
 impl Platform {
-    /// A controller on the cluster's etcd (members on hosts 1-3) with its token.
+    /// A controller on the cluster's etcd (members on hosts 1-3, HTTPS) with its
+    /// token, verifying the agents it calls against the cluster's CA (host 1's
+    /// pin) and presenting host 1's certificate to etcd.
     pub fn start(c: &Cluster, token: &str, extra: &[&str]) -> Platform {
+        let pin = c.host(1).ok(&["tls", "pin"]).trim().to_string();
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(BIN, dir.path().join("flynn")).unwrap();
         let listen = format!("{ETCD_IP}:8181");
@@ -878,13 +880,19 @@ impl Platform {
             .hosts
             .iter()
             .take(3)
-            .map(|h| format!("http://{}:2379", h.ip))
+            .map(|h| format!("https://{}:2379", h.ip))
             .collect();
         let child = c
             .on_switch()
             .args(["controller", "--listen", &listen, "--etcd", &etcd.join(",")])
             .args(extra)
             .env("FLYNN_TOKEN", token)
+            .env("FLYNN_TLS_PIN", &pin)
+            // etcd wants a client certificate of the cluster's CA: host 1's.
+            .env(
+                "FLYNN_ETCD_TLS",
+                c.host(1).state.path().join("tls/platform"),
+            )
             .env("FLYNN_CONTROLLER_KEY", CONTROLLER_KEY)
             .env("FLYNN_LOG", "info")
             .stdout(Stdio::null())

@@ -117,12 +117,13 @@ fn a_standalone_host_joins_a_cluster_through_its_api_and_rejoins_after_a_restart
         h1.state.path().join("etcd/member").is_dir(),
         "etcd's data is in <state>/etcd"
     );
-    // The API is announced at the cluster address, for other hosts and the scheduler.
+    // The API is announced at the cluster address, for other hosts and the
+    // scheduler, as HTTPS.
     let hosts = h1.hosts();
     assert!(
         hosts
             .iter()
-            .any(|r| r["api"] == format!("http://{}:1113", h2.ip)),
+            .any(|r| r["api"] == format!("https://{}:1113", h2.ip)),
         "{hosts:?}"
     );
     // Bridge jobs now get addresses from the cluster's subnets, and reach each other.
