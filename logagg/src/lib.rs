@@ -60,6 +60,8 @@ pub enum AggError {
     },
     #[error("filling from peer {peer}: {reason}")]
     Peer { peer: String, reason: String },
+    #[error("the HTTP server's task ended: {0}")]
+    Serving(String),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -144,8 +146,18 @@ impl Aggregator {
         }
     }
 
-    /// Loads a peer's lines (those we have are skipped).
+    /// Loads a peer's lines (those we have are skipped); a peer that does not
+    /// answer within [`FILL_TIMEOUT`] is given up.
     pub async fn fill_from(&self, peer: &str) -> Result<usize, AggError> {
+        tokio::time::timeout(FILL_TIMEOUT, self.fill_from_unbounded(peer))
+            .await
+            .map_err(|_| AggError::Peer {
+                peer: peer.to_string(),
+                reason: format!("no snapshot within {}s", FILL_TIMEOUT.as_secs()),
+            })?
+    }
+
+    async fn fill_from_unbounded(&self, peer: &str) -> Result<usize, AggError> {
         let err = |reason: String| AggError::Peer {
             peer: peer.to_string(),
             reason,
@@ -354,6 +366,9 @@ fn line_bytes(l: &LogLine) -> Bytes {
     Bytes::from(v)
 }
 
+/// How long a fill from a peer may take, snapshot included.
+const FILL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `flynn-host logaggregator`: serves until the process is stopped.
 pub async fn run(args: AggArgs) -> Result<(), AggError> {
     let agg = Aggregator::new(args.lines_per_app, args.token.clone());
@@ -364,6 +379,11 @@ pub async fn run(args: AggArgs) -> Result<(), AggError> {
     };
     let syslog = bind(args.syslog).await?;
     let http = bind(args.http).await?;
+    // HTTP is served before the fill: two instances starting together each find
+    // the other registered (the agent registers a job once its port accepts) and
+    // fill from it; had each waited to serve until its own fill ended, both would
+    // wait for ever. A reader meanwhile sees what has arrived so far.
+    let serving = tokio::spawn(agg.clone().serve_http(http));
     let advertise = match (args.advertise, args.syslog.ip()) {
         (Some(ip), _) => Some(ip),
         (None, ip) if !ip.is_unspecified() => Some(ip),
@@ -410,7 +430,9 @@ pub async fn run(args: AggArgs) -> Result<(), AggError> {
         };
         tokio::spawn(discovery::services::announce(etcd, inst, LEASE_TTL));
     }
-    agg.serve_http(http).await;
+    serving
+        .await
+        .map_err(|e| AggError::Serving(e.to_string()))?;
     Ok(())
 }
 
