@@ -195,3 +195,85 @@ fn the_certificate_rotates_without_a_restart() {
     let out = cli(&d, &https, &[("FLYNN_TLS_PIN", &pin)], &["ps"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// `flynn_host::client::first_contact` to `authority` from inside `netns`.
+fn first_contact_in(
+    netns: &str,
+    authority: &str,
+    token: &str,
+) -> Result<String, flynn_host::client::FirstContactFailure> {
+    let (netns, authority, token) = (
+        format!("/run/netns/{netns}"),
+        authority.to_string(),
+        token.to_string(),
+    );
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(flynn_host::client::first_contact(
+                &authority,
+                &token,
+                "test-nonce-1",
+            ))
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+#[ignore = "needs root (network namespaces)"]
+fn a_first_contact_trusts_the_pin_the_token_vouches_for_and_a_cluster_ca_is_installed() {
+    let d = daemon("3600");
+    let authority = format!("{OFF_LOOPBACK}:1113");
+    let pin = d.ok(&["tls", "pin"]).trim().to_string();
+    // The token's proof of the pin, over TLS, with no token sent: the host's pin.
+    let got = first_contact_in(&d.netns, &authority, &d.token).unwrap();
+    assert_eq!(got, pin);
+    // Another token: the proof does not match, and the caller is told.
+    match first_contact_in(&d.netns, &authority, "another-token-0123456789") {
+        Err(flynn_host::client::FirstContactFailure::Token(_)) => {}
+        other => panic!("a wrong token was not refused: {other:?}"),
+    }
+    // The CA with its key needs the token; the public route does not.
+    assert_eq!(d.http_with("GET", "/cluster/tls", None, None).0, 401);
+    let (code, body) = d.http_with("GET", "/cluster/tls/ca?proof=a%20b", None, None);
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = d.http("GET", "/cluster/tls", None);
+    assert_eq!(code, 200, "{body}");
+    let own: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(own["ca_key"].as_str().unwrap().contains("PRIVATE KEY"));
+    let (_, info) = d.http_with("GET", "/cluster/tls/ca", None, None);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["cluster"], false, "{info}");
+
+    // A cluster CA installed: marked, the host's pin is the cluster's, the
+    // platform files follow, and installing it again changes nothing.
+    let cluster = flynn_tls::Ca::generate("cluster").unwrap();
+    let install = serde_json::json!({"ca_cert": cluster.cert_pem, "ca_key": cluster.key_pem});
+    let (code, body) = d.http("PUT", "/cluster/tls", Some(&install.to_string()));
+    assert_eq!(code, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cluster_pin = cluster.pin().unwrap().to_string();
+    assert_eq!(info["pin"], cluster_pin.as_str());
+    assert_eq!(info["cluster"], true);
+    let cert = std::fs::read_to_string(d.state_dir().join("tls/platform/cert.pem")).unwrap();
+    assert!(
+        cert.ends_with(&cluster.cert_pem),
+        "the platform files follow the CA"
+    );
+    assert_eq!(
+        first_contact_in(&d.netns, &authority, &d.token).unwrap(),
+        cluster_pin
+    );
+    let (code, again) = d.http("PUT", "/cluster/tls", Some(&install.to_string()));
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(
+        std::fs::read_to_string(d.state_dir().join("tls/platform/cert.pem")).unwrap(),
+        cert,
+        "the same CA again re-issued the certificate"
+    );
+}

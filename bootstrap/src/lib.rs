@@ -309,12 +309,12 @@ mod tests {
         );
         assert_eq!(
             fake.ran,
-            ["online-hosts", "preflight"],
+            ["online-hosts", "tls", "preflight"],
             "nothing after a failure"
         );
         assert_eq!(
             fake.recorded,
-            ["online-hosts"],
+            ["online-hosts", "tls"],
             "a failed step is not recorded"
         );
         let last = events.0.last().unwrap();

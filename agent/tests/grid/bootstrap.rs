@@ -199,6 +199,9 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
     let human = bootstrap(&c, &[]).output().unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(human.contains("already up: nothing was started"), "{human}");
+    // The summary names the cluster CA's pin, for the hosts' APIs.
+    let pin = c.host(2).ok(&["tls", "pin"]).trim().to_string();
+    assert!(human.contains(&format!("--tls-pin {pin}")), "{human}");
     assert!(
         human.contains(&format!(
             "flynn cluster add default http://192.0.2.1:81 {key}"
