@@ -247,6 +247,8 @@ pub enum StepError {
     },
     #[error("random bytes for an id: {0}")]
     Random(String),
+    #[error("the git receiver needs the controller's formation (run the controller step first)")]
+    NoController,
     #[error("the agent's address {0}: {1}")]
     Address(String, String),
 }

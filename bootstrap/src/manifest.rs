@@ -21,6 +21,7 @@ pub enum Action {
     Controller,
     Router,
     LogAggregator,
+    GitReceive,
     Inception,
 }
 
@@ -34,6 +35,7 @@ impl Action {
         (Action::Controller, "controller"),
         (Action::Router, "router"),
         (Action::LogAggregator, "logaggregator"),
+        (Action::GitReceive, "gitreceive"),
         (Action::Inception, "inception"),
     ];
 
@@ -57,7 +59,9 @@ impl Action {
     fn params(self) -> &'static [&'static str] {
         match self {
             Action::Etcd => &["members"],
-            Action::Scheduler | Action::LogAggregator => &["instances", "image"],
+            Action::Scheduler | Action::LogAggregator | Action::GitReceive => {
+                &["instances", "image"]
+            }
             Action::Controller => &["instances", "image", "domain"],
             Action::Router => &["image"],
             Action::OnlineHosts | Action::Preflight | Action::Join | Action::Inception => &[],
@@ -214,6 +218,7 @@ mod tests {
                 "controller",
                 "router",
                 "logaggregator",
+                "gitreceive",
                 "inception"
             ]
         );

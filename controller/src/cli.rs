@@ -34,8 +34,12 @@ enum Cmd {
     /// Clusters this CLI knows.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Create an app (routed at <app>.<cluster domain>).
+    /// Create an app (routed at <app>.<cluster domain>); inside a git repository,
+    /// also the remote `flynn` that `git push flynn main` deploys through.
     Create { name: String },
+    /// git's credential helper for the cluster's git receiver (set by `create`).
+    #[command(hide = true)]
+    GitCredentials { op: String },
     /// List apps.
     Apps,
     /// Show an app and its release.
@@ -304,6 +308,27 @@ pub async fn main(args: Flynn, attach: Attach) -> Result<i32> {
                 .call(Method::POST, "/apps", Some(&json!({"name": name})))
                 .await?;
             println!("Created {}", a["name"].as_str().unwrap_or(&name));
+            if in_git_repo() {
+                let routes: Vec<Value> = client
+                    .call(Method::GET, &format!("/apps/{name}/routes"), None::<&()>)
+                    .await?;
+                let domain = routes
+                    .iter()
+                    .filter_map(|r| r["domain"].as_str())
+                    .find_map(|d| d.strip_prefix(&format!("{name}.")))
+                    .context("the app's default route names no domain")?
+                    .to_string();
+                add_git_remote(&name, &domain, &cl.name)?;
+            }
+            Ok(0)
+        }
+        Cmd::GitCredentials { op } => {
+            // git asks `get`, and says `store` or `erase` after: only `get` answers.
+            if op == "get" {
+                let mut input = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+                println!("username=flynn\npassword={}", cl.key);
+            }
             Ok(0)
         }
         Cmd::Apps => {
@@ -773,4 +798,54 @@ async fn route(client: &Client, app: &str, cmd: Option<RouteCmd>) -> Result<i32>
         }
     }
     Ok(0)
+}
+
+fn git(args: &[&str]) -> Result<std::process::Output> {
+    std::process::Command::new("git")
+        .args(args)
+        .output()
+        .context("running git (is it installed?)")
+}
+
+fn in_git_repo() -> bool {
+    git(&["rev-parse", "--is-inside-work-tree"]).is_ok_and(|o| o.status.success())
+}
+
+/// The remote `flynn` → `http://git.<domain>/<app>.git`, with this CLI as git's
+/// credential helper for that host (the key stays in ~/.flynnrc, not in .git/config).
+fn add_git_remote(app: &str, domain: &str, cluster: &str) -> Result<()> {
+    let host = format!("git.{domain}");
+    let url = format!("http://{host}/{app}.git");
+    let set = if git(&["remote", "get-url", "flynn"])?.status.success() {
+        git(&["remote", "set-url", "flynn", &url])?
+    } else {
+        git(&["remote", "add", "flynn", &url])?
+    };
+    if !set.status.success() {
+        bail!(
+            "adding the git remote flynn: {}",
+            String::from_utf8_lossy(&set.stderr).trim()
+        );
+    }
+    // This program as the user ran it: `flynn` is this binary under that name, so
+    // the resolved path (flynn-host) would not be the CLI.
+    let me = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.components().count() > 1)
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "flynn".to_string());
+    let key = format!("credential.http://{host}.helper");
+    let helper = format!("!'{me}' -c '{cluster}' git-credentials");
+    let _ = git(&["config", "--unset-all", &key]);
+    let out = git(&["config", "--add", &key, &helper])?;
+    if !out.status.success() {
+        bail!(
+            "setting git's credential helper: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    println!("Added git remote flynn: {url}");
+    Ok(())
 }
