@@ -83,11 +83,22 @@ fn main() {
     }
     let out = c
         .on_switch()
-        .args(["bootstrap", "--peers", "192.0.2.1,192.0.2.2,192.0.2.3", "--timeout", "180", "--json"])
+        .args([
+            "bootstrap",
+            "--peers",
+            "192.0.2.1,192.0.2.2,192.0.2.3",
+            "--timeout",
+            "180",
+            "--json",
+        ])
         .env("FLYNN_TOKEN", TOKEN)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let key = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -103,11 +114,42 @@ fn main() {
         std::fs::write(d.join("app.py"), APP).unwrap();
         std::fs::write(d.join("requirements.txt"), "").unwrap();
         git(&f, d, &["init", "-q", "-b", "main"]);
-        git(&f, d, &["-c", "user.email=b@b", "-c", "user.name=b", "commit", "-q", "--allow-empty", "-m", "x"]);
+        git(
+            &f,
+            d,
+            &[
+                "-c",
+                "user.email=b@b",
+                "-c",
+                "user.name=b",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                "x",
+            ],
+        );
         git(&f, d, &["add", "-A"]);
-        git(&f, d, &["-c", "user.email=b@b", "-c", "user.name=b", "commit", "-q", "-m", "v1"]);
+        git(
+            &f,
+            d,
+            &[
+                "-c",
+                "user.email=b@b",
+                "-c",
+                "user.name=b",
+                "commit",
+                "-q",
+                "-m",
+                "v1",
+            ],
+        );
         let app = format!("bench{round}");
-        let out = f.command_in(d, f.path().to_str().unwrap()).args(["create", &app]).output().unwrap();
+        let out = f
+            .command_in(d, f.path().to_str().unwrap())
+            .args(["create", &app])
+            .output()
+            .unwrap();
         assert!(out.status.success());
 
         // The anchor: bin/compile of the same source in a container on host 1.
@@ -120,14 +162,31 @@ fn main() {
 
         let t = Instant::now();
         git(&f, d, &["push", "-q", "flynn", "main"]);
-        wait_for("v1 served", Duration::from_secs(120), || serving(&c, &app, "version-1"));
+        wait_for("v1 served", Duration::from_secs(120), || {
+            serving(&c, &app, "version-1")
+        });
         first.push(t.elapsed().as_secs_f64());
 
         std::fs::write(d.join("app.py"), APP.replace("version-1", "version-2")).unwrap();
-        git(&f, d, &["-c", "user.email=b@b", "-c", "user.name=b", "commit", "-q", "-am", "v2"]);
+        git(
+            &f,
+            d,
+            &[
+                "-c",
+                "user.email=b@b",
+                "-c",
+                "user.name=b",
+                "commit",
+                "-q",
+                "-am",
+                "v2",
+            ],
+        );
         let t = Instant::now();
         git(&f, d, &["push", "-q", "flynn", "main"]);
-        wait_for("v2 served", Duration::from_secs(120), || serving(&c, &app, "version-2"));
+        wait_for("v2 served", Duration::from_secs(120), || {
+            serving(&c, &app, "version-2")
+        });
         second.push(t.elapsed().as_secs_f64());
         println!(
             "round {round}: first push {:.2} s, second push {:.2} s, bin/compile in a container {:.2} s",

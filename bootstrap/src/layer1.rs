@@ -214,10 +214,7 @@ impl Run {
             }
             Service::LogAggregator => {}
             Service::GitReceive => {
-                let image = p
-                    .image
-                    .clone()
-                    .unwrap_or_else(|| svc.default_image());
+                let image = p.image.clone().unwrap_or_else(|| svc.default_image());
                 let lacking = self.hosts_lacking(&image).await;
                 if !lacking.is_empty() {
                     return Ok(Outcome::Skipped(json!({

@@ -660,11 +660,7 @@ impl Controller {
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
-                (
-                    release.image,
-                    env,
-                    json!({"flynn.release": release.id}),
-                )
+                (release.image, env, json!({"flynn.release": release.id}))
             }
         };
         for (k, v) in &o.env {

@@ -47,7 +47,10 @@ pub(crate) async fn run(cgi: Cgi<'_>, req: Request<Incoming>) -> Result<Response
     };
     let mut cmd = tokio::process::Command::new(cgi.backend);
     cmd.env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("GIT_PROJECT_ROOT", cgi.project_root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("GATEWAY_INTERFACE", "CGI/1.1")
@@ -116,7 +119,11 @@ pub(crate) async fn run(cgi: Cgi<'_>, req: Request<Incoming>) -> Result<Response
             .await
             .map_err(|e| CgiError::NoHeaders(e.to_string()))?;
         if n == 0 {
-            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+            let status = child
+                .wait()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_default();
             return Err(CgiError::NoHeaders(format!("it exited ({status})")));
         }
         head.extend_from_slice(&buf[..n]);
@@ -145,7 +152,11 @@ pub(crate) async fn run(cgi: Cgi<'_>, req: Request<Incoming>) -> Result<Response
             match stdout.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => {
-                    if tx.send(Ok(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                    if tx
+                        .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
                         // The client went away: kill_on_drop ends git.
                         return;
                     }

@@ -86,7 +86,10 @@ pub async fn run(args: HookArgs) -> i32 {
         Err(e) => {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, " !     {e:#}");
-            let _ = writeln!(err, " !     push rejected: the running release is unchanged");
+            let _ = writeln!(
+                err,
+                " !     push rejected: the running release is unchanged"
+            );
             let _ = err.flush();
             1
         }
@@ -97,7 +100,12 @@ pub async fn run(args: HookArgs) -> i32 {
 pub async fn app_exists(controller: &str, key: &str, app: &str) -> Result<bool> {
     let c = Client::from_options(Some(controller), Some(key))?;
     match c
-        .request(Method::GET, &format!("/apps/{app}"), None, flynn_client::empty())
+        .request(
+            Method::GET,
+            &format!("/apps/{app}"),
+            None,
+            flynn_client::empty(),
+        )
         .await
     {
         Ok(_) => Ok(true),
@@ -220,8 +228,12 @@ async fn build_and_release(
         .unwrap_or("unknown")
         .to_string();
     let hex = store.add_slug(&slug_file)?;
-    let copies = copy_to_peers(args, &format!("/slugs/{hex}.tgz"), &std::fs::read(store.slug(&hex))?)
-        .await;
+    let copies = copy_to_peers(
+        args,
+        &format!("/slugs/{hex}.tgz"),
+        &std::fs::read(store.slug(&hex))?,
+    )
+    .await;
     say(&format!(
         "Slug sha256:{} stored ({} cop{} on peers)",
         &hex[..12],

@@ -52,7 +52,11 @@ pub struct GitReceiveArgs {
     #[arg(long, env = "FLYNN_CONTROLLER_KEY", hide_env_values = true)]
     pub key: String,
     /// The controller (the local router's TCP route to the controllers).
-    #[arg(long, env = "FLYNN_CONTROLLER_URL", default_value = "http://127.0.0.1:81")]
+    #[arg(
+        long,
+        env = "FLYNN_CONTROLLER_URL",
+        default_value = "http://127.0.0.1:81"
+    )]
     pub controller: String,
     /// The cluster's token: peers' copies, the local agent's discovery.
     #[arg(long, env = "FLYNN_TOKEN", hide_env_values = true)]
@@ -111,6 +115,10 @@ pub async fn run(args: GitReceiveArgs) -> Result<(), GitReceiveError> {
             source,
         })?;
     tracing::info!(listen = %args.listen, data = %args.data.display(), "git receiver serving");
-    server::serve(listener, std::sync::Arc::new(server::Server::new(args, store))).await;
+    server::serve(
+        listener,
+        std::sync::Arc::new(server::Server::new(args, store)),
+    )
+    .await;
     Ok(())
 }

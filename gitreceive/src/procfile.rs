@@ -14,7 +14,10 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
             continue;
         }
         let Some((ty, cmd)) = line.split_once(':') else {
-            return Err(format!("Procfile line {}: expected TYPE: COMMAND, got {line:?}", n + 1));
+            return Err(format!(
+                "Procfile line {}: expected TYPE: COMMAND, got {line:?}",
+                n + 1
+            ));
         };
         let (ty, cmd) = (ty.trim(), cmd.trim());
         let valid = !ty.is_empty()
@@ -43,7 +46,8 @@ mod tests {
 
     #[test]
     fn types_and_commands() {
-        let p = parse("# app\nweb: python3 app.py --port $PORT\n\nworker:  sh -c 'a: b'\n").unwrap();
+        let p =
+            parse("# app\nweb: python3 app.py --port $PORT\n\nworker:  sh -c 'a: b'\n").unwrap();
         assert_eq!(p["web"], "python3 app.py --port $PORT");
         assert_eq!(p["worker"], "sh -c 'a: b'");
         assert_eq!(p.len(), 2);

@@ -223,11 +223,17 @@ impl Server {
                 format!("http://{ip}:{port}"),
             ),
             ("FLYNN_GITRECEIVE_PORT".to_string(), port.to_string()),
-            ("FLYNN_CONTROLLER_URL".to_string(), self.args.controller.clone()),
+            (
+                "FLYNN_CONTROLLER_URL".to_string(),
+                self.args.controller.clone(),
+            ),
             ("FLYNN_CONTROLLER_KEY".to_string(), self.args.key.clone()),
             ("FLYNN_TOKEN".to_string(), self.args.token.clone()),
             ("FLYNN_HOST".to_string(), self.args.agent.clone()),
-            ("FLYNN_SLUGBUILDER_IMAGE".to_string(), self.args.image.clone()),
+            (
+                "FLYNN_SLUGBUILDER_IMAGE".to_string(),
+                self.args.image.clone(),
+            ),
         ];
         let repos = self.store.repos();
         let cgi = crate::cgi::Cgi {
@@ -287,9 +293,10 @@ impl Server {
                     }
                     Ok(())
                 }
-                _ if !store::valid_app(&name) => {
-                    Err((StatusCode::BAD_REQUEST, format!("{name:?} is not an app name")))
-                }
+                _ if !store::valid_app(&name) => Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("{name:?} is not an app name"),
+                )),
                 "repos" => store
                     .put_repo(&name, &bytes, &hook)
                     .map_err(|e| (StatusCode::BAD_REQUEST, format!("the repository sent: {e}"))),
@@ -314,7 +321,11 @@ async fn send_file(path: PathBuf) -> Response<Body> {
     match tokio::fs::read(&path).await {
         Ok(bytes) => Response::builder()
             .header("content-type", "application/octet-stream")
-            .body(Full::new(Bytes::from(bytes)).map_err(|e| match e {}).boxed())
+            .body(
+                Full::new(Bytes::from(bytes))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             text(StatusCode::NOT_FOUND, "not here")

@@ -32,7 +32,9 @@ pub(crate) fn valid_app(name: &str) -> bool {
 }
 
 fn valid_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 pub(crate) fn valid_build_id(s: &str) -> bool {
@@ -96,7 +98,11 @@ impl Store {
         }
         // Made aside and renamed, so a half-made repository is never served.
         let tmp = self.tmp_file(app)?;
-        run_git(&tmp, &["init", "--quiet", "--bare", "--initial-branch=main", "."], true)?;
+        run_git(
+            &tmp,
+            &["init", "--quiet", "--bare", "--initial-branch=main", "."],
+            true,
+        )?;
         run_git(&tmp, &["config", "http.receivepack", "true"], false)?;
         // A push that git-http-backend has to unpack loose costs more than a pack.
         run_git(&tmp, &["config", "receive.unpackLimit", "1000"], false)?;
@@ -181,7 +187,11 @@ fn write_hooks(repo: &Path, hook: &Path) -> io::Result<()> {
     for name in ["pre-receive", "post-receive"] {
         let path = hooks.join(name);
         let mut f = std::fs::File::create(&path)?;
-        writeln!(f, "#!/bin/sh\nexec '{}' gitreceive-hook {name}", hook.display())?;
+        writeln!(
+            f,
+            "#!/bin/sh\nexec '{}' gitreceive-hook {name}",
+            hook.display()
+        )?;
         f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
     }
     Ok(())

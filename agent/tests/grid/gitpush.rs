@@ -73,11 +73,17 @@ fn commit(f: &Flynn, dir: &Path, files: &[(&str, &str)], msg: &str) -> String {
 }
 
 fn create(f: &Flynn, dir: &Path, app: &str) {
-    let out = f.command_in(dir, f.path().to_str().unwrap()).args(["create", app]).output().unwrap();
+    let out = f
+        .command_in(dir, f.path().to_str().unwrap())
+        .args(["create", app])
+        .output()
+        .unwrap();
     let t = text(&out);
     assert!(out.status.success(), "flynn create {app}: {t}");
     assert!(
-        t.contains(&format!("Added git remote flynn: http://git.cluster.local/{app}.git")),
+        t.contains(&format!(
+            "Added git remote flynn: http://git.cluster.local/{app}.git"
+        )),
         "{t}"
     );
 }
@@ -104,7 +110,8 @@ fn serves(c: &Cluster, app: &str, want: &str) {
             last = (1..=3)
                 .map(|n| curl(c, &["-H", &host, &format!("http://192.0.2.{n}/")]))
                 .collect();
-            last.iter().all(|(code, body)| *code == 200 && body.contains(want))
+            last.iter()
+                .all(|(code, body)| *code == 200 && body.contains(want))
         },
     );
 }
@@ -113,8 +120,7 @@ fn serves(c: &Cluster, app: &str, want: &str) {
 fn objects_written(push_output: &str) -> Option<u32> {
     let line = push_output
         .split(['\n', '\r'])
-        .filter(|l| l.contains("Writing objects: 100%"))
-        .last()?;
+        .rfind(|l| l.contains("Writing objects: 100%"))?;
     let inner = line.split('(').nth(1)?.split('/').next()?;
     inner.trim().parse().ok()
 }
@@ -144,17 +150,27 @@ fn git_push_builds_and_deploys_apps() {
     // A Python app without dependencies.
     let py = repo(&f, &[("app.py", PY_APP), ("requirements.txt", "")]);
     create(&f, py.path(), "py");
-    let first_sha = git_ok(&f, py.path(), &["rev-parse", "HEAD"]).trim().to_string();
+    let first_sha = git_ok(&f, py.path(), &["rev-parse", "HEAD"])
+        .trim()
+        .to_string();
     let t = push_ok(&f, py.path());
-    for want in ["Python app detected", "Deployed release", "py is at http://py.cluster.local/"] {
+    for want in [
+        "Python app detected",
+        "Deployed release",
+        "py is at http://py.cluster.local/",
+    ] {
         assert!(t.contains(want), "{want:?} not in the push's output:\n{t}");
     }
     let first_objects = objects_written(&t).unwrap_or_else(|| panic!("no object count:\n{t}"));
     serves(&c, "py", "hello from python v1");
-    let rel: serde_json::Value = serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
     assert_eq!(rel["meta"]["git_commit"], first_sha.as_str(), "{rel}");
     assert_eq!(rel["meta"]["buildpack"], "10-python", "{rel}");
-    assert!(rel["meta"]["slug"].as_str().unwrap().starts_with("sha256:"), "{rel}");
+    assert!(
+        rel["meta"]["slug"].as_str().unwrap().starts_with("sha256:"),
+        "{rel}"
+    );
 
     // A one-line change: only the new objects go, the cache comes back.
     let second_sha = commit(
@@ -172,24 +188,37 @@ fn git_push_builds_and_deploys_apps() {
     );
     assert!(t.contains("Restoring the build cache"), "{t}");
     serves(&c, "py", "hello from python v2");
-    let rel: serde_json::Value = serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
     assert_eq!(rel["meta"]["git_commit"], second_sha.as_str(), "{rel}");
 
     // A failing build fails the push with the buildpack's message; v2 keeps serving.
-    commit(&f, py.path(), &[("requirements.txt", "flask==3.0\n")], "needs flask");
+    commit(
+        &f,
+        py.path(),
+        &[("requirements.txt", "flask==3.0\n")],
+        "needs flask",
+    );
     let out = push(&f, py.path());
     let t = text(&out);
     assert!(!out.status.success(), "a failing build was accepted:\n{t}");
-    assert!(t.contains("requirement flask has no wheel in vendor/"), "{t}");
+    assert!(
+        t.contains("requirement flask has no wheel in vendor/"),
+        "{t}"
+    );
     assert!(t.contains("pre-receive hook declined"), "{t}");
-    let rel: serde_json::Value = serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
     assert_eq!(rel["meta"]["git_commit"], second_sha.as_str(), "{rel}");
     serves(&c, "py", "hello from python v2");
 
     // A static site.
     let site = repo(
         &f,
-        &[("index.html", "<h1>static site</h1>\n"), ("about.html", "about\n")],
+        &[
+            ("index.html", "<h1>static site</h1>\n"),
+            ("about.html", "about\n"),
+        ],
     );
     create(&f, site.path(), "site");
     let t = push_ok(&f, site.path());
@@ -213,16 +242,38 @@ fn git_push_builds_and_deploys_apps() {
     let out = git(
         &f,
         py.path(),
-        &["-c", "credential.helper=", "push", "http://git.cluster.local/py.git", "main"],
+        &[
+            "-c",
+            "credential.helper=",
+            "push",
+            "http://git.cluster.local/py.git",
+            "main",
+        ],
     );
-    assert!(!out.status.success(), "a push without the key was accepted:\n{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a push without the key was accepted:\n{}",
+        text(&out)
+    );
     let out = git(
         &f,
         py.path(),
-        &["-c", "credential.helper=", "push", "http://flynn:not-the-key@git.cluster.local/py.git", "main"],
+        &[
+            "-c",
+            "credential.helper=",
+            "push",
+            "http://flynn:not-the-key@git.cluster.local/py.git",
+            "main",
+        ],
     );
     let t = text(&out);
-    assert!(!out.status.success(), "a push with a wrong key was accepted:\n{t}");
-    assert!(t.contains("Authentication failed") || t.contains("401"), "{t}");
+    assert!(
+        !out.status.success(),
+        "a push with a wrong key was accepted:\n{t}"
+    );
+    assert!(
+        t.contains("Authentication failed") || t.contains("401"),
+        "{t}"
+    );
     serves(&c, "py", "hello from python v2");
 }

@@ -72,7 +72,10 @@ pub fn stack_image() -> PathBuf {
             .arg(env!("CARGO_PKG_VERSION"))
             .status()
             .expect("running fixtures/build-stack-image.sh");
-        assert!(status.success(), "building the flynn/slugbuilder image failed");
+        assert!(
+            status.success(),
+            "building the flynn/slugbuilder image failed"
+        );
         out
     })
     .clone()
