@@ -425,6 +425,12 @@ impl Controller {
                 let o: OneOff = body(req).await?;
                 self.one_off(app, o).await
             }
+            Op::ImportImage => {
+                self.app(app).await?;
+                let token = self.deployer.token.clone().ok_or(JobsError::NoToken)?;
+                let imported = crate::import::import(&self.etcd, &token, req).await?;
+                Ok(json(StatusCode::OK, &imported))
+            }
             Op::Relay => {
                 self.app(app).await?;
                 let token = self.deployer.token.clone().ok_or(JobsError::NoToken)?;

@@ -79,6 +79,17 @@ enum Cmd {
         #[arg(short = 'j', long)]
         job: Option<String>,
     },
+    /// A new release of an image archive (`docker save NAME:TAG`, or an OCI
+    /// archive), imported into every host through the controller: no registry.
+    /// Process types as given, else the current release's.
+    Import {
+        archive: PathBuf,
+        /// TYPE=COMMAND (run by sh -c; `web` gets $PORT=8080).
+        #[arg(short = 'p', long = "process")]
+        processes: Vec<String>,
+        #[command(flatten)]
+        deploy: DeployOpts,
+    },
     /// Jobs wanted per process type: scale web=3 worker=1 (without any: print them).
     Scale { counts: Vec<String> },
     /// The app's jobs across the cluster: id, type, host, state, release.
@@ -321,6 +332,58 @@ pub async fn main(args: Flynn, attach: Attach) -> Result<i32> {
                 add_git_remote(&name, &domain, &cl.name)?;
             }
             Ok(0)
+        }
+        Cmd::Import {
+            archive,
+            processes,
+            deploy,
+        } => {
+            let a = app()?;
+            let bytes = std::fs::read(&archive)
+                .with_context(|| format!("reading {}", archive.display()))?;
+            let resp = client
+                .request(
+                    Method::POST,
+                    &format!("/apps/{a}/import"),
+                    Some("application/x-tar"),
+                    flynn_client::full(bytes),
+                )
+                .await?;
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .context("reading the controller's answer")?
+                .to_bytes();
+            let imported: Value = serde_json::from_slice(&body)
+                .context("the controller's answer is not the JSON expected")?;
+            let image = imported["image"]
+                .as_str()
+                .context("the controller named no image")?
+                .to_string();
+            println!(
+                "Imported {image} on {} host(s)",
+                imported["hosts"].as_array().map_or(0, Vec::len)
+            );
+            let info: Value = client
+                .call(Method::GET, &format!("/apps/{a}"), None::<&()>)
+                .await?;
+            let procs = if processes.is_empty() {
+                info["release"]["processes"].clone()
+            } else {
+                process_types(&processes)?
+            };
+            if procs.as_object().is_none_or(|m| m.is_empty()) {
+                bail!("{a} has no release to take process types from: give --process web=COMMAND");
+            }
+            let env = info["release"]["env"].clone();
+            let body = json!({"image": image, "env": if env.is_null() { json!({}) } else { env }, "processes": procs});
+            let rel: Value = client
+                .call(
+                    Method::POST,
+                    &with_timeout(format!("/apps/{a}/releases"), deploy),
+                    Some(&body),
+                )
+                .await?;
+            deployed(&client, &a, &rel, "Created", deploy).await
         }
         Cmd::GitCredentials { op } => {
             // git asks `get`, and says `store` or `erase` after: only `get` answers.
@@ -622,17 +685,7 @@ async fn release(client: &Client, app: &str, r: ReleaseCmd) -> Result<i32> {
             env,
             deploy,
         } => {
-            let mut procs = serde_json::Map::new();
-            for p in processes {
-                let (ty, cmd) = p
-                    .split_once('=')
-                    .with_context(|| format!("--process {p:?}: give TYPE=COMMAND"))?;
-                let mut v = json!({"cmd": ["sh", "-c", cmd]});
-                if ty == "web" {
-                    v["port"] = json!(8080);
-                }
-                procs.insert(ty.to_string(), v);
-            }
+            let procs = process_types(&processes)?;
             let body = json!({"image": image, "env": pairs(&env)?, "processes": procs});
             let rel: Value = client
                 .call(
@@ -848,4 +901,21 @@ fn add_git_remote(app: &str, domain: &str, cluster: &str) -> Result<()> {
     }
     println!("Added git remote flynn: {url}");
     Ok(())
+}
+
+/// `--process TYPE=COMMAND` flags as a release's processes (`sh -c COMMAND`; `web`
+/// listens on $PORT, 8080).
+fn process_types(processes: &[String]) -> Result<Value> {
+    let mut procs = serde_json::Map::new();
+    for p in processes {
+        let (ty, cmd) = p
+            .split_once('=')
+            .with_context(|| format!("--process {p:?}: give TYPE=COMMAND"))?;
+        let mut v = json!({"cmd": ["sh", "-c", cmd]});
+        if ty == "web" {
+            v["port"] = json!(8080);
+        }
+        procs.insert(ty.to_string(), v);
+    }
+    Ok(Value::Object(procs))
 }

@@ -161,6 +161,7 @@ fn git_push_builds_and_deploys_apps() {
     ] {
         assert!(t.contains(want), "{want:?} not in the push's output:\n{t}");
     }
+    println!("first push of py:\n{t}");
     let first_objects = objects_written(&t).unwrap_or_else(|| panic!("no object count:\n{t}"));
     serves(&c, "py", "hello from python v1");
     let rel: serde_json::Value =
@@ -238,6 +239,47 @@ fn git_push_builds_and_deploys_apps() {
     assert!(t.contains("Procfile app detected"), "{t}");
     serves(&c, "shell", "shell app on 8080");
 
+    // Rolling back goes to the previous slug without a build.
+    f.ok(&["-a", "py", "release", "rollback"]);
+    serves(&c, "py", "hello from python v1");
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
+    assert_eq!(rel["meta"]["git_commit"], first_sha.as_str(), "{rel}");
+
+    // An image archive imported through the controller (no registry): every host
+    // holds it after, and it serves.
+    let images = |n: u8| String::from_utf8_lossy(&c.host(n).cli(&["images"]).stdout).into_owned();
+    assert!(!images(3).contains("flynn-test/iperf3"), "{}", images(3));
+    // Created outside any git repository (no remote to add).
+    let plain = tempfile::tempdir().unwrap();
+    let out = f
+        .command_in(plain.path(), f.path().to_str().unwrap())
+        .args(["create", "imp"])
+        .env("GIT_CEILING_DIRECTORIES", plain.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("git remote"), "{}", text(&out));
+    let archive = crate::harness::fixtures().join("iperf3-docker.tar");
+    let out = f.ok(&[
+        "-a",
+        "imp",
+        "import",
+        archive.to_str().unwrap(),
+        "--process",
+        "web=mkdir -p /tmp/w && echo imported app > /tmp/w/index.html && exec httpd -f -p $PORT -h /tmp/w",
+    ]);
+    assert!(out.contains("on 3 host(s)"), "{out}");
+    for n in 1..=3 {
+        assert!(
+            images(n).contains("flynn-test/iperf3"),
+            "host {n}: {}",
+            images(n)
+        );
+    }
+    f.ok(&["-a", "imp", "scale", "web=1"]);
+    serves(&c, "imp", "imported app");
+
     // Without the key, or with a wrong one, the push is refused.
     let out = git(
         &f,
@@ -275,5 +317,5 @@ fn git_push_builds_and_deploys_apps() {
         t.contains("Authentication failed") || t.contains("401"),
         "{t}"
     );
-    serves(&c, "py", "hello from python v2");
+    serves(&c, "py", "hello from python v1");
 }
