@@ -18,6 +18,7 @@ FLYNN_APT_PACKAGES=(
     etcd-server                           # the grid's etcd: tests run it; fixtures make its image
     ethtool                               # grid tests: GRO on the test underlay, as real NICs have
     curl nftables                         # grid tests: raw API calls; dropped traffic between test hosts
+    git                                   # the git receiver (git-http-backend) and the git push tests
     python3-venv                          # schemathesis's venv (flynn_install_schemathesis)
     # the appliance image (buildroot/assemble.sh) and booting it (qemu-tests, main.sh)
     kmod cpio zstd lz4 e2fsprogs dosfstools mtools fdisk xorriso isolinux syslinux-common

@@ -28,6 +28,11 @@ enum Command {
     Logaggregator(logagg::AggArgs),
     /// Run the controller (a job of the platform).
     Controller(controller::ControllerArgs),
+    /// Run a git receiver: `git push` builds and deploys (a job of the platform).
+    Gitreceive(gitreceive::GitReceiveArgs),
+    /// A git receiver's hook (run by git inside a push, not by hand).
+    #[command(hide = true)]
+    GitreceiveHook(gitreceive::hook::HookArgs),
     /// Build a cluster from hosts that share a token: etcd, the grid (resumable).
     Bootstrap(bootstrap::BootstrapArgs),
     /// Run a scheduler (a job of the platform).
@@ -127,6 +132,7 @@ fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyh
         Command::Daemon(_)
             | Command::Logaggregator(_)
             | Command::Controller(_)
+            | Command::Gitreceive(_)
             | Command::Scheduler(_)
     );
     let runtime = if is_daemon {
@@ -159,6 +165,12 @@ fn tokio_main(args: Args, inherited: Option<daemon::upgrade::Inherited>) -> anyh
                 controller::run(c_args).await?;
                 Ok(0)
             }
+            Command::Gitreceive(g_args) => {
+                init_tracing();
+                gitreceive::run(g_args).await?;
+                Ok(0)
+            }
+            Command::GitreceiveHook(h_args) => Ok(gitreceive::hook::run(h_args).await),
             Command::Bootstrap(b_args) => Ok(bootstrap::run(b_args).await),
             Command::Scheduler(s_args) => {
                 init_tracing();

@@ -258,6 +258,8 @@ pub enum StepError {
     Random(String),
     #[error("the cluster's TLS: {0}")]
     Tls(String),
+    #[error("the git receiver needs the controller's formation (run the controller step first)")]
+    NoController,
     #[error("the agent's address {0}: {1}")]
     Address(String, String),
 }

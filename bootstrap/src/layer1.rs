@@ -10,6 +10,11 @@
 //! | controller    | web  | 2 hosts       | 1115 (API)                     | flynn-controller     |
 //! | router        | app  | every host    | 80 (HTTP), 81 (TCP → controller) | flynn-router       |
 //! | logaggregator | app  | 2 hosts       | 5140 (syslog), 5141 (HTTP)     | flynn-logaggregator  |
+//! | gitreceive    | app  | 2 hosts       | 1117 (HTTP; route git.<domain>) | flynn-gitreceive    |
+//!
+//! The git receiver runs from the `flynn/slugbuilder` image (git, the buildpacks),
+//! not `flynn/host`; its step is skipped, saying so, while a host lacks that image
+//! (an appliance that does not bake it still bootstraps the rest).
 //!
 //! Keys made here (the controller key, the routers' sticky-cookie key) live in the
 //! formations' environment: a re-run reads them back instead of making new ones, so
@@ -46,6 +51,9 @@ const ROUTER_HTTPS_PORT: u16 = 443;
 const ROUTER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 const DEFAULT_DOMAIN: &str = "cluster.local";
 const CONTROLLER_ROUTE_ID: &str = "flynn-controller-api";
+const GITRECEIVE_PORT: u16 = 1117;
+const GITRECEIVE_SERVICE: &str = "flynn-gitreceive";
+const GIT_ROUTE_ID: &str = "flynn-gitreceive-git";
 
 /// The platform services this module starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,23 +61,30 @@ pub(crate) enum Service {
     Controller,
     Router,
     LogAggregator,
+    GitReceive,
 }
 
 impl Service {
-    const ALL: [Service; 3] = [Service::Controller, Service::Router, Service::LogAggregator];
+    const ALL: [Service; 4] = [
+        Service::Controller,
+        Service::Router,
+        Service::LogAggregator,
+        Service::GitReceive,
+    ];
 
     fn app(self) -> &'static str {
         match self {
             Service::Controller => "controller",
             Service::Router => "router",
             Service::LogAggregator => "logaggregator",
+            Service::GitReceive => "gitreceive",
         }
     }
 
     fn process_type(self) -> &'static str {
         match self {
             Service::Controller => "web",
-            Service::Router | Service::LogAggregator => "app",
+            Service::Router | Service::LogAggregator | Service::GitReceive => "app",
         }
     }
 
@@ -78,6 +93,7 @@ impl Service {
             Service::Controller => "flynn-controller",
             Service::Router => "flynn-router",
             Service::LogAggregator => "flynn-logaggregator",
+            Service::GitReceive => GITRECEIVE_SERVICE,
         }
     }
 
@@ -86,6 +102,14 @@ impl Service {
             Service::Controller => CONTROLLER_PORT,
             Service::Router => ROUTER_HTTP_PORT,
             Service::LogAggregator => LOG_SYSLOG_PORT,
+            Service::GitReceive => GITRECEIVE_PORT,
+        }
+    }
+
+    fn default_image(self) -> String {
+        match self {
+            Service::GitReceive => format!("flynn/slugbuilder:{}", env!("CARGO_PKG_VERSION")),
+            _ => default_image(),
         }
     }
 
@@ -101,6 +125,13 @@ impl Service {
                 "0.0.0.0:5140",
                 "--http",
                 "0.0.0.0:5141",
+            ],
+            // The slugbuilder image's command is the builder: name the binary.
+            Service::GitReceive => vec![
+                "/usr/bin/flynn-host",
+                "gitreceive",
+                "--listen",
+                "0.0.0.0:1117",
             ],
         };
         v.into_iter().map(String::from).collect()
@@ -163,6 +194,7 @@ impl Run {
             format!("FLYNN_TLS_PIN={pin}"),
         ];
         let mut data = json!({});
+        let mut git_domain = None;
         match svc {
             Service::Controller => {
                 let key = match keep(CONTROLLER_KEY_ENV) {
@@ -214,6 +246,28 @@ impl Run {
                 data = json!({"https_port": ROUTER_HTTPS_PORT});
             }
             Service::LogAggregator => {}
+            Service::GitReceive => {
+                let image = p.image.clone().unwrap_or_else(|| svc.default_image());
+                let lacking = self.hosts_lacking(&image).await;
+                if !lacking.is_empty() {
+                    return Ok(Outcome::Skipped(json!({
+                        "summary": format!(
+                            "skipped: {image} is not on {} (import it on every host and run the bootstrap again for `git push`)",
+                            lacking.join(", ")
+                        ),
+                    })));
+                }
+                let controller = discovery::formations::list(&etcd)
+                    .await?
+                    .into_iter()
+                    .find(|f| f.app == "controller")
+                    .ok_or(StepError::NoController)?;
+                let key = env_of(&controller, CONTROLLER_KEY_ENV).ok_or(StepError::NoController)?;
+                let domain =
+                    env_of(&controller, "FLYNN_DOMAIN").unwrap_or_else(|| "cluster.local".into());
+                env.push(format!("{CONTROLLER_KEY_ENV}={key}"));
+                git_domain = Some(format!("git.{domain}"));
+            }
         }
         let omni = svc == Service::Router;
         let count = if omni {
@@ -225,7 +279,7 @@ impl Run {
         let wanted = FormationRecord {
             app: svc.app().to_string(),
             process_type: svc.process_type().to_string(),
-            image: p.image.clone().unwrap_or_else(default_image),
+            image: p.image.clone().unwrap_or_else(|| svc.default_image()),
             cmd: svc.cmd(),
             env,
             services: vec![json!({
@@ -251,6 +305,10 @@ impl Run {
         let mut route_changed = false;
         if svc == Service::Router {
             route_changed = ensure_controller_route(&etcd).await?;
+        }
+        if let Some(domain) = &git_domain {
+            route_changed = ensure_git_route(&etcd, domain).await?;
+            data["url"] = json!(format!("http://{domain}/"));
         }
         let instances = if omni { hosts.len() } else { count as usize };
         let found = self.wait_service(&etcd, svc, instances).await?;
@@ -340,6 +398,7 @@ impl Run {
                     },
                 )]),
                 created_at: now,
+                meta: BTreeMap::new(),
             };
             discovery::apps::deploy(&etcd, &app, &release).await?;
             made.push(svc.app());
@@ -388,6 +447,30 @@ async fn ensure_controller_route(etcd: &Etcd) -> Result<bool, StepError> {
         .await?
         .into_iter()
         .find(|r| r.id == CONTROLLER_ROUTE_ID);
+    if have.as_ref() == Some(&wanted) {
+        return Ok(false);
+    }
+    discovery::routes::put(etcd, &wanted).await?;
+    Ok(true)
+}
+
+/// `git.<domain>` reaches a git receiver through every router.
+async fn ensure_git_route(etcd: &Etcd, domain: &str) -> Result<bool, StepError> {
+    let wanted = Route {
+        id: GIT_ROUTE_ID.to_string(),
+        kind: RouteKind::Http,
+        service: GITRECEIVE_SERVICE.to_string(),
+        domain: Some(domain.to_string()),
+        path: None,
+        sticky: false,
+        port: None,
+        app: Some(Service::GitReceive.app().to_string()),
+        certificate: None,
+    };
+    let have = discovery::routes::list(etcd)
+        .await?
+        .into_iter()
+        .find(|r| r.id == GIT_ROUTE_ID);
     if have.as_ref() == Some(&wanted) {
         return Ok(false);
     }

@@ -281,6 +281,8 @@ mod tests {
                 "router:done",
                 "logaggregator:start",
                 "logaggregator:done",
+                "gitreceive:start",
+                "gitreceive:done",
                 "inception:start",
                 "inception:done"
             ]

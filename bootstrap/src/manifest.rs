@@ -22,6 +22,7 @@ pub enum Action {
     Controller,
     Router,
     LogAggregator,
+    GitReceive,
     Inception,
 }
 
@@ -36,6 +37,7 @@ impl Action {
         (Action::Controller, "controller"),
         (Action::Router, "router"),
         (Action::LogAggregator, "logaggregator"),
+        (Action::GitReceive, "gitreceive"),
         (Action::Inception, "inception"),
     ];
 
@@ -59,7 +61,9 @@ impl Action {
     fn params(self) -> &'static [&'static str] {
         match self {
             Action::Etcd => &["members"],
-            Action::Scheduler | Action::LogAggregator => &["instances", "image"],
+            Action::Scheduler | Action::LogAggregator | Action::GitReceive => {
+                &["instances", "image"]
+            }
             Action::Controller => &["instances", "image", "domain"],
             Action::Router => &["image"],
             Action::OnlineHosts
@@ -221,6 +225,7 @@ mod tests {
                 "controller",
                 "router",
                 "logaggregator",
+                "gitreceive",
                 "inception"
             ]
         );

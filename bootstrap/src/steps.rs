@@ -223,10 +223,11 @@ impl Runner for Run {
                 self.etcd_step(members).await
             }
             Action::Join => self.join().await,
-            Action::Controller | Action::Router | Action::LogAggregator => {
+            Action::Controller | Action::Router | Action::LogAggregator | Action::GitReceive => {
                 let svc = match step.action {
                     Action::Controller => Service::Controller,
                     Action::Router => Service::Router,
+                    Action::GitReceive => Service::GitReceive,
                     _ => Service::LogAggregator,
                 };
                 let params = Params {
@@ -894,6 +895,31 @@ impl Run {
 
     pub(crate) fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The hosts (addresses) whose image store has no image named `image`
+    /// (`NAME:TAG` as the agents list it, with or without a registry in front); a
+    /// host that does not answer counts as lacking it.
+    pub(crate) async fn hosts_lacking(&self, image: &str) -> Vec<String> {
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            names: Vec<String>,
+        }
+        let mut lacking = Vec::new();
+        for h in &self.hosts {
+            let held = match call::<Vec<Listed>>(&h.client, Method::GET, "/images", None).await {
+                Ok(images) => images.iter().any(|i| {
+                    i.names
+                        .iter()
+                        .any(|n| n == image || n.ends_with(&format!("/{image}")))
+                }),
+                Err(_) => false,
+            };
+            if !held {
+                lacking.push(h.addr.to_string());
+            }
+        }
+        lacking
     }
 
     pub(crate) fn timeout(&self) -> Duration {

@@ -146,6 +146,9 @@ struct NewRelease {
     env: BTreeMap<String, String>,
     #[serde(default)]
     processes: BTreeMap<String, Process>,
+    /// Where it came from (a git push: commit, buildpack, slug).
+    #[serde(default)]
+    meta: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +183,10 @@ struct OneOff {
     /// Kept after it exits (not removed), for a detached job.
     #[serde(default)]
     keep: bool,
+    /// Another image than the release's (a build job: the git receiver's), run
+    /// with `env` only; the app needs no release for it.
+    #[serde(default)]
+    image: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -338,7 +345,8 @@ impl Controller {
                     }
                     _ => r.image,
                 };
-                self.deploy(app, image, r.env, r.processes, timeout).await
+                self.deploy(app, image, r.env, r.processes, r.meta, timeout)
+                    .await
             }
             Op::SetEnv => {
                 let change: EnvChange = body(req).await?;
@@ -353,8 +361,15 @@ impl Controller {
                     }
                     env.insert(k, v);
                 }
-                self.deploy(app, current.image, env, current.processes, timeout)
-                    .await
+                self.deploy(
+                    app,
+                    current.image,
+                    env,
+                    current.processes,
+                    current.meta.clone(),
+                    timeout,
+                )
+                .await
             }
             Op::Rollback => self.rollback(app, timeout).await,
             Op::Log => {
@@ -409,6 +424,12 @@ impl Controller {
             Op::RunJob => {
                 let o: OneOff = body(req).await?;
                 self.one_off(app, o).await
+            }
+            Op::ImportImage => {
+                self.app(app).await?;
+                let token = self.deployer.token.clone().ok_or(JobsError::NoToken)?;
+                let imported = crate::import::import(&self.etcd, &token, req).await?;
+                Ok(json(StatusCode::OK, &imported))
             }
             Op::Relay => {
                 self.app(app).await?;
@@ -538,6 +559,7 @@ impl Controller {
         image: String,
         env: BTreeMap<String, String>,
         processes: BTreeMap<String, Process>,
+        meta: BTreeMap<String, String>,
         timeout: Option<u64>,
     ) -> Result<Resp, Error> {
         let app = self.app(name).await?;
@@ -555,6 +577,7 @@ impl Controller {
             env,
             processes,
             created_at: chrono::Utc::now(),
+            meta,
         };
         if !discovery::apps::deploy(&self.etcd, &app, &release).await? {
             return Err(Error::Conflict(format!(
@@ -630,12 +653,22 @@ impl Controller {
     }
 
     async fn one_off(&self, name: &str, o: OneOff) -> Result<Resp, Error> {
-        let (_, release) = self.current(name).await?;
-        let mut env: Vec<String> = release
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let (image, mut env, labels) = match &o.image {
+            Some(image) if !image.trim().is_empty() => {
+                self.app(name).await?;
+                (image.clone(), Vec::new(), json!({}))
+            }
+            Some(_) => return Err(Error::BadRequest("image: give an image name".into())),
+            None => {
+                let (_, release) = self.current(name).await?;
+                let env: Vec<String> = release
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                (release.image, env, json!({"flynn.release": release.id}))
+            }
+        };
         for (k, v) in &o.env {
             if k.is_empty() || k.contains('=') {
                 return Err(Error::BadRequest(format!("{k:?} is not a variable name")));
@@ -643,12 +676,12 @@ impl Controller {
             env.push(format!("{k}={v}"));
         }
         let mut req = json!({
-            "image": release.image,
+            "image": image,
             "env": env,
             "tty": o.tty,
             "stdin": o.stdin,
             "auto_remove": !o.keep,
-            "labels": {"flynn.release": release.id},
+            "labels": labels,
         });
         if !o.cmd.is_empty() {
             req["cmd"] = json!(o.cmd);

@@ -34,8 +34,12 @@ enum Cmd {
     /// Clusters this CLI knows.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Create an app (routed at <app>.<cluster domain>).
+    /// Create an app (routed at <app>.<cluster domain>); inside a git repository,
+    /// also the remote `flynn` that `git push flynn main` deploys through.
     Create { name: String },
+    /// git's credential helper for the cluster's git receiver (set by `create`).
+    #[command(hide = true)]
+    GitCredentials { op: String },
     /// List apps.
     Apps,
     /// Show an app and its release.
@@ -74,6 +78,17 @@ enum Cmd {
         /// Only this job.
         #[arg(short = 'j', long)]
         job: Option<String>,
+    },
+    /// A new release of an image archive (`docker save NAME:TAG`, or an OCI
+    /// archive), imported into every host through the controller: no registry.
+    /// Process types as given, else the current release's.
+    Import {
+        archive: PathBuf,
+        /// TYPE=COMMAND (run by sh -c; `web` gets $PORT=8080).
+        #[arg(short = 'p', long = "process")]
+        processes: Vec<String>,
+        #[command(flatten)]
+        deploy: DeployOpts,
     },
     /// Jobs wanted per process type: scale web=3 worker=1 (without any: print them).
     Scale { counts: Vec<String> },
@@ -304,6 +319,79 @@ pub async fn main(args: Flynn, attach: Attach) -> Result<i32> {
                 .call(Method::POST, "/apps", Some(&json!({"name": name})))
                 .await?;
             println!("Created {}", a["name"].as_str().unwrap_or(&name));
+            if in_git_repo() {
+                let routes: Vec<Value> = client
+                    .call(Method::GET, &format!("/apps/{name}/routes"), None::<&()>)
+                    .await?;
+                let domain = routes
+                    .iter()
+                    .filter_map(|r| r["domain"].as_str())
+                    .find_map(|d| d.strip_prefix(&format!("{name}.")))
+                    .context("the app's default route names no domain")?
+                    .to_string();
+                add_git_remote(&name, &domain, &cl.name)?;
+            }
+            Ok(0)
+        }
+        Cmd::Import {
+            archive,
+            processes,
+            deploy,
+        } => {
+            let a = app()?;
+            let bytes = std::fs::read(&archive)
+                .with_context(|| format!("reading {}", archive.display()))?;
+            let resp = client
+                .request(
+                    Method::POST,
+                    &format!("/apps/{a}/import"),
+                    Some("application/x-tar"),
+                    flynn_client::full(bytes),
+                )
+                .await?;
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .context("reading the controller's answer")?
+                .to_bytes();
+            let imported: Value = serde_json::from_slice(&body)
+                .context("the controller's answer is not the JSON expected")?;
+            let image = imported["image"]
+                .as_str()
+                .context("the controller named no image")?
+                .to_string();
+            println!(
+                "Imported {image} on {} host(s)",
+                imported["hosts"].as_array().map_or(0, Vec::len)
+            );
+            let info: Value = client
+                .call(Method::GET, &format!("/apps/{a}"), None::<&()>)
+                .await?;
+            let procs = if processes.is_empty() {
+                info["release"]["processes"].clone()
+            } else {
+                process_types(&processes)?
+            };
+            if procs.as_object().is_none_or(|m| m.is_empty()) {
+                bail!("{a} has no release to take process types from: give --process web=COMMAND");
+            }
+            let env = info["release"]["env"].clone();
+            let body = json!({"image": image, "env": if env.is_null() { json!({}) } else { env }, "processes": procs});
+            let rel: Value = client
+                .call(
+                    Method::POST,
+                    &with_timeout(format!("/apps/{a}/releases"), deploy),
+                    Some(&body),
+                )
+                .await?;
+            deployed(&client, &a, &rel, "Created", deploy).await
+        }
+        Cmd::GitCredentials { op } => {
+            // git asks `get`, and says `store` or `erase` after: only `get` answers.
+            if op == "get" {
+                let mut input = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+                println!("username=flynn\npassword={}", cl.key);
+            }
             Ok(0)
         }
         Cmd::Apps => {
@@ -597,17 +685,7 @@ async fn release(client: &Client, app: &str, r: ReleaseCmd) -> Result<i32> {
             env,
             deploy,
         } => {
-            let mut procs = serde_json::Map::new();
-            for p in processes {
-                let (ty, cmd) = p
-                    .split_once('=')
-                    .with_context(|| format!("--process {p:?}: give TYPE=COMMAND"))?;
-                let mut v = json!({"cmd": ["sh", "-c", cmd]});
-                if ty == "web" {
-                    v["port"] = json!(8080);
-                }
-                procs.insert(ty.to_string(), v);
-            }
+            let procs = process_types(&processes)?;
             let body = json!({"image": image, "env": pairs(&env)?, "processes": procs});
             let rel: Value = client
                 .call(
@@ -773,4 +851,71 @@ async fn route(client: &Client, app: &str, cmd: Option<RouteCmd>) -> Result<i32>
         }
     }
     Ok(0)
+}
+
+fn git(args: &[&str]) -> Result<std::process::Output> {
+    std::process::Command::new("git")
+        .args(args)
+        .output()
+        .context("running git (is it installed?)")
+}
+
+fn in_git_repo() -> bool {
+    git(&["rev-parse", "--is-inside-work-tree"]).is_ok_and(|o| o.status.success())
+}
+
+/// The remote `flynn` → `http://git.<domain>/<app>.git`, with this CLI as git's
+/// credential helper for that host (the key stays in ~/.flynnrc, not in .git/config).
+fn add_git_remote(app: &str, domain: &str, cluster: &str) -> Result<()> {
+    let host = format!("git.{domain}");
+    let url = format!("http://{host}/{app}.git");
+    let set = if git(&["remote", "get-url", "flynn"])?.status.success() {
+        git(&["remote", "set-url", "flynn", &url])?
+    } else {
+        git(&["remote", "add", "flynn", &url])?
+    };
+    if !set.status.success() {
+        bail!(
+            "adding the git remote flynn: {}",
+            String::from_utf8_lossy(&set.stderr).trim()
+        );
+    }
+    // This program as the user ran it: `flynn` is this binary under that name, so
+    // the resolved path (flynn-host) would not be the CLI.
+    let me = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.components().count() > 1)
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "flynn".to_string());
+    let key = format!("credential.http://{host}.helper");
+    let helper = format!("!'{me}' -c '{cluster}' git-credentials");
+    let _ = git(&["config", "--unset-all", &key]);
+    let out = git(&["config", "--add", &key, &helper])?;
+    if !out.status.success() {
+        bail!(
+            "setting git's credential helper: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    println!("Added git remote flynn: {url}");
+    Ok(())
+}
+
+/// `--process TYPE=COMMAND` flags as a release's processes (`sh -c COMMAND`; `web`
+/// listens on $PORT, 8080).
+fn process_types(processes: &[String]) -> Result<Value> {
+    let mut procs = serde_json::Map::new();
+    for p in processes {
+        let (ty, cmd) = p
+            .split_once('=')
+            .with_context(|| format!("--process {p:?}: give TYPE=COMMAND"))?;
+        let mut v = json!({"cmd": ["sh", "-c", cmd]});
+        if ty == "web" {
+            v["port"] = json!(8080);
+        }
+        procs.insert(ty.to_string(), v);
+    }
+    Ok(Value::Object(procs))
 }

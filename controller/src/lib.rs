@@ -19,6 +19,7 @@
 mod api;
 pub mod cli;
 mod deploy;
+mod import;
 pub mod logs;
 mod pin;
 mod proxy;

@@ -27,6 +27,8 @@ pub(crate) enum Op {
     PutFormation,
     ListJobs,
     RunJob,
+    /// An image archive into every host's store (`import.rs`).
+    ImportImage,
     /// Relayed to the job's host's agent (`proxy.rs`): the route's path after
     /// `RELAY_PREFIX` is the agent's.
     Relay,
@@ -109,6 +111,7 @@ pub const ROUTES: &[Endpoint] = &[
     r("PUT", "/apps/{app}/formation", Op::PutFormation),
     r("GET", "/apps/{app}/jobs", Op::ListJobs),
     r("POST", "/apps/{app}/jobs", Op::RunJob),
+    r("POST", "/apps/{app}/import", Op::ImportImage),
     r("GET", "/apps/{app}/hosts/{host}/jobs/{id}", Op::Relay),
     q(
         "DELETE",

@@ -380,6 +380,10 @@ async fn answers_on_a_walk_through_every_route_match_the_document() {
         .await;
     assert_eq!(s, 400);
     let (s, e) = w
+        .call("POST", "/apps/{app}/import", "/apps/demo/import", None)
+        .await;
+    assert_eq!(s, 503, "an import needs the cluster: {e}");
+    let (s, e) = w
         .call("GET", "/apps/{app}/log", "/apps/demo/log?lines=10", None)
         .await;
     assert_eq!(s, 503, "no aggregator: {e}");

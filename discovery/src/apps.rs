@@ -54,6 +54,10 @@ pub struct Release {
     #[serde(default)]
     pub processes: BTreeMap<String, Process>,
     pub created_at: DateTime<Utc>,
+    /// Where the release came from, for people reading it: a git push records
+    /// `git_commit`, `buildpack` and `slug` (sha256:HEX). Kept by env changes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
 }
 
 fn encode<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, DiscoveryError> {

@@ -57,6 +57,30 @@ pub fn host_image() -> PathBuf {
     .clone()
 }
 
+/// The `flynn/slugbuilder:<version>` image (the git receiver, builds and slugs'
+/// stack: `fixtures/build-stack-image.sh` on the host image; built once per run).
+pub fn stack_image() -> PathBuf {
+    static IMG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IMG.get_or_init(|| {
+        let host = host_image();
+        let out = fixtures().join("slugbuilder-docker.tar");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new("bash")
+            .arg(root.join("fixtures/build-stack-image.sh"))
+            .arg(&host)
+            .arg(&out)
+            .arg(env!("CARGO_PKG_VERSION"))
+            .status()
+            .expect("running fixtures/build-stack-image.sh");
+        assert!(
+            status.success(),
+            "building the flynn/slugbuilder image failed"
+        );
+        out
+    })
+    .clone()
+}
+
 /// Runs a command; panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
@@ -842,6 +866,24 @@ impl Flynn {
             .env_remove("FLYNN_APP")
             .output()
             .unwrap()
+    }
+
+    /// A program run on the switch in `cwd`, with this CLI's rc file (git, whose
+    /// credential helper is this CLI).
+    pub fn command_in(&self, cwd: &Path, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.switch))
+            .arg("--")
+            .arg(program)
+            .current_dir(cwd)
+            .env("FLYNNRC", self.dir.path().join("flynnrc"))
+            .env_remove("FLYNN_APP");
+        cmd
+    }
+
+    /// The path of this CLI (`flynn`, a symlink to the binary under test).
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("flynn")
     }
 
     pub fn ok(&self, args: &[&str]) -> String {

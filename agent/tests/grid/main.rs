@@ -10,6 +10,7 @@
 
 mod bootstrap;
 mod deploy;
+mod gitpush;
 mod harness;
 mod isolation;
 mod logs;

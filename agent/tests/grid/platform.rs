@@ -17,7 +17,7 @@ use base64::Engine;
 
 use crate::harness::{Cluster, Flynn, sh, wait_for};
 
-const TOKEN: &str = "platform-test-token-0123456789";
+pub(crate) const TOKEN: &str = "platform-test-token-0123456789";
 const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
 
 /// A web process that says which job answered (`/name`) and its release's greeting.
@@ -32,7 +32,7 @@ fn cluster() -> Cluster {
 }
 
 /// Bootstraps with `--json`; the controller key.
-fn bootstrap(c: &Cluster) -> String {
+pub(crate) fn bootstrap(c: &Cluster) -> String {
     let out = c
         .on_switch()
         .args(["bootstrap", "--peers", PEERS, "--timeout", "120", "--json"])
@@ -49,7 +49,7 @@ fn bootstrap(c: &Cluster) -> String {
 }
 
 /// curl from the switch: (HTTP status, body); status 0 when no answer came.
-fn curl(c: &Cluster, args: &[&str]) -> (u16, String) {
+pub(crate) fn curl(c: &Cluster, args: &[&str]) -> (u16, String) {
     curl_in(&c.switch, args)
 }
 

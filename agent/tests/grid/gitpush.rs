@@ -1,0 +1,321 @@
+//! `git push` to a cluster of three netns hosts, offline: the bootstrap starts two
+//! git receivers behind the routers' `git.cluster.local` route; `flynn create`
+//! adds the remote; a Python app without dependencies, a static site and a
+//! Procfile-only shell app each build with our buildpacks in a build job and
+//! serve through every host's router; a second push sends only the new objects
+//! and restores the build cache; a failing build fails the push with the
+//! buildpack's message and leaves the running release serving; a push without
+//! the key (or with a wrong one) is refused.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::harness::{Cluster, Flynn, stack_image, wait_for};
+use crate::platform::{TOKEN, bootstrap, curl};
+
+/// git reaches `git.cluster.local` at host 1's router (the test has no DNS).
+const RESOLVE: &str = "http.curloptResolve=git.cluster.local:80:192.0.2.1";
+
+fn cluster() -> Cluster {
+    let c = Cluster::bare_shared(3, &["--cluster-ttl", "3"], TOKEN);
+    let stack = stack_image();
+    for h in &c.hosts {
+        h.import_platform_images();
+        h.ok(&["import", stack.to_str().unwrap()]);
+    }
+    c
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn git(f: &Flynn, dir: &Path, args: &[&str]) -> Output {
+    f.command_in(dir, "git")
+        .args(["-c", RESOLVE])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("HOME", dir)
+        .output()
+        .unwrap()
+}
+
+fn git_ok(f: &Flynn, dir: &Path, args: &[&str]) -> String {
+    let out = git(f, dir, args);
+    assert!(out.status.success(), "git {args:?}:\n{}", text(&out));
+    text(&out)
+}
+
+/// A repository with `files`, committed on main.
+fn repo(f: &Flynn, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    git_ok(f, dir.path(), &["init", "-q", "-b", "main"]);
+    git_ok(f, dir.path(), &["config", "user.email", "test@flynn.local"]);
+    git_ok(f, dir.path(), &["config", "user.name", "test"]);
+    commit(f, dir.path(), files, "first");
+    dir
+}
+
+fn commit(f: &Flynn, dir: &Path, files: &[(&str, &str)], msg: &str) -> String {
+    for (name, content) in files {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    git_ok(f, dir, &["add", "-A"]);
+    git_ok(f, dir, &["commit", "-q", "-m", msg]);
+    git_ok(f, dir, &["rev-parse", "HEAD"]).trim().to_string()
+}
+
+fn create(f: &Flynn, dir: &Path, app: &str) {
+    let out = f
+        .command_in(dir, f.path().to_str().unwrap())
+        .args(["create", app])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "flynn create {app}: {t}");
+    assert!(
+        t.contains(&format!(
+            "Added git remote flynn: http://git.cluster.local/{app}.git"
+        )),
+        "{t}"
+    );
+}
+
+fn push(f: &Flynn, dir: &Path) -> Output {
+    git(f, dir, &["push", "--progress", "flynn", "main"])
+}
+
+fn push_ok(f: &Flynn, dir: &Path) -> String {
+    let out = push(f, dir);
+    let t = text(&out);
+    assert!(out.status.success(), "git push failed:\n{t}");
+    t
+}
+
+/// The app's answer through every host's router, once all three give `want`.
+fn serves(c: &Cluster, app: &str, want: &str) {
+    let host = format!("Host: {app}.cluster.local");
+    let mut last = Vec::new();
+    wait_for(
+        &format!("{app} serving {want:?} through every router"),
+        Duration::from_secs(60),
+        || {
+            last = (1..=3)
+                .map(|n| curl(c, &["-H", &host, &format!("http://192.0.2.{n}/")]))
+                .collect();
+            last.iter()
+                .all(|(code, body)| *code == 200 && body.contains(want))
+        },
+    );
+}
+
+/// "Writing objects: 100% (N/N)": how many objects the push sent.
+fn objects_written(push_output: &str) -> Option<u32> {
+    let line = push_output
+        .split(['\n', '\r'])
+        .rfind(|l| l.contains("Writing objects: 100%"))?;
+    let inner = line.split('(').nth(1)?.split('/').next()?;
+    inner.trim().parse().ok()
+}
+
+const PY_APP: &str = r#"import http.server, os
+
+GREETING = "hello from python v1"
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = (GREETING + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+http.server.HTTPServer(("", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[test]
+fn git_push_builds_and_deploys_apps() {
+    let c = cluster();
+    let key = bootstrap(&c);
+    let f = Flynn::new(&c);
+    f.ok(&["cluster", "add", "default", "http://192.0.2.1:81", &key]);
+
+    // A Python app without dependencies.
+    let py = repo(&f, &[("app.py", PY_APP), ("requirements.txt", "")]);
+    create(&f, py.path(), "py");
+    let first_sha = git_ok(&f, py.path(), &["rev-parse", "HEAD"])
+        .trim()
+        .to_string();
+    let t = push_ok(&f, py.path());
+    for want in [
+        "Python app detected",
+        "Deployed release",
+        "py is at http://py.cluster.local/",
+    ] {
+        assert!(t.contains(want), "{want:?} not in the push's output:\n{t}");
+    }
+    println!("first push of py:\n{t}");
+    let first_objects = objects_written(&t).unwrap_or_else(|| panic!("no object count:\n{t}"));
+    serves(&c, "py", "hello from python v1");
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
+    assert_eq!(rel["meta"]["git_commit"], first_sha.as_str(), "{rel}");
+    assert_eq!(rel["meta"]["buildpack"], "10-python", "{rel}");
+    assert!(
+        rel["meta"]["slug"].as_str().unwrap().starts_with("sha256:"),
+        "{rel}"
+    );
+
+    // A one-line change: only the new objects go, the cache comes back.
+    let second_sha = commit(
+        &f,
+        py.path(),
+        &[("app.py", &PY_APP.replace("python v1", "python v2"))],
+        "v2",
+    );
+    let t = push_ok(&f, py.path());
+    let second_objects = objects_written(&t).unwrap_or_else(|| panic!("no object count:\n{t}"));
+    println!("objects sent: first push {first_objects}, second push {second_objects}");
+    assert!(
+        second_objects <= 3 && second_objects < first_objects,
+        "the second push sent {second_objects} objects (first: {first_objects}):\n{t}"
+    );
+    assert!(t.contains("Restoring the build cache"), "{t}");
+    serves(&c, "py", "hello from python v2");
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
+    assert_eq!(rel["meta"]["git_commit"], second_sha.as_str(), "{rel}");
+
+    // A failing build fails the push with the buildpack's message; v2 keeps serving.
+    commit(
+        &f,
+        py.path(),
+        &[("requirements.txt", "flask==3.0\n")],
+        "needs flask",
+    );
+    let out = push(&f, py.path());
+    let t = text(&out);
+    assert!(!out.status.success(), "a failing build was accepted:\n{t}");
+    assert!(
+        t.contains("requirement flask has no wheel in vendor/"),
+        "{t}"
+    );
+    assert!(t.contains("pre-receive hook declined"), "{t}");
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
+    assert_eq!(rel["meta"]["git_commit"], second_sha.as_str(), "{rel}");
+    serves(&c, "py", "hello from python v2");
+
+    // A static site.
+    let site = repo(
+        &f,
+        &[
+            ("index.html", "<h1>static site</h1>\n"),
+            ("about.html", "about\n"),
+        ],
+    );
+    create(&f, site.path(), "site");
+    let t = push_ok(&f, site.path());
+    assert!(t.contains("Static site app detected"), "{t}");
+    serves(&c, "site", "<h1>static site</h1>");
+
+    // A Procfile-only shell app.
+    let shell = repo(
+        &f,
+        &[(
+            "Procfile",
+            "web: mkdir -p /tmp/w && echo \"shell app on $PORT\" > /tmp/w/index.html && exec httpd -f -p $PORT -h /tmp/w\n",
+        )],
+    );
+    create(&f, shell.path(), "shell");
+    let t = push_ok(&f, shell.path());
+    assert!(t.contains("Procfile app detected"), "{t}");
+    serves(&c, "shell", "shell app on 8080");
+
+    // Rolling back goes to the previous slug without a build.
+    f.ok(&["-a", "py", "release", "rollback"]);
+    serves(&c, "py", "hello from python v1");
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
+    assert_eq!(rel["meta"]["git_commit"], first_sha.as_str(), "{rel}");
+
+    // An image archive imported through the controller (no registry): every host
+    // holds it after, and it serves.
+    let images = |n: u8| String::from_utf8_lossy(&c.host(n).cli(&["images"]).stdout).into_owned();
+    assert!(!images(3).contains("flynn-test/iperf3"), "{}", images(3));
+    // Created outside any git repository (no remote to add).
+    let plain = tempfile::tempdir().unwrap();
+    let out = f
+        .command_in(plain.path(), f.path().to_str().unwrap())
+        .args(["create", "imp"])
+        .env("GIT_CEILING_DIRECTORIES", plain.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("git remote"), "{}", text(&out));
+    let archive = crate::harness::fixtures().join("iperf3-docker.tar");
+    let out = f.ok(&[
+        "-a",
+        "imp",
+        "import",
+        archive.to_str().unwrap(),
+        "--process",
+        "web=mkdir -p /tmp/w && echo imported app > /tmp/w/index.html && exec httpd -f -p $PORT -h /tmp/w",
+    ]);
+    assert!(out.contains("on 3 host(s)"), "{out}");
+    for n in 1..=3 {
+        assert!(
+            images(n).contains("flynn-test/iperf3"),
+            "host {n}: {}",
+            images(n)
+        );
+    }
+    f.ok(&["-a", "imp", "scale", "web=1"]);
+    serves(&c, "imp", "imported app");
+
+    // Without the key, or with a wrong one, the push is refused.
+    let out = git(
+        &f,
+        py.path(),
+        &[
+            "-c",
+            "credential.helper=",
+            "push",
+            "http://git.cluster.local/py.git",
+            "main",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a push without the key was accepted:\n{}",
+        text(&out)
+    );
+    let out = git(
+        &f,
+        py.path(),
+        &[
+            "-c",
+            "credential.helper=",
+            "push",
+            "http://flynn:not-the-key@git.cluster.local/py.git",
+            "main",
+        ],
+    );
+    let t = text(&out);
+    assert!(
+        !out.status.success(),
+        "a push with a wrong key was accepted:\n{t}"
+    );
+    assert!(
+        t.contains("Authentication failed") || t.contains("401"),
+        "{t}"
+    );
+    serves(&c, "py", "hello from python v1");
+}
