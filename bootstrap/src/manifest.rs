@@ -239,7 +239,10 @@ mod tests {
         assert!(matches!(Manifest::parse("{"), Err(ManifestError::Parse(_))));
         let e = Manifest::parse(r#"{"steps":[{"id":"a","action":"fly"}]}"#).unwrap_err();
         assert!(matches!(e, ManifestError::UnknownAction { .. }));
-        assert!(e.to_string().contains("online-hosts, tls, preflight"), "{e}");
+        assert!(
+            e.to_string().contains("online-hosts, tls, preflight"),
+            "{e}"
+        );
         assert!(matches!(
             Manifest::parse(r#"{"steps":[{"id":"a","action":"etcd"},{"id":"a","action":"join"}]}"#),
             Err(ManifestError::DuplicateId(_))

@@ -121,7 +121,14 @@ impl Deployer {
         let leader = discovery::services::leader(&self.etcd, "flynn-scheduler")
             .await?
             .ok_or(JobsError::NoScheduler)?;
-        Client::from_options(Some(&format!("http://{}", leader.addr)), Some(token))
+        // HTTPS when the scheduler says so, verified against the cluster's CA
+        // (FLYNN_TLS_PIN).
+        let scheme = if leader.meta.get("tls").map(String::as_str) == Some("1") {
+            "https"
+        } else {
+            "http"
+        };
+        Client::from_options(Some(&format!("{scheme}://{}", leader.addr)), Some(token))
             .map_err(|e| JobsError::Scheduler(format!("{e:#}")))
     }
 

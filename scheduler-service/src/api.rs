@@ -93,7 +93,15 @@ async fn retry<T, F: std::future::Future<Output = Result<T, discovery::Discovery
     )))
 }
 
-pub async fn serve(svc: Arc<Service>, listener: tokio::net::TcpListener, token: String) {
+/// A client must finish its TLS handshake within this.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub async fn serve(
+    svc: Arc<Service>,
+    listener: tokio::net::TcpListener,
+    token: String,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let token = Arc::new(token);
     loop {
         let (s, _) = match listener.accept().await {
@@ -104,15 +112,25 @@ pub async fn serve(svc: Arc<Service>, listener: tokio::net::TcpListener, token: 
                 continue;
             }
         };
-        let (svc, token) = (svc.clone(), token.clone());
+        let (svc, token, tls) = (svc.clone(), token.clone(), tls.clone());
         tokio::spawn(async move {
             let handler = hyper::service::service_fn(move |req| {
                 let (svc, token) = (svc.clone(), token.clone());
                 async move { Ok::<_, Infallible>(route(&svc, &token, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(s), handler)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(s)).await;
+                    if let Ok(Ok(s)) = handshake {
+                        let _ = http.serve_connection(TokioIo::new(s), handler).await;
+                    }
+                }
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(s), handler).await;
+                }
+            }
         });
     }
 }

@@ -60,10 +60,20 @@ pub struct SchedulerArgs {
     /// The cluster's API token: for the agents, and asked of the API's clients.
     #[arg(long, env = "FLYNN_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// Serve HTTPS with the certificate of this directory (`cert.pem`, `key.pem`:
+    /// the host's, which the agent gives its host-network jobs), re-read as the
+    /// host renews it; discovery then says `tls` so clients use https.
+    #[arg(long, env = "FLYNN_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
+
+/// The instance's metadata key that says its API is HTTPS (value "1").
+pub const META_TLS: &str = "tls";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
+    #[error("the API's TLS: {0}")]
+    Tls(String),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -629,6 +639,16 @@ fn job_request(f: &FormationRecord) -> Value {
 
 /// Serves until the process is stopped.
 pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
+    let tls = match &args.tls_dir {
+        Some(dir) => {
+            let resolver = flynn_tls::HostCertResolver::watching_dir(dir)
+                .map_err(|e| SchedulerError::Tls(e.to_string()))?;
+            let config = flynn_tls::server_config(resolver)
+                .map_err(|e| SchedulerError::Tls(e.to_string()))?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| SchedulerError::Listen {
@@ -672,7 +692,11 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         addr,
         host_id: addr.ip().to_string(),
         job_id: std::env::var("FLYNN_JOB_ID").ok(),
-        meta: BTreeMap::new(),
+        meta: if tls.is_some() {
+            BTreeMap::from([(META_TLS.to_string(), "1".to_string())])
+        } else {
+            BTreeMap::new()
+        },
         registered_at: chrono::Utc::now(),
     };
     tokio::spawn(discovery::services::announce(etcd.clone(), inst, LEASE_TTL));
@@ -699,7 +723,7 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         }
     });
     tracing::info!(listen = %args.listen, "scheduler serving");
-    api::serve(svc, listener, args.token).await;
+    api::serve(svc, listener, args.token, tls).await;
     Ok(())
 }
 

@@ -61,7 +61,7 @@ pub async fn create(
 /// plane, host-network jobs are outside it), and gets what it needs to reach
 /// etcd's mutual TLS: the host's certificate, key and the cluster's CA, as a
 /// read-only volume (`<state>/tls/platform`, no CA key), named by
-/// `FLYNN_ETCD_TLS`. A job that mounts something there itself is left alone.
+/// `FLYNN_ETCD_TLS` and `FLYNN_TLS_DIR` (a platform service serving HTTPS). A job that mounts something there itself is left alone.
 fn give_platform_tls(state: &ApiState, request: &mut JobRequest) {
     use crate::grid::etcd_job::TLS_MOUNT;
     let (Some(tls), Some(_)) = (&state.tls, state.grid()) else {
@@ -77,13 +77,16 @@ fn give_platform_tls(state: &ApiState, request: &mut JobRequest) {
         target: TLS_MOUNT.into(),
         read_only: true,
     });
-    let env = format!("{}={TLS_MOUNT}", discovery::TLS_DIR_ENV);
-    if !request
-        .env
-        .iter()
-        .any(|e| e.starts_with(&format!("{}=", discovery::TLS_DIR_ENV)))
-    {
-        request.env.push(env);
+    // For etcd (discovery's client), and for a platform service's own HTTPS
+    // (the scheduler's API): the same directory.
+    for name in [discovery::TLS_DIR_ENV, "FLYNN_TLS_DIR"] {
+        if !request
+            .env
+            .iter()
+            .any(|e| e.starts_with(&format!("{name}=")))
+        {
+            request.env.push(format!("{name}={TLS_MOUNT}"));
+        }
     }
 }
 

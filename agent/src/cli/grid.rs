@@ -93,6 +93,11 @@ async fn scheduler(client: &Client) -> Result<Client> {
     let addr = leader["addr"]
         .as_str()
         .context("the scheduler's instance has no address")?;
+    // HTTPS when the scheduler says so, verified against the cluster's CA.
+    if leader["meta"]["tls"] == "1" {
+        let trust = cluster_trust(client).await?;
+        return Client::from_options_tls(Some(&format!("https://{addr}")), client.token(), &trust);
+    }
     Client::from_options_tls(
         Some(&format!("http://{addr}")),
         client.token(),

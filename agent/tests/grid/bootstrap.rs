@@ -170,6 +170,11 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
         ]
     );
     assert_up(&c);
+    // The scheduler's API is HTTPS too (the host's certificate), and says so.
+    let (_, leader) = c
+        .host(1)
+        .api("GET", "/discovery/services/flynn-scheduler/leader", None);
+    assert_eq!(leader["meta"]["tls"], "1", "{leader}");
     let controller = events
         .iter()
         .find(|e| e["step"] == "controller" && e["state"] == "done")
