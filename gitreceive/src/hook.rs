@@ -37,6 +37,8 @@ const ZERO: &str = "0000000000000000000000000000000000000000";
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long a first release's web job has to come up once scaled.
 const SCALE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the build job's host is looked for among the live hosts.
+const HOST_CHECK: Duration = Duration::from_secs(2);
 /// The port a slug's web process listens on ($PORT).
 const WEB_PORT: u16 = 8080;
 
@@ -197,15 +199,26 @@ async fn build_and_release(
         .to_string();
     let on_host = Client::from_options(Some(&args.controller), Some(&args.key))?
         .with_prefix(&format!("/apps/{app}/hosts/{host}"));
-    let code = tokio::time::timeout(BUILD_TIMEOUT, follow_job(&on_host, &job)).await;
-    let _ = on_host
-        .request(
+    // A host that dies without closing its connections (power, network) would leave
+    // the log stream open until the time-out: its leaving the cluster ends it too.
+    let code = tokio::time::timeout(BUILD_TIMEOUT, async {
+        tokio::select! {
+            r = follow_job(&on_host, &job) => r,
+            e = watch_host(args, host) => Err(e),
+        }
+    })
+    .await;
+    // Bounded: the job's host may be the one that is gone.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        on_host.request(
             Method::DELETE,
             &format!("/jobs/{job}?force=true"),
             None,
             flynn_client::empty(),
-        )
-        .await;
+        ),
+    )
+    .await;
     match code {
         Err(_) => bail!("the build took more than {} s", BUILD_TIMEOUT.as_secs()),
         Ok(Err(e)) => return Err(e.context("following the build job")),
@@ -326,6 +339,33 @@ fn archive(commit: &str, to: &Path) -> Result<()> {
         bail!("git archive {commit} failed ({status})");
     }
     Ok(())
+}
+
+/// Returns once `host` has been missing from the cluster's live hosts (the local
+/// agent's view: hosts whose lease lives) twice in a row, 2 s apart.
+async fn watch_host(args: &HookArgs, host: &str) -> anyhow::Error {
+    let mut misses = 0;
+    loop {
+        tokio::time::sleep(HOST_CHECK).await;
+        let listed = async {
+            let agent = Client::from_options(Some(&args.agent), Some(&args.token))?;
+            agent
+                .call::<Vec<Value>>(Method::GET, "/cluster/hosts", None::<&()>)
+                .await
+        }
+        .await;
+        match listed {
+            Ok(hosts) if !hosts.iter().any(|h| h["id"] == host) => misses += 1,
+            Ok(_) => misses = 0,
+            // The local agent not answering says nothing about the build's host.
+            Err(_) => {}
+        }
+        if misses >= 2 {
+            return anyhow::anyhow!(
+                "the build job's host {host} left the cluster: push again to build elsewhere"
+            );
+        }
+    }
 }
 
 /// Starts the job, prints its log as it comes, and returns its exit code.
