@@ -177,6 +177,21 @@ async fn build_and_release(
     let controller = Client::from_options(Some(&args.controller), Some(&args.key))?;
     let app = &args.app;
     let build_url = format!("{}/builds/{id}", args.url.trim_end_matches('/'));
+    // The app's environment is the buildpacks' ENV_DIR (Heroku's config vars at
+    // build time); the builder writes each FLYNN_BUILD_ENV_NAME there as NAME.
+    let info: Value = controller
+        .call(Method::GET, &format!("/apps/{app}"), None::<&()>)
+        .await
+        .context("reading the app")?;
+    let mut job_env = serde_json::Map::new();
+    job_env.insert("FLYNN_BUILD_URL".into(), json!(build_url));
+    if let Some(vars) = info["release"]["env"].as_object() {
+        for (k, v) in vars {
+            if k != "SLUG_URL" && k != "SLUG_DIGEST" && is_var_name(k) {
+                job_env.insert(format!("FLYNN_BUILD_ENV_{k}"), v.clone());
+            }
+        }
+    }
     let placed: Value = controller
         .call(
             Method::POST,
@@ -184,7 +199,7 @@ async fn build_and_release(
             Some(&json!({
                 "image": args.image,
                 "cmd": ["/stack/builder"],
-                "env": {"FLYNN_BUILD_URL": build_url},
+                "env": job_env,
                 "keep": true,
             })),
         )
@@ -324,6 +339,14 @@ async fn build_and_release(
         say(&format!("{app} is at http://{domain}/"));
     }
     Ok(rel_id)
+}
+
+/// A name the builder can write as a file and a shell can export.
+fn is_var_name(k: &str) -> bool {
+    let mut b = k.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 /// `git archive` of the pushed commit (readable in the hook: git's quarantine is

@@ -173,21 +173,32 @@ fn git_push_builds_and_deploys_apps() {
         "{rel}"
     );
 
-    // A one-line change: only the new objects go, the cache comes back.
+    // A one-line change (and a post_compile hook that shows the build sees the
+    // app's config vars): only the new objects go, the cache comes back.
+    f.ok(&["-a", "py", "env", "set", "GREETING=hi-from-env"]);
     let second_sha = commit(
         &f,
         py.path(),
-        &[("app.py", &PY_APP.replace("python v1", "python v2"))],
+        &[
+            ("app.py", &PY_APP.replace("python v1", "python v2")),
+            (
+                "bin/post_compile",
+                "echo \"post_compile sees GREETING=$GREETING\"\n",
+            ),
+        ],
         "v2",
     );
     let t = push_ok(&f, py.path());
     let second_objects = objects_written(&t).unwrap_or_else(|| panic!("no object count:\n{t}"));
     println!("objects sent: first push {first_objects}, second push {second_objects}");
+    // New: app.py's blob, bin/post_compile's blob, the bin tree, the root tree and
+    // the commit; the whole history would be 9.
     assert!(
-        second_objects <= 3 && second_objects < first_objects,
+        second_objects == 5,
         "the second push sent {second_objects} objects (first: {first_objects}):\n{t}"
     );
     assert!(t.contains("Restoring the build cache"), "{t}");
+    assert!(t.contains("post_compile sees GREETING=hi-from-env"), "{t}");
     serves(&c, "py", "hello from python v2");
     let rel: serde_json::Value =
         serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
