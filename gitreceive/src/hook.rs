@@ -37,6 +37,8 @@ const ZERO: &str = "0000000000000000000000000000000000000000";
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long a first release's web job has to come up once scaled.
 const SCALE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the build job's host is looked for among the live hosts.
+const HOST_CHECK: Duration = Duration::from_secs(2);
 /// The port a slug's web process listens on ($PORT).
 const WEB_PORT: u16 = 8080;
 
@@ -175,6 +177,21 @@ async fn build_and_release(
     let controller = Client::from_options(Some(&args.controller), Some(&args.key))?;
     let app = &args.app;
     let build_url = format!("{}/builds/{id}", args.url.trim_end_matches('/'));
+    // The app's environment is the buildpacks' ENV_DIR (Heroku's config vars at
+    // build time); the builder writes each FLYNN_BUILD_ENV_NAME there as NAME.
+    let info: Value = controller
+        .call(Method::GET, &format!("/apps/{app}"), None::<&()>)
+        .await
+        .context("reading the app")?;
+    let mut job_env = serde_json::Map::new();
+    job_env.insert("FLYNN_BUILD_URL".into(), json!(build_url));
+    if let Some(vars) = info["release"]["env"].as_object() {
+        for (k, v) in vars {
+            if k != "SLUG_URL" && k != "SLUG_DIGEST" && is_var_name(k) {
+                job_env.insert(format!("FLYNN_BUILD_ENV_{k}"), v.clone());
+            }
+        }
+    }
     let placed: Value = controller
         .call(
             Method::POST,
@@ -182,7 +199,7 @@ async fn build_and_release(
             Some(&json!({
                 "image": args.image,
                 "cmd": ["/stack/builder"],
-                "env": {"FLYNN_BUILD_URL": build_url},
+                "env": job_env,
                 "keep": true,
             })),
         )
@@ -197,15 +214,26 @@ async fn build_and_release(
         .to_string();
     let on_host = Client::from_options(Some(&args.controller), Some(&args.key))?
         .with_prefix(&format!("/apps/{app}/hosts/{host}"));
-    let code = tokio::time::timeout(BUILD_TIMEOUT, follow_job(&on_host, &job)).await;
-    let _ = on_host
-        .request(
+    // A host that dies without closing its connections (power, network) would leave
+    // the log stream open until the time-out: its leaving the cluster ends it too.
+    let code = tokio::time::timeout(BUILD_TIMEOUT, async {
+        tokio::select! {
+            r = follow_job(&on_host, &job) => r,
+            e = watch_host(args, host) => Err(e),
+        }
+    })
+    .await;
+    // Bounded: the job's host may be the one that is gone.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        on_host.request(
             Method::DELETE,
             &format!("/jobs/{job}?force=true"),
             None,
             flynn_client::empty(),
-        )
-        .await;
+        ),
+    )
+    .await;
     match code {
         Err(_) => bail!("the build took more than {} s", BUILD_TIMEOUT.as_secs()),
         Ok(Err(e)) => return Err(e.context("following the build job")),
@@ -313,6 +341,14 @@ async fn build_and_release(
     Ok(rel_id)
 }
 
+/// A name the builder can write as a file and a shell can export.
+fn is_var_name(k: &str) -> bool {
+    let mut b = k.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
 /// `git archive` of the pushed commit (readable in the hook: git's quarantine is
 /// in the hook's environment).
 fn archive(commit: &str, to: &Path) -> Result<()> {
@@ -326,6 +362,33 @@ fn archive(commit: &str, to: &Path) -> Result<()> {
         bail!("git archive {commit} failed ({status})");
     }
     Ok(())
+}
+
+/// Returns once `host` has been missing from the cluster's live hosts (the local
+/// agent's view: hosts whose lease lives) twice in a row, 2 s apart.
+async fn watch_host(args: &HookArgs, host: &str) -> anyhow::Error {
+    let mut misses = 0;
+    loop {
+        tokio::time::sleep(HOST_CHECK).await;
+        let listed = async {
+            let agent = Client::from_options(Some(&args.agent), Some(&args.token))?;
+            agent
+                .call::<Vec<Value>>(Method::GET, "/cluster/hosts", None::<&()>)
+                .await
+        }
+        .await;
+        match listed {
+            Ok(hosts) if !hosts.iter().any(|h| h["id"] == host) => misses += 1,
+            Ok(_) => misses = 0,
+            // The local agent not answering says nothing about the build's host.
+            Err(_) => {}
+        }
+        if misses >= 2 {
+            return anyhow::anyhow!(
+                "the build job's host {host} left the cluster: push again to build elsewhere"
+            );
+        }
+    }
 }
 
 /// Starts the job, prints its log as it comes, and returns its exit code.

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::harness::{Cluster, Flynn, stack_image, wait_for};
+use crate::harness::{Cluster, Flynn, sh, stack_image, wait_for};
 use crate::platform::{TOKEN, bootstrap, curl};
 
 /// git reaches `git.cluster.local` at host 1's router (the test has no DNS).
@@ -173,21 +173,32 @@ fn git_push_builds_and_deploys_apps() {
         "{rel}"
     );
 
-    // A one-line change: only the new objects go, the cache comes back.
+    // A one-line change (and a post_compile hook that shows the build sees the
+    // app's config vars): only the new objects go, the cache comes back.
+    f.ok(&["-a", "py", "env", "set", "GREETING=hi-from-env"]);
     let second_sha = commit(
         &f,
         py.path(),
-        &[("app.py", &PY_APP.replace("python v1", "python v2"))],
+        &[
+            ("app.py", &PY_APP.replace("python v1", "python v2")),
+            (
+                "bin/post_compile",
+                "echo \"post_compile sees GREETING=$GREETING\"\n",
+            ),
+        ],
         "v2",
     );
     let t = push_ok(&f, py.path());
     let second_objects = objects_written(&t).unwrap_or_else(|| panic!("no object count:\n{t}"));
     println!("objects sent: first push {first_objects}, second push {second_objects}");
+    // New: app.py's blob, bin/post_compile's blob, the bin tree, the root tree and
+    // the commit; the whole history would be 9.
     assert!(
-        second_objects <= 3 && second_objects < first_objects,
+        second_objects == 5,
         "the second push sent {second_objects} objects (first: {first_objects}):\n{t}"
     );
     assert!(t.contains("Restoring the build cache"), "{t}");
+    assert!(t.contains("post_compile sees GREETING=hi-from-env"), "{t}");
     serves(&c, "py", "hello from python v2");
     let rel: serde_json::Value =
         serde_json::from_str(&f.ok(&["-a", "py", "release", "show"])).unwrap();
@@ -318,4 +329,149 @@ fn git_push_builds_and_deploys_apps() {
         "{t}"
     );
     serves(&c, "py", "hello from python v1");
+}
+
+/// The app's answer through the routers of `hosts`, once all give `want`.
+fn serves_on(c: &Cluster, hosts: &[u8], app: &str, want: &str) {
+    let host = format!("Host: {app}.cluster.local");
+    wait_for(
+        &format!("{app} serving {want:?} through routers {hosts:?}"),
+        Duration::from_secs(90),
+        || {
+            hosts.iter().all(|n| {
+                let (code, body) = curl(c, &["-H", &host, &format!("http://192.0.2.{n}/")]);
+                code == 200 && body.contains(want)
+            })
+        },
+    );
+}
+
+/// The host (test number) running the app's one-off build job (labelled
+/// `flynn.type=run`; the scheduler lists only formations' jobs), as each host's
+/// agent says.
+fn build_host(c: &Cluster, app: &str) -> Option<u8> {
+    (1..=3).find(|n| {
+        let out = c.host(*n).cli(&["ps", "--json"]);
+        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        jobs.iter().any(|j| {
+            let labels = &j["config"]["labels"];
+            labels["flynn.app"] == app && labels["flynn.type"] == "run" && j["state"] == "running"
+        })
+    })
+}
+
+#[test]
+fn a_host_lost_during_a_build_fails_the_push_cleanly_and_the_app_keeps_serving() {
+    let mut c = cluster();
+    let key = bootstrap(&c);
+    let f = Flynn::new(&c);
+    f.ok(&["cluster", "add", "default", "http://192.0.2.1:81", &key]);
+    let py = repo(&f, &[("app.py", PY_APP), ("requirements.txt", "")]);
+    create(&f, py.path(), "py");
+    push_ok(&f, py.path());
+    f.ok(&["-a", "py", "scale", "web=3"]);
+    serves(&c, "py", "hello from python v1");
+
+    // v2's build waits in its post_compile hook while the build's host is lost
+    // (every process killed, and its link cut: see below).
+    let hook = py.path().join("bin/post_compile");
+    commit(
+        &f,
+        py.path(),
+        &[
+            ("app.py", &PY_APP.replace("python v1", "python v2")),
+            (
+                "bin/post_compile",
+                "echo waiting in post_compile\nsleep 600\n",
+            ),
+        ],
+        "v2, slow to build",
+    );
+    assert!(hook.is_file());
+    let mut cmd = f.command_in(py.path(), "git");
+    cmd.args(["-c", RESOLVE, "push", "flynn", "main"])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("HOME", py.path());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.output());
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let lost = loop {
+        if let Some(n) = build_host(&c, "py") {
+            break n;
+        }
+        if std::time::Instant::now() > deadline {
+            let ps = c.host(1).cli(&["cluster", "ps", "--json"]);
+            let push = rx.try_recv().ok().map(|o| text(&o.unwrap()));
+            panic!(
+                "no build job running after 60 s; cluster ps: {}\nthe push, if it ended: {push:?}",
+                String::from_utf8_lossy(&ps.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // Long enough for the job to reach its hook (the build itself takes ~1 s).
+    std::thread::sleep(Duration::from_secs(3));
+    println!("the build runs on host {lost}: losing it");
+    // The link goes too (no connection of the host's is closed, as in a power
+    // loss), unless it is host 1, whose router the push goes through: a client's
+    // own connection to a vanished host hangs in any HTTP client, so there only its
+    // processes die (the kernel resets their connections, as when a host crashes
+    // with its network up).
+    if lost != 1 {
+        sh(&[
+            "ip",
+            "-n",
+            &c.switch,
+            "link",
+            "set",
+            &format!("p{lost}"),
+            "down",
+        ]);
+    }
+    c.host_mut(lost).kill9();
+    for pid in sh(&["ip", "netns", "pids", &c.host(lost).netns]).split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
+    }
+
+    // The push ends (it does not wait out the build's 10 minutes) and fails: either
+    // its receiver saw the build's host leave, or its receiver was on that host.
+    let out = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the push did not end within 120 s of the host's loss")
+        .unwrap();
+    let t = text(&out);
+    println!("the push, with host {lost} lost:\n{t}");
+    assert!(
+        !out.status.success(),
+        "the push succeeded without its build:\n{t}"
+    );
+    assert!(!t.contains("Deployed release"), "{t}");
+    // The app keeps serving v1 through the routers left, from the jobs left and
+    // their replacements, and its release is v1's.
+    let left: Vec<u8> = (1..=3).filter(|n| *n != lost).collect();
+    serves_on(&c, &left, "py", "hello from python v1");
+    f.ok(&[
+        "cluster",
+        "add",
+        "alive",
+        &format!("http://192.0.2.{}:81", left[0]),
+        &key,
+    ]);
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-c", "alive", "-a", "py", "release", "show"])).unwrap();
+    assert_eq!(rel["meta"]["buildpack"], "10-python", "{rel}");
+    assert!(
+        rel["env"]["SLUG_URL"].is_string() && rel["meta"]["git_commit"] != "",
+        "{rel}"
+    );
+    let head = git_ok(&f, py.path(), &["rev-parse", "HEAD~1"]);
+    assert_eq!(
+        rel["meta"]["git_commit"],
+        head.trim(),
+        "still v1's release: {rel}"
+    );
 }
