@@ -224,6 +224,46 @@ fn git_push_builds_and_deploys_apps() {
     assert_eq!(rel["meta"]["git_commit"], second_sha.as_str(), "{rel}");
     serves(&c, "py", "hello from python v2");
 
+    // A Python app with a dependency vendored as a wheel: installed once, then
+    // taken from the build cache while requirements.txt and the wheels stay.
+    let wheels = repo(
+        &f,
+        &[
+            (
+                "app.py",
+                &PY_APP.replace(
+                    "GREETING = \"hello from python v1\"",
+                    "import greet\nGREETING = greet.WORDS",
+                ),
+            ),
+            ("requirements.txt", "greet==1.0\n"),
+        ],
+    );
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("greet.py"), "WORDS = 'greet says hello'\n").unwrap();
+    std::fs::create_dir_all(wheels.path().join("vendor")).unwrap();
+    let zipped = std::process::Command::new("python3")
+        .current_dir(src.path())
+        .args(["-m", "zipfile", "-c"])
+        .arg(wheels.path().join("vendor/greet-1.0-py3-none-any.whl"))
+        .arg("greet.py")
+        .status()
+        .unwrap();
+    assert!(zipped.success());
+    commit(&f, wheels.path(), &[], "the wheel");
+    create(&f, wheels.path(), "wheels");
+    let t = push_ok(&f, wheels.path());
+    assert!(t.contains("Installing greet-1.0-py3-none-any.whl"), "{t}");
+    serves(&c, "wheels", "greet says hello");
+    commit(&f, wheels.path(), &[("README", "a change\n")], "readme");
+    let t = push_ok(&f, wheels.path());
+    assert!(
+        t.contains("Using cached dependencies (requirements.txt unchanged)"),
+        "{t}"
+    );
+    assert!(!t.contains("Installing greet"), "{t}");
+    serves(&c, "wheels", "greet says hello");
+
     // A static site.
     let site = repo(
         &f,
