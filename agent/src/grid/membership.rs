@@ -170,7 +170,7 @@ impl Membership {
             Some(have) if *have == req => {
                 let changed = etcd_job::ensure_member(
                     &self.boot.jobs,
-                    &self.settings.etcd_image,
+                    &self.settings,
                     &self.boot.state_dir,
                     &req,
                 )
@@ -197,13 +197,8 @@ impl Membership {
         next.etcd_member = Some(req.clone());
         self.save(&next)?;
         *file = next;
-        etcd_job::ensure_member(
-            &self.boot.jobs,
-            &self.settings.etcd_image,
-            &self.boot.state_dir,
-            &req,
-        )
-        .await?;
+        etcd_job::ensure_member(&self.boot.jobs, &self.settings, &self.boot.state_dir, &req)
+            .await?;
         Ok(Changed { changed: true })
     }
 
