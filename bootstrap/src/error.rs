@@ -44,7 +44,8 @@ pub enum PreflightFailure {
         detail: String,
         fix: Option<String>,
     },
-    /// A host's clock is this far from another's.
+    /// A host's clock is this far from the median of the hosts' clocks, and some
+    /// two hosts' clocks are further apart than `max_ms`.
     Skew {
         host: Ipv4Addr,
         off_ms: i64,
@@ -88,7 +89,7 @@ impl std::fmt::Display for PreflightFailure {
                 max_ms,
             } => write!(
                 f,
-                "host {host}: its clock is {off_ms} ms off another host's (at most {max_ms} ms): run NTP (chrony) on every host"
+                "host {host}: its clock is {off_ms} ms off the other hosts' (their median; no two may be more than {max_ms} ms apart): set it right and run NTP (chrony) on every host"
             ),
             PreflightFailure::Tcp {
                 from,

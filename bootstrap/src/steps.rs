@@ -293,6 +293,42 @@ impl Runner for Run {
     }
 }
 
+/// The hosts to blame when two clocks are more than `max_ms` apart (each reading
+/// taken at one instant): those more than half of it from the median of all. A host
+/// set far off is the one named (measured against each other host, every host would
+/// have been), and with two hosts, where no majority says which is right, both are.
+/// The spread decides whether anything is wrong, so hosts within the bound of each
+/// other pass as before; when it is over the bound, its extremes cannot both be
+/// within half of it from the median, so someone is always named.
+fn skewed(clocks: &[(Ipv4Addr, i64)], max_ms: i64) -> Vec<PreflightFailure> {
+    let mut sorted: Vec<i64> = clocks.iter().map(|(_, t)| *t).collect();
+    sorted.sort_unstable();
+    let (Some(first), Some(last)) = (sorted.first(), sorted.last()) else {
+        return Vec::new();
+    };
+    if last - first <= max_ms {
+        return Vec::new();
+    }
+    let n = sorted.len();
+    // Of an even count, the middle of the two middle readings.
+    let median = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        sorted[n / 2 - 1] + (sorted[n / 2] - sorted[n / 2 - 1]) / 2
+    };
+    clocks
+        .iter()
+        .filter_map(|(host, t)| {
+            let off = (t - median).abs();
+            (2 * off > max_ms).then_some(PreflightFailure::Skew {
+                host: *host,
+                off_ms: off,
+                max_ms,
+            })
+        })
+        .collect()
+}
+
 impl Run {
     pub fn new(
         peers: Vec<Ipv4Addr>,
@@ -631,16 +667,7 @@ impl Run {
             .iter()
             .map(|(a, t, read)| (*a, t + end.duration_since(*read).as_millis() as i64))
             .collect();
-        for (addr, t) in &at_end {
-            let off = at_end.iter().map(|(_, o)| (t - o).abs()).max().unwrap_or(0);
-            if off > MAX_SKEW_MS {
-                failures.push(PreflightFailure::Skew {
-                    host: *addr,
-                    off_ms: off,
-                    max_ms: MAX_SKEW_MS,
-                });
-            }
-        }
+        failures.extend(skewed(&at_end, MAX_SKEW_MS));
         let mut pairs = 0;
         for b in 0..self.hosts.len() {
             for a in 0..self.hosts.len() {
@@ -870,9 +897,14 @@ impl Run {
                     silent.push(u.clone());
                 }
             }
+            // The client the steps use: its time-out is each request's. Every member
+            // answered just now, so a long one only waits out a slow etcd, never a
+            // dead one: under QEMU TCG on busy cores, reads took 2-3.5 s, and the 2 s
+            // this had made six bootstrap runs in a row fail on a healthy cluster
+            // (term unchanged) and wait 30 s each.
             if silent.is_empty()
                 && let Ok(e) =
-                    discovery::Etcd::connect_tls(&self.etcd_urls, Duration::from_secs(2), tls).await
+                    discovery::Etcd::connect_tls(&self.etcd_urls, CALL_TIMEOUT, tls).await
                 && e.ping().await.is_ok()
             {
                 return Ok(e);
@@ -1073,10 +1105,9 @@ impl Run {
         }
         if self.etcd.is_none() {
             let tls = self.etcd_tls().await?;
-            self.etcd =
-                discovery::Etcd::connect_tls(&self.etcd_urls, Duration::from_secs(3), Some(&tls))
-                    .await
-                    .ok();
+            self.etcd = discovery::Etcd::connect_tls(&self.etcd_urls, CALL_TIMEOUT, Some(&tls))
+                .await
+                .ok();
         }
         let data = json!({"summary": format!("{} hosts in cluster {cluster_id}", self.hosts.len()), "joined": joined_now});
         Ok(if joined_now > 0 {
@@ -1090,6 +1121,43 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn named(clocks: &[(u8, i64)]) -> Vec<(u8, i64)> {
+        let clocks: Vec<(Ipv4Addr, i64)> = clocks
+            .iter()
+            .map(|(h, t)| (Ipv4Addr::new(10, 0, 0, *h), *t))
+            .collect();
+        skewed(&clocks, MAX_SKEW_MS)
+            .into_iter()
+            .map(|f| match f {
+                PreflightFailure::Skew { host, off_ms, .. } => (host.octets()[3], off_ms),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_host_whose_clock_is_far_off_is_the_one_named() {
+        let t = 1_796_000_000_000;
+        // One host an hour ahead of two that agree: it alone is named.
+        assert_eq!(
+            named(&[(1, t), (2, t + 300), (3, t + 3_600_000)]),
+            vec![(3, 3_599_700)]
+        );
+        // An hour behind, among five.
+        assert_eq!(
+            named(&[(1, t), (2, t - 3_600_000), (3, t + 10), (4, t - 10), (5, t)]),
+            vec![(2, 3_600_000)]
+        );
+        // Within the bound of each other: nothing, even 1.5 s from the median.
+        assert!(named(&[(1, t), (2, t), (3, t + 1500)]).is_empty());
+        // Two hosts 10 s apart: no majority says which is right; both are named.
+        assert_eq!(
+            named(&[(1, t), (2, t + 10_000)]),
+            vec![(1, 5000), (2, 5000)]
+        );
+        assert!(named(&[(1, t)]).is_empty());
+    }
 
     #[test]
     fn etcd_has_one_three_or_five_members_never_more_than_hosts() {

@@ -57,6 +57,12 @@ pub const STATE_DIR: &str = "/var/lib/flynn";
 const SOCKET: &str = "/run/flynn/host.sock";
 const DAEMON_CONFIG: &str = "/run/flynn/daemon.json";
 const DAEMON_LOG: &str = "/var/log/flynn/daemon.log";
+/// How long a failed `flynn.peers` bootstrap waits before it runs again. A re-run
+/// skips what is done and costs a few calls; what failed is most often a busy
+/// etcd or a peer still booting, which a short wait heals.
+const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
+/// The cluster's etcd members' election timeout on the appliance (ms).
+const ETCD_ELECTION_MS: u64 = 5000;
 const LISTEN: &str = "0.0.0.0:1113";
 const DHCP_FIRST_LEASE: Duration = Duration::from_secs(30);
 
@@ -455,11 +461,11 @@ fn cluster_bootstrap(peers: Vec<Ipv4Addr>, address: Option<Ipv4Addr>, settings: 
                 }
                 2 => return,
                 _ => {
-                    say(
-                        "flynn.peers: the bootstrap failed (above); trying again in 30 s"
-                            .to_string(),
-                    );
-                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    say(format!(
+                        "flynn.peers: the bootstrap failed (above); trying again in {} s",
+                        BOOTSTRAP_RETRY.as_secs()
+                    ));
+                    tokio::time::sleep(BOOTSTRAP_RETRY).await;
                 }
             }
         }
@@ -475,6 +481,13 @@ fn write_daemon_config(settings: &Settings) -> Result<()> {
     if let Some((token, _)) = &settings.token {
         config["token"] = serde_json::Value::String(token.clone());
     }
+    // The etcd member this host runs for a cluster: 5 s elections (heartbeat
+    // 500 ms) rather than etcd's 1 s. Appliances are VMs as often as metal, and a
+    // VM's vCPU can be taken away for seconds by a busy host: under QEMU TCG, three
+    // appliances on two shared cores missed 100 ms heartbeats for over a second
+    // again and again, and the members held elections back to back. A dead leader
+    // is replaced 5-10 s after it went rather than 1-2 s.
+    config["grid"] = serde_json::json!({ "etcd_election_ms": ETCD_ELECTION_MS });
     // Every host serves HTTPS off loopback, a cluster's too: the bootstrap
     // verifies each host by the token's proof of its CA, then hands them all the
     // cluster's CA.

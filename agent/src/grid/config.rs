@@ -13,6 +13,9 @@ use serde::Deserialize;
 pub const DEFAULT_TTL_SECS: u64 = 10;
 pub const DEFAULT_ETCD_IMAGE: &str = "flynn/etcd:3.4";
 pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's own bounds on `--election-timeout` (it refuses more than 50 s), and the
+/// least that leaves its heartbeat (a tenth of it) above 50 ms.
+const ETCD_ELECTION_MS: std::ops::RangeInclusive<u64> = 500..=50_000;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct GridArgs {
@@ -51,6 +54,11 @@ pub struct GridArgs {
     /// The image `--run-etcd` runs [default: flynn/etcd:3.4].
     #[arg(long)]
     pub etcd_image: Option<String>,
+    /// Election timeout of the etcd member this host runs for the cluster, in
+    /// milliseconds; its heartbeat is a tenth of it [default: etcd's, 1000]. Raise it
+    /// where members can be starved of CPU for seconds (VMs on a busy host).
+    #[arg(long)]
+    pub etcd_election_ms: Option<u64>,
 }
 
 /// The config file's `grid` object: the same settings as the flags.
@@ -70,6 +78,7 @@ pub struct GridFile {
     discovery_dns: Option<bool>,
     run_etcd: Option<bool>,
     etcd_image: Option<String>,
+    etcd_election_ms: Option<u64>,
 }
 
 /// The settled grid configuration.
@@ -84,6 +93,8 @@ pub struct GridConfig {
     pub discovery_dns: bool,
     pub run_etcd: bool,
     pub etcd_image: String,
+    /// The cluster member's election timeout (ms), when not etcd's default.
+    pub etcd_election_ms: Option<u64>,
     /// `<state>/grid.json`: the lease and subnet this host held.
     pub cache: PathBuf,
 }
@@ -138,6 +149,16 @@ impl GridArgs {
         } else {
             self.dns_upstream.clone()
         };
+        let etcd_election_ms = self.etcd_election_ms.or(file.etcd_election_ms);
+        if let Some(ms) = etcd_election_ms
+            && !ETCD_ELECTION_MS.contains(&ms)
+        {
+            bail!(
+                "etcd election timeout {ms} ms: give {}-{} ms",
+                ETCD_ELECTION_MS.start(),
+                ETCD_ELECTION_MS.end()
+            );
+        }
         let dns_upstream = upstream_text
             .iter()
             .map(|s| parse_upstream(s))
@@ -156,6 +177,7 @@ impl GridArgs {
                 .clone()
                 .or(file.etcd_image)
                 .unwrap_or_else(|| DEFAULT_ETCD_IMAGE.to_string()),
+            etcd_election_ms,
             cache: state_dir.join("grid.json"),
         })
     }
@@ -215,6 +237,15 @@ mod tests {
         assert_eq!(c.tags.get("zone").map(String::as_str), Some("a"));
         assert_eq!(c.dns_upstream[1].port(), 53);
         assert!(c.discovery_dns);
+        assert_eq!(c.etcd_election_ms, None);
+        let file: GridFile = serde_json::from_str(r#"{"etcd_election_ms": 5000}"#).unwrap();
+        assert_eq!(
+            GridArgs::default()
+                .resolve(Some(file), dir)
+                .unwrap()
+                .etcd_election_ms,
+            Some(5000)
+        );
         let run = GridArgs {
             run_etcd: true,
             ..GridArgs::default()
@@ -241,6 +272,14 @@ mod tests {
             GridArgs {
                 etcd: vec!["http://x".into()],
                 cluster_network: Some("100.100.0.1/16".into()),
+                ..GridArgs::default()
+            },
+            GridArgs {
+                etcd_election_ms: Some(100),
+                ..GridArgs::default()
+            },
+            GridArgs {
+                etcd_election_ms: Some(60_000),
                 ..GridArgs::default()
             },
         ] {

@@ -51,7 +51,7 @@ async fn start_existing(jobs: &Arc<JobManager>) -> Result<Option<bool>, JobError
 /// etcd reads the files at each handshake, so the host's renewals reach it.
 pub async fn ensure_member(
     jobs: &Arc<JobManager>,
-    image: &str,
+    cfg: &GridConfig,
     state_dir: &std::path::Path,
     tls: Option<&std::path::Path>,
     req: &EtcdMemberRequest,
@@ -65,11 +65,6 @@ pub async fn ensure_member(
             req.name
         )));
     };
-    let initial: Vec<String> = req
-        .members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url))
-        .collect();
     let https = me.client_url.starts_with("https://");
     let mut volumes = vec![Volume {
         source: state_dir.join(DATA_DIR).to_string_lossy().into_owned(),
@@ -119,17 +114,32 @@ pub async fn ensure_member(
         "--initial-advertise-peer-urls".into(),
         me.peer_url.clone(),
         "--initial-cluster".into(),
-        initial.join(","),
+        initial_cluster(req),
         "--initial-cluster-token".into(),
         req.cluster_id.clone(),
         // Ignored once the data dir holds a member: a re-created job rejoins.
         "--initial-cluster-state".into(),
         "new".into(),
+        // A member that missed the leader's heartbeats (paused, starved of CPU)
+        // asks the others whether they would vote before it raises the term: a
+        // leader the quorum still hears is kept. Without it (etcd 3.4's default),
+        // three appliances under QEMU TCG raised the term 60 times in ten minutes,
+        // every rise a leaderless stretch in which reads and lease renewals failed.
+        "--pre-vote".into(),
     ];
     cmd.extend(tls_flags);
+    if let Some(ms) = cfg.etcd_election_ms {
+        // etcd's own ratio (100 ms : 1 s): a heartbeat a tenth of the election.
+        cmd.extend([
+            "--heartbeat-interval".into(),
+            (ms / 10).to_string(),
+            "--election-timeout".into(),
+            ms.to_string(),
+        ]);
+    }
     let job = jobs
         .create(JobRequest {
-            image: image.to_string(),
+            image: cfg.etcd_image.clone(),
             name: Some(JOB_NAME.to_string()),
             cmd: Some(cmd),
             network: NetworkMode::Host,
@@ -146,6 +156,15 @@ pub async fn ensure_member(
         .await?;
     tracing::info!(job = %job.id, member = %me.name, members = req.members.len(), "this host runs a member of the cluster's etcd");
     Ok(true)
+}
+
+/// `--initial-cluster`: every member's name and peer URL.
+fn initial_cluster(req: &EtcdMemberRequest) -> String {
+    req.members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Creates the etcd job if there is none, and starts it if it is not running.

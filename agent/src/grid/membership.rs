@@ -175,7 +175,7 @@ impl Membership {
             Some(have) if *have == req => {
                 let changed = etcd_job::ensure_member(
                     &self.boot.jobs,
-                    &self.settings.etcd_image,
+                    &self.settings,
                     &self.boot.state_dir,
                     platform.as_deref(),
                     &req,
@@ -205,7 +205,7 @@ impl Membership {
         *file = next;
         etcd_job::ensure_member(
             &self.boot.jobs,
-            &self.settings.etcd_image,
+            &self.settings,
             &self.boot.state_dir,
             platform.as_deref(),
             &req,
