@@ -43,8 +43,11 @@ const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// formation runs surplus jobs that are stopped again when the host comes back.
 const LAPSE_GRACE: Duration = Duration::from_secs(15);
 /// How long a lapsed host gets to answer: a host that was really lost must not slow
-/// the pass that replaces its jobs.
-const LAPSE_PROBE: Duration = Duration::from_secs(1);
+/// the pass that replaces its jobs much, but a live one on a loaded machine needs a
+/// TLS handshake and a job listing within it: at 1 s, a busy test machine (load 10)
+/// missed it, the host's jobs were replaced while it lived, and the formation ran
+/// one job over its count until the host came back.
+const LAPSE_PROBE: Duration = Duration::from_secs(3);
 const MIB: u64 = 1024 * 1024;
 /// Jobs without a memory setting are promised this much (for placement).
 const DEFAULT_MEMORY: u64 = 64 * MIB;
