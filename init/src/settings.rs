@@ -154,8 +154,10 @@ impl Settings {
                     .map_err(|_| bad("expected IPv4 addresses separated by commas"))?;
                 peers.sort();
                 peers.dedup();
-                if !(2..=64).contains(&peers.len()) {
-                    return Err(bad("a cluster has 2 to 64 peers"));
+                // One peer is a cluster of one: the host bootstraps itself (its
+                // own etcd, scheduler and Layer 1), as a larger cluster's first host.
+                if !(1..=64).contains(&peers.len()) {
+                    return Err(bad("a cluster has 1 to 64 peers"));
                 }
                 self.peers.get_or_insert(peers);
             }
@@ -298,9 +300,12 @@ mod tests {
             ])
         );
         assert!(p.apply(Source::Cmdline, "peers", "10.0.0.1,x").is_err());
+        let mut one = Settings::default();
+        one.apply(Source::Cmdline, "peers", "10.0.0.1").unwrap();
+        assert_eq!(one.peers, Some(vec!["10.0.0.1".parse().unwrap()]));
         assert!(
             Settings::default()
-                .apply(Source::Cmdline, "peers", "10.0.0.1")
+                .apply(Source::Cmdline, "peers", "")
                 .is_err()
         );
     }

@@ -165,10 +165,9 @@ pub fn user_data(i: usize, n: usize, token: &str) -> String {
         i + 1,
         i + 1
     );
-    if n > 1 {
-        let peers: Vec<String> = (0..n).map(|j| node_address(j).to_string()).collect();
-        text.push_str(&format!("flynn.peers={}\n", peers.join(",")));
-    }
+    // Every node names them all (a single node itself: a cluster of one).
+    let peers: Vec<String> = (0..n).map(|j| node_address(j).to_string()).collect();
+    text.push_str(&format!("flynn.peers={}\n", peers.join(",")));
     text
 }
 
