@@ -6,6 +6,7 @@
 # Prints requests per second, p99 latency and the router's ratio to each anchor.
 #
 #   bash router/benches/router.sh [ROUNDS] [SECONDS]
+#   FLYNN_BIN=PATH bash router/benches/router.sh   (an optimised flynn-host already built)
 #
 # Everything listens on 127.0.0.1 only. Needs root for apt only.
 set -euo pipefail
@@ -24,8 +25,14 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null
     rm -f /usr/sbin/policy-rc.d
 fi
-cargo build --release -q -p flynn-host --bin flynn-host
-BIN=$PWD/target/release/flynn-host
+if [ -z "${FLYNN_BIN:-}" ]; then
+    cargo build --release -q -p flynn-host --bin flynn-host
+    BIN=$PWD/target/release/flynn-host
+else
+    # Any optimised build will do, e.g. the appliance's static binary
+    # (target/x86_64-unknown-linux-gnu/appliance/flynn-host).
+    BIN=$(realpath "$FLYNN_BIN")
+fi
 
 work=$(mktemp -d /tmp/router-bench.XXXXXX)
 chmod 755 "$work"   # nginx workers (www-data) read the backend's file
