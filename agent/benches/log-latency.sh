@@ -26,6 +26,12 @@ work=$(mktemp -d /var/tmp/flynn-loglat-XXXXXX)
 netns="fb-loglat-$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)"
 pids=()
 stop() {
+    # The job first (a stopped daemon leaves its containers running, by design).
+    [ -n "${job:-}" ] && "$bin" rm -f "$job" >/dev/null 2>&1 || true
+    # $! of `in_ns ... &` is the function's subshell and of a pipeline its last
+    # command: the daemons, `tail -f` and `flynn log -f` outlive them, and a wait on
+    # the pipeline waited for ever. Everything started here names the work dir.
+    pkill -f "$work" 2>/dev/null || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     umount -l "$work"/state/jobs/*/rootfs 2>/dev/null || true
