@@ -75,6 +75,9 @@ pub struct Client {
     /// Put before every path: a service that relays an agent's job routes under a
     /// path of its own (the controller's `/apps/{app}/hosts/{host}`).
     prefix: String,
+    /// For `Https`: the name the server's certificate must carry, when it is not
+    /// the host dialled (the controller behind any router's port 81).
+    server_name: Option<String>,
 }
 
 const DEFAULT_TCP: &str = "127.0.0.1:1113";
@@ -117,6 +120,7 @@ impl Client {
             trust: tls_options.clone(),
             token,
             prefix: String::new(),
+            server_name: None,
         })
     }
 
@@ -124,6 +128,23 @@ impl Client {
     pub fn with_prefix(mut self, prefix: &str) -> Client {
         self.prefix = prefix.trim_end_matches('/').to_string();
         self
+    }
+
+    /// The same client verifying that an HTTPS server's certificate names `name`
+    /// rather than the host dialled (still against the trusted CA or pin).
+    pub fn with_server_name(mut self, name: &str) -> Client {
+        self.server_name = Some(name.to_string());
+        self
+    }
+
+    /// Whether the endpoint is `https://` to an IP address (not a name).
+    pub fn dials_address(&self) -> bool {
+        match &self.endpoint {
+            Endpoint::Https(authority) | Endpoint::Tcp(authority) => {
+                tls::host_of(authority).parse::<std::net::IpAddr>().is_ok()
+            }
+            Endpoint::Unix(_) => false,
+        }
     }
 
     /// What this client trusts for HTTPS (a client for another host of the
@@ -185,7 +206,8 @@ impl Client {
                     .tls
                     .clone()
                     .ok_or_else(|| anyhow!("no TLS configuration for {}", self.describe()))?;
-                let stream = tls::connect(config, authority, stream).await?;
+                let stream =
+                    tls::connect(config, authority, self.server_name.as_deref(), stream).await?;
                 (handshake(stream).await?, authority.clone())
             }
             Endpoint::Unix(path) => {

@@ -32,6 +32,14 @@ impl HostCertResolver {
         })
     }
 
+    /// A certificate given as PEM (its chain, and its key): a service's own,
+    /// issued by the bootstrap.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<HostCertResolver, TlsError> {
+        Ok(HostCertResolver {
+            current: RwLock::new(certified_pem(chain_pem, key_pem)?),
+        })
+    }
+
     /// Presents `cert` from the next handshake on.
     pub fn set(&self, cert: &HostCert) -> Result<(), TlsError> {
         let new = certified(cert)?;

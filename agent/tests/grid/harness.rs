@@ -886,6 +886,22 @@ impl Flynn {
         self.dir.path().join("flynn")
     }
 
+    /// `flynn cluster add -p PIN NAME https://192.0.2.HOST:81 KEY`, the line the
+    /// bootstrap prints (the controller through that host's router, verified by
+    /// the cluster's pin: host 1's CA).
+    pub fn add_cluster(&self, c: &Cluster, name: &str, host: u8, key: &str) -> String {
+        let pin = c.host(1).ok(&["tls", "pin"]).trim().to_string();
+        self.ok(&[
+            "cluster",
+            "add",
+            "-p",
+            &pin,
+            name,
+            &format!("https://192.0.2.{host}:81"),
+            key,
+        ])
+    }
+
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
