@@ -319,6 +319,34 @@ impl Client {
         serde_json::from_slice(&bytes).context("the daemon's answer is not the JSON expected")
     }
 
+    /// A certificate from the agent's CA (`POST /cluster/tls/issue`, with the
+    /// token): a platform service renewing its own. Its chain and key, PEM.
+    pub async fn issue_certificate(
+        &self,
+        names: &[String],
+        life: std::time::Duration,
+        common_name: &str,
+    ) -> std::result::Result<(String, String), String> {
+        #[derive(serde::Deserialize)]
+        struct Issued {
+            chain: String,
+            key: String,
+        }
+        let issued: Issued = self
+            .call(
+                Method::POST,
+                "/cluster/tls/issue",
+                Some(&serde_json::json!({
+                    "names": names,
+                    "lifetime_secs": life.as_secs(),
+                    "common_name": common_name,
+                })),
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok((issued.chain, issued.key))
+    }
+
     /// A request whose answer body is not needed.
     pub async fn send_json(
         &self,

@@ -65,6 +65,10 @@ pub struct ControllerArgs {
     /// Its key (PEM text).
     #[arg(long, env = "FLYNN_CONTROLLER_TLS_KEY", hide_env_values = true)]
     pub tls_key: Option<String>,
+    /// The host's agent (with --token), which re-issues the certificate from
+    /// the cluster's CA two thirds into its life.
+    #[arg(long, env = "FLYNN_HOST")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +90,17 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     if args.key.len() < 16 {
         return Err(ControllerError::WeakKey);
     }
-    let acceptor = tls::from_args(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let agent = match (&args.agent, &args.token) {
+        (Some(a), Some(t)) => match flynn_client::Client::from_options(Some(a), Some(t)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "the agent given: the certificate will not be renewed");
+                None
+            }
+        },
+        _ => None,
+    };
+    let acceptor = tls::from_args(args.tls_cert.as_deref(), args.tls_key.as_deref(), agent)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| ControllerError::Listen {

@@ -27,22 +27,53 @@ pub enum TlsSetupError {
     Cert(#[from] flynn_tls::TlsError),
 }
 
-/// The acceptor presenting `chain_pem` (the certificate, then the CA's) and its key.
-pub fn acceptor(chain_pem: &str, key_pem: &str) -> Result<TlsAcceptor, TlsSetupError> {
+/// The acceptor presenting `chain_pem` (the certificate, then the CA's) and its
+/// key, and the resolver behind it (a renewal swaps the certificate there).
+pub fn acceptor(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<(TlsAcceptor, Arc<flynn_tls::HostCertResolver>), TlsSetupError> {
     let resolver = Arc::new(flynn_tls::HostCertResolver::from_pem(chain_pem, key_pem)?);
-    Ok(TlsAcceptor::from(flynn_tls::server_config(resolver)?))
+    let acceptor = TlsAcceptor::from(flynn_tls::server_config(resolver.clone())?);
+    Ok((acceptor, resolver))
 }
 
-/// From the optional pair the arguments give.
+/// From the optional pair the arguments give; with `agent` (the host's agent,
+/// and its token), the certificate is renewed through it two thirds into its
+/// life, from the cluster's CA, without a restart.
 pub fn from_args(
     cert: Option<&str>,
     key: Option<&str>,
+    agent: Option<flynn_client::Client>,
 ) -> Result<Option<TlsAcceptor>, TlsSetupError> {
-    match (cert, key) {
-        (Some(c), Some(k)) => Ok(Some(acceptor(c, k)?)),
-        (None, None) => Ok(None),
-        _ => Err(TlsSetupError::HalfPair),
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) => return Ok(None),
+        _ => return Err(TlsSetupError::HalfPair),
+    };
+    let (acceptor, resolver) = acceptor(cert, key)?;
+    if let Some(agent) = agent {
+        let agent = Arc::new(agent);
+        let (cert, key) = (cert.to_string(), key.to_string());
+        tokio::spawn(async move {
+            flynn_tls::renew_through(
+                "the controller's certificate",
+                cert,
+                key,
+                move |names, life| {
+                    let agent = agent.clone();
+                    async move {
+                        agent
+                            .issue_certificate(&names, life, "flynn controller")
+                            .await
+                    }
+                },
+                move |chain, key| resolver.set_pem(chain, key).map_err(|e| e.to_string()),
+            )
+            .await
+        });
     }
+    Ok(Some(acceptor))
 }
 
 /// What an accepted connection turned out to be.

@@ -40,6 +40,17 @@ impl HostCertResolver {
         })
     }
 
+    /// Presents the certificate of `chain_pem` and `key_pem` from the next
+    /// handshake on (a service's renewal).
+    pub fn set_pem(&self, chain_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let new = certified_pem(chain_pem, key_pem)?;
+        match self.current.write() {
+            Ok(mut guard) => *guard = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+        Ok(())
+    }
+
     /// Presents `cert` from the next handshake on.
     pub fn set(&self, cert: &HostCert) -> Result<(), TlsError> {
         let new = certified(cert)?;
