@@ -120,13 +120,18 @@ fn responses_match_the_document() {
         "POST",
         "/cluster/tls/issue",
         "/cluster/tls/issue",
-        Some(serde_json::json!({"names": ["*.example.test", "example.test"], "lifetime_secs": 3600})),
+        Some(
+            serde_json::json!({"names": ["*.example.test", "example.test"], "lifetime_secs": 3600}),
+        ),
     );
     assert_eq!(status, 200, "{issued}");
     let chain = issued["chain"].as_str().unwrap();
     let cert = flynn_tls::parse_cert(chain, issued["key"].as_str().unwrap()).unwrap();
     assert_eq!(cert.names, ["*.example.test", "example.test"]);
-    assert!(chain.ends_with(tls["ca"].as_str().unwrap()), "the chain ends with the CA");
+    assert!(
+        chain.ends_with(tls["ca"].as_str().unwrap()),
+        "the chain ends with the CA"
+    );
     for bad in [
         serde_json::json!({"names": [], "lifetime_secs": 3600}),
         serde_json::json!({"names": ["a b"], "lifetime_secs": 3600}),
