@@ -20,21 +20,24 @@ if [ "${1:-}" = "--fast" ]; then
 fi
 
 flynn_install_deps
+# Each phase prints when it began, and the end says how long the whole took: what a
+# slow CI run spent its time on.
+trap 'echo "== test.sh ended after ${SECONDS}s"' EXIT
 # A clean clone builds once: incremental caches would only double the disk it takes
 # (tens of GB for this workspace), which a CI machine may not have.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-echo "== cargo fmt"
+echo "== cargo fmt (at ${SECONDS}s)"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+echo "== cargo clippy (at ${SECONDS}s)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== static flynn-host (for the VM tests)"
+echo "== static flynn-host (for the VM tests) (at ${SECONDS}s)"
 bash scripts/build-static.sh
-echo "== fixtures"
+echo "== fixtures (at ${SECONDS}s)"
 bash fixtures/build-images.sh "$PWD/target/fixtures"
-echo "== appliance images (out/)"
+echo "== appliance images (out/) (at ${SECONDS}s)"
 FLYNN_FIXTURES="$PWD/target/fixtures" bash buildroot/assemble.sh
-echo "== cargo test"
+echo "== cargo test (at ${SECONDS}s)"
 # --include-ignored: the unit tests that need root are ignored in the fast tier only.
 # --no-fail-fast: one failing test file does not hide how the others fare.
 FLYNN_FIXTURES="$PWD/target/fixtures" cargo test --workspace --locked --no-fail-fast -- --include-ignored "$@"

@@ -2,7 +2,7 @@
 //! cannot. A slowloris client holding more half-sent requests than the API has
 //! connection places; a thousand API calls at once; a fork bomb in a job with a
 //! pids limit; a job's chatty output against `--log-opt max-size/max-file`; a full
-//! state disk (a small tmpfs) under an import and a job's log. Each ends with the
+//! state disk (a small tmpfs) under an import, a pull and a job's log. Each ends with the
 //! daemon answering. Figures are printed (`--nocapture`). Needs root.
 #![allow(
     clippy::unwrap_used,
@@ -11,6 +11,8 @@
 )]
 
 mod common;
+#[path = "support/registry.rs"]
+mod registry;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -288,6 +290,56 @@ fn a_full_state_disk_gives_clear_errors_and_leaves_the_store_whole() {
     // Nothing half-imported is listed, and the store takes a fitting image after.
     let images = d.ok(&["images"]);
     assert!(!images.contains("big"), "{images}");
+
+    // The same image pulled from a registry: the pull's stream ends in an error that
+    // names the full disk, and nothing of it stays behind (no temp file, no layer
+    // without its record).
+    let reg = registry::Registry::start(&d.netns, "127.0.0.1", registry::Auth::None);
+    reg.push(
+        &format!("oci:{}:big", big.display()),
+        "flynn/big:1",
+        None,
+        false,
+    );
+    let reference = format!("{}/flynn/big:1", reg.addr);
+    let (status, text) = d.http(
+        "POST",
+        "/images/pull",
+        Some(&format!(r#"{{"reference": "{reference}"}}"#)),
+    );
+    println!(
+        "full disk: pull answered {status}, last event: {}",
+        text.lines().last().unwrap_or("")
+    );
+    let last: serde_json::Value = if status == 200 {
+        serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap()
+    } else {
+        serde_json::from_str(&text).unwrap()
+    };
+    let error = last["error"].as_str().unwrap_or_default();
+    assert!(
+        status == 507 || last["status"] == "error",
+        "the pull did not fail: {status} {text}"
+    );
+    assert!(
+        error.contains("No space") && error.contains("free space"),
+        "{error}"
+    );
+    let images = d.ok(&["images"]);
+    assert!(!images.contains("big"), "{images}");
+    let store = d.state_dir().join("images");
+    let tmp: Vec<_> = std::fs::read_dir(store.join("tmp"))
+        .map(|r| r.collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "temp files left by the pull: {tmp:?}");
+    for entry in std::fs::read_dir(store.join("layers")).unwrap() {
+        let path = entry.unwrap().path();
+        assert!(
+            path.join("layer.json").is_file(),
+            "a layer without its record: {}",
+            path.display()
+        );
+    }
     d.import_busybox();
     let out = d.ok(&["run", "--rm", "busybox", "echo", "fits"]);
     assert!(out.contains("fits"), "{out}");

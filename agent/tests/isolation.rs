@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{BIN, Daemon};
-use netns::{banner, ip};
+use netns::{banner, banner_on, ip, udp_sink};
 
 /// Another address of the host (on loopback in the daemon's namespace).
 const HOST_IP: &str = "10.201.0.1";
@@ -30,6 +30,12 @@ const GATEWAY: &str = "10.88.0.1";
 const EXTRA_CONTROL: u16 = 7777;
 /// An ordinary port of the host, which jobs may reach.
 const OPEN_PORT: u16 = 8888;
+/// An ordinary UDP port of the host, which jobs may send to.
+const OPEN_UDP: u16 = 8899;
+/// The overlay's VXLAN port (the default), closed to jobs.
+const VXLAN: u16 = 4789;
+/// A host service on every IPv6 address.
+const OPEN6: u16 = 8866;
 
 /// What the host itself gets from `addr` (a banner, or the API's answer).
 fn from_host(d: &Daemon, addr: &str) -> String {
@@ -151,6 +157,90 @@ fn bridge_jobs_cannot_reach_the_control_plane_but_reach_what_they_should() {
     assert!(
         answer(&format!("{web_ip} {web_port}")).contains("HTTP/1."),
         "a job reaches the job next door: {text}"
+    );
+
+    // UDP: the overlay's VXLAN port is closed like the TCP control ports (a datagram
+    // there could put a frame on the overlay as any job); an ordinary UDP port is not.
+    let vxlan = udp_sink(&d.netns, VXLAN);
+    let open = udp_sink(&d.netns, OPEN_UDP);
+    let mut script = Vec::new();
+    for addr in [GATEWAY, HOST_IP] {
+        for port in [VXLAN, OPEN_UDP] {
+            // busybox's nc has no UDP; its tftp sends a read request that names the
+            // file (and gets no answer: bounded by timeout).
+            script.push(format!(
+                "timeout 1 tftp -g -l /tmp/x -r job-{addr}-{port} {addr} {port}"
+            ));
+        }
+    }
+    script.push("true".into());
+    d.ok(&["run", "--rm", "busybox", "sh", "-c", &script.join("; ")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = open.lock().unwrap().clone();
+    for addr in [GATEWAY, HOST_IP] {
+        let name = format!("job-{addr}-{OPEN_UDP}");
+        assert!(
+            got.iter().any(|d| d.contains(&name)),
+            "a job sends to an ordinary UDP port of the host at {addr}: {got:?}"
+        );
+    }
+    assert!(
+        vxlan.lock().unwrap().is_empty(),
+        "a job reached the VXLAN port: {:?}",
+        vxlan.lock().unwrap()
+    );
+
+    // IPv6: the bridge has none, so a host service on [::] is out of a job's reach at
+    // the link-local address the bridge would otherwise have (EUI-64 of its MAC).
+    banner_on(&d.netns, "::", OPEN6);
+    let show = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &d.netns])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v6 = show(&["-6", "addr", "show", "dev", "flynnbr0"]);
+    assert!(!v6.contains("inet6"), "the bridge has IPv6: {v6}");
+    let link = show(&["-o", "link", "show", "dev", "flynnbr0"]);
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    let ll = format!(
+        "fe80::{:x}:{:x}:{:x}:{:x}",
+        u16::from_be_bytes([b[0] ^ 2, b[1]]),
+        u16::from_be_bytes([b[2], 0xff]),
+        u16::from_be_bytes([0xfe, b[3]]),
+        u16::from_be_bytes([b[4], b[5]])
+    );
+    assert!(
+        from_host(&d, &format!("[::1]:{OPEN6}")).contains(&format!("open {OPEN6}")),
+        "the host reaches its IPv6 service"
+    );
+    let out = d.cli(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        &format!("sleep 3; ip -6 addr; nc -w 2 {ll}%eth0 {OPEN6} </dev/null 2>&1; echo done"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("done"), "{text}");
+    assert!(
+        !text.contains("open"),
+        "a job reached the host over IPv6 at {ll}: {text}"
     );
 
     // The daemon's state is not for bridge jobs to mount.

@@ -168,6 +168,39 @@ fn the_daemon_default_puts_jobs_in_user_namespaces_unless_they_opt_out() {
         "/proc/self/uid_map",
     ]);
     assert_eq!(out.split_whitespace().nth(1), Some("0"), "{out}");
+
+    // Host-network jobs are the platform's own: the default leaves them out, so they
+    // read the host's platform key (root's, 0600) and bind a low port of the host.
+    let dir = host_file();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, "secret\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let volume = format!("{}:/run/flynn/tls:ro", dir.path().display());
+    let script = "cat /proc/self/uid_map; cat /run/flynn/tls/key.pem; \
+                  httpd -f -p 81 & sleep 1; kill $! && echo BOUND";
+    let out = d.ok(&[
+        "run", "--rm", "--net", "host", "-v", &volume, "busybox", "sh", "-c", script,
+    ]);
+    assert_eq!(out.split_whitespace().nth(1), Some("0"), "{out}");
+    assert!(out.contains("secret"), "{out}");
+    assert!(out.contains("BOUND"), "{out}");
+    // Asked for in so many words, it gets one, and the key stays closed to it.
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "host",
+        "--userns",
+        "-v",
+        &volume,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; cat /run/flynn/tls/key.pem || echo NO-KEY",
+    ]);
+    assert!(out.contains(&FIRST_HOST_ID.to_string()), "{out}");
+    assert!(out.contains("NO-KEY") && !out.contains("secret"), "{out}");
+
     let out = d.cli(&["run", "--userns=maybe", "busybox", "true"]);
     assert!(stderr(&out).contains("--userns=host"), "{}", stderr(&out));
 }

@@ -132,6 +132,11 @@ pub struct NetworkConfig {
     /// this host's addresses. The host itself (and host-network jobs) still can.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub control_ports: Vec<u16>,
+    /// UDP ports of the control plane, on this host and on every other host of the
+    /// cluster (the overlay's VXLAN port: a job that sent to it could put frames on
+    /// the overlay as any job of the cluster). Closed to jobs like `control_ports`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_udp_ports: Vec<u16>,
 }
 
 pub const DEFAULT_BRIDGE: &str = "flynnbr0";
@@ -146,6 +151,7 @@ impl Default for NetworkConfig {
             netns_dir: PathBuf::from("/run/flynn/netns"),
             cluster: None,
             control_ports: Vec::new(),
+            control_udp_ports: Vec::new(),
         }
     }
 }

@@ -120,6 +120,17 @@ impl HostNetwork {
                 .join(&cfg.bridge)
                 .join("route_localnet"),
         )?;
+        // Jobs have no IPv6, and the wall (`nft/guard.rs`, a `table ip`) sees only IPv4:
+        // with IPv6 on the bridge, a job could reach a host service listening on `[::]`
+        // at the bridge's link-local address. Off, the kernel drops IPv6 the bridge
+        // receives; frames between jobs are still bridged. A kernel without IPv6 has
+        // no such file and nothing to close.
+        let ipv6 = Path::new("/proc/sys/net/ipv6/conf")
+            .join(&cfg.bridge)
+            .join("disable_ipv6");
+        if ipv6.exists() {
+            enable_sysctl(&ipv6)?;
+        }
 
         let state_path = cfg.state_dir.join(state::STATE_FILE);
         let live: HashSet<&str> = live.iter().map(String::as_str).collect();
@@ -348,6 +359,7 @@ impl HostNetwork {
             published,
             control: nft::ControlPlane {
                 ports: self.cfg.control_ports.clone(),
+                udp_ports: self.cfg.control_udp_ports.clone(),
                 peers: inner.control_peers.clone(),
             },
         };

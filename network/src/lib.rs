@@ -9,7 +9,8 @@
 //! `sysctl`: links, addresses and routes go through rtnetlink, nftables through
 //! nf_tables netlink, kernel settings through /proc/sys. It never touches the host's
 //! other interfaces, tables or chains: only its bridge, the jobs' veths, its own
-//! nftables table and two settings (IPv4 forwarding, `route_localnet` on its bridge).
+//! nftables table and three settings (IPv4 forwarding, `route_localnet` and
+//! `disable_ipv6` on its bridge).
 //!
 //! # Design
 //!

@@ -18,7 +18,8 @@ pub struct DaemonArgs {
     /// A JSON file with any of: state_dir, listen, socket, token, bridge, subnet, mtu,
     /// control_ports (TCP ports jobs may not open, beside the API's and etcd's),
     /// log_opts (jobs' default json-file options: {"max-size": "10m", "max-file": "3"}),
-    /// userns (true: jobs run in user namespaces unless they ask --userns=host),
+    /// userns (true: jobs run in user namespaces unless they ask --userns=host or
+    /// run on the host network),
     /// pids_limit (jobs' default; 0: none),
     /// registry ({"mirrors": {"docker.io": ["host:port"]}, "insecure": ["host:port", "CIDR"]}),
     /// grid (an object with the grid flags' settings).
@@ -46,8 +47,8 @@ pub struct DaemonArgs {
     /// cluster bootstrapped before its hosts had TLS).
     #[arg(long)]
     pub plain_http: bool,
-    /// Run jobs in user namespaces of their own unless they ask --userns=host
-    /// [default: false].
+    /// Run jobs in user namespaces of their own unless they ask --userns=host or run
+    /// on the host network (the platform's own jobs) [default: false].
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub userns: Option<bool>,
     /// The pids limit of a job that sets none; 0: unlimited [default: 4096].
@@ -135,7 +136,7 @@ impl DaemonArgs {
             })?,
             None => defaults.subnet,
         };
-        let network = network::NetworkConfig {
+        let mut network = network::NetworkConfig {
             bridge: self
                 .bridge
                 .clone()
@@ -147,8 +148,11 @@ impl DaemonArgs {
             netns_dir: state_dir.join("netns"),
             cluster: None,
             control_ports: control_ports(listen, &file.control_ports),
+            control_udp_ports: Vec::new(),
         };
         let grid = self.grid.resolve(file.grid, &state_dir)?;
+        // Closed whether or not the host is in a grid yet: a bootstrap may join it later.
+        network.control_udp_ports = vec![grid.overlay.port];
         crate::model::logopts::rotation(&file.log_opts)
             .map_err(|e| anyhow::anyhow!("log_opts in the config file: {e}"))?;
         let jobs = crate::jobs::Defaults {

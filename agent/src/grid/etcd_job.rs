@@ -78,25 +78,9 @@ pub async fn ensure_member(
                 "this daemon serves plain HTTP (--plain-http): it has no certificate for an https:// etcd member".into(),
             ));
         };
-        volumes.push(Volume {
-            source: dir.to_string_lossy().into_owned(),
-            target: TLS_MOUNT.into(),
-            read_only: true,
-        });
-        let file = |name: &str| format!("{TLS_MOUNT}/{name}");
-        for (flag, value) in [
-            ("--cert-file", file("cert.pem")),
-            ("--key-file", file("key.pem")),
-            ("--trusted-ca-file", file("ca.pem")),
-            ("--peer-cert-file", file("cert.pem")),
-            ("--peer-key-file", file("key.pem")),
-            ("--peer-trusted-ca-file", file("ca.pem")),
-        ] {
-            tls_flags.push(flag.into());
-            tls_flags.push(value);
-        }
-        tls_flags.push("--client-cert-auth".into());
-        tls_flags.push("--peer-client-cert-auth".into());
+        let (volume, flags) = tls_setup(dir);
+        volumes.push(volume);
+        tls_flags = flags;
     }
     let scheme = if https { "https" } else { "http" };
     let mut cmd: Vec<String> = vec![
@@ -167,39 +151,80 @@ fn initial_cluster(req: &EtcdMemberRequest) -> String {
         .join(",")
 }
 
+/// What an etcd member needs to serve clients and peers over TLS with this host's
+/// certificate (`dir`: the platform directory, mounted read-only) and to require
+/// theirs, signed by the cluster's CA: only agents and the platform's jobs get in.
+fn tls_setup(dir: &std::path::Path) -> (Volume, Vec<String>) {
+    let volume = Volume {
+        source: dir.to_string_lossy().into_owned(),
+        target: TLS_MOUNT.into(),
+        read_only: true,
+    };
+    let file = |name: &str| format!("{TLS_MOUNT}/{name}");
+    let mut flags = Vec::new();
+    for (flag, value) in [
+        ("--cert-file", file("cert.pem")),
+        ("--key-file", file("key.pem")),
+        ("--trusted-ca-file", file("ca.pem")),
+        ("--peer-cert-file", file("cert.pem")),
+        ("--peer-key-file", file("key.pem")),
+        ("--peer-trusted-ca-file", file("ca.pem")),
+    ] {
+        flags.push(flag.into());
+        flags.push(value);
+    }
+    flags.push("--client-cert-auth".into());
+    flags.push("--peer-client-cert-auth".into());
+    (volume, flags)
+}
+
 /// Creates the etcd job if there is none, and starts it if it is not running.
+///
+/// With the daemon's TLS (`tls`, the platform directory), the host's address is
+/// served over HTTPS with client certificates required, as a bootstrapped member's;
+/// loopback stays plain HTTP, where this agent connects (the wall closes it to
+/// bridge jobs). A job made before keeps its URLs: remove it to get these.
 pub async fn ensure(
     jobs: &Arc<JobManager>,
     cfg: &GridConfig,
     address: Ipv4Addr,
     host_id: &str,
+    tls: Option<std::path::PathBuf>,
 ) -> Result<(), JobError> {
     if start_existing(jobs).await?.is_some() {
         return Ok(());
     }
-    let client = format!("http://{address}:{ETCD_CLIENT_PORT}");
-    let peer = format!("http://{address}:{PEER_PORT}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client = format!("{scheme}://{address}:{ETCD_CLIENT_PORT}");
+    let peer = format!("{scheme}://{address}:{PEER_PORT}");
+    let (volumes, tls_flags) = match tls.as_deref().map(tls_setup) {
+        Some((volume, flags)) => (vec![volume], flags),
+        None => (Vec::new(), Vec::new()),
+    };
     let name = format!("etcd-{}", &host_id[..host_id.len().min(12)]);
+    let mut cmd: Vec<String> = vec![
+        "etcd".into(),
+        "--name".into(),
+        name.clone(),
+        "--data-dir".into(),
+        "/var/lib/etcd".into(),
+        "--listen-client-urls".into(),
+        format!("{client},http://127.0.0.1:{ETCD_CLIENT_PORT}"),
+        "--advertise-client-urls".into(),
+        client,
+        "--listen-peer-urls".into(),
+        peer.clone(),
+        "--initial-advertise-peer-urls".into(),
+        peer.clone(),
+        "--initial-cluster".into(),
+        format!("{name}={peer}"),
+    ];
+    cmd.extend(tls_flags);
     let req = JobRequest {
         image: cfg.etcd_image.clone(),
         name: Some(JOB_NAME.to_string()),
-        cmd: Some(vec![
-            "etcd".into(),
-            "--name".into(),
-            name.clone(),
-            "--data-dir".into(),
-            "/var/lib/etcd".into(),
-            "--listen-client-urls".into(),
-            format!("{client},http://127.0.0.1:{ETCD_CLIENT_PORT}"),
-            "--advertise-client-urls".into(),
-            client,
-            "--listen-peer-urls".into(),
-            peer.clone(),
-            "--initial-advertise-peer-urls".into(),
-            peer.clone(),
-            "--initial-cluster".into(),
-            format!("{name}={peer}"),
-        ]),
+        cmd: Some(cmd),
+        volumes,
         network: NetworkMode::Host,
         restart: RestartPolicy {
             policy: RestartPolicyName::Always,

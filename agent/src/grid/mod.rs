@@ -228,7 +228,8 @@ impl Grid {
     ) {
         if self.cfg.run_etcd {
             self.retry("running etcd as a job", Duration::from_secs(2), || {
-                etcd_job::ensure(&self.jobs, &self.cfg, self.address, &self.host_id)
+                let tls = boot.tls.as_ref().map(|t| t.platform_dir());
+                etcd_job::ensure(&self.jobs, &self.cfg, self.address, &self.host_id, tls)
             })
             .await;
         }

@@ -356,7 +356,13 @@ impl JobManager {
             .map_err(JobError::join)??;
             let id = record::new_id()?;
             let config = config::resolve(&req, &image_config, &id, self.defaults)?;
-            let userns = req.userns.unwrap_or(self.defaults.userns);
+            // The daemon's default leaves host-network jobs out: they are the platform's
+            // own (etcd, the router, the scheduler), which bind the host's low ports and
+            // read its platform certificates, neither of which a mapped root may do.
+            // Asked for in so many words, a user namespace is still given.
+            let userns = req
+                .userns
+                .unwrap_or(self.defaults.userns && config.network != NetworkMode::Host);
             let mut job = Job {
                 id: id.clone(),
                 name: req.name.clone(),

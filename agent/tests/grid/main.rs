@@ -388,6 +388,47 @@ fn etcd_runs_as_a_container_and_the_agent_joins_it() {
     assert!(ps.contains("flynn-etcd"), "{ps}");
     let etcd_job: serde_json::Value = h.json(&["inspect", "flynn-etcd"]);
     assert_eq!(etcd_job[0]["config"]["network"], "host");
+    // Off loopback it is HTTPS and wants a client certificate of the host's CA: plain
+    // HTTP and a client without a certificate are refused, the host's platform
+    // certificate gets in.
+    let platform = h.state.path().join("tls/platform");
+    let file = |name: &str| platform.join(name).to_string_lossy().into_owned();
+    let curl = |extra: &[&str], url: &str| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", h.netns))
+            .args(["--", "curl", "-sS", "--max-time", "5"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = curl(&[], "http://192.0.2.1:2379/version");
+    assert!(!ok || !text.contains("etcdserver"), "plain HTTP: {text}");
+    let ca = file("ca.pem");
+    let (ok, text) = curl(&["--cacert", &ca], "https://192.0.2.1:2379/version");
+    assert!(
+        !ok || !text.contains("etcdserver"),
+        "no client certificate: {text}"
+    );
+    let (cert, key) = (file("cert.pem"), file("key.pem"));
+    let (ok, text) = curl(
+        &["--cacert", &ca, "--cert", &cert, "--key", &key],
+        "https://192.0.2.1:2379/version",
+    );
+    assert!(
+        ok && text.contains("etcdserver"),
+        "with the certificate: {text}"
+    );
+    let (ok, text) = curl(&[], "http://127.0.0.1:2379/version");
+    assert!(ok && text.contains("etcdserver"), "loopback: {text}");
     // Bridge jobs get addresses from the cluster subnet.
     let id = h.ok(&["run", "-d", "busybox", "sleep", "100"]);
     let ip = h.ip_of(id.trim());
