@@ -250,6 +250,13 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
         );
     }
 
+    // A one-off job followed through the controller's relay, over the same
+    // HTTPS (the controller's name verified behind an address).
+    assert_eq!(
+        f.ok(&["-a", "demo", "run", "echo", "hello over TLS"]),
+        "hello over TLS\n"
+    );
+
     // The controller's answers with a real cluster behind it (jobs from the
     // scheduler, lines from the aggregators) are as controller/openapi.json says.
     let doc = apidoc::Document::load(concat!(
