@@ -46,9 +46,9 @@ const ROUTER_KEY_ENV: &str = "FLYNN_ROUTER_KEY";
 const ROUTER_CERT_ENV: &str = "FLYNN_ROUTER_TLS_CERT";
 const ROUTER_CERT_KEY_ENV: &str = "FLYNN_ROUTER_TLS_KEY";
 const ROUTER_HTTPS_PORT: u16 = 443;
-/// The routers' default certificate lives a year; a re-run keeps it (its
-/// renewal is not automatic yet).
-const ROUTER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The routers' default certificate and the controller's live a year: each
+/// service renews its own through its host's agent two thirds into it.
+const SERVICE_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The controller's certificate (for `controller.<domain>`, the name clients
 /// that dial an address verify, and loopback) and its key, as PEM in its
 /// environment (`controller::ControllerArgs`).
@@ -354,25 +354,27 @@ impl Run {
     }
 
     /// A platform service's certificate: the one its formation holds while it
-    /// names `names` and is not two thirds into its life, else a new one from
-    /// the cluster's CA (so a re-run changes nothing, and a re-run late in the
-    /// year, or after the domain changed, renews it).
+    /// is the cluster CA's, names `names` and is not two thirds into its life,
+    /// else a new one from that CA (so a re-run changes nothing, and a re-run
+    /// late in the year, after the domain changed or under another CA renews it;
+    /// the services also renew their own through their agent).
     async fn kept_or_issued(
         &mut self,
         kept: Option<(String, String)>,
         common_name: &str,
         names: &[String],
     ) -> Result<(String, String), StepError> {
+        let ca = self.cluster_ca().await?;
         if let Some((cert, key)) = kept
+            && cert.trim_end().ends_with(ca.cert_pem.trim_end())
             && let Some(parsed) = flynn_tls::parse_cert(&cert, &key)
             && names.iter().all(|n| parsed.names.contains(n))
             && !flynn_tls::renewal_due(&parsed)
         {
             return Ok((cert, key));
         }
-        let ca = self.cluster_ca().await?;
         let issued = ca
-            .issue(common_name, names, ROUTER_CERT_LIFETIME)
+            .issue(common_name, names, SERVICE_CERT_LIFETIME)
             .map_err(|e| StepError::Tls(format!("the certificate of {common_name}: {e}")))?;
         Ok((issued.chain_pem, issued.key_pem))
     }
