@@ -888,9 +888,12 @@ impl Flynn {
 
     /// `flynn cluster add -p PIN NAME https://192.0.2.HOST:81 KEY`, the line the
     /// bootstrap prints (the controller through that host's router, verified by
-    /// the cluster's pin: host 1's CA).
+    /// the cluster's pin: of host 1's CA file, read from its state directory so
+    /// that a lost host 1 still gives it).
     pub fn add_cluster(&self, c: &Cluster, name: &str, host: u8, key: &str) -> String {
-        let pin = c.host(1).ok(&["tls", "pin"]).trim().to_string();
+        let ca = std::fs::read_to_string(c.host(1).state.path().join("tls/platform/ca.pem"))
+            .expect("host 1's CA file");
+        let pin = flynn_tls::pin_of_pem(&ca).expect("a CA").to_string();
         self.ok(&[
             "cluster",
             "add",
