@@ -138,7 +138,9 @@ grep -aq 'flynn.peers: the cluster is up' "$dir/node1-console.log" ||
     { echo "no 'the cluster is up' on node1's console after 30 minutes: $dir/node1-console.log" >&2; exit 1; }
 # The key from the bootstrap's last line (on the first boot; a later boot's
 # bootstrap finds the controller running and prints the same line).
-key=$(grep -a 'flynn cluster add default ' "$dir/node1-console.log" | tail -n 1 | awk '{for(i=1;i<=NF;i++) if($i=="add") print $(i+3)}')
+add_line=$(grep -a 'flynn cluster add -p ' "$dir/node1-console.log" | tail -n 1)
+key=$(awk '{for(i=1;i<=NF;i++) if($i=="add") print $(i+5)}' <<<"$add_line")
+cluster_pin=$(awk '{for(i=1;i<=NF;i++) if($i=="-p") print $(i+1)}' <<<"$add_line")
 # The cluster's CA is node1's (the bootstrap adopts the lowest address's), so
 # its ready line's pin verifies every node once the cluster is up.
 pin=$(grep -aE "$ready" "$dir/node1-console.log" | tail -n 1 | awk '{for(i=1;i<=NF;i++) if($i=="tls-pin") print $(i+1)}')
@@ -151,9 +153,9 @@ for i in $(seq 1 "$n"); do
 done
 cat <<MSG
   $bin cluster hosts; $bin cluster ps
-The controller, through node1's router (127.0.0.1:12081 -> 10.90.0.11:81; HTTP on
-127.0.0.1:12080 -> its port 80):
-  $dir/flynn cluster add default http://127.0.0.1:12081 ${key:-KEY-from-node1-console}
+The controller, through node1's router (127.0.0.1:12081 -> 10.90.0.11:81, HTTPS
+verified by the cluster's pin; HTTP on 127.0.0.1:12080 -> its port 80):
+  $dir/flynn cluster add -p ${cluster_pin:-${pin:-PIN}} default https://127.0.0.1:12081 ${key:-KEY-from-node1-console}
   $dir/flynn apps
 Consoles: $dir/nodeN-console.log. Stop them all (power buttons; state disks kept):
   bash scripts/main.sh stop

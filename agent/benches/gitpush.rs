@@ -105,7 +105,7 @@ fn main() {
         .find_map(|e| e["data"]["key"].as_str().map(str::to_string))
         .unwrap();
     let f = Flynn::new(&c);
-    f.ok(&["cluster", "add", "default", "http://192.0.2.1:81", &key]);
+    f.add_cluster(&c, "default", 1, &key);
     let image = format!("flynn/slugbuilder:{}", env!("CARGO_PKG_VERSION"));
     let (mut first, mut second, mut anchor) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {

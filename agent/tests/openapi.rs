@@ -112,6 +112,42 @@ fn responses_match_the_document() {
         Some(serde_json::json!({"ca_cert": "junk", "ca_key": "junk"})),
     );
     assert_eq!(status, 400);
+    // A certificate from the host's CA for a service renewing its own, and the
+    // names and lives it refuses.
+    let (status, issued) = call(
+        &d,
+        &spec,
+        "POST",
+        "/cluster/tls/issue",
+        "/cluster/tls/issue",
+        Some(
+            serde_json::json!({"names": ["*.example.test", "example.test"], "lifetime_secs": 3600}),
+        ),
+    );
+    assert_eq!(status, 200, "{issued}");
+    let chain = issued["chain"].as_str().unwrap();
+    let cert = flynn_tls::parse_cert(chain, issued["key"].as_str().unwrap()).unwrap();
+    assert_eq!(cert.names, ["*.example.test", "example.test"]);
+    assert!(
+        chain.ends_with(tls["ca"].as_str().unwrap()),
+        "the chain ends with the CA"
+    );
+    for bad in [
+        serde_json::json!({"names": [], "lifetime_secs": 3600}),
+        serde_json::json!({"names": ["a b"], "lifetime_secs": 3600}),
+        serde_json::json!({"names": ["ok.test"], "lifetime_secs": 5}),
+        serde_json::json!({"names": ["ok.test"], "lifetime_secs": 400_000_000u64}),
+    ] {
+        let (status, body) = call(
+            &d,
+            &spec,
+            "POST",
+            "/cluster/tls/issue",
+            "/cluster/tls/issue",
+            Some(bad.clone()),
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     let (status, host) = call(&d, &spec, "GET", "/host/status", "/host/status", None);
     assert_eq!(status, 200, "{host}");
     // Without the token, every route answers 401 with a documented error.

@@ -46,9 +46,14 @@ const ROUTER_KEY_ENV: &str = "FLYNN_ROUTER_KEY";
 const ROUTER_CERT_ENV: &str = "FLYNN_ROUTER_TLS_CERT";
 const ROUTER_CERT_KEY_ENV: &str = "FLYNN_ROUTER_TLS_KEY";
 const ROUTER_HTTPS_PORT: u16 = 443;
-/// The routers' default certificate lives a year; a re-run keeps it (its
-/// renewal is not automatic yet).
-const ROUTER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The routers' default certificate and the controller's live a year: each
+/// service renews its own through its host's agent two thirds into it.
+const SERVICE_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The controller's certificate (for `controller.<domain>`, the name clients
+/// that dial an address verify, and loopback) and its key, as PEM in its
+/// environment (`controller::ControllerArgs`).
+const CONTROLLER_CERT_ENV: &str = "FLYNN_CONTROLLER_TLS_CERT";
+const CONTROLLER_CERT_KEY_ENV: &str = "FLYNN_CONTROLLER_TLS_KEY";
 const DEFAULT_DOMAIN: &str = "cluster.local";
 const CONTROLLER_ROUTE_ID: &str = "flynn-controller-api";
 const GITRECEIVE_PORT: u16 = 1117;
@@ -140,9 +145,12 @@ impl Service {
     fn meta(self) -> BTreeMap<String, String> {
         match self {
             // Readers find the HTTP API beside the shippers' port (logagg::META_HTTP).
-            Service::LogAggregator => {
-                BTreeMap::from([("http".to_string(), LOG_HTTP_PORT.to_string())])
-            }
+            // Both ports are TLS (the host's certificate, FLYNN_TLS_DIR): shippers
+            // and readers verify it against the cluster's CA (logagg::META_TLS).
+            Service::LogAggregator => BTreeMap::from([
+                ("http".to_string(), LOG_HTTP_PORT.to_string()),
+                ("tls".to_string(), "1".to_string()),
+            ]),
             _ => BTreeMap::new(),
         }
     }
@@ -210,12 +218,31 @@ impl Run {
                 env.push(format!("FLYNN_DOMAIN={domain}"));
                 // The aggregators ask readers for the cluster token.
                 env.push(format!("FLYNN_LOGAGG_TOKEN={}", self.token()));
-                let url = format!("http://{}:{CONTROLLER_ROUTE_PORT}", hosts[0]);
+                // HTTPS end to end through the routers' port 81: the CLI verifies
+                // the controller's own certificate against the cluster's pin.
+                let names = vec![
+                    format!("controller.{domain}"),
+                    flynn_tls::CONTROLLER_NAME.to_string(),
+                    "localhost".to_string(),
+                    "127.0.0.1".to_string(),
+                    "::1".to_string(),
+                ];
+                let (cert, cert_key) = self
+                    .kept_or_issued(
+                        keep(CONTROLLER_CERT_ENV).zip(keep(CONTROLLER_CERT_KEY_ENV)),
+                        "flynn controller",
+                        &names,
+                    )
+                    .await?;
+                env.push(format!("{CONTROLLER_CERT_ENV}={cert}"));
+                env.push(format!("{CONTROLLER_CERT_KEY_ENV}={cert_key}"));
+                let url = format!("https://{}:{CONTROLLER_ROUTE_PORT}", hosts[0]);
                 data = json!({
                     "url": url,
                     "key": key,
                     "domain": domain,
-                    "cluster_add": format!("flynn cluster add default {url} {key}"),
+                    "tls_pin": pin,
+                    "cluster_add": format!("flynn cluster add -p {pin} default {url} {key}"),
                 });
             }
             Service::Router => {
@@ -224,23 +251,14 @@ impl Run {
                     None => secret(32)?,
                 };
                 env.push(format!("{ROUTER_KEY_ENV}={key}"));
-                let (cert, cert_key) = match (keep(ROUTER_CERT_ENV), keep(ROUTER_CERT_KEY_ENV)) {
-                    (Some(c), Some(k)) => (c, k),
-                    _ => {
-                        let domain = cluster_domain(&etcd).await?;
-                        let ca = self.cluster_ca().await?;
-                        let issued = ca
-                            .issue(
-                                &format!("flynn router *.{domain}"),
-                                &[format!("*.{domain}"), domain.clone()],
-                                ROUTER_CERT_LIFETIME,
-                            )
-                            .map_err(|e| {
-                                StepError::Tls(format!("the routers' certificate: {e}"))
-                            })?;
-                        (issued.chain_pem, issued.key_pem)
-                    }
-                };
+                let domain = cluster_domain(&etcd).await?;
+                let (cert, cert_key) = self
+                    .kept_or_issued(
+                        keep(ROUTER_CERT_ENV).zip(keep(ROUTER_CERT_KEY_ENV)),
+                        &format!("flynn router *.{domain}"),
+                        &[format!("*.{domain}"), domain.clone()],
+                    )
+                    .await?;
                 env.push(format!("{ROUTER_CERT_ENV}={cert}"));
                 env.push(format!("{ROUTER_CERT_KEY_ENV}={cert_key}"));
                 data = json!({"https_port": ROUTER_HTTPS_PORT});
@@ -266,6 +284,12 @@ impl Run {
                 let domain =
                     env_of(&controller, "FLYNN_DOMAIN").unwrap_or_else(|| "cluster.local".into());
                 env.push(format!("{CONTROLLER_KEY_ENV}={key}"));
+                // The local router's port 81, over TLS to the controller
+                // (verified by the cluster's pin, FLYNN_TLS_PIN above; the
+                // controller's certificate names loopback).
+                env.push(format!(
+                    "FLYNN_CONTROLLER_URL=https://127.0.0.1:{CONTROLLER_ROUTE_PORT}"
+                ));
                 git_domain = Some(format!("git.{domain}"));
             }
         }
@@ -327,6 +351,32 @@ impl Run {
         } else {
             Outcome::Skipped(data)
         })
+    }
+
+    /// A platform service's certificate: the one its formation holds while it
+    /// is the cluster CA's, names `names` and is not two thirds into its life,
+    /// else a new one from that CA (so a re-run changes nothing, and a re-run
+    /// late in the year, after the domain changed or under another CA renews it;
+    /// the services also renew their own through their agent).
+    async fn kept_or_issued(
+        &mut self,
+        kept: Option<(String, String)>,
+        common_name: &str,
+        names: &[String],
+    ) -> Result<(String, String), StepError> {
+        let ca = self.cluster_ca().await?;
+        if let Some((cert, key)) = kept
+            && cert.trim_end().ends_with(ca.cert_pem.trim_end())
+            && let Some(parsed) = flynn_tls::parse_cert(&cert, &key)
+            && names.iter().all(|n| parsed.names.contains(n))
+            && !flynn_tls::renewal_due(&parsed)
+        {
+            return Ok((cert, key));
+        }
+        let issued = ca
+            .issue(common_name, names, SERVICE_CERT_LIFETIME)
+            .map_err(|e| StepError::Tls(format!("the certificate of {common_name}: {e}")))?;
+        Ok((issued.chain_pem, issued.key_pem))
     }
 
     /// Waits until `n` instances of the service are in discovery (they register only
@@ -430,7 +480,8 @@ async fn cluster_domain(etcd: &Etcd) -> Result<String, StepError> {
         .unwrap_or_else(|| DEFAULT_DOMAIN.to_string()))
 }
 
-/// `http://ANY-HOST:81` reaches a controller: a TCP route every router serves.
+/// `https://ANY-HOST:81` reaches a controller: a TCP route every router serves
+/// (bytes passed through: the TLS is the controller's own).
 async fn ensure_controller_route(etcd: &Etcd) -> Result<bool, StepError> {
     let wanted = Route {
         id: CONTROLLER_ROUTE_ID.to_string(),

@@ -174,7 +174,7 @@ pub async fn run(args: BootstrapArgs) -> i32 {
     match execute(&manifest, &mut runner, &mut reporter).await {
         Ok(Finished::AlreadyUp) => {
             reporter.finish(&format!(
-                "the cluster was already up: nothing was started ({})",
+                "the cluster was already up: nothing was started; {}",
                 runner.summary()
             ));
             0

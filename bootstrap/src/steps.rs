@@ -275,19 +275,20 @@ impl Runner for Run {
             addrs(&self.hosts.iter().map(|h| h.addr).collect::<Vec<_>>()),
             self.etcd_urls.join(",")
         );
-        if let Some(line) = self
-            .controller
-            .as_ref()
-            .and_then(|c| c["cluster_add"].as_str())
-        {
-            s.push_str(&format!("\nadd it to the flynn CLI with:\n  {line}"));
-        }
         if let Some(pin) = &self.cluster_pin {
             s.push_str(&format!(
                 "\nthe hosts' APIs are HTTPS under the cluster's CA: flynn-host --tls-pin {pin} --host https://{}:{}",
                 self.hosts.first().map_or_else(|| "HOST".to_string(), |h| h.addr.to_string()),
                 self.port
             ));
+        }
+        // Last: the line a user copies.
+        if let Some(line) = self
+            .controller
+            .as_ref()
+            .and_then(|c| c["cluster_add"].as_str())
+        {
+            s.push_str(&format!("\nadd it to the flynn CLI with:\n  {line}"));
         }
         s
     }

@@ -75,6 +75,9 @@ pub struct Client {
     /// Put before every path: a service that relays an agent's job routes under a
     /// path of its own (the controller's `/apps/{app}/hosts/{host}`).
     prefix: String,
+    /// For `Https`: the name the server's certificate must carry, when it is not
+    /// the host dialled (the controller behind any router's port 81).
+    server_name: Option<String>,
 }
 
 const DEFAULT_TCP: &str = "127.0.0.1:1113";
@@ -117,6 +120,7 @@ impl Client {
             trust: tls_options.clone(),
             token,
             prefix: String::new(),
+            server_name: None,
         })
     }
 
@@ -124,6 +128,23 @@ impl Client {
     pub fn with_prefix(mut self, prefix: &str) -> Client {
         self.prefix = prefix.trim_end_matches('/').to_string();
         self
+    }
+
+    /// The same client verifying that an HTTPS server's certificate names `name`
+    /// rather than the host dialled (still against the trusted CA or pin).
+    pub fn with_server_name(mut self, name: &str) -> Client {
+        self.server_name = Some(name.to_string());
+        self
+    }
+
+    /// Whether the endpoint is `https://` to an IP address (not a name).
+    pub fn dials_address(&self) -> bool {
+        match &self.endpoint {
+            Endpoint::Https(authority) | Endpoint::Tcp(authority) => {
+                tls::host_of(authority).parse::<std::net::IpAddr>().is_ok()
+            }
+            Endpoint::Unix(_) => false,
+        }
     }
 
     /// What this client trusts for HTTPS (a client for another host of the
@@ -185,7 +206,8 @@ impl Client {
                     .tls
                     .clone()
                     .ok_or_else(|| anyhow!("no TLS configuration for {}", self.describe()))?;
-                let stream = tls::connect(config, authority, stream).await?;
+                let stream =
+                    tls::connect(config, authority, self.server_name.as_deref(), stream).await?;
                 (handshake(stream).await?, authority.clone())
             }
             Endpoint::Unix(path) => {
@@ -295,6 +317,34 @@ impl Client {
             .context("reading the daemon's answer")?
             .to_bytes();
         serde_json::from_slice(&bytes).context("the daemon's answer is not the JSON expected")
+    }
+
+    /// A certificate from the agent's CA (`POST /cluster/tls/issue`, with the
+    /// token): a platform service renewing its own. Its chain and key, PEM.
+    pub async fn issue_certificate(
+        &self,
+        names: &[String],
+        life: std::time::Duration,
+        common_name: &str,
+    ) -> std::result::Result<(String, String), String> {
+        #[derive(serde::Deserialize)]
+        struct Issued {
+            chain: String,
+            key: String,
+        }
+        let issued: Issued = self
+            .call(
+                Method::POST,
+                "/cluster/tls/issue",
+                Some(&serde_json::json!({
+                    "names": names,
+                    "lifetime_secs": life.as_secs(),
+                    "common_name": common_name,
+                })),
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok((issued.chain, issued.key))
     }
 
     /// A request whose answer body is not needed.

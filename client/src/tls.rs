@@ -89,14 +89,15 @@ impl TlsOptions {
     }
 }
 
-/// The TLS handshake with the agent at `authority` (`host:port`), whose
-/// certificate must name `host`.
+/// The TLS handshake with the server at `authority` (`host:port`), whose
+/// certificate must name `host`, or `name` when one is given.
 pub(crate) async fn connect(
     config: Arc<ClientConfig>,
     authority: &str,
+    name: Option<&str>,
     stream: TcpStream,
 ) -> Result<TlsStream<TcpStream>> {
-    let host = host_of(authority);
+    let host = name.unwrap_or_else(|| host_of(authority));
     let name = ServerName::try_from(host.to_string())
         .with_context(|| format!("{host:?} is not a host name or address TLS can verify"))?;
     TlsConnector::from(config)
@@ -104,8 +105,8 @@ pub(crate) async fn connect(
         .await
         .with_context(|| {
             format!(
-                "TLS with the daemon at https://{authority} failed: is --tls-pin (or --tls-ca) \
-                 this cluster's? `flynn-host tls pin` on the host prints its pin"
+                "TLS with https://{authority} failed: is the pin (--tls-pin, or `flynn cluster \
+                 add -p`) this cluster's? `flynn-host tls pin` on a host prints it"
             )
         })
 }
@@ -206,7 +207,7 @@ pub async fn first_contact(
 }
 
 /// The host of `host:port` (brackets of an IPv6 address removed).
-fn host_of(authority: &str) -> &str {
+pub(crate) fn host_of(authority: &str) -> &str {
     authority
         .rsplit_once(':')
         .map_or(authority, |(host, _)| host)

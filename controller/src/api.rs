@@ -35,6 +35,10 @@ pub struct Controller {
     pub(crate) logagg_token: Option<String>,
     deployer: Deployer,
     deploy_timeout: u64,
+    /// HTTPS off loopback (`crate::tls`); plain everywhere without it.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// What the aggregators' TLS is verified against (`crate::logs`).
+    pub(crate) logs_trust: flynn_client::TlsOptions,
 }
 
 #[derive(Debug)]
@@ -227,6 +231,8 @@ impl Controller {
             domain,
             logagg_token: None,
             deploy_timeout: DEFAULT_DEPLOY_TIMEOUT,
+            tls: None,
+            logs_trust: flynn_client::TlsOptions::default(),
         }
     }
 
@@ -235,6 +241,18 @@ impl Controller {
     pub fn with_cluster(mut self, token: Option<String>, deploy_timeout: u64) -> Controller {
         self.deployer.token = token;
         self.deploy_timeout = deploy_timeout;
+        self
+    }
+
+    /// Serves HTTPS with `acceptor` to connections off loopback.
+    pub fn with_tls(mut self, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Controller {
+        self.tls = acceptor;
+        self
+    }
+
+    /// Verifies the log aggregators' TLS against `trust` (a pin or a CA file).
+    pub fn with_logs_trust(mut self, trust: flynn_client::TlsOptions) -> Controller {
+        self.logs_trust = trust;
         self
     }
 
@@ -262,16 +280,27 @@ impl Controller {
             };
             let c = self.clone();
             tokio::spawn(async move {
+                let accepted = crate::tls::accept(s, c.tls.as_ref()).await;
                 let svc = hyper::service::service_fn(move |req| {
                     let c = c.clone();
                     async move {
                         Ok::<_, Infallible>(c.route(req).await.unwrap_or_else(Error::response))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .with_upgrades()
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match accepted {
+                    crate::tls::Accepted::Plain(s) => {
+                        http.serve_connection(TokioIo::new(s), svc)
+                            .with_upgrades()
+                            .await
+                    }
+                    crate::tls::Accepted::Tls(s) => {
+                        http.serve_connection(TokioIo::new(s), svc)
+                            .with_upgrades()
+                            .await
+                    }
+                    crate::tls::Accepted::Gone => return,
+                };
             });
         }
     }
@@ -375,8 +404,14 @@ impl Controller {
             Op::Log => {
                 self.app(app).await?;
                 let token = self.logagg_token.clone();
-                let r =
-                    crate::logs::serve(self.etcd.clone(), token, app, req.uri().query()).await?;
+                let r = crate::logs::serve(
+                    self.etcd.clone(),
+                    token,
+                    self.logs_trust.clone(),
+                    app,
+                    req.uri().query(),
+                )
+                .await?;
                 Ok(r.map(|b| b.map_err(|never| match never {}).boxed()))
             }
             Op::ListDeploys => {

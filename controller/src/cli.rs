@@ -129,7 +129,7 @@ struct DeployOpts {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCmd {
-    /// Save a cluster: NAME URL KEY (the line the bootstrap prints).
+    /// Save a cluster: -p PIN NAME URL KEY (the line the bootstrap prints).
     Add {
         name: String,
         url: String,
@@ -137,8 +137,9 @@ enum ClusterCmd {
         /// Make it the default.
         #[arg(long)]
         default: bool,
-        /// For an https:// URL: the pin of the cluster's TLS CA (base64 SHA-256
-        /// of its certificate; `flynn-host tls pin` on a host prints it).
+        /// The pin of the cluster's TLS CA (base64 SHA-256 of its certificate;
+        /// the bootstrap prints it, `flynn-host tls pin` on a host too): the
+        /// controller's certificate is verified against that CA.
         #[arg(long, short = 'p')]
         tls_pin: Option<String>,
     },
@@ -242,7 +243,15 @@ impl RcCluster {
             },
             None => flynn_client::TlsOptions::from_env(),
         };
-        Client::from_options_tls(Some(&self.url), Some(&self.key), &tls)
+        let client = Client::from_options_tls(Some(&self.url), Some(&self.key), &tls)?;
+        // Port 81 of any host passes through to any controller instance, so an
+        // address names a router's host, not the controller: the certificate
+        // must then carry the controller's own name (still under the pinned CA).
+        Ok(if client.dials_address() {
+            client.with_server_name(flynn_tls::CONTROLLER_NAME)
+        } else {
+            client
+        })
     }
 }
 
@@ -607,7 +616,17 @@ async fn cluster(c: &ClusterCmd) -> Result<i32> {
             tls_pin,
         } => {
             if !url.starts_with("http://") && !url.starts_with("https://") {
-                bail!("the URL must start with http:// (as the bootstrap prints it)");
+                bail!("the URL must start with https:// (as the bootstrap prints it)");
+            }
+            if url.starts_with("https://")
+                && tls_pin.is_none()
+                && !flynn_client::TlsOptions::from_env().is_set()
+            {
+                bail!(
+                    "an https:// controller is verified against the cluster's CA: give its pin, \
+                     flynn cluster add -p PIN {name} {url} KEY (the bootstrap's last line has it; \
+                     `flynn-host tls pin` on a host prints it)"
+                );
             }
             let entry = RcCluster {
                 name: name.clone(),

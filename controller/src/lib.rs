@@ -24,6 +24,7 @@ pub mod logs;
 mod pin;
 mod proxy;
 pub mod routes;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +58,17 @@ pub struct ControllerArgs {
     /// app's meta `deploy_timeout` or a request's `?timeout=` override it).
     #[arg(long, default_value_t = api::DEFAULT_DEPLOY_TIMEOUT)]
     pub deploy_timeout: u64,
+    /// The controller's certificate chain (PEM text), of the cluster's CA: with
+    /// it, connections off loopback are HTTPS only. The bootstrap issues it.
+    #[arg(long, env = "FLYNN_CONTROLLER_TLS_CERT", hide_env_values = true)]
+    pub tls_cert: Option<String>,
+    /// Its key (PEM text).
+    #[arg(long, env = "FLYNN_CONTROLLER_TLS_KEY", hide_env_values = true)]
+    pub tls_key: Option<String>,
+    /// The host's agent (with --token), which re-issues the certificate from
+    /// the cluster's CA two thirds into its life.
+    #[arg(long, env = "FLYNN_HOST")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +81,8 @@ pub enum ControllerError {
     },
     #[error("the controller key must be at least 16 characters")]
     WeakKey,
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
 }
 
 /// Serves until the process is stopped (etcd that is away is waited for).
@@ -76,6 +90,17 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     if args.key.len() < 16 {
         return Err(ControllerError::WeakKey);
     }
+    let agent = match (&args.agent, &args.token) {
+        (Some(a), Some(t)) => match flynn_client::Client::from_options(Some(a), Some(t)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "the agent given: the certificate will not be renewed");
+                None
+            }
+        },
+        _ => None,
+    };
+    let acceptor = tls::from_args(args.tls_cert.as_deref(), args.tls_key.as_deref(), agent)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| ControllerError::Listen {
@@ -90,9 +115,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    tracing::info!(listen = %args.listen, "controller serving");
-    let mut controller =
-        Controller::new(etcd, args.key, args.domain).with_cluster(args.token, args.deploy_timeout);
+    tracing::info!(listen = %args.listen, https = acceptor.is_some(), "controller serving");
+    // The aggregators' TLS is verified as the agents' is: the cluster's pin
+    // (FLYNN_TLS_PIN, set by the bootstrap) or a CA file.
+    let mut controller = Controller::new(etcd, args.key, args.domain)
+        .with_cluster(args.token, args.deploy_timeout)
+        .with_tls(acceptor)
+        .with_logs_trust(flynn_client::TlsOptions::from_env());
     controller.logagg_token = args.logagg_token;
     let c = Arc::new(controller);
     c.resume_deploys().await;

@@ -9,16 +9,20 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use discovery::Etcd;
+use flynn_client::TlsOptions;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio_rustls::rustls::ClientConfig;
 
 /// How long an aggregator has to answer before the next one is asked.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -117,8 +121,9 @@ impl Query {
     }
 }
 
-/// The HTTP addresses of the aggregator instances, in discovery's order.
-async fn instances(etcd: &Etcd) -> Result<Vec<String>, LogError> {
+/// The HTTP addresses of the aggregator instances, in discovery's order, and
+/// whether each serves TLS.
+async fn instances(etcd: &Etcd) -> Result<Vec<(SocketAddr, bool)>, LogError> {
     let state = discovery::services::list(etcd, logagg::SERVICE)
         .await
         .map_err(|e| LogError::Unavailable(e.to_string()))?;
@@ -127,23 +132,28 @@ async fn instances(etcd: &Etcd) -> Result<Vec<String>, LogError> {
         .iter()
         .filter_map(|i| {
             let port: u16 = i.meta.get(logagg::META_HTTP)?.parse().ok()?;
-            Some(std::net::SocketAddr::new(i.addr.ip(), port).to_string())
+            Some((
+                SocketAddr::new(i.addr.ip(), port),
+                logagg::tls::instance_tls(&i.meta),
+            ))
         })
         .collect())
 }
 
-/// A 200 answer's body from `addr`.
-async fn ask(addr: &str, path: &str, token: Option<&str>) -> Result<hyper::body::Incoming, String> {
+/// A 200 answer's body from `addr` (over TLS verified by `tls` when given).
+async fn ask(
+    addr: SocketAddr,
+    tls: Option<Arc<ClientConfig>>,
+    path: &str,
+    token: Option<&str>,
+) -> Result<hyper::body::Incoming, String> {
     let go = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
+        let stream = logagg::tls::connect(addr, tls, ASK_TIMEOUT).await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let mut req = Request::get(path).header("host", addr);
+        let mut req = Request::get(path).header("host", addr.to_string());
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -164,6 +174,7 @@ async fn ask(addr: &str, path: &str, token: Option<&str>) -> Result<hyper::body:
 /// The first instance that answers.
 async fn first_answer(
     etcd: &Etcd,
+    trust: &TlsOptions,
     path: &str,
     token: Option<&str>,
 ) -> Result<hyper::body::Incoming, LogError> {
@@ -172,8 +183,19 @@ async fn first_answer(
         return Err(LogError::Unavailable("none is registered".into()));
     }
     let mut why = Vec::new();
-    for a in &addrs {
-        match ask(a, path, token).await {
+    for (a, tls) in &addrs {
+        let config = if *tls {
+            match trust.client_config() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    why.push(format!("{a}: {e:#}"));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        match ask(*a, config, path, token).await {
             Ok(body) => return Ok(body),
             Err(e) => {
                 tracing::warn!(aggregator = %a, error = %e, "a log aggregator did not answer");
@@ -196,11 +218,12 @@ pub type Body = BoxBody<Bytes, Infallible>;
 pub async fn serve(
     etcd: Etcd,
     token: Option<String>,
+    trust: TlsOptions,
     app: &str,
     query: Option<&str>,
 ) -> Result<Response<Body>, LogError> {
     let q = parse_query(query)?;
-    let first = first_answer(&etcd, &q.path(app, None), token.as_deref()).await?;
+    let first = first_answer(&etcd, &trust, &q.path(app, None), token.as_deref()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let app = app.to_string();
     tokio::spawn(async move {
@@ -215,7 +238,13 @@ pub async fn serve(
                 if tx.is_closed() {
                     return;
                 }
-                match first_answer(&etcd, &q.path(&app, Some(REFILL_LINES)), token.as_deref()).await
+                match first_answer(
+                    &etcd,
+                    &trust,
+                    &q.path(&app, Some(REFILL_LINES)),
+                    token.as_deref(),
+                )
+                .await
                 {
                     Ok(b) => {
                         body = b;

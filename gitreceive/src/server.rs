@@ -212,7 +212,7 @@ impl Server {
             .map(|ip| ip.to_string())
             .unwrap_or_else(|| "127.0.0.1".to_string());
         let port = local.map(|l| l.port()).unwrap_or(PORT);
-        let env = vec![
+        let mut env = vec![
             ("FLYNN_APP".to_string(), app.clone()),
             (
                 "FLYNN_GITRECEIVE_DATA".to_string(),
@@ -235,6 +235,13 @@ impl Server {
                 self.args.image.clone(),
             ),
         ];
+        // The hook reaches the controller over HTTPS, verified by the cluster's
+        // pin (the CGI's environment is cleared: pass it on).
+        for name in [flynn_client::TLS_PIN_ENV, flynn_client::TLS_CA_ENV] {
+            if let Ok(v) = std::env::var(name) {
+                env.push((name.to_string(), v));
+            }
+        }
         let repos = self.store.repos();
         let cgi = crate::cgi::Cgi {
             backend: &self.args.git_http_backend,

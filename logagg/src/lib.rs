@@ -13,6 +13,12 @@
 //! wants `Authorization: Bearer TOKEN`: the shippers (agents) hold no aggregator
 //! token, and cursors carry job ids and numbers, never a line.
 //!
+//! With `--tls-dir` (the platform directory the agent gives host-network jobs,
+//! `FLYNN_TLS_DIR`) both ports are TLS only, with the host's certificate, and a
+//! peer is verified against the CA file of that directory (`tls.rs`); the
+//! instance says so in discovery ([`META_TLS`]) and shippers and readers verify
+//! it against the cluster's CA.
+//!
 //! With `--etcd`, an instance registers itself in discovery (service
 //! [`SERVICE`], its syslog address, the HTTP port in the metadata [`META_HTTP`]) on a
 //! lease of its own, and without `--peer` fills itself from another instance it
@@ -20,6 +26,7 @@
 
 pub mod buffer;
 pub mod message;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,14 +39,17 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpListener;
 use tokio::sync::broadcast;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ClientConfig;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use buffer::{Buffers, Filter};
 pub use message::LogLine;
+pub use tls::META_TLS;
 
 /// The discovery service the instances register as (and shippers follow).
 pub const SERVICE: &str = "flynn-logaggregator";
@@ -62,6 +72,12 @@ pub enum AggError {
     Peer { peer: String, reason: String },
     #[error("the HTTP server's task ended: {0}")]
     Serving(String),
+    #[error("TLS from {dir}: {source}")]
+    Tls {
+        dir: String,
+        #[source]
+        source: flynn_tls::TlsError,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -72,7 +88,8 @@ pub struct AggArgs {
     /// Where the HTTP API is served.
     #[arg(long, default_value = "0.0.0.0:5141")]
     pub http: SocketAddr,
-    /// Another instance to fill the buffers from at start (http://HOST:PORT).
+    /// Another instance to fill the buffers from at start (http://HOST:PORT, or
+    /// https://ADDRESS:PORT, verified against the CA of --tls-dir).
     #[arg(long)]
     pub peer: Option<String>,
     /// Lines kept per app.
@@ -90,11 +107,19 @@ pub struct AggArgs {
     /// is not 0.0.0.0; with neither, this process does not register itself).
     #[arg(long)]
     pub advertise: Option<std::net::IpAddr>,
+    /// Serve both ports over TLS only, with the certificate of this directory
+    /// (`cert.pem`, `key.pem`, re-read every minute; `ca.pem` verifies peers).
+    #[arg(long, env = "FLYNN_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 pub struct Aggregator {
     pub buffers: Buffers,
     token: Option<String>,
+    /// Both ports' TLS, when served.
+    tls: Option<TlsAcceptor>,
+    /// What a peer's TLS is verified against.
+    peer_tls: Option<Arc<ClientConfig>>,
 }
 
 impl Aggregator {
@@ -102,7 +127,40 @@ impl Aggregator {
         Arc::new(Aggregator {
             buffers: Buffers::new(lines_per_app),
             token,
+            tls: None,
+            peer_tls: None,
         })
+    }
+
+    /// As [`Aggregator::new`], serving TLS with `acceptor` and verifying peers
+    /// with `peers`.
+    pub fn with_tls(
+        lines_per_app: usize,
+        token: Option<String>,
+        acceptor: TlsAcceptor,
+        peers: Arc<ClientConfig>,
+    ) -> Arc<Aggregator> {
+        Arc::new(Aggregator {
+            buffers: Buffers::new(lines_per_app),
+            token,
+            tls: Some(acceptor),
+            peer_tls: Some(peers),
+        })
+    }
+
+    /// The accepted connection, after the TLS handshake when TLS is served.
+    async fn accepted(&self, s: tokio::net::TcpStream) -> Result<tls::Conn, String> {
+        let _ = s.set_nodelay(true);
+        match &self.tls {
+            None => Ok(Box::new(s)),
+            Some(acceptor) => {
+                match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(s)).await {
+                    Ok(Ok(s)) => Ok(Box::new(s)),
+                    Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                    Err(_) => Err("TLS handshake timed out".into()),
+                }
+            }
+        }
     }
 
     /// Takes lines from shippers until the task is dropped.
@@ -112,6 +170,13 @@ impl Aggregator {
                 Ok((s, from)) => {
                     let agg = self.clone();
                     tokio::spawn(async move {
+                        let s = match agg.accepted(s).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(%from, error = %e, "refusing a shipper");
+                                return;
+                            }
+                        };
                         if let Err(e) = agg.ingest(s).await {
                             tracing::warn!(%from, error = %e, "closing a shipper's connection");
                         }
@@ -125,7 +190,7 @@ impl Aggregator {
         }
     }
 
-    async fn ingest(&self, mut s: TcpStream) -> Result<(), String> {
+    async fn ingest(&self, mut s: impl AsyncRead + Unpin) -> Result<(), String> {
         let mut buf = Vec::with_capacity(16 * 1024);
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
@@ -162,15 +227,30 @@ impl Aggregator {
             peer: peer.to_string(),
             reason,
         };
-        let authority = peer
-            .strip_prefix("http://")
-            .ok_or_else(|| err("give http://HOST:PORT".into()))?
-            .trim_end_matches('/')
-            .to_string();
-        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&authority))
+        let (https, rest) = match peer.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                peer.strip_prefix("http://")
+                    .ok_or_else(|| err("give http://HOST:PORT or https://ADDRESS:PORT".into()))?,
+            ),
+        };
+        let authority = rest.trim_end_matches('/').to_string();
+        let addr: SocketAddr = tokio::net::lookup_host(&authority)
             .await
-            .map_err(|_| err("connect timed out".into()))?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.to_string()))?
+            .next()
+            .ok_or_else(|| err("no address".into()))?;
+        let tls = match (https, &self.peer_tls) {
+            (false, _) => None,
+            (true, Some(config)) => Some(config.clone()),
+            (true, None) => {
+                return Err(err("an https:// peer needs --tls-dir (its ca.pem)".into()));
+            }
+        };
+        let stream = tls::connect(addr, tls, Duration::from_secs(5))
+            .await
+            .map_err(err)?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| err(e.to_string()))?;
@@ -219,6 +299,13 @@ impl Aggregator {
             };
             let agg = self.clone();
             tokio::spawn(async move {
+                let s = match agg.accepted(s).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "refusing an HTTP client");
+                        return;
+                    }
+                };
                 let svc = hyper::service::service_fn(move |req| {
                     let agg = agg.clone();
                     async move { Ok::<_, Infallible>(agg.route(req)) }
@@ -371,7 +458,21 @@ const FILL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `flynn-host logaggregator`: serves until the process is stopped.
 pub async fn run(args: AggArgs) -> Result<(), AggError> {
-    let agg = Aggregator::new(args.lines_per_app, args.token.clone());
+    let agg = match &args.tls_dir {
+        Some(dir) => {
+            let err = |source| AggError::Tls {
+                dir: dir.display().to_string(),
+                source,
+            };
+            Aggregator::with_tls(
+                args.lines_per_app,
+                args.token.clone(),
+                tls::acceptor(dir).map_err(err)?,
+                tls::client_config(&dir.join("ca.pem")).map_err(err)?,
+            )
+        }
+        None => Aggregator::new(args.lines_per_app, args.token.clone()),
+    };
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -425,6 +526,11 @@ pub async fn run(args: AggArgs) -> Result<(), AggError> {
             job_id: std::env::var("FLYNN_JOB_ID").ok(),
             meta: [(META_HTTP.to_string(), args.http.port().to_string())]
                 .into_iter()
+                .chain(
+                    args.tls_dir
+                        .is_some()
+                        .then(|| (META_TLS.to_string(), "1".to_string())),
+                )
                 .collect(),
             registered_at: chrono::Utc::now(),
         };
@@ -462,8 +568,13 @@ async fn discovered_peers(etcd: &discovery::Etcd, me: Option<&str>) -> Vec<Strin
             .filter(|i| Some(i.id.as_str()) != me)
             .filter_map(|i| {
                 let port = i.meta.get(META_HTTP)?;
+                let scheme = if tls::instance_tls(&i.meta) {
+                    "https"
+                } else {
+                    "http"
+                };
                 Some(format!(
-                    "http://{}",
+                    "{scheme}://{}",
                     SocketAddr::new(i.addr.ip(), port.parse().ok()?)
                 ))
             })

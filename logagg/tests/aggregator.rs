@@ -1,6 +1,6 @@
 //! Two aggregators on 127.0.0.1: lines shipped over TCP, read and followed over HTTP,
 //! resent lines kept once, bad frames refused without harm, and a new instance that
-//! fills itself from its peer.
+//! fills itself from its peer; with TLS, only verified TLS on both ports.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -169,4 +169,117 @@ async fn ships_reads_follows_and_fills_a_new_instance() {
     assert_eq!(n, 6);
     assert_eq!(agg2.buffers.apps(), [("demo".to_string(), 6)]);
     assert!(agg2.fill_from("http://127.0.0.1:1").await.is_err());
+}
+
+/// A directory as the agent gives platform jobs: `cert.pem` (for 127.0.0.1,
+/// then the CA), `key.pem`, `ca.pem`.
+fn tls_dir(ca: &flynn_tls::Ca) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = ca
+        .issue(
+            "aggregator",
+            &["127.0.0.1".to_string()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.chain_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.key_pem).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+    dir
+}
+
+/// Reads an NDJSON answer to `GET path` over `stream` (plain or TLS).
+async fn get_over(stream: logagg::tls::Conn, path: &str) -> Result<Vec<String>, String> {
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "127.0.0.1")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+#[tokio::test]
+async fn with_tls_both_ports_take_only_verified_tls_and_peers_fill_over_it() {
+    let ca = flynn_tls::Ca::generate("logagg test").unwrap();
+    let dir = tls_dir(&ca);
+    let agg = Aggregator::with_tls(
+        1000,
+        None,
+        logagg::tls::acceptor(dir.path()).unwrap(),
+        logagg::tls::client_config(&dir.path().join("ca.pem")).unwrap(),
+    );
+    let syslog = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (s, h) = (syslog.local_addr().unwrap(), http.local_addr().unwrap());
+    tokio::spawn(agg.clone().serve_syslog(syslog));
+    tokio::spawn(agg.clone().serve_http(http));
+    let trust = logagg::tls::client_config(&dir.path().join("ca.pem")).unwrap();
+    let timeout = Duration::from_secs(10);
+
+    // Shipped over TLS verified against the CA: taken.
+    let mut ship = logagg::tls::connect(s, Some(trust.clone()), timeout)
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        ship.write_all(&line("j1", "web", i, &format!("over tls {i}")).frame())
+            .await
+            .unwrap();
+    }
+    ship.flush().await.unwrap();
+    // Sent in plain TCP: the handshake fails, nothing is taken.
+    let mut plain = TcpStream::connect(s).await.unwrap();
+    plain
+        .write_all(&line("j2", "web", 1, "in clear").frame())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(timeout, plain.read_to_end(&mut rest)).await;
+
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let conn = logagg::tls::connect(h, Some(trust.clone()), timeout)
+            .await
+            .unwrap();
+        got = msgs(&get_over(conn, "/logs/demo?lines=100").await.unwrap());
+        if got.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, ["over tls 1", "over tls 2", "over tls 3"]);
+
+    // A reader trusting another CA is refused, as is one speaking plain HTTP.
+    let other = flynn_tls::Ca::generate("another").unwrap();
+    let other_dir = tls_dir(&other);
+    let wrong = logagg::tls::client_config(&other_dir.path().join("ca.pem")).unwrap();
+    let err = match logagg::tls::connect(h, Some(wrong), timeout).await {
+        Ok(_) => panic!("verified under another CA"),
+        Err(e) => e,
+    };
+    println!("another CA: {err}");
+    assert!(err.contains("TLS with the log aggregator"), "{err}");
+    let plain = logagg::tls::connect(h, None, timeout).await.unwrap();
+    assert!(get_over(plain, "/logs/demo").await.is_err());
+
+    // A new instance fills itself from this one over TLS.
+    let peer = Aggregator::with_tls(
+        1000,
+        None,
+        logagg::tls::acceptor(dir.path()).unwrap(),
+        logagg::tls::client_config(&dir.path().join("ca.pem")).unwrap(),
+    );
+    let n = peer.fill_from(&format!("https://{h}")).await.unwrap();
+    assert_eq!(n, 3);
 }

@@ -96,10 +96,13 @@ impl Env {
         }
     }
 
-    fn add_clusters(&self, key: &str) {
+    /// Every node's router as a cluster of the CLI, over HTTPS verified by the
+    /// cluster's pin (the one the bootstrap's line gives).
+    fn add_clusters(&self, key: &str, pin: &str) {
         for (i, node) in self.c.nodes.iter().enumerate() {
-            let url = format!("http://{}:81", node.address);
-            let out = self.flynn(&["cluster", "add", &format!("node{}", i + 1), &url, key]);
+            let url = format!("https://{}:81", node.address);
+            let name = format!("node{}", i + 1);
+            let out = self.flynn(&["cluster", "add", "-p", pin, &name, &url, key]);
             assert!(out.status.success(), "{}", text(&out));
         }
     }
@@ -191,17 +194,20 @@ impl Env {
     }
 }
 
-/// The `flynn cluster add default URL KEY` line's key, from a console.
-fn controller_key(console: &str) -> String {
+/// The `flynn cluster add -p PIN default URL KEY` line's key and pin, from a
+/// console.
+fn controller_key(console: &str) -> (String, String) {
     let at = console
-        .rfind("flynn cluster add default ")
+        .rfind("flynn cluster add -p ")
         .unwrap_or_else(|| panic!("no `flynn cluster add` line on the console:\n{console}"));
-    console[at..]
+    let words: Vec<&str> = console[at..]
         .lines()
         .next()
-        .and_then(|l| l.split_whitespace().nth(5))
-        .unwrap()
-        .to_string()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert!(words.len() >= 8, "not the line expected: {words:?}");
+    (words[7].to_string(), words[4].to_string())
 }
 
 #[test]
@@ -236,7 +242,7 @@ fn three_appliances_bootstrap_survive_a_killed_vm_and_a_full_restart() {
         "BENCH cluster bootstrapped (Layer 0 + Layer 1) {:.1} s after the VMs started",
         t0.elapsed().as_secs_f64()
     );
-    let key = controller_key(&console);
+    let (key, pin) = controller_key(&console);
     let hosts = eventually("3 hosts in the cluster", SERVE, || {
         let h = env.hosts(1)?;
         if h.len() == 3 {
@@ -246,7 +252,7 @@ fn three_appliances_bootstrap_survive_a_killed_vm_and_a_full_restart() {
         }
     });
     eprintln!("hosts: {hosts:?}");
-    env.add_clusters(&key);
+    env.add_clusters(&key, &pin);
     env.all_serve(&all, SERVE);
 
     // 2. SIGKILL node3's QEMU: the others keep serving.
@@ -367,8 +373,8 @@ fn one_appliance_baseline_bootstrap_kill_and_restart() {
         "BENCH 1 VM bootstrapped (Layer 0 + Layer 1) {:.1} s after the VM started",
         t0.elapsed().as_secs_f64()
     );
-    let key = controller_key(&console);
-    env.add_clusters(&key);
+    let (key, pin) = controller_key(&console);
+    env.add_clusters(&key, &pin);
     env.all_serve(&[0], SERVE);
 
     env.c.kill(0).unwrap();

@@ -53,6 +53,14 @@ pub struct RouterArgs {
     /// [default: a random key of this process: cookies work with this router only].
     #[arg(long, env = "FLYNN_ROUTER_KEY", hide_env_values = true)]
     pub sticky_key: Option<String>,
+    /// The host's agent, which re-issues the default certificate from the
+    /// cluster's CA two thirds into its life (`renew.rs`); without it (or the
+    /// token) the certificate is not renewed.
+    #[arg(long, env = "FLYNN_HOST")]
+    pub agent: Option<String>,
+    /// The agent's token.
+    #[arg(long, env = "FLYNN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +83,8 @@ pub enum ServiceError {
     },
     #[error("the cluster certificate: {0}")]
     Cert(#[from] crate::tls::TlsError),
+    #[error("the agent that renews the certificate (--agent, FLYNN_HOST): {0}")]
+    Agent(String),
 }
 
 fn parse_key(hex: &str) -> Result<Vec<u8>, ServiceError> {
@@ -126,6 +136,34 @@ pub async fn run(args: RouterArgs) -> Result<(), ServiceError> {
             router
                 .certs
                 .set_default(Some(crate::tls::load_pair(&c, &k)?));
+            if let (Some(agent), Some(token)) = (&args.agent, &args.token) {
+                let client = std::sync::Arc::new(
+                    flynn_client::Client::from_options(Some(agent), Some(token))
+                        .map_err(|e| ServiceError::Agent(format!("{e:#}")))?,
+                );
+                // Renewed through the host's agent, from the cluster's CA: the
+                // host certificate the agent rotates names the host, not the
+                // domain, and the CA's key is no job's to hold.
+                let certs = router.certs.clone();
+                tokio::spawn(async move {
+                    flynn_tls::renew_through(
+                        "the routers' default certificate",
+                        String::from_utf8_lossy(&c).into_owned(),
+                        String::from_utf8_lossy(&k).into_owned(),
+                        move |names, life| {
+                            let client = client.clone();
+                            async move { client.issue_certificate(&names, life, "flynn router").await }
+                        },
+                        move |chain, key| {
+                            let pair = crate::tls::load_pair(chain.as_bytes(), key.as_bytes())
+                                .map_err(|e| e.to_string())?;
+                            certs.set_default(Some(pair));
+                            Ok(())
+                        },
+                    )
+                    .await
+                });
+            }
         }
         (None, None) => {}
         _ => return Err(ServiceError::HalfPair),

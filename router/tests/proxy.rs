@@ -598,6 +598,8 @@ async fn the_router_process_serves_from_every_worker() {
         etcd: vec![etcd_proc.url.clone()],
         threads: Some(3),
         sticky_key: Some("ab".repeat(32)),
+        agent: None,
+        token: None,
     };
     tokio::spawn(router::service::run(args));
     let etcd = loop {
@@ -650,6 +652,8 @@ async fn the_router_process_serves_from_every_worker() {
         etcd: vec![etcd_proc.url.clone()],
         threads: Some(1),
         sticky_key: Some("xyz".into()),
+        agent: None,
+        token: None,
     };
     let err = router::service::run(bad).await.unwrap_err();
     assert!(err.to_string().contains("64 hex digits"), "{err}");
@@ -757,4 +761,149 @@ async fn https_serves_each_route_its_certificate_and_the_cluster_one_otherwise()
             .await
             .unwrap();
     assert!(!err.is_empty());
+}
+
+/// A stand-in for the host's agent: `POST /cluster/tls/issue` answered from
+/// `ca`, as the agent answers from the cluster's CA. Counts the certificates.
+async fn fake_agent(ca: flynn_tls::Ca) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = issued.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let (ca, count) = (ca.clone(), count.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (ca, count) = (ca.clone(), count.clone());
+                    async move {
+                        assert_eq!(req.uri().path(), "/cluster/tls/issue");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let ask: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let names: Vec<String> =
+                            serde_json::from_value(ask["names"].clone()).unwrap();
+                        let life = Duration::from_secs(ask["lifetime_secs"].as_u64().unwrap());
+                        let cert = ca.issue("renewed", &names, life).unwrap();
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = serde_json::json!({
+                            "chain": cert.chain_pem,
+                            "key": cert.key_pem,
+                            "not_after": chrono::DateTime::<chrono::Utc>::from(cert.not_after),
+                        });
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            answer.to_string(),
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, issued)
+}
+
+/// The certificate (DER) the router presents for `name`, verified against `ca`
+/// at this moment: an error when it does not verify (expired, another CA).
+async fn presented(port: u16, name: &str, ca: &str) -> Result<Vec<u8>, String> {
+    let trust = flynn_tls::Trust::from_ca_pem(ca).unwrap();
+    let config = flynn_tls::client_config(&trust).unwrap();
+    let stream = TcpStream::connect((LOCAL, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(server, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, conn) = tls.get_ref();
+    Ok(conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_default_certificate_is_renewed_through_the_agent_without_a_restart() {
+    let etcd_proc = discovery::testing::TestEtcd::start()
+        .expect("etcd (Debian's etcd-server): scripts/deps.sh");
+    let ca = flynn_tls::Ca::generate("renew test").unwrap();
+    // A short life: renewed two thirds into it (6 s), expired after 9 s.
+    let first = ca
+        .issue(
+            "first",
+            &["*.renew.local".to_string(), "renew.local".to_string()],
+            Duration::from_secs(9),
+        )
+        .unwrap();
+    let (agent, issued) = fake_agent(ca.clone()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let args = router::service::RouterArgs {
+        http,
+        tcp_bind: LOCAL,
+        https: format!("127.0.0.1:{port}"),
+        tls_cert: None,
+        tls_key: None,
+        tls_cert_pem: Some(first.chain_pem.clone()),
+        tls_key_pem: Some(first.key_pem.clone()),
+        etcd: vec![etcd_proc.url.clone()],
+        threads: Some(1),
+        sticky_key: Some("ab".repeat(32)),
+        agent: Some(format!("http://{agent}")),
+        token: Some("renew-test-token-0123456789".into()),
+    };
+    tokio::spawn(router::service::run(args));
+    let started = std::time::Instant::now();
+    let original = loop {
+        match presented(port, "a.renew.local", &ca.cert_pem).await {
+            Ok(der) => break der,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("the router's HTTPS: {e}"),
+        }
+    };
+    // Another one is presented once it is renewed, with no restart.
+    let renewed = loop {
+        let der = presented(port, "a.renew.local", &ca.cert_pem)
+            .await
+            .unwrap();
+        if der != original {
+            break der;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not renewed after a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "renewed {:.1} s after the router started (the first certificate lives 9 s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // After the first certificate's end, HTTPS still verifies: the new one.
+    let past = first
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(past + Duration::from_secs(1)).await;
+    let now = presented(port, "a.renew.local", &ca.cert_pem)
+        .await
+        .unwrap();
+    assert_eq!(now, renewed);
+    // The same names: the bare domain verifies too.
+    let bare = presented(port, "renew.local", &ca.cert_pem).await.unwrap();
+    assert_eq!(bare, renewed);
 }

@@ -17,6 +17,7 @@ mod ca;
 mod error;
 mod first;
 mod pin;
+mod renew;
 mod resolver;
 mod store;
 mod verify;
@@ -25,9 +26,32 @@ pub use ca::{Ca, HostCert, host_names};
 pub use error::TlsError;
 pub use first::{Captured, FirstContactError, capture_config, check_first_contact, proof};
 pub use pin::{Pin, pin_of_pem};
+pub use renew::renew_through;
 pub use resolver::HostCertResolver;
-pub use store::{CERT_LIFETIME_ENV, TlsDir, cert_lifetime, spawn_renewal};
+pub use store::{CERT_LIFETIME_ENV, TlsDir, cert_lifetime, parse_cert, renewal_due, spawn_renewal};
 pub use verify::{Trust, client_config, server_config};
+
+/// The name the controller's certificate carries whatever address it is reached
+/// at: the routers pass port 81 through to any controller instance, so the
+/// address a client dials names a router's host, not the controller's. A client
+/// that dials an address (not a name) verifies this name instead, against the
+/// pinned CA. It is also the controller's name in the grid's DNS.
+pub const CONTROLLER_NAME: &str = "flynn-controller.discoverd";
+
+/// Whether a connection that reached the local address `local` is served over
+/// TLS: every one but those on loopback (the host's own tools), so one listener
+/// on 0.0.0.0 serves both. Unknown is the safe side.
+pub fn serves_tls(local: Option<std::net::IpAddr>) -> bool {
+    use std::net::IpAddr;
+    match local {
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => !v4.is_loopback(),
+            None => !v6.is_loopback(),
+        },
+        Some(ip) => !ip.is_loopback(),
+        None => true,
+    }
+}
 
 /// The one crypto provider everything here uses: ring's. aws-lc's was the first
 /// choice, but its random generator seeds itself from CPU jitter once per process

@@ -32,6 +32,25 @@ impl HostCertResolver {
         })
     }
 
+    /// A certificate given as PEM (its chain, and its key): a service's own,
+    /// issued by the bootstrap.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<HostCertResolver, TlsError> {
+        Ok(HostCertResolver {
+            current: RwLock::new(certified_pem(chain_pem, key_pem)?),
+        })
+    }
+
+    /// Presents the certificate of `chain_pem` and `key_pem` from the next
+    /// handshake on (a service's renewal).
+    pub fn set_pem(&self, chain_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let new = certified_pem(chain_pem, key_pem)?;
+        match self.current.write() {
+            Ok(mut guard) => *guard = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+        Ok(())
+    }
+
     /// Presents `cert` from the next handshake on.
     pub fn set(&self, cert: &HostCert) -> Result<(), TlsError> {
         let new = certified(cert)?;

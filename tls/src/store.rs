@@ -92,6 +92,12 @@ fn write_platform(dir: &Path, ca: &Ca, host: &HostCert) -> Result<(), TlsError> 
     write(&platform.join("ca.pem"), &ca.cert_pem, false)
 }
 
+/// The validity and names of a certificate (the first in the chain) with its
+/// key, as [`Ca::issue`] gives them: `None` when the PEM is not one.
+pub fn parse_cert(chain_pem: &str, key_pem: &str) -> Option<HostCert> {
+    parse_host(chain_pem, key_pem)
+}
+
 /// The validity and names of a certificate this crate wrote (the first in the chain).
 fn parse_host(chain_pem: &str, key_pem: &str) -> Option<HostCert> {
     use x509_parser::extensions::GeneralName;
@@ -124,6 +130,11 @@ fn parse_host(chain_pem: &str, key_pem: &str) -> Option<HostCert> {
         not_before: at(cert.validity().not_before.timestamp()),
         not_after: at(cert.validity().not_after.timestamp()),
     })
+}
+
+/// Whether `cert` is two thirds into its life (or past it): time to replace it.
+pub fn renewal_due(cert: &HostCert) -> bool {
+    SystemTime::now() >= renew_at(cert)
 }
 
 /// When a certificate should be replaced: two thirds into its life.

@@ -161,6 +161,86 @@ pub fn tls_export(state: &ApiState) -> Result<Response<Body>, ApiError> {
     )
 }
 
+/// The most names one certificate of `POST /cluster/tls/issue` carries.
+const MAX_ISSUE_NAMES: usize = 32;
+/// Its shortest and longest life.
+const MIN_ISSUE_LIFETIME: u64 = 60;
+const MAX_ISSUE_LIFETIME: u64 = 365 * 24 * 3600;
+
+/// `POST /cluster/tls/issue` (with the token): a certificate from the host's CA
+/// for a platform service renewing its own (the routers' default one), so the
+/// CA's key never leaves the hosts. The token already reads that key
+/// (`GET /cluster/tls`): this gives its holder nothing more.
+pub async fn tls_issue(
+    state: &ApiState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let request: crate::model::TlsIssue = read_json(req).await?;
+    let tls = tls_of(state)?.clone();
+    if request.names.is_empty() || request.names.len() > MAX_ISSUE_NAMES {
+        return Err(ApiError::BadRequest(format!(
+            "names: give 1 to {MAX_ISSUE_NAMES} DNS names or addresses"
+        )));
+    }
+    if let Some(bad) = request.names.iter().find(|n| !issuable_name(n)) {
+        return Err(ApiError::BadRequest(format!(
+            "names: {bad:?} is not a DNS name (letters, digits, '-', '.', a leading '*.') or an IP address"
+        )));
+    }
+    if !(MIN_ISSUE_LIFETIME..=MAX_ISSUE_LIFETIME).contains(&request.lifetime_secs) {
+        return Err(ApiError::BadRequest(format!(
+            "lifetime_secs: {MIN_ISSUE_LIFETIME} to {MAX_ISSUE_LIFETIME} seconds"
+        )));
+    }
+    let common_name = request
+        .common_name
+        .clone()
+        .unwrap_or_else(|| request.names[0].clone());
+    // The document's grammar, exactly: 1 to 64 characters, no C0/C1 controls.
+    if common_name.is_empty()
+        || common_name.chars().count() > 64
+        || common_name.chars().any(|c| c.is_control())
+    {
+        return Err(ApiError::BadRequest(
+            "common_name: 1 to 64 characters, no control characters".into(),
+        ));
+    }
+    let ca = tls.dir.ca();
+    let lifetime = std::time::Duration::from_secs(request.lifetime_secs);
+    let names = request.names.clone();
+    let issued = tokio::task::spawn_blocking(move || ca.issue(&common_name, &names, lifetime))
+        .await
+        .map_err(|e| ApiError::Internal(format!("issuing a certificate: {e}")))?
+        .map_err(|e| ApiError::BadRequest(format!("issuing a certificate: {e}")))?;
+    json(
+        StatusCode::OK,
+        &crate::model::TlsIssued {
+            chain: issued.chain_pem,
+            key: issued.key_pem,
+            not_after: issued.not_after.into(),
+        },
+    )
+}
+
+/// A name a certificate may carry, as the document's pattern says: a DNS name
+/// of letters, digits and '-' (not first or last) in labels of 1 to 63, at
+/// most 253 characters with a leading `*.` (an IPv4 address is one; rcgen
+/// makes it an address).
+fn issuable_name(name: &str) -> bool {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    name.len() <= 253
+        && !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// `PUT /cluster/tls`: the bootstrap hands the host the cluster's CA.
 pub async fn tls_install(
     state: &ApiState,

@@ -148,6 +148,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/cluster/tls/ca"),
     ("GET", "/cluster/tls"),
     ("PUT", "/cluster/tls"),
+    ("POST", "/cluster/tls/issue"),
 ];
 
 /// Serves the API on TCP (every request needs the token) and on the local unix
@@ -328,6 +329,7 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["cluster", "tls", "ca"], Method::GET) => cluster::tls_ca(state, &req),
         (["cluster", "tls"], Method::GET) => cluster::tls_export(state),
         (["cluster", "tls"], Method::PUT) => cluster::tls_install(state, req).await,
+        (["cluster", "tls", "issue"], Method::POST) => cluster::tls_issue(state, req).await,
         (segments, _) => {
             let matching: Vec<&(&str, &str)> = ROUTES
                 .iter()

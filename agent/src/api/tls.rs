@@ -76,19 +76,6 @@ pub fn host_names() -> Vec<String> {
     flynn_tls::host_names(&hostname, &addrs)
 }
 
-/// Whether a connection that reached `local` is served over TLS.
-fn wants_tls(local: Option<IpAddr>) -> bool {
-    match local {
-        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => !v4.is_loopback(),
-            None => !v6.is_loopback(),
-        },
-        Some(ip) => !ip.is_loopback(),
-        // Unknown: the safe side.
-        None => true,
-    }
-}
-
 /// Serves one accepted TCP connection: TLS unless it came in on loopback.
 pub(super) fn serve_tcp(
     stream: TcpStream,
@@ -100,7 +87,7 @@ pub(super) fn serve_tcp(
     let Some(tls) = state.tls.clone() else {
         return spawn_connection(stream, peer, state, tracked, place);
     };
-    if !wants_tls(stream.local_addr().ok().map(|a| a.ip())) {
+    if !flynn_tls::serves_tls(stream.local_addr().ok().map(|a| a.ip())) {
         return spawn_connection(stream, peer, state, tracked, place);
     }
     tokio::spawn(async move {
@@ -133,19 +120,4 @@ async fn refuse_plain(mut stream: TcpStream) {
     );
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(response.as_bytes())).await;
     let _ = stream.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_is_plain_everything_else_tls() {
-        assert!(!wants_tls(Some("127.0.0.1".parse().unwrap())));
-        assert!(!wants_tls(Some("::1".parse().unwrap())));
-        assert!(!wants_tls(Some("::ffff:127.0.0.1".parse().unwrap())));
-        assert!(wants_tls(Some("10.0.2.15".parse().unwrap())));
-        assert!(wants_tls(Some("::ffff:10.0.2.15".parse().unwrap())));
-        assert!(wants_tls(None));
-    }
 }

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use discovery::{Etcd, Instance, ServiceEventKind};
 use logagg::LogLine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
+use tokio_rustls::rustls::ClientConfig;
 use tokio_stream::StreamExt;
 
 use crate::jobs::JobManager;
@@ -112,12 +112,16 @@ pub struct Shipper {
     watches: Mutex<Option<inotify::Watches>>,
     /// The instances shipped to now (a removed log is let go once all have it).
     instances: Mutex<Vec<String>>,
+    /// The cluster's CA certificate (this host's `<state>/tls/platform/ca.pem`):
+    /// an instance that says it serves TLS is verified against it.
+    tls_ca: Option<PathBuf>,
 }
 
 impl Shipper {
-    pub fn new(host_id: String, jobs: Arc<JobManager>) -> Arc<Shipper> {
+    pub fn new(host_id: String, jobs: Arc<JobManager>, tls_ca: Option<PathBuf>) -> Arc<Shipper> {
         Arc::new(Shipper {
             host_id,
+            tls_ca,
             jobs,
             logs: Mutex::new(HashMap::new()),
             changed: watch::Sender::new(0),
@@ -364,17 +368,16 @@ impl Shipper {
         cursors: &mut HashMap<String, u64>,
     ) -> Result<(), ShipError> {
         let addr = inst.addr.to_string();
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(inst.addr))
+        let tls = self.tls_for(inst).map_err(|reason| ShipError::Connect {
+            addr: addr.clone(),
+            reason,
+        })?;
+        let mut stream = logagg::tls::connect(inst.addr, tls, CONNECT_TIMEOUT)
             .await
-            .map_err(|_| ShipError::Connect {
+            .map_err(|reason| ShipError::Connect {
                 addr: addr.clone(),
-                reason: "timed out".into(),
-            })?
-            .map_err(|e| ShipError::Connect {
-                addr: addr.clone(),
-                reason: e.to_string(),
+                reason,
             })?;
-        let _ = stream.set_nodelay(true);
         if let Some(remote) = self.remote_cursors(inst).await {
             let logs: Vec<Arc<JobLog>> = lock(&self.logs).values().cloned().collect();
             cursors.clear();
@@ -498,6 +501,21 @@ impl Shipper {
         Ok((frames, at))
     }
 
+    /// The TLS an instance is reached with: none unless it says it serves TLS,
+    /// then the cluster's CA, read afresh (the bootstrap may have just installed
+    /// it; a session is long, so this is not per line).
+    fn tls_for(&self, inst: &Instance) -> Result<Option<Arc<ClientConfig>>, String> {
+        if !logagg::tls::instance_tls(&inst.meta) {
+            return Ok(None);
+        }
+        let ca = self.tls_ca.as_ref().ok_or_else(|| {
+            "the aggregator serves TLS and this host has no CA to verify it with".to_string()
+        })?;
+        logagg::tls::client_config(ca)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
     /// What the instance holds of this host's jobs (`None` when it cannot say).
     async fn remote_cursors(&self, inst: &Instance) -> Option<HashMap<String, u64>> {
         let port: u16 = inst.meta.get(logagg::META_HTTP)?.parse().ok()?;
@@ -513,14 +531,19 @@ impl Shipper {
                 }
             })
             .collect();
+        let tls = self.tls_for(inst).ok()?;
         let ask = async {
-            let mut s = TcpStream::connect(addr).await.ok()?;
+            let mut s = logagg::tls::connect(addr, tls, CONNECT_TIMEOUT)
+                .await
+                .ok()?;
             let req = format!(
                 "GET /cursors?host={host} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
             );
             s.write_all(req.as_bytes()).await.ok()?;
             let mut resp = Vec::new();
-            s.take(16 << 20).read_to_end(&mut resp).await.ok()?;
+            // Over TLS a peer that closes without close_notify ends the read with
+            // an error after the whole answer: what was read is judged below.
+            let _ = s.take(16 << 20).read_to_end(&mut resp).await;
             let text = String::from_utf8(resp).ok()?;
             let (head, body) = text.split_once("\r\n\r\n")?;
             if !head.starts_with("HTTP/1.1 200") {

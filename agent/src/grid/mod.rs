@@ -372,7 +372,8 @@ impl Grid {
         self.spawn(async move { reg.run(e, rx).await });
         let g = self.clone();
         self.spawn(async move { g.follow_jobs(events).await });
-        let shipper = logship::Shipper::new(self.host_id.clone(), self.jobs.clone());
+        let ca = boot.tls.as_ref().map(|t| t.platform_dir().join("ca.pem"));
+        let shipper = logship::Shipper::new(self.host_id.clone(), self.jobs.clone(), ca);
         let e = etcd.clone();
         self.spawn(async move { shipper.run(e, ship_events).await });
         let g = self.clone();

@@ -761,6 +761,31 @@ pub struct TlsInfo {
     pub proof: Option<String>,
 }
 
+/// `POST /cluster/tls/issue`: a certificate from the host's CA (the cluster's,
+/// once the bootstrap installed it) for a platform service that renews its own
+/// (the routers' `*.<domain>`, the controller's): good for servers and clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsIssue {
+    /// DNS names (a `*.` wildcard allowed) and IP addresses: 1 to 32.
+    pub names: Vec<String>,
+    /// Its life in seconds: 60 to 31 536 000 (a year).
+    pub lifetime_secs: u64,
+    /// The certificate's common name (default: its first name).
+    #[serde(default)]
+    pub common_name: Option<String>,
+}
+
+/// What `POST /cluster/tls/issue` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsIssued {
+    /// The certificate, then the CA's, PEM.
+    pub chain: String,
+    /// Its private key, PEM (made by the host for this certificate, kept nowhere).
+    pub key: String,
+    pub not_after: chrono::DateTime<chrono::Utc>,
+}
+
 /// `PUT /cluster/tls`: the cluster CA, handed to every host by the bootstrap;
 /// the host keeps it on its state disk and re-issues its certificate under it.
 /// `GET /cluster/tls` answers the host's CA in the same form (the bootstrap

@@ -180,9 +180,10 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
         .find(|e| e["step"] == "controller" && e["state"] == "done")
         .expect("a controller event");
     let key = controller["data"]["key"].as_str().unwrap().to_string();
+    let pin = c.host(2).ok(&["tls", "pin"]).trim().to_string();
     assert_eq!(
         controller["data"]["cluster_add"],
-        format!("flynn cluster add default http://192.0.2.1:81 {key}")
+        format!("flynn cluster add -p {pin} default https://192.0.2.1:81 {key}")
     );
     assert_layer1(&c, &key);
     let (code, events) = run_json(&c);
@@ -207,13 +208,12 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
     let human = bootstrap(&c, &[]).output().unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(human.contains("already up: nothing was started"), "{human}");
-    // The summary names the cluster CA's pin, for the hosts' APIs.
-    let pin = c.host(2).ok(&["tls", "pin"]).trim().to_string();
+    // The summary names the cluster CA's pin, for the hosts' APIs, and ends
+    // with the line that gives the CLI the controller, pin included.
     assert!(human.contains(&format!("--tls-pin {pin}")), "{human}");
-    assert!(
-        human.contains(&format!(
-            "flynn cluster add default http://192.0.2.1:81 {key}"
-        )),
+    assert_eq!(
+        human.trim_end().lines().last(),
+        Some(format!("  flynn cluster add -p {pin} default https://192.0.2.1:81 {key}").as_str()),
         "{human}"
     );
 }
@@ -224,13 +224,7 @@ fn bootstrap_builds_the_cluster_and_a_rerun_starts_nothing() {
 fn assert_layer1(c: &Cluster, key: &str) {
     let f = Flynn::new(c);
     for n in 1..=3 {
-        f.ok(&[
-            "cluster",
-            "add",
-            &format!("h{n}"),
-            &format!("http://192.0.2.{n}:81"),
-            key,
-        ]);
+        f.add_cluster(c, &format!("h{n}"), n, key);
         let apps = f.ok(&["-c", &format!("h{n}"), "apps"]);
         for app in ["controller", "router", "logaggregator"] {
             assert!(apps.contains(app), "through host {n}: {apps}");
@@ -280,13 +274,7 @@ fn assert_layer1(c: &Cluster, key: &str) {
         "{aggs}"
     );
     // A wrong key is refused with what to do.
-    f.ok(&[
-        "cluster",
-        "add",
-        "bad",
-        "http://192.0.2.2:81",
-        "not-the-key",
-    ]);
+    f.add_cluster(c, "bad", 2, "not-the-key");
     let out = f.run(&["-c", "bad", "apps"]);
     assert!(!out.status.success());
     assert!(
@@ -294,6 +282,81 @@ fn assert_layer1(c: &Cluster, key: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_controller_tls(c, &f, key);
+}
+
+/// The controller behind port 81 is HTTPS only, under the cluster's CA: another
+/// CA's pin is refused before the key is sent, with what to do; plain HTTP gets
+/// a 400 saying to use HTTPS; curl verifies it by name (`controller.<domain>`,
+/// and the name any address verifies) against the cluster's CA, and refuses it
+/// without that CA.
+fn assert_controller_tls(c: &Cluster, f: &Flynn, key: &str) {
+    // A well-formed pin of no certificate of this cluster (32 zero bytes).
+    let wrong = format!("{}=", "A".repeat(43));
+    let out = f.run(&[
+        "cluster",
+        "add",
+        "-p",
+        &wrong,
+        "wrong",
+        "https://192.0.2.1:81",
+        key,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = f.run(&["-c", "wrong", "apps"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("a wrong pin: {err}");
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not from the CA pinned") && err.contains("cluster add -p"),
+        "{err}"
+    );
+    // An https:// URL without a pin is refused at once, saying to give it.
+    let out = f.run(&["cluster", "add", "nopin", "https://192.0.2.1:81", key]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-p PIN"),
+        "{out:?}"
+    );
+    let curl = |args: &[&str]| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", c.switch))
+            .args(["--", "curl", "-sS", "-m", "15"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (_, plain) = curl(&["http://192.0.2.3:81/apps"]);
+    assert!(plain.contains("HTTPS"), "plain HTTP to 81: {plain}");
+    let ca = c.host(1).state.path().join("tls/platform/ca.pem");
+    let auth = format!("Authorization: Bearer {key}");
+    for name in ["controller.cluster.local", "flynn-controller.discoverd"] {
+        let (ok, body) = curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &format!("{name}:81:192.0.2.3"),
+            "-H",
+            &auth,
+            &format!("https://{name}:81/apps"),
+        ]);
+        assert!(ok && body.contains("controller"), "{name}: {body}");
+    }
+    let (ok, body) = curl(&[
+        "--resolve",
+        "controller.cluster.local:81:192.0.2.3",
+        "https://controller.cluster.local:81/apps",
+    ]);
+    assert!(!ok, "verified without the cluster's CA: {body}");
+    println!("curl without the cluster's CA: {body}");
 }
 
 /// Every process in a test host's namespace, killed at once: the agent, its shims

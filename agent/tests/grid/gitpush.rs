@@ -145,7 +145,7 @@ fn git_push_builds_and_deploys_apps() {
     let c = cluster();
     let key = bootstrap(&c);
     let f = Flynn::new(&c);
-    f.ok(&["cluster", "add", "default", "http://192.0.2.1:81", &key]);
+    f.add_cluster(&c, "default", 1, &key);
 
     // A Python app without dependencies.
     let py = repo(&f, &[("app.py", PY_APP), ("requirements.txt", "")]);
@@ -405,7 +405,7 @@ fn a_host_lost_during_a_build_fails_the_push_cleanly_and_the_app_keeps_serving()
     let mut c = cluster();
     let key = bootstrap(&c);
     let f = Flynn::new(&c);
-    f.ok(&["cluster", "add", "default", "http://192.0.2.1:81", &key]);
+    f.add_cluster(&c, "default", 1, &key);
     let py = repo(&f, &[("app.py", PY_APP), ("requirements.txt", "")]);
     create(&f, py.path(), "py");
     push_ok(&f, py.path());
@@ -494,13 +494,7 @@ fn a_host_lost_during_a_build_fails_the_push_cleanly_and_the_app_keeps_serving()
     // their replacements, and its release is v1's.
     let left: Vec<u8> = (1..=3).filter(|n| *n != lost).collect();
     serves_on(&c, &left, "py", "hello from python v1");
-    f.ok(&[
-        "cluster",
-        "add",
-        "alive",
-        &format!("http://192.0.2.{}:81", left[0]),
-        &key,
-    ]);
+    f.add_cluster(&c, "alive", left[0], &key);
     let rel: serde_json::Value =
         serde_json::from_str(&f.ok(&["-c", "alive", "-a", "py", "release", "show"])).unwrap();
     assert_eq!(rel["meta"]["buildpack"], "10-python", "{rel}");

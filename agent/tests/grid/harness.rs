@@ -886,6 +886,25 @@ impl Flynn {
         self.dir.path().join("flynn")
     }
 
+    /// `flynn cluster add -p PIN NAME https://192.0.2.HOST:81 KEY`, the line the
+    /// bootstrap prints (the controller through that host's router, verified by
+    /// the cluster's pin: of host 1's CA file, read from its state directory so
+    /// that a lost host 1 still gives it).
+    pub fn add_cluster(&self, c: &Cluster, name: &str, host: u8, key: &str) -> String {
+        let ca = std::fs::read_to_string(c.host(1).state.path().join("tls/platform/ca.pem"))
+            .expect("host 1's CA file");
+        let pin = flynn_tls::pin_of_pem(&ca).expect("a CA").to_string();
+        self.ok(&[
+            "cluster",
+            "add",
+            "-p",
+            &pin,
+            name,
+            &format!("https://192.0.2.{host}:81"),
+            key,
+        ])
+    }
+
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(

@@ -4,6 +4,9 @@
 //! none (it fills from its peer, the shippers resume), a job does not wait for an
 //! aggregator that is down, a job that ended and was removed is shipped all the same,
 //! and `flynn log -f` through a controller shows lines of jobs on both hosts.
+//! Both aggregator ports are TLS (each host's certificate, under one CA as a
+//! bootstrap leaves them): the shippers and the controller verify it, and a
+//! client without the CA, with another CA, or speaking plain TCP gets nothing.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +26,8 @@ struct Agg {
     ip: String,
     child: Option<Child>,
     log: std::path::PathBuf,
+    /// The host's platform TLS directory: its certificate, and the CA.
+    tls: std::path::PathBuf,
 }
 
 impl Agg {
@@ -32,6 +37,7 @@ impl Agg {
             ip: h.ip.clone(),
             child: None,
             log: h.state.path().join("logagg.log"),
+            tls: h.state.path().join("tls/platform"),
         };
         a.spawn();
         a
@@ -49,6 +55,8 @@ impl Agg {
             .args(["--syslog", &format!("{}:5140", self.ip)])
             .args(["--http", &format!("{}:5141", self.ip)])
             .args(["--etcd", &format!("http://{ETCD_IP}:2379")])
+            .arg("--tls-dir")
+            .arg(&self.tls)
             .env("FLYNN_TOKEN", TOKEN)
             .env("FLYNN_LOG", "info")
             .stdout(log.try_clone().unwrap())
@@ -75,20 +83,37 @@ impl Agg {
         }
     }
 
-    /// The messages of `job` this aggregator holds, in its order.
-    fn msgs(&self, job: &str) -> Vec<String> {
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
+    /// curl to this aggregator's HTTP API over HTTPS, trusting `ca` (none:
+    /// curl's own roots): whether it succeeded, and its output.
+    fn curl(&self, ca: Option<&std::path::Path>, path: &str) -> (bool, String) {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
             .args(["--", "curl", "-sS", "--max-time", "5"])
-            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-            .arg(format!(
-                "http://{}:5141/logs/demo?lines=100000&job={job}",
-                self.ip
-            ))
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+        if let Some(ca) = ca {
+            cmd.arg("--cacert").arg(ca);
+        }
+        let out = cmd
+            .arg(format!("https://{}:5141{path}", self.ip))
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// The messages of `job` this aggregator holds, in its order.
+    fn msgs(&self, job: &str) -> Vec<String> {
+        let (_, out) = self.curl(
+            Some(&self.tls.join("ca.pem")),
+            &format!("/logs/demo?lines=100000&job={job}"),
+        );
+        out.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .map(|v| v["msg"].as_str().unwrap_or("").to_string())
             .collect()
@@ -139,6 +164,11 @@ fn job_lines_reach_every_aggregator_through_a_restart_and_flynn_log() {
     for h in &c.hosts {
         h.import("busybox-docker.tar");
     }
+    // One CA for both hosts, as the bootstrap's `tls` step leaves them.
+    let (code, ca) = c.host(1).api("GET", "/cluster/tls", None);
+    assert_eq!(code, 200, "{ca}");
+    let (code, info) = c.host(2).api("PUT", "/cluster/tls", Some(&ca));
+    assert_eq!(code, 200, "{info}");
     let a1 = Agg::start(c.host(1));
     let mut a2 = Agg::start(c.host(2));
 
@@ -167,6 +197,65 @@ fn job_lines_reach_every_aggregator_through_a_restart_and_flynn_log() {
                 .iter()
                 .all(|a| a.msgs(&web).len() >= 20 && a.msgs(&worker).len() >= 20)
         },
+    );
+
+    // Those lines came over TLS: the aggregators take nothing else. A client
+    // without the cluster's CA, or with another CA, is refused the API; a line
+    // sent in plain TCP to the shippers' port is never taken.
+    let (ok, out) = a2.curl(None, "/health");
+    println!("the aggregator's API without the cluster's CA: {out}");
+    assert!(!ok, "{out}");
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = other.path().join("ca.pem");
+    crate::harness::sh(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        other.path().join("ca.key").to_str().unwrap(),
+        "-out",
+        other_ca.to_str().unwrap(),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=another CA",
+    ]);
+    let (ok, out) = a2.curl(Some(&other_ca), "/health");
+    println!("the aggregator's API with another CA: {out}");
+    assert!(!ok, "{out}");
+    let (ok, out) = a2.curl(Some(&a2.tls.join("ca.pem")), "/health");
+    assert!(ok, "with the cluster's CA: {out}");
+    let plain_line = logagg::LogLine {
+        app: "demo".into(),
+        process_type: "plain".into(),
+        job_id: "sent-in-clear".into(),
+        host_id: "nobody".into(),
+        stream: "stdout".into(),
+        time: chrono::Utc::now(),
+        seq: 1,
+        msg: "sent in clear".into(),
+    };
+    let frame = String::from_utf8(plain_line.frame()).unwrap();
+    let sent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", c.host(1).netns))
+        .args(["--", "bash", "-c"])
+        .arg(format!(
+            "exec 3<>/dev/tcp/{}/5140 && printf '%s' \"$0\" >&3 && sleep 1",
+            a2.ip
+        ))
+        .arg(&frame)
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        a2.msgs("sent-in-clear").is_empty(),
+        "a plain line was taken"
     );
 
     // One aggregator goes away: the jobs go on writing, the other keeps getting lines.
@@ -205,14 +294,10 @@ fn job_lines_reach_every_aggregator_through_a_restart_and_flynn_log() {
         // The job's id is in the aggregators' lines; find it through its type.
         let mut id = String::new();
         wait_for("the quick job's lines", Duration::from_secs(30), || {
-            let out = Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", c.host(1).netns))
-                .args(["--", "curl", "-sS", "--max-time", "5"])
-                .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-                .arg("http://192.0.2.1:5141/logs/demo?lines=100&type=once")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (_, text) = a1.curl(
+                Some(&a1.tls.join("ca.pem")),
+                "/logs/demo?lines=100&type=once",
+            );
             if let Some(v) = text
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -257,6 +342,8 @@ fn job_lines_reach_every_aggregator_through_a_restart_and_flynn_log() {
         .args(["--etcd", &format!("http://{ETCD_IP}:2379")])
         .env("FLYNN_CONTROLLER_KEY", KEY)
         .env("FLYNN_LOGAGG_TOKEN", TOKEN)
+        // The aggregators are verified against the hosts' CA.
+        .env("FLYNN_TLS_CA", a1.tls.join("ca.pem"))
         .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
         .spawn()
         .unwrap();

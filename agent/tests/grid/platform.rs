@@ -65,6 +65,19 @@ fn curl_in(switch: &str, args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// curl to the controller through host `n`'s router (port 81), over HTTPS
+/// verified against the cluster's CA for the controller's name.
+fn curl_controller(c: &Cluster, n: u8, args: &[&str], path: &str) -> (u16, String) {
+    let ca = c.host(1).state.path().join("tls/platform/ca.pem");
+    let name = "controller.cluster.local";
+    let resolve = format!("{name}:81:192.0.2.{n}");
+    let url = format!("https://{name}:81{path}");
+    let mut all: Vec<&str> = vec!["--cacert", ca.to_str().unwrap(), "--resolve", &resolve];
+    all.extend_from_slice(args);
+    all.push(&url);
+    curl(c, &all)
+}
+
 fn get_app(c: &Cluster, host: u8, path: &str) -> (u16, String) {
     curl(
         c,
@@ -165,7 +178,7 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
     let mut c = cluster();
     let key = bootstrap(&c);
     let f = Flynn::new(&c);
-    f.ok(&["cluster", "add", "default", "http://192.0.2.1:81", &key]);
+    f.add_cluster(&c, "default", 1, &key);
     f.ok(&["create", "demo"]);
     f.ok(&["-a", "demo", "release", "add", "busybox", "--process", WEB]);
     f.ok(&["-a", "demo", "scale", "web=3"]);
@@ -237,6 +250,13 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
         );
     }
 
+    // A one-off job followed through the controller's relay, over the same
+    // HTTPS (the controller's name verified behind an address).
+    assert_eq!(
+        f.ok(&["-a", "demo", "run", "echo", "hello over TLS"]),
+        "hello over TLS\n"
+    );
+
     // The controller's answers with a real cluster behind it (jobs from the
     // scheduler, lines from the aggregators) are as controller/openapi.json says.
     let doc = apidoc::Document::load(concat!(
@@ -254,7 +274,7 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
         ("/apps/{app}/routes", "/apps/demo/routes"),
         ("/apps", "/apps"),
     ] {
-        let (code, body) = curl(&c, &["-H", &auth, &format!("http://192.0.2.1:81{path}")]);
+        let (code, body) = curl_controller(&c, 1, &["-H", &auth], path);
         let v: serde_json::Value =
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
         doc.check("GET", template, code, "application/json", &v)
@@ -270,10 +290,7 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
             assert_eq!(healthy, 3, "{v}");
         }
     }
-    let (code, body) = curl(
-        &c,
-        &["-H", &auth, "http://192.0.2.1:81/apps/demo/log?lines=20"],
-    );
+    let (code, body) = curl_controller(&c, 1, &["-H", &auth], "/apps/demo/log?lines=20");
     assert_eq!(code, 200, "{body}");
     assert!(body.lines().count() > 0);
     for line in body.lines() {
@@ -377,8 +394,9 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
     // Malformed requests get 4xx, and everything keeps serving.
     let line = raw(&c, 1, 80, "GARBAGE\\r\\n\\r\\n");
     assert!(line.starts_with("HTTP/1.1 400"), "router: {line:?}");
-    let (code, body) = curl(
+    let (code, body) = curl_controller(
         &c,
+        2,
         &[
             "-X",
             "POST",
@@ -386,12 +404,12 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
             &format!("Authorization: Bearer {key}"),
             "-d",
             "{not json",
-            "http://192.0.2.2:81/apps",
         ],
+        "/apps",
     );
     assert_eq!(code, 400, "controller: {body}");
     assert!(body.contains("error"), "{body}");
-    let (code, _) = curl(&c, &["http://192.0.2.2:81/apps"]);
+    let (code, _) = curl_controller(&c, 2, &[], "/apps");
     assert_eq!(code, 401, "no key");
     assert_eq!(get_app(&c, 2, "/name").0, 200);
 
