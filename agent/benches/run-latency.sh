@@ -2,7 +2,9 @@
 # Benchmark: start-to-exit latency of `flynn-host run --rm busybox true` against
 # `runc run` of an equivalent bundle (the same OCI spec our shim generated for a
 # `--net none` job, on the same rootfs: a new, empty network namespace, as runc
-# makes), measured in the same run; and the default (bridge) network beside them.
+# makes), measured in the same run; `runc run` of the plain spec `runc spec` writes
+# (no seccomp: the start a runc user sees, the figure to beat); and the default
+# (bridge) network beside them.
 # The daemon runs in a network namespace of its own. Prints medians and the ratio.
 # Measured twice: with the host's cgroup2 mount as it is, and with the
 # `favordynmods` option the appliance's init mounts it with (moving a process into
@@ -39,21 +41,32 @@ jq --arg job "$work/state/jobs/$id" --arg bundle "$work/bundle" \
      | .mounts |= map(if (.source // "") | startswith($job) then .source |= ($bundle + ltrimstr($job)) else . end)' \
     "$work/state/jobs/$id/config.json" >"$work/bundle/config.json"
 "$bin" rm -f bench-spec >/dev/null
+# And the plain spec `runc spec` writes (no seccomp, no cgroup limits, runc's own
+# mounts and capabilities) on the same rootfs: the start a runc user sees.
+mkdir -p "$work/plain"
+(cd "$work/plain" && runc spec)
+jq --arg root "$work/bundle/rootfs" '.process.args = ["true"] | .process.terminal = false | .root.path = $root' \
+    "$work/plain/config.json" >"$work/plain/config.json.new"
+mv "$work/plain/config.json.new" "$work/plain/config.json"
 
 measure() { # LABEL
     hyperfine ${HYPERFINE_ARGS:-} --warmup 5 --runs "$runs" -N --export-json "$work/result.json" \
         --command-name flynn-host "$bin run --rm --net none busybox true" \
         --command-name flynn-bridge "$bin run --rm busybox true" \
-        --command-name runc "runc run --bundle $work/bundle bench-runc" >/dev/null
+        --command-name runc "runc run --bundle $work/bundle bench-runc" \
+        --command-name runc-plain "runc run --bundle $work/plain bench-plain" >/dev/null
     flynn=$(jq '.results[] | select(.command=="flynn-host") | .median' "$work/result.json")
     bridge=$(jq '.results[] | select(.command=="flynn-bridge") | .median' "$work/result.json")
     runc=$(jq '.results[] | select(.command=="runc") | .median' "$work/result.json")
-    awk -v f="$flynn" -v b="$bridge" -v r="$runc" -v n="$runs" -v label="$1" 'BEGIN {
+    plain=$(jq '.results[] | select(.command=="runc-plain") | .median' "$work/result.json")
+    awk -v f="$flynn" -v b="$bridge" -v r="$runc" -v p="$plain" -v n="$runs" -v label="$1" 'BEGIN {
         printf "run latency, median of %d (busybox true, start to exit, removed), %s:\n", n, label
         printf "  flynn-host run --rm --net none : %7.2f ms\n", f * 1000
-        printf "  flynn-host run --rm (bridge)   : %7.2f ms\n", b * 1000
-        printf "  runc run                       : %7.2f ms\n", r * 1000
+        printf "  flynn-host run --rm (bridge)   : %7.2f ms (the bridge adds %.2f ms)\n", b * 1000, (b - f) * 1000
+        printf "  runc run (our spec)            : %7.2f ms\n", r * 1000
+        printf "  runc run (runc spec, plain)    : %7.2f ms\n", p * 1000
         printf "  ratio flynn/runc (same work)   : %7.2f   (target <= 0.5)\n", f / r
+        printf "  ratio flynn/runc (plain spec)  : %7.2f\n", f / p
     }'
 }
 measure "cgroup2 mounted as found ($cg2_opts)"
