@@ -937,15 +937,17 @@ fn file_body(mut file: tokio::fs::File, path: std::path::PathBuf) -> flynn_clien
                     }
                 }
                 Err(e) => {
-                    let e = std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()));
+                    let e =
+                        std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()));
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
             }
         }
     });
-    let stream = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
-        c.map(hyper::body::Frame::data)
-    });
+    let stream =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
+            c.map(hyper::body::Frame::data)
+        });
     http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream))
 }

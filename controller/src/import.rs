@@ -197,7 +197,9 @@ async fn fan_out(
 async fn abort(senders: &mut Vec<mpsc::Sender<Chunk>>, e: Error) -> Error {
     for tx in senders.drain(..) {
         let _ = tx
-            .send(Err(std::io::Error::other("the upload of the archive broke off")))
+            .send(Err(std::io::Error::other(
+                "the upload of the archive broke off",
+            )))
             .await;
     }
     e

@@ -304,7 +304,11 @@ fn git_push_builds_and_deploys_apps() {
     create(&f, go.path(), "goapp");
     let t = push_ok(&f, go.path());
     println!("first push of goapp:\n{t}");
-    for want in ["Go app detected", "Building example.com/web", "Built: bin/web"] {
+    for want in [
+        "Go app detected",
+        "Building example.com/web",
+        "Built: bin/web",
+    ] {
         assert!(t.contains(want), "{want:?} not in the push's output:\n{t}");
     }
     serves(&c, "goapp", "hello from go via a vendored module");
@@ -332,7 +336,10 @@ fn git_push_builds_and_deploys_apps() {
     );
     let out = push(&f, go.path());
     let t = text(&out);
-    assert!(!out.status.success(), "a build without its module was accepted:\n{t}");
+    assert!(
+        !out.status.success(),
+        "a build without its module was accepted:\n{t}"
+    );
     assert!(t.contains("go mod vendor"), "{t}");
     serves(&c, "goapp", "hi again from go via a vendored module");
 
@@ -365,7 +372,11 @@ fn git_push_builds_and_deploys_apps() {
     ] {
         assert!(t.contains(want), "{want:?} not in the push's output:\n{t}");
     }
-    serves(&c, "nodeapp", "hello from node with a vendored package (built)");
+    serves(
+        &c,
+        "nodeapp",
+        "hello from node with a vendored package (built)",
+    );
     let rel: serde_json::Value =
         serde_json::from_str(&f.ok(&["-a", "nodeapp", "release", "show"])).unwrap();
     assert_eq!(rel["meta"]["buildpack"], "30-nodejs", "{rel}");
@@ -625,10 +636,10 @@ func main() {
 "#;
 
 /// What `go mod vendor` writes for the one requirement.
-const GO_MODULES_TXT: &str = "# example.com/greet v1.0.0\n## explicit; go 1.19\nexample.com/greet\n";
+const GO_MODULES_TXT: &str =
+    "# example.com/greet v1.0.0\n## explicit; go 1.19\nexample.com/greet\n";
 
-const GO_GREET: &str =
-    "package greet\n\n// Who is the greeter.\nfunc Who() string { return \"go via a vendored module\" }\n";
+const GO_GREET: &str = "package greet\n\n// Who is the greeter.\nfunc Who() string { return \"go via a vendored module\" }\n";
 
 const NODE_PACKAGE: &str = r#"{
   "name": "nodeapp",
@@ -658,16 +669,15 @@ fn runner_tries_every_address(c: &Cluster) {
             Duration::from_secs(30),
             || {
                 let out = c.host(1).cli(&["discover", "list", "slugs", "--json"]);
-                let v: serde_json::Value =
-                    serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
                 v[0]["instances"].as_array().map_or(0, Vec::len) == n
             },
         )
     };
     // Nothing listens on 8000 in this job: its connections are refused.
-    let dead = c.host(2).ok(&[
-        "run", "-d", "-s", "slugs:8000", "busybox", "sleep", "600",
-    ]);
+    let dead = c
+        .host(2)
+        .ok(&["run", "-d", "-s", "slugs:8000", "busybox", "sleep", "600"]);
     watch_count(1);
     let serving = c.host(3).ok(&[
         "run",
@@ -707,7 +717,10 @@ fn runner_tries_every_address(c: &Cluster) {
     println!("the runner, its first address refusing:\n{t}");
     assert!(out.status.success(), "{t}");
     assert!(t.contains("ran from the slug on 5000"), "{t}");
-    assert!(t.contains(&format!("fetching the slug from {dead_ip}:8000")), "{t}");
+    assert!(
+        t.contains(&format!("fetching the slug from {dead_ip}:8000")),
+        "{t}"
+    );
     for (n, id) in [(2, dead.trim()), (3, serving.trim())] {
         c.host(n).ok(&["rm", "-f", id]);
     }
