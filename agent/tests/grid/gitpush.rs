@@ -482,6 +482,39 @@ fn git_push_builds_and_deploys_apps() {
         "{}",
         text(&out)
     );
+
+    // A host without a release's image (as one that joined after the import
+    // would be) gets none of its jobs: the scheduler places them where it is.
+    wait_for(
+        "host 3 to let go of flynn-test/iperf3",
+        Duration::from_secs(60),
+        || {
+            c.host(3)
+                .cli(&["rmi", "flynn-test/iperf3:latest"])
+                .status
+                .success()
+        },
+    );
+    f.ok(&["-a", "imp", "release", "rollback"]);
+    f.ok(&["-a", "imp", "scale", "web=4"]);
+    serves(&c, "imp", "imported app");
+    let imp_jobs = |n: u8| {
+        let out = c.host(n).cli(&["ps", "--json"]);
+        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        jobs.iter()
+            .filter(|j| j["config"]["labels"]["flynn.app"] == "imp" && j["state"] == "running")
+            .count()
+    };
+    wait_for(
+        "four imp jobs on hosts 1 and 2",
+        Duration::from_secs(60),
+        || imp_jobs(1) + imp_jobs(2) == 4,
+    );
+    assert_eq!(
+        imp_jobs(3),
+        0,
+        "a job of the release landed where its image is not"
+    );
     serves(&c, "imp", "imported app");
 
     // Without the key, or with a wrong one, the push is refused.
