@@ -19,6 +19,7 @@ FLYNN_APT_PACKAGES=(
     ethtool                               # grid tests: GRO on the test underlay, as real NICs have
     curl nftables                         # grid tests: raw API calls; dropped traffic between test hosts
     git                                   # the git receiver (git-http-backend) and the git push tests
+    golang-go nodejs                      # the toolchains of flynn/slugbuilder's Go and Node.js buildpacks
     python3-venv                          # schemathesis's venv (flynn_install_schemathesis)
     # the appliance image (buildroot/assemble.sh) and booting it (qemu-tests, main.sh)
     kmod cpio zstd lz4 e2fsprogs dosfstools mtools fdisk xorriso isolinux syslinux-common

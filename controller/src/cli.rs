@@ -348,14 +348,15 @@ pub async fn main(args: Flynn, attach: Attach) -> Result<i32> {
             deploy,
         } => {
             let a = app()?;
-            let bytes = std::fs::read(&archive)
+            let file = tokio::fs::File::open(&archive)
+                .await
                 .with_context(|| format!("reading {}", archive.display()))?;
             let resp = client
                 .request(
                     Method::POST,
                     &format!("/apps/{a}/import"),
                     Some("application/x-tar"),
-                    flynn_client::full(bytes),
+                    file_body(file, archive.clone()),
                 )
                 .await?;
             let body = http_body_util::BodyExt::collect(resp.into_body())
@@ -937,4 +938,35 @@ fn process_types(processes: &[String]) -> Result<Value> {
         procs.insert(ty.to_string(), v);
     }
     Ok(Value::Object(procs))
+}
+
+/// A file as a request body, read as it is sent: an archive of gigabytes is never
+/// in memory.
+fn file_body(mut file: tokio::fs::File, path: std::path::PathBuf) -> flynn_client::RequestBody {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::spawn(async move {
+        loop {
+            let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+            match file.read_buf(&mut buf).await {
+                Ok(0) => return,
+                Ok(_) => {
+                    if tx.send(Ok(buf.freeze())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let e =
+                        std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()));
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let stream =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
+            c.map(hyper::body::Frame::data)
+        });
+    http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream))
 }

@@ -18,7 +18,7 @@
 
 pub mod api;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,6 +87,19 @@ pub enum SchedulerError {
     Announce(#[from] discovery::DiscoveryError),
 }
 
+/// One image of a host's `GET /images`, as far as placement needs it.
+#[derive(serde::Deserialize)]
+struct HeldImage {
+    manifest_digest: String,
+}
+
+/// The manifest digest a formation's image names (`name@sha256:…`, as releases
+/// pin them); `None` for a name alone, which any host may resolve.
+fn pinned_digest(image: &str) -> Option<String> {
+    let (_, digest) = image.rsplit_once('@')?;
+    digest.starts_with("sha256:").then(|| digest.to_string())
+}
+
 /// A live host as the service sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostView {
@@ -98,6 +111,10 @@ pub struct HostView {
     pub cpus: u32,
     /// The host's labels (`--tags`), which formations' tags must match.
     pub tags: BTreeMap<String, String>,
+    /// The manifest digests of the images it holds, asked with its jobs each
+    /// pass; `None` when it did not say (then it is taken to hold every image).
+    #[serde(skip)]
+    pub images: Option<BTreeSet<String>>,
 }
 
 /// One of the scheduler's jobs.
@@ -212,6 +229,7 @@ impl Service {
                 cpus: h.resources.cpus,
                 tags: h.tags.clone(),
                 id: h.id,
+                images: None,
             })
             .collect();
         // Every host at once, each briefly: a host that went away must not hold up
@@ -232,26 +250,44 @@ impl Service {
             let (client, id) = (self.client(&api)?, h.id.clone());
             let wait = if probe { LAPSE_PROBE } else { OBSERVE_TIMEOUT };
             asks.spawn(async move {
-                let r = tokio::time::timeout(
-                    wait,
-                    client.call::<Value>(
-                        Method::GET,
-                        "/jobs?all=true&label=flynn.scheduler=1",
-                        None::<&()>,
+                // Its images beside its jobs, in the same time: placement needs
+                // them only for releases that pin an image, and a host that does
+                // not say is taken to hold them all (as before it was asked).
+                let (r, images) = tokio::join!(
+                    tokio::time::timeout(
+                        wait,
+                        client.call::<Value>(
+                            Method::GET,
+                            "/jobs?all=true&label=flynn.scheduler=1",
+                            None::<&()>,
+                        ),
                     ),
-                )
-                .await;
-                (id, r)
+                    tokio::time::timeout(
+                        wait,
+                        client.call::<Vec<HeldImage>>(Method::GET, "/images", None::<&()>),
+                    ),
+                );
+                let images = match images {
+                    Ok(Ok(list)) => Some(list.into_iter().map(|i| i.manifest_digest).collect()),
+                    _ => None,
+                };
+                (id, r, images)
             });
         }
         let mut jobs = Vec::new();
         while let Some(done) = asks.join_next().await {
-            let (host, r) = done.map_err(|e| format!("asking a host: {e}"))?;
+            let (host, r, images) = done.map_err(|e| format!("asking a host: {e}"))?;
+            if let Some(h) = hosts.iter_mut().find(|h| h.id == host) {
+                h.images = images.clone();
+            }
             if let Some(h) = lapsed.iter().find(|h| h.id == host) {
                 match &r {
                     Ok(Ok(_)) => {
                         tracing::info!(host = %host, "host's lease lapsed but it answers: its jobs still count");
-                        hosts.push(h.clone());
+                        hosts.push(HostView {
+                            images,
+                            ..h.clone()
+                        });
                     }
                     _ => continue,
                 }
@@ -383,6 +419,7 @@ impl Service {
                         cpu_milli: u64::from(h.cpus) * 1000,
                     },
                     draining: h.draining,
+                    images: h.images.clone(),
                 })
                 .collect(),
             formations: formations
@@ -394,6 +431,7 @@ impl Service {
                     tags: f.tags.clone(),
                     resources: resources(f),
                     release: f.release.clone(),
+                    image: pinned_digest(&f.image),
                 })
                 .collect(),
             jobs: live_jobs
@@ -525,6 +563,7 @@ impl Service {
                     cpu_milli: u64::from(h.cpus) * 1000,
                 },
                 draining: h.draining,
+                images: h.images.clone(),
             })
             .collect();
         let host = scheduler::place_one(&hosts, &[], &BTreeMap::new(), &res).map_err(|why| {
@@ -743,7 +782,18 @@ mod tests {
             memory_mb: 1024,
             cpus: 2,
             tags: BTreeMap::new(),
+            images: None,
         }
+    }
+
+    #[test]
+    fn only_a_pinned_image_is_a_placement_constraint() {
+        assert_eq!(
+            pinned_digest("docker.io/library/busybox:latest@sha256:abcd").as_deref(),
+            Some("sha256:abcd")
+        );
+        assert_eq!(pinned_digest("busybox:latest"), None);
+        assert_eq!(pinned_digest("registry:5000/x:1"), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ fn cluster(hosts: usize, jobs: usize) -> State {
                     cpu_milli: 32_000,
                 },
                 draining: false,
+                images: None,
             })
             .collect(),
         formations: (0..jobs / per_formation)
@@ -36,6 +37,7 @@ fn cluster(hosts: usize, jobs: usize) -> State {
                 count: per_formation as u32,
                 omni: false,
                 release: None,
+                image: None,
                 tags: if i % 10 == 0 {
                     BTreeMap::from([("zone".to_string(), "z1".to_string())])
                 } else {

@@ -28,7 +28,7 @@
 
 mod place;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,12 @@ pub struct Host {
     pub capacity: Resources,
     /// No new jobs; its jobs move away.
     pub draining: bool,
+    /// The images it holds (manifest digests, `sha256:…`): a formation whose
+    /// release pins an image starts jobs only where it is (an image imported before
+    /// the host joined is not on it, and a job there would be refused). `None`:
+    /// not known, taken to hold every image.
+    #[serde(default)]
+    pub images: Option<BTreeSet<String>>,
 }
 
 /// What a formation is known by: an app's process type.
@@ -97,6 +103,10 @@ pub struct Formation {
     /// rolling deploy. `None`: any job counts (formations made without releases).
     #[serde(default)]
     pub release: Option<String>,
+    /// The manifest digest of the image its jobs run (the release pins it);
+    /// `None`: any host will do.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +220,22 @@ pub struct Plan {
 
 fn tags_match(want: &BTreeMap<String, String>, host: &Host) -> bool {
     want.iter().all(|(k, v)| host.tags.get(k) == Some(v))
+}
+
+/// Whether `host` holds `image` (a manifest digest; `None` needs nothing).
+fn holds(image: Option<&str>, host: &Host) -> bool {
+    match (image, &host.images) {
+        (Some(digest), Some(held)) => held.contains(digest),
+        _ => true,
+    }
+}
+
+/// Why an omni formation's job cannot start on `host`, which lacks its image.
+fn lacks_image(image: &str, host: &Host) -> String {
+    format!(
+        "host {} does not hold the image {image} (import it there: flynn import)",
+        host.id
+    )
 }
 
 /// What to do to bring the cluster to its formations.
@@ -334,7 +360,7 @@ fn spread(
         return;
     }
     for placed in 0..missing {
-        match placer.place(&f.key, &f.tags, &f.resources) {
+        match placer.place(&f.key, &f.tags, f.image.as_deref(), &f.resources) {
             Ok(host) => plan.start.push(Start {
                 formation: f.key.clone(),
                 host,
@@ -458,7 +484,7 @@ fn rollout(f: &Formation, jobs: &[&Job], placer: &mut Placer, may_start: bool, p
         *new_on.entry(j.host.clone()).or_default() += 1;
     }
     for placed in 0..starts {
-        match placer.place_spread_by(&f.key, &f.tags, &f.resources, &new_on) {
+        match placer.place_spread_by(&f.key, &f.tags, f.image.as_deref(), &f.resources, &new_on) {
             Ok(host) => {
                 *new_on.entry(host.clone()).or_default() += 1;
                 plan.start.push(Start {
@@ -523,6 +549,13 @@ fn omni(
                         .get_or_insert_with(|| "restarting after crashes: backing off".into());
                     continue;
                 }
+                if !holds(f.image.as_deref(), h) {
+                    missing_total += 1;
+                    first_reason.get_or_insert_with(|| {
+                        lacks_image(f.image.as_deref().unwrap_or_default(), h)
+                    });
+                    continue;
+                }
                 match placer.place_on(&h.id, &f.key, &f.resources) {
                     Ok(()) => plan.start.push(Start {
                         formation: f.key.clone(),
@@ -558,6 +591,12 @@ fn omni(
             if !may_start {
                 missing_total += 1;
                 first_reason.get_or_insert_with(|| "restarting after crashes: backing off".into());
+                continue;
+            }
+            if !holds(f.image.as_deref(), h) {
+                missing_total += 1;
+                first_reason
+                    .get_or_insert_with(|| lacks_image(f.image.as_deref().unwrap_or_default(), h));
                 continue;
             }
             match placer.place_on(&h.id, &f.key, &f.resources) {

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use crate::{FormationKey, Host, Job, JobState, Resources, tags_match};
+use crate::{FormationKey, Host, Job, JobState, Resources, holds, tags_match};
 
 /// A host's rank for a formation: fewest of the formation, then fewest jobs, then
 /// the lowest id (hosts are indexed in id order).
@@ -100,11 +100,16 @@ impl<'a> Placer<'a> {
         &mut self,
         key: &FormationKey,
         tags: &BTreeMap<String, String>,
+        image: Option<&str>,
         res: &Resources,
     ) -> Result<String, String> {
         if self.heap.as_ref().is_none_or(|(k, _)| k != key) {
             let heap: BinaryHeap<Rank> = (0..self.hosts.len())
-                .filter(|&i| !self.hosts[i].draining && tags_match(tags, self.hosts[i]))
+                .filter(|&i| {
+                    !self.hosts[i].draining
+                        && tags_match(tags, self.hosts[i])
+                        && holds(image, self.hosts[i])
+                })
                 .map(|i| Reverse((self.count(key, i), self.total[i], i)))
                 .collect();
             self.heap = Some((key.clone(), heap));
@@ -112,7 +117,7 @@ impl<'a> Placer<'a> {
         loop {
             let popped = self.heap.as_mut().and_then(|(_, h)| h.pop());
             let Some(Reverse((c, t, i))) = popped else {
-                return Err(self.why_not(tags, res));
+                return Err(self.why_not(tags, image, res));
             };
             let (now_c, now_t) = (self.count(key, i), self.total[i]);
             if (c, t) != (now_c, now_t) {
@@ -136,6 +141,7 @@ impl<'a> Placer<'a> {
         &mut self,
         key: &FormationKey,
         tags: &BTreeMap<String, String>,
+        image: Option<&str>,
         res: &Resources,
         first: &HashMap<String, u32>,
     ) -> Result<String, String> {
@@ -143,6 +149,7 @@ impl<'a> Placer<'a> {
             .filter(|&i| {
                 !self.hosts[i].draining
                     && tags_match(tags, self.hosts[i])
+                    && holds(image, self.hosts[i])
                     && res.fits_in(&self.free[i])
             })
             .min_by_key(|&i| {
@@ -154,7 +161,7 @@ impl<'a> Placer<'a> {
                 )
             });
         let Some(i) = best else {
-            return Err(self.why_not(tags, res));
+            return Err(self.why_not(tags, image, res));
         };
         self.take(i, key, res);
         self.heap = None;
@@ -189,7 +196,12 @@ impl<'a> Placer<'a> {
     }
 
     /// Why no host takes a job of `res` with `tags`, in the user's words.
-    fn why_not(&self, tags: &BTreeMap<String, String>, res: &Resources) -> String {
+    fn why_not(
+        &self,
+        tags: &BTreeMap<String, String>,
+        image: Option<&str>,
+        res: &Resources,
+    ) -> String {
         if self.hosts.is_empty() {
             return "no live host".into();
         }
@@ -207,6 +219,16 @@ impl<'a> Placer<'a> {
             .collect();
         if open.is_empty() {
             return "every matching host is draining".into();
+        }
+        let open: Vec<usize> = open
+            .into_iter()
+            .filter(|&i| holds(image, self.hosts[i]))
+            .collect();
+        if open.is_empty() {
+            return format!(
+                "no live host holds the image {} (import it on the hosts: flynn import)",
+                image.unwrap_or_default()
+            );
         }
         let best = open
             .iter()
@@ -237,5 +259,5 @@ pub fn place_one(
         app: String::new(),
         process_type: String::new(),
     };
-    Placer::new(hosts, jobs).place(&key, tags, res)
+    Placer::new(hosts, jobs).place(&key, tags, None, res)
 }

@@ -16,6 +16,7 @@ fn host(id: &str, mem: u64) -> Host {
             cpu_milli: 4000,
         },
         draining: false,
+        images: None,
     }
 }
 
@@ -30,6 +31,7 @@ fn web(count: u32) -> Formation {
             cpu_milli: 100,
         },
         release: None,
+        image: None,
     }
 }
 
@@ -613,4 +615,69 @@ fn a_rollout_ends_spread_like_a_fresh_formation() {
         };
         assert_eq!(spread, fresh, "count {count}");
     }
+}
+
+/// A formation whose release pins an image starts its jobs only on hosts that hold
+/// it (a host that joined after an import lacks it); hosts whose images are not
+/// known are taken to hold it; running jobs are not moved.
+#[test]
+fn jobs_start_only_where_their_image_is() {
+    let digest = "sha256:1111";
+    let holding = |id: &str, held: &[&str]| Host {
+        images: Some(held.iter().map(|d| d.to_string()).collect()),
+        ..host(id, 4096)
+    };
+    let state = |hosts: Vec<Host>| State {
+        hosts,
+        ..State::default()
+    };
+    let mut s = state(vec![
+        holding("a", &[digest]),
+        holding("b", &[digest]),
+        holding("c", &["sha256:2222"]),
+    ]);
+    s.formations = vec![Formation {
+        image: Some(digest.into()),
+        ..web(4)
+    }];
+    let plan = rectify(&s);
+    apply(&mut s, &plan);
+    let placed = per_host(&s, "web");
+    assert_eq!(placed.get("c").copied().unwrap_or(0), 0, "{placed:?}");
+    assert_eq!(placed.values().sum::<usize>(), 4, "{placed:?}");
+
+    // No host holds it: blocked, and the reason names the image.
+    let mut s2 = state(vec![holding("c", &[])]);
+    s2.formations = vec![Formation {
+        image: Some(digest.into()),
+        ..web(1)
+    }];
+    let plan = rectify(&s2);
+    assert!(plan.start.is_empty(), "{plan:?}");
+    assert!(
+        plan.blocked[0]
+            .reason
+            .contains("holds the image sha256:1111"),
+        "{plan:?}"
+    );
+    // Not known: any host will do.
+    s2.hosts[0].images = None;
+    assert_eq!(rectify(&s2).start.len(), 1);
+
+    // Omni: every matching host that holds it; the others are named.
+    let mut s3 = state(vec![holding("a", &[digest]), holding("c", &[])]);
+    s3.formations = vec![Formation {
+        omni: true,
+        image: Some(digest.into()),
+        ..web(1)
+    }];
+    let plan = rectify(&s3);
+    assert_eq!(plan.start.len(), 1, "{plan:?}");
+    assert_eq!(plan.start[0].host, "a");
+    assert!(
+        plan.blocked
+            .iter()
+            .any(|b| b.reason.contains("host c does not hold the image")),
+        "{plan:?}"
+    );
 }

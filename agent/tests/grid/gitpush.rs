@@ -290,6 +290,102 @@ fn git_push_builds_and_deploys_apps() {
     assert!(t.contains("Procfile app detected"), "{t}");
     serves(&c, "shell", "shell app on 8080");
 
+    // A Go module with a dependency vendored (a local module, no network): built
+    // with -mod=vendor and no proxy; a second push compiles from the build cache.
+    let go = repo(
+        &f,
+        &[
+            ("go.mod", GO_MOD),
+            ("main.go", GO_MAIN),
+            ("vendor/modules.txt", GO_MODULES_TXT),
+            ("vendor/example.com/greet/greet.go", GO_GREET),
+        ],
+    );
+    create(&f, go.path(), "goapp");
+    let t = push_ok(&f, go.path());
+    println!("first push of goapp:\n{t}");
+    for want in [
+        "Go app detected",
+        "Building example.com/web",
+        "Built: bin/web",
+    ] {
+        assert!(t.contains(want), "{want:?} not in the push's output:\n{t}");
+    }
+    serves(&c, "goapp", "hello from go via a vendored module");
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "goapp", "release", "show"])).unwrap();
+    assert_eq!(rel["meta"]["buildpack"], "20-go", "{rel}");
+    commit(
+        &f,
+        go.path(),
+        &[("main.go", &GO_MAIN.replace("hello from", "hi again from"))],
+        "v2",
+    );
+    let t = push_ok(&f, go.path());
+    assert!(t.contains("Restoring Go's build cache"), "{t}");
+    serves(&c, "goapp", "hi again from go via a vendored module");
+    // A requirement that is not vendored fails the push, saying how to vendor it.
+    commit(
+        &f,
+        go.path(),
+        &[(
+            "go.mod",
+            &format!("{GO_MOD}require example.com/absent v1.2.3\n"),
+        )],
+        "an unvendored requirement",
+    );
+    let out = push(&f, go.path());
+    let t = text(&out);
+    assert!(
+        !out.status.success(),
+        "a build without its module was accepted:\n{t}"
+    );
+    assert!(t.contains("go mod vendor"), "{t}");
+    serves(&c, "goapp", "hi again from go via a vendored module");
+
+    // A Node.js app with a dependency committed in node_modules/ (and an
+    // index.html: the Node.js buildpack is tried before the static site's), started
+    // by package.json's start script after its build script ran.
+    let node = repo(
+        &f,
+        &[
+            ("package.json", NODE_PACKAGE),
+            ("server.js", NODE_SERVER),
+            ("index.html", "<h1>not served as a static site</h1>\n"),
+            (
+                "node_modules/greeting/package.json",
+                r#"{"name": "greeting", "version": "1.0.0", "main": "index.js"}"#,
+            ),
+            (
+                "node_modules/greeting/index.js",
+                "module.exports = (who) => 'hello from ' + who + ' with a vendored package';\n",
+            ),
+        ],
+    );
+    create(&f, node.path(), "nodeapp");
+    let t = push_ok(&f, node.path());
+    println!("first push of nodeapp:\n{t}");
+    for want in [
+        "Node.js app detected",
+        "Using the committed node_modules/ (1 package(s))",
+        "Running the build script",
+    ] {
+        assert!(t.contains(want), "{want:?} not in the push's output:\n{t}");
+    }
+    serves(
+        &c,
+        "nodeapp",
+        "hello from node with a vendored package (built)",
+    );
+    let rel: serde_json::Value =
+        serde_json::from_str(&f.ok(&["-a", "nodeapp", "release", "show"])).unwrap();
+    assert_eq!(rel["meta"]["buildpack"], "30-nodejs", "{rel}");
+
+    // The runner fetches a slug from any address of its URL's name: the first
+    // instance of the service `slugs` accepts no connection (registered first, so
+    // first in DNS answers), the second serves the slug.
+    runner_tries_every_address(&c);
+
     // Rolling back goes to the previous slug without a build.
     f.ok(&["-a", "py", "release", "rollback"]);
     serves(&c, "py", "hello from python v1");
@@ -329,6 +425,109 @@ fn git_push_builds_and_deploys_apps() {
         );
     }
     f.ok(&["-a", "imp", "scale", "web=1"]);
+    // The controller passes the archive on as it comes: a 32 MiB incompressible
+    // layer moves the controllers' peak memory by a few MiB at most (printed: the
+    // figure, not a bound; it held the archive whole, and a copy per host, before).
+    let big = tempfile::tempdir().unwrap();
+    let big_tar = big.path().join("big-docker.tar");
+    sh(&[
+        "skopeo",
+        "copy",
+        "-q",
+        &format!(
+            "oci:{}:big",
+            crate::harness::fixtures().join("big-oci").display()
+        ),
+        &format!("docker-archive:{}:flynn-test/big:1", big_tar.display()),
+    ]);
+    // This cluster's controllers (other tests' may run beside them): host-network
+    // jobs, so their network namespace is one of this cluster's hosts'.
+    let ours = |pid: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            return false;
+        };
+        c.hosts.iter().any(|h| {
+            std::fs::metadata(format!("/run/netns/{}", h.netns))
+                .is_ok_and(|m| m.dev() == ns.dev() && m.ino() == ns.ino())
+        })
+    };
+    let peaks = || -> Vec<(String, u64)> {
+        sh(&["pgrep", "-f", "flynn-host controller"])
+            .split_whitespace()
+            .filter(|pid| ours(pid))
+            .filter_map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let kb = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((pid.to_string(), kb))
+            })
+            .collect()
+    };
+    let before = peaks();
+    let out = f.ok(&["-a", "imp", "import", big_tar.to_str().unwrap()]);
+    assert!(out.contains("on 3 host(s)"), "{out}");
+    let after = peaks();
+    println!(
+        "import of a {} MiB archive: controllers' peak RSS (KiB) before {before:?}, after {after:?}",
+        std::fs::metadata(&big_tar).unwrap().len() >> 20
+    );
+    for n in 1..=3 {
+        assert!(
+            images(n).contains("flynn-test/big"),
+            "host {n}: {}",
+            images(n)
+        );
+    }
+    // An archive every host refuses is refused, and names the hosts' reason.
+    let junk = big.path().join("junk.tar");
+    std::fs::write(&junk, vec![b'x'; 300_000]).unwrap();
+    let out = f.run(&["-a", "imp", "import", junk.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("hosts refused the archive"),
+        "{}",
+        text(&out)
+    );
+
+    // A host without a release's image (as one that joined after the import
+    // would be) gets none of its jobs: the scheduler places them where it is.
+    wait_for(
+        "host 3 to let go of flynn-test/iperf3",
+        Duration::from_secs(60),
+        || {
+            c.host(3)
+                .cli(&["rmi", "flynn-test/iperf3:latest"])
+                .status
+                .success()
+        },
+    );
+    f.ok(&["-a", "imp", "release", "rollback"]);
+    f.ok(&["-a", "imp", "scale", "web=4"]);
+    serves(&c, "imp", "imported app");
+    let imp_jobs = |n: u8| {
+        let out = c.host(n).cli(&["ps", "--json"]);
+        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        jobs.iter()
+            .filter(|j| j["config"]["labels"]["flynn.app"] == "imp" && j["state"] == "running")
+            .count()
+    };
+    wait_for(
+        "four imp jobs on hosts 1 and 2",
+        Duration::from_secs(60),
+        || imp_jobs(1) + imp_jobs(2) == 4,
+    );
+    assert_eq!(
+        imp_jobs(3),
+        0,
+        "a job of the release landed where its image is not"
+    );
     serves(&c, "imp", "imported app");
 
     // Without the key, or with a wrong one, the push is refused.
@@ -508,4 +707,118 @@ fn a_host_lost_during_a_build_fails_the_push_cleanly_and_the_app_keeps_serving()
         head.trim(),
         "still v1's release: {rel}"
     );
+}
+
+const GO_MOD: &str = "module example.com/web\n\ngo 1.19\n\nrequire example.com/greet v1.0.0\n";
+
+const GO_MAIN: &str = r#"package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+
+	"example.com/greet"
+)
+
+func main() {
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "hello from "+greet.Who())
+	})
+	if err := http.ListenAndServe(":"+os.Getenv("PORT"), nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+"#;
+
+/// What `go mod vendor` writes for the one requirement.
+const GO_MODULES_TXT: &str =
+    "# example.com/greet v1.0.0\n## explicit; go 1.19\nexample.com/greet\n";
+
+const GO_GREET: &str = "package greet\n\n// Who is the greeter.\nfunc Who() string { return \"go via a vendored module\" }\n";
+
+const NODE_PACKAGE: &str = r#"{
+  "name": "nodeapp",
+  "version": "1.0.0",
+  "scripts": {
+    "build": "echo '(built)' > built.txt",
+    "start": "node server.js"
+  },
+  "dependencies": {"greeting": "1.0.0"}
+}
+"#;
+
+const NODE_SERVER: &str = r#"const http = require("http");
+const fs = require("fs");
+const greeting = require("greeting");
+const built = fs.readFileSync("built.txt", "utf8").trim();
+http.createServer((req, res) => {
+  res.end(greeting("node") + " " + built + "\n");
+}).listen(Number(process.env.PORT));
+"#;
+
+fn runner_tries_every_address(c: &Cluster) {
+    let image = format!("flynn/slugbuilder:{}", env!("CARGO_PKG_VERSION"));
+    let watch_count = |n: usize| {
+        wait_for(
+            &format!("{n} instance(s) of slugs"),
+            Duration::from_secs(30),
+            || {
+                let out = c.host(1).cli(&["discover", "list", "slugs", "--json"]);
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                v[0]["instances"].as_array().map_or(0, Vec::len) == n
+            },
+        )
+    };
+    // Nothing listens on 8000 in this job: its connections are refused.
+    let dead = c
+        .host(2)
+        .ok(&["run", "-d", "-s", "slugs:8000", "busybox", "sleep", "600"]);
+    watch_count(1);
+    let serving = c.host(3).ok(&[
+        "run",
+        "-d",
+        "-s",
+        "slugs:8000",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /s /p && printf 'web: echo ran from the slug on $PORT\\n' > /p/Procfile && \
+         tar -czf /s/slug.tgz -C /p . && exec httpd -f -p 8000 -h /s",
+    ]);
+    watch_count(2);
+    let answer = c
+        .host(1)
+        .ok(&["run", "--rm", "busybox", "nslookup", "slugs.discoverd"]);
+    println!("slugs.discoverd: {answer}");
+    let dead_ip = c.host(2).ip_of(dead.trim());
+    let pos = |ip: &str| answer.find(&format!("Address: {ip}\n"));
+    let serving_ip = c.host(3).ip_of(serving.trim());
+    assert!(
+        pos(&dead_ip).is_some() && pos(&dead_ip) < pos(&serving_ip),
+        "the refusing instance {dead_ip} is not first in the answer:\n{answer}"
+    );
+    let out = c.host(1).cli(&[
+        "run",
+        "--rm",
+        "-e",
+        "SLUG_URL=http://slugs.discoverd:8000/slug.tgz",
+        "-e",
+        "PORT=5000",
+        &image,
+        "/stack/runner",
+        "web",
+    ]);
+    let t = text(&out);
+    println!("the runner, its first address refusing:\n{t}");
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("ran from the slug on 5000"), "{t}");
+    assert!(
+        t.contains(&format!("fetching the slug from {dead_ip}:8000")),
+        "{t}"
+    );
+    for (n, id) in [(2, dead.trim()), (3, serving.trim())] {
+        c.host(n).ok(&["rm", "-f", id]);
+    }
 }
