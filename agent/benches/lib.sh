@@ -1,6 +1,7 @@
 # Shared by the agent's bench scripts (sourced from the repository root): a
-# release build, the fixture images, and a daemon of its own in a network
-# namespace of its own, reached on its local root socket as a user on the host
+# release build (or FLYNN_BENCH_BIN, a flynn-host built already), the fixture
+# images, and a daemon of its own in a network namespace of its own, reached on
+# its local root socket as a user on the host
 # would. bench_start sets $bin, $work (a scratch dir), $netns and $daemon (the
 # daemon's pid: nsenter execs it), exports FLYNN_HOST, imports busybox, and
 # installs an EXIT trap that calls the script's optional bench_teardown, then
@@ -8,9 +9,14 @@
 
 bench_start() { # NAME (a short word for the scratch dir and the namespace)
     local name=$1
-    cargo build --release --locked -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor >/dev/null 2>&1
-    bash scripts/link-ordered.sh target/release --release --locked >/dev/null
-    bin="$PWD/target/release/flynn-host"
+    if [ -n "${FLYNN_BENCH_BIN:-}" ]; then
+        # A flynn-host built already (its flynn-shim-monitor beside it).
+        bin=$FLYNN_BENCH_BIN
+    else
+        cargo build --release --locked -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor >/dev/null 2>&1
+        bash scripts/link-ordered.sh target/release --release --locked >/dev/null
+        bin="$PWD/target/release/flynn-host"
+    fi
     bash fixtures/build-images.sh "$PWD/target/fixtures" >/dev/null
     work=$(mktemp -d "/var/tmp/flynn-$name-XXXXXX")
     netns="fb-$name-$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)"
