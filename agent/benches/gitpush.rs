@@ -137,6 +137,13 @@ fn git(f: &Flynn, dir: &Path, args: &[&str]) {
     );
 }
 
+/// `git commit -q ARGS` as a bench user.
+fn commit(f: &Flynn, dir: &Path, args: &[&str]) {
+    let mut all = vec!["-c", "user.email=b@b", "-c", "user.name=b", "commit", "-q"];
+    all.extend_from_slice(args);
+    git(f, dir, &all);
+}
+
 fn serving(c: &Cluster, app: &str, want: &str) -> bool {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", c.switch))
@@ -202,20 +209,7 @@ fn main() {
             }
             git(&f, d, &["init", "-q", "-b", "main"]);
             git(&f, d, &["add", "-A"]);
-            git(
-                &f,
-                d,
-                &[
-                    "-c",
-                    "user.email=b@b",
-                    "-c",
-                    "user.name=b",
-                    "commit",
-                    "-q",
-                    "-m",
-                    "v1",
-                ],
-            );
+            commit(&f, d, &["-m", "v1"]);
             let app = format!("bench-{}{round}", kind.name);
             let out = f
                 .command_in(d, f.path().to_str().unwrap())
@@ -251,20 +245,7 @@ fn main() {
             let main_file = d.join(kind.files[0].0);
             let src = std::fs::read_to_string(&main_file).unwrap();
             std::fs::write(&main_file, src.replace("version-1", "version-2")).unwrap();
-            git(
-                &f,
-                d,
-                &[
-                    "-c",
-                    "user.email=b@b",
-                    "-c",
-                    "user.name=b",
-                    "commit",
-                    "-q",
-                    "-am",
-                    "v2",
-                ],
-            );
+            commit(&f, d, &["-am", "v2"]);
             let t = Instant::now();
             git(&f, d, &["push", "-q", "flynn", "main"]);
             wait_for("v2 served", Duration::from_secs(180), || {

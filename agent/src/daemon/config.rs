@@ -136,7 +136,8 @@ impl DaemonArgs {
             })?,
             None => defaults.subnet,
         };
-        let mut network = network::NetworkConfig {
+        let grid = self.grid.resolve(file.grid, &state_dir)?;
+        let network = network::NetworkConfig {
             bridge: self
                 .bridge
                 .clone()
@@ -148,11 +149,9 @@ impl DaemonArgs {
             netns_dir: state_dir.join("netns"),
             cluster: None,
             control_ports: control_ports(listen, &file.control_ports),
-            control_udp_ports: Vec::new(),
+            // Closed whether or not the host is in a grid yet: a bootstrap may join it later.
+            control_udp_ports: vec![grid.overlay.port],
         };
-        let grid = self.grid.resolve(file.grid, &state_dir)?;
-        // Closed whether or not the host is in a grid yet: a bootstrap may join it later.
-        network.control_udp_ports = vec![grid.overlay.port];
         crate::model::logopts::rotation(&file.log_opts)
             .map_err(|e| anyhow::anyhow!("log_opts in the config file: {e}"))?;
         let jobs = crate::jobs::Defaults {
