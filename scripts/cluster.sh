@@ -146,6 +146,29 @@ cluster_pin=$(awk '{for(i=1;i<=NF;i++) if($i=="-p") print $(i+1)}' <<<"$add_line
 pin=$(grep -aE "$ready" "$dir/node1-console.log" | tail -n 1 | awk '{for(i=1;i<=NF;i++) if($i=="tls-pin") print $(i+1)}')
 bin=$PWD/target/x86_64-unknown-linux-gnu/appliance/flynn-host
 ln -sf "$bin" "$dir/flynn"
+# The demo app (web=3, busybox's httpd serving each job's id), deployed once
+# through the controller; a later run finds it and leaves it as it is. The CLI's
+# clusters file is the script's own, and it runs outside any git repository
+# (`flynn create` adds a remote to the one it runs in).
+export FLYNNRC="$dir/flynnrc"
+rm -f "$FLYNNRC"
+flynn() { (cd / && "$dir/flynn" "$@"); }
+flynn cluster add -p "${cluster_pin:-$pin}" default https://127.0.0.1:12081 "$key" >/dev/null
+if ! flynn apps | awk '{print $1}' | grep -qx demo; then
+    echo "deploying the demo app (web=3) through the controller"
+    flynn create demo >/dev/null
+    flynn -a demo release add busybox --process \
+        'web=mkdir -p /tmp/w && echo "hello from $FLYNN_JOB_ID" > /tmp/w/index.html && exec httpd -f -p $PORT -h /tmp/w' >/dev/null
+    flynn -a demo scale web=3 >/dev/null
+fi
+for _ in $(seq 1 300); do
+    curl -sf -m 5 -H 'Host: demo.cluster.local' http://127.0.0.1:12080/ >/dev/null && break
+    sleep 1
+done
+curl -sf -m 5 -H 'Host: demo.cluster.local' http://127.0.0.1:12080/ >/dev/null ||
+    { echo "the demo app does not answer through node1's router after 300 s: $dir/flynn -a demo ps" >&2; exit 1; }
+unset -f flynn
+
 echo
 echo "The cluster of $n appliances is up (token $token). Each node's API, from this host:"
 for i in $(seq 1 "$n"); do
@@ -157,6 +180,8 @@ The controller, through node1's router (127.0.0.1:12081 -> 10.90.0.11:81, HTTPS
 verified by the cluster's pin; HTTP on 127.0.0.1:12080 -> its port 80):
   $dir/flynn cluster add -p ${cluster_pin:-${pin:-PIN}} default https://127.0.0.1:12081 ${key:-KEY-from-node1-console}
   $dir/flynn apps
+The demo app (web=3 over the nodes), through node1's router:
+  curl -H 'Host: demo.cluster.local' http://127.0.0.1:12080/
 Consoles: $dir/nodeN-console.log. Stop them all (power buttons; state disks kept):
   bash scripts/main.sh stop
 MSG

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DiscoveryError;
@@ -125,6 +126,65 @@ pub async fn set_drain(etcd: &Etcd, host: &str, on: bool) -> Result<(), Discover
     r.map_err(DiscoveryError::etcd(format!(
         "marking host {host} for draining"
     )))
+}
+
+/// The value of a drain a host put on itself for a power-off or reboot: it ends when
+/// the host's agent starts again ([`end_restart_drain`]), where an operator's
+/// drain (`{}`) stays until undone.
+const UNTIL_RESTART: &[u8] = br#"{"until_restart":true}"#;
+
+/// Drains `host` until its agent starts again; `Ok(false)` when it is drained
+/// already (an operator's drain, kept as it is, so the restart does not end it).
+pub async fn drain_until_restart(etcd: &Etcd, host: &str) -> Result<bool, DiscoveryError> {
+    schema::check_id("host id", host)?;
+    let key = schema::drain(host);
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(vec![TxnOp::put(key.as_str(), UNTIL_RESTART.to_vec(), None)]);
+    let resp = etcd
+        .client()
+        .txn(txn)
+        .await
+        .map_err(DiscoveryError::etcd(format!(
+            "marking host {host} for draining until it restarts"
+        )))?;
+    Ok(resp.succeeded())
+}
+
+/// Ends the drain `host` put on itself before it stopped, if that is the drain in
+/// place; `Ok(true)` when one was ended. An operator's drain is left alone.
+pub async fn end_restart_drain(etcd: &Etcd, host: &str) -> Result<bool, DiscoveryError> {
+    schema::check_id("host id", host)?;
+    let key = schema::drain(host);
+    let what = || format!("ending host {host}'s drain for its restart");
+    let resp = etcd
+        .client()
+        .get(key.as_str(), None)
+        .await
+        .map_err(DiscoveryError::etcd(what()))?;
+    let Some(kv) = resp.kvs().first() else {
+        return Ok(false);
+    };
+    if kv.value() != UNTIL_RESTART {
+        return Ok(false);
+    }
+    let txn = Txn::new()
+        .when(vec![Compare::mod_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            kv.mod_revision(),
+        )])
+        .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+    let resp = etcd
+        .client()
+        .txn(txn)
+        .await
+        .map_err(DiscoveryError::etcd(what()))?;
+    Ok(resp.succeeded())
 }
 
 /// Hosts being drained.

@@ -254,3 +254,34 @@ async fn services_leaders_watches_and_subnets() {
     let mut ka = etcd.keep_alive(l2).await.unwrap();
     assert!(ka.renew().await.unwrap() > Duration::from_secs(20));
 }
+
+#[tokio::test]
+async fn a_drain_for_a_restart_ends_with_it_and_an_operators_drain_stays() {
+    use discovery::formations;
+    let server = start_etcd();
+    let etcd = connect(&server.url).await;
+
+    // A host drains itself for a power-off; its next start ends that drain.
+    assert!(formations::drain_until_restart(&etcd, "h1").await.unwrap());
+    assert_eq!(formations::draining(&etcd).await.unwrap(), vec!["h1"]);
+    assert!(formations::end_restart_drain(&etcd, "h1").await.unwrap());
+    assert!(formations::draining(&etcd).await.unwrap().is_empty());
+    // Nothing to end on a host not drained.
+    assert!(!formations::end_restart_drain(&etcd, "h1").await.unwrap());
+
+    // An operator's drain is neither replaced by the power-off's nor ended by the
+    // restart: the host stays out until the operator undoes it.
+    formations::set_drain(&etcd, "h2", true).await.unwrap();
+    assert!(!formations::drain_until_restart(&etcd, "h2").await.unwrap());
+    assert!(!formations::end_restart_drain(&etcd, "h2").await.unwrap());
+    assert_eq!(formations::draining(&etcd).await.unwrap(), vec!["h2"]);
+    formations::set_drain(&etcd, "h2", false).await.unwrap();
+    assert!(formations::draining(&etcd).await.unwrap().is_empty());
+
+    // Bad ids are refused before any key is written.
+    assert!(
+        formations::drain_until_restart(&etcd, "../x")
+            .await
+            .is_err()
+    );
+}

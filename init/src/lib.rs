@@ -29,6 +29,7 @@ pub mod cmdline;
 pub mod datasource;
 pub mod dhcp;
 pub mod disk;
+mod drain;
 #[cfg(test)]
 mod fuzz;
 pub mod host_image;
@@ -300,6 +301,17 @@ async fn network(ip: &IpConfig, settings: &Settings) -> Result<(Vec<Leased>, Opt
                 say("warning: network: no interface found; the API is reachable only from inside");
                 return Ok((Vec::new(), None));
             }
+            // Said before the wait, so a boot on a network without a DHCP server
+            // shows what it waits for, and for how long.
+            say(format!(
+                "network: asking for a DHCP lease on {} (up to {} s)",
+                links
+                    .iter()
+                    .map(|l| l.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                DHCP_FIRST_LEASE.as_secs()
+            ));
             let mut tasks = tokio::task::JoinSet::new();
             for link in links {
                 let _ = nl.up(link.index, &link.name).await;
@@ -780,6 +792,8 @@ fn shutdown(daemon: Pid, stop: Stop) -> Result<()> {
         Stop::PowerOff => "powering off: stopping the daemon and the jobs",
         Stop::Reboot => "rebooting: stopping the daemon and the jobs",
     });
+    // While the daemon still runs: the cluster starts this host's jobs elsewhere.
+    drain::before_stop(Path::new(STATE_DIR), SOCKET);
     // The daemon first, so it does not see the jobs end and restart them.
     let _ = nix::sys::signal::kill(daemon, Signal::SIGTERM);
     if !power::wait_for(daemon, Duration::from_secs(10)) {

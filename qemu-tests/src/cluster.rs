@@ -256,6 +256,11 @@ impl Cluster {
 
     /// Boots node `i` from the ISO (1 vCPU), its state disk and seed attached.
     pub fn start(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.start_with(i, &[])
+    }
+
+    /// [`Cluster::start`] with more QEMU arguments (`-rtc base=...`, say).
+    pub fn start_with(&mut self, i: usize, extra: &[String]) -> Result<(), ClusterError> {
         let (iso, work, memory, prefix) = (
             self.iso.clone(),
             self.work.clone(),
@@ -272,6 +277,7 @@ impl Cluster {
         m.cpus = 1;
         m.memory_mb = memory;
         m.netns = Some(netns);
+        m.extra = extra.to_vec();
         m.nics = vec![Nic::Tap {
             ifname: node.tap.clone(),
             mac: node.mac.clone(),

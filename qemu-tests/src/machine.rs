@@ -128,6 +128,8 @@ pub struct Machine {
     /// The NIC model: `virtio-net-pci` (default), `e1000`, `e1000e`, `rtl8139`.
     pub nic_model: &'static str,
     pub console: Console,
+    /// More QEMU arguments, last (`-rtc base=...` for a clock set off, say).
+    pub extra: Vec<String>,
 }
 
 impl Machine {
@@ -152,6 +154,7 @@ impl Machine {
             disk_bus: Bus::Virtio,
             nic_model: "virtio-net-pci",
             console: Console::Serial,
+            extra: Vec::new(),
         }
     }
 
@@ -323,6 +326,7 @@ impl Machine {
             args.extend(["-smbios".into(), s.clone()]);
         }
         let started = Instant::now();
+        args.extend(self.extra.iter().cloned());
         let vm = Vm::spawn(self.netns.as_deref(), &args, &console_log)?;
         Ok(Appliance {
             vm,

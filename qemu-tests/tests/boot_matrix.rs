@@ -229,3 +229,32 @@ fn max_ovmf_iso_on_ide_pc_virtio_net_512m() {
         console: Console::Serial,
     });
 }
+
+/// A machine the appliance cannot serve from (no NIC at all) boots anyway and says
+/// why on its console, never a silent stall: the warning, then `ready` (the API on
+/// its own addresses only).
+#[test]
+fn without_a_nic_the_console_says_so_and_boot_goes_on() {
+    let out = appliance_out().unwrap_or_else(|e| panic!("{e}"));
+    let work = tempfile::tempdir().unwrap();
+    let mut m = Machine::new("matrix-no-nic", Boot::Cdrom(out.join("flynn-x86_64.iso")));
+    m.cpu = Some("qemu64");
+    m.machine_type = "pc";
+    m.memory_mb = 512;
+    m.cpus = 1;
+    m.nics = Vec::new();
+    let mut vm = m.start(work.path()).unwrap_or_else(|e| panic!("{e}"));
+    let console = vm
+        .vm
+        .wait_for("flynn-init: ready: API", BOOT)
+        .unwrap_or_else(|e| panic!("no ready line without a NIC: {e}"));
+    assert!(
+        console.contains("network: no interface found; the API is reachable only from inside"),
+        "no word of the missing NIC:\n{}",
+        qemu_tests::console_tail(&console)
+    );
+    vm.power_button().unwrap_or_else(|e| panic!("{e}"));
+    vm.vm
+        .wait_exit(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("the VM did not power off: {e}"));
+}

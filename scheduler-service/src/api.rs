@@ -259,8 +259,19 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
                     format!("no live host {id} (flynn-host cluster hosts lists them)"),
                 );
             }
-            match retry(|| discovery::formations::set_drain(&svc.etcd, id, m == Method::PUT)).await
-            {
+            let until_restart = match until_restart(req.uri().query()) {
+                Ok(u) => u,
+                Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+            };
+            let done = if m == Method::PUT && until_restart {
+                // `false`: an operator's drain is in place, and stays.
+                retry(|| discovery::formations::drain_until_restart(&svc.etcd, id))
+                    .await
+                    .map(drop)
+            } else {
+                retry(|| discovery::formations::set_drain(&svc.etcd, id, m == Method::PUT)).await
+            };
+            match done {
                 Ok(()) => {
                     svc.poke();
                     reply(
@@ -278,8 +289,40 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
     }
 }
 
+/// The drain's one query parameter: `until_restart=true` (the host's own drain
+/// before a power-off, ended when its agent starts again).
+fn until_restart(query: Option<&str>) -> Result<bool, String> {
+    let mut on = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("until_restart", "true")) => on = true,
+            Some(("until_restart", "false")) => on = false,
+            Some(("until_restart", v)) => {
+                return Err(format!("until_restart is true or false, not {v:?}"));
+            }
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {pair:?}: a drain takes only until_restart=true|false"
+                ));
+            }
+        }
+    }
+    Ok(on)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_drains_query_is_until_restart_or_nothing() {
+        use super::until_restart;
+        assert_eq!(until_restart(None), Ok(false));
+        assert_eq!(until_restart(Some("")), Ok(false));
+        assert_eq!(until_restart(Some("until_restart=true")), Ok(true));
+        assert_eq!(until_restart(Some("until_restart=false")), Ok(false));
+        assert!(until_restart(Some("until_restart=yes")).is_err());
+        assert!(until_restart(Some("force=1")).is_err());
+    }
+
     #[test]
     fn the_openapi_document_lists_the_routes_served() {
         let doc: serde_json::Value =

@@ -68,16 +68,28 @@ pub enum ClusterCommand {
     },
     /// Move a host's jobs away (before maintenance); waits until it has none.
     Drain {
-        /// The host's id (`cluster hosts`).
+        /// The host's id (`cluster hosts`); without it, the host the CLI talks to.
         #[arg(value_name = "HOST")]
-        host_id: String,
+        host_id: Option<String>,
         /// Let the host take jobs again.
         #[arg(long)]
         undo: bool,
+        /// For a power-off or reboot: the host takes jobs again when its agent
+        /// starts next. A drain already in place (an operator's) stays as it is.
+        #[arg(long, conflicts_with = "undo")]
+        until_restart: bool,
         /// Seconds to wait for the host to empty.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+}
+
+/// Whether a live host other than `host` takes jobs (is not being drained).
+async fn others_take_jobs(sched: &Client, host: &str) -> Result<bool> {
+    let hosts: Vec<serde_json::Value> = sched.call(Method::GET, "/hosts", None::<&()>).await?;
+    Ok(hosts
+        .iter()
+        .any(|h| h["id"] != host && h["draining"] != true))
 }
 
 /// The scheduler's leader, through the local agent's discovery.
@@ -293,14 +305,36 @@ pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
             Ok(0)
         }
         ClusterCommand::Drain {
-            host_id: host,
+            host_id,
             undo,
+            until_restart,
             timeout,
         } => {
+            let host = match host_id {
+                Some(id) => id,
+                None => {
+                    let status: crate::model::HostStatus = client
+                        .call(Method::GET, "/host/status", None::<&()>)
+                        .await?;
+                    status.id
+                }
+            };
             let sched = scheduler(client).await?;
+            // A drain with nowhere to go would only leave the host unschedulable and
+            // its jobs where they are: say so before marking it.
+            if !undo && !others_take_jobs(&sched, &host).await? {
+                anyhow::bail!(
+                    "no other live host takes jobs, so {host}'s jobs have nowhere to go; nothing was drained"
+                );
+            }
             let method = if undo { Method::DELETE } else { Method::PUT };
+            let query = if until_restart {
+                "?until_restart=true"
+            } else {
+                ""
+            };
             let _: serde_json::Value = sched
-                .call(method, &format!("/hosts/{host}/drain"), None::<&()>)
+                .call(method, &format!("/hosts/{host}/drain{query}"), None::<&()>)
                 .await?;
             if undo {
                 println!("{host} takes jobs again");
@@ -318,6 +352,13 @@ pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
                 if std::time::Instant::now() >= deadline {
                     anyhow::bail!(
                         "{host} still runs {left} scheduled jobs after {timeout}s: see `flynn-host cluster formations` for formations blocked elsewhere"
+                    );
+                }
+                // Every host powered off at once drains at once: none can take
+                // another's jobs, so waiting would only delay the stop.
+                if !others_take_jobs(&sched, &host).await? {
+                    anyhow::bail!(
+                        "{host} still runs {left} scheduled jobs and every other host is draining too: they have nowhere to go"
                     );
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -285,6 +285,18 @@ impl Grid {
             s.subnet = Some(subnet);
         }
         self.write_cache(lease, subnet);
+        // Drained by its own power-off (flynn-init): back in the cluster, the host
+        // takes jobs again. An operator's drain stays.
+        let ended = self
+            .retry(
+                "ending this host's drain for its restart",
+                Duration::from_secs(2),
+                || discovery::formations::end_restart_drain(&etcd, &self.host_id),
+            )
+            .await;
+        if ended {
+            tracing::info!("takes jobs again: it drained itself before it last stopped");
+        }
 
         let cluster: Ipv4Net = match ocfg.network.parse() {
             Ok(n) => n,
