@@ -17,6 +17,16 @@ fn enabled() -> &'static [String] {
     })
 }
 
+/// `FLYNN_HANG_AT=name`: the thread that reaches the point sleeps 10 s there, longer
+/// than a test's `FLYNN_STEP_TIMEOUT`, to show that a stuck step is bounded and
+/// cleaned up after. Points: start.mount (in the root filesystem's mount).
+pub fn hang(name: &str) {
+    if std::env::var("FLYNN_HANG_AT").is_ok_and(|v| v == name) {
+        eprintln!("flynn-host: failpoint {name}: hanging for 10 s");
+        std::thread::sleep(std::time::Duration::from_secs(10));
+    }
+}
+
 /// Dies here if this point is enabled.
 pub fn hit(name: &str) {
     if enabled().iter().any(|p| p == name) {

@@ -384,3 +384,50 @@ fn a_start_whose_shim_hangs_fails_in_bounded_time_and_names_the_step() {
         assert_gone(&d, &id);
     }
 }
+
+/// The daemon's own step of a start (the root filesystem's mount) is bounded too: a
+/// mount stuck past `FLYNN_STEP_TIMEOUT` fails the start naming it, and when the
+/// mount finishes later it is undone, so nothing of the job stays mounted.
+#[test]
+fn a_start_whose_rootfs_mount_hangs_fails_in_bounded_time_and_leaves_nothing() {
+    let mut d = Daemon::start();
+    d.import_busybox();
+    d.kill9();
+    d.spawn_with(&[
+        ("FLYNN_HANG_AT", "start.mount"),
+        ("FLYNN_STEP_TIMEOUT", "2"),
+    ]);
+    let began = std::time::Instant::now();
+    let out = d.cli(&["run", "-d", "--name", "stuck", "busybox", "sleep", "60"]);
+    let took = began.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        took < Duration::from_secs(9),
+        "the failed start took {took:?}"
+    );
+    assert!(
+        stderr.contains("mounting the root filesystem did not finish within 2s"),
+        "{stderr}"
+    );
+    let job = d.inspect("stuck");
+    assert_eq!(job["state"], "created", "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let dir = d.state_dir().join("jobs").join(&id);
+    // The hung mount goes on for 10 s, mounts, and is then undone.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        mounts_under(&dir).is_empty(),
+        "the late mount was left: {:?}",
+        mounts_under(&dir)
+    );
+    assert!(cgroups_of(&id).is_empty(), "a container was left");
+
+    // The same job starts once mounts answer again.
+    d.kill9();
+    d.spawn();
+    d.ok(&["start", "stuck"]);
+    assert_eq!(d.inspect("stuck")["state"], "running");
+    d.ok(&["rm", "-f", "stuck"]);
+    assert_gone(&d, &id);
+}

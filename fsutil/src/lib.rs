@@ -85,13 +85,37 @@ pub fn write_atomic_via(
     data: &[u8],
     durability: Durability,
 ) -> io::Result<()> {
+    replace_via(tmp_dir, path, durability, |file| file.write_all(data))
+}
+
+/// Replaces `path` with what `fill` writes to the temp file (beside it): for content
+/// streamed rather than held in memory, or a file that needs another mode (`fill`
+/// may set the temp file's permissions before it writes).
+pub fn replace_with(
+    path: &Path,
+    durability: Durability,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    replace_via(dir, path, durability, fill)
+}
+
+fn replace_via(
+    tmp_dir: &Path,
+    path: &Path,
+    durability: Durability,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let (mut file, tmp) = create_temp(tmp_dir, &format!(".{name}"))?;
     let result = (|| {
-        file.write_all(data)?;
+        fill(&mut file)?;
         match durability {
             Durability::Visible => {}
             Durability::Ordered => file.sync_data()?,
@@ -123,6 +147,32 @@ mod tests {
         Durability::Ordered,
         Durability::Durable,
     ];
+
+    #[test]
+    fn a_streamed_replace_keeps_the_old_file_when_the_writer_fails() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("rc");
+        replace_with(&dest, Durability::Durable, |f| {
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            f.write_all(b"secret")
+        })
+        .unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"secret");
+        let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let failed = replace_with(&dest, Durability::Ordered, |f| {
+            f.write_all(b"half")?;
+            Err(io::Error::other("the source broke"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(fs::read(&dest).unwrap(), b"secret");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "a temp file was left"
+        );
+    }
 
     #[test]
     fn writes_and_replaces_leaving_no_temp() {

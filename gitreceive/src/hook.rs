@@ -324,9 +324,10 @@ async fn build_and_release(
     // The build's cache becomes the app's (a failed build never gets here).
     let new_cache = dir.join("cache.tgz");
     if new_cache.is_file() {
-        let tmp = store.tmp_file("cache")?;
-        std::fs::copy(&new_cache, &tmp)?;
-        std::fs::rename(&tmp, store.cache(app))?;
+        // Visible: a cache lost to a crash only makes the next build slower.
+        flynn_fsutil::replace_with(&store.cache(app), flynn_fsutil::Durability::Visible, |f| {
+            std::io::copy(&mut std::fs::File::open(&new_cache)?, f).map(drop)
+        })?;
     }
     let routes: Value = controller
         .call(Method::GET, &format!("/apps/{app}/routes"), None::<&()>)

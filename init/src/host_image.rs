@@ -69,21 +69,22 @@ pub fn write(binary: &Path, out: &Path) -> io::Result<()> {
     }])
     .to_string()
     .into_bytes();
-    let tmp = out.with_extension("tmp");
-    let file = std::fs::File::create(&tmp)?;
-    let mut archive = tar::Builder::new(io::BufWriter::new(file));
-    for (name, data) in [
-        ("manifest.json", manifest.as_slice()),
-        (config_name.as_str(), config.as_slice()),
-        (layer_name.as_str(), layer.as_slice()),
-    ] {
-        archive.append(
-            &entry(name, data.len() as u64, 0o644, tar::EntryType::Regular)?,
-            data,
-        )?;
-    }
-    archive.into_inner()?.flush()?;
-    std::fs::rename(&tmp, out)
+    // Visible: the archive is made again from the binary at the next boot if a
+    // crash takes it.
+    flynn_fsutil::replace_with(out, flynn_fsutil::Durability::Visible, |file| {
+        let mut archive = tar::Builder::new(io::BufWriter::new(file));
+        for (name, data) in [
+            ("manifest.json", manifest.as_slice()),
+            (config_name.as_str(), config.as_slice()),
+            (layer_name.as_str(), layer.as_slice()),
+        ] {
+            archive.append(
+                &entry(name, data.len() as u64, 0o644, tar::EntryType::Regular)?,
+                data,
+            )?;
+        }
+        archive.into_inner()?.flush()
+    })
 }
 
 #[cfg(test)]

@@ -372,8 +372,8 @@ fn rtc_ahead(ahead: Duration) -> Vec<String> {
 fn block_overlay_from_node3(env: &Env, on: bool) {
     let script = if on {
         "add table bridge flynntest\n\
-         add chain bridge flynntest fwd { type filter hook forward priority 0; }\n\
-         add rule bridge flynntest fwd iifname tap3 udp dport 4789 drop\n"
+         add chain bridge flynntest drop_overlay { type filter hook forward priority 0; }\n\
+         add rule bridge flynntest drop_overlay iifname tap3 udp dport 4789 drop\n"
     } else {
         "delete table bridge flynntest\n"
     };

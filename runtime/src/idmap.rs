@@ -59,6 +59,9 @@ impl IdmapError {
 /// idmapped mount applies. Nothing runs in it; the descriptor keeps it alive.
 pub fn userns_fd(range: IdRange) -> Result<OwnedFd, IdmapError> {
     let err = IdmapError::Userns;
+    // A raw clone: unshare(CLONE_NEWUSER) is refused in a multithreaded process (the
+    // daemon), and nix's clone wants a stack and a callback for a child that only
+    // has to exist.
     // SAFETY: a raw clone without CLONE_VM and with no stack is a fork into a new user
     // namespace. The child runs only async-signal-safe syscalls (prctl, pause, _exit)
     // and never returns into code that could take a lock another thread held.
@@ -132,6 +135,8 @@ pub fn idmapped_mount(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), Id
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
     };
+    // By hand: neither nix nor rustix (the versions in the lockfile) wraps
+    // mount_setattr(2).
     // SAFETY: tree is an open detached mount; attr is a valid mount_attr of the size
     // passed; the path is an empty C string (AT_EMPTY_PATH).
     let rc = unsafe {

@@ -168,6 +168,8 @@ impl Filter {
             // The kernel only reads the program.
             filter: self.program.as_ptr().cast_mut(),
         };
+        // By hand: the program is compiled here (nothing in the lockfile loads a
+        // ready BPF program; libseccomp compiles its own), and nix has no seccomp(2).
         // SAFETY: `prog` points at `len` valid sock_filter records that stay alive (and
         // unmodified) for the duration of the call; the kernel copies and verifies them.
         let rc = unsafe {

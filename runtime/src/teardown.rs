@@ -9,7 +9,7 @@
 //! cgroup from outside (it outlives the PID namespace): with `kill_leftovers`, it is
 //! killed and the removal retried for a while.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -127,16 +127,6 @@ fn kill_members(dir: &Path, id: &str) {
 }
 
 fn pidfd_kill(pidfd: &OwnedFd) -> Result<(), Errno> {
-    // SAFETY: pidfd_send_signal takes a pidfd, a signal number, a null siginfo pointer
-    // (meaning "as kill(2) would") and zero flags.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0u32,
-        )
-    };
-    Errno::result(rc).map(drop)
+    rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL)
+        .map_err(|e| Errno::from_raw(e.raw_os_error()))
 }

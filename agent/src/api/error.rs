@@ -90,6 +90,7 @@ impl From<JobError> for ApiError {
             | JobError::Runtime(_)
             | JobError::Network(_)
             | JobError::Io { .. }
+            | JobError::TimedOut { .. }
             | JobError::Internal(_) => ApiError::Internal(message),
         }
     }

@@ -37,6 +37,11 @@ pub enum JobError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{step} did not finish within {}s: the host's disk or kernel is stuck (see the daemon's log); nothing of the job was left", waited.as_secs())]
+    TimedOut {
+        step: &'static str,
+        waited: std::time::Duration,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }

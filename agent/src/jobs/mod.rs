@@ -44,6 +44,17 @@ type Teardown = (u64, tokio::task::JoinHandle<()>);
 /// How long `stop` and `rm -f` wait for a killed process to be reported gone.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
+/// The bound on the daemon's own steps of a start (the root filesystem's mount; the
+/// network's and the shim's have theirs): 60 s, or `FLYNN_STEP_TIMEOUT` seconds
+/// (tests, slow machines).
+fn step_timeout() -> Duration {
+    std::env::var("FLYNN_STEP_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(60))
+}
+
 /// A job known to the daemon.
 pub struct JobHandle {
     pub id: String,
@@ -541,7 +552,8 @@ impl JobManager {
             Some(self.paths.jobs.clone()),
             Some(dir.clone()),
         ];
-        tokio::task::spawn_blocking(move || {
+        let mut mount = tokio::task::spawn_blocking(move || {
+            crate::failpoint::hang("start.mount");
             if userns.is_some() {
                 let dirs: Vec<&std::path::Path> =
                     traverse.iter().flatten().map(|p| p.as_path()).collect();
@@ -550,9 +562,26 @@ impl JobManager {
             let image = store.resolve(&image_id)?;
             let lowers = store.layer_dirs(&image)?;
             record::mount_rootfs(&mount_dir, &lowers, userns)
-        })
-        .await
-        .map_err(JobError::join)??;
+        });
+        // Bounded like every step of a start. A mount that finishes after the start
+        // gave up is undone then, so nothing of the job stays mounted.
+        let limit = step_timeout();
+        match tokio::time::timeout(limit, &mut mount).await {
+            Ok(done) => done.map_err(JobError::join)??,
+            Err(_) => {
+                let late = dir.clone();
+                tokio::spawn(async move {
+                    if let Ok(Ok(())) = mount.await {
+                        let _ = tokio::task::spawn_blocking(move || record::unmount_rootfs(&late))
+                            .await;
+                    }
+                });
+                return Err(JobError::TimedOut {
+                    step: "mounting the root filesystem",
+                    waited: limit,
+                });
+            }
+        }
         step.done("root filesystem mounted");
         crate::failpoint::hit("start.mounted");
 

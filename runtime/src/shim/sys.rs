@@ -158,25 +158,14 @@ pub fn exec_fd(exe: &impl AsFd) -> Errno {
     else {
         return Errno::EINVAL;
     };
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    let empty = c"";
-    // SAFETY: argv and envp are null-terminated arrays of pointers to NUL-terminated
-    // strings that outlive the call (`args` and `env` own them); the path is an empty
-    // string, which AT_EMPTY_PATH makes the kernel read as "the file open at the fd".
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            exe.as_fd().as_raw_fd(),
-            empty.as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        );
-    }
-    Errno::last()
+    let Err(e) = nix::unistd::execveat(
+        Some(exe.as_fd().as_raw_fd()),
+        c"",
+        &args,
+        &env,
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    );
+    e
 }
 
 /// Unmaps, from this process only, the pages of its read-only file mappings (the
