@@ -115,7 +115,12 @@ fn flynn_cli() -> i32 {
             return 1;
         }
     };
-    match rt.block_on(controller::cli::main(args, flynn_attach)) {
+    let result = rt.block_on(controller::cli::main(args, flynn_attach));
+    // As in `tokio_main`: a `run -i`/`-it` session that ended with the job leaves
+    // a read of our stdin in a blocking thread (a terminal never sends EOF);
+    // dropping the runtime would wait for that read, i.e. for the user's next key.
+    rt.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flynn: error: {e:#}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use discovery::apps::{App, Process, Release};
 use discovery::deploys::{Deploy, DeployState};
-use discovery::routes::{Route, RouteKind};
+use discovery::routes::{Route, RouteCertificate, RouteKind, TcpPortRange};
 use discovery::{DiscoveryError, Etcd};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -39,6 +39,8 @@ pub struct Controller {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// What the aggregators' TLS is verified against (`crate::logs`).
     pub(crate) logs_trust: flynn_client::TlsOptions,
+    /// The ports TCP routes may take.
+    tcp_ports: TcpPortRange,
 }
 
 #[derive(Debug)]
@@ -208,6 +210,10 @@ struct NewRoute {
     /// The process type served (default `web`).
     #[serde(default, rename = "type")]
     process_type: Option<String>,
+    /// HTTP: the route's own certificate and key (PEM), served by the routers on
+    /// 443 for its domain instead of the cluster's.
+    #[serde(default)]
+    certificate: Option<RouteCertificate>,
 }
 
 fn new_id() -> String {
@@ -233,7 +239,14 @@ impl Controller {
             deploy_timeout: DEFAULT_DEPLOY_TIMEOUT,
             tls: None,
             logs_trust: flynn_client::TlsOptions::default(),
+            tcp_ports: TcpPortRange::DEFAULT,
         }
+    }
+
+    /// The ports TCP routes may take (default [`TcpPortRange::DEFAULT`]).
+    pub fn with_tcp_ports(mut self, range: TcpPortRange) -> Controller {
+        self.tcp_ports = range;
+        self
     }
 
     /// With the cluster's API token: deploys are followed through the scheduler,
@@ -498,7 +511,7 @@ impl Controller {
                 self.app(app).await?;
                 let r: NewRoute = body(req).await?;
                 let ty = r.process_type.unwrap_or_else(|| "web".into());
-                let route = Route {
+                let mut route = Route {
                     id: format!("{app}-{}", new_id()),
                     kind: r.kind,
                     service: format!("{app}-{ty}"),
@@ -507,10 +520,14 @@ impl Controller {
                     sticky: r.sticky,
                     port: r.port,
                     app: Some(app.to_string()),
-                    certificate: None,
+                    certificate: r.certificate,
                 };
-                route.validate()?;
+                self.check_new_route(&route).await?;
                 discovery::routes::put(&self.etcd, &route).await?;
+                // The key went to the routers; it never comes back out of the API.
+                if let Some(c) = &mut route.certificate {
+                    c.key.clear();
+                }
                 Ok(json(StatusCode::CREATED, &route))
             }
             Op::DeleteRoute => {
@@ -526,6 +543,42 @@ impl Controller {
                 Ok(json(StatusCode::OK, &serde_json::json!({"deleted": id})))
             }
         }
+    }
+
+    /// What a route added through the API must be beyond a valid record: a TCP
+    /// port in the range and free, a certificate that serves the domain.
+    async fn check_new_route(&self, route: &Route) -> Result<(), Error> {
+        let range = self.tcp_ports;
+        if route.kind == RouteKind::Tcp {
+            let Some(port) = route.port else {
+                return Err(Error::BadRequest(format!(
+                    "a TCP route needs a port: give one in {range}"
+                )));
+            };
+            if !range.contains(port) {
+                return Err(Error::BadRequest(format!(
+                    "port {port} is outside the TCP route ports {range}: give one in {range} (the controller's --tcp-route-ports)"
+                )));
+            }
+        }
+        route.validate()?;
+        if let (Some(c), Some(domain)) = (&route.certificate, &route.domain) {
+            flynn_tls::check_pair(&c.cert, &c.key, domain, std::time::SystemTime::now())
+                .map_err(|e| Error::BadRequest(format!("the route's TLS certificate: {e}")))?;
+        }
+        if let Some(port) = route.port
+            && let Some(taken) = discovery::routes::list(&self.etcd)
+                .await?
+                .into_iter()
+                .find(|r| r.kind == RouteKind::Tcp && r.port == Some(port))
+        {
+            return Err(Error::Conflict(format!(
+                "port {port} is taken by route {} of {}: pick another in {range}",
+                taken.id,
+                taken.app.as_deref().unwrap_or("the platform")
+            )));
+        }
+        Ok(())
     }
 
     async fn app(&self, name: &str) -> Result<App, Error> {

@@ -198,7 +198,7 @@ enum EnvCmd {
 
 #[derive(Subcommand, Debug)]
 enum RouteCmd {
-    /// http DOMAIN [--path P] [--sticky] | tcp --port N
+    /// http DOMAIN [--path P] [--sticky] [--tls-cert FILE --tls-key FILE] | tcp --port N
     Add {
         kind: String,
         domain: Option<String>,
@@ -206,8 +206,17 @@ enum RouteCmd {
         path: Option<String>,
         #[arg(long)]
         sticky: bool,
+        /// TCP: the port every router listens on (in the controller's range,
+        /// 3000-3500 by default).
         #[arg(long)]
         port: Option<u16>,
+        /// HTTP: the route's own certificate chain (PEM file, the server's
+        /// certificate first), served on 443 for DOMAIN instead of the cluster's.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// HTTP: the certificate's private key (PEM file).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// The process type served.
         #[arg(long = "type", short = 't', default_value = "web")]
         process_type: String,
@@ -842,12 +851,27 @@ async fn route(client: &Client, app: &str, cmd: Option<RouteCmd>) -> Result<i32>
             path,
             sticky,
             port,
+            tls_cert,
+            tls_key,
             process_type,
         }) => {
             let body = match kind.as_str() {
                 "http" => {
                     let d = domain.context("route add http DOMAIN: give the domain")?;
-                    json!({"kind": "http", "domain": d, "path": path, "sticky": sticky, "type": process_type})
+                    let mut body = json!({"kind": "http", "domain": d, "path": path, "sticky": sticky, "type": process_type});
+                    if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                        let read = |p: &PathBuf| {
+                            std::fs::read_to_string(p)
+                                .with_context(|| format!("reading {}", p.display()))
+                        };
+                        body["certificate"] = json!({"cert": read(&cert)?, "key": read(&key)?});
+                    }
+                    body
+                }
+                "tcp" if tls_cert.is_some() => {
+                    bail!(
+                        "a TCP route passes bytes through: the app's own TLS is its certificate (--tls-cert is for http routes)"
+                    )
                 }
                 "tcp" => {
                     json!({"kind": "tcp", "port": port.context("route add tcp --port N: give the port")?, "type": process_type})

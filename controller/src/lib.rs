@@ -69,6 +69,10 @@ pub struct ControllerArgs {
     /// the cluster's CA two thirds into its life.
     #[arg(long, env = "FLYNN_HOST")]
     pub agent: Option<String>,
+    /// The ports users' TCP routes may take (FIRST-LAST): one outside is refused,
+    /// so apps cannot take the routers' own ports or the hosts' services.
+    #[arg(long, env = "FLYNN_TCP_ROUTE_PORTS", default_value_t = discovery::routes::TcpPortRange::DEFAULT)]
+    pub tcp_route_ports: discovery::routes::TcpPortRange,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +125,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let mut controller = Controller::new(etcd, args.key, args.domain)
         .with_cluster(args.token, args.deploy_timeout)
         .with_tls(acceptor)
-        .with_logs_trust(flynn_client::TlsOptions::from_env());
+        .with_logs_trust(flynn_client::TlsOptions::from_env())
+        .with_tcp_ports(args.tcp_route_ports);
     controller.logagg_token = args.logagg_token;
     let c = Arc::new(controller);
     c.resume_deploys().await;

@@ -295,3 +295,201 @@ async fn deploys_follow_formations_and_roll_back_when_not_healthy() {
     .await;
     assert_eq!(s, 400, "{e}");
 }
+
+/// TCP routes take a port of the controller's range (3000-3500 unless set), each
+/// port once; an HTTP route may carry its own certificate, which must serve its
+/// domain, is stored for the routers and never shown again with its key.
+#[tokio::test]
+async fn tcp_routes_keep_to_the_port_range_and_route_certificates_are_checked() {
+    let etcd_proc = TestEtcd::start().expect("etcd (Debian's etcd-server): scripts/deps.sh");
+    let etcd = etcd_proc.client().await.expect("etcd answers");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        Arc::new(Controller::new(
+            etcd.clone(),
+            KEY.into(),
+            "cluster.local".into(),
+        ))
+        .serve(l),
+    );
+    let (s, _) = call_key(addr, "POST", "/apps", Some(json!({"name": "demo"}))).await;
+    assert_eq!(s, 201);
+    let tcp = |port: u16| Some(json!({"kind": "tcp", "port": port}));
+
+    // The default range's ends are in; a step outside either end, the routers'
+    // own ports and the controller's 81 are refused, saying the range.
+    for port in [3000, 3500] {
+        let (s, r) = call_key(addr, "POST", "/apps/demo/routes", tcp(port)).await;
+        assert_eq!(s, 201, "{port}: {r}");
+        assert_eq!(r["port"], port);
+    }
+    for port in [2999, 3501, 80, 81, 443, 65535] {
+        let (s, e) = call_key(addr, "POST", "/apps/demo/routes", tcp(port)).await;
+        assert_eq!(s, 400, "{port}: {e}");
+        let msg = e["error"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("port {port} is outside")) && msg.contains("3000-3500"),
+            "{msg}"
+        );
+    }
+    let (s, e) = call_key(
+        addr,
+        "POST",
+        "/apps/demo/routes",
+        Some(json!({"kind": "tcp"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("3000-3500"), "{e}");
+    // A port another route holds: 409, naming it.
+    let (s, e) = call_key(addr, "POST", "/apps/demo/routes", tcp(3000)).await;
+    assert_eq!(s, 409, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("port 3000 is taken"),
+        "{e}"
+    );
+    let tcp_routes = || async {
+        discovery::routes::list(&etcd)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.port)
+            .collect::<Vec<u16>>()
+    };
+    let mut ports = tcp_routes().await;
+    ports.sort();
+    assert_eq!(ports, [3000, 3500], "nothing refused was stored");
+
+    // Another controller given another range holds routes to that one.
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr2 = l2.local_addr().unwrap();
+    tokio::spawn(
+        Arc::new(
+            Controller::new(etcd.clone(), KEY.into(), "cluster.local".into())
+                .with_tcp_ports("4000-4001".parse().unwrap()),
+        )
+        .serve(l2),
+    );
+    let (s, e) = call_key(addr2, "POST", "/apps/demo/routes", tcp(3001)).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("4000-4001"), "{e}");
+    let (s, r) = call_key(addr2, "POST", "/apps/demo/routes", tcp(4001)).await;
+    assert_eq!(s, 201, "{r}");
+
+    // A route's own certificate: stored whole for the routers, the key never
+    // shown back (not in the 201, not in the listing).
+    let ca = flynn_tls::Ca::generate("user").unwrap();
+    let day = std::time::Duration::from_secs(86_400);
+    let www = ca
+        .issue("www", &["www.example.com".to_string()], day)
+        .unwrap();
+    let wild = ca
+        .issue("wild", &["*.apps.example.com".to_string()], day)
+        .unwrap();
+    let http = |domain: &str, cert: &str, key: &str| {
+        Some(json!({"kind": "http", "domain": domain, "certificate": {"cert": cert, "key": key}}))
+    };
+    let (s, r) = call_key(
+        addr,
+        "POST",
+        "/apps/demo/routes",
+        http("www.example.com", &www.chain_pem, &www.key_pem),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["certificate"]["cert"], www.chain_pem.as_str());
+    assert_eq!(r["certificate"]["key"], "");
+    let stored = discovery::routes::list(&etcd)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.domain.as_deref() == Some("www.example.com"))
+        .expect("the route in etcd");
+    let c = stored.certificate.expect("its certificate");
+    assert_eq!(
+        (c.cert, c.key),
+        (www.chain_pem.clone(), www.key_pem.clone())
+    );
+    let (_, listed) = call_key(addr, "GET", "/apps/demo/routes", None).await;
+    let listed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["domain"] == "www.example.com")
+        .unwrap()
+        .clone();
+    assert_eq!(listed["certificate"]["key"], "", "{listed}");
+    // A wildcard certificate serves a name one label under it.
+    let (s, r) = call_key(
+        addr,
+        "POST",
+        "/apps/demo/routes",
+        http("shop.apps.example.com", &wild.chain_pem, &wild.key_pem),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+
+    // Pairs the routers could not serve are refused, each saying why.
+    let before = discovery::routes::list(&etcd).await.unwrap().len();
+    for (what, body, says) in [
+        (
+            "another certificate's key",
+            http("www.example.com", &www.chain_pem, &wild.key_pem),
+            "the key does not go with the certificate",
+        ),
+        (
+            "a certificate for other names",
+            http("api.example.com", &www.chain_pem, &www.key_pem),
+            "does not name api.example.com: it names www.example.com",
+        ),
+        (
+            "a wildcard two labels up",
+            http("a.b.apps.example.com", &wild.chain_pem, &wild.key_pem),
+            "does not name a.b.apps.example.com",
+        ),
+        (
+            "no certificate in the PEM",
+            http("www.example.com", "hello", &www.key_pem),
+            "holds no certificate",
+        ),
+        (
+            "a broken certificate",
+            http(
+                "www.example.com",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                &www.key_pem,
+            ),
+            "the certificate is not valid",
+        ),
+        (
+            "no key",
+            http("www.example.com", &www.chain_pem, "not a key"),
+            "the key is not a valid PEM private key",
+        ),
+        (
+            "a certificate on a TCP route",
+            Some(
+                json!({"kind": "tcp", "port": 3100, "certificate": {"cert": www.chain_pem, "key": www.key_pem}}),
+            ),
+            "a TCP route has only a port and a service",
+        ),
+        (
+            "half a pair",
+            Some(
+                json!({"kind": "http", "domain": "www.example.com", "certificate": {"cert": www.chain_pem}}),
+            ),
+            "key",
+        ),
+    ] {
+        let (s, e) = call_key(addr, "POST", "/apps/demo/routes", body).await;
+        assert_eq!(s, 400, "{what}: {e}");
+        let msg = e["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{what}: {msg:?} should say {says:?}");
+    }
+    assert_eq!(
+        discovery::routes::list(&etcd).await.unwrap().len(),
+        before,
+        "nothing refused was stored"
+    );
+}

@@ -454,6 +454,25 @@ async fn answers_on_a_walk_through_every_route_match_the_document() {
         )
         .await;
     assert_eq!(s, 201, "{t}");
+    // Outside the TCP route ports, and a port taken: documented refusals.
+    let (s, _) = w
+        .call(
+            "POST",
+            "/apps/{app}/routes",
+            "/apps/demo/routes",
+            Some(json!({"kind": "tcp", "port": 81})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = w
+        .call(
+            "POST",
+            "/apps/{app}/routes",
+            "/apps/demo/routes",
+            Some(json!({"kind": "tcp", "port": 3001})),
+        )
+        .await;
+    assert_eq!(s, 409);
     let (s, _) = w
         .call(
             "POST",

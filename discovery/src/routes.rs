@@ -103,6 +103,61 @@ impl Route {
     }
 }
 
+/// The ports users' TCP routes may take (Flynn's routers took 3000-3500): a
+/// range keeps the routers' own ports (80, 443, the controller's 81) and the
+/// hosts' services out of an app's reach. The controller holds routes to it
+/// (`--tcp-route-ports`); the platform's own TCP route (81) is the bootstrap's
+/// and outside it on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpPortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl TcpPortRange {
+    pub const DEFAULT: TcpPortRange = TcpPortRange {
+        first: 3000,
+        last: 3500,
+    };
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl Default for TcpPortRange {
+    fn default() -> TcpPortRange {
+        TcpPortRange::DEFAULT
+    }
+}
+
+impl std::fmt::Display for TcpPortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid TCP port range {0:?}: give FIRST-LAST, 1 <= FIRST <= LAST <= 65535 (e.g. 3000-3500)"
+)]
+pub struct BadPortRange(String);
+
+impl std::str::FromStr for TcpPortRange {
+    type Err = BadPortRange;
+
+    fn from_str(s: &str) -> Result<TcpPortRange, BadPortRange> {
+        let bad = || BadPortRange(s.to_string());
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(bad());
+        }
+        Ok(TcpPortRange { first, last })
+    }
+}
+
 pub async fn put(etcd: &Etcd, route: &Route) -> Result<(), DiscoveryError> {
     route.validate()?;
     let key = schema::route(&route.id);
@@ -154,6 +209,18 @@ pub async fn list(etcd: &Etcd) -> Result<Vec<Route>, DiscoveryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_hold_their_ends() {
+        let r: TcpPortRange = "3000-3500".parse().unwrap();
+        assert_eq!(r, TcpPortRange::DEFAULT);
+        assert!(r.contains(3000) && r.contains(3500) && !r.contains(2999) && !r.contains(3501));
+        assert_eq!(r.to_string(), "3000-3500");
+        assert_eq!("81-81".parse::<TcpPortRange>().unwrap().last, 81);
+        for bad in ["", "3000", "3500-3000", "0-10", "1-70000", "a-b", "1-2-3"] {
+            assert!(bad.parse::<TcpPortRange>().is_err(), "{bad}");
+        }
+    }
 
     fn http(domain: &str, path: Option<&str>) -> Route {
         Route {

@@ -16,6 +16,7 @@
 mod ca;
 mod error;
 mod first;
+mod pair;
 mod pin;
 mod renew;
 mod resolver;
@@ -25,6 +26,7 @@ mod verify;
 pub use ca::{Ca, HostCert, host_names};
 pub use error::TlsError;
 pub use first::{Captured, FirstContactError, capture_config, check_first_contact, proof};
+pub use pair::{PairError, check_pair};
 pub use pin::{Pin, pin_of_pem};
 pub use renew::renew_through;
 pub use resolver::HostCertResolver;

@@ -881,6 +881,11 @@ impl Flynn {
         cmd
     }
 
+    /// This CLI as a command on the switch, with its rc file.
+    pub fn command(&self) -> Command {
+        self.command_in(self.dir.path(), &self.path().to_string_lossy())
+    }
+
     /// The path of this CLI (`flynn`, a symlink to the binary under test).
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("flynn")
@@ -1037,5 +1042,119 @@ impl Drop for Platform {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A terminal for a CLI: the test holds the pty's master side and reads the
+/// screen from it (as `tests/interactive.rs` drives `flynn-host run -it`).
+pub struct Terminal {
+    master: std::fs::File,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+    child: Child,
+}
+
+impl Terminal {
+    /// Runs `cmd` with a new pty of `rows` x `cols` as its controlling terminal.
+    pub fn spawn(mut cmd: Command, rows: u16, cols: u16) -> Terminal {
+        use std::os::unix::process::CommandExt;
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        Terminal::size_of(&pty.master, rows, cols);
+        let slave = pty.slave;
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and TIOCSCTTY are async-signal-safe; they make the pty
+        // the child's controlling terminal (kept across nsenter's exec), so it
+        // gets SIGWINCH as in a shell.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting the CLI on a pty");
+        let master = std::fs::File::from(pty.master);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Terminal {
+            master,
+            seen,
+            child,
+        }
+    }
+
+    fn size_of(fd: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads the winsize we pass; the fd is an open pty.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0, "TIOCSWINSZ");
+    }
+
+    /// The terminal is resized (the CLI gets SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        Terminal::size_of(&self.master, rows, cols);
+    }
+
+    pub fn type_keys(&mut self, keys: &str) {
+        use std::io::Write;
+        self.master.write_all(keys.as_bytes()).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// Waits (up to `within`) until the screen shows `text` after its first
+    /// `after` bytes; where the text ends.
+    pub fn expect(&self, after: usize, text: &str, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.screen();
+            if let Some(at) = seen.get(after..).and_then(|s| s.find(text)) {
+                return after + at + text.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never saw {text:?}; the terminal shows:\n{seen}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn screen(&self) -> String {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The CLI's exit code, once it exits (within `within`).
+    pub fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the CLI did not exit:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -8,14 +8,19 @@
 //! echoes frames through every host's router; the controller's answers (jobs,
 //! logs...) match controller/openapi.json; malformed requests get 4xx; a controller
 //! instance killed leaves the CLI working; a host lost outright leaves the app
-//! serving and its formation whole.
+//! serving and its formation whole. Also through the CLI: `log -j` shows one job's
+//! lines alone; `run -it` gives a one-off job a terminal (its size followed, its
+//! exit code back); a scale-down from 3 to 1 under a request loop fails no request;
+//! a sticky route keeps a client with its cookie on one job through every router;
+//! a route with its own certificate (`--tls-cert/--tls-key`) is served with it on
+//! every router's 443, and a pair that does not match is refused.
 
 use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
 
-use crate::harness::{Cluster, Flynn, sh, wait_for};
+use crate::harness::{Cluster, Flynn, Terminal, sh, wait_for};
 
 pub(crate) const TOKEN: &str = "platform-test-token-0123456789";
 const PEERS: &str = "192.0.2.1,192.0.2.2,192.0.2.3";
@@ -250,12 +255,47 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
         );
     }
 
+    // One job's lines alone: `log -j JOB` (lines read `TIME APP[TYPE.JOB]: text`).
+    for one in &web_jobs {
+        let out = f.ok(&["-a", "demo", "log", "-j", one]);
+        assert!(out.contains(&format!("serving as {one}")), "{out}");
+        assert!(
+            out.lines()
+                .all(|l| l.contains(&format!("demo[web.{one}]: "))),
+            "log -j {one} shows other jobs' lines:\n{out}"
+        );
+        for other in web_jobs.iter().filter(|o| *o != one) {
+            assert!(!out.contains(other.as_str()), "log -j {one}:\n{out}");
+        }
+    }
+
     // A one-off job followed through the controller's relay, over the same
     // HTTPS (the controller's name verified behind an address).
     assert_eq!(
         f.ok(&["-a", "demo", "run", "echo", "hello over TLS"]),
         "hello over TLS\n"
     );
+
+    // `run -it`: a one-off job with a terminal, anywhere in the cluster, through
+    // the controller's relay (attach and resize): its size is the user's, follows
+    // a resize, and its exit code is the CLI's.
+    let mut cmd = f.command();
+    cmd.args(["-a", "demo", "run", "-it", "sh"]);
+    let mut term = Terminal::spawn(cmd, 30, 100);
+    let wait = Duration::from_secs(60);
+    let mut at = term.expect(0, "# ", wait);
+    term.type_keys("tty; stty size\r");
+    at = term.expect(at, "/dev/pts/", wait);
+    at = term.expect(at, "30 100", wait);
+    at = term.expect(at, "# ", wait);
+    term.resize(40, 120);
+    std::thread::sleep(Duration::from_millis(500));
+    term.type_keys("stty size\r");
+    at = term.expect(at, "40 120", wait);
+    term.type_keys("echo job-$((40+2))\r");
+    term.expect(at, "job-42", wait);
+    term.type_keys("exit 3\r");
+    assert_eq!(term.wait(wait), Some(3), "{}", term.screen());
 
     // The controller's answers with a real cluster behind it (jobs from the
     // scheduler, lines from the aggregators) are as controller/openapi.json says.
@@ -345,6 +385,44 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
         }
     }
 
+    // A scale-down (3 to 1) under a request loop through every router: the jobs
+    // that go leave discovery first and the routers let their requests finish,
+    // so no request fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let (stop, switch) = (stop.clone(), c.switch.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut n = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n = n % 3 + 1;
+                let url = format!("http://192.0.2.{n}/greeting");
+                let (code, body) = curl_in(&switch, &["-H", "Host: demo.cluster.local", &url]);
+                if code == 200 {
+                    ok += 1;
+                } else {
+                    failed.push(format!("router {n}: {code} {body}"));
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    f.ok(&["-a", "demo", "scale", "web=1"]);
+    wait_for("one web job left", Duration::from_secs(60), || {
+        hosts_running(&c, 1, "demo", "web").len() == 1
+    });
+    // The stopped jobs' drain and exit are behind us; a few more seconds on one job.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = looping.join().unwrap();
+    assert!(ok > 10, "{ok} requests during the scale-down");
+    assert!(
+        failed.is_empty(),
+        "failed during the scale-down ({ok} ok): {failed:?}"
+    );
+    println!("scale-down 3 to 1: {ok} requests through the routers, none failed");
+
     // Scaled to 0 the routers say 503; back to 3, they serve again.
     f.ok(&["-a", "demo", "scale", "web=0"]);
     wait_for("503 with no web job", Duration::from_secs(60), || {
@@ -360,6 +438,138 @@ fn an_app_is_served_through_every_router_and_survives_a_lost_host() {
     wait_for("the TCP route", Duration::from_secs(30), || {
         (1..=3).all(|n| curl(&c, &[&format!("http://192.0.2.{n}:3001/name")]).0 == 200)
     });
+
+    // A sticky route added through the CLI: the first answer sets the cookie, and
+    // with it every router sends the client to that one job.
+    f.ok(&[
+        "-a",
+        "demo",
+        "route",
+        "add",
+        "http",
+        "sticky.example.com",
+        "--sticky",
+    ]);
+    let sticky_get = |n: u8, cookie: Option<&str>| {
+        let url = format!("http://192.0.2.{n}/name");
+        let mut args = vec!["-i", "-H", "Host: sticky.example.com"];
+        let header;
+        if let Some(c) = cookie {
+            header = format!("Cookie: {c}");
+            args.extend(["-H", header.as_str()]);
+        }
+        args.push(&url);
+        curl(&c, &args)
+    };
+    wait_for("the sticky route", Duration::from_secs(30), || {
+        (1..=3).all(|n| sticky_get(n, None).0 == 200)
+    });
+    let split = |text: &str| -> (Option<String>, String) {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let cookie = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            if !name.eq_ignore_ascii_case("set-cookie") {
+                return None;
+            }
+            value.trim().split(';').next().map(str::to_string)
+        });
+        (cookie, body.trim().to_string())
+    };
+    let (code, text) = sticky_get(1, None);
+    assert_eq!(code, 200, "{text}");
+    let (cookie, first) = split(&text);
+    let cookie = cookie.unwrap_or_else(|| panic!("no cookie from a sticky route: {text}"));
+    assert!(cookie.starts_with("_flynn_route="), "{cookie}");
+    // Without the cookie the answers spread over the jobs...
+    let mut unstuck = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        for n in 1..=3 {
+            unstuck.insert(split(&sticky_get(n, None).1).1);
+        }
+    }
+    assert!(
+        unstuck.len() > 1,
+        "no spread without the cookie: {unstuck:?}"
+    );
+    // ...with it, every answer of every router is the first job's.
+    for _ in 0..10 {
+        for n in 1..=3 {
+            let (code, text) = sticky_get(n, Some(&cookie));
+            assert_eq!(code, 200, "{text}");
+            assert_eq!(split(&text).1, first, "router {n} with the cookie");
+        }
+    }
+
+    // A route with its own certificate (the user's CA, not the cluster's),
+    // served on every router's 443 for its name; a pair that does not match is
+    // refused with the reason, and nothing is routed for it.
+    let certs = tempfile::tempdir().unwrap();
+    let user_ca = flynn_tls::Ca::generate("user").unwrap();
+    let day = Duration::from_secs(86_400);
+    let secure = user_ca
+        .issue("secure", &["secure.example.com".to_string()], day)
+        .unwrap();
+    let other = user_ca
+        .issue("other", &["secure.example.com".to_string()], day)
+        .unwrap();
+    let file = |name: &str, text: &str| {
+        let p = certs.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (cert_f, key_f, other_key_f, ca_f) = (
+        file("cert.pem", &secure.chain_pem),
+        file("key.pem", &secure.key_pem),
+        file("other.pem", &other.key_pem),
+        file("ca.pem", &user_ca.cert_pem),
+    );
+    let out = f.run(&[
+        "-a",
+        "demo",
+        "route",
+        "add",
+        "http",
+        "secure.example.com",
+        "--tls-cert",
+        &cert_f,
+        "--tls-key",
+        &other_key_f,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the key does not go with the certificate"),
+        "{err}"
+    );
+    f.ok(&[
+        "-a",
+        "demo",
+        "route",
+        "add",
+        "http",
+        "secure.example.com",
+        "--tls-cert",
+        &cert_f,
+        "--tls-key",
+        &key_f,
+    ]);
+    let https = |n: u8| {
+        let resolve = format!("secure.example.com:443:192.0.2.{n}");
+        curl(
+            &c,
+            &[
+                "--cacert",
+                &ca_f,
+                "--resolve",
+                &resolve,
+                "https://secure.example.com/greeting",
+            ],
+        )
+    };
+    wait_for(
+        "the route's certificate on every router",
+        Duration::from_secs(30),
+        || (1..=3).all(|n| https(n) == (200, "hi\n".to_string())),
+    );
 
     // A websocket app: the handshake and frames both ways through every router.
     let script = base64::engine::general_purpose::STANDARD.encode(include_str!("ws.sh"));
