@@ -284,18 +284,16 @@ fn load_rc() -> Result<Rc> {
 }
 
 fn save_rc(rc: &Rc) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
     let p = rc_path()?;
-    let tmp = p.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(rc)?)?;
-    std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+    let data = serde_json::to_vec_pretty(rc)?;
+    // 0600 before a byte is written: the file holds the clusters' keys. Durable: a
+    // `cluster add` that returned is not lost to a crash.
+    flynn_fsutil::replace_with(&p, flynn_fsutil::Durability::Durable, |f| {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        std::io::Write::write_all(f, &data)
+    })
+    .with_context(|| format!("writing {}", p.display()))
 }
 
 /// A one-off job the scheduler placed, to be followed to its end through the

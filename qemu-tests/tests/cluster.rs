@@ -194,50 +194,38 @@ impl Env {
         })
     }
 
-    /// The etcd members as node `node`'s own member lists them, over its loopback
-    /// (plain there) from inside its etcd job: (member id, peer URLs).
-    fn etcd_members(&self, node: usize) -> Result<Vec<(String, String)>, String> {
-        let out = self.host_cli(node, &["ps", "--json"]);
-        let jobs: Vec<serde_json::Value> =
-            serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))?;
-        let etcd = jobs
-            .iter()
-            .find(|j| {
-                j["image"].as_str().is_some_and(|i| i.contains("etcd")) && j["state"] == "running"
-            })
-            .and_then(|j| j["id"].as_str())
-            .ok_or_else(|| format!("no running etcd job on node{}", node + 1))?
-            .to_string();
-        let out = self.host_cli(
-            node,
-            &[
-                "exec",
-                &etcd,
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                "--post-data",
-                "{}",
-                "http://127.0.0.1:2379/v3/cluster/member/list",
-            ],
-        );
+    /// `flynn-host bootstrap --json` again, from the namespace, on a cluster that is
+    /// up: every step must be skipped (nothing started, every etcd member answering
+    /// as it was); returns the etcd step's members (name and URLs of each).
+    fn bootstrap_again(&self) -> Result<serde_json::Value, String> {
+        let peers: Vec<String> = self.c.nodes.iter().map(|n| n.address.to_string()).collect();
+        let out = self
+            .c
+            .netns
+            .command(&self.cli)
+            .args(["bootstrap", "--json", "--timeout", "120", "--peers"])
+            .arg(peers.join(","))
+            .env("FLYNN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
         if !out.status.success() {
             return Err(text(&out));
         }
-        let list: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))?;
-        Ok(list["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| {
-                (
-                    m["ID"].as_str().unwrap_or_default().to_string(),
-                    m["peerURLs"].to_string(),
-                )
-            })
-            .collect())
+        let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let ends: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["state"] == "done" || e["state"] == "skipped")
+            .collect();
+        if ends.is_empty() || ends.iter().any(|e| e["state"] != "skipped") {
+            return Err(format!("a step was not skipped: {events:?}"));
+        }
+        ends.iter()
+            .find(|e| e["step"] == "etcd")
+            .map(|e| e["data"]["members"].clone())
+            .ok_or_else(|| format!("no etcd step: {events:?}"))
     }
 
     /// The cluster's hosts as node `via` sees them: id → (address, subnet).
@@ -490,12 +478,10 @@ fn three_appliances_bootstrap_survive_a_killed_vm_and_a_full_restart() {
         .find(|(_, (a, _))| *a == address)
         .map(|(id, (_, s))| (id.clone(), s.clone()))
         .unwrap_or_else(|| panic!("node3 ({address}) is not in {hosts:?}"));
-    let members = eventually("etcd's members", SERVE, || env.etcd_members(victim));
-    let member3 = members
-        .iter()
-        .find(|(_, urls)| urls.contains(&address))
-        .unwrap_or_else(|| panic!("no etcd member of node3 in {members:?}"))
-        .clone();
+    let members = eventually("a bootstrap run again to start nothing", SERVE, || {
+        env.bootstrap_again()
+    });
+    assert_eq!(members.as_array().map(Vec::len), Some(3), "{members}");
     env.c.kill(victim).unwrap();
     let t_kill = Instant::now();
     env.all_serve(&[0, 1], SERVE);
@@ -539,13 +525,14 @@ fn three_appliances_bootstrap_survive_a_killed_vm_and_a_full_restart() {
         "BENCH node3 rejoined (same id {victim_id}, subnet {victim_subnet}) and serves {:.1} s after its boot",
         t_back.elapsed().as_secs_f64()
     );
-    let members_back = eventually("etcd's members through node3", SERVE, || {
-        env.etcd_members(victim)
+    // The bootstrap again: node3's etcd member is the one it had (the agent found
+    // its job as it was: nothing changed) and every member answers.
+    let members_back = eventually("a bootstrap run again after the rejoin", SERVE, || {
+        env.bootstrap_again()
     });
-    assert_eq!(members_back.len(), 3, "{members_back:?}");
-    assert!(
-        members_back.contains(&member3),
-        "node3 is not the same etcd member: {members_back:?} (was {member3:?})"
+    assert_eq!(
+        members_back, members,
+        "the etcd members changed with node3's return"
     );
     env.flynn_ok(&["-a", APP, "scale", "web=6"]);
     let spread = env.web_jobs_settle(0, 6, "web=6 with jobs on node3 again", |h| {
