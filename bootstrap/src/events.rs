@@ -51,7 +51,9 @@ impl Reporter {
         } else {
             Reporter::Human {
                 spinner: None,
-                tty: std::io::stderr().is_terminal(),
+                // PID 1 (the appliance's init runs the bootstrap in itself) writes
+                // to the machine's consoles, which are logs: lines, no animation.
+                tty: std::io::stderr().is_terminal() && std::process::id() != 1,
             }
         }
     }

@@ -21,7 +21,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Drains this host when it is in a cluster and another host can take its jobs.
 /// Best effort: whatever goes wrong is said, and the stop goes on.
-pub fn before_stop(state_dir: &Path, socket: &str) {
+pub fn before_stop(state_dir: &Path, socket: &str, token: Option<&str>) {
     // `cluster.json`: the grid this host joined (written by the daemon's join).
     if !state_dir.join("cluster.json").exists() {
         return;
@@ -31,7 +31,12 @@ pub fn before_stop(state_dir: &Path, socket: &str) {
         DRAIN_TIMEOUT.as_secs()
     ));
     let exe = std::env::current_exe().unwrap_or_else(|_| "/usr/bin/flynn-host".into());
-    let child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    // The scheduler wants the cluster's token (the daemon's socket does not).
+    if let Some(t) = token {
+        cmd.env("FLYNN_TOKEN", t);
+    }
+    let child = cmd
         .args(["--host", &format!("unix://{socket}"), "cluster", "drain"])
         .args(["--until-restart", "--timeout"])
         .arg(DRAIN_TIMEOUT.as_secs().to_string())

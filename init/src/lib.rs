@@ -762,7 +762,14 @@ async fn run(ip: Option<IpConfig>, settings: &mut Settings) -> Result<()> {
         }
     };
     renewals.abort_all();
-    shutdown(daemon, stop)
+    // The cluster's token, for the drain's calls to the scheduler: the one given, or
+    // the one the daemon made at its first start.
+    let token = settings.token.as_ref().map(|(t, _)| t.clone()).or_else(|| {
+        std::fs::read_to_string(Path::new(STATE_DIR).join("token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+    });
+    shutdown(daemon, stop, token.as_deref())
 }
 
 /// Renews a lease at T1 for as long as the machine runs.
@@ -787,13 +794,13 @@ async fn keep_lease(mut l: Leased) {
     }
 }
 
-fn shutdown(daemon: Pid, stop: Stop) -> Result<()> {
+fn shutdown(daemon: Pid, stop: Stop, token: Option<&str>) -> Result<()> {
     say(match stop {
         Stop::PowerOff => "powering off: stopping the daemon and the jobs",
         Stop::Reboot => "rebooting: stopping the daemon and the jobs",
     });
     // While the daemon still runs: the cluster starts this host's jobs elsewhere.
-    drain::before_stop(Path::new(STATE_DIR), SOCKET);
+    drain::before_stop(Path::new(STATE_DIR), SOCKET, token);
     // The daemon first, so it does not see the jobs end and restart them.
     let _ = nix::sys::signal::kill(daemon, Signal::SIGTERM);
     if !power::wait_for(daemon, Duration::from_secs(10)) {
