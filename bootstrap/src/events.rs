@@ -45,15 +45,13 @@ pub enum Reporter {
 }
 
 impl Reporter {
-    pub fn new(json: bool) -> Reporter {
+    pub fn new(json: bool, no_spinner: bool) -> Reporter {
         if json {
             Reporter::Json
         } else {
             Reporter::Human {
                 spinner: None,
-                // PID 1 (the appliance's init runs the bootstrap in itself) writes
-                // to the machine's consoles, which are logs: lines, no animation.
-                tty: std::io::stderr().is_terminal() && std::process::id() != 1,
+                tty: std::io::stderr().is_terminal() && !no_spinner,
             }
         }
     }

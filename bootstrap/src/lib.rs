@@ -48,6 +48,10 @@ pub struct BootstrapArgs {
     /// A manifest of steps to run instead of the built-in one.
     #[arg(long)]
     pub manifest: Option<std::path::PathBuf>,
+    /// Plain lines even on a terminal: the appliance's init runs the bootstrap with
+    /// the machine's consoles as its output, which are logs.
+    #[arg(skip)]
+    pub no_spinner: bool,
 }
 
 /// A peer's address, refused with what to type instead.
@@ -170,7 +174,7 @@ pub async fn run(args: BootstrapArgs) -> i32 {
             return 2;
         }
     };
-    let mut reporter = Reporter::new(args.json);
+    let mut reporter = Reporter::new(args.json, args.no_spinner);
     match execute(&manifest, &mut runner, &mut reporter).await {
         Ok(Finished::AlreadyUp) => {
             reporter.finish(&format!(
@@ -381,6 +385,7 @@ mod tests {
             timeout: 1,
             json: false,
             manifest: manifest.map(Into::into),
+            no_spinner: false,
         };
         let a = Ipv4Addr::new(10, 0, 0, 1);
         let e = prepare(&args(vec![a], Some(2), "t", None)).err().unwrap();

@@ -464,6 +464,8 @@ fn cluster_bootstrap(peers: Vec<Ipv4Addr>, address: Option<Ipv4Addr>, settings: 
                 timeout: 600,
                 json: false,
                 manifest: None,
+                // The consoles are the machine's log: lines, no animation.
+                no_spinner: true,
             })
             .await;
             match code {
