@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use scheduler::{Restart, UnknownRestart};
+
 use crate::error::DiscoveryError;
 use crate::etcd::Etcd;
 use crate::schema;
@@ -42,6 +44,10 @@ pub struct FormationRecord {
     /// scheduler replaces the jobs of the old one by a rolling deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
+    /// Which exited jobs the scheduler replaces (`always`, `on-failure`, `never`).
+    /// Records written before it existed have none: `always`, their rule then.
+    #[serde(default)]
+    pub restart: Restart,
 }
 
 impl FormationRecord {
