@@ -145,3 +145,24 @@ pub async fn draining(etcd: &Etcd) -> Result<Vec<String>, DiscoveryError> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_stored_before_the_restart_policy_reads_as_always() {
+        let old = r#"{"app":"demo","process_type":"web","image":"busybox","count":2}"#;
+        let f: FormationRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(f.restart, Restart::Always);
+        let mut f = f;
+        f.restart = Restart::OnFailure;
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["restart"], "on-failure");
+        let back: FormationRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, f);
+        let bad =
+            r#"{"app":"demo","process_type":"web","image":"busybox","count":2,"restart":"no"}"#;
+        assert!(serde_json::from_str::<FormationRecord>(bad).is_err());
+    }
+}
