@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use discovery::Etcd;
 use discovery::apps::{App, Process, Release};
-use discovery::formations::FormationRecord;
+use discovery::formations::{FormationRecord, Restart};
 use discovery::routes::{Route, RouteKind};
 use serde_json::json;
 
@@ -321,6 +321,8 @@ impl Run {
             // The platform's own formations follow no app release: the bootstrap
             // (and a later upgrade) writes them whole.
             release: None,
+            // The platform's services run for good.
+            restart: Restart::Always,
         };
         let changed = existing.as_ref() != Some(&wanted);
         if changed {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use discovery::Etcd;
 use discovery::apps::{Process, Release};
 use discovery::deploys::{Deploy, DeployState};
-use discovery::formations::FormationRecord;
+use discovery::formations::{FormationRecord, Restart};
 use flynn_client::Client;
 use hyper::Method;
 use serde_json::{Value, json};
@@ -88,6 +88,8 @@ pub fn formation(
         tags: BTreeMap::new(),
         network: None,
         release: Some(release.id.clone()),
+        // An app's processes are services: every exit is replaced.
+        restart: Restart::Always,
     }
 }
 

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
+pub use scheduler::{Restart, UnknownRestart};
+
 use crate::error::DiscoveryError;
 use crate::etcd::Etcd;
 use crate::schema;
@@ -43,6 +45,10 @@ pub struct FormationRecord {
     /// scheduler replaces the jobs of the old one by a rolling deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
+    /// Which exited jobs the scheduler replaces (`always`, `on-failure`, `never`).
+    /// Records written before it existed have none: `always`, their rule then.
+    #[serde(default)]
+    pub restart: Restart,
 }
 
 impl FormationRecord {
@@ -198,4 +204,25 @@ pub async fn draining(etcd: &Etcd) -> Result<Vec<String>, DiscoveryError> {
                 .map(str::to_string)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_stored_before_the_restart_policy_reads_as_always() {
+        let old = r#"{"app":"demo","process_type":"web","image":"busybox","count":2}"#;
+        let f: FormationRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(f.restart, Restart::Always);
+        let mut f = f;
+        f.restart = Restart::OnFailure;
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["restart"], "on-failure");
+        let back: FormationRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, f);
+        let bad =
+            r#"{"app":"demo","process_type":"web","image":"busybox","count":2,"restart":"no"}"#;
+        assert!(serde_json::from_str::<FormationRecord>(bad).is_err());
+    }
 }

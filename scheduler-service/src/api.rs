@@ -49,7 +49,7 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
 }
 
 /// `PUT /formations/{app}/{type}`: the formation but its key.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FormationBody {
     image: String,
@@ -72,6 +72,9 @@ struct FormationBody {
     network: Option<String>,
     #[serde(default)]
     release: Option<String>,
+    /// `always` (the default), `on-failure` or `never`.
+    #[serde(default)]
+    restart: discovery::formations::Restart,
 }
 
 /// Tries a write up to three times: with an etcd member down, the client's request may
@@ -163,11 +166,18 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
                 .formations
                 .iter()
                 .map(|f| {
-                    let running = snap
+                    let of_it = |j: &&crate::JobView| {
+                        j.app == f.app && j.process_type == f.process_type
+                    };
+                    // Finished jobs a formation keeps (its restart policy does not
+                    // replace them) are counted apart: they run no more.
+                    let finished = snap
                         .jobs
                         .iter()
-                        .filter(|j| j.app == f.app && j.process_type == f.process_type)
+                        .filter(of_it)
+                        .filter(|j| j.state == "exited")
                         .count();
+                    let running = snap.jobs.iter().filter(of_it).count() - finished;
                     let blocked = snap
                         .plan
                         .blocked
@@ -176,6 +186,7 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
                     json!({
                         "formation": f,
                         "running": running,
+                        "finished": finished,
                         "blocked": blocked.map(|b| json!({"missing": b.missing, "reason": b.reason})),
                     })
                 })
@@ -210,6 +221,7 @@ async fn route(svc: &Service, token: &str, req: Request<Incoming>) -> Resp {
                 tags: b.tags,
                 network: b.network,
                 release: b.release,
+                restart: b.restart,
             };
             match retry(|| discovery::formations::put(&svc.etcd, &f)).await {
                 Ok(()) => {
@@ -340,5 +352,46 @@ mod tests {
             .collect();
         served.sort();
         assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn the_openapi_document_gives_the_restart_policies_accepted() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../openapi.json")).unwrap_or_default();
+        let schemas = &doc["components"]["schemas"];
+        for schema in ["FormationBody", "Formation"] {
+            let names: Vec<&str> = schemas[schema]["properties"]["restart"]["enum"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            assert_eq!(
+                names,
+                discovery::formations::Restart::NAMES,
+                "{schema}.restart"
+            );
+        }
+        // Every documented property of a body is one the route takes, the restart
+        // policy with each documented value; without it, `always`.
+        let body = |restart: Option<&str>| {
+            let mut b = serde_json::json!({"image": "busybox", "count": 1});
+            if let Some(r) = restart {
+                b["restart"] = r.into();
+            }
+            serde_json::from_value::<super::FormationBody>(b)
+        };
+        for name in discovery::formations::Restart::NAMES {
+            assert_eq!(body(Some(name)).unwrap().restart.as_str(), name);
+        }
+        assert!(body(None).unwrap().restart.is_always());
+        let err = body(Some("sometimes")).unwrap_err().to_string();
+        assert!(err.contains("unknown variant"), "{err}");
+        let documented: Vec<&String> = schemas["FormationBody"]["properties"]
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .collect();
+        assert!(documented.iter().any(|k| *k == "restart"), "{documented:?}");
     }
 }

@@ -11,8 +11,11 @@
 //! - **When**: at once on any change of hosts, formations or drains (etcd watches),
 //!   and every second (job exits are seen there).
 //! - **Its jobs** carry the labels `flynn.scheduler=1`, `flynn.app`, `flynn.type` and
-//!   `flynn.formation`; an exited one counts as a crash of its formation (back-off),
-//!   is removed (bounded history), and replaced.
+//!   `flynn.formation`. One that exited and that its formation's restart policy
+//!   replaces counts as a crash of its formation (back-off), is removed (bounded
+//!   history), and replaced; one it does not replace (exit 0 under `on-failure`,
+//!   any exit under `never`) is kept as finished, in its formation's count, so the
+//!   records kept never exceed the formation's count.
 //! - **Partial knowledge is no knowledge**: when a live host's agent does not answer,
 //!   the pass does nothing, so its jobs are never doubled while its lease lives.
 
@@ -48,6 +51,11 @@ const LAPSE_GRACE: Duration = Duration::from_secs(15);
 /// missed it, the host's jobs were replaced while it lived, and the formation ran
 /// one job over its count until the host came back.
 const LAPSE_PROBE: Duration = Duration::from_secs(3);
+/// How long a lapsed host gets to accept a TCP connection before the probe above.
+/// A live host accepts at once however busy it is (the kernel completes the
+/// handshake); one powered off or cut off accepts nothing, and waiting the whole
+/// probe for it only delays the replacement of its jobs.
+const PROBE_CONNECT: Duration = Duration::from_secs(1);
 const MIB: u64 = 1024 * 1024;
 /// Jobs without a memory setting are promised this much (for placement).
 const DEFAULT_MEMORY: u64 = 64 * MIB;
@@ -132,6 +140,9 @@ pub struct JobView {
     /// Up: running, and every service it declares registered in discovery (its
     /// health check passed). What a rolling deploy waits for.
     pub healthy: bool,
+    /// How it ended, once exited (-1 when the agent did not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// What the last pass saw and decided (for the API).
@@ -157,6 +168,10 @@ pub struct Service {
     /// are probed for `LAPSE_GRACE` before their jobs count as lost.
     recent: Mutex<HashMap<String, (HostView, u64)>>,
     wake: tokio::sync::Notify,
+    /// Bumped whenever a host's record leaves discovery (its lease ended): a pass
+    /// still asking hosts then starts over, instead of waiting out a host that is
+    /// gone before it can replace that host's jobs.
+    hosts_left: std::sync::atomic::AtomicU64,
     leading: std::sync::atomic::AtomicBool,
     started: std::time::Instant,
 }
@@ -250,6 +265,9 @@ impl Service {
             let (client, id) = (self.client(&api)?, h.id.clone());
             let wait = if probe { LAPSE_PROBE } else { OBSERVE_TIMEOUT };
             asks.spawn(async move {
+                if probe && !accepts(&api).await {
+                    return (id, Err("it accepts no connection".to_string()), None);
+                }
                 // Its images beside its jobs, in the same time: placement needs
                 // them only for releases that pin an image, and a host that does
                 // not say is taken to hold them all (as before it was asked).
@@ -271,6 +289,11 @@ impl Service {
                     Ok(Ok(list)) => Some(list.into_iter().map(|i| i.manifest_digest).collect()),
                     _ => None,
                 };
+                let r = match r {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(_) => Err(format!("no answer within {}s", wait.as_secs())),
+                };
                 (id, r, images)
             });
         }
@@ -282,7 +305,7 @@ impl Service {
             }
             if let Some(h) = lapsed.iter().find(|h| h.id == host) {
                 match &r {
-                    Ok(Ok(_)) => {
+                    Ok(_) => {
                         tracing::info!(host = %host, "host's lease lapsed but it answers: its jobs still count");
                         hosts.push(HostView {
                             images,
@@ -292,16 +315,7 @@ impl Service {
                     _ => continue,
                 }
             }
-            let list = match r {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(format!("host {host}: {e:#}")),
-                Err(_) => {
-                    return Err(format!(
-                        "host {host}: no answer within {}s",
-                        OBSERVE_TIMEOUT.as_secs()
-                    ));
-                }
-            };
+            let list = r.map_err(|e| format!("host {host}: {e}"))?;
             for j in list.as_array().cloned().unwrap_or_default() {
                 let label = |k: &str| {
                     j["config"]["labels"][k]
@@ -310,8 +324,10 @@ impl Service {
                         .to_string()
                 };
                 let state = j["state"].as_str().unwrap_or_default().to_string();
+                let exit_code = (state == "exited").then(|| exit_code(&j));
                 jobs.push((
                     JobView {
+                        exit_code,
                         release: j["config"]["labels"]["flynn.release"]
                             .as_str()
                             .map(str::to_string),
@@ -352,7 +368,17 @@ impl Service {
         let formations = discovery::formations::list(&self.etcd)
             .await
             .map_err(|e| e.to_string())?;
-        let (hosts, jobs) = self.observe().await?;
+        let left = self.hosts_left.load(std::sync::atomic::Ordering::Relaxed);
+        let observed = tokio::select! {
+            r = self.observe() => r,
+            () = self.host_leaves(left) => {
+                // A host waited on may be the one gone: start over at once (its
+                // jobs are replaced by the next pass, not one a time-out later).
+                self.poke();
+                return Ok(());
+            }
+        };
+        let (hosts, jobs) = observed?;
         let now = self.now_ms();
         let by_key: HashMap<FormationKey, &FormationRecord> =
             formations.iter().map(|f| (key(f), f)).collect();
@@ -367,19 +393,28 @@ impl Service {
             st.retain(|_, at| now.saturating_sub(*at) < 120_000);
             st.clone()
         };
-        // Exited jobs: a crash of their formation (unless we stopped them); removed
-        // (history stays bounded).
+        // Exited jobs: unless we stopped them or their formation keeps them as
+        // finished, a crash of their formation; removed (history stays bounded).
         let mut live_jobs = Vec::new();
-        for (j, raw) in &jobs {
+        for (j, _) in &jobs {
             if j.state == "exited" {
+                let k = FormationKey {
+                    app: j.app.clone(),
+                    process_type: j.process_type.clone(),
+                };
+                let code = j.exit_code.unwrap_or(-1);
+                let kept = !stopping.contains_key(&j.id)
+                    && by_key.get(&k).is_some_and(|f| !f.restart.replaces(code));
+                if kept {
+                    // `rectify` counts it; it leaves through the plan (scale down,
+                    // formation removed) like any job.
+                    live_jobs.push(j.clone());
+                    continue;
+                }
                 if leader {
-                    let k = FormationKey {
-                        app: j.app.clone(),
-                        process_type: j.process_type.clone(),
-                    };
                     if !stopping.contains_key(&j.id) {
                         self.crashed(k, now);
-                        tracing::info!(job = %j.id, host = %j.host, code = %raw["exit"]["code"], "a scheduled job exited; it will be replaced");
+                        tracing::info!(job = %j.id, host = %j.host, code, "a scheduled job exited; it will be replaced");
                     }
                     if let Some(api) = api_of.get(j.host.as_str()) {
                         let _ = call(
@@ -432,6 +467,7 @@ impl Service {
                     resources: resources(f),
                     release: f.release.clone(),
                     image: pinned_digest(&f.image),
+                    restart: f.restart,
                 })
                 .collect(),
             jobs: live_jobs
@@ -446,10 +482,12 @@ impl Service {
                         id: j.id.clone(),
                         formation: k,
                         host: j.host.clone(),
-                        state: if j.state == "stopping" {
-                            scheduler::JobState::Stopping
-                        } else {
-                            scheduler::JobState::Running
+                        state: match (j.state.as_str(), j.exit_code) {
+                            ("stopping", _) => scheduler::JobState::Stopping,
+                            ("exited", code) => scheduler::JobState::Exited {
+                                code: code.unwrap_or(-1),
+                            },
+                            _ => scheduler::JobState::Running,
                         },
                         release: j.release.clone(),
                         healthy: j.healthy,
@@ -596,6 +634,13 @@ impl Service {
         Ok(json!({ "host_id": host, "host_api": api, "job": job }))
     }
 
+    /// Returns once a host's record has left discovery since `seen` was read.
+    async fn host_leaves(&self, seen: u64) {
+        while self.hosts_left.load(std::sync::atomic::Ordering::Relaxed) == seen {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn crashed(&self, k: FormationKey, now: u64) {
         let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
         let e = b.entry(k).or_default();
@@ -610,6 +655,30 @@ impl Service {
     pub fn poke(&self) {
         self.wake.notify_one();
     }
+}
+
+/// Whether something accepts a TCP connection at the address of the API `api`
+/// (`https://HOST:PORT`) within [`PROBE_CONNECT`]; `true` when the address cannot
+/// be read (the full probe then decides).
+async fn accepts(api: &str) -> bool {
+    let Ok(uri) = api.parse::<hyper::Uri>() else {
+        return true;
+    };
+    let Some(host) = uri.host() else {
+        return true;
+    };
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    matches!(
+        tokio::time::timeout(PROBE_CONNECT, tokio::net::TcpStream::connect((host, port))).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Whether every service a job declares (`config.services`) has its instance in
@@ -633,6 +702,16 @@ fn lapsed(
         .collect();
     gone.sort_by(|a, b| a.id.cmp(&b.id));
     gone
+}
+
+/// A job's exit code from the agent's job (`exit.exit_code`, Docker's: 128+N for
+/// signal N); -1 when it does not say (a failure for the restart policy: an
+/// unknown end is not a success).
+fn exit_code(job: &Value) -> i32 {
+    job["exit"]["exit_code"]
+        .as_i64()
+        .and_then(|c| i32::try_from(c).ok())
+        .unwrap_or(-1)
 }
 
 fn services_up(job: &Value) -> bool {
@@ -723,6 +802,7 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         backoff: Mutex::new(HashMap::new()),
         stopping: Mutex::new(HashMap::new()),
         wake: tokio::sync::Notify::new(),
+        hosts_left: std::sync::atomic::AtomicU64::new(0),
         leading: std::sync::atomic::AtomicBool::new(false),
         started: std::time::Instant::now(),
         recent: Mutex::default(),
@@ -752,7 +832,15 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         tokio::spawn(async move {
             let mut w = discovery::watch::PrefixWatch::new(e, prefix);
             loop {
-                w.next().await;
+                let change = w.next().await;
+                // Only a host leaving: host records are rewritten every few
+                // seconds, and restarting passes on those would starve them.
+                if prefix == discovery::schema::HOSTS
+                    && matches!(change, discovery::watch::Change::Delete { .. })
+                {
+                    s.hosts_left
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 s.poke();
             }
         });
@@ -794,6 +882,20 @@ mod tests {
         );
         assert_eq!(pinned_digest("busybox:latest"), None);
         assert_eq!(pinned_digest("registry:5000/x:1"), None);
+    }
+
+    #[tokio::test]
+    async fn a_host_that_accepts_no_connection_is_told_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        assert!(accepts(&format!("https://{open}")).await);
+        drop(listener);
+        // Refused: told without waiting for the time-out.
+        let t = std::time::Instant::now();
+        assert!(!accepts(&format!("https://{open}")).await);
+        assert!(t.elapsed() < PROBE_CONNECT);
+        // Not an address: the full probe decides.
+        assert!(accepts("not a uri at all").await);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use scheduler::{Formation, FormationKey, Host, Job, JobState, Resources, Start, State, rectify};
+use scheduler::{
+    Formation, FormationKey, Host, Job, JobState, Resources, Restart, Start, State, rectify,
+};
 
 fn cluster(hosts: usize, jobs: usize) -> State {
     let per_formation = 50;
@@ -38,6 +40,7 @@ fn cluster(hosts: usize, jobs: usize) -> State {
                 omni: false,
                 release: None,
                 image: None,
+                restart: Restart::Always,
                 tags: if i % 10 == 0 {
                     BTreeMap::from([("zone".to_string(), "z1".to_string())])
                 } else {
@@ -75,7 +78,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     println!("scheduler rectify, medians of 5 rounds (anchor: round-robin of the same jobs)");
-    for (hosts, jobs) in [(1_000, 10_000), (10_000, 10_000), (10_000, 100_000)] {
+    // Hosts ×10 at each job count, and jobs ×10 at each host count: how a
+    // placement's cost grows with either.
+    for (hosts, jobs) in [
+        (1_000, 10_000),
+        (10_000, 10_000),
+        (1_000, 100_000),
+        (10_000, 100_000),
+    ] {
         let s = cluster(hosts, jobs);
         let (mut ours, mut anchor, mut lost) = (Vec::new(), Vec::new(), Vec::new());
         let mut placed = 0;

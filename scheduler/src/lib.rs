@@ -18,6 +18,11 @@
 //! - Omni formations run `count` jobs on every matching host.
 //! - Surplus jobs stop newest first.
 //! - Crashes back off per formation: 0 s, then 10 s, then 30 s between restarts.
+//! - A formation's [`Restart`] policy says which exited jobs are replaced: every
+//!   one (`always`, the default and Flynn's only rule), those that failed
+//!   (`on-failure`), or none (`never`). A job that is not replaced keeps its
+//!   place in the count as [`JobState::Exited`] (its work is done), so the kept
+//!   records of a formation never exceed its count.
 //! - A draining host gets no new jobs; its jobs are started elsewhere first and
 //!   stopped there once enough replacements run.
 //! - A formation's release changing is a rolling deploy: jobs of the new release
@@ -29,6 +34,8 @@
 mod place;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +95,84 @@ impl std::fmt::Display for FormationKey {
     }
 }
 
+/// Which of a formation's jobs that exit on their own (the scheduler did not stop
+/// them) are replaced. The agent's restart policies restart a job in place on its
+/// host; this one is the formation's: a replacement may go to another host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// Every exited job is replaced (with the crash back-off): a service. The
+    /// default, so a formation stored before the policy existed keeps its rule.
+    #[default]
+    Always,
+    /// Only a job that failed (exit code other than 0) is replaced: one that
+    /// finished its work stays finished.
+    OnFailure,
+    /// No exited job is replaced: each job runs once.
+    Never,
+}
+
+impl Restart {
+    /// The names users give, in the order the help lists them.
+    pub const NAMES: [&'static str; 3] = ["always", "on-failure", "never"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restart::Always => "always",
+            Restart::OnFailure => "on-failure",
+            Restart::Never => "never",
+        }
+    }
+
+    pub fn is_always(&self) -> bool {
+        *self == Restart::Always
+    }
+
+    /// Whether a job that exited with `code` is replaced.
+    pub fn replaces(self, code: i32) -> bool {
+        match self {
+            Restart::Always => true,
+            Restart::OnFailure => code != 0,
+            Restart::Never => false,
+        }
+    }
+}
+
+impl fmt::Display for Restart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A restart policy's name that is none of [`Restart::NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownRestart(pub String);
+
+impl fmt::Display for UnknownRestart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid restart policy {:?}: use always, on-failure or never",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownRestart {}
+
+impl FromStr for Restart {
+    type Err = UnknownRestart;
+
+    fn from_str(s: &str) -> Result<Restart, UnknownRestart> {
+        match s {
+            "always" => Ok(Restart::Always),
+            "on-failure" => Ok(Restart::OnFailure),
+            "never" => Ok(Restart::Never),
+            other => Err(UnknownRestart(other.to_string())),
+        }
+    }
+}
+
 /// What is wanted of one process type.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Formation {
@@ -107,6 +192,9 @@ pub struct Formation {
     /// `None`: any host will do.
     #[serde(default)]
     pub image: Option<String>,
+    /// Which exited jobs are replaced.
+    #[serde(default)]
+    pub restart: Restart,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +204,13 @@ pub enum JobState {
     /// Being stopped: it no longer counts toward its formation, but holds its
     /// resources until it is gone.
     Stopping,
+    /// It exited on its own with `code` and its record is still there. It holds
+    /// nothing; it counts toward its formation when the formation's [`Restart`]
+    /// does not replace it, and is otherwise stopped with [`StopReason::Exited`]
+    /// (its record removed) and replaced.
+    Exited {
+        code: i32,
+    },
 }
 
 /// A job of a formation that is not finished.
@@ -143,6 +238,27 @@ impl Job {
     /// names none).
     fn current(&self, f: &Formation) -> bool {
         f.release.is_none() || self.release == f.release
+    }
+
+    fn exited(&self) -> bool {
+        matches!(self.state, JobState::Exited { .. })
+    }
+
+    /// Running, or exited and not to be replaced: it does its formation's part.
+    fn settled(&self) -> bool {
+        matches!(self.state, JobState::Running | JobState::Exited { .. })
+    }
+
+    /// Up for a rolling deploy: a finished job has done what it was for, so a
+    /// deploy of run-once jobs does not wait forever for it to be healthy.
+    fn up(&self) -> bool {
+        self.healthy || self.exited()
+    }
+
+    /// Healthy and still running: which jobs a rollout or a scale-down keeps
+    /// longest (a finished job's record serves nobody).
+    fn serving(&self) -> bool {
+        self.healthy && !self.exited()
     }
 }
 
@@ -199,6 +315,8 @@ pub enum StopReason {
     Mismatch,
     /// It runs an older release and a job of the formation's release is up.
     Replaced,
+    /// It exited and its formation's restart policy replaces it: its record goes.
+    Exited,
 }
 
 /// Jobs of a formation that cannot be placed now, and why.
@@ -244,12 +362,35 @@ pub fn rectify(state: &State) -> Plan {
     let mut placer = Placer::new(&state.hosts, &state.jobs);
     let live: HashMap<&str, &Host> = state.hosts.iter().map(|h| (h.id.as_str(), h)).collect();
 
+    let policy: HashMap<&FormationKey, Restart> = state
+        .formations
+        .iter()
+        .map(|f| (&f.key, f.restart))
+        .collect();
     // Jobs by formation, on live hosts only (the others are lost with their host).
+    // An exited job its formation replaces is no longer one of its jobs: its record
+    // goes, so finished jobs never pile up (Flynn's hosts died of crashed-job
+    // records).
     let mut by_formation: HashMap<&FormationKey, Vec<&Job>> = HashMap::new();
+    let mut replaced: Vec<&Job> = Vec::new();
     for job in &state.jobs {
-        if live.contains_key(job.host.as_str()) && job.state != JobState::Stopping {
-            by_formation.entry(&job.formation).or_default().push(job);
+        if !live.contains_key(job.host.as_str()) || job.state == JobState::Stopping {
+            continue;
         }
+        if let JobState::Exited { code } = job.state
+            && policy.get(&job.formation).is_some_and(|p| p.replaces(code))
+        {
+            replaced.push(job);
+            continue;
+        }
+        by_formation.entry(&job.formation).or_default().push(job);
+    }
+    replaced.sort_by(|a, b| a.id.cmp(&b.id));
+    for job in replaced {
+        plan.stop.push(Stop {
+            job: job.id.clone(),
+            reason: StopReason::Exited,
+        });
     }
     let known: std::collections::HashSet<&FormationKey> =
         state.formations.iter().map(|f| &f.key).collect();
@@ -310,12 +451,21 @@ fn spread(
     may_start: bool,
     plan: &mut Plan,
 ) {
-    let leaving = |j: &Job| misplaced(j) || live.get(j.host.as_str()).is_some_and(|h| h.draining);
+    // A finished job stays where it ended: moving it would run its work again.
+    let leaving = |j: &Job| {
+        !j.exited() && (misplaced(j) || live.get(j.host.as_str()).is_some_and(|h| h.draining))
+    };
     let (mut staying, moving): (Vec<&Job>, Vec<&Job>) = jobs.iter().partition(|j| !leaving(j));
     let want = f.count as usize;
     if staying.len() > want {
-        // Newest first; ties by id, so the plan is the same every time.
-        staying.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(b.id.cmp(&a.id)));
+        // Finished jobs' records first (scaling down keeps the work running), then
+        // newest first; ties by id, so the plan is the same every time.
+        staying.sort_by(|a, b| {
+            b.exited()
+                .cmp(&a.exited())
+                .then(b.started_ms.cmp(&a.started_ms))
+                .then(b.id.cmp(&a.id))
+        });
         for j in &staying[..staying.len() - want] {
             plan.stop.push(Stop {
                 job: j.id.clone(),
@@ -324,10 +474,7 @@ fn spread(
             placer.release(j);
         }
     }
-    let running = staying
-        .iter()
-        .filter(|j| j.state == JobState::Running)
-        .count();
+    let running = staying.iter().filter(|j| j.settled()).count();
     let mut moving = moving;
     moving.sort_by(|a, b| a.id.cmp(&b.id));
     // A leaving job stops once enough replacements run; a job beyond the count
@@ -395,7 +542,6 @@ pub fn rollout_step(want: usize, new: usize, new_healthy: usize, old: usize) -> 
     (starts, stops)
 }
 
-/// Which old jobs go first: those not up, then the oldest (ties by id).
 /// The `n` old jobs to stop: those not up first, then those on the host with the
 /// most jobs of the formation (`new` and `old` together), so the formation ends up
 /// spread as a fresh one would be, then the oldest (ties by id).
@@ -412,8 +558,8 @@ fn pick_old<'a>(old: &[&'a Job], new: &[&Job], n: usize) -> Vec<&'a Job> {
                 on_host.get(a.host.as_str()).copied().unwrap_or(0),
                 on_host.get(b.host.as_str()).copied().unwrap_or(0),
             );
-            a.healthy
-                .cmp(&b.healthy)
+            a.serving()
+                .cmp(&b.serving())
                 .then(cb.cmp(&ca))
                 .then(a.started_ms.cmp(&b.started_ms))
                 .then(a.id.cmp(&b.id))
@@ -437,8 +583,8 @@ fn surplus_new(jobs: &mut Vec<&Job>, want: usize, placer: &mut Placer, plan: &mu
         return;
     }
     jobs.sort_by(|a, b| {
-        b.healthy
-            .cmp(&a.healthy)
+        b.serving()
+            .cmp(&a.serving())
             .then(a.started_ms.cmp(&b.started_ms))
             .then(a.id.cmp(&b.id))
     });
@@ -459,7 +605,7 @@ fn rollout(f: &Formation, jobs: &[&Job], placer: &mut Placer, may_start: bool, p
     let (mut new, old): (Vec<&Job>, Vec<&Job>) = jobs.iter().copied().partition(|j| j.current(f));
     let want = f.count as usize;
     surplus_new(&mut new, want, placer, plan);
-    let healthy = new.iter().filter(|j| j.healthy).count();
+    let healthy = new.iter().filter(|j| j.up()).count();
     let (starts, stops) = rollout_step(want, new.len(), healthy, old.len());
     for j in pick_old(&old, &new, stops) {
         plan.stop.push(Stop {
@@ -533,7 +679,7 @@ fn omni(
             let (mut new, old): (Vec<&Job>, Vec<&Job>) =
                 here.iter().copied().partition(|j| j.current(f));
             surplus_new(&mut new, wanted_here, placer, plan);
-            let healthy = new.iter().filter(|j| j.healthy).count();
+            let healthy = new.iter().filter(|j| j.up()).count();
             let (starts, stops) = rollout_step(wanted_here, new.len(), healthy, old.len());
             for j in pick_old(&old, &new, stops) {
                 plan.stop.push(Stop {

@@ -37,6 +37,11 @@ impl<'a> Placer<'a> {
             let Some(&i) = index.get(j.host.as_str()) else {
                 continue;
             };
+            // A finished job holds no resources, and spreading counts the jobs
+            // that run.
+            if matches!(j.state, JobState::Exited { .. }) {
+                continue;
+            }
             free[i] = free[i].minus(&j.resources);
             if j.state != JobState::Stopping {
                 total[i] += 1;
@@ -81,6 +86,10 @@ impl<'a> Placer<'a> {
         let Some(&i) = self.index.get(job.host.as_str()) else {
             return;
         };
+        // Never counted (see `new`): removing its record frees nothing.
+        if matches!(job.state, JobState::Exited { .. }) {
+            return;
+        }
         self.free[i].memory_mb += job.resources.memory_mb;
         self.free[i].cpu_milli += job.resources.cpu_milli;
         self.total[i] = self.total[i].saturating_sub(1);

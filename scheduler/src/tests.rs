@@ -32,6 +32,7 @@ fn web(count: u32) -> Formation {
         },
         release: None,
         image: None,
+        restart: Restart::Always,
     }
 }
 
@@ -680,4 +681,221 @@ fn jobs_start_only_where_their_image_is() {
             .any(|b| b.reason.contains("host c does not hold the image")),
         "{plan:?}"
     );
+}
+
+/// `web(count)` under `restart`, its jobs placed and running.
+fn running_under(restart: Restart, count: u32) -> State {
+    let mut s = three_hosts();
+    s.formations = vec![Formation {
+        restart,
+        ..web(count)
+    }];
+    let plan = rectify(&s);
+    apply(&mut s, &plan);
+    s
+}
+
+/// The job `id` of `s` exits with `code`.
+fn exits(s: &mut State, id: &str, code: i32) {
+    let j = s.jobs.iter_mut().find(|j| j.id == id).unwrap();
+    j.state = JobState::Exited { code };
+    j.healthy = false;
+}
+
+fn ids(s: &State) -> Vec<String> {
+    let mut v: Vec<String> = s.jobs.iter().map(|j| j.id.clone()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn restart_policies_parse_print_and_default_to_always() {
+    for name in Restart::NAMES {
+        let p: Restart = name.parse().unwrap();
+        assert_eq!(p.to_string(), name);
+        assert_eq!(serde_json::to_value(p).unwrap(), name);
+    }
+    let err = "sometimes".parse::<Restart>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid restart policy \"sometimes\": use always, on-failure or never"
+    );
+    assert!("".parse::<Restart>().is_err());
+    assert_eq!(Restart::default(), Restart::Always);
+    // A formation stored before the policy existed reads as `always`.
+    let old = serde_json::json!({
+        "key": {"app": "demo", "process_type": "web"},
+        "count": 1, "omni": false, "tags": {},
+        "resources": {"memory_mb": 1, "cpu_milli": 1},
+    });
+    let f: Formation = serde_json::from_value(old).unwrap();
+    assert_eq!(f.restart, Restart::Always);
+    assert!(Restart::Always.replaces(0) && Restart::Always.replaces(1));
+    assert!(!Restart::OnFailure.replaces(0) && Restart::OnFailure.replaces(137));
+    assert!(!Restart::Never.replaces(0) && !Restart::Never.replaces(1));
+}
+
+#[test]
+fn under_on_failure_a_job_that_exited_0_is_not_replaced_and_a_failed_one_is() {
+    let mut s = running_under(Restart::OnFailure, 3);
+    let first = ids(&s);
+    exits(&mut s, &first[0], 0);
+    // Finished: it keeps its place in the count, and its record stays.
+    assert_eq!(rectify(&s), Plan::default());
+    exits(&mut s, &first[1], 2);
+    let plan = rectify(&s);
+    assert_eq!(
+        plan.stop,
+        vec![Stop {
+            job: first[1].clone(),
+            reason: StopReason::Exited
+        }]
+    );
+    assert_eq!(plan.start.len(), 1, "{plan:?}");
+    apply(&mut s, &plan);
+    assert_eq!(s.jobs.len(), 3);
+    assert!(
+        s.jobs.iter().any(|j| j.id == first[0]),
+        "the finished job stays"
+    );
+    assert_eq!(rectify(&s), Plan::default());
+}
+
+#[test]
+fn under_never_no_exited_job_is_replaced() {
+    let mut s = running_under(Restart::Never, 3);
+    let first = ids(&s);
+    exits(&mut s, &first[0], 0);
+    exits(&mut s, &first[1], 1);
+    exits(&mut s, &first[2], 137);
+    assert_eq!(rectify(&s), Plan::default());
+    // Scaling up runs more; the finished ones are not run again.
+    s.formations[0].count = 4;
+    let plan = rectify(&s);
+    assert_eq!(plan.start.len(), 1, "{plan:?}");
+    assert!(plan.stop.is_empty());
+    apply(&mut s, &plan);
+    // Scaling down drops finished records before running jobs.
+    s.formations[0].count = 1;
+    let plan = rectify(&s);
+    let stopped: Vec<&str> = plan.stop.iter().map(|st| st.job.as_str()).collect();
+    assert_eq!(stopped.len(), 3, "{plan:?}");
+    assert!(
+        first.iter().all(|id| stopped.contains(&id.as_str())),
+        "{plan:?}"
+    );
+    assert!(plan.stop.iter().all(|st| st.reason == StopReason::Surplus));
+}
+
+#[test]
+fn under_always_every_exit_is_replaced_with_the_back_off() {
+    let mut s = running_under(Restart::Always, 2);
+    let first = ids(&s);
+    s.now_ms = 50_000;
+    exits(&mut s, &first[0], 0);
+    // The first crash restarts at once.
+    s.backoff.insert(
+        key("web"),
+        Backoff {
+            crashes: 1,
+            last_crash_ms: s.now_ms,
+        },
+    );
+    let plan = rectify(&s);
+    assert_eq!(plan.stop[0].reason, StopReason::Exited);
+    assert_eq!(plan.start.len(), 1);
+    // The second within the back-off waits 10 s: the record goes, nothing starts.
+    s.backoff.insert(
+        key("web"),
+        Backoff {
+            crashes: 2,
+            last_crash_ms: s.now_ms,
+        },
+    );
+    let plan = rectify(&s);
+    assert_eq!(plan.stop.len(), 1);
+    assert!(plan.start.is_empty(), "{plan:?}");
+    assert_eq!(plan.blocked[0].missing, 1);
+    assert_eq!(plan.wake_ms, Some(s.now_ms + 10_000));
+    apply(&mut s, &plan);
+    s.now_ms += 10_000;
+    assert_eq!(rectify(&s).start.len(), 1);
+}
+
+#[test]
+fn kept_records_never_exceed_the_count_however_many_jobs_exit() {
+    for restart in [Restart::Always, Restart::OnFailure, Restart::Never] {
+        let mut s = running_under(restart, 3);
+        for round in 0..200 {
+            // Every running job exits, failing or not by turns.
+            let running: Vec<String> = s
+                .jobs
+                .iter()
+                .filter(|j| j.state == JobState::Running)
+                .map(|j| j.id.clone())
+                .collect();
+            for (n, id) in running.iter().enumerate() {
+                exits(&mut s, id, ((round + n) % 2) as i32);
+            }
+            let plan = rectify(&s);
+            apply(&mut s, &plan);
+            assert!(s.jobs.len() <= 3, "{restart}: {} records", s.jobs.len());
+        }
+        let finished = s.jobs.iter().filter(|j| j.exited()).count();
+        match restart {
+            // Replaced each time: only the running jobs are left.
+            Restart::Always => assert_eq!(finished, 0),
+            // Each job ends once it exits 0 (or at once under never).
+            Restart::OnFailure | Restart::Never => assert_eq!(finished, 3),
+        }
+    }
+}
+
+#[test]
+fn a_finished_job_stays_on_a_draining_host_and_the_drain_still_ends() {
+    let mut s = three_hosts();
+    s.formations = vec![Formation {
+        restart: Restart::OnFailure,
+        ..web(2)
+    }];
+    s.jobs = vec![
+        job("done", "web", "a", JobState::Exited { code: 0 }, 1),
+        job("busy", "web", "a", JobState::Running, 2),
+    ];
+    s.hosts[0].draining = true;
+    // The running job moves away (a replacement first, then the stop), the
+    // finished one is neither re-run elsewhere nor removed, and the jobs doing
+    // their part never drop below the count.
+    for _ in 0..4 {
+        let plan = rectify(&s);
+        assert!(plan.stop.iter().all(|st| st.job != "done"), "{plan:?}");
+        apply(&mut s, &plan);
+        assert!(s.jobs.iter().filter(|j| j.settled()).count() >= 2);
+    }
+    let on_a: Vec<&str> = s
+        .jobs
+        .iter()
+        .filter(|j| j.host == "a")
+        .map(|j| j.id.as_str())
+        .collect();
+    assert_eq!(on_a, ["done"]);
+    assert_eq!(s.jobs.len(), 2);
+    assert_eq!(rectify(&s), Plan::default());
+}
+
+#[test]
+fn a_finished_job_holds_no_resources() {
+    // One host with room for one job: the finished job leaves room for a job of
+    // another formation.
+    let mut s = running_under(Restart::Never, 1);
+    s.hosts = vec![host(&s.jobs[0].host.clone(), 100)];
+    let id = s.jobs[0].id.clone();
+    exits(&mut s, &id, 0);
+    s.formations.push(Formation {
+        key: key("worker"),
+        ..web(1)
+    });
+    let plan = rectify(&s);
+    assert_eq!(plan.start.len(), 1, "{plan:?}");
+    assert_eq!(plan.start[0].formation, key("worker"));
 }

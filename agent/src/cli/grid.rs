@@ -22,9 +22,15 @@ pub enum ClusterCommand {
         formation: String,
         #[arg(long)]
         app: String,
-        /// The image [default: the formation's, when it exists].
+        /// The image [default: the formation's, when it exists]. A name is pinned
+        /// to the digest this host holds it under (pulled first when missing), so
+        /// every host runs the same bytes: NAME@sha256:… is stored.
         #[arg(long)]
         image: Option<String>,
+        /// Which exited jobs are replaced: always, on-failure (exit code not 0) or
+        /// never [default: the formation's, else always].
+        #[arg(long, value_parser = parse_restart)]
+        restart: Option<discovery::formations::Restart>,
         /// On every host (COUNT jobs each, 1 if not given).
         #[arg(long)]
         omni: bool,
@@ -117,11 +123,61 @@ async fn scheduler(client: &Client) -> Result<Client> {
     )
 }
 
+fn parse_restart(text: &str) -> Result<discovery::formations::Restart, String> {
+    text.parse()
+        .map_err(|e: discovery::formations::UnknownRestart| e.to_string())
+}
+
+/// The part of the agent's `GET /images` entry a pin needs.
+#[derive(serde::Deserialize)]
+struct LocalImage {
+    names: Vec<String>,
+    manifest_digest: String,
+}
+
+/// `full` (a normalized name) with the digest of the image `held` names so.
+fn pinned(full: &str, held: &[LocalImage]) -> Option<String> {
+    held.iter()
+        .find(|i| i.names.iter().any(|n| n == full))
+        .map(|i| format!("{full}@{}", i.manifest_digest))
+}
+
+/// The image a formation stores: a name pinned to the digest the host this CLI
+/// talks to holds it under, pulled there first when it has none (as `run` does).
+/// A tag can move (a later pull or import); the digest names the bytes, so every
+/// job of the formation, on every host, runs the same image, and the scheduler
+/// places its jobs only where that image is. A name given with a digest is kept.
+async fn pin_image(client: &Client, image: &str) -> Result<String> {
+    let reference: image::Reference = image.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "image {image:?}: {e}: give a name (busybox, registry:5000/app:tag) or NAME@sha256:DIGEST"
+        )
+    })?;
+    if reference.digest().is_some() {
+        return Ok(image.to_string());
+    }
+    let full = reference.to_string();
+    let held: Vec<LocalImage> = client.call(Method::GET, "/images", None::<&()>).await?;
+    if let Some(p) = pinned(&full, &held) {
+        return Ok(p);
+    }
+    eprintln!(
+        "Unable to find image '{}' locally",
+        super::images::familiar(image)
+    );
+    super::pull::pull_image(client, image, None, super::pull::Output::Stderr).await?;
+    let held: Vec<LocalImage> = client.call(Method::GET, "/images", None::<&()>).await?;
+    pinned(&full, &held).with_context(|| {
+        format!("{full} was pulled but this host does not list it: run the scale again")
+    })
+}
+
 async fn scale(client: &Client, cmd: ClusterCommand) -> Result<i32> {
     let ClusterCommand::Scale {
         formation,
         app,
         image,
+        restart,
         omni,
         services,
         memory,
@@ -152,7 +208,7 @@ async fn scale(client: &Client, cmd: ClusterCommand) -> Result<i32> {
         .find(|f| f["app"] == app.as_str() && f["process_type"] == ty.as_str())
         .cloned();
     let image = match (image, &old) {
-        (Some(i), _) => i,
+        (Some(i), _) => pin_image(client, &i).await?,
         (None, Some(f)) => f["image"].as_str().unwrap_or_default().to_string(),
         (None, None) => anyhow::bail!("{app}/{ty} is a new formation: give its --image"),
     };
@@ -184,11 +240,15 @@ async fn scale(client: &Client, cmd: ClusterCommand) -> Result<i32> {
         "omni": omni,
         "tags": tag_map,
         "network": keep("network", serde_json::json!(net), net.is_none()),
+        "restart": keep("restart", serde_json::json!(restart.unwrap_or_default()), restart.is_none()),
     });
     let _: serde_json::Value = sched
         .call(Method::PUT, &format!("/formations/{app}/{ty}"), Some(&body))
         .await?;
-    println!("{app}/{ty}: {count}{}", if omni { " per host" } else { "" });
+    println!(
+        "{app}/{ty}: {count}{} of {image}",
+        if omni { " per host" } else { "" }
+    );
     Ok(0)
 }
 
@@ -256,8 +316,8 @@ pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
                 return Ok(0);
             }
             println!(
-                "{:<16} {:<12} {:>6} {:>8}  BLOCKED",
-                "APP", "TYPE", "WANTED", "RUNNING"
+                "{:<16} {:<12} {:>6} {:>8} {:>8} {:<10}  BLOCKED",
+                "APP", "TYPE", "WANTED", "RUNNING", "FINISHED", "RESTART"
             );
             for f in list {
                 let want = if f["formation"]["omni"] == true {
@@ -266,11 +326,14 @@ pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
                     f["formation"]["count"].to_string()
                 };
                 println!(
-                    "{:<16} {:<12} {:>6} {:>8}  {}",
+                    "{:<16} {:<12} {:>6} {:>8} {:>8} {:<10}  {}",
                     f["formation"]["app"].as_str().unwrap_or(""),
                     f["formation"]["process_type"].as_str().unwrap_or(""),
                     want,
                     f["running"],
+                    f["finished"].as_u64().unwrap_or(0),
+                    // A scheduler older than the policy stores none: `always`.
+                    f["formation"]["restart"].as_str().unwrap_or("always"),
                     f["blocked"]["reason"]
                         .as_str()
                         .map(|r| format!("{} missing: {r}", f["blocked"]["missing"]))
@@ -344,7 +407,12 @@ pub async fn cluster(client: &Client, cmd: ClusterCommand) -> Result<i32> {
             loop {
                 let jobs: Vec<serde_json::Value> =
                     sched.call(Method::GET, "/jobs", None::<&()>).await?;
-                let left = jobs.iter().filter(|j| j["host"] == host.as_str()).count();
+                // A finished job (kept by its formation's restart policy) runs
+                // nothing and stays where it ended: only running jobs hold a drain.
+                let left = jobs
+                    .iter()
+                    .filter(|j| j["host"] == host.as_str() && j["state"] != "exited")
+                    .count();
                 if left == 0 {
                     println!("{host} is drained");
                     return Ok(0);
@@ -492,4 +560,76 @@ fn print_event(ev: &ServiceEvent) {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use discovery::formations::Restart;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Only {
+        #[command(subcommand)]
+        cmd: ClusterCommand,
+    }
+
+    fn scale(args: &[&str]) -> Result<Option<Restart>, clap::Error> {
+        let argv = ["cluster", "scale", "web=2", "--app", "demo"]
+            .iter()
+            .chain(args)
+            .copied();
+        match Only::try_parse_from(argv)?.cmd {
+            ClusterCommand::Scale { restart, .. } => Ok(restart),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scale_takes_a_restart_policy() {
+        assert_eq!(scale(&[]).unwrap(), None);
+        assert_eq!(
+            scale(&["--restart", "always"]).unwrap(),
+            Some(Restart::Always)
+        );
+        assert_eq!(
+            scale(&["--restart", "on-failure", "--", "true"]).unwrap(),
+            Some(Restart::OnFailure)
+        );
+        assert_eq!(scale(&["--restart=never"]).unwrap(), Some(Restart::Never));
+        let err = scale(&["--restart", "sometimes"]).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid restart policy \"sometimes\": use always, on-failure or never"),
+            "{err}"
+        );
+        // The agent's policy names are not the formation's.
+        assert!(scale(&["--restart", "unless-stopped"]).is_err());
+    }
+
+    #[test]
+    fn a_name_is_pinned_to_the_digest_held_under_it() {
+        let held = vec![
+            LocalImage {
+                names: vec!["docker.io/library/busybox:latest".into()],
+                manifest_digest: "sha256:aaaa".into(),
+            },
+            LocalImage {
+                names: vec![
+                    "docker.io/library/busybox:old".into(),
+                    "registry:5000/app:1".into(),
+                ],
+                manifest_digest: "sha256:bbbb".into(),
+            },
+        ];
+        assert_eq!(
+            pinned("docker.io/library/busybox:latest", &held).as_deref(),
+            Some("docker.io/library/busybox:latest@sha256:aaaa")
+        );
+        assert_eq!(
+            pinned("registry:5000/app:1", &held).as_deref(),
+            Some("registry:5000/app:1@sha256:bbbb")
+        );
+        assert_eq!(pinned("docker.io/library/alpine:latest", &held), None);
+    }
 }

@@ -268,6 +268,29 @@ impl Host {
         }
     }
 
+    /// A power cut: the agent, its shims and their containers (found from the
+    /// state dir, before anything is reparented), every other process in the
+    /// host's namespace (its host-network jobs: etcd, a scheduler), all SIGKILLed,
+    /// and its network gone, so peers get no reset and wait out their time-outs.
+    pub fn power_cut(&mut self) {
+        kill_processes_of(self.state.path());
+        self.kill9();
+        for pid in sh(&["ip", "netns", "pids", &self.netns]).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+        sh(&["ip", "-n", &self.netns, "link", "set", "eth0", "down"]);
+    }
+
+    /// This host's jobs (finished ones too) that carry `label` (`K=V`), as its
+    /// agent lists them; empty when it does not answer.
+    pub fn jobs_labelled(&self, label: &str) -> Vec<serde_json::Value> {
+        let (status, body) = self.api("GET", &format!("/jobs?all=true&label={label}"), None);
+        if status != 200 {
+            return Vec::new();
+        }
+        body.as_array().cloned().unwrap_or_default()
+    }
+
     pub fn command(&self) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.netns))
