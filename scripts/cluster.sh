@@ -175,7 +175,10 @@ for i in $(seq 1 "$n"); do
     echo "  node$i: export FLYNN_HOST=https://127.0.0.1:$((12110 + i)) FLYNN_TOKEN=$token FLYNN_TLS_PIN=$pin   # $(addr "$i"):1113"
 done
 cat <<MSG
-  $bin cluster hosts; $bin cluster ps
+  $bin cluster hosts
+Commands that reach the scheduler (cluster ps, scale, formations, drain) dial the
+nodes' own addresses (10.90.0.x), which only the namespace routes: run them in it,
+  nsenter --net=/run/netns/$ns env FLYNN_HOST=https://$(addr 1):1113 $bin cluster ps
 The controller, through node1's router (127.0.0.1:12081 -> 10.90.0.11:81, HTTPS
 verified by the cluster's pin; HTTP on 127.0.0.1:12080 -> its port 80):
   $dir/flynn cluster add -p ${cluster_pin:-${pin:-PIN}} default https://127.0.0.1:12081 ${key:-KEY-from-node1-console}
