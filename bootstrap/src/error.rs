@@ -89,7 +89,7 @@ impl std::fmt::Display for PreflightFailure {
                 max_ms,
             } => write!(
                 f,
-                "host {host}: its clock is {off_ms} ms off the other hosts' (their median; no two may be more than {max_ms} ms apart): set it right and run NTP (chrony) on every host"
+                "host {host}: its clock is {off_ms} ms off the other hosts' (their median; no two may be more than {max_ms} ms apart): set it right (an appliance reads its clock from the machine's: the BIOS or UEFI clock, or the hypervisor's), and keep every host's in time (NTP)"
             ),
             PreflightFailure::Tcp {
                 from,
