@@ -8,14 +8,11 @@
 //! bounded history.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, Host, wait_for};
+use crate::harness::{Cluster, Host, Terminal, wait_for};
 
 const TOKEN: &str = "scheduler-test-token-0123456789";
 /// The hosts' lease (`--cluster-ttl`).
@@ -162,105 +159,6 @@ fn scheduler_leader(c: &Cluster) -> Option<(String, u8)> {
     Some((id, host))
 }
 
-/// A terminal for the CLI: the test holds the pty's master side.
-struct Terminal {
-    master: std::fs::File,
-    seen: Arc<Mutex<String>>,
-    child: std::process::Child,
-}
-
-impl Terminal {
-    /// Runs `flynn-host args` on host `h` with a new pty of `rows`×`cols` as its
-    /// controlling terminal.
-    fn spawn(h: &Host, args: &[&str], rows: u16, cols: u16) -> Terminal {
-        let pty = nix::pty::openpty(None, None).unwrap();
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads the winsize passed; the fd is an open pty.
-        assert_eq!(
-            unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-            0
-        );
-        let slave: OwnedFd = pty.slave;
-        let mut cmd = h.command();
-        cmd.args(args)
-            .stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave));
-        // SAFETY: setsid and TIOCSCTTY are async-signal-safe; they make the pty the
-        // child's controlling terminal, as a shell would.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap();
-        let master = std::fs::File::from(pty.master);
-        let seen = Arc::new(Mutex::new(String::new()));
-        let (mut reader, sink) = (master.try_clone().unwrap(), seen.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Terminal {
-            master,
-            seen,
-            child,
-        }
-    }
-
-    fn type_keys(&mut self, keys: &str) {
-        self.master.write_all(keys.as_bytes()).unwrap();
-        self.master.flush().unwrap();
-    }
-
-    /// Waits until the screen shows `text` after the first `after` bytes.
-    fn expect(&self, after: usize, text: &str) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let seen = self.seen.lock().unwrap().clone();
-            if let Some(at) = seen.get(after..).and_then(|s| s.find(text)) {
-                return after + at + text.len();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never saw {text:?}; the terminal shows:\n{seen}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the CLI did not exit:\n{}",
-                self.seen.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 #[test]
 fn the_scheduler_spreads_blocks_heals_fails_over_and_drains() {
     // It holds the heal and the failover to their bounds: no other cluster competes
@@ -338,23 +236,20 @@ fn the_scheduler_spreads_blocks_heals_fails_over_and_drains() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
     // On a terminal: `-it` gives the job a terminal of the user's size, keys reach
     // it, and its exit code comes back.
-    let mut term = Terminal::spawn(
-        h1,
-        &[
-            "cluster", "run", "-it", "--rm", "--app", "demo", "busybox", "sh",
-        ],
-        30,
-        100,
-    );
-    let mut at = term.expect(0, "# ");
+    let mut cmd = h1.command();
+    cmd.args([
+        "cluster", "run", "-it", "--rm", "--app", "demo", "busybox", "sh",
+    ]);
+    let mut term = Terminal::spawn(cmd, 30, 100);
+    let within = Duration::from_secs(30);
+    let mut at = term.expect(0, "# ", within);
     term.type_keys("tty; stty size; echo sum-$((40+2))\r");
-    at = term.expect(at, "/dev/pts/");
-    at = term.expect(at, "30 100");
-    at = term.expect(at, "sum-42");
+    at = term.expect(at, "/dev/pts/", within);
+    at = term.expect(at, "30 100", within);
+    term.expect(at, "sum-42", within);
     term.type_keys("exit 4\r");
-    let code = term.wait();
-    let _ = at;
-    assert_eq!(code, Some(4), "{}", term.seen.lock().unwrap());
+    let code = term.wait(within);
+    assert_eq!(code, Some(4), "{}", term.screen());
 
     // Omni: one on every host.
     h1.ok(&[
