@@ -1,5 +1,7 @@
 //! Replacing a file atomically, with an explicit durability: the one helper every
-//! crate of the workspace uses for it (it depends on nothing, so all can).
+//! crate of the workspace uses for it (it depends on nothing of ours, so all can).
+//! Also [`open_in_root`], the one way the image store and the runtime open a path that
+//! a stranger's layer may have filled with `..` and symlinks.
 //!
 //! A replace writes a new temp file (a unique name, created exclusively, so two
 //! writers of the same file never share one), then renames it over the destination:
@@ -9,10 +11,48 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::NixPath;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+
+/// How many times [`open_in_root`] asks again after `EAGAIN`.
+const RESOLVE_RETRIES: u32 = 64;
+
+/// `openat2(2)` with `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS` (and `O_CLOEXEC`): `path`
+/// is resolved as if `root` were `/`, so neither `..` nor a symlink (absolute or
+/// relative) can leave it.
+///
+/// The kernel answers `EAGAIN` to such a lookup when a rename or a mount happened
+/// *anywhere on the system* while it walked a `..` (it cannot prove the walk stayed
+/// inside). On a host that starts containers, mounts happen all the time, so this asks
+/// again: a spurious `EAGAIN` once failed an unpack while other threads mounted.
+pub fn open_in_root<P: ?Sized + NixPath>(
+    root: BorrowedFd<'_>,
+    path: &P,
+    flags: OFlag,
+) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let mut attempts = 0;
+    loop {
+        match openat2(root.as_raw_fd(), path, how) {
+            // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(Errno::EAGAIN) if attempts < RESOLVE_RETRIES => {
+                attempts += 1;
+                std::thread::yield_now();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// What survives a crash of the machine (a crash of the process always leaves the old
 /// content or the new one, whatever the durability).

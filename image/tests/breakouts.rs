@@ -55,7 +55,7 @@ impl World {
 
 /// Unpacks `tar` into `/layer` inside the jail, runs `check` there on the result, and
 /// requires the world outside `/layer` unchanged.
-fn breakout(tar: Vec<u8>, check: impl FnOnce(Result<Unpacked, UnpackError>)) {
+fn breakout(tar: Vec<u8>, check: impl FnOnce(Result<Unpacked, UnpackError>) + Send) {
     let world = World::new();
     let layer = world.dir.path().join("layer");
     let before = snapshot(world.dir.path(), &layer);

@@ -7,11 +7,11 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag, fstat, mkdirat};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,20 +76,7 @@ impl RootDir {
     }
 
     fn open_in(&self, path: &str, flags: OFlag) -> Result<OwnedFd, Errno> {
-        let how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        // The kernel answers EAGAIN when a concurrent rename could have let `..` escape;
-        // nobody renames inside a rootfs that is not running, so a few retries suffice.
-        let mut attempts = 0;
-        loop {
-            match openat2(self.fd.as_raw_fd(), path, how) {
-                // SAFETY: `openat2` just returned this descriptor and nothing else owns it.
-                Ok(raw) => return Ok(unsafe { OwnedFd::from_raw_fd(raw) }),
-                Err(Errno::EAGAIN) if attempts < 16 => attempts += 1,
-                Err(e) => return Err(e),
-            }
-        }
+        flynn_fsutil::open_in_root(self.fd.as_fd(), path, flags)
     }
 
     /// Whether `path` is a directory (following links inside the root).

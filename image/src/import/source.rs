@@ -12,7 +12,7 @@ use nix::fcntl::OFlag;
 
 use super::ImportError;
 use crate::archive::TarArchive;
-use crate::{fsutil, sys};
+use crate::fsutil;
 
 /// Manifests, configs and indexes above this size are refused rather than read into memory.
 pub(crate) const MAX_JSON_SIZE: u64 = 32 * 1024 * 1024;
@@ -81,7 +81,7 @@ impl Source {
     pub(crate) fn exists(&self, name: &str) -> bool {
         match self {
             Source::Dir { root, .. } => {
-                sys::open_in_root(root.as_fd(), name.as_bytes(), OFlag::O_PATH).is_ok()
+                flynn_fsutil::open_in_root(root.as_fd(), name.as_bytes(), OFlag::O_PATH).is_ok()
             }
             Source::Tar(a) => a.contains(name),
         }
@@ -98,7 +98,7 @@ impl Source {
                 // Non-blocking: a fifo planted in the directory must not hang the import (it is
                 // refused just below, as not a regular file).
                 let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
-                let fd = match sys::open_in_root(root.as_fd(), name.as_bytes(), flags) {
+                let fd = match flynn_fsutil::open_in_root(root.as_fd(), name.as_bytes(), flags) {
                     Ok(fd) => fd,
                     Err(Errno::ENOENT | Errno::ENOTDIR) => return Err(self.missing(name)),
                     Err(e) => {

@@ -254,7 +254,7 @@ impl<'a> Applier<'a> {
                 Mode::empty(),
             );
         }
-        sys::open_in_root(self.root, rel, OFlag::O_PATH | OFlag::O_DIRECTORY)
+        flynn_fsutil::open_in_root(self.root, rel, OFlag::O_PATH | OFlag::O_DIRECTORY)
     }
 
     /// Creates missing parents (mode 0755, like Docker). A dangling symlink on the way is
@@ -669,7 +669,7 @@ impl<'a> Applier<'a> {
             let opened = if dir.is_empty() {
                 sys::openat(self.root, b".", flags, Mode::empty())
             } else {
-                sys::open_in_root(self.root, dir, flags)
+                flynn_fsutil::open_in_root(self.root, &dir[..], flags)
             };
             let fd = match opened {
                 Ok(fd) => fd,
