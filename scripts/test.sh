@@ -36,6 +36,10 @@ bash scripts/build-static.sh
 echo "== fixtures (at ${SECONDS}s)"
 bash fixtures/build-images.sh "$PWD/target/fixtures"
 echo "== appliance images (out/) (at ${SECONDS}s)"
+# The epoch is set here so that qemu-tests/tests/reproducible.rs builds its second
+# copy with the same one and compares it with this out/ (one assembly fewer).
+SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH FLYNN_REPRO_BASELINE="$PWD/out"
 FLYNN_FIXTURES="$PWD/target/fixtures" bash buildroot/assemble.sh
 echo "== cargo test (at ${SECONDS}s)"
 # --include-ignored: the unit tests that need root are ignored in the fast tier only.

@@ -4,7 +4,9 @@
 # `--net none` job, on the same rootfs: a new, empty network namespace, as runc
 # makes), measured in the same run; `runc run` of the plain spec `runc spec` writes
 # (no seccomp: the start a runc user sees, the figure to beat); and the default
-# (bridge) network beside them.
+# (bridge) network beside them; and the floor (runtime/benches/floor/start.rs: the
+# namespaces, a cgroup move, pivot_root and exec, nothing more), the start no
+# runtime can beat on this kernel.
 # The daemon runs in a network namespace of its own. Prints medians and the ratio.
 # Measured twice: with the host's cgroup2 mount as it is, and with the
 # `favordynmods` option the appliance's init mounts it with (moving a process into
@@ -49,24 +51,32 @@ jq --arg root "$work/bundle/rootfs" '.process.args = ["true"] | .process.termina
     "$work/plain/config.json" >"$work/plain/config.json.new"
 mv "$work/plain/config.json.new" "$work/plain/config.json"
 
+cargo build --release --locked -q -p flynn-runtime --example start-floor
+floor=$PWD/target/release/examples/start-floor
+[ -n "$cg2" ] || { echo "run-latency: no cgroup2 mount for the floor program" >&2; exit 1; }
+
 measure() { # LABEL
     hyperfine ${HYPERFINE_ARGS:-} --warmup 5 --runs "$runs" -N --export-json "$work/result.json" \
         --command-name flynn-host "$bin run --rm --net none busybox true" \
         --command-name flynn-bridge "$bin run --rm busybox true" \
         --command-name runc "runc run --bundle $work/bundle bench-runc" \
-        --command-name runc-plain "runc run --bundle $work/plain bench-plain" >/dev/null
+        --command-name runc-plain "runc run --bundle $work/plain bench-plain" \
+        --command-name floor "$floor $work/bundle/rootfs $cg2" >/dev/null
     flynn=$(jq '.results[] | select(.command=="flynn-host") | .median' "$work/result.json")
     bridge=$(jq '.results[] | select(.command=="flynn-bridge") | .median' "$work/result.json")
     runc=$(jq '.results[] | select(.command=="runc") | .median' "$work/result.json")
     plain=$(jq '.results[] | select(.command=="runc-plain") | .median' "$work/result.json")
-    awk -v f="$flynn" -v b="$bridge" -v r="$runc" -v p="$plain" -v n="$runs" -v label="$1" 'BEGIN {
+    fl=$(jq '.results[] | select(.command=="floor") | .median' "$work/result.json")
+    awk -v f="$flynn" -v b="$bridge" -v r="$runc" -v p="$plain" -v fl="$fl" -v n="$runs" -v label="$1" 'BEGIN {
         printf "run latency, median of %d (busybox true, start to exit, removed), %s:\n", n, label
         printf "  flynn-host run --rm --net none : %7.2f ms\n", f * 1000
         printf "  flynn-host run --rm (bridge)   : %7.2f ms (the bridge adds %.2f ms)\n", b * 1000, (b - f) * 1000
         printf "  runc run (our spec)            : %7.2f ms\n", r * 1000
         printf "  runc run (runc spec, plain)    : %7.2f ms\n", p * 1000
         printf "  ratio flynn/runc (same work)   : %7.2f   (target <= 0.5)\n", f / r
+        printf "  floor (namespaces, cgroup, pivot_root, exec): %7.2f ms\n", fl * 1000
         printf "  ratio flynn/runc (plain spec)  : %7.2f\n", f / p
+        printf "  ratio flynn/floor              : %7.2f   (runc plain/floor %.2f)\n", f / fl, p / fl
     }'
 }
 measure "cgroup2 mounted as found ($cg2_opts)"

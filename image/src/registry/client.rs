@@ -75,6 +75,10 @@ impl Remote {
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
+        // reqwest takes the process's default crypto provider (and would panic without
+        // one): ring's, as everywhere in the workspace. An error only says a default
+        // is already there.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = oci_client::Client::try_from(config).map_err(|e| RegistryError::Connect {
             registry: endpoint.host.clone(),
             detail: format!("setting up the HTTP client: {e}"),
@@ -314,4 +318,53 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         current = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// The HTTPS client runs on the workspace's ring provider (reqwest has none of its
+    /// own): it is built, sends a ClientHello, and a registry that answers in plain
+    /// HTTP gets the hint that says how to allow it.
+    #[tokio::test]
+    async fn https_runs_on_ring_and_a_plain_http_registry_gets_the_hint() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let (tls_seen, mut saw_tls) = tokio::sync::watch::channel(false);
+        // Answers every connection in plain HTTP (the client may try more than once).
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut hello = [0u8; 5];
+                if conn.read_exact(&mut hello).await.is_ok() && hello[0] == 22 && hello[1] == 3 {
+                    // A TLS handshake record: content type 22, version 3.x.
+                    let _ = tls_seen.send(true);
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let endpoint = Endpoint {
+            host: host.clone(),
+            insecure: false,
+            mirror: false,
+        };
+        let reference: Reference = format!("{host}/demo:1").parse().unwrap();
+        let remote = Remote::new(&reference, &endpoint, None).unwrap();
+        let err = remote
+            .manifest(&Target::Tag("1".to_owned()), &["application/json"])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            *saw_tls.borrow_and_update(),
+            "the client did not start a TLS handshake"
+        );
+        assert!(err.contains("serves plain HTTP"), "{err}");
+    }
 }
