@@ -5,7 +5,10 @@
 #     against two bare network namespaces joined by a veth pair (the same iperf3 on
 #     the host): ratio, target >= 0.9.
 #  2. The start latency a bridge network adds: `run --rm busybox true` against the
-#     same with `--net none`, alternating, medians: target < 5 ms added.
+#     same with `--net none`, alternating, medians: target < 5 ms added. Beside it the
+#     floor: the kernel's share of the same wiring (a network namespace, a veth pair
+#     on a bridge, addresses, links up, a default route) done by two `ip -batch`, less
+#     two empty ones (the processes' own start).
 # Not a test: it asserts nothing, it reports. Usage: agent/benches/network.sh [RUNS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -76,7 +79,26 @@ hyperfine --warmup 5 --runs "$runs" -N --export-json "$work/latency.json" \
 lat_bridge=$(jq '.results[] | select(.command=="bridge") | .median' "$work/latency.json")
 lat_none=$(jq '.results[] | select(.command=="none") | .median' "$work/latency.json")
 
-awk -v v="$veth" -v b="$bridge" -v lb="$lat_bridge" -v ln="$lat_none" -v n="$runs" -v s="$secs" -v m="$mtu" -v brnf="$brnf" 'BEGIN {
+# 2b. The floor, in the daemon's namespace, on a bridge of its own. Each timed run
+# wires a fresh namespace; the previous one is removed before it, untimed.
+inhost ip link add flbr0 type bridge
+inhost ip addr add 10.202.0.1/24 dev flbr0
+inhost ip link set flbr0 up
+# `ip -batch` takes no `-n` per line: the outside and the inside are two batches.
+printf 'netns add fl\nlink add flv0 type veth peer name eth0 netns fl\nlink set flv0 master flbr0 up\n' >"$work/outer.batch"
+printf 'link set lo up\naddr add 10.202.0.2/24 dev eth0\nlink set eth0 up\nroute add default via 10.202.0.1\n' >"$work/inner.batch"
+: >"$work/empty.batch"
+# The veth goes first: removing the namespace alone frees its pair only later.
+hyperfine --warmup 5 --runs "$runs" -N --export-json "$work/floor.json" \
+    --prepare "nsenter --net=/run/netns/$host -- sh -c 'ip link del flv0 2>/dev/null; ip netns del fl 2>/dev/null; true'" \
+    --command-name floor "nsenter --net=/run/netns/$host -- sh -c 'ip -batch $work/outer.batch && ip -n fl -batch $work/inner.batch'" \
+    --command-name empty "nsenter --net=/run/netns/$host -- sh -c 'ip -batch $work/empty.batch && ip -batch $work/empty.batch'" >/dev/null
+inhost ip link del flv0 2>/dev/null || true
+inhost ip netns del fl 2>/dev/null || true
+lat_floor=$(jq '.results[] | select(.command=="floor") | .median' "$work/floor.json")
+lat_empty=$(jq '.results[] | select(.command=="empty") | .median' "$work/floor.json")
+
+awk -v v="$veth" -v b="$bridge" -v lb="$lat_bridge" -v ln="$lat_none" -v lf="$lat_floor" -v le="$lat_empty" -v n="$runs" -v s="$secs" -v m="$mtu" -v brnf="$brnf" 'BEGIN {
     printf "TCP throughput, iperf3 %d s, MTU %d, bridge-nf-call-iptables %s:\n", s, m, brnf
     printf "  veth between bare namespaces : %7.2f Gbit/s\n", v
     printf "  job to job on the bridge     : %7.2f Gbit/s\n", b
@@ -85,4 +107,5 @@ awk -v v="$veth" -v b="$bridge" -v lb="$lat_bridge" -v ln="$lat_none" -v n="$run
     printf "  --net none                   : %7.2f ms\n", ln * 1000
     printf "  bridge (default)             : %7.2f ms\n", lb * 1000
     printf "  added by the network         : %7.2f ms (target < 5)\n", (lb - ln) * 1000
+    printf "  floor (ip -batch, the same wiring, less the processes): %.2f ms (%.2f - %.2f)\n", (lf - le) * 1000, lf * 1000, le * 1000
 }'
