@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use harness::{Cluster, Flynn, stack_image, wait_for};
 
 const TOKEN: &str = "gitpush-bench-token-0123456789";
-const RESOLVE: &str = "http.curloptResolve=git.cluster.local:80:192.0.2.1";
+/// git reaches `git.cluster.local` (HTTPS, the remote `flynn create` adds) at host 1.
+const RESOLVE: &str = "http.curloptResolve=git.cluster.local:443:192.0.2.1";
 const APP: &str = r#"import http.server, os
 V = "version-1"
 class H(http.server.BaseHTTPRequestHandler):
@@ -125,6 +126,8 @@ fn git(f: &Flynn, dir: &Path, args: &[&str]) {
         .command_in(dir, "git")
         .args(["-c", RESOLVE])
         .args(args)
+        // It would override the cluster's CA that `flynn create` set.
+        .env_remove("GIT_SSL_CAINFO")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("HOME", dir)
         .output()

@@ -37,6 +37,8 @@ pub struct Controller {
     deploy_timeout: u64,
     /// HTTPS off loopback (`crate::tls`); plain everywhere without it.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The CA certificate (PEM) that issued the controller's, for `GET /ca-cert`.
+    ca_pem: Option<String>,
     /// What the aggregators' TLS is verified against (`crate::logs`).
     pub(crate) logs_trust: flynn_client::TlsOptions,
     /// The ports TCP routes may take.
@@ -238,6 +240,7 @@ impl Controller {
             logagg_token: None,
             deploy_timeout: DEFAULT_DEPLOY_TIMEOUT,
             tls: None,
+            ca_pem: None,
             logs_trust: flynn_client::TlsOptions::default(),
             tcp_ports: TcpPortRange::DEFAULT,
         }
@@ -260,6 +263,12 @@ impl Controller {
     /// Serves HTTPS with `acceptor` to connections off loopback.
     pub fn with_tls(mut self, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Controller {
         self.tls = acceptor;
+        self
+    }
+
+    /// Serves `ca_pem` (the CA of the controller's certificate) on `GET /ca-cert`.
+    pub fn with_ca_pem(mut self, ca_pem: Option<String>) -> Controller {
+        self.ca_pem = ca_pem;
         self
     }
 
@@ -359,6 +368,20 @@ impl Controller {
         let app = params.get("app");
         match route.op {
             Op::Health => Ok(json(StatusCode::OK, &serde_json::json!({"ok": true}))),
+            Op::CaCert => match &self.ca_pem {
+                Some(pem) => {
+                    let mut r = Response::new(full(pem.clone()));
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/x-pem-file"),
+                    );
+                    Ok(r)
+                }
+                None => Err(Error::NotFound(
+                    "this controller was given no certificate (it serves plain HTTP): there is no CA to trust"
+                        .into(),
+                )),
+            },
             Op::ListApps => Ok(json(
                 StatusCode::OK,
                 &discovery::apps::list(&self.etcd).await?,

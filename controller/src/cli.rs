@@ -3,7 +3,7 @@
 //! `~/.flynnrc` (JSON, mode 0600).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -345,7 +345,8 @@ pub async fn main(args: Flynn, attach: Attach) -> Result<i32> {
                     .find_map(|d| d.strip_prefix(&format!("{name}.")))
                     .context("the app's default route names no domain")?
                     .to_string();
-                add_git_remote(&name, &domain, &cl.name)?;
+                let ca = git_ca_file(&client, &cl).await?;
+                add_git_remote(&name, &domain, &cl.name, ca.as_deref())?;
             }
             Ok(0)
         }
@@ -906,11 +907,57 @@ fn in_git_repo() -> bool {
     git(&["rev-parse", "--is-inside-work-tree"]).is_ok_and(|o| o.status.success())
 }
 
-/// The remote `flynn` → `http://git.<domain>/<app>.git`, with this CLI as git's
-/// credential helper for that host (the key stays in ~/.flynnrc, not in .git/config).
-fn add_git_remote(app: &str, domain: &str, cluster: &str) -> Result<()> {
+/// For a cluster reached over HTTPS with a pin: its CA certificate, from the
+/// controller's `GET /ca-cert`, checked against the pin and written beside the rc
+/// file (`<rc>.d/<cluster>-ca.pem`), for git to verify the routers' certificate.
+/// `None` for a cluster reached in plain HTTP (a host's own loopback).
+async fn git_ca_file(client: &Client, cl: &RcCluster) -> Result<Option<PathBuf>> {
+    let Some(pin) = cl
+        .tls_pin
+        .as_deref()
+        .filter(|_| cl.url.starts_with("https://"))
+    else {
+        return Ok(None);
+    };
+    let response = client
+        .request(Method::GET, "/ca-cert", None, flynn_client::empty())
+        .await?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .context("reading the controller's CA certificate")?
+        .to_bytes();
+    let pem = String::from_utf8_lossy(&body).into_owned();
+    if !status.is_success() {
+        bail!(
+            "the controller's CA certificate (GET /ca-cert): {status}: {}",
+            pem.trim()
+        );
+    }
+    let got = flynn_tls::pin_of_pem(&pem).context("the controller's CA certificate")?;
+    if got.to_string() != pin {
+        bail!(
+            "the controller's CA certificate is not the one pinned for cluster {} (pin {got}, expected {pin}): not trusting it for git",
+            cl.name
+        );
+    }
+    let rc = rc_path()?;
+    let dir = PathBuf::from(format!("{}.d", rc.display()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join(format!("{}-ca.pem", cl.name));
+    flynn_fsutil::write_atomic(&file, pem.as_bytes(), flynn_fsutil::Durability::Durable)
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(Some(file))
+}
+
+/// The remote `flynn` → `https://git.<domain>/<app>.git` (git verifying the routers'
+/// certificate by the cluster's CA, `ca`), or `http://` without one, with this CLI
+/// as git's credential helper for that host (the key stays in ~/.flynnrc, not in
+/// .git/config).
+fn add_git_remote(app: &str, domain: &str, cluster: &str, ca: Option<&Path>) -> Result<()> {
     let host = format!("git.{domain}");
-    let url = format!("http://{host}/{app}.git");
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{host}/{app}.git");
     let set = if git(&["remote", "get-url", "flynn"])?.status.success() {
         git(&["remote", "set-url", "flynn", &url])?
     } else {
@@ -931,7 +978,24 @@ fn add_git_remote(app: &str, domain: &str, cluster: &str) -> Result<()> {
         .map(|p| std::path::absolute(&p).unwrap_or(p))
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "flynn".to_string());
-    let key = format!("credential.http://{host}.helper");
+    if let Some(ca) = ca {
+        let key = format!("http.https://{host}/.sslCAInfo");
+        let out = git(&["config", &key, &ca.display().to_string()])?;
+        if !out.status.success() {
+            bail!(
+                "setting git's CA for {host}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if std::env::var_os("GIT_SSL_CAINFO").is_some() {
+            eprintln!(
+                "warning: GIT_SSL_CAINFO is set in this environment and overrides the cluster's CA for git: \
+                 unset it when you push to {host} (the CA is {})",
+                ca.display()
+            );
+        }
+    }
+    let key = format!("credential.{scheme}://{host}.helper");
     let helper = format!("!'{me}' -c '{cluster}' git-credentials");
     let _ = git(&["config", "--unset-all", &key]);
     let out = git(&["config", "--add", &key, &helper])?;

@@ -125,6 +125,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let mut controller = Controller::new(etcd, args.key, args.domain)
         .with_cluster(args.token, args.deploy_timeout)
         .with_tls(acceptor)
+        .with_ca_pem(args.tls_cert.as_deref().and_then(tls::ca_of_chain))
         .with_logs_trust(flynn_client::TlsOptions::from_env())
         .with_tcp_ports(args.tcp_route_ports);
     controller.logagg_token = args.logagg_token;

@@ -12,6 +12,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
     Health,
+    CaCert,
     ListApps,
     CreateApp,
     AppInfo,
@@ -90,6 +91,16 @@ pub const ROUTES: &[Endpoint] = &[
         query: &[],
         public: true,
         op: Op::Health,
+    },
+    // The cluster's CA certificate, as Flynn's controller served it: public (a
+    // certificate is no secret); a client checks it against the pin it was given
+    // before trusting it (`flynn create` hands it to git for the HTTPS remote).
+    Endpoint {
+        method: "GET",
+        path: "/ca-cert",
+        query: &[],
+        public: true,
+        op: Op::CaCert,
     },
     r("GET", "/apps", Op::ListApps),
     r("POST", "/apps", Op::CreateApp),

@@ -38,6 +38,19 @@ pub fn acceptor(
     Ok((acceptor, resolver))
 }
 
+/// The last certificate of `chain_pem` (the certificate, then the CA's), PEM: the
+/// CA, when the chain has more than the certificate itself.
+pub fn ca_of_chain(chain_pem: &str) -> Option<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    if chain_pem.matches(BEGIN).count() < 2 {
+        return None;
+    }
+    let last = &chain_pem[chain_pem.rfind(BEGIN)?..];
+    let end = "-----END CERTIFICATE-----";
+    let len = last.find(end)? + end.len();
+    Some(format!("{}\n", &last[..len]))
+}
+
 /// From the optional pair the arguments give; with `agent` (the host's agent,
 /// and its token), the certificate is renewed through it two thirds into its
 /// life, from the cluster's CA, without a restart.
@@ -125,4 +138,33 @@ async fn refuse_plain(mut stream: TcpStream) {
     );
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(response.as_bytes())).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// `GET /ca-cert` serves the CA of the chain the controller was given: the one
+    /// whose pin the cluster's clients hold.
+    #[test]
+    fn the_ca_is_the_chains_last_certificate() {
+        let ca = flynn_tls::Ca::generate("test").unwrap();
+        let cert = ca
+            .issue(
+                "controller",
+                &["controller.test".to_owned()],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let served = ca_of_chain(&cert.chain_pem).unwrap();
+        assert_eq!(
+            flynn_tls::pin_of_pem(&served).unwrap().to_string(),
+            ca.pin().unwrap().to_string()
+        );
+        // A certificate alone names no CA.
+        let first_end = cert.chain_pem.find("-----END CERTIFICATE-----").unwrap();
+        assert_eq!(ca_of_chain(&cert.chain_pem[..first_end + 25]), None);
+    }
 }

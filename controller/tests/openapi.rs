@@ -170,6 +170,17 @@ async fn answers_on_a_walk_through_every_route_match_the_document() {
         .lock()
         .unwrap()
         .insert(("GET".into(), "/health".into()));
+    // /ca-cert: no key; this controller was given no certificate, so there is no CA
+    // (the grid's git push test takes the CA a bootstrapped controller serves).
+    let a = w.raw("GET", "/ca-cert", None, None).await;
+    assert_eq!(a.status, 404);
+    w.doc
+        .check("GET", "/ca-cert", 404, "application/json", &a.body)
+        .unwrap();
+    w.called
+        .lock()
+        .unwrap()
+        .insert(("GET".into(), "/ca-cert".into()));
     for m in ["POST", "PUT", "DELETE", "HEAD"] {
         let a = w.raw(m, "/health", None, None).await;
         assert_eq!((a.status, a.allow.as_deref()), (405, Some("GET")), "{m}");

@@ -14,8 +14,12 @@ use std::time::Duration;
 use crate::harness::{Cluster, Flynn, sh, stack_image, wait_for};
 use crate::platform::{TOKEN, bootstrap, curl};
 
-/// git reaches `git.cluster.local` at host 1's router (the test has no DNS).
-const RESOLVE: &str = "http.curloptResolve=git.cluster.local:80:192.0.2.1";
+/// git reaches `git.cluster.local` at host 1's router (the test has no DNS): HTTPS,
+/// the remote `flynn create` adds, and plain HTTP (to show the key is not taken there).
+const RESOLVE: [&str; 2] = [
+    "http.curloptResolve=git.cluster.local:443:192.0.2.1",
+    "http.curloptResolve=git.cluster.local:80:192.0.2.1",
+];
 
 fn cluster() -> Cluster {
     let c = Cluster::bare_shared(3, &["--cluster-ttl", "3"], TOKEN);
@@ -37,8 +41,10 @@ fn text(out: &Output) -> String {
 
 fn git(f: &Flynn, dir: &Path, args: &[&str]) -> Output {
     f.command_in(dir, "git")
-        .args(["-c", RESOLVE])
+        .args(["-c", RESOLVE[0], "-c", RESOLVE[1]])
         .args(args)
+        // It would override the cluster's CA that `flynn create` set (see there).
+        .env_remove("GIT_SSL_CAINFO")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("HOME", dir)
         .output()
@@ -82,7 +88,7 @@ fn create(f: &Flynn, dir: &Path, app: &str) {
     assert!(out.status.success(), "flynn create {app}: {t}");
     assert!(
         t.contains(&format!(
-            "Added git remote flynn: http://git.cluster.local/{app}.git"
+            "Added git remote flynn: https://git.cluster.local/{app}.git"
         )),
         "{t}"
     );
@@ -538,7 +544,7 @@ fn git_push_builds_and_deploys_apps() {
             "-c",
             "credential.helper=",
             "push",
-            "http://git.cluster.local/py.git",
+            "https://git.cluster.local/py.git",
             "main",
         ],
     );
@@ -554,7 +560,7 @@ fn git_push_builds_and_deploys_apps() {
             "-c",
             "credential.helper=",
             "push",
-            "http://flynn:not-the-key@git.cluster.local/py.git",
+            "https://flynn:not-the-key@git.cluster.local/py.git",
             "main",
         ],
     );
@@ -628,7 +634,8 @@ fn a_host_lost_during_a_build_fails_the_push_cleanly_and_the_app_keeps_serving()
     );
     assert!(hook.is_file());
     let mut cmd = f.command_in(py.path(), "git");
-    cmd.args(["-c", RESOLVE, "push", "flynn", "main"])
+    cmd.args(["-c", RESOLVE[0], "-c", RESOLVE[1], "push", "flynn", "main"])
+        .env_remove("GIT_SSL_CAINFO")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("HOME", py.path());
     let (tx, rx) = std::sync::mpsc::channel();
