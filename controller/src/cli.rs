@@ -614,6 +614,23 @@ async fn deployed(
     }
 }
 
+/// A cluster's name names a file (its CA for git) and goes into git's config (the
+/// credential helper's command line): letters, digits, `-`, `_` and `.`, not first.
+fn check_cluster_name(name: &str) -> Result<()> {
+    let fits = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !fits {
+        bail!(
+            "cluster name {name:?}: use letters, digits, '-', '_' and '.' (not first), at most 64"
+        );
+    }
+    Ok(())
+}
+
 async fn cluster(c: &ClusterCmd) -> Result<i32> {
     let mut rc = load_rc()?;
     match c {
@@ -624,6 +641,7 @@ async fn cluster(c: &ClusterCmd) -> Result<i32> {
             default,
             tls_pin,
         } => {
+            check_cluster_name(name)?;
             if !url.starts_with("http://") && !url.starts_with("https://") {
                 bail!("the URL must start with https:// (as the bootstrap prints it)");
             }
@@ -941,6 +959,8 @@ async fn git_ca_file(client: &Client, cl: &RcCluster) -> Result<Option<PathBuf>>
             cl.name
         );
     }
+    // Names added before names were checked may hold anything.
+    check_cluster_name(&cl.name)?;
     let rc = rc_path()?;
     let dir = PathBuf::from(format!("{}.d", rc.display()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -1055,4 +1075,19 @@ fn file_body(mut file: tokio::fs::File, path: std::path::PathBuf) -> flynn_clien
             c.map(hyper::body::Frame::data)
         });
     http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_cluster_name;
+
+    #[test]
+    fn cluster_names_that_fit_a_file_and_git_config() {
+        for ok in ["default", "prod-eu.1", "a_b"] {
+            assert!(check_cluster_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "../x", "a/b", "it's", "a b", &"x".repeat(65)] {
+            assert!(check_cluster_name(bad).is_err(), "{bad}");
+        }
+    }
 }
