@@ -229,16 +229,26 @@ fn attach_streams_stdout_and_stderr_apart_and_forwards_stdin() {
 fn exec_runs_in_the_jobs_container_with_its_confinement() {
     let d = Daemon::start();
     d.import_busybox();
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "host",
-        "busybox",
-        "sh",
-        "-c",
-        "echo $$ > /tmp/main; sleep 60",
-    ]);
+    exec_into_a_job(&d, &[]);
+}
+
+/// An exec into a job with a user namespace of its own joins it too (libcontainer's
+/// tenant builder does not; `runtime::join` does): root in name only, with the
+/// job's own confinement, and every exec feature works as for any other job.
+#[test]
+fn exec_joins_the_user_namespace_of_a_userns_job() {
+    let d = Daemon::start();
+    d.import_busybox();
+    exec_into_a_job(&d, &["--userns"]);
+}
+
+/// Runs job `host` with `flags` and checks exec into it: namespaces, user, cwd, env,
+/// exit codes, confinement, stdin, a terminal, and the refusal once it stopped.
+fn exec_into_a_job(d: &Daemon, flags: &[&str]) {
+    let mut run = vec!["run", "-d", "--name", "host"];
+    run.extend_from_slice(flags);
+    run.extend_from_slice(&["busybox", "sh", "-c", "echo $$ > /tmp/main; sleep 60"]);
+    d.ok(&run);
     assert_eq!(
         d.ok(&["exec", "host", "cat", "/tmp/main"]),
         "1\n",
@@ -290,6 +300,14 @@ fn exec_runs_in_the_jobs_container_with_its_confinement() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    let out = d.cli(&["exec", "-w", "/no/such/dir", "host", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("working directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // stdin through exec -i.
     let mut child = d
         .command()
@@ -303,13 +321,31 @@ fn exec_runs_in_the_jobs_container_with_its_confinement() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "exec-got input\n");
 
     // A terminal through exec -it.
-    let mut term = Terminal::spawn(&d, &["exec", "-it", "host", "sh"], 25, 90);
+    let mut term = Terminal::spawn(d, &["exec", "-it", "host", "sh"], 25, 90);
     let mut at = term.expect(0, "# ");
     term.type_keys("stty size\r");
     at = term.expect(at, "25 90");
     term.type_keys("exit 0\r");
     assert_eq!(term.wait(), Some(0));
     let _ = at;
+
+    // The same namespaces as the job's own, its user namespace included, and the
+    // same identity map: the host's root is nowhere in it.
+    let ns = "for n in user mnt pid net ipc uts cgroup; do \
+              [ $(readlink /proc/self/ns/$n) = $(readlink /proc/1/ns/$n) ] || echo DIFFERS $n; \
+              done; cat /proc/self/uid_map; \
+              [ \"$(grep Groups /proc/self/status)\" = \"$(grep Groups /proc/1/status)\" ] \
+              || echo OTHER-GROUPS";
+    let out = d.ok(&["exec", "host", "sh", "-c", ns]);
+    assert!(!out.contains("DIFFERS"), "{out}");
+    let map = out.lines().next().unwrap_or("").to_string();
+    let host_root_mapped = map.split_whitespace().nth(1) == Some("0");
+    assert_eq!(
+        host_root_mapped,
+        !flags.contains(&"--userns"),
+        "uid_map inside: {out}"
+    );
+    assert!(!out.contains("OTHER-GROUPS"), "groups: {out}");
 
     // Not into a job that is not running.
     d.ok(&["stop", "-t", "1", "host"]);

@@ -102,14 +102,21 @@ fn check_userns_job(d: &Daemon, what: &str) {
     ]);
     assert!(out.contains(&FIRST_HOST_ID.to_string()), "{what}: {out}");
 
-    // exec cannot join a user namespace (libcontainer 0.7): refused, not run as root.
-    let id = d.run_detached(&["--userns", "busybox", "sleep", "60"]);
-    let out = d.cli(&["exec", &id, "true"]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr(&out).contains("user namespace"),
-        "{what}: {}",
-        stderr(&out)
+    // exec joins the job's user namespace: its root cannot write the host's file either.
+    let volume = format!("{}:/data", data.path().display());
+    let before = std::fs::read_to_string(data.path().join("f")).unwrap();
+    let id = d.run_detached(&["--userns", "-v", &volume, "busybox", "sleep", "60"]);
+    let out = d.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "id -u; (echo exec >> /data/f) 2>/dev/null && echo WROTE || echo DENIED",
+    ]);
+    assert_eq!(out, "0\nDENIED\n", "{what}: exec into a --userns job");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("f")).unwrap(),
+        before
     );
     d.ok(&["rm", "-f", &id]);
 }

@@ -63,7 +63,7 @@ until flynn-host version >/dev/null 2>&1; do
     sleep 0.1
 done
 # The host gives up at 600 s; the guest tells what it was doing well before.
-( sleep 300; echo "FLYNN-WATCHDOG the test script is still running after 300 s"; dump watchdog ) &
+( sleep ${FLYNN_WATCHDOG:-300}; echo "FLYNN-WATCHDOG the test script is still running after ${FLYNN_WATCHDOG:-300} s"; dump watchdog ) &
 sh /test.sh >/tmp/test.out 2>&1
 cat /tmp/test.out
 grep -q FAIL /tmp/test.out && dump failure
@@ -100,6 +100,11 @@ fn marker<'a>(console: &'a str, key: &str) -> &'a str {
 /// Boots the test VM with `test` as its script and `env` (shell lines) sourced
 /// before the daemon starts; returns the console once the script is done.
 fn boot_with(name: &str, test: &str, env: &str) -> String {
+    boot_for(name, test, env, Duration::from_secs(600))
+}
+
+/// As [`boot_with`], waiting up to `limit` for the script.
+fn boot_for(name: &str, test: &str, env: &str, limit: Duration) -> String {
     let bin = static_flynn_host().unwrap_or_else(|e| panic!("{e}"));
     let kernel = Kernel::find().unwrap_or_else(|e| panic!("{e}"));
     let fixtures = std::env::var_os("FLYNN_FIXTURES")
@@ -152,7 +157,7 @@ fn boot_with(name: &str, test: &str, env: &str) -> String {
     })
     .unwrap();
     let console = vm
-        .wait_for("FLYNN-TEST-DONE", Duration::from_secs(600))
+        .wait_for("FLYNN-TEST-DONE", limit)
         .unwrap_or_else(|e| panic!("{e}"));
     let _ = vm.wait_exit(Duration::from_secs(60));
     console
@@ -209,4 +214,46 @@ echo "FAIL (expected) the start was refused"
     assert!(console.contains("start: config written"), "{console}");
     assert!(console.contains("step: settled"), "{console}");
     assert!(!console.contains("FLYNN-DAEMON-PANICKED"), "{console}");
+}
+
+/// The sequence that once hung (a start, then a detached start with limits, then its
+/// removal), many times in one guest: half the rounds beside two busy loops at the
+/// normal policy, which leave the spare shim (`SCHED_IDLE` until it has a job) only
+/// the CPU time nothing else wants. Every command is bounded, so a start that waits
+/// for ever fails the round with the guest's dump. `FLYNN_STRESS_ROUNDS` (default 8)
+/// sets the number of rounds.
+#[test]
+fn starts_with_limits_in_a_loop_never_hang() {
+    let rounds: u32 = std::env::var("FLYNN_STRESS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let test = format!(
+        r#"B() {{ timeout 60 flynn-host "$@"; r=$?; [ $r = 143 ] && echo "FAIL timed out: flynn-host $*"; return $r; }}
+B import /images/busybox-docker.tar >/dev/null || echo "FAIL import"
+i=0
+while [ $i -lt {rounds} ]; do
+    i=$((i+1))
+    hogs=""
+    if [ $((i % 2)) = 0 ]; then
+        sh -c 'while :; do :; done' & hogs="$!"
+        sh -c 'while :; do :; done' & hogs="$hogs $!"
+    fi
+    [ "$(B run --rm busybox echo hello)" = hello ] || echo "FAIL round $i: run --rm"
+    id=$(B run -d -m 64M --cpus 0.5 --pids-limit 20 busybox sleep 60) || echo "FAIL round $i: run -d with limits"
+    [ "$(cat /sys/fs/cgroup/flynn/$id/pids.max 2>/dev/null)" = 20 ] || echo "FAIL round $i: no pids limit"
+    B rm -f $id >/dev/null || echo "FAIL round $i: rm -f"
+    [ -n "$hogs" ] && kill $hogs
+    [ -e /sys/fs/cgroup/flynn/$id ] && echo "FAIL round $i: cgroup left"
+done
+echo "R-ROUNDS $i"
+"#
+    );
+    // A round takes a few seconds under TCG; the bound is for a hang, not a figure.
+    let limit = Duration::from_secs(600 + 30 * u64::from(rounds));
+    let env = format!("export FLYNN_WATCHDOG={}\n", limit.as_secs() - 120);
+    let console = boot_for("cgroup_v2_loop", &test, &env, limit);
+    assert_eq!(marker(&console, "R-ROUNDS"), rounds.to_string());
+    assert!(!console.contains("FLYNN-DAEMON-PANICKED"), "{console}");
+    assert!(!console.contains("FAIL"), "{console}");
 }

@@ -139,6 +139,7 @@ pub mod container;
 pub mod exit;
 pub mod host;
 pub mod idmap;
+pub mod join;
 pub mod logs;
 pub mod loopback;
 pub mod rootfs;

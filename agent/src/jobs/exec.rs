@@ -29,15 +29,6 @@ impl JobManager {
         if req.cmd.is_empty() || req.cmd[0].is_empty() {
             return Err(JobError::BadRequest("exec needs a command".to_string()));
         }
-        if job.config.userns.is_some() {
-            // libcontainer 0.7 joins every namespace of the job but its user namespace:
-            // the process would be the host's root inside the job.
-            return Err(JobError::BadRequest(format!(
-                "job {} runs in a user namespace (--userns), which exec cannot join yet: \
-                 run it with --userns=host to exec into it",
-                job.id
-            )));
-        }
         for entry in &req.env {
             if !entry.contains('=') || entry.starts_with('=') {
                 return Err(JobError::BadRequest(format!(

@@ -70,6 +70,9 @@ struct Prepared {
     process_io: Io,
     io: Pending,
     seccomp: Option<Filter>,
+    /// The process, when the container has a user namespace of its own, which
+    /// libcontainer's tenant builder cannot join ([`crate::join`] does).
+    join: Option<oci_spec::runtime::Process>,
 }
 
 fn read_exec_config(files: &JobFiles) -> Result<ExecShimConfig, ShimSetupError> {
@@ -143,6 +146,14 @@ fn prepare(files: &JobFiles) -> Result<Prepared, ShimSetupError> {
         source,
     })?;
 
+    let userns = oci
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|list| {
+            list.iter()
+                .any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+        });
     let profile = oci.linux().as_ref().and_then(|l| l.seccomp().clone());
     let seccomp = compile_seccomp(&oci, profile, &cfg.state_root.join("seccomp"))?;
     let listener = bind_control_socket(files)?;
@@ -156,6 +167,7 @@ fn prepare(files: &JobFiles) -> Result<Prepared, ShimSetupError> {
         process_io,
         io,
         seccomp,
+        join: userns.then_some(process),
     })
 }
 
@@ -169,6 +181,7 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
         process_io,
         io,
         seccomp,
+        join,
     } = p;
     let result = {
         // One exec of a container at a time through libcontainer: so that the sockets it
@@ -176,7 +189,12 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
         let _guard = lock_execs(&execs);
         let container_dir = state_root.join(&id);
         let before = tenant_entries(&container_dir);
-        let result = container::exec(&state_root, &id, &files.process_spec(), process_io, seccomp);
+        let result = match &join {
+            Some(process) => crate::join::exec(&state_root, &id, process, process_io, seccomp)
+                .map_err(|e| e.to_string()),
+            None => container::exec(&state_root, &id, &files.process_spec(), process_io, seccomp)
+                .map_err(|e| exec_error(&e, files, &rootfs)),
+        };
         for name in tenant_entries(&container_dir) {
             if !before.contains(&name) {
                 let _ = std::fs::remove_file(container_dir.join(name));
@@ -186,8 +204,7 @@ fn run(files: &JobFiles, p: Prepared, lock: OwnedFd) -> i32 {
     };
     let pid = match result {
         Ok(pid) => pid,
-        Err(e) => {
-            let msg = exec_error(&e, files, &rootfs);
+        Err(msg) => {
             diag(&msg);
             io.discard();
             let _ = std::fs::remove_file(files.socket());
