@@ -300,6 +300,13 @@ fn exec_into_a_job(d: &Daemon, flags: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Only stdio is inherited (and the descriptor ls reads /proc/self/fd with).
+    let fds = d.ok(&["exec", "host", "ls", "/proc/self/fd"]);
+    assert_eq!(
+        fds.split_whitespace().count(),
+        4,
+        "open in the exec'd process: {fds}"
+    );
     let out = d.cli(&["exec", "-w", "/no/such/dir", "host", "true"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(

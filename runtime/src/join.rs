@@ -110,6 +110,14 @@ pub fn exec(
         .pid()
         .ok_or_else(|| JoinError::NotRunning { id: id.to_owned() })?;
     let namespaces = open_namespaces(init)?;
+    // The pid came from the state file: make sure it was still the container's init
+    // when its namespaces were opened (not a process that reused the pid since).
+    let cgroups_of_init =
+        std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap_or_default();
+    let ours = crate::cgroup::cgroup_path(id);
+    if !cgroups_of_init.contains(&*ours.to_string_lossy()) {
+        return Err(JoinError::NotRunning { id: id.to_owned() });
+    }
     let cgroups = crate::cgroup::existing_dirs(id).map_err(|e| JoinError::Cgroups {
         id: id.to_owned(),
         detail: e.to_string(),
@@ -377,6 +385,11 @@ fn start(plan: &Plan, stdio: Stdio) -> Result<std::convert::Infallible, String> 
         nix::unistd::chdir(&plan.cwd)
             .map_err(|e| format!("working directory {:?}: {e}", plan.cwd))?;
     }
+    // Nothing of the host's but stdio crosses the execve (a leaked descriptor of a
+    // host directory would be a way out of the job, as in runc's CVE-2024-21626).
+    syscall
+        .close_range(0)
+        .map_err(|e| format!("closing inherited descriptors: {e}"))?;
     let program = resolve(&plan.args[0], &plan.path).ok_or_else(|| {
         format!(
             "executable {:?} not found in the container's PATH, or not executable",
