@@ -490,3 +490,62 @@ fn read_to_end(fd: OwnedFd) -> String {
     let _ = (&mut file).take(64 * 1024).read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::ProcessBuilder;
+
+    fn process(args: &[&str], env: &[&str]) -> Process {
+        ProcessBuilder::default()
+            .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .env(env.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .cwd("/")
+            .build()
+            .expect("process")
+    }
+
+    #[test]
+    fn a_container_that_is_not_there_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = "0123456789abcdef0123456789abcdef";
+        let io = Io::Terminal {
+            console_socket: dir.path().join("none.sock"),
+        };
+        let err = exec(dir.path(), id, &process(&["true"], &[]), io, None).unwrap_err();
+        assert!(matches!(err, JoinError::State { .. }), "{err}");
+        assert!(err.to_string().contains(id), "{err}");
+    }
+
+    #[test]
+    fn the_plan_refuses_what_execve_cannot_take() {
+        let empty = Plan::new(&process(&[], &[]), None).err();
+        assert!(matches!(empty, Some(JoinError::NoArgs)));
+        let nul = Plan::new(&process(&["a\0b"], &[]), None).err();
+        assert!(matches!(nul, Some(JoinError::Nul { what: "argument" })));
+        let nul = Plan::new(&process(&["true"], &["X=a\0b"]), None).err();
+        assert!(matches!(nul, Some(JoinError::Nul { .. })));
+    }
+
+    #[test]
+    fn the_program_is_looked_up_in_the_processs_path() {
+        let plan = Plan::new(&process(&["sh"], &["PATH=/no/such/dir:/bin"]), None).expect("plan");
+        assert_eq!(plan.path, "/no/such/dir:/bin");
+        assert_eq!(
+            resolve(&plan.args[0], &plan.path).as_deref(),
+            Some(c"/bin/sh")
+        );
+        let default = Plan::new(&process(&["sh"], &[]), None).expect("plan");
+        assert_eq!(default.path, DEFAULT_PATH);
+        assert_eq!(
+            resolve(&CString::from(c"./x/y"), "/bin").as_deref(),
+            Some(c"./x/y")
+        );
+        assert_eq!(
+            resolve(&CString::from(c"no-such-program-here"), "/bin"),
+            None
+        );
+        // A directory of that name is not a program.
+        assert_eq!(resolve(&CString::from(c"tmp"), "/"), None);
+    }
+}
