@@ -49,12 +49,7 @@ pub async fn run(args: DaemonArgs, inherited: Option<upgrade::Inherited>) -> Res
     let (tcp, unix) = match inherited {
         // Handed over by the previous daemon: it drains before we touch the state.
         Some(inherited) => inherited.take_over().await?,
-        None => (
-            TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("listening on {}", config.listen))?,
-            bind_unix(&config.socket)?,
-        ),
+        None => (bind_tcp(config.listen).await?, bind_unix(&config.socket)?),
     };
 
     let tmp_dir = state_dir.join("tmp");
@@ -251,6 +246,36 @@ fn write_pid_file(state_dir: &Path) -> Result<()> {
     let pid = format!("{}\n", std::process::id());
     flynn_fsutil::write_atomic(&path, pid.as_bytes(), flynn_fsutil::Durability::Visible)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Binds the API's TCP address. A daemon started again right after its predecessor
+/// died can be refused the address for a moment (EADDRINUSE, seen in the crash tests
+/// on Linux 6.18 with only TIME-WAIT sockets left on the port once it was looked at):
+/// it asks again for a few seconds before giving up, rather than leave the host
+/// without its agent.
+async fn bind_tcp(addr: std::net::SocketAddr) -> Result<TcpListener> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut warned = false;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(%addr, "the API address is in use; trying again for 5 s");
+                    warned = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("listening on {addr} (is another flynn-host daemon running?)")
+                });
+            }
+        }
+    }
 }
 
 /// Binds the root-only unix socket: mode 0600 in a directory only root can enter,

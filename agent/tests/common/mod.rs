@@ -195,13 +195,35 @@ impl Daemon {
                 self.token = token.trim().to_string();
                 break;
             }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none(),
+                "daemon exited ({exited:?}) before serving; log:\n{}\nsockets in its namespace:\n{}",
+                self.log_text(),
+                self.listeners()
+            );
             assert!(
                 Instant::now() < deadline,
-                "daemon did not start serving; log:\n{}",
-                self.log_text()
+                "daemon did not start serving; log:\n{}\nsockets in its namespace:\n{}",
+                self.log_text(),
+                self.listeners()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `ss -tanpe` in the daemon's network namespace: who holds its address when a
+    /// restart cannot listen.
+    fn listeners(&self) -> String {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["--", "ss", "-tanpe"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("ss: {e}"))
     }
 
     /// The pid of the process serving now (it changes when the daemon upgrades).
