@@ -230,13 +230,23 @@ fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
         "busybox",
         "sh",
         "-c",
-        "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.1; done",
+        "trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
     ]);
+    // A SIGTERM before the trap is set would be ignored (the shell is the
+    // namespace's PID 1): wait until the shell says it is ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.ok(&["logs", "polite"]).contains("ready") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     d.ok(&["stop", "-t", "5", "polite"]);
     let job = d.inspect("polite");
     assert_eq!(job["state"], "exited");
     assert_eq!(job["exit"]["exit_code"], 0, "{job}");
-    assert_eq!(d.ok(&["logs", "polite"]), "got-term\n");
+    assert_eq!(d.ok(&["logs", "polite"]), "ready\ngot-term\n");
 
     // Ignores SIGTERM: killed after the grace period.
     d.ok(&[
