@@ -300,6 +300,9 @@ fn exec_into_a_job(d: &Daemon, flags: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // No signal is ignored in the exec'd program (SIGPIPE included).
+    let ign = d.ok(&["exec", "host", "grep", "SigIgn", "/proc/self/status"]);
+    assert!(ign.trim().ends_with("0000000000000000"), "{ign}");
     // Only stdio is inherited (and the descriptor ls reads /proc/self/fd with).
     let fds = d.ok(&["exec", "host", "ls", "/proc/self/fd"]);
     assert_eq!(

@@ -402,6 +402,16 @@ fn start(plan: &Plan, stdio: Stdio) -> Result<std::convert::Infallible, String> 
             .install()
             .map_err(|e| format!("installing seccomp: {e}"))?;
     }
+    // The shim keeps SIGPIPE ignored (a Rust program does), and an ignored signal
+    // stays ignored across execve: `yes | head` would spin in the job.
+    // SAFETY: SIG_DFL only: no handler code runs.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    }
+    .map_err(|e| format!("resetting SIGPIPE: {e}"))?;
     let e = match nix::unistd::execve(&program, &plan.args, &plan.env) {
         Err(e) => e,
         Ok(never) => match never {},
