@@ -300,6 +300,7 @@ fn exec_into_a_job(d: &Daemon, flags: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    assert_eq!(d.ok(&["exec", "host", "sh", "-c", "echo $HOME"]), "/root\n");
     // No signal is ignored in the exec'd program (SIGPIPE included).
     let ign = d.ok(&["exec", "host", "grep", "SigIgn", "/proc/self/status"]);
     assert!(ign.trim().ends_with("0000000000000000"), "{ign}");
