@@ -17,6 +17,9 @@
 //!   host's agent (`proxy.rs`).
 
 mod api;
+
+/// The bound of one etcd request (and of the connection's set-up).
+const ETCD_TIMEOUT: Duration = Duration::from_secs(10);
 pub mod cli;
 mod deploy;
 mod import;
@@ -111,8 +114,10 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
             addr: args.listen,
             source,
         })?;
+    // Each etcd request gets ETCD_TIMEOUT: a deploy's transaction on a loaded host
+    // (three TCG appliances on two cores, in the cluster test) took over 3 s.
     let etcd = loop {
-        match discovery::Etcd::connect(&args.etcd, Duration::from_secs(3)).await {
+        match discovery::Etcd::connect(&args.etcd, ETCD_TIMEOUT).await {
             Ok(e) if e.ping().await.is_ok() => break e,
             Ok(_) => tracing::warn!("etcd does not answer yet"),
             Err(e) => tracing::warn!(error = %e, "connecting to etcd"),
