@@ -65,16 +65,7 @@ pub fn userns_fd(range: IdRange) -> Result<OwnedFd, IdmapError> {
     // SAFETY: a raw clone without CLONE_VM and with no stack is a fork into a new user
     // namespace. The child runs only async-signal-safe syscalls (prctl, pause, _exit)
     // and never returns into code that could take a lock another thread held.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let pid = unsafe { crate::rawfork::fork_with(libc::CLONE_NEWUSER) };
     if pid == 0 {
         // SAFETY: async-signal-safe calls only, in the child (see above).
         unsafe {

@@ -285,16 +285,7 @@ fn joiner(
     // A plain fork would leave B a child of A; CLONE_PARENT makes it the shim's, which
     // monitors it. With no new stack the child runs on a copy of ours, as after fork.
     // SAFETY: A is single-threaded (a fork child); B continues below like a fork child.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let rc = unsafe { crate::rawfork::fork_with(libc::CLONE_PARENT) };
     match rc {
         -1 => Err(format!(
             "starting the process in the container's pid namespace (clone): {}",

@@ -142,6 +142,7 @@ pub mod idmap;
 pub mod join;
 pub mod logs;
 pub mod loopback;
+mod rawfork;
 pub mod rootfs;
 pub mod seccomp;
 pub mod shim;
