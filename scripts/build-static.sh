@@ -17,8 +17,10 @@ export LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 # The syscall itself waits about a second there (agent/src/random.rs).
 export RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C symbol-mangling-version=v0 --cfg getrandom_backend=\"linux_getrandom\""
 args=(--locked --profile appliance --target x86_64-unknown-linux-gnu)
-cargo build "${args[@]}" -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor
+cargo build "${args[@]}" -p flynn-runtime --bin flynn-shim-monitor
 dir=target/x86_64-unknown-linux-gnu/appliance
+# flynn-host itself is built by link-ordered.sh: its first link (with symbols)
+# is the build, so the binary is linked twice, not three times.
 bash scripts/link-ordered.sh "$dir" "${args[@]}"
 for bin in "$dir/flynn-host" "$dir/flynn-shim-monitor"; do
     if ! file "$bin" | grep -q 'static'; then

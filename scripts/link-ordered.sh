@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Relinks flynn-host with the code it runs laid out together (agent/text-order.txt,
-# see scripts/text-order.py and ARCHITECTURE.md, memory). Run it after a
-# `cargo build` with the same CARGO_ARGS (and RUSTFLAGS): only the binary's own
-# small crate is compiled again, twice.
+# Builds flynn-host with the code it runs laid out together (agent/text-order.txt,
+# see scripts/text-order.py and ARCHITECTURE.md, memory): a first build and link
+# that keeps the symbol table, then a second link (only the binary's own small
+# crate compiled again) in the order read from those symbols.
 # Usage: scripts/link-ordered.sh OUT_DIR CARGO_ARGS...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ out=$1
 shift
 # The first link keeps the symbol table (a stripping profile drops it): the
 # order file names symbols.
-cargo rustc "$@" -p flynn-host --bin flynn-host -- -C strip=none 2>/dev/null
+cargo rustc "$@" -p flynn-host --bin flynn-host -- -C strip=none
 order="$out/flynn-host.text-order"
 python3 scripts/text-order.py order agent/text-order.txt "$out/flynn-host" >"$order.tmp"
 mv "$order.tmp" "$order"

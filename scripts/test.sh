@@ -41,7 +41,52 @@ echo "== appliance images (out/) (at ${SECONDS}s)"
 SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH FLYNN_REPRO_BASELINE="$PWD/out"
 FLYNN_FIXTURES="$PWD/target/fixtures" bash buildroot/assemble.sh
-echo "== cargo test (at ${SECONDS}s)"
+echo "== cargo test: building the tests (at ${SECONDS}s)"
+export FLYNN_FIXTURES="$PWD/target/fixtures"
+cargo test --workspace --locked --no-run
+# The VM tests run beside the others: they keep the CPUs busy emulating, while the
+# others mostly wait on daemons, hosts in namespaces and etcd, so the two together
+# take little longer than the longer of them. The VM test binaries are run directly
+# (cargo would hold the build directory's lock for as long as it runs tests); their
+# output follows the others'.
+mapfile -t vm_tests < <(cargo test -p qemu-tests --locked --no-run --message-format=json |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])')
+vm_log="$PWD/target/qemu-tests.log"
+echo "== cargo test (at ${SECONDS}s): ${#vm_tests[@]} VM test binaries beside the rest, logged to $vm_log"
+# Each test binary's start, in seconds from the beginning: where a slow run went.
+stamp() {
+    local line
+    while IFS= read -r line; do
+        case $line in
+        *"Running "*) echo "[${SECONDS}s] $line" ;;
+        *) echo "$line" ;;
+        esac
+    done
+}
+(
+    cd qemu-tests
+    rc=0
+    for t in "${vm_tests[@]}"; do
+        echo "     Running $t"
+        "$t" --include-ignored "$@" || rc=1
+    done
+    exit $rc
+) 2>&1 | stamp >"$vm_log" &
+vm_pid=$!
 # --include-ignored: the unit tests that need root are ignored in the fast tier only.
 # --no-fail-fast: one failing test file does not hide how the others fare.
-FLYNN_FIXTURES="$PWD/target/fixtures" cargo test --workspace --locked --no-fail-fast -- --include-ignored "$@"
+rest=0
+cargo test --workspace --exclude qemu-tests --locked --no-fail-fast -- --include-ignored "$@" 2>&1 | stamp || rest=$?
+vm=0
+wait "$vm_pid" || vm=$?
+echo "== qemu-tests (ran beside the above; ended at ${SECONDS}s)"
+cat "$vm_log"
+if [ "$rest" != 0 ] || [ "$vm" != 0 ]; then
+    echo "== tests failed: workspace $rest, qemu-tests $vm" >&2
+    exit 1
+fi

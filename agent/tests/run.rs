@@ -639,3 +639,71 @@ fn volumes_bind_host_directories_read_write_and_read_only() {
         assert!(stderr(&out).contains(says), "{bad}: {}", stderr(&out));
     }
 }
+
+/// A `run --rm` whose job cannot be removed (here a file in its upper directory
+/// made immutable) still returns the job's exit code, and says why the job
+/// stayed; the daemon removes it on a later attempt once it can.
+#[test]
+fn run_rm_returns_when_the_removal_fails_and_the_daemon_removes_it_later() {
+    let d = Daemon::start();
+    d.import_busybox();
+    let child = d
+        .command()
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            "stuck",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'exit 7' USR1; touch /pinned; while true; do sleep 0.05; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    d.wait_until("stuck", "the job to run", |j| j["state"] == "running");
+    let id = d.inspect("stuck")["id"].as_str().unwrap().to_string();
+    let upper = d.state_dir().join("jobs").join(&id).join("upper");
+    let pinned = upper.join("pinned");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !pinned.exists() {
+        assert!(std::time::Instant::now() < deadline, "no {pinned:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let chattr = |flag: &str| {
+        let status = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&pinned)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chattr {flag} {pinned:?}");
+    };
+    chattr("+i");
+    d.ok(&["kill", "-s", "USR1", "stuck"]);
+
+    let out = child.wait_with_output().unwrap();
+    chattr("-i");
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not be removed"),
+        "no word of the failed removal: {}",
+        stderr(&out)
+    );
+    // Retried (1 s, then 2 s, ...) until it goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = d.ok(&["ps", "-aq"]);
+        if left.trim().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was never removed: {left}\n{}",
+            common::tail(&d.log_text(), 30)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!d.state_dir().join("jobs").join(&id).exists());
+}

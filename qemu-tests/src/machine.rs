@@ -532,8 +532,24 @@ impl Appliance {
         self.qmp("system_powerdown").map(drop)
     }
 
-    /// The flynn-host CLI on the host, talking to this appliance's API.
+    /// The flynn-host CLI on the host, talking to this appliance's API, bounded
+    /// by [`CLI_BOUND`]: a command that does not return within it is killed, and
+    /// the test fails with what the guest still answers and its console, never
+    /// a test that waits for ever.
     pub fn cli(&self, bin: &Path, args: &[&str]) -> std::process::Output {
+        match self.cli_within(bin, args, CLI_BOUND) {
+            Ok(out) => out,
+            Err(e) => panic!("{}", self.hung(bin, args, &e)),
+        }
+    }
+
+    /// The CLI, killed after `bound`: `Err` says so.
+    pub fn cli_within(
+        &self,
+        bin: &Path,
+        args: &[&str],
+        bound: Duration,
+    ) -> Result<std::process::Output, String> {
         let mut cmd = std::process::Command::new(bin);
         if let Some(api) = &self.api {
             match &self.pin {
@@ -549,8 +565,33 @@ impl Appliance {
         if let Some(token) = &self.token {
             cmd.env("FLYNN_TOKEN", token);
         }
-        cmd.args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
+        cmd.args(args);
+        crate::output_within(&mut cmd, bound)
+            .map_err(|e| format!("flynn-host {}: {e}", args.join(" ")))
+    }
+
+    /// Why a CLI command did not return: whether the API still answers (`ps -a`,
+    /// bounded), then the console's tail.
+    fn hung(&self, bin: &Path, args: &[&str], error: &str) -> String {
+        let ps = match self.cli_within(bin, &["ps", "-a"], Duration::from_secs(30)) {
+            Ok(out) => format!(
+                "{}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => e,
+        };
+        format!(
+            "{error} (`{} {}`)\n`ps -a` afterwards: {ps}\nconsole ({}):\n{}",
+            bin.display(),
+            args.join(" "),
+            self.vm.log_path().display(),
+            crate::console_tail(&self.vm.console())
+        )
     }
 }
+
+/// How long a CLI command against an appliance may take in a test: a start under
+/// TCG takes seconds; minutes mean something waits that should not.
+pub const CLI_BOUND: Duration = Duration::from_secs(240);

@@ -46,6 +46,13 @@ fn memory_mb() -> u32 {
         .unwrap_or(768)
 }
 
+/// A command of the test, killed after the CLI's bound: a hang fails this test
+/// with what it printed, not the whole suite.
+fn bounded(cmd: &mut std::process::Command) -> Output {
+    qemu_tests::output_within(cmd, qemu_tests::machine::CLI_BOUND)
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}\nstdout: {}\nstderr: {}",
@@ -112,24 +119,19 @@ impl Env {
     }
 
     fn host_cli(&self, node: usize, args: &[&str]) -> Output {
-        self.c
-            .command_for(node, &self.cli)
-            .args(args)
-            .output()
-            .unwrap()
+        let mut cmd = self.c.command_for(node, &self.cli);
+        cmd.args(args);
+        bounded(&mut cmd)
     }
 
     fn flynn(&self, args: &[&str]) -> Output {
-        self.c
-            .netns
-            .command(&self.flynn)
-            .env("FLYNNRC", &self.flynnrc)
+        let mut cmd = self.c.netns.command(&self.flynn);
+        cmd.env("FLYNNRC", &self.flynnrc)
             // Outside any git repository: `flynn create` adds a remote to the one
             // it runs in.
             .current_dir(self.flynnrc.parent().unwrap_or(std::path::Path::new("/")))
-            .args(args)
-            .output()
-            .unwrap()
+            .args(args);
+        bounded(&mut cmd)
     }
 
     /// `flynn` through node1's router, which must succeed.

@@ -171,7 +171,9 @@ pub fn wait(
 ) -> Result<Response<Body>, ApiError> {
     let done: fn(&crate::model::Job) -> bool = match Query::of(&req).get("condition") {
         None | Some("exited" | "not-running") => has_exited,
-        Some("removed") => |j| has_exited(j) && has_been_removed(j),
+        // A removal that failed answers too, with its reason: the daemon retries
+        // it, and the caller (`run --rm`) gets the exit instead of waiting for ever.
+        Some("removed") => |j| has_exited(j) && (has_been_removed(j) || j.removal_error.is_some()),
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
                 "invalid condition {other:?}: use exited or removed"
@@ -194,7 +196,17 @@ pub fn wait(
     let (tx, response) = streaming("application/json");
     tokio::spawn(async move {
         let waited = tokio::select! {
-            waited = rx.wait_for(done) => Some(waited.map(|job| job.exit.clone())),
+            waited = rx.wait_for(done) => Some(waited.map(|job| {
+                let mut exit = job.exit.clone();
+                if let (Some(exit), Some(why)) = (&mut exit, &job.removal_error)
+                    && exit.error.is_none()
+                {
+                    exit.error = Some(format!(
+                        "the job exited but could not be removed: {why} (the daemon tries again)"
+                    ));
+                }
+                exit
+            })),
             // The client went away: stop waiting for it.
             _ = tx.closed() => return,
             // Handing over to a new daemon: a cut-short answer tells the client

@@ -313,6 +313,9 @@ pub async fn run_created(client: &Client, args: &RunArgs, job: &Job) -> Result<i
     if let Err(e) = output {
         eprintln!("flynn-host: the job's output may be incomplete: {e:#}");
     }
+    if let Some(why) = &exit.error {
+        eprintln!("flynn-host: {why}");
+    }
     Ok(exit.exit_code)
 }
 
@@ -367,7 +370,11 @@ async fn interactive(
     if let Err(e) = result {
         eprintln!("flynn-host: the session ended early: {e:#}");
     }
-    Ok(exit?.exit_code)
+    let exit = exit?;
+    if let Some(why) = &exit.error {
+        eprintln!("flynn-host: {why}");
+    }
+    Ok(exit.exit_code)
 }
 
 /// Runs `main` to completion while also driving `side` (until it ends, if it does).

@@ -385,6 +385,7 @@ impl JobManager {
                 started_at: None,
                 exit: None,
                 error: None,
+                removal_error: None,
                 restart_count: 0,
                 restart_at: None,
                 manually_stopped: false,
@@ -706,7 +707,8 @@ impl JobManager {
         }
         if job.config.auto_remove {
             if let Err(e) = self.remove(handle, false).await {
-                tracing::error!(job = %handle.id, error = %e, "auto-removing an exited job");
+                tracing::error!(job = %handle.id, error = %e, "auto-removing an exited job; trying again later");
+                self.retry_removal(handle.clone());
             }
         } else if restart::should_restart(&job) {
             let ran = match (job.started_at, &job.exit) {
@@ -817,14 +819,52 @@ impl JobManager {
         let dir = self.paths.job_dir(&handle.id);
         let containers = self.paths.containers.clone();
         let id = handle.id.clone();
-        tokio::task::spawn_blocking(move || record::destroy(&dir, &containers, &id))
-            .await
-            .map_err(JobError::join)??;
+        let destroyed =
+            tokio::task::spawn_blocking(move || record::destroy(&dir, &containers, &id))
+                .await
+                .map_err(JobError::join)
+                .and_then(|r| r);
+        if let Err(e) = destroyed {
+            // Said on the record, so that waiters for the removal get their answer
+            // (with this reason) instead of waiting for ever, and `ps` shows why.
+            let why = e.to_string();
+            if let Err(e) = self.update(handle, |j| j.removal_error = Some(why)) {
+                tracing::error!(job = %handle.id, error = %e, "recording a failed removal");
+            }
+            return Err(e);
+        }
         self.lock_jobs().remove(&handle.id);
         // The record file is gone; subscribers still get the last word.
         handle.record.send_modify(|j| j.state = JobState::Removed);
         self.emit("job", "remove", &handle.id, None);
         Ok(())
+    }
+
+    /// Tries again to remove an auto-removed job whose removal failed (a busy
+    /// mount, a file that cannot be deleted), backing off from 1 s to a minute,
+    /// until it is gone or someone else removed it.
+    fn retry_removal(self: &Arc<Self>, handle: Arc<JobHandle>) {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(delay).await;
+                if handle.snapshot().state != JobState::Removing || manager.get(&handle.id).is_err()
+                {
+                    return;
+                }
+                match manager.remove(&handle, false).await {
+                    Ok(()) => {
+                        tracing::info!(job = %handle.id, "removed on a later attempt");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %handle.id, error = %e, retry_in = ?delay * 2, "removing an exited job failed again");
+                    }
+                }
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        });
     }
 
     /// The exit of a job removed a short while ago, if it had one.

@@ -265,6 +265,10 @@ pub struct Job {
     /// Why the last start failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the last attempt to remove the job failed (state `removing`): the daemon
+    /// tries again for an auto-removed job; `rm -f` does for any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal_error: Option<String>,
     /// How many times the restart policy has started the job again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restart_count: u32,
