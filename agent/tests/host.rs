@@ -140,3 +140,38 @@ fn status_reports_the_host_and_what_jobs_were_promised() {
     d.spawn();
     assert_eq!(status(&d)["id"], id);
 }
+
+/// `daemon-log` shows the end of the daemon's own log (its standard error, a
+/// file here as on the appliance), within the lines asked for; a bad count is
+/// refused with the range, and a token is needed as for any call.
+#[test]
+fn daemon_log_shows_the_end_of_the_daemons_own_log() {
+    let d = Daemon::start();
+    d.import_busybox();
+    d.ok(&["run", "--rm", "busybox", "true"]);
+    let whole = d.log_text();
+    let last: Vec<&str> = whole.lines().collect();
+    assert!(last.len() > 5, "the daemon logged too little: {whole}");
+
+    let shown = d.ok(&["daemon-log", "-n", "3"]);
+    let shown: Vec<&str> = shown.lines().collect();
+    assert_eq!(shown.len(), 3, "{shown:?}");
+    // The lines shown are lines of the file (the daemon may log more meanwhile).
+    let now = d.log_text();
+    for line in &shown {
+        assert!(
+            now.lines().any(|l| l == *line),
+            "{line:?} is not in the log"
+        );
+    }
+    let default = d.ok(&["daemon-log"]);
+    assert!(default.lines().count() <= 200);
+    assert!(default.contains(shown[0]) || now.lines().count() > 200);
+
+    let out = d.cli(&["daemon-log", "-n", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("give 1 to 10000 lines"), "{err}");
+    let (status, _) = d.http_with("GET", "/host/log", None, None);
+    assert_eq!(status, 401);
+}

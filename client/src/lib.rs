@@ -81,6 +81,10 @@ pub struct Client {
 }
 
 const DEFAULT_TCP: &str = "127.0.0.1:1113";
+
+/// How long connecting to the daemon may take, TCP, TLS and HTTP handshakes
+/// together: they take milliseconds, seconds on a loaded emulated machine.
+const CONNECT_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
 const DEFAULT_TOKEN_FILE: &str = "/var/lib/flynn/token";
 
 impl Client {
@@ -177,8 +181,24 @@ impl Client {
     }
 
     /// A connection to the daemon (TCP, TLS or the unix socket) and the `Host`
-    /// its requests carry.
+    /// its requests carry, within [`CONNECT_BOUND`]: a host whose kernel takes the
+    /// connection but whose daemon never answers the handshake is an error that
+    /// says so, not a command that waits for ever.
     async fn connect(
+        &self,
+    ) -> Result<(hyper::client::conn::http1::SendRequest<RequestBody>, String)> {
+        match tokio::time::timeout(CONNECT_BOUND, self.connect_unbounded()).await {
+            Ok(connected) => connected,
+            Err(_) => Err(anyhow!(
+                "the flynn-host daemon at {} did not complete a connection within {} s: \
+                 is the host overloaded or its daemon stuck? (its log says more)",
+                self.describe(),
+                CONNECT_BOUND.as_secs()
+            )),
+        }
+    }
+
+    async fn connect_unbounded(
         &self,
     ) -> Result<(hyper::client::conn::http1::SendRequest<RequestBody>, String)> {
         let unreachable = || {
@@ -451,6 +471,42 @@ pub fn encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that takes the TCP connection but never answers the TLS
+    /// handshake (a stuck daemon behind a live kernel): the call fails, saying
+    /// so, once the bound has passed (time runs paused here: no 30 s wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_handshake_never_answered_is_an_error_after_the_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            drop(stream);
+        });
+        let pin = flynn_tls::Ca::generate("test")
+            .unwrap()
+            .pin()
+            .unwrap()
+            .to_string();
+        let client = Client::from_options_tls(
+            Some(&format!("https://{addr}")),
+            Some("token"),
+            &TlsOptions::pinned(&pin),
+        )
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        let err = client
+            .send_json(Method::GET, "/version", None::<&()>)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() >= CONNECT_BOUND, "{err:#}");
+        assert!(
+            format!("{err:#}").contains("did not complete a connection within 30 s"),
+            "{err:#}"
+        );
+        held.abort();
+    }
 
     #[test]
     fn endpoints_parse() {

@@ -570,10 +570,11 @@ impl Appliance {
             .map_err(|e| format!("flynn-host {}: {e}", args.join(" ")))
     }
 
-    /// Why a CLI command did not return: whether the API still answers (`ps -a`,
-    /// bounded), then the console's tail.
+    /// Why a CLI command did not return: whether the API still answers, what it
+    /// says of the jobs and the daemon's own log (each bounded), then the
+    /// console's tail.
     fn hung(&self, bin: &Path, args: &[&str], error: &str) -> String {
-        let ps = match self.cli_within(bin, &["ps", "-a"], Duration::from_secs(30)) {
+        let ask = |what: &[&str]| match self.cli_within(bin, what, Duration::from_secs(30)) {
             Ok(out) => format!(
                 "{}\n{}{}",
                 out.status,
@@ -583,9 +584,11 @@ impl Appliance {
             Err(e) => e,
         };
         format!(
-            "{error} (`{} {}`)\n`ps -a` afterwards: {ps}\nconsole ({}):\n{}",
+            "{error} (`{} {}`)\n`ps -a` afterwards: {}\n`daemon-log -n 100`: {}\nconsole ({}):\n{}",
             bin.display(),
             args.join(" "),
+            ask(&["ps", "-a"]),
+            ask(&["daemon-log", "-n", "100"]),
             self.vm.log_path().display(),
             crate::console_tail(&self.vm.console())
         )

@@ -141,6 +141,12 @@ fn iso_on_seabios_formats_a_blank_disk_and_runs_a_container() {
         &["run", "--rm", "busybox", "ip", "-4", "addr", "show", "eth0"],
     );
     assert!(ip.contains("inet 10.88.0."), "{ip}");
+    // No shell on the appliance: its daemon's log is read through the API.
+    let log = run(&vm, &["daemon-log", "-n", "500"]);
+    assert!(
+        log.lines().count() > 3 && log.contains("flynn-host daemon ready"),
+        "the daemon's log through the API:\n{log}"
+    );
     let console = power_off(&mut vm);
     assert_no_failure(&console);
 }

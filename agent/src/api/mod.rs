@@ -112,6 +112,7 @@ impl std::fmt::Display for Peer {
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/version"),
     ("GET", "/host/status"),
+    ("GET", "/host/log"),
     ("GET", "/jobs"),
     ("POST", "/jobs"),
     ("GET", "/jobs/{id}"),
@@ -287,6 +288,7 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
             },
         ),
         (["host", "status"], Method::GET) => host::status(state),
+        (["host", "log"], Method::GET) => host::log(&req).await,
         (["jobs"], Method::GET) => jobs::list(state, req).await,
         (["jobs"], Method::POST) => jobs::create(state, req).await,
         (["jobs", id], Method::GET) => jobs::inspect(state, id),

@@ -1,4 +1,4 @@
-//! `flynn-host status`.
+//! `flynn-host status` and `flynn-host daemon-log`.
 
 use anyhow::Result;
 use hyper::Method;
@@ -12,6 +12,17 @@ fn gib(bytes: u64) -> String {
 
 fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes >> 20)
+}
+
+pub async fn daemon_log(client: &Client, tail: usize) -> Result<i32> {
+    use http_body_util::BodyExt;
+    let response = client
+        .send_json(Method::GET, &format!("/host/log?tail={tail}"), None::<&()>)
+        .await?;
+    let text = response.into_body().collect().await?.to_bytes();
+    use std::io::Write;
+    std::io::stdout().write_all(&text)?;
+    Ok(0)
 }
 
 pub async fn status(client: &Client, json: bool) -> Result<i32> {

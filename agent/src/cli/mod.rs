@@ -136,6 +136,12 @@ pub enum Command {
         #[arg(required = true)]
         jobs: Vec<String>,
     },
+    /// Show the last lines of the daemon's own log (on the appliance, which has no shell).
+    DaemonLog {
+        /// How many lines, from the end.
+        #[arg(long = "tail", short = 'n', default_value_t = 200)]
+        tail: usize,
+    },
     /// Show the host: id, version, kernel, CPUs, memory, disk, cgroups, jobs, promised resources.
     Status {
         /// Print JSON instead of text.
@@ -201,6 +207,7 @@ pub async fn run(connection: Connection, command: Command) -> Result<i32> {
         Command::Kill { signal, jobs } => jobs::kill(&client, &signal, &jobs).await,
         Command::Rm { force, jobs } => jobs::rm(&client, force, &jobs).await,
         Command::Status { json } => host::status(&client, json).await,
+        Command::DaemonLog { tail } => host::daemon_log(&client, tail).await,
         Command::Version => jobs::version(&client).await,
         Command::Cluster(cmd) => grid::cluster(&client, cmd).await,
         Command::Discover(cmd) => grid::discover(&client, cmd).await,
