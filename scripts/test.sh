@@ -31,33 +31,12 @@ echo "== cargo fmt (at ${SECONDS}s)"
 cargo fmt --all -- --check
 echo "== cargo clippy (at ${SECONDS}s)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== static flynn-host (for the VM tests) (at ${SECONDS}s)"
-bash scripts/build-static.sh
 echo "== fixtures (at ${SECONDS}s)"
-bash fixtures/build-images.sh "$PWD/target/fixtures"
-echo "== appliance images (out/) (at ${SECONDS}s)"
-# The epoch is set here so that qemu-tests/tests/reproducible.rs builds its second
-# copy with the same one and compares it with this out/ (one assembly fewer).
-SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
-export SOURCE_DATE_EPOCH FLYNN_REPRO_BASELINE="$PWD/out"
-FLYNN_FIXTURES="$PWD/target/fixtures" bash buildroot/assemble.sh
-echo "== cargo test: building the tests (at ${SECONDS}s)"
 export FLYNN_FIXTURES="$PWD/target/fixtures"
+bash fixtures/build-images.sh "$FLYNN_FIXTURES"
+echo "== cargo test: building the tests (at ${SECONDS}s)"
 cargo test --workspace --locked --no-run
-# The VM tests run beside the others: they keep the CPUs busy emulating, while the
-# others mostly wait on daemons, hosts in namespaces and etcd, so the two together
-# take little longer than the longer of them. The VM test binaries are run directly
-# (cargo would hold the build directory's lock for as long as it runs tests); their
-# output follows the others'.
-mapfile -t vm_tests < <(cargo test -p qemu-tests --locked --no-run --message-format=json |
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])')
-vm_log="$PWD/target/qemu-tests.log"
-echo "== cargo test (at ${SECONDS}s): ${#vm_tests[@]} VM test binaries beside the rest, logged to $vm_log"
+
 # Each test binary's start, in seconds from the beginning: where a slow run went.
 stamp() {
     local line
@@ -68,25 +47,54 @@ stamp() {
         esac
     done
 }
-(
-    cd qemu-tests
-    rc=0
-    for t in "${vm_tests[@]}"; do
-        echo "     Running $t"
-        "$t" --include-ignored "$@" || rc=1
-    done
-    exit $rc
-) 2>&1 | stamp >"$vm_log" &
-vm_pid=$!
+# The tests that need no VM run first, in the background, while the appliance is
+# built: they mostly wait (on daemons, hosts in namespaces, etcd), and the build,
+# niced, takes the CPU they leave. The VM tests (CPU-bound emulation, and the
+# most sensitive to a loaded machine) come after the build, when little else runs.
 # --include-ignored: the unit tests that need root are ignored in the fast tier only.
 # --no-fail-fast: one failing test file does not hide how the others fare.
-rest=0
-cargo test --workspace --exclude qemu-tests --locked --no-fail-fast -- --include-ignored "$@" 2>&1 | stamp || rest=$?
+rest_log="$PWD/target/tests.log"
+echo "== cargo test of all but the VM tests (at ${SECONDS}s), in the background: $rest_log"
+cargo test --workspace --exclude qemu-tests --locked --no-fail-fast -- --include-ignored "$@" 2>&1 |
+    stamp >"$rest_log" &
+rest_pid=$!
+
+echo "== static flynn-host (for the VM tests) (at ${SECONDS}s)"
+nice -n 10 bash scripts/build-static.sh
+echo "== appliance images (out/) (at ${SECONDS}s)"
+# The epoch is set here so that qemu-tests/tests/reproducible.rs builds its second
+# copy with the same one and compares it with this out/ (one assembly fewer).
+SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH FLYNN_REPRO_BASELINE="$PWD/out"
+nice -n 10 bash buildroot/assemble.sh
+echo "== qemu-tests (at ${SECONDS}s)"
+# Their binaries are run directly: cargo may hold the build directory's lock for as
+# long as the other tests run.
+mapfile -t vm_tests < <(cargo test -p qemu-tests --locked --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])')
+[ ${#vm_tests[@]} -gt 0 ] || { echo "no qemu-tests binaries found" >&2; exit 1; }
 vm=0
-wait "$vm_pid" || vm=$?
-echo "== qemu-tests (ran beside the above; ended at ${SECONDS}s)"
-cat "$vm_log"
+if ! (
+    cd qemu-tests
+    failed=0
+    for t in "${vm_tests[@]}"; do
+        echo "     Running $t"
+        "$t" --include-ignored "$@" || failed=1
+    done
+    exit $failed
+) 2>&1 | stamp; then
+    vm=1
+fi
+rest=0
+wait "$rest_pid" || rest=$?
+echo "== the other tests (ran in the background; ended by ${SECONDS}s)"
+cat "$rest_log"
 if [ "$rest" != 0 ] || [ "$vm" != 0 ]; then
-    echo "== tests failed: workspace $rest, qemu-tests $vm" >&2
+    echo "== tests failed: qemu-tests $vm, the others $rest" >&2
     exit 1
 fi

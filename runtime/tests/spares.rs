@@ -37,10 +37,14 @@ fn spare_pids() -> Vec<i32> {
     pids
 }
 
-async fn wait_for_spare(not: &[i32]) -> i32 {
+/// A new spare's pid, once the pool holds it (its process runs a moment before:
+/// on a loaded machine a start in between would not take it).
+async fn wait_for_spare(spares: &Spares, not: &[i32]) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(pid) = spare_pids().into_iter().find(|p| !not.contains(p)) {
+        if let Some(pid) = spare_pids().into_iter().find(|p| !not.contains(p))
+            && spares.is_ready().await
+        {
             return pid;
         }
         assert!(Instant::now() < deadline, "no spare shim appeared");
@@ -67,10 +71,10 @@ async fn run_echo(spares: &std::sync::Arc<Spares>, word: &str) -> i32 {
 #[tokio::test]
 async fn a_start_takes_the_spare_and_a_spare_that_is_gone_is_replaced() {
     let spares = Spares::new(Path::new(SHIM_EXE));
-    let first = wait_for_spare(&[]).await;
+    let first = wait_for_spare(&spares, &[]).await;
     // The spare is the job's shim, and a new spare takes its place.
     assert_eq!(run_echo(&spares, "one").await, first);
-    let second = wait_for_spare(&[first]).await;
+    let second = wait_for_spare(&spares, &[first]).await;
 
     // A spare killed while it waits: the start spawns a shim instead, and succeeds.
     nix::sys::signal::kill(
@@ -87,7 +91,7 @@ async fn a_start_takes_the_spare_and_a_spare_that_is_gone_is_replaced() {
     assert_ne!(shim, second);
 
     // Dropping the pool (the agent exiting) ends the spare that waits.
-    let third = wait_for_spare(&[first, second]).await;
+    let third = wait_for_spare(&spares, &[first, second]).await;
     drop(spares);
     let deadline = Instant::now() + Duration::from_secs(10);
     while spare_pids().contains(&third) {

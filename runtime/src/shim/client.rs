@@ -224,6 +224,13 @@ impl Spares {
         spares
     }
 
+    /// Whether a spare waits in the pool now (the next start takes it). A spare's
+    /// process runs a moment before it is in the pool: a start in between spawns a
+    /// shim the usual way.
+    pub async fn is_ready(&self) -> bool {
+        self.slot.lock().await.is_some()
+    }
+
     /// As [`spawn`], with a spare shim when one is ready.
     pub async fn spawn(
         self: &std::sync::Arc<Self>,
