@@ -37,6 +37,17 @@ bash fixtures/build-images.sh "$FLYNN_FIXTURES"
 echo "== cargo test: building the tests (at ${SECONDS}s)"
 cargo test --workspace --locked --no-run
 
+# The VM test binaries, listed now: they are run directly, later, while cargo may
+# still hold the build directory's lock for the other tests.
+mapfile -t vm_tests < <(cargo test -p qemu-tests --locked --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])')
+[ ${#vm_tests[@]} -gt 0 ] || { echo "no qemu-tests binaries found" >&2; exit 1; }
+
 # Each test binary's start, in seconds from the beginning: where a slow run went.
 stamp() {
     local line
@@ -68,16 +79,6 @@ SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH FLYNN_REPRO_BASELINE="$PWD/out"
 nice -n 10 bash buildroot/assemble.sh
 echo "== qemu-tests (at ${SECONDS}s)"
-# Their binaries are run directly: cargo may hold the build directory's lock for as
-# long as the other tests run.
-mapfile -t vm_tests < <(cargo test -p qemu-tests --locked --no-run --message-format=json 2>/dev/null |
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])')
-[ ${#vm_tests[@]} -gt 0 ] || { echo "no qemu-tests binaries found" >&2; exit 1; }
 vm=0
 if ! (
     cd qemu-tests
