@@ -19,8 +19,12 @@
 //!   becomes visible last, in one metadata write. Removal writes the metadata first, then
 //!   renames layers into `trash/`, then deletes. So after a crash at any point, `open`
 //!   finds every listed image complete, and deletes what no image lists.
-//! - **Compressed layer blobs are not kept**: once a layer is unpacked and both its digests
-//!   verified, only the unpacked tree remains; the image record keeps the blob digest, size
+//! - **Layer blobs are kept for imported images only**: an import keeps each layer's blob
+//!   as the archive has it (read again from the archive once unpacked, verified) beside the
+//!   unpacked tree, so [`ImageStore::export`] can hand the very image (same id, manifest and
+//!   layer digests) to another host: an imported image is in no registry, and a release
+//!   pins its manifest digest. A pull keeps only the unpacked tree (the registry has the
+//!   blobs; another host pulls from there). The image record keeps every blob's digest, size
 //!   and media type (and the manifest, which names them). `docker save` archives carry no
 //!   manifest: the store writes the OCI manifest matching their blobs.
 //! - **Unpack security** (see [`unpack`]): paths are resolved by the kernel inside the layer
@@ -87,7 +91,7 @@ pub use import::ImportError;
 pub use pull::{PullError, PullEvent, PullRequest, Puller};
 pub use reference::{Reference, ReferenceError};
 pub use rootfs::RootfsError;
-pub use store::{ImageStore, StoreError};
+pub use store::{Export, ImageStore, StoreError};
 pub use unpack::UnpackError;
 
 /// An image in the store.

@@ -196,11 +196,18 @@ fn docker_archive_with_compressed_oci_blobs() {
     );
     let dirs = store.layer_dirs(&images[0]).unwrap();
     assert_eq!(fs::read(dirs[1].join("app/name")).unwrap(), b"z");
-    // Compressed blobs are not kept: only the manifest and config are in the blob store.
+    // The layer blobs are kept as they came (so the image can go to another host
+    // with its digests), beside the manifest and the config.
     let blob_count = fs::read_dir(store.root().join("blobs/sha256"))
         .unwrap()
         .count();
-    assert_eq!(blob_count, 2);
+    assert_eq!(blob_count, 4);
+    for (blob, _) in &blobs {
+        assert_eq!(
+            fs::read(store.root().join("blobs/sha256").join(hex_of(blob))).unwrap(),
+            *blob
+        );
+    }
     assert_tidy(&store);
 }
 

@@ -104,7 +104,9 @@ impl From<image::StoreError> for ApiError {
             image::StoreError::Ambiguous(_) | image::StoreError::InvalidName { .. } => {
                 ApiError::BadRequest(message)
             }
-            image::StoreError::InUse { .. } => ApiError::Conflict(message),
+            image::StoreError::InUse { .. } | image::StoreError::BlobsNotKept { .. } => {
+                ApiError::Conflict(message)
+            }
             _ => ApiError::Internal(message),
         }
     }

@@ -25,7 +25,7 @@ impl From<DiscoveryError> for ApiError {
     }
 }
 
-fn etcd(state: &ApiState) -> Result<Etcd, ApiError> {
+pub(super) fn etcd(state: &ApiState) -> Result<Etcd, ApiError> {
     let grid = state.grid().ok_or_else(|| {
         ApiError::NotFound(
             "this host is not in a cluster: start the daemon with --etcd URL (or --run-etcd)"

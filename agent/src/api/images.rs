@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::error::is_no_space;
 use super::{ApiError, ApiState, Body, Query, json, read_json};
-use crate::model::{ImageRemoved, ImportRequest};
+use crate::model::{FetchRequest, ImageRemoved, ImportRequest};
 
 pub async fn list(state: &ApiState) -> Result<Response<Body>, ApiError> {
     let store = state.images.clone();
@@ -148,4 +148,192 @@ pub async fn remove(state: &ApiState, name: &str) -> Result<Response<Body>, ApiE
             deleted: removed.deleted,
         },
     )
+}
+
+/// `GET /images/{ref}/archive`: the image as an OCI archive made of the blobs it was
+/// imported from (`docker save`, and what `POST /images/fetch` on another host reads):
+/// importing it anywhere gives the same image id and manifest digest.
+pub async fn archive(state: &ApiState, name: &str) -> Result<Response<Body>, ApiError> {
+    let store = state.images.clone();
+    let wanted = name.to_string();
+    let export = tokio::task::spawn_blocking(move || store.export(&wanted))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let (tx, response) = super::streaming("application/x-tar");
+    let what = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, tx.into_blocking());
+        let result = export.write_to(&mut out);
+        match (result, out.into_inner()) {
+            (Ok(()), Ok(_)) => {}
+            (Err(e), Ok(stream)) => {
+                tracing::warn!(image = %what, error = %e, "exporting an image");
+                stream.fail(e);
+            }
+            // The client went away: nothing to tell it.
+            (_, Err(_)) => {}
+        }
+    });
+    Ok(response)
+}
+
+/// One fetch at a time on this host: a second request for the same image then finds
+/// it here, and two big transfers do not share the disk and the link.
+static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a peer's archive may pause before the fetch gives that peer up.
+const FETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `POST /images/fetch`: takes an image from another host of the cluster, with its
+/// digests (see [`archive`]): how an image imported before this host joined, and that
+/// no registry has, reaches it. The hosts are asked in turn until one has it; only
+/// hosts that discovery lists are contacted (over HTTPS verified against the cluster's
+/// CA, with this host's token), never an address the caller names.
+pub async fn fetch(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let request: FetchRequest = read_json(req).await?;
+    if state.grid().is_none() {
+        return Err(ApiError::Conflict(
+            "this host is in no cluster: an image comes from another host of its cluster; \
+             import the archive here instead (flynn-host import)"
+                .into(),
+        ));
+    }
+    let image = request.image.trim().to_string();
+    if image.is_empty() || image.contains('\0') {
+        return Err(ApiError::BadRequest(
+            "image: give the image to fetch (name@sha256:DIGEST, a name or an id)".into(),
+        ));
+    }
+    let _one = FETCHING.lock().await;
+    if let Some(held) = resolve(state, &image).await? {
+        return json(StatusCode::OK, &held);
+    }
+    let etcd = super::grid::etcd(state)?;
+    let hosts = discovery::hosts::list(&etcd).await?;
+    let peers: Vec<(String, String)> = if request.from.is_empty() {
+        hosts
+            .into_iter()
+            .filter(|h| h.id != state.host_id)
+            .filter_map(|h| Some((h.id, h.api?)))
+            .collect()
+    } else {
+        request
+            .from
+            .iter()
+            .filter_map(|id| {
+                let h = hosts.iter().find(|h| h.id == *id)?;
+                Some((h.id.clone(), h.api.clone()?))
+            })
+            .collect()
+    };
+    if peers.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "no other host of the cluster to fetch {image} from{}",
+            if request.from.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (none of {} is in discovery with an API address)",
+                    request.from.join(", ")
+                )
+            }
+        )));
+    }
+    let mut failures = Vec::new();
+    for (id, api) in peers {
+        match fetch_from(state, &api, &image).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::info!(image = %image, host = %id, error = %e, "fetching an image");
+                failures.push(format!("{id}: {e}"));
+                continue;
+            }
+        }
+        match resolve(state, &image).await? {
+            Some(held) => {
+                tracing::info!(image = %image, from = %id, id = %held.id, "fetched an image");
+                state.jobs.emit_image("import", &held.id);
+                return json(StatusCode::OK, &held);
+            }
+            None => failures.push(format!(
+                "{id}: its archive holds another image than {image}"
+            )),
+        }
+    }
+    Err(ApiError::Unavailable(format!(
+        "no host could give {image}: {}",
+        failures.join("; ")
+    )))
+}
+
+/// The image `name` names here, if any.
+async fn resolve(state: &ApiState, name: &str) -> Result<Option<image::Image>, ApiError> {
+    let store = state.images.clone();
+    let name = name.to_string();
+    match tokio::task::spawn_blocking(move || store.resolve(&name))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    {
+        Ok(image) => Ok(Some(image)),
+        Err(image::StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Receives a peer's archive of `image` into a file, then imports it (which checks
+/// every digest: a peer cannot slip in other content under the names it asks for).
+async fn fetch_from(state: &ApiState, api: &str, image: &str) -> Result<(), String> {
+    // The cluster's CA as this host holds it now (by its pin: a CA installed since
+    // is a new trust, never a stale cached one).
+    let trust = match &state.tls {
+        Some(tls) => {
+            let pin = tls.dir.pin().map_err(|e| format!("this host's CA: {e}"))?;
+            flynn_client::TlsOptions::pinned(&pin.to_string())
+        }
+        None => flynn_client::TlsOptions::default(),
+    };
+    let client = flynn_client::Client::from_options_tls(Some(api), Some(&state.token), &trust)
+        .map_err(|e| format!("{e:#}"))?;
+    let path = format!("/images/{}/archive", flynn_client::encode(image));
+    let response = client
+        .send_json(hyper::Method::GET, &path, None::<&()>)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let name = format!(
+        "fetch-{}.tar",
+        crate::jobs::new_id().map_err(|e| e.to_string())?
+    );
+    let upload = Upload(state.tmp_dir.join(name));
+    let mut file = tokio::fs::File::create(&upload.0)
+        .await
+        .map_err(|e| format!("creating {}: {e}", upload.0.display()))?;
+    let mut body = response.into_body();
+    loop {
+        use http_body_util::BodyExt;
+        let frame = match tokio::time::timeout(FETCH_IDLE, body.frame()).await {
+            Err(_) => return Err(format!("the archive stalled for {}s", FETCH_IDLE.as_secs())),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(format!("the archive broke off: {e}")),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data).await.map_err(|e| {
+                let hint = if is_no_space(&e) { NO_SPACE_HINT } else { "" };
+                format!("writing {}: {e} {hint}", upload.0.display())
+            })?;
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| format!("writing {}: {e}", upload.0.display()))?;
+    drop(file);
+    let store = state.images.clone();
+    let path = upload.0.clone();
+    let imported = tokio::task::spawn_blocking(move || store.import_named(&path, None))
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(upload);
+    imported
+        .map(|_| ())
+        .map_err(|e| import_error(e).to_string())
 }

@@ -133,6 +133,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/images"),
     ("POST", "/images/import"),
     ("POST", "/images/pull"),
+    ("POST", "/images/fetch"),
+    ("GET", "/images/{ref}/archive"),
     ("DELETE", "/images/{ref}"),
     ("GET", "/cluster/hosts"),
     ("GET", "/discovery/services"),
@@ -311,9 +313,12 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         (["images"], Method::GET) => images::list(state).await,
         (["images", "import"], Method::POST) => images::import(state, req).await,
         (["images", "pull"], Method::POST) => pull::pull(state, req).await,
-        // `/images/import` and `/images/pull` are routes of their own, not images named
-        // so (as in the document, where concrete paths come before templated ones).
-        (["images", name], Method::DELETE) if !matches!(*name, "import" | "pull") => {
+        (["images", "fetch"], Method::POST) => images::fetch(state, req).await,
+        (["images", name, "archive"], Method::GET) => images::archive(state, name).await,
+        // `/images/import`, `/images/pull` and `/images/fetch` are routes of their own,
+        // not images named so (as in the document, where concrete paths come before
+        // templated ones).
+        (["images", name], Method::DELETE) if !matches!(*name, "import" | "pull" | "fetch") => {
             images::remove(state, name).await
         }
         (["cluster", "hosts"], Method::GET) => grid::hosts(state).await,
@@ -420,6 +425,37 @@ impl StreamTx {
             .0
             .send(Err(std::io::Error::other("the daemon is handing over")))
             .await;
+    }
+}
+
+/// [`StreamTx`] for a blocking thread, as a `Write`: each write is one chunk.
+pub struct BlockingStream(mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl StreamTx {
+    pub fn into_blocking(self) -> BlockingStream {
+        BlockingStream(self.0)
+    }
+}
+
+impl BlockingStream {
+    /// Ends the response unfinished (the client sees a broken body, not a short one).
+    pub fn fail(self, e: std::io::Error) {
+        let _ = self.0.blocking_send(Err(e));
+    }
+}
+
+impl std::io::Write for BlockingStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

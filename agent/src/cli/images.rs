@@ -1,4 +1,4 @@
-//! `import`, `images`, `rmi`.
+//! `import`, `save`, `images`, `rmi`.
 
 use std::io::Read;
 use std::path::Path;
@@ -152,6 +152,64 @@ pub async fn list(client: &Client, args: &ListArgs) -> Result<i32> {
         }
     }
     table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows);
+    Ok(0)
+}
+
+/// Streams `GET /images/{image}/archive` to `output` (written whole to a file beside
+/// it, then renamed: an interrupted save leaves no partial archive under the name)
+/// or to standard output, which must not be a terminal (as `docker save`).
+pub async fn save(client: &Client, image: &str, output: Option<&Path>) -> Result<i32> {
+    use std::io::{IsTerminal, Write};
+    if output.is_none() && std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "refusing to write an archive to a terminal: give -o FILE or redirect standard output"
+        );
+    }
+    let response = client
+        .send_json(
+            Method::GET,
+            &format!("/images/{}/archive", encode(image)),
+            None::<&()>,
+        )
+        .await?;
+    let (mut sink, partial): (Box<dyn Write>, Option<(std::path::PathBuf, &Path)>) = match output {
+        Some(path) => {
+            let mut name = path.file_name().unwrap_or_default().to_os_string();
+            name.push(".partial");
+            let partial = path.with_file_name(name);
+            let file = std::fs::File::create(&partial)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            (
+                Box::new(std::io::BufWriter::new(file)),
+                Some((partial, path)),
+            )
+        }
+        None => (Box::new(std::io::stdout().lock()), None),
+    };
+    let mut body = response.into_body();
+    let copied: Result<()> = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("the archive broke off")?;
+            if let Ok(data) = frame.into_data() {
+                sink.write_all(&data).context("writing the archive")?;
+            }
+        }
+        sink.flush().context("writing the archive")?;
+        Ok(())
+    }
+    .await;
+    drop(sink);
+    match (copied, partial) {
+        (Ok(()), Some((partial, path))) => std::fs::rename(&partial, path)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        (Ok(()), None) => {}
+        (Err(e), partial) => {
+            if let Some((partial, _)) = partial {
+                let _ = std::fs::remove_file(partial);
+            }
+            return Err(e);
+        }
+    }
     Ok(0)
 }
 

@@ -50,6 +50,13 @@ pub enum Command {
         #[arg(long, short = 't')]
         tag: Option<String>,
     },
+    /// Save an imported image as an OCI archive (with the digests it was imported with).
+    Save {
+        image: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
     /// Pull an image from a registry (Docker Hub by default), with progress.
     Pull {
         /// Image reference: busybox, me/tool:1.0, host:5000/x@sha256:...
@@ -188,6 +195,7 @@ pub async fn run(connection: Connection, command: Command) -> Result<i32> {
             reference,
             platform,
         } => pull::pull(&client, &reference, platform.as_deref()).await,
+        Command::Save { image, output } => images::save(&client, &image, output.as_deref()).await,
         Command::Images(list) => images::list(&client, &list).await,
         Command::Rmi { images } => images::remove(&client, &images).await,
         Command::Run(args) => run::run(&client, *args).await,

@@ -407,6 +407,20 @@ pub struct ImportRequest {
     pub tag: Option<String>,
 }
 
+/// `POST /images/fetch`: an image from another host of the cluster, with its digests
+/// (an imported image is in no registry; a release pins its manifest digest).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    /// What to fetch: `name@sha256:<manifest digest>` (as a release pins it), a name
+    /// or an image id, as the holding host's store resolves it.
+    pub image: String,
+    /// The hosts to ask, by host id, in this order; empty or absent: every other host
+    /// of the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+}
+
 /// `POST /images/pull`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -93,6 +93,8 @@ impl ImageStore {
             if unpacked {
                 unpacked_here.push(record.diff_id.clone());
             }
+            pins.add(blob_pin(&record.blob_digest));
+            self.keep_layer_blob(source, layer, &record)?;
             layers.push(record);
         }
         let manifest = match image.manifest {
@@ -202,6 +204,25 @@ impl ImageStore {
             size: unpacked.size,
         };
         Ok((record, true))
+    }
+
+    /// Keeps the layer's blob as the archive has it (compressed or not), so that the
+    /// image can be exported with its digests ([`ImageStore::export`]): another host
+    /// then stores the very image this one holds. Read again from the source (the
+    /// unpack did not keep it), verified against the digest the image records.
+    fn keep_layer_blob(
+        &self,
+        source: &Source,
+        layer: &PlannedLayer,
+        record: &LayerRecord,
+    ) -> Result<(), ImportError> {
+        if self.content.contains(&record.blob_digest) {
+            return Ok(());
+        }
+        let (reader, _) = source.open_file(&layer.member)?;
+        self.content
+            .ingest(reader, Some(&record.blob_digest), Some(record.blob_size))?;
+        Ok(())
     }
 
     /// Makes the image visible under its names, in one metadata write.

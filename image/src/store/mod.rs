@@ -4,7 +4,7 @@
 //! On disk, under the root:
 //! ```text
 //! images.json             images and tags (replaced atomically)
-//! blobs/sha256/<hex>      manifests and configs
+//! blobs/sha256/<hex>      manifests, configs, and the layer blobs of imported images
 //! layers/<hex>/diff/      unpacked layer (overlay lowerdir), <hex> = diff id
 //! layers/<hex>/layer.json its diff id and size
 //! pulls/<unique>.json     journals of unfinished pulls (see `pull`)
@@ -13,6 +13,7 @@
 //! lock                    flock held while a store is open
 //! ```
 
+mod export;
 mod import;
 mod layers;
 mod pull;
@@ -31,6 +32,7 @@ use crate::content::{ContentError, ContentStore};
 use crate::digest::{Digest, is_sha256_hex};
 use crate::reference::{Reference, ReferenceError};
 use crate::{Image, Removed, fsutil, sys};
+pub use export::Export;
 use layers::Layers;
 pub use pull::{JOURNAL_TTL, LayerBlob, PullLease, PulledImage, PulledLayer};
 use state::{ImageRecord, STATE_FILE, State};
@@ -83,6 +85,11 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "image {image}: blob {blob} is not kept here (the image was pulled from a registry, \
+         whose layers the store keeps only unpacked): pull it from that registry instead"
+    )]
+    BlobsNotKept { image: String, blob: String },
     #[error(transparent)]
     Content(#[from] ContentError),
 }
@@ -259,8 +266,7 @@ impl ImageStore {
         let mut used_layers = HashSet::new();
         let mut used_blobs = HashSet::new();
         for record in state.images.values() {
-            used_blobs.insert(record.id.clone());
-            used_blobs.insert(record.manifest_digest.clone());
+            used_blobs.extend(record.blobs().cloned());
             for layer in &record.layers {
                 used_layers.insert(layer.diff_id.hex().to_owned());
                 if self.layers.info(&layer.diff_id).is_none() {
@@ -441,8 +447,12 @@ impl ImageStore {
             }
         }
         let mut doomed_blobs = Vec::new();
-        for blob in [&record.id, &record.manifest_digest] {
-            if !inner.state.blob_used(blob, None) && !inner.pins.contains_key(&blob_pin(blob)) {
+        for blob in record.blobs() {
+            if !inner.state.blob_used(blob, None)
+                && !inner.pins.contains_key(&blob_pin(blob))
+                && !doomed_blobs.contains(blob)
+                && self.content.contains(blob)
+            {
                 doomed_blobs.push(blob.clone());
             }
         }

@@ -13,8 +13,8 @@ use crate::digest::Digest;
 pub(super) const STATE_FILE: &str = "images.json";
 const STATE_VERSION: u32 = 1;
 
-/// A layer of an image: the unpacked layer (by diff id) and the blob it came from, whose
-/// compressed form is not kept.
+/// A layer of an image: the unpacked layer (by diff id) and the blob it came from (kept
+/// in the content store for imported images, not for pulled ones).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub(super) struct LayerRecord {
     pub diff_id: Digest,
@@ -39,6 +39,15 @@ pub(super) struct ImageRecord {
     /// digests find it too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub index_digests: Vec<Digest>,
+}
+
+impl ImageRecord {
+    /// The digests of its blobs: config, manifest, then the layers' (kept or not).
+    pub(super) fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        [&self.id, &self.manifest_digest]
+            .into_iter()
+            .chain(self.layers.iter().map(|l| &l.blob_digest))
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -102,11 +111,11 @@ impl State {
             .any(|(_, r)| r.layers.iter().any(|l| l.diff_id == *diff_id))
     }
 
-    /// True if any image other than `except` uses the blob as manifest or config.
+    /// True if any image other than `except` uses the blob as manifest, config or layer.
     pub(super) fn blob_used(&self, digest: &Digest, except: Option<&str>) -> bool {
         self.images
             .iter()
             .filter(|(id, _)| Some(id.as_str()) != except)
-            .any(|(_, r)| r.id == *digest || r.manifest_digest == *digest)
+            .any(|(_, r)| r.blobs().any(|b| b == digest))
     }
 }
