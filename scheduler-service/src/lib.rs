@@ -174,6 +174,55 @@ pub struct Service {
     hosts_left: std::sync::atomic::AtomicU64,
     leading: std::sync::atomic::AtomicBool,
     started: std::time::Instant,
+    /// Hosts asked to fetch a pinned image from a peer, by (host id, manifest
+    /// digest): when to ask again (ms), if it still lacks it then.
+    fetching: Arc<Mutex<HashMap<(String, String), u64>>>,
+}
+
+/// How long a fetch may take before the host is asked again.
+const FETCH_PATIENCE_MS: u64 = 600_000;
+/// After a failed fetch, the pause before the next ask.
+const FETCH_RETRY_MS: u64 = 30_000;
+
+/// A host to fetch a pinned image: (host id, its API, the image as the formation
+/// names it, the hosts that hold it).
+type Spread = (String, String, String, Vec<String>);
+
+/// Which hosts should fetch which pinned images from which: every host a formation
+/// with jobs may use (not draining, its tags matching) that says it lacks the image,
+/// from the hosts that say they hold it. An image imported before a host joined is in
+/// no registry: this is how that host comes to hold it, and to take its jobs.
+fn images_to_spread(hosts: &[HostView], formations: &[FormationRecord]) -> Vec<Spread> {
+    let mut out: Vec<Spread> = Vec::new();
+    for f in formations.iter().filter(|f| f.count > 0) {
+        let Some(digest) = pinned_digest(&f.image) else {
+            continue;
+        };
+        let holds = |h: &HostView| h.images.as_ref().is_some_and(|i| i.contains(&digest));
+        let holders: Vec<String> = hosts
+            .iter()
+            .filter(|h| holds(h) && h.api.is_some())
+            .map(|h| h.id.clone())
+            .collect();
+        if holders.is_empty() {
+            continue;
+        }
+        for h in hosts {
+            let (Some(api), Some(_)) = (&h.api, &h.images) else {
+                continue;
+            };
+            let eligible = !h.draining && f.tags.iter().all(|(k, v)| h.tags.get(k) == Some(v));
+            if eligible
+                && !holds(h)
+                && !out
+                    .iter()
+                    .any(|(id, _, image, _)| *id == h.id && *image == f.image)
+            {
+                out.push((h.id.clone(), api.clone(), f.image.clone(), holders.clone()));
+            }
+        }
+    }
+    out
 }
 
 fn key(f: &FormationRecord) -> FormationKey {
@@ -209,6 +258,55 @@ impl Service {
 
     pub fn is_leader(&self) -> bool {
         self.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks each host that lacks a pinned image to fetch it from a host that holds
+    /// it ([`images_to_spread`]), in the background, once per patience period.
+    fn spread_images(
+        &self,
+        hosts: &[HostView],
+        formations: &[FormationRecord],
+        now: u64,
+    ) -> Result<(), String> {
+        for (host, api, image, from) in images_to_spread(hosts, formations) {
+            let key = (host.clone(), pinned_digest(&image).unwrap_or_default());
+            {
+                let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+                if fetching.get(&key).is_some_and(|at| *at > now) {
+                    continue;
+                }
+                fetching.insert(key.clone(), now + FETCH_PATIENCE_MS);
+            }
+            let client = self.client(&api)?;
+            let fetching = self.fetching.clone();
+            let started = self.started;
+            tracing::info!(host = %host, image = %image, from = ?from, "asking a host to fetch an image it lacks");
+            tokio::spawn(async move {
+                let body = serde_json::json!({"image": image, "from": from});
+                // A big image takes its time: bounded by the patience, not CALL_TIMEOUT.
+                let asked = tokio::time::timeout(
+                    Duration::from_millis(FETCH_PATIENCE_MS),
+                    client.call::<Value>(Method::POST, "/images/fetch", Some(&body)),
+                )
+                .await;
+                let mut fetching = fetching.lock().unwrap_or_else(|p| p.into_inner());
+                match asked {
+                    Ok(Ok(_)) => {
+                        tracing::info!(host = %key.0, image = %image, "the host fetched the image");
+                        fetching.remove(&key);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(host = %key.0, image = %image, error = %format!("{e:#}"), "fetching an image");
+                        let now = started.elapsed().as_millis() as u64;
+                        fetching.insert(key, now + FETCH_RETRY_MS);
+                    }
+                    Err(_) => {
+                        tracing::warn!(host = %key.0, image = %image, "fetching an image: no answer within the patience");
+                    }
+                }
+            });
+        }
+        Ok(())
     }
 
     fn client(&self, api: &str) -> Result<Client, String> {
@@ -523,6 +621,7 @@ impl Service {
                     }
                 }
             }
+            self.spread_images(&hosts, &formations, now)?;
             for st in &plan.stop {
                 let Some(j) = live_jobs.iter().find(|j| j.id == st.job) else {
                     continue;
@@ -806,6 +905,7 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         leading: std::sync::atomic::AtomicBool::new(false),
         started: std::time::Instant::now(),
         recent: Mutex::default(),
+        fetching: Arc::default(),
     });
     let addr = args.listen;
     let inst = discovery::Instance {
@@ -882,6 +982,69 @@ mod tests {
         );
         assert_eq!(pinned_digest("busybox:latest"), None);
         assert_eq!(pinned_digest("registry:5000/x:1"), None);
+    }
+
+    fn formation(process_type: &str, image: &str, count: u32, tags: Value) -> FormationRecord {
+        serde_json::from_value(json!({
+            "app": "imp", "process_type": process_type, "image": image,
+            "count": count, "tags": tags,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn hosts_lacking_a_pinned_image_fetch_it_from_those_holding_it() {
+        let pinned = "docker.io/flynn-test/iperf3:latest@sha256:aa";
+        let with = |id: &str, held: &[&str]| HostView {
+            images: Some(held.iter().map(|d| d.to_string()).collect()),
+            ..host(id)
+        };
+        let mut draining = with("d", &[]);
+        draining.draining = true;
+        let mut tagged = with("t", &[]);
+        tagged.tags.insert("disk".into(), "ssd".into());
+        let hosts = [
+            with("a", &["sha256:aa"]),
+            with("b", &["sha256:aa"]),
+            with("c", &[]),
+            host("unknown"),
+            draining,
+            tagged,
+        ];
+        let spread = images_to_spread(
+            &hosts,
+            &[
+                formation("web", pinned, 2, json!({})),
+                // The same image for another type: asked once.
+                formation("worker", pinned, 1, json!({})),
+                // Scaled to zero, unpinned, or held nowhere: nothing to fetch.
+                formation("idle", "x@sha256:bb", 0, json!({})),
+                formation("plain", "busybox:latest", 3, json!({})),
+                formation("lost", "y@sha256:cc", 1, json!({})),
+            ],
+        );
+        let asked: Vec<(&str, &str, Vec<&str>)> = spread
+            .iter()
+            .map(|(h, _, i, from)| {
+                (
+                    h.as_str(),
+                    i.as_str(),
+                    from.iter().map(|f| f.as_str()).collect(),
+                )
+            })
+            .collect();
+        // Not the draining host, nor one that did not say what it holds.
+        assert_eq!(
+            asked,
+            [("c", pinned, vec!["a", "b"]), ("t", pinned, vec!["a", "b"])]
+        );
+        // A formation's tags limit the hosts that need its image.
+        let spread = images_to_spread(
+            &hosts,
+            &[formation("web", pinned, 1, json!({"disk": "ssd"}))],
+        );
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].0, "t");
     }
 
     #[tokio::test]
