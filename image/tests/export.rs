@@ -111,21 +111,21 @@ fn a_docker_save_archive_keeps_its_synthesized_manifest_across_hosts() {
     assert_eq!(again.names, imported.names, "both tags travel");
 }
 
+/// Imports a one-layer image named `name` (an OCI layout) into `store`.
+fn import_one(store: &ImageStore, dir: &Path, label: &str, name: &str) -> Fixture {
+    let fixture = Fixture::new(label, vec![(layer(label), Comp::Gzip)]);
+    let files = oci_layout(&[(&fixture, &[("io.containerd.image.name", name)])], false);
+    let layout = dir.join(format!("layout-{label}"));
+    files.write_dir(&layout);
+    store.import(&layout, None).unwrap();
+    fixture
+}
+
 #[test]
 fn removal_deletes_the_kept_blobs_and_an_open_export_still_completes() {
     let tmp = tempfile::tempdir().unwrap();
     let a = store(tmp.path(), "a");
-    let fixture = Fixture::new("gone", vec![(layer("x"), Comp::Gzip)]);
-    let files = oci_layout(
-        &[(
-            &fixture,
-            &[("io.containerd.image.name", "docker.io/library/gone:1")],
-        )],
-        false,
-    );
-    let dir = tmp.path().join("layout");
-    files.write_dir(&dir);
-    a.import(&dir, None).unwrap();
+    let fixture = import_one(&a, tmp.path(), "gone", "docker.io/library/gone:1");
     let export = a.export("gone:1").unwrap();
     a.remove("gone:1", &|_| false).unwrap();
     assert!(blobs(&a).is_empty(), "left behind: {:?}", blobs(&a));
@@ -147,17 +147,7 @@ fn removal_deletes_the_kept_blobs_and_an_open_export_still_completes() {
 fn an_image_without_its_layer_blobs_is_refused_with_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
     let a = store(tmp.path(), "a");
-    let fixture = Fixture::new("pulled", vec![(layer("p"), Comp::Gzip)]);
-    let files = oci_layout(
-        &[(
-            &fixture,
-            &[("io.containerd.image.name", "docker.io/library/pulled:1")],
-        )],
-        false,
-    );
-    let dir = tmp.path().join("layout");
-    files.write_dir(&dir);
-    a.import(&dir, None).unwrap();
+    let fixture = import_one(&a, tmp.path(), "pulled", "docker.io/library/pulled:1");
     // As a pull leaves it: the layer unpacked, its blob not kept.
     let (blob, _) = &fixture.blobs()[0];
     fs::remove_file(a.root().join("blobs/sha256").join(hex_of(blob))).unwrap();

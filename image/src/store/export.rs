@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::{ImageStore, StoreError, lock, lookup};
+use super::{ImageStore, StoreError, find, lock};
 use crate::content::ContentError;
 use crate::digest::Digest;
 
@@ -34,12 +34,7 @@ impl ImageStore {
     pub fn export(&self, name_or_id: &str) -> Result<Export, StoreError> {
         // Under the lock, so that no removal runs between the lookup and the opens.
         let inner = lock(&self.inner);
-        let (id, _) = lookup(&inner.state, name_or_id)?;
-        let record = inner
-            .state
-            .images
-            .get(&id)
-            .ok_or_else(|| StoreError::NotFound(name_or_id.to_owned()))?;
+        let (id, record) = find(&inner.state, name_or_id)?;
         let mut blobs: Vec<(Digest, File, u64)> = Vec::new();
         for digest in record.blobs() {
             if blobs.iter().any(|(d, _, _)| d == digest) {

@@ -337,12 +337,7 @@ impl ImageStore {
     /// without `sha256:`). A tag wins over an id prefix, as in Docker.
     pub fn resolve(&self, name_or_id: &str) -> Result<Image, StoreError> {
         let inner = lock(&self.inner);
-        let (id, _) = lookup(&inner.state, name_or_id)?;
-        let record = inner
-            .state
-            .images
-            .get(&id)
-            .ok_or_else(|| StoreError::NotFound(name_or_id.to_owned()))?;
+        let (_, record) = find(&inner.state, name_or_id)?;
         Ok(inner.state.image(record))
     }
 
@@ -573,6 +568,16 @@ fn empty_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Docker's lookup order: full id, then reference (tag or digest), then id prefix.
+/// The id and record of the image `input` names ([`lookup`]).
+fn find<'a>(state: &'a State, input: &str) -> Result<(String, &'a ImageRecord), StoreError> {
+    let (id, _) = lookup(state, input)?;
+    let record = state
+        .images
+        .get(&id)
+        .ok_or_else(|| StoreError::NotFound(input.to_owned()))?;
+    Ok((id, record))
+}
+
 fn lookup(state: &State, input: &str) -> Result<(String, Via), StoreError> {
     let not_found = || StoreError::NotFound(input.to_owned());
     if let Some(hex) = input.strip_prefix("sha256:") {
