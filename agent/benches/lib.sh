@@ -7,8 +7,7 @@
 # installs an EXIT trap that calls the script's optional bench_teardown, then
 # stops the daemon and removes everything it made.
 
-bench_start() { # NAME (a short word for the scratch dir and the namespace)
-    local name=$1
+bench_bin() { # sets $bin: FLYNN_BENCH_BIN, or the release build as it ships (ordered, not PIE)
     if [ -n "${FLYNN_BENCH_BIN:-}" ]; then
         # A flynn-host built already (its flynn-shim-monitor beside it).
         bin=$FLYNN_BENCH_BIN
@@ -17,6 +16,11 @@ bench_start() { # NAME (a short word for the scratch dir and the namespace)
         bash scripts/link-ordered.sh target/release --release --locked >/dev/null
         bin="$PWD/target/release/flynn-host"
     fi
+}
+
+bench_start() { # NAME (a short word for the scratch dir and the namespace)
+    local name=$1
+    bench_bin
     bash fixtures/build-images.sh "$PWD/target/fixtures" >/dev/null
     work=$(mktemp -d "/var/tmp/flynn-$name-XXXXXX")
     netns="fb-$name-$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)"

@@ -17,8 +17,10 @@ secs=${2:-5}
 . scripts/deps.sh
 flynn_install_deps hyperfine jq
 
-cargo build --release --locked -p flynn-host --bin flynn-host -p flynn-runtime --bin flynn-shim-monitor >/dev/null
-bin="$PWD/target/release/flynn-host"
+# The binary as the other benches run it (lib.sh: ordered and not position-independent,
+# or FLYNN_BENCH_BIN): a plain PIE build starts every CLI command and shim slower.
+. agent/benches/lib.sh
+bench_bin
 bash fixtures/build-images.sh "$PWD/target/fixtures" >/dev/null
 
 work=$(mktemp -d /var/tmp/flynn-bench-XXXXXX)
