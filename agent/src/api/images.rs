@@ -108,8 +108,19 @@ impl Drop for Upload {
 }
 
 async fn receive(state: &ApiState, req: Request<Incoming>) -> Result<Upload, ApiError> {
+    spool(state, req.into_body(), "upload", "the uploaded archive").await
+}
+
+/// Writes `body` (an archive: an upload, or a peer's answer) to a file of the daemon's
+/// tmp dir named `<prefix>-<id>.tar`, each chunk bounded by the upload's idle time.
+async fn spool(
+    state: &ApiState,
+    mut body: Incoming,
+    prefix: &str,
+    what: &str,
+) -> Result<Upload, ApiError> {
     let name = format!(
-        "upload-{}.tar",
+        "{prefix}-{}.tar",
         crate::jobs::new_id().map_err(ApiError::from)?
     );
     let upload = Upload(state.tmp_dir.join(name));
@@ -125,13 +136,8 @@ async fn receive(state: &ApiState, req: Request<Incoming>) -> Result<Upload, Api
         }
     };
     let mut file = tokio::fs::File::create(&upload.0).await.map_err(storage)?;
-    let mut body = req.into_body();
-    while let Some(chunk) = super::limits::next_chunk(
-        &mut body,
-        super::limits::UPLOAD_IDLE,
-        "the uploaded archive",
-    )
-    .await?
+    while let Some(chunk) =
+        super::limits::next_chunk(&mut body, super::limits::UPLOAD_IDLE, what).await?
     {
         file.write_all(&chunk).await.map_err(storage)?;
     }
@@ -180,9 +186,6 @@ pub async fn archive(state: &ApiState, name: &str) -> Result<Response<Body>, Api
 /// One fetch at a time on this host: a second request for the same image then finds
 /// it here, and two big transfers do not share the disk and the link.
 static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// How long a peer's archive may pause before the fetch gives that peer up.
-const FETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `POST /images/fetch`: takes an image from another host of the cluster, with its
 /// digests (see [`archive`]): how an image imported before this host joined, and that
@@ -299,34 +302,9 @@ async fn fetch_from(state: &ApiState, api: &str, image: &str) -> Result<(), Stri
         .send_json(hyper::Method::GET, &path, None::<&()>)
         .await
         .map_err(|e| format!("{e:#}"))?;
-    let name = format!(
-        "fetch-{}.tar",
-        crate::jobs::new_id().map_err(|e| e.to_string())?
-    );
-    let upload = Upload(state.tmp_dir.join(name));
-    let mut file = tokio::fs::File::create(&upload.0)
+    let upload = spool(state, response.into_body(), "fetch", "the peer's archive")
         .await
-        .map_err(|e| format!("creating {}: {e}", upload.0.display()))?;
-    let mut body = response.into_body();
-    loop {
-        use http_body_util::BodyExt;
-        let frame = match tokio::time::timeout(FETCH_IDLE, body.frame()).await {
-            Err(_) => return Err(format!("the archive stalled for {}s", FETCH_IDLE.as_secs())),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(format!("the archive broke off: {e}")),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        if let Ok(data) = frame.into_data() {
-            file.write_all(&data).await.map_err(|e| {
-                let hint = if is_no_space(&e) { NO_SPACE_HINT } else { "" };
-                format!("writing {}: {e} {hint}", upload.0.display())
-            })?;
-        }
-    }
-    file.flush()
-        .await
-        .map_err(|e| format!("writing {}: {e}", upload.0.display()))?;
-    drop(file);
+        .map_err(|e| e.to_string())?;
     let store = state.images.clone();
     let path = upload.0.clone();
     let imported = tokio::task::spawn_blocking(move || store.import_named(&path, None))

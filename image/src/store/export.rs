@@ -19,9 +19,6 @@ const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// of the image meanwhile does not cut the archive short.
 #[derive(Debug)]
 pub struct Export {
-    /// The image id (config digest) and manifest digest, for messages and checks.
-    pub id: String,
-    pub manifest_digest: String,
     index: Vec<u8>,
     /// Each blob once: digest, open file, size.
     blobs: Vec<(Digest, File, u64)>,
@@ -99,12 +96,7 @@ impl ImageStore {
             path: self.root.clone(),
             source: io::Error::other(e),
         })?;
-        Ok(Export {
-            id,
-            manifest_digest: record.manifest_digest.to_string(),
-            index,
-            blobs,
-        })
+        Ok(Export { index, blobs })
     }
 }
 
